@@ -1,0 +1,51 @@
+"""Entry point of the planner: options -> method -> validated plan."""
+
+from __future__ import annotations
+
+from fineserve.errors import PlanInfeasible, SpecError
+from fineserve.planner.greedy import METHODS as GREEDY
+from fineserve.planner.ilp import solve_ilp
+from fineserve.planner.options import EngineOption, engine_options
+from fineserve.planner.schema import Instance, Plan
+from fineserve.planner.validate import validate_plan
+from fineserve.profiles.latency import LatencyModel
+
+PLAN_METHODS = ("ilp", *GREEDY)
+
+
+def best_greedy(inst: Instance, options: dict[str, tuple[EngineOption, ...]]) -> Plan:
+    """The greedy plan to warm-start from: most traffic placed, then lowest cost."""
+    plans = [build(inst, options) for build in GREEDY.values()]
+    return min(plans, key=lambda p: (sum(u.rate_rps for u in p.unplaced), p.cost,
+                                     -p.min_headroom))
+
+
+def make_plan(
+    inst: Instance,
+    latency: LatencyModel,
+    *,
+    method: str = "ilp",
+    backend: str = "ortools",
+    options: dict[str, tuple[EngineOption, ...]] | None = None,
+) -> Plan:
+    """Plan ``inst`` with ``method`` and validate the result.
+
+    Raises:
+        SpecError: unknown method, or a model that cannot be served at all (see options.py).
+        PlanInfeasible: nothing at all could be placed.
+        PlanInvalid: the plan breaks a constraint (a planner bug).
+    """
+    if method not in PLAN_METHODS:
+        raise SpecError(f"--method: unknown method {method!r}",
+                        hint=f"use one of {', '.join(PLAN_METHODS)}")
+    options = options if options is not None else engine_options(inst, latency)
+    if method == "ilp":
+        plan = solve_ilp(inst, options, backend=backend, warm_start=best_greedy(inst, options))
+    else:
+        plan = GREEDY[method](inst, options)
+    if not plan.engines:
+        raise PlanInfeasible(
+            f"nothing fits: no model could be placed on the {inst.cluster.num_gpus} GPUs",
+            hint="add GPUs, use smaller precisions, or relax the SLOs",
+        )
+    return validate_plan(inst, plan, latency)

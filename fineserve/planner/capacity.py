@@ -1,0 +1,141 @@
+"""Capacity model: the highest request rate one engine sustains within its SLOs.
+
+Derivation (docs/capacity.md). An engine with B sequences decoding spends, per second,
+lambda*p seconds prefilling (p = prefill time of one mean prompt) and the rest in decode steps
+of d(B) seconds that each emit B tokens. Output balance, lambda*D tokens per second, gives
+
+    lambda(B) = B / (D*d(B) + B*p)
+    TPOT(B)   = d(B) / (1 - rho),          rho = lambda*p  (prefills stall decoding)
+    TTFT(B)   = p + d(B) + rho*p / (2*(1 - rho))   (M/D/1 wait for the prefill server)
+
+and the capacity is the largest lambda(B) over B <= min(max_batch, KV limit) whose TTFT and
+TPOT meet ``slo_safety`` x the SLO. KV need follows Little's law: B sequences x resident tokens
+x bytes/token x (1 + kv_margin).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from fineserve.planner.schema import LengthStats, Slo
+from fineserve.profiles.catalog import VLLM_BLOCK_SIZE
+from fineserve.profiles.latency import EngineShape, LatencyModel
+
+# Steady-state batches tried: dense at small B where latency changes fastest.
+BATCH_GRID: tuple[int, ...] = tuple(
+    sorted({*range(1, 17), *range(20, 65, 4), *range(72, 257, 8), *range(288, 1025, 32)})
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Capacity:
+    rate_rps: float  # 0 when nothing meets the SLOs
+    batch: int  # steady-state running sequences at that rate
+    ttft_s: float
+    tpot_s: float
+    kv_bytes: int  # per rank, for ``batch`` sequences (margin included)
+    residence_s: float  # mean time a request holds KV: TTFT + output x TPOT
+    limited_by: str  # what stops a larger batch: tpot, ttft, kv, max_batch, slo, weights
+    estimated: bool  # True if any latency behind it came from the estimator
+
+    @property
+    def kv_bytes_per_rps(self) -> float:
+        """KV bytes per unit of served rate (Little's law at capacity); pooled-KV floors."""
+        return self.kv_bytes / self.rate_rps if self.rate_rps > 0 else math.inf
+
+
+ZERO = Capacity(0.0, 0, math.inf, math.inf, 0, math.inf, "slo", False)
+
+
+def _tokens_per_seq(lengths: LengthStats, kv_margin: float) -> float:
+    return (lengths.resident_tokens + 8) * (1 + kv_margin)  # + half a 16-token block each
+
+
+def kv_bytes_for_batch(
+    engine: EngineShape, batch: int, lengths: LengthStats, kv_margin: float
+) -> int:
+    """Per-rank KV bytes for ``batch`` running sequences of mean resident length."""
+    return int(engine.model.kv_bytes_for(batch * _tokens_per_seq(lengths, kv_margin), engine.tp))
+
+
+def kv_batch_limit(
+    engine: EngineShape, kv_limit_bytes: float, lengths: LengthStats, kv_margin: float
+) -> int:
+    """Largest batch B with kv_bytes_for_batch(B) <= kv_limit_bytes (exact inverse)."""
+    if not math.isfinite(kv_limit_bytes):
+        return 1 << 30
+    blocks = int(kv_limit_bytes // engine.model.block_bytes(engine.tp))
+    b = int(blocks * VLLM_BLOCK_SIZE / _tokens_per_seq(lengths, kv_margin))
+    while b > 0 and kv_bytes_for_batch(engine, b, lengths, kv_margin) > kv_limit_bytes:
+        b -= 1  # guard against float rounding at the boundary
+    return max(0, b)
+
+
+def engine_capacity(
+    latency: LatencyModel,
+    engine: EngineShape,
+    sm_pct: float,
+    slo: Slo,
+    lengths: LengthStats,
+    *,
+    max_batch: int,
+    kv_limit_bytes: float = math.inf,
+    slo_safety: float = 1.0,
+    kv_margin: float = 0.0,
+) -> Capacity:
+    """Highest SLO-meeting rate for ``engine`` at ``sm_pct`` with at most ``max_batch``
+    sequences and ``kv_limit_bytes`` of KV per rank. Monotone in sm_pct, max_batch and
+    kv_limit_bytes (a larger value only enlarges the set of batches searched)."""
+    ttft_goal, tpot_goal = slo.ttft_s * slo_safety, slo.tpot_s * slo_safety
+    prompt, out = max(1, round(lengths.prompt_mean)), max(1.0, lengths.output_mean)
+    pre = latency.prefill(engine, prompt, sm_pct)
+    if not pre.source.trusted:
+        return ZERO
+    p = pre.seconds
+    kv_batch = kv_batch_limit(engine, kv_limit_bytes, lengths, kv_margin)
+    limit = min(max_batch, kv_batch)
+    best, stop = ZERO, ("kv" if kv_batch < max_batch else "max_batch")
+    for b in BATCH_GRID:
+        if b > limit:
+            break
+        step = latency.decode_step(engine, b, lengths.resident_tokens, sm_pct)
+        if not step.source.trusted:
+            stop = "profile"
+            break
+        d = step.seconds
+        lam = b / (out * d + b * p)
+        rho = lam * p
+        if rho >= 1.0:
+            stop = "ttft"
+            break
+        tpot = d / (1 - rho)
+        ttft = p + d + rho * p / (2 * (1 - rho))
+        if tpot > tpot_goal:
+            stop = "tpot"
+            break  # d(B) and rho only grow with B
+        if ttft > ttft_goal:
+            stop = "ttft"
+            break  # so does TTFT
+        if lam > best.rate_rps:
+            est = "estimated" in (pre.source.value, step.source.value)
+            best = Capacity(
+                lam, b, ttft, tpot, kv_bytes_for_batch(engine, b, lengths, kv_margin),
+                ttft + out * tpot, stop, est,
+            )
+    if best.rate_rps > 0:
+        return Capacity(**{**_asdict(best), "limited_by": stop})
+    return ZERO
+
+
+def _asdict(c: Capacity) -> dict:
+    return {f: getattr(c, f) for f in c.__dataclass_fields__}
+
+
+def fastest_latency(
+    latency: LatencyModel, engine: EngineShape, lengths: LengthStats
+) -> tuple[float, float]:
+    """(TTFT, TPOT) of a lone request at 100% SMs: the floor any SLO must clear."""
+    p = latency.prefill(engine, max(1, round(lengths.prompt_mean)), 100).seconds
+    d = latency.decode_step(engine, 1, lengths.resident_tokens, 100).seconds
+    return p + d, d

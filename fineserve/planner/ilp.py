@@ -1,0 +1,225 @@
+"""The placement ILP: build (from constraints.py families), solve in lexicographic stages,
+extract a ``Plan``. Mirrors docs/planner.md.
+
+Notation
+    m in M        models, offered rate lambda_m (req/s), SLOs, request lengths
+    g in G        GPUs, usable memory M_g, cost c_g; nodes group GPUs
+    t, U_t        TP degree t; U_t the aligned groups of t GPUs inside a node
+    o in O_m      engine options of m: (GPU type, t_o, SM share s_o, batch cap) with capacity
+                  mu_o (capacity.py), fixed memory w_o per rank (weights + overhead [+ static
+                  KV]) and pooled-KV bytes per unit of traffic kappa_o
+    x[m,o,u]      1 if option o of m runs on group u in U_{t_o}          (binary)
+    f[m,o,u]      traffic routed to that engine (pooled KV only)         (>= 0)
+    p[m]          placed traffic of m, <= lambda_m                       (>= 0)
+    y[g]          1 if GPU g hosts any engine                            (binary)
+    H             minimum headroom over models                           (>= 0)
+
+Objective (lexicographic by default)
+    [if not all traffic can be placed]  max sum_m p[m] / lambda_m
+    min sum_g c_g y[g]
+    max H
+
+Constraints (numbers as in constraints.py)
+    (1) f <= mu_o x                      (2) sum_{o,u} f[m,o,u] = p[m]
+    (3) sum_{o,u} mu_o x >= H_min p[m]   (4) sum_{o,u} mu_o x >= H lambda_m
+    (5) sum_{u ni g} w_o x + kappa_o f <= M_g y[g]
+    (6) sum_{u ni g} s_o x <= S y[g]     (7) sum_{u ni g} x <= E y[g]
+    (8) sum_{o, u ni g} x[m,o,u] <= 1    (9) y ordered within nodes and across identical nodes
+    (10) x[m,o,u] <= y[g], g in u        (11) lambda_m sum_{o,u} x[m,o,u] >= p[m]
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from fineserve.errors import PlanInfeasible
+from fineserve.planner.assemble import Choice, assemble_plan
+from fineserve.planner.builder import Builder, SolveResult, make_builder
+from fineserve.planner.constraints import (
+    ALL_FAMILIES,
+    FRACTION_SCALE,
+    gpu_cost,
+    pin_all_placed,
+    placed_traffic,
+)
+from fineserve.planner.options import EngineOption
+from fineserve.planner.schema import Instance, Objective, Plan, SolveReport, StageReport
+from fineserve.planner.variables import H_SCALE, MILLI, IlpData, PlacementVars, scale
+
+
+@dataclass
+class BuiltModel:
+    b: Builder
+    d: IlpData
+    v: PlacementVars
+
+
+def build_model(
+    inst: Instance, options: dict[str, tuple[EngineOption, ...]], backend: str = "ortools"
+) -> BuiltModel:
+    """Variables and every constraint family; objectives are set per stage in ``solve``."""
+    st = inst.settings
+    b = make_builder(backend, st.num_workers, st.seed)
+    d = scale(inst, options)
+    v = PlacementVars.create(b, d)
+    for family in ALL_FAMILIES:
+        family(b, d, v)
+    return BuiltModel(b, d, v)
+
+
+def solve_ilp(
+    inst: Instance,
+    options: dict[str, tuple[EngineOption, ...]],
+    *,
+    backend: str = "ortools",
+    warm_start: Plan | None = None,
+) -> Plan:
+    """Solve the placement ILP and return a plan (not yet validated).
+
+    Raises:
+        PlanInfeasible: the solver found no plan within the time limit and no warm start was
+            given to fall back on.
+    """
+    t0 = time.perf_counter()
+    deadline = t0 + inst.settings.time_limit_s
+    bm = build_model(inst, options, backend)
+    b, d, v = bm.b, bm.d, bm.v
+    if warm_start is not None:
+        b.hint(_hint_from_plan(bm, warm_start))
+    stages: list[StageReport] = []
+    snapshot: Plan | None = None  # plan of the last successful stage
+    all_placed = warm_start is not None and not warm_start.unplaced
+    if all_placed:
+        pin_all_placed(b, d, v)
+    else:
+        res = _stage(bm, "placed-traffic", "max", placed_traffic(b, d, v), deadline, 1 / 3,
+                     FRACTION_SCALE, stages)
+        if not res.has_solution:
+            return _fallback(inst, warm_start, stages, backend, t0)
+        snapshot = _extract(bm, _report(backend, stages, t0))
+    order = _stage_order(inst.settings.objective)
+    for k, name in enumerate(order):
+        share = 1.0 if k == len(order) - 1 else 0.5
+        res = _run_named(bm, name, deadline, share, stages)
+        if not res.has_solution:
+            if snapshot is None:
+                return _fallback(inst, warm_start, stages, backend, t0)
+            note = f"stage {name!r} found no solution in time; plan of the previous stage"
+            return _with_report(snapshot, _report(backend, stages, t0, note))
+        snapshot = _extract(bm, _report(backend, stages, t0))
+    assert snapshot is not None  # order is never empty
+    return snapshot
+
+
+def _report(backend: str, stages: list[StageReport], t0: float, note: str = "") -> SolveReport:
+    ok = all(s.status == "OPTIMAL" for s in stages)
+    return SolveReport(f"ilp-{backend}", "OPTIMAL" if ok else "FEASIBLE",
+                       time.perf_counter() - t0, tuple(stages), note)
+
+
+def _with_report(plan: Plan, report: SolveReport) -> Plan:
+    return plan.with_report(report)
+
+
+def _stage_order(obj: Objective) -> tuple[str, ...]:
+    return {
+        Objective.LEXICOGRAPHIC: ("cost", "headroom"),
+        Objective.MIN_GPUS: ("cost",),
+        Objective.MAX_HEADROOM: ("headroom", "cost"),
+        Objective.WEIGHTED: ("weighted",),
+    }[obj]
+
+
+def _run_named(bm: BuiltModel, name: str, deadline: float, share: float,
+               stages: list[StageReport]) -> SolveResult:
+    b, d, v = bm.b, bm.d, bm.v
+    if name == "cost":
+        return _stage(bm, "cost", "min", gpu_cost(b, d, v), deadline, share, 1000, stages)
+    if name == "headroom":
+        return _stage(bm, "headroom", "max", v.H, deadline, share, H_SCALE, stages)
+    w = round(bm.d.inst.settings.headroom_weight * 1000)  # cost units per unit of headroom
+    expr = H_SCALE * gpu_cost(b, d, v) - w * v.H
+    return _stage(bm, "weighted", "min", expr, deadline, share, 1000 * H_SCALE, stages)
+
+
+def _stage(bm: BuiltModel, name: str, sense: str, expr, deadline: float, share: float,
+           unit: float, stages: list[StageReport]) -> SolveResult:
+    """Solve one objective, record it, then pin it so later stages keep it."""
+    b = bm.b
+    (b.maximize if sense == "max" else b.minimize)(expr)
+    budget = max(0.5, (deadline - time.perf_counter()) * share)
+    res = b.solve(budget)
+    if not res.has_solution:
+        stages.append(StageReport(name, res.status, float("nan"), float("nan"), res.seconds))
+        return res
+    stages.append(StageReport(name, res.status, res.objective / unit, res.bound / unit,
+                              res.seconds))
+    pinned = round(res.objective)
+    b.add(expr >= pinned if sense == "max" else expr <= pinned, f"pin[{name}]")
+    b.hint({var: b.value(var) for var in _all_vars(bm)})
+    return res
+
+
+def _all_vars(bm: BuiltModel):
+    v = bm.v
+    yield from v.x.values()
+    yield from v.f.values()
+    yield from v.y.values()
+    yield from v.p.values()
+    yield v.H
+
+
+def _extract(bm: BuiltModel, report: SolveReport) -> Plan:
+    b, d, v = bm.b, bm.d, bm.v
+    choices, rates = [], []
+    for key, x in v.x.items():
+        if b.value(x) > 0.5:
+            m, i, _ = key
+            choices.append(Choice(d.options[m][i], v.group_of(d, key)))
+            rates.append(b.value(v.f[key]) / MILLI if d.pooled else 0.0)
+    placed = {m: b.value(v.p[m]) / MILLI for m in d.models}
+    # p is rounded up from the offered rate; never report more than was offered
+    placed = {m.name: min(placed[m.name], m.rate_rps) for m in d.inst.models}
+    return assemble_plan(d.inst, choices, placed, report, d.options,
+                         rates if d.pooled else None)
+
+
+def _hint_from_plan(bm: BuiltModel, plan: Plan) -> dict:
+    """Variable values reproducing ``plan`` (engines whose option is unknown are skipped)."""
+    d, v = bm.d, bm.v
+    values = {var: 0 for var in _all_vars(bm)}
+    for e in plan.engines:
+        opts = d.options[e.model]
+        i = next((j for j, o in enumerate(opts)
+                  if (o.tp, o.sm_pct, o.max_batch) == (e.tp, e.sm_pct, e.max_batch)), None)
+        if i is None:
+            continue
+        k = next((k for k, u in enumerate(d.groups[e.tp]) if u.gpus == e.gpus), None)
+        if k is None or (e.model, i, k) not in v.x:
+            continue
+        values[v.x[e.model, i, k]] = 1
+        if d.pooled:
+            values[v.f[e.model, i, k]] = min(int(e.rate_rps * MILLI), d.mu[e.model, i])
+        for g in e.gpus:
+            values[v.y[g]] = 1
+    for m in d.models:
+        values[v.p[m]] = min(d.lam[m], int(sum(e.rate_rps for e in plan.engines_of(m)) * MILLI))
+    values[v.H] = min(d.h_cap, int(plan.min_headroom * H_SCALE)) if plan.engines else 0
+    return values
+
+
+def _fallback(inst: Instance, warm: Plan | None, stages: list[StageReport], backend: str,
+              t0: float) -> Plan:
+    if warm is None:
+        last = stages[-1].status if stages else "UNKNOWN"
+        raise PlanInfeasible(
+            f"the {backend} solver found no plan within {inst.settings.time_limit_s:.0f} s "
+            f"(status {last})",
+            hint="raise --time-limit, or plan with a greedy method to get a starting point",
+        )
+    note = (f"solver found nothing better within the time limit; returning the warm start "
+            f"({warm.report.method})")
+    report = SolveReport(f"ilp-{backend}", "HEURISTIC", time.perf_counter() - t0,
+                         tuple(stages), note)
+    return _with_report(warm, report)

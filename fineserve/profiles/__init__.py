@@ -1,0 +1,1 @@
+"""Model catalog, precisions, GPU specs and latency models (measured tables and estimates)."""

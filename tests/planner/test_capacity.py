@@ -1,0 +1,118 @@
+"""Capacity model: the closed forms, monotonicity (hypothesis), and zero when nothing fits."""
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fineserve.errors import SpecError
+from fineserve.planner.capacity import (
+    BATCH_GRID, engine_capacity, kv_batch_limit, kv_bytes_for_batch,
+)
+from fineserve.planner.options import engine_options
+from fineserve.planner.schema import LengthStats, Slo
+from fineserve.profiles.catalog import model_spec
+from fineserve.profiles.gpus import gpu_spec
+from fineserve.profiles.latency import EngineShape, Latency, LatencySource
+from tests.planner.fakes import FakeLatency, demand, instance
+
+H100 = gpu_spec("h100")
+ENGINE = EngineShape(H100, model_spec("llama-3.1-8b"), 1)
+LAT = FakeLatency()
+
+
+class ConstLatency:
+    """Prefill p and decode step d fixed, so the closed forms can be checked by hand."""
+
+    def __init__(self, p, d):
+        self.p, self.d = p, d
+
+    def prefill(self, engine, prompt_tokens, sm_pct, batch=1):
+        return Latency(self.p, LatencySource.MEASURED)
+
+    def decode_step(self, engine, batch, context_tokens, sm_pct):
+        return Latency(self.d, LatencySource.MEASURED)
+
+    def covers(self, engine):
+        return True
+
+
+def test_closed_form_at_the_batch_cap():
+    # p = 10 ms, d = 20 ms, D = 100 tokens, B = 8: lambda = 8 / (100*0.02 + 8*0.01) = 3.846
+    cap = engine_capacity(ConstLatency(0.01, 0.02), ENGINE, 100, Slo(10, 1),
+                          LengthStats(100, 100), max_batch=8)
+    assert cap.batch == 8
+    assert cap.rate_rps == pytest.approx(8 / (100 * 0.02 + 8 * 0.01))
+    rho = cap.rate_rps * 0.01
+    assert cap.tpot_s == pytest.approx(0.02 / (1 - rho))
+    assert cap.ttft_s == pytest.approx(0.01 + 0.02 + rho * 0.01 / (2 * (1 - rho)))
+    assert cap.limited_by == "max_batch"
+
+
+def test_tpot_slo_bounds_the_batch():
+    # d grows with batch in FakeLatency; a tight TPOT stops the scan early
+    loose = engine_capacity(LAT, ENGINE, 100, Slo(5, 0.2), LengthStats(512, 256), max_batch=256)
+    tight = engine_capacity(LAT, ENGINE, 100, Slo(5, 0.0075), LengthStats(512, 256),
+                            max_batch=256)
+    assert 0 < tight.rate_rps < loose.rate_rps
+    assert tight.limited_by == "tpot" and tight.tpot_s <= 0.0075
+
+
+def test_untrusted_latency_gives_zero():
+    class Clamped(ConstLatency):
+        def prefill(self, *a, **k):
+            return Latency(0.01, LatencySource.CLAMPED)
+
+    cap = engine_capacity(Clamped(0.01, 0.02), ENGINE, 100, Slo(10, 1), LengthStats(100, 100),
+                          max_batch=8)
+    assert cap.rate_rps == 0
+
+
+def test_kv_batch_limit_is_the_exact_inverse():
+    lengths = LengthStats(512, 256)
+    for limit in (0, 10**6, 10**8, 3 * 10**9, 7.5 * 10**9):
+        b = kv_batch_limit(ENGINE, limit, lengths, 0.2)
+        assert kv_bytes_for_batch(ENGINE, b, lengths, 0.2) <= limit or b == 0
+        assert kv_bytes_for_batch(ENGINE, b + 1, lengths, 0.2) > limit
+
+
+def test_no_kv_memory_means_no_capacity():
+    cap = engine_capacity(LAT, ENGINE, 100, Slo(5, 0.2), LengthStats(512, 256), max_batch=256,
+                          kv_limit_bytes=1000)
+    assert cap.rate_rps == 0
+
+
+def test_weights_that_do_not_fit_raise_a_named_error():
+    inst = instance([demand("huge", "llama-3.1-70b", "bf16", tp=(1,))], gpus=1)
+    with pytest.raises(SpecError, match=r"models\[0\] \(huge\): weights need 131.4 GiB"):
+        engine_options(inst, LAT)
+
+
+def test_impossible_slo_names_the_field_and_the_floor():
+    inst = instance([demand("fast", ttft=0.001)], gpus=1)
+    with pytest.raises(SpecError, match=r"models\[0\] \(fast\)\.slo\.ttft_ms: 1 ms is below"):
+        engine_options(inst, LAT)
+    inst = instance([demand("fast", tpot=0.001)], gpus=1)
+    with pytest.raises(SpecError, match=r"slo\.tpot_ms: 1\.0 ms is below the fastest"):
+        engine_options(inst, LAT)
+
+
+slos = st.builds(Slo, st.floats(0.05, 5), st.floats(0.005, 0.3))
+lengths = st.builds(LengthStats, st.floats(16, 4096), st.floats(8, 2048))
+
+
+@settings(max_examples=150, deadline=None)
+@given(slo=slos, lens=lengths, sm=st.integers(5, 99), dsm=st.integers(1, 50),
+       kv=st.floats(1e8, 6e10), dkv=st.floats(0, 2e10), batch=st.sampled_from(BATCH_GRID[:60]),
+       dbatch=st.integers(0, 128))
+def test_capacity_is_monotone_in_sm_kv_and_batch(slo, lens, sm, dsm, kv, dkv, batch, dbatch):
+    def cap(s, k, b):
+        return engine_capacity(LAT, ENGINE, s, slo, lens, max_batch=b, kv_limit_bytes=k,
+                               kv_margin=0.2).rate_rps
+
+    base = cap(sm, kv, batch)
+    assert cap(min(100, sm + dsm), kv, batch) >= base - 1e-12
+    assert cap(sm, kv + dkv, batch) >= base - 1e-12
+    assert cap(sm, kv, batch + dbatch) >= base - 1e-12
+    assert math.isfinite(base) and base >= 0
