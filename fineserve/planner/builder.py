@@ -52,6 +52,9 @@ class CpSatBuilder:
         self.solver = cp_model.CpSolver()
         self.solver.parameters.num_search_workers = num_workers
         self.solver.parameters.random_seed = seed
+        # Probing spends ~10 s on 2 cores deriving 700k binary clauses from the per-GPU
+        # rows and never pays back; measured in bench/planner_scale.py.
+        self.solver.parameters.cp_model_probing_level = 0
 
     def bool_var(self, name: str) -> Any:
         return self.model.new_bool_var(name)

@@ -29,9 +29,26 @@ class GreedyState:
     inst: Instance
     options: Options
     choices: list[Choice] = field(default_factory=list)
+    _by_gpu: dict[int, list[Choice]] = field(default_factory=dict)
+
+    def add(self, c: Choice) -> None:
+        self.choices.append(c)
+        for g in c.group.gpus:
+            self._by_gpu.setdefault(g, []).append(c)
+
+    def replace_on(self, gpus: tuple[int, ...], new: list[Choice]) -> None:
+        """Drop every engine touching ``gpus`` and add ``new``."""
+        gone = {id(c) for g in gpus for c in self._by_gpu.get(g, [])}
+        self.choices = [c for c in self.choices if id(c) not in gone]
+        self._by_gpu = {}
+        for c in self.choices:
+            for g in c.group.gpus:
+                self._by_gpu.setdefault(g, []).append(c)
+        for c in new:
+            self.add(c)
 
     def engines_on(self, g: int) -> list[Choice]:
-        return [c for c in self.choices if g in c.group.gpus]
+        return self._by_gpu.get(g, [])
 
     def mem_need(self, o: EngineOption) -> float:
         """Per-rank memory. Pooled KV floors are sized for the most traffic the engine can
@@ -108,7 +125,7 @@ def static_plan(inst: Instance, options: Options) -> Plan:
             u = _open_group(st, o)
             if u is None:
                 break
-            st.choices.append(Choice(o, u))
+            st.add(Choice(o, u))
     return st.finish("static", t0)
 
 
@@ -152,7 +169,7 @@ def _place_on_used(st: GreedyState, opts: tuple[EngineOption, ...], need: float)
                 best = (free, Choice(o, u))
     if best is None:
         return False
-    st.choices.append(best[1])
+    st.add(best[1])
     return True
 
 
@@ -162,7 +179,7 @@ def _place_on_new(st: GreedyState, opts: tuple[EngineOption, ...], need: float) 
                         key=lambda o: (o.capacity_rps < need, o.sm_pct, -o.capacity_rps)):
             u = _open_group(st, o)
             if u is not None:
-                st.choices.append(Choice(o, u))
+                st.add(Choice(o, u))
                 return True
     return False
 
@@ -207,7 +224,7 @@ def _add_replica_lowest_pressure(st: GreedyState, m: ModelDemand, kv_demand) -> 
     tp = min(o.tp for o in opts)
     best: tuple[float, TpGroup, list[Choice]] | None = None
     for u in tp_groups(st.inst.cluster, tp):
-        resident = [c for c in st.choices if set(c.group.gpus) & set(u.gpus)]
+        resident = list({id(c): c for g in u.gpus for c in st.engines_on(g)}.values())
         if any(c.option.model == m.name for c in resident):
             continue
         if tp > 1 and resident:
@@ -228,7 +245,7 @@ def _add_replica_lowest_pressure(st: GreedyState, m: ModelDemand, kv_demand) -> 
     if best is None:
         return False
     _, u, plan = best
-    st.choices = [c for c in st.choices if not set(c.group.gpus) & set(u.gpus)] + plan
+    st.replace_on(u.gpus, plan)
     return True
 
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 from fineserve.errors import PlanInfeasible
 from fineserve.planner.assemble import Choice, assemble_plan
+from fineserve.planner.bounds import cost_lower_bound, headroom_upper_bound
 from fineserve.planner.builder import Builder, SolveResult, make_builder
 from fineserve.planner.constraints import (
     ALL_FAMILIES,
@@ -45,6 +46,7 @@ from fineserve.planner.constraints import (
 )
 from fineserve.planner.options import EngineOption
 from fineserve.planner.schema import Instance, Objective, Plan, SolveReport, StageReport
+from fineserve.planner.symmetry import canonical_plan
 from fineserve.planner.variables import H_SCALE, MILLI, IlpData, PlacementVars, scale
 
 
@@ -92,6 +94,9 @@ def solve_ilp(
     all_placed = warm_start is not None and not warm_start.unplaced
     if all_placed:
         pin_all_placed(b, d, v)
+        bound_s = 0.1 * inst.settings.time_limit_s
+        lb = cost_lower_bound(d, bound_s, inst.settings.num_workers)
+        b.add(gpu_cost(b, d, v) >= lb, "cut[cost>=aggregate]")
     else:
         res = _stage(bm, "placed-traffic", "max", placed_traffic(b, d, v), deadline, 1 / 3,
                      FRACTION_SCALE, stages)
@@ -101,6 +106,11 @@ def solve_ilp(
     order = _stage_order(inst.settings.objective)
     for k, name in enumerate(order):
         share = 1.0 if k == len(order) - 1 else 0.5
+        if name == "headroom" and all_placed:
+            cost_cap = round(stages[-1].objective * 1000) if stages else sum(d.cost.values())
+            ub = headroom_upper_bound(d, cost_cap, 0.1 * inst.settings.time_limit_s,
+                                      inst.settings.num_workers)
+            b.add(v.H <= ub, "cut[H<=aggregate]")
         res = _run_named(bm, name, deadline, share, stages)
         if not res.has_solution:
             if snapshot is None:
@@ -157,8 +167,17 @@ def _stage(bm: BuiltModel, name: str, sense: str, expr, deadline: float, share: 
                               res.seconds))
     pinned = round(res.objective)
     b.add(expr >= pinned if sense == "max" else expr <= pinned, f"pin[{name}]")
-    b.hint({var: b.value(var) for var in _all_vars(bm)})
+    values = {var: b.value(var) for var in _all_vars(bm)}
+    values[bm.v.H] = _best_h(bm, values)  # H is free until its own stage: hint its best
+    b.hint(values)
     return res
+
+
+def _best_h(bm: BuiltModel, values: dict) -> int:
+    d, v = bm.d, bm.v
+    caps = {m: sum(d.mu[m, i] * round(values[v.x[m, i, k]]) for m, i, k in v.of_model[m])
+            for m in d.models}
+    return min([d.h_cap] + [H_SCALE * caps[m] // d.lam[m] for m in d.models])
 
 
 def _all_vars(bm: BuiltModel):
@@ -186,27 +205,46 @@ def _extract(bm: BuiltModel, report: SolveReport) -> Plan:
 
 
 def _hint_from_plan(bm: BuiltModel, plan: Plan) -> dict:
-    """Variable values reproducing ``plan`` (engines whose option is unknown are skipped)."""
+    """Variable values reproducing ``plan`` in the ILP's integer units (engines whose option
+    is unknown are skipped; CP-SAT repairs what rounding breaks)."""
     d, v = bm.d, bm.v
+    plan = canonical_plan(plan)
     values = {var: 0 for var in _all_vars(bm)}
+    unplaced = {u.model for u in plan.unplaced}
+    flows: dict[str, list] = {m: [] for m in d.models}
     for e in plan.engines:
         opts = d.options[e.model]
         i = next((j for j, o in enumerate(opts)
                   if (o.tp, o.sm_pct, o.max_batch) == (e.tp, e.sm_pct, e.max_batch)), None)
-        if i is None:
-            continue
-        k = next((k for k, u in enumerate(d.groups[e.tp]) if u.gpus == e.gpus), None)
-        if k is None or (e.model, i, k) not in v.x:
+        k = next((k for k, u in enumerate(d.groups.get(e.tp, ())) if u.gpus == e.gpus), None)
+        if i is None or k is None or (e.model, i, k) not in v.x:
             continue
         values[v.x[e.model, i, k]] = 1
-        if d.pooled:
-            values[v.f[e.model, i, k]] = min(int(e.rate_rps * MILLI), d.mu[e.model, i])
+        flows[e.model].append(((e.model, i, k), e.rate_rps))
         for g in e.gpus:
             values[v.y[g]] = 1
     for m in d.models:
-        values[v.p[m]] = min(d.lam[m], int(sum(e.rate_rps for e in plan.engines_of(m)) * MILLI))
-    values[v.H] = min(d.h_cap, int(plan.min_headroom * H_SCALE)) if plan.engines else 0
+        routed = int(sum(r for _, r in flows[m]) * MILLI)
+        p = d.lam[m] if m not in unplaced else min(d.lam[m], routed)
+        values[v.p[m]] = p
+        if d.pooled and flows[m]:
+            _split_integer(values, v, d, flows[m], p)
+    caps = {m: sum(d.mu[key[0], key[1]] for key, _ in flows[m]) for m in d.models}
+    values[v.H] = min([d.h_cap] + [H_SCALE * caps[m] // d.lam[m] for m in d.models])
     return values
+
+
+def _split_integer(values: dict, v: PlacementVars, d: IlpData, flows: list, total: int) -> None:
+    """Integer flows summing exactly to ``total``, each within its engine's capacity."""
+    ints = [min(d.mu[key[0], key[1]], int(rate * MILLI)) for key, rate in flows]
+    rest = total - sum(ints)
+    for j, (key, _) in enumerate(flows):
+        room = d.mu[key[0], key[1]] - ints[j]
+        add = max(-ints[j], min(room, rest))
+        ints[j] += add
+        rest -= add
+    for (key, _), f in zip(flows, ints, strict=True):
+        values[v.f[key]] = f
 
 
 def _fallback(inst: Instance, warm: Plan | None, stages: list[StageReport], backend: str,

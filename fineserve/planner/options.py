@@ -153,9 +153,10 @@ def _why_no_option(
     field = f"models[{idx}] ({m.name})"
     st = inst.settings
     if not tps:
+        largest = max(n.num_gpus for n in inst.cluster.nodes)
         return SpecError(
             f"{field}.tp: no allowed TP degree fits the model and the nodes",
-            hint=f"allow a TP degree that divides its heads and is <= {max(n.num_gpus for n in inst.cluster.nodes)}",
+            hint=f"allow a TP degree that divides its heads and is <= {largest}",
         )
     fits = [
         (g, t) for g in gpus for t in tps

@@ -16,8 +16,20 @@ import yaml
 
 from fineserve.errors import SpecError
 from fineserve.planner.schema import (
-    Cluster, EnginePlacement, Instance, KVMode, LengthStats, ModelDemand, NodeSpec, Objective,
-    Plan, PlannerSettings, Slo, SolveReport, StageReport, Unplaced,
+    Cluster,
+    EnginePlacement,
+    Instance,
+    KVMode,
+    LengthStats,
+    ModelDemand,
+    NodeSpec,
+    Objective,
+    Plan,
+    PlannerSettings,
+    Slo,
+    SolveReport,
+    StageReport,
+    Unplaced,
 )
 from fineserve.profiles.catalog import ModelSpec, resolve_arch
 from fineserve.profiles.gpus import gpu_spec

@@ -75,15 +75,15 @@ class GpuSlot:
 @dataclass(frozen=True, slots=True)
 class Cluster:
     nodes: tuple[NodeSpec, ...]
+    gpus: tuple[GpuSlot, ...] = field(init=False, repr=False, compare=False)
 
-    @property
-    def gpus(self) -> tuple[GpuSlot, ...]:
+    def __post_init__(self) -> None:
         out, gid = [], 0
         for node in self.nodes:
             for i in range(node.num_gpus):
                 out.append(GpuSlot(gid, node.name, i, node.gpu, node.cost_per_gpu))
                 gid += 1
-        return tuple(out)
+        object.__setattr__(self, "gpus", tuple(out))  # derived once: the planner's hot path
 
     @property
     def num_gpus(self) -> int:

@@ -16,7 +16,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from fineserve.errors import FineserveError, SpecError
 from fineserve.planner.schema import (
-    Cluster, Instance, KVMode, LengthStats, ModelDemand, NodeSpec, Objective, PlannerSettings,
+    Cluster,
+    Instance,
+    KVMode,
+    LengthStats,
+    ModelDemand,
+    NodeSpec,
+    Objective,
+    PlannerSettings,
     Slo,
 )
 from fineserve.profiles.catalog import ModelSpec, resolve_arch

@@ -58,7 +58,9 @@ def _fits(inst: Instance, choices: list[Choice], rates: list[float]) -> bool:
     return all(v <= caps[g] for g, v in load.items())
 
 
-def _lp_split(inst: Instance, choices: list[Choice], placed: dict[str, float]) -> list[float] | None:
+def _lp_split(
+    inst: Instance, choices: list[Choice], placed: dict[str, float]
+) -> list[float] | None:
     from ortools.linear_solver import pywraplp
 
     solver = pywraplp.Solver.CreateSolver("GLOP")

@@ -199,5 +199,7 @@ def resolve_arch(ref: str, field: str = "model") -> ModelArch:
     )
 
 
-def model_spec(ref: str, weights: str = "bf16", kv: str = "bf16", field: str = "model") -> ModelSpec:
+def model_spec(
+    ref: str, weights: str = "bf16", kv: str = "bf16", field: str = "model"
+) -> ModelSpec:
     return ModelSpec(resolve_arch(ref, field), Precision.parse(weights, kv))

@@ -7,7 +7,13 @@ Numbers are in the range of an 8B model on an H100 so capacities are realistic.
 from __future__ import annotations
 
 from fineserve.planner.schema import (
-    Cluster, Instance, LengthStats, ModelDemand, NodeSpec, PlannerSettings, Slo,
+    Cluster,
+    Instance,
+    LengthStats,
+    ModelDemand,
+    NodeSpec,
+    PlannerSettings,
+    Slo,
 )
 from fineserve.profiles.catalog import model_spec
 from fineserve.profiles.gpus import gpu_spec

@@ -8,7 +8,10 @@ from hypothesis import strategies as st
 
 from fineserve.errors import SpecError
 from fineserve.planner.capacity import (
-    BATCH_GRID, engine_capacity, kv_batch_limit, kv_bytes_for_batch,
+    BATCH_GRID,
+    engine_capacity,
+    kv_batch_limit,
+    kv_bytes_for_batch,
 )
 from fineserve.planner.options import engine_options
 from fineserve.planner.schema import LengthStats, Slo

@@ -6,8 +6,16 @@ import pytest
 
 from fineserve.planner.builder import CpSatBuilder
 from fineserve.planner.constraints import (
-    add_coverage, add_engine_limit, add_gpu_use, add_headroom, add_memory, add_replica_floor,
-    add_sm_share, add_symmetry, add_traffic, pin_all_placed,
+    add_coverage,
+    add_engine_limit,
+    add_gpu_use,
+    add_headroom,
+    add_memory,
+    add_replica_floor,
+    add_sm_share,
+    add_symmetry,
+    add_traffic,
+    pin_all_placed,
 )
 from fineserve.planner.options import EngineOption
 from fineserve.planner.schema import KVMode

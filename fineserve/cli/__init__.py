@@ -1,0 +1,1 @@
+"""The ``fineserve`` command line: ``app.py`` wires one module per command group."""

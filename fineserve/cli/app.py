@@ -1,0 +1,26 @@
+"""Wiring only: one module per command group."""
+
+from __future__ import annotations
+
+import typer
+
+from fineserve.cli import models_cmd, plan_cmd, profiles_cmd
+
+app = typer.Typer(
+    name="fineserve",
+    help="Serve many mixed-precision LLMs on shared GPUs: profile, plan, deploy.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command("plan")(plan_cmd.plan)
+app.command("models")(models_cmd.models)
+app.add_typer(profiles_cmd.app, name="profiles")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
