@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
+
 from fineserve.errors import PlanInfeasible, SpecError
 from fineserve.planner.greedy import METHODS as GREEDY
 from fineserve.planner.ilp import solve_ilp
@@ -38,9 +41,16 @@ def make_plan(
     if method not in PLAN_METHODS:
         raise SpecError(f"--method: unknown method {method!r}",
                         hint=f"use one of {', '.join(PLAN_METHODS)}")
+    t0 = time.perf_counter()
     options = options if options is not None else engine_options(inst, latency)
     if method == "ilp":
-        plan = solve_ilp(inst, options, backend=backend, warm_start=best_greedy(inst, options))
+        warm = best_greedy(inst, options)
+        # the time limit covers the whole planning call, warm start included
+        # (5% is kept back for assembling and validating the plan)
+        left = max(1.0, 0.95 * inst.settings.time_limit_s - (time.perf_counter() - t0))
+        timed = replace(inst, settings=replace(inst.settings, time_limit_s=left))
+        plan = solve_ilp(timed, options, backend=backend, warm_start=warm)
+        plan = Plan(inst, plan.engines, plan.unplaced, plan.report)
     else:
         plan = GREEDY[method](inst, options)
     if not plan.engines:

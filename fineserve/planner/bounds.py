@@ -24,7 +24,19 @@ class Bounds:
     headroom_ub: int | None  # H x 1000 at cost <= the cost it was computed for
 
 
-def _relaxation(d: IlpData):
+@dataclass
+class Relaxation:
+    """The aggregated model: n[m,i] engines, F[m,i] traffic (pooled), Y[t] GPUs of type t."""
+
+    model: cp_model.CpModel
+    n: dict
+    F: dict
+    Y: dict
+    H: cp_model.IntVar
+    cost: cp_model.LinearExpr
+
+
+def relaxation(d: IlpData) -> Relaxation:
     m_ = cp_model.CpModel()
     types: dict[str, list[int]] = {}
     for g in d.gpus:
@@ -53,6 +65,15 @@ def _relaxation(d: IlpData):
             own = [tp[k] * n[k] for k in mine if k[0] == m]
             if own:
                 m_.add(sum(own) <= Y[t])  # one engine of a model per GPU
+        # large items cannot share a GPU: at most one rank above half of a resource per GPU,
+        # two above a third (valid bin-packing cuts; they carry per-GPU packing into totals)
+        cap_mem, cap_sm = d.mem_cap[g.gpu_id], d.sm_cap
+        for share, per_gpu in ((2, 1), (3, 2)):
+            big_mem = [tp[k] * n[k] for k in mine if d.w[k] * share > cap_mem]
+            big_sm = [tp[k] * n[k] for k in mine if d.sm[k] * share > cap_sm]
+            for big in (big_mem, big_sm):
+                if big:
+                    m_.add(sum(big) <= per_gpu * Y[t])
     for m in d.models:
         keys = [k for k in n if k[0] == m]
         cap = sum(d.mu[k] * n[k] for k in keys)
@@ -61,22 +82,24 @@ def _relaxation(d: IlpData):
         if d.pooled:
             m_.add(sum(F[k] for k in keys) == d.lam[m])
     cost = sum(d.cost[ids[0]] * Y[t] for t, ids in types.items())
-    return m_, cost, H
+    return Relaxation(m_, n, F, Y, H, cost)
 
 
-def _solve(model: cp_model.CpModel, seconds: float, workers: int) -> cp_model.CpSolver:
+def solve(model: cp_model.CpModel, seconds: float, workers: int
+          ) -> tuple[cp_model.CpSolver, str]:
+    """Solve; returns the solver (for values and bounds) and the status name."""
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = max(0.2, seconds)
     solver.parameters.num_workers = workers
-    solver.solve(model)
-    return solver
+    code = solver.solve(model)
+    return solver, solver.status_name(code)
 
 
 def cost_lower_bound(d: IlpData, seconds: float = 3.0, workers: int = 8) -> int:
     """Lower bound on sum_g c_g y_g over plans placing all traffic (0 if unknown)."""
-    model, cost, _ = _relaxation(d)
-    model.minimize(cost)
-    solver = _solve(model, seconds, workers)
+    r = relaxation(d)
+    r.model.minimize(r.cost)
+    solver, _ = solve(r.model, seconds, workers)
     bound = solver.best_objective_bound
     return max(0, math.ceil(bound - 1e-6)) if math.isfinite(bound) else 0
 
@@ -84,9 +107,9 @@ def cost_lower_bound(d: IlpData, seconds: float = 3.0, workers: int = 8) -> int:
 def headroom_upper_bound(d: IlpData, max_cost: int, seconds: float = 3.0,
                          workers: int = 8) -> int:
     """Upper bound on H (x1000) over plans placing all traffic at cost <= max_cost."""
-    model, cost, H = _relaxation(d)
-    model.add(cost <= max_cost)
-    model.maximize(H)
-    solver = _solve(model, seconds, workers)
+    r = relaxation(d)
+    r.model.add(r.cost <= max_cost)
+    r.model.maximize(r.H)
+    solver, _ = solve(r.model, seconds, workers)
     bound = solver.best_objective_bound
     return min(d.h_cap, math.floor(bound + 1e-6)) if math.isfinite(bound) else d.h_cap

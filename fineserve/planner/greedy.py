@@ -160,9 +160,9 @@ def _place_on_used(st: GreedyState, opts: tuple[EngineOption, ...], need: float)
             if not all(g in used for g in u.gpus):
                 continue
             fitting = [o for o in opts if o.tp == tp and o.gpu_type == u.gpu_type
-                       and st.can_host(u, o)]
+                       and o.capacity_rps >= need and st.can_host(u, o)]
             o = _smallest_covering(fitting, need)
-            if o is None:
+            if o is None:  # sharing only pays when one engine covers what is left
                 continue
             free = min(st.free_sm(g) for g in u.gpus)
             if best is None or free > best[0]:
@@ -175,8 +175,10 @@ def _place_on_used(st: GreedyState, opts: tuple[EngineOption, ...], need: float)
 
 def _place_on_new(st: GreedyState, opts: tuple[EngineOption, ...], need: float) -> bool:
     for tp in sorted({o.tp for o in opts}):
+        # the least SM share that covers the need, else the biggest engine
         for o in sorted((o for o in opts if o.tp == tp),
-                        key=lambda o: (o.capacity_rps < need, o.sm_pct, -o.capacity_rps)):
+                        key=lambda o: (o.capacity_rps < need,
+                                       o.sm_pct if o.capacity_rps >= need else -o.capacity_rps)):
             u = _open_group(st, o)
             if u is not None:
                 st.add(Choice(o, u))

@@ -45,6 +45,7 @@ from fineserve.planner.constraints import (
     placed_traffic,
 )
 from fineserve.planner.options import EngineOption
+from fineserve.planner.packing import relax_and_pack
 from fineserve.planner.schema import Instance, Objective, Plan, SolveReport, StageReport
 from fineserve.planner.symmetry import canonical_plan
 from fineserve.planner.variables import H_SCALE, MILLI, IlpData, PlacementVars, scale
@@ -58,12 +59,13 @@ class BuiltModel:
 
 
 def build_model(
-    inst: Instance, options: dict[str, tuple[EngineOption, ...]], backend: str = "ortools"
+    inst: Instance, options: dict[str, tuple[EngineOption, ...]], backend: str = "ortools",
+    d: IlpData | None = None,
 ) -> BuiltModel:
     """Variables and every constraint family; objectives are set per stage in ``solve``."""
     st = inst.settings
     b = make_builder(backend, st.num_workers, st.seed)
-    d = scale(inst, options)
+    d = d if d is not None else scale(inst, options)
     v = PlacementVars.create(b, d)
     for family in ALL_FAMILIES:
         family(b, d, v)
@@ -84,14 +86,29 @@ def solve_ilp(
             given to fall back on.
     """
     t0 = time.perf_counter()
-    deadline = t0 + inst.settings.time_limit_s
-    bm = build_model(inst, options, backend)
-    b, d, v = bm.b, bm.d, bm.v
+    st = inst.settings
+    deadline = t0 + st.time_limit_s
+    d = scale(inst, options)
+    all_placed = warm_start is not None and not warm_start.unplaced
+    # Relax-and-pack only where the full model cannot be searched in time: on smaller
+    # instances the full ILP finds better headroom (bench/planner_scale.py).
+    if backend == "ortools" and all_placed and _too_big(d) and st.objective in (
+            Objective.LEXICOGRAPHIC, Objective.MIN_GPUS):
+        packed = _relax_and_pack(d, t0, deadline)
+        if packed is not None:
+            if packed.report.status == "OPTIMAL" or _too_big(d):
+                return packed
+            if (packed.cost, -packed.min_headroom) <= (warm_start.cost, -warm_start.min_headroom):
+                warm_start = packed
+    if _too_big(d):
+        return _fallback(inst, warm_start, [], backend, t0, "the full ILP is too large to "
+                         f"search in {st.time_limit_s:g} s ({_x_count(d)} placement variables)")
+    bm = build_model(inst, options, backend, d)
+    b, v = bm.b, bm.v
     if warm_start is not None:
         b.hint(_hint_from_plan(bm, warm_start))
     stages: list[StageReport] = []
     snapshot: Plan | None = None  # plan of the last successful stage
-    all_placed = warm_start is not None and not warm_start.unplaced
     if all_placed:
         pin_all_placed(b, d, v)
         bound_s = 0.1 * inst.settings.time_limit_s
@@ -130,6 +147,40 @@ def _report(backend: str, stages: list[StageReport], t0: float, note: str = "") 
 
 def _with_report(plan: Plan, report: SolveReport) -> Plan:
     return plan.with_report(report)
+
+
+MAX_PLACEMENT_VARS = 60_000  # above this the full model does not presolve in a minute
+
+
+def _x_count(d: IlpData) -> int:
+    return sum(len(d.groups_for(o)) for opts in d.options.values() for o in opts)
+
+
+def _too_big(d: IlpData) -> bool:
+    return _x_count(d) > MAX_PLACEMENT_VARS
+
+
+def _relax_and_pack(d: IlpData, t0: float, deadline: float) -> Plan | None:
+    st = d.inst.settings
+    result = relax_and_pack(
+        d, with_headroom=st.objective is Objective.LEXICOGRAPHIC,
+        seconds=st.time_limit_s, workers=st.num_workers,
+        clock=lambda: deadline - time.perf_counter(),
+    )
+    if result is None:
+        return None
+    placed, pstages = result
+    units = {"cost": 1000, "headroom": H_SCALE}
+    stages = tuple(StageReport(p.name, "OPTIMAL" if p.optimal else "FEASIBLE",
+                               p.objective / units[p.name], p.bound / units[p.name], p.seconds)
+                   for p in pstages)
+    status = "OPTIMAL" if all(p.optimal for p in pstages) else "FEASIBLE"
+    report = SolveReport("ilp-ortools", status, time.perf_counter() - t0, stages,
+                         "relax-and-pack: aggregated ILP + packing")
+    choices = [Choice(d.options[m][i], u) for m, i, u, _ in placed]
+    rates = [f / MILLI for *_, f in placed] if d.pooled else None
+    placed_rps = {m.name: m.rate_rps for m in d.inst.models}
+    return assemble_plan(d.inst, choices, placed_rps, report, d.options, rates)
 
 
 def _stage_order(obj: Objective) -> tuple[str, ...]:
@@ -248,7 +299,7 @@ def _split_integer(values: dict, v: PlacementVars, d: IlpData, flows: list, tota
 
 
 def _fallback(inst: Instance, warm: Plan | None, stages: list[StageReport], backend: str,
-              t0: float) -> Plan:
+              t0: float, why: str = "") -> Plan:
     if warm is None:
         last = stages[-1].status if stages else "UNKNOWN"
         raise PlanInfeasible(
@@ -256,8 +307,12 @@ def _fallback(inst: Instance, warm: Plan | None, stages: list[StageReport], back
             f"(status {last})",
             hint="raise --time-limit, or plan with a greedy method to get a starting point",
         )
-    note = (f"solver found nothing better within the time limit; returning the warm start "
-            f"({warm.report.method})")
+    note = why or "solver found nothing better within the time limit"
+    note += f"; returning the warm start ({warm.report.method})"
+    if warm.report.note.startswith("relax-and-pack"):
+        return warm.with_report(SolveReport(f"ilp-{backend}", warm.report.status,
+                                            time.perf_counter() - t0, warm.report.stages,
+                                            warm.report.note))
     report = SolveReport(f"ilp-{backend}", "HEURISTIC", time.perf_counter() - t0,
                          tuple(stages), note)
     return _with_report(warm, report)

@@ -14,7 +14,10 @@ def gpu_table(plan: Plan) -> Table:
                     f"{plan.cluster.num_gpus} GPUs", title_justify="left")
     for col in ("GPU", "engine", "tp", "SM %", "max batch", "weights GiB", "KV GiB",
                 "req/s / capacity"):
-        t.add_column(col, justify="right" if col not in ("GPU", "engine") else "left")
+        if col in ("GPU", "engine"):
+            t.add_column(col, overflow="fold")
+        else:
+            t.add_column(col, justify="right")
     for g in plan.cluster.gpus:
         on = plan.engines_on(g.gpu_id)
         if not on:
@@ -36,7 +39,8 @@ def model_table(plan: Plan) -> Table:
     t = Table(title="Models", title_justify="left")
     for col in ("model", "precision", "SLO TTFT/TPOT ms", "rate", "capacity", "headroom",
                 "engines", "latency"):
-        t.add_column(col, justify="left" if col in ("model", "precision", "latency") else "right")
+        left = col in ("model", "precision", "latency")
+        t.add_column(col, justify="left" if left else "right", overflow="fold" if left else "ellipsis")
     unplaced = {u.model: u for u in plan.unplaced}
     for m in plan.models:
         engines = plan.engines_of(m.name)

@@ -1,0 +1,231 @@
+"""Relax-and-pack: solve the aggregated ILP (bounds.py), then pack its engines onto GPUs.
+
+The aggregated model decides how many engines of each option to run; a small CP-SAT model
+then assigns them to aligned TP groups of the first Y GPUs, respecting every per-GPU row of
+the full ILP (SM, memory with pooled KV for each engine's traffic, engine count, one engine
+per model). If packing succeeds, the plan is feasible for the full ILP with the aggregate's
+objective value - so when the aggregate is solved to optimality, so is the ILP, without
+searching its symmetric per-GPU space. That is what makes 100-model instances tractable.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ortools.sat.python import cp_model
+
+from fineserve.planner.bounds import Relaxation, relaxation, solve
+from fineserve.planner.options import TpGroup
+from fineserve.planner.variables import IlpData
+
+Placed = list[tuple[str, int, TpGroup, int]]  # (model, option index, group, flow milli-rps)
+
+
+@dataclass(frozen=True, slots=True)
+class Aggregate:
+    status: str
+    objective: int  # cost x1000 or H x1000
+    bound: int
+    counts: dict  # (m, i) -> engines
+    flows: dict  # (m, i) -> milli-rps (pooled)
+    gpus: dict  # GPU type -> GPUs used
+
+
+def solve_aggregate(d: IlpData, stage: str, *, cost_cap: int | None = None,
+                    cost_floor: int | None = None, h_floor: int | None = None,
+                    seconds: float, workers: int) -> Aggregate | None:
+    """Optimise the relaxation for ``stage`` ("cost" or "headroom")."""
+    r: Relaxation = relaxation(d)
+    if cost_cap is not None:
+        r.model.add(r.cost <= cost_cap)
+    if cost_floor is not None:
+        r.model.add(r.cost >= cost_floor)
+    if h_floor is not None:
+        r.model.add(r.H >= h_floor)
+    if stage == "cost":
+        r.model.minimize(r.cost)
+    elif stage == "headroom":
+        r.model.maximize(r.H)
+    else:  # "slack": least SM and memory in use, which leaves the packer the most room
+        # ... spread over every GPU the cost cap allows (Y as large as possible first)
+        cap = max(d.mem_cap.values())
+        unit = 10**6  # fractions of a GPU, in millionths
+        use = sum(
+            d.options[m][i].tp * (unit * d.sm[m, i] // d.sm_cap + unit * d.w[m, i] // cap) * v
+            for (m, i), v in r.n.items())
+        if d.pooled:  # F is in milli-rps and kappa in KiB per milli-rps
+            use += sum(d.options[m][i].tp * (unit * d.kappa[m, i] // cap) * f
+                       for (m, i), f in r.F.items())
+        r.model.minimize(use - 10**11 * sum(r.Y.values()))
+    s, status = solve(r.model, seconds, workers)
+    if status not in ("OPTIMAL", "FEASIBLE"):
+        return None
+    bound = s.best_objective_bound
+    bound = math.floor(bound + 1e-6) if stage == "headroom" else math.ceil(bound - 1e-6)
+    return Aggregate(
+        status, round(s.objective_value), bound,
+        {k: s.value(v) for k, v in r.n.items() if s.value(v) > 0},
+        {k: s.value(v) for k, v in r.F.items()},
+        {t: s.value(v) for t, v in r.Y.items()},
+    )
+
+
+ALTERNATIVES = 3  # lower SM levels an engine may fall back to while packing
+
+
+def _alternatives(d: IlpData, m: str, i: int) -> list[int]:
+    """Option i and up to ALTERNATIVES options of m with the same GPU type and TP at lower
+    SM shares: small give-backs that let tight aggregate solutions fit the per-GPU rows."""
+    o = d.options[m][i]
+    lower = sorted((j for j, p in enumerate(d.options[m])
+                    if p.gpu_type == o.gpu_type and p.tp == o.tp and p.sm_pct < o.sm_pct),
+                   key=lambda j: -d.options[m][j].sm_pct)
+    return [i, *lower[:ALTERNATIVES]]
+
+
+def pack(d: IlpData, agg: Aggregate, h_target: int, seconds: float, workers: int,
+         cost_cap: int | None = None) -> Placed | None:
+    """Assign the aggregate's engines to TP groups using as few GPUs (cost) as possible, each
+    engine at its option or a lower SM share, keeping every model's capacity >= h_target x
+    its rate (x1000); ``cost_cap`` bounds the cost."""
+    allowed = {g.gpu_id for g in d.gpus}
+    engines = []  # (m, i, flow share)
+    for (m, i), c in sorted(agg.counts.items()):
+        total = agg.flows.get((m, i), 0)
+        engines += [(m, i, total // c + (1 if j < total % c else 0)) for j in range(c)]
+    model = cp_model.CpModel()
+    x: dict[tuple[int, int, int], cp_model.IntVar] = {}  # (engine, option, group)
+    on_gpu: dict[int, list[tuple[int, int, int]]] = {g: [] for g in allowed}
+    for e, (m, i, f) in enumerate(engines):
+        o = d.options[m][i]
+        keys = [k for k, u in d.groups_for(o) if set(u.gpus) <= allowed]
+        alts = [j for j in _alternatives(d, m, i) if d.mu[m, j] >= f]
+        for j in alts:
+            for k in keys:
+                x[e, j, k] = model.new_bool_var(f"x[{e},{j},{k}]")
+                for g in d.groups[o.tp][k].gpus:
+                    on_gpu[g].append((e, j, k))
+        mine = [x[e, j, k] for j in alts for k in keys]
+        if not mine:
+            return None
+        model.add_exactly_one(mine)
+    for m in d.models:
+        cap = [d.mu[m, j] * var for (e, j, _), var in x.items() if engines[e][0] == m]
+        model.add(1000 * sum(cap) >= h_target * d.lam[m])
+    y = {g: model.new_bool_var(f"y[{g}]") for g in allowed}
+    for g, keys in on_gpu.items():
+        if not keys:
+            model.add(y[g] == 0)
+            continue
+        model.add(sum(d.sm[engines[e][0], j] * x[e, j, k] for e, j, k in keys)
+                  <= d.sm_cap * y[g])
+        model.add(sum((d.w[engines[e][0], j]
+                       + (d.kappa[engines[e][0], j] * engines[e][2] if d.pooled else 0))
+                      * x[e, j, k] for e, j, k in keys) <= d.mem_cap[g] * y[g])
+        model.add(sum(x[key] for key in keys) <= d.inst.settings.max_engines_per_gpu)
+        by_model: dict[str, list] = {}
+        for e, j, k in keys:
+            by_model.setdefault(engines[e][0], []).append(x[e, j, k])
+        for lits in by_model.values():
+            if len(lits) > 1:
+                model.add_at_most_one(lits)
+    by_node: dict[str, list[int]] = {}
+    for g in d.gpus:
+        by_node.setdefault(g.node, []).append(g.gpu_id)
+    for ids in by_node.values():  # symmetry: GPUs of a node used in order
+        for a, c in zip(ids, ids[1:], strict=False):
+            model.add(y[a] >= y[c])
+    cost = sum(d.cost[g] * y[g] for g in allowed)
+    if cost_cap is not None:
+        model.add(cost <= cost_cap)
+    model.minimize(cost)
+    s, status = solve(model, seconds, workers)
+    if status not in ("OPTIMAL", "FEASIBLE"):
+        return None
+    placed: Placed = []
+    for (e, j, k), var in x.items():
+        if s.value(var):
+            m, _, f = engines[e]
+            placed.append((m, j, d.groups[d.options[m][j].tp][k], f))
+    return placed
+
+
+@dataclass(frozen=True, slots=True)
+class PackStage:
+    name: str
+    optimal: bool
+    objective: int  # x1000
+    bound: int  # x1000
+    seconds: float
+
+
+def _cost(d: IlpData, placed: Placed) -> int:
+    return sum(d.cost[g] for g in {g for _, _, u, _ in placed for g in u.gpus})
+
+
+def _headroom_of(d: IlpData, placed: Placed) -> int:
+    caps = {m: 0 for m in d.models}
+    for m, i, _, _ in placed:
+        caps[m] += d.mu[m, i]
+    return min([d.h_cap] + [1000 * caps[m] // d.lam[m] for m in d.models])
+
+
+def relax_and_pack(
+    d: IlpData, *, with_headroom: bool, seconds: float, workers: int, clock
+) -> tuple[Placed, list[PackStage]] | None:
+    """Cost stage, then (optionally) headroom stage, each as aggregate -> pack.
+
+    Cost: pack the aggregate's cheapest solution; if it does not fit, ask the aggregate for a
+    solution one cost step up (up to three times). Headroom: pack the aggregate's best H at
+    the found cost; if it does not fit, binary-search H between what packed and what the
+    aggregate allows. ``clock()`` returns seconds left of the overall budget.
+    """
+    started = clock()
+    agg = solve_aggregate(d, "cost", seconds=min(seconds * 0.1, clock()), workers=workers)
+    if agg is None:
+        return None
+    lower = agg.bound
+    placed = pack(d, agg, d.h_min, min(seconds * 0.15, clock()), workers)
+    slack = solve_aggregate(d, "slack", cost_cap=agg.objective,
+                            seconds=min(seconds * 0.05, clock()), workers=workers)
+    if slack is not None and clock() > 0:
+        alt = pack(d, slack, d.h_min, min(seconds * 0.1, clock()), workers,
+                   cost_cap=None if placed is None else _cost(d, placed) - 1)
+        placed = alt if alt is not None else placed
+    if placed is None:
+        return None
+    cost = _cost(d, placed)
+    stages = [PackStage("cost", cost == lower, cost, lower, started - clock())]
+    started = clock()
+    if not with_headroom:
+        return placed, stages
+    best_h, best = _headroom_of(d, placed), placed
+    top = solve_aggregate(d, "headroom", cost_cap=cost, seconds=min(seconds * 0.1, clock()),
+                          workers=workers)
+    if top is None:
+        stages.append(PackStage("headroom", False, best_h, d.h_cap, started - clock()))
+        return best, stages
+    upper, target = top.bound, top
+    lo, hi, floor = best_h, top.objective, top.objective
+    while clock() > 0 and target is not None:
+        trial = pack(d, target, max(floor, best_h + 1), min(seconds * 0.1, clock()), workers,
+                     cost_cap=cost)
+        if trial is not None:
+            h = _headroom_of(d, trial)
+            if h > best_h:
+                best_h, best = h, trial
+            lo = max(lo, h)
+        else:
+            hi = floor - 1  # heuristic: treat the floor that failed to pack as too high
+        if hi - lo <= max(1, lo // 200):  # within 0.5%
+            break
+        floor = (lo + hi + 1) // 2
+        target = solve_aggregate(d, "slack", cost_cap=cost, h_floor=floor,
+                                 seconds=min(seconds * 0.05, clock()), workers=workers)
+    stages.append(PackStage("headroom", best_h >= upper, best_h, upper, started - clock()))
+    final = _cost(d, best)
+    if final < cost:  # packing the headroom stage found a cheaper plan: it counts for cost too
+        c = stages[0]
+        stages[0] = PackStage(c.name, final == c.bound, final, c.bound, c.seconds)
+    return best, stages
