@@ -40,7 +40,8 @@ def model_table(plan: Plan) -> Table:
     for col in ("model", "precision", "SLO TTFT/TPOT ms", "rate", "capacity", "headroom",
                 "engines", "latency"):
         left = col in ("model", "precision", "latency")
-        t.add_column(col, justify="left" if left else "right", overflow="fold" if left else "ellipsis")
+        t.add_column(col, justify="left" if left else "right",
+                     overflow="fold" if left else "ellipsis")
     unplaced = {u.model: u for u in plan.unplaced}
     for m in plan.models:
         engines = plan.engines_of(m.name)
