@@ -1,0 +1,1 @@
+"""Synthetic and replayed request traces: arrivals, popularity, request lengths."""
