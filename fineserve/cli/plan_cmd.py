@@ -69,7 +69,11 @@ def _plan(spec, profiles, method, objective, solver, kv_mode, time_limit, output
         inst = replace(inst, settings=replace(inst.settings, **changes))
     latency = latency_model(profiles)
     with err.status("computing engine options (capacity model)..."):
-        options = engine_options(inst, latency)
+        try:
+            options = engine_options(inst, latency)
+        except SpecError as exc:
+            where = spec.name if spec is not None else "example"
+            raise SpecError(f"{where}: {exc.message}", exc.hint) from None
     methods = [method] + ([m for m in PLAN_METHODS if m != method] if compare else [])
     plans = []
     for name in methods:

@@ -36,52 +36,73 @@ class Relaxation:
     cost: cp_model.LinearExpr
 
 
-def relaxation(d: IlpData) -> Relaxation:
-    m_ = cp_model.CpModel()
-    types: dict[str, list[int]] = {}
+def gpu_groups(d: IlpData) -> dict[tuple[str, int], list[int]]:
+    """GPUs that are interchangeable for the relaxation: same type and same cost."""
+    groups: dict[tuple[str, int], list[int]] = {}
     for g in d.gpus:
-        types.setdefault(g.spec.name, []).append(g.gpu_id)
-    Y = {t: m_.new_int_var(0, len(ids), f"Y[{t}]") for t, ids in types.items()}
-    n, F = {}, {}
+        groups.setdefault((g.spec.name, d.cost[g.gpu_id]), []).append(g.gpu_id)
+    return groups
+
+
+def relaxation(d: IlpData) -> Relaxation:
+    """n[m,i] counts engines of option i; each is split over GPU groups as n[m,i,k]."""
+    m_ = cp_model.CpModel()
+    groups = gpu_groups(d)
+    node_size = {}
+    for (t, c), ids in groups.items():
+        nodes = {d.gpus[g].node for g in ids}
+        node_size[t, c] = max(sum(1 for g in ids if d.gpus[g].node == n) for n in nodes)
+    Y = {k: m_.new_int_var(0, len(ids), f"Y[{k}]") for k, ids in groups.items()}
+    n, nk, F, Fk = {}, {}, {}, {}
     for m in d.models:
         for i, o in enumerate(d.options[m]):
-            most = len(d.groups_for(o))
-            n[m, i] = m_.new_int_var(0, most, f"n[{m},{i}]")
+            parts, flows = [], []
+            for k, ids in groups.items():
+                if k[0] != o.gpu_type or o.tp > node_size[k]:
+                    continue
+                nk[m, i, k] = m_.new_int_var(0, len(ids) // o.tp, f"n[{m},{i},{k}]")
+                parts.append(nk[m, i, k])
+                if d.pooled:
+                    Fk[m, i, k] = m_.new_int_var(0, d.mu[m, i] * len(ids), f"F[{m},{i},{k}]")
+                    m_.add(Fk[m, i, k] <= d.mu[m, i] * nk[m, i, k])
+                    flows.append(Fk[m, i, k])
+            n[m, i] = m_.new_int_var(0, len(d.gpus), f"n[{m},{i}]")
+            m_.add(n[m, i] == sum(parts))
             if d.pooled:
-                F[m, i] = m_.new_int_var(0, d.mu[m, i] * most, f"F[{m},{i}]")
-                m_.add(F[m, i] <= d.mu[m, i] * n[m, i])
+                F[m, i] = m_.new_int_var(0, d.mu[m, i] * len(d.gpus), f"F[{m},{i}]")
+                m_.add(F[m, i] == sum(flows))
     H = m_.new_int_var(0, d.h_cap, "H")
-    for t, ids in types.items():
-        g = d.gpus[ids[0]]
-        mine = [(m, i) for (m, i) in n if d.options[m][i].gpu_type == t]
-        tp = {k: d.options[k[0]][k[1]].tp for k in mine}
-        m_.add(sum(tp[k] * d.sm[k] * n[k] for k in mine) <= d.sm_cap * Y[t])
-        mem = [tp[k] * d.w[k] * n[k] for k in mine]
+    for k, ids in groups.items():
+        cap_mem = d.mem_cap[ids[0]]
+        mine = [(m, i) for (m, i, kk) in nk if kk == k]
+        tp = {key: d.options[key[0]][key[1]].tp for key in mine}
+        cnt = {key: nk[key[0], key[1], k] for key in mine}
+        m_.add(sum(tp[x] * d.sm[x] * cnt[x] for x in mine) <= d.sm_cap * Y[k])
+        mem = [tp[x] * d.w[x] * cnt[x] for x in mine]
         if d.pooled:
-            mem += [tp[k] * d.kappa[k] * F[k] for k in mine]
-        m_.add(sum(mem) <= d.mem_cap[g.gpu_id] * Y[t])
-        m_.add(sum(tp[k] * n[k] for k in mine) <= d.inst.settings.max_engines_per_gpu * Y[t])
+            mem += [tp[x] * d.kappa[x] * Fk[x[0], x[1], k] for x in mine]
+        m_.add(sum(mem) <= cap_mem * Y[k])
+        m_.add(sum(tp[x] * cnt[x] for x in mine) <= d.inst.settings.max_engines_per_gpu * Y[k])
         for m in d.models:
-            own = [tp[k] * n[k] for k in mine if k[0] == m]
+            own = [tp[x] * cnt[x] for x in mine if x[0] == m]
             if own:
-                m_.add(sum(own) <= Y[t])  # one engine of a model per GPU
+                m_.add(sum(own) <= Y[k])  # one engine of a model per GPU
         # large items cannot share a GPU: at most one rank above half of a resource per GPU,
         # two above a third (valid bin-packing cuts; they carry per-GPU packing into totals)
-        cap_mem, cap_sm = d.mem_cap[g.gpu_id], d.sm_cap
         for share, per_gpu in ((2, 1), (3, 2)):
-            big_mem = [tp[k] * n[k] for k in mine if d.w[k] * share > cap_mem]
-            big_sm = [tp[k] * n[k] for k in mine if d.sm[k] * share > cap_sm]
+            big_mem = [tp[x] * cnt[x] for x in mine if d.w[x] * share > cap_mem]
+            big_sm = [tp[x] * cnt[x] for x in mine if d.sm[x] * share > d.sm_cap]
             for big in (big_mem, big_sm):
                 if big:
-                    m_.add(sum(big) <= per_gpu * Y[t])
+                    m_.add(sum(big) <= per_gpu * Y[k])
     for m in d.models:
-        keys = [k for k in n if k[0] == m]
-        cap = sum(d.mu[k] * n[k] for k in keys)
+        keys = [x for x in n if x[0] == m]
+        cap = sum(d.mu[x] * n[x] for x in keys)
         m_.add(MILLI * cap >= d.h_min * d.lam[m])
         m_.add(H_SCALE * cap >= d.lam[m] * H)
         if d.pooled:
-            m_.add(sum(F[k] for k in keys) == d.lam[m])
-    cost = sum(d.cost[ids[0]] * Y[t] for t, ids in types.items())
+            m_.add(sum(F[x] for x in keys) == d.lam[m])
+    cost = sum(k[1] * Y[k] for k in groups)
     return Relaxation(m_, n, F, Y, H, cost)
 
 

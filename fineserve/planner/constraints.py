@@ -39,10 +39,13 @@ def add_coverage(b: Builder, d: IlpData, v: PlacementVars) -> int:
 
 
 def add_headroom(b: Builder, d: IlpData, v: PlacementVars) -> Any:
-    """(4) H <= capacity_m / lambda_m for every m:  1000 * sum mu x >= H * lambda_m.
-    Returns H (thousandths) as the headroom objective."""
+    """(4) H <= capacity_m / lambda_m for every model with traffic placed:
+    1000 * sum mu x + H_cap lambda_m (1 - z[m]) >= H * lambda_m,  p[m] <= lambda_m z[m].
+    A model left wholly unplaced (z = 0) does not pin H to 0. Returns H (thousandths)."""
     for m in d.models:
-        b.add(H_SCALE * _capacity(b, d, v, m) >= d.lam[m] * v.H, f"headroom[{m}]")
+        b.add(v.p[m] <= d.lam[m] * v.z[m], f"some[{m}]")
+        b.add(H_SCALE * _capacity(b, d, v, m) + d.h_cap * d.lam[m] * (1 - v.z[m])
+              >= d.lam[m] * v.H, f"headroom[{m}]")
     return v.H
 
 
@@ -132,6 +135,7 @@ def pin_all_placed(b: Builder, d: IlpData, v: PlacementVars) -> None:
     sum x[m,.,.] >= ceil(H_min lambda_m / max_o mu_o)."""
     for m in d.models:
         b.add(v.p[m] >= d.lam[m], f"all[{m}]")
+        b.add(v.z[m] >= 1, f"placed[{m}]")
         best = max(d.mu[m, i] for i in range(len(d.options[m])))
         need = -(-d.h_min * d.lam[m] // (MILLI * best)) if best > 0 else 1
         b.add(b.total(v.x[key] for key in v.of_model[m]) >= need, f"replicas[{m}]")

@@ -66,7 +66,7 @@ class GreedyState:
         return usable_bytes(spec, self.inst.settings.memory_utilization) - used
 
     def free_sm(self, g: int) -> int:
-        cap = math.floor(100 * self.inst.settings.sm_oversubscription)
+        cap = math.floor(100 * self.inst.settings.sm_oversubscription + 1e-9)
         return cap - sum(c.option.sm_pct for c in self.engines_on(g))
 
     def can_host(self, group: TpGroup, o: EngineOption) -> bool:
@@ -94,7 +94,8 @@ class GreedyState:
 
     def finish(self, method: str, t0: float) -> Plan:
         h = self.inst.settings.min_headroom
-        placed = {m.name: min(m.rate_rps, self.capacity(m.name) / h) for m in self.inst.models}
+        placed = {m.name: min(m.rate_rps, self.capacity(m.name) / max(1.0, h))
+                  for m in self.inst.models}
         report = SolveReport(method, "HEURISTIC", time.perf_counter() - t0)
         return assemble_plan(self.inst, self.choices, placed, report, self.options)
 
@@ -208,7 +209,7 @@ def kv_pressure_plan(inst: Instance, options: Options) -> Plan:
 
 def _even_share(st: GreedyState, k: int) -> int:
     """Largest SM level not above an even split between k engines."""
-    fair = math.floor(100 * st.inst.settings.sm_oversubscription / k)
+    fair = math.floor(100 * st.inst.settings.sm_oversubscription / k + 1e-9)
     levels = [s for s in st.inst.settings.sm_levels if s <= fair]
     return max(levels) if levels else 0
 

@@ -124,7 +124,8 @@ def solve_ilp(
     for k, name in enumerate(order):
         share = 1.0 if k == len(order) - 1 else 0.5
         if name == "headroom" and all_placed:
-            cost_cap = round(stages[-1].objective * 1000) if stages else sum(d.cost.values())
+            cost_cap = (round(stages[-1].objective / d.cost_unit * 1000) if stages
+                        else sum(d.cost.values()))
             ub = headroom_upper_bound(d, cost_cap, 0.1 * inst.settings.time_limit_s,
                                       inst.settings.num_workers)
             b.add(v.H <= ub, "cut[H<=aggregate]")
@@ -170,7 +171,7 @@ def _relax_and_pack(d: IlpData, t0: float, deadline: float) -> Plan | None:
     if result is None:
         return None
     placed, pstages = result
-    units = {"cost": 1000, "headroom": H_SCALE}
+    units = {"cost": 1000 / d.cost_unit, "headroom": H_SCALE}
     stages = tuple(StageReport(p.name, "OPTIMAL" if p.optimal else "FEASIBLE",
                                p.objective / units[p.name], p.bound / units[p.name], p.seconds)
                    for p in pstages)
@@ -196,12 +197,15 @@ def _run_named(bm: BuiltModel, name: str, deadline: float, share: float,
                stages: list[StageReport]) -> SolveResult:
     b, d, v = bm.b, bm.d, bm.v
     if name == "cost":
-        return _stage(bm, "cost", "min", gpu_cost(b, d, v), deadline, share, 1000, stages)
+        return _stage(bm, "cost", "min", gpu_cost(b, d, v), deadline, share,
+                      1000 / d.cost_unit, stages)
     if name == "headroom":
         return _stage(bm, "headroom", "max", v.H, deadline, share, H_SCALE, stages)
-    w = round(bm.d.inst.settings.headroom_weight * 1000)  # cost units per unit of headroom
+    # user cost units per unit of headroom, in the ILP's cheapest-GPU units x 1000
+    w = round(bm.d.inst.settings.headroom_weight / d.cost_unit * 1000)
     expr = H_SCALE * gpu_cost(b, d, v) - w * v.H
-    return _stage(bm, "weighted", "min", expr, deadline, share, 1000 * H_SCALE, stages)
+    return _stage(bm, "weighted", "min", expr, deadline, share, 1000 * H_SCALE / d.cost_unit,
+                  stages)
 
 
 def _stage(bm: BuiltModel, name: str, sense: str, expr, deadline: float, share: float,
@@ -228,7 +232,8 @@ def _best_h(bm: BuiltModel, values: dict) -> int:
     d, v = bm.d, bm.v
     caps = {m: sum(d.mu[m, i] * round(values[v.x[m, i, k]]) for m, i, k in v.of_model[m])
             for m in d.models}
-    return min([d.h_cap] + [H_SCALE * caps[m] // d.lam[m] for m in d.models])
+    return min([d.h_cap] + [H_SCALE * caps[m] // d.lam[m] for m in d.models
+                            if round(values[v.z[m]])])
 
 
 def _all_vars(bm: BuiltModel):
@@ -237,6 +242,7 @@ def _all_vars(bm: BuiltModel):
     yield from v.f.values()
     yield from v.y.values()
     yield from v.p.values()
+    yield from v.z.values()
     yield v.H
 
 
@@ -265,8 +271,10 @@ def _hint_from_plan(bm: BuiltModel, plan: Plan) -> dict:
     flows: dict[str, list] = {m: [] for m in d.models}
     for e in plan.engines:
         opts = d.options[e.model]
+        gpu_type = d.gpus[e.gpus[0]].spec.name
         i = next((j for j, o in enumerate(opts)
-                  if (o.tp, o.sm_pct, o.max_batch) == (e.tp, e.sm_pct, e.max_batch)), None)
+                  if (o.gpu_type, o.tp, o.sm_pct, o.max_batch)
+                  == (gpu_type, e.tp, e.sm_pct, e.max_batch)), None)
         k = next((k for k, u in enumerate(d.groups.get(e.tp, ())) if u.gpus == e.gpus), None)
         if i is None or k is None or (e.model, i, k) not in v.x:
             continue
@@ -278,10 +286,12 @@ def _hint_from_plan(bm: BuiltModel, plan: Plan) -> dict:
         routed = int(sum(r for _, r in flows[m]) * MILLI)
         p = d.lam[m] if m not in unplaced else min(d.lam[m], routed)
         values[v.p[m]] = p
+        values[v.z[m]] = int(p > 0)
         if d.pooled and flows[m]:
             _split_integer(values, v, d, flows[m], p)
     caps = {m: sum(d.mu[key[0], key[1]] for key, _ in flows[m]) for m in d.models}
-    values[v.H] = min([d.h_cap] + [H_SCALE * caps[m] // d.lam[m] for m in d.models])
+    values[v.H] = min([d.h_cap] + [H_SCALE * caps[m] // d.lam[m] for m in d.models
+                                   if values[v.p[m]] > 0])
     return values
 
 

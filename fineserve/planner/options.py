@@ -132,47 +132,50 @@ def engine_options(
             fit or its SLO is below the fastest possible latency, and what to change.
     """
     gpu_types = {n.gpu.name: n.gpu for n in inst.cluster.nodes}
-    max_tp = max(n.num_gpus for n in inst.cluster.nodes)
+    # a TP group lives inside one node: the largest node of a GPU type bounds its TP degree
+    largest = {t: max(n.num_gpus for n in inst.cluster.nodes if n.gpu.name == t)
+               for t in gpu_types}
     result = {}
     for idx, m in enumerate(inst.models):
         found: list[EngineOption] = []
-        tps = [t for t in m.tp_choices if t <= max_tp and m.spec.arch.check_tp(t) is None]
-        for gpu in gpu_types.values():
-            for tp in tps:
-                found += _options_for(inst, m, gpu, tp, latency)
+        for name, gpu in gpu_types.items():
+            for tp in m.tp_choices:
+                if tp <= largest[name] and m.spec.arch.check_tp(tp) is None:
+                    found += _options_for(inst, m, gpu, tp, latency)
         if not found:
-            raise _why_no_option(inst, idx, m, tps, list(gpu_types.values()), latency)
+            raise _why_no_option(inst, idx, m, latency)
         result[m.name] = tuple(prune(found, inst.settings.kv_mode) if prune_dominated else found)
     return result
 
 
-def _why_no_option(
-    inst: Instance, idx: int, m: ModelDemand, tps: list[int], gpus: list[GpuSpec],
-    latency: LatencyModel,
-) -> SpecError:
+def _why_no_option(inst: Instance, idx: int, m: ModelDemand, latency: LatencyModel
+                   ) -> SpecError:
     field = f"models[{idx}] ({m.name})"
     st = inst.settings
-    if not tps:
-        largest = max(n.num_gpus for n in inst.cluster.nodes)
-        return SpecError(
-            f"{field}.tp: no allowed TP degree fits the model and the nodes",
-            hint=f"allow a TP degree that divides its heads and is <= {largest}",
-        )
-    fits = [
-        (g, t) for g in gpus for t in tps
-        if m.spec.weight_bytes(t) + st.engine_overhead_bytes
-        < usable_bytes(g, st.memory_utilization)
-    ]
+    nodes = inst.cluster.nodes
+    shapes = [(n.gpu, t) for n in nodes for t in m.tp_choices
+              if t <= n.num_gpus and m.spec.arch.check_tp(t) is None]
+    if not shapes:
+        bad = [t for t in m.tp_choices if m.spec.arch.check_tp(t) is None]
+        why = (f"tp {bad} need more GPUs than any node has ({max(n.num_gpus for n in nodes)})"
+               if bad else m.spec.arch.check_tp(m.tp_choices[0]))
+        return SpecError(f"{field}.tp: no allowed TP degree can be used: {why}",
+                         hint="allow a TP degree that divides the heads and fits a node")
+    fits = [(g, t) for g, t in set(shapes)
+            if m.spec.weight_bytes(t) + st.engine_overhead_bytes
+            < usable_bytes(g, st.memory_utilization)]
     if not fits:
-        need = m.spec.weight_bytes(max(tps)) / GIB
+        g, t = max(shapes, key=lambda gt: (usable_bytes(gt[0], 1) - m.spec.weight_bytes(gt[1])))
         return SpecError(
-            f"{field}: weights need {need:.1f} GiB per GPU even at tp={max(tps)}, more than the "
-            f"{usable_bytes(gpus[0], st.memory_utilization) / GIB:.1f} GiB usable",
-            hint="allow a larger tp, or serve it in fp8 or int4",
+            f"{field}.weights: {m.spec.precision.weights.value} weights need "
+            f"{m.spec.weight_bytes(t) / GIB:.1f} GiB per GPU at tp={t} on {g.name}, more than "
+            f"the {usable_bytes(g, st.memory_utilization) / GIB:.1f} GiB usable there",
+            hint="allow a larger tp (within a node), or serve it in fp8 or int4",
         )
-    g, t = max(fits, key=lambda gt: gt[1])
-    ttft, tpot = fastest_latency(latency, EngineShape(g, m.spec, t), m.lengths)
+    floors = [(fastest_latency(latency, EngineShape(g, m.spec, t), m.lengths), g, t)
+              for g, t in fits]
     safety = st.slo_safety
+    (ttft, _), g, t = min(floors, key=lambda f: f[0][0])
     if ttft > m.slo.ttft_s * safety:
         return SpecError(
             f"{field}.slo.ttft_ms: {m.slo.ttft_s * 1e3:.0f} ms is below the fastest possible "
@@ -180,6 +183,7 @@ def _why_no_option(
             "of the SLO)",
             hint=f"set ttft_ms >= {math.ceil(ttft / safety * 1e3)} or shorten prompts",
         )
+    (_, tpot), g, t = min(floors, key=lambda f: f[0][1])
     if tpot > m.slo.tpot_s * safety:
         return SpecError(
             f"{field}.slo.tpot_ms: {m.slo.tpot_s * 1e3:.1f} ms is below the fastest possible "

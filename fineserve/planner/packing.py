@@ -29,7 +29,7 @@ class Aggregate:
     bound: int
     counts: dict  # (m, i) -> engines
     flows: dict  # (m, i) -> milli-rps (pooled)
-    gpus: dict  # GPU type -> GPUs used
+    gpus: dict  # (GPU type, cost) -> GPUs used
 
 
 def solve_aggregate(d: IlpData, stage: str, *, cost_cap: int | None = None,

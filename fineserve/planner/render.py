@@ -59,7 +59,7 @@ def model_table(plan: Plan) -> Table:
 
 def summary_line(plan: Plan) -> str:
     r = plan.report
-    gap = "" if r.gap != r.gap else f", gap {r.gap:.2%}"
+    gap = (", gap unknown" if r.stages else "") if r.gap != r.gap else f", gap {r.gap:.2%}"
     stages = ", ".join(f"{s.name}={s.objective:g} ({s.status.lower()})" for s in r.stages)
     text = (f"{r.method}: {r.status.lower()}{gap} in {r.seconds:.2f} s; {len(plan.gpus_used)} "
             f"GPUs, cost {plan.cost:g}, min headroom {plan.min_headroom:.2f}x")

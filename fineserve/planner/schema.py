@@ -186,7 +186,11 @@ class SolveReport:
 
     @property
     def gap(self) -> float:
-        return max((s.gap for s in self.stages), default=0.0)
+        """Largest stage gap; nan when any stage's bound is unknown or there are no stages."""
+        gaps = [s.gap for s in self.stages]
+        if not gaps or any(g != g for g in gaps):
+            return float("nan")
+        return max(gaps)
 
 
 @dataclass(frozen=True, slots=True)

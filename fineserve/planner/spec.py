@@ -34,7 +34,7 @@ Positive = Annotated[float, Field(gt=0)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class SloIn(_Strict):
@@ -47,37 +47,39 @@ class ModelIn(_Strict):
     model: str = Field(min_length=1)
     weights: str = "bf16"
     kv: str = "bf16"
-    rate: Positive  # requests per second
+    rate: Annotated[float, Field(gt=0, le=1e6)]  # requests per second
     slo: SloIn
-    tp: list[int] = [1, 2, 4, 8]
-    prompt_tokens: Positive | None = None
-    output_tokens: Positive | None = None
+    tp: list[Annotated[int, Field(ge=1, le=64)]] = Field(default=[1, 2, 4, 8], min_length=1)
+    prompt_tokens: Annotated[float, Field(gt=0, le=1e6)] | None = None
+    output_tokens: Annotated[float, Field(gt=0, le=1e6)] | None = None
 
 
 class NodeIn(_Strict):
     name: str | None = None
     gpu: str = "H100-SXM-80GB"
     gpus: Annotated[int, Field(ge=1, le=64)] = 8
-    cost_per_gpu: Positive = 1.0
+    cost_per_gpu: Annotated[float, Field(gt=0, le=1e6)] = 1.0
 
 
 class ClusterIn(_Strict):
     gpu: str = "H100-SXM-80GB"
-    nodes: Annotated[int, Field(ge=1)] | list[NodeIn] = 1
+    nodes: Annotated[int, Field(ge=1, le=1024)] | Annotated[list[NodeIn], Field(min_length=1)] = 1
     gpus_per_node: Annotated[int, Field(ge=1, le=64)] = 8
-    cost_per_gpu: Positive = 1.0
+    cost_per_gpu: Annotated[float, Field(gt=0, le=1e6)] = 1.0
 
 
 class WorkloadIn(_Strict):
-    prompt_tokens: Positive = 512
-    output_tokens: Positive = 256
+    prompt_tokens: Annotated[float, Field(gt=0, le=1e6)] = 512
+    output_tokens: Annotated[float, Field(gt=0, le=1e6)] = 256
 
 
 class PlannerIn(_Strict):
     kv_mode: KVMode = KVMode.POOLED
     objective: Objective = Objective.LEXICOGRAPHIC
-    sm_levels: list[Annotated[int, Field(ge=1, le=100)]] = list(range(10, 101, 10))
-    batch_levels: list[Annotated[int, Field(ge=1, le=1024)]] = [8, 16, 32, 64, 128, 256]
+    sm_levels: list[Annotated[int, Field(ge=1, le=100)]] = Field(
+        default=list(range(10, 101, 10)), min_length=1)
+    batch_levels: list[Annotated[int, Field(ge=1, le=1024)]] = Field(
+        default=[8, 16, 32, 64, 128, 256], min_length=1)
     headroom_weight: Annotated[float, Field(ge=0)] = 1.0
     sm_oversubscription: Annotated[float, Field(ge=1, le=4)] = 1.0
     memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.92
@@ -85,8 +87,9 @@ class PlannerIn(_Strict):
     kv_margin: Annotated[float, Field(ge=0, le=4)] = 0.2
     pool_burst_margin: Annotated[float, Field(ge=0, le=4)] = 0.25
     max_engines_per_gpu: Annotated[int, Field(ge=1, le=48)] = 8
-    min_headroom: Annotated[float, Field(gt=0)] = 1.0
-    headroom_cap: Annotated[float, Field(gt=0)] = 10.0
+    # below 1 a model would be planned to receive more traffic than it can serve
+    min_headroom: Annotated[float, Field(ge=1, le=100)] = 1.0
+    headroom_cap: Annotated[float, Field(gt=0, le=1000)] = 10.0
     slo_safety: Annotated[float, Field(gt=0, le=1)] = 0.9
     time_limit_s: Positive = 30.0
     num_workers: Annotated[int, Field(ge=1, le=64)] = 8
@@ -117,6 +120,8 @@ class SpecIn(_Strict):
 def _where(loc: tuple) -> str:
     out = ""
     for part in loc:
+        if isinstance(part, str) and ("[" in part or part.startswith("constrained-")):
+            continue  # pydantic names union branches in the location: not a field
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "spec"
 
@@ -127,6 +132,9 @@ def parse_spec(data: object, source: str = "spec") -> Instance:
         spec = SpecIn.model_validate(data)
     except ValidationError as exc:
         errors = exc.errors()
+        # a list given where int | list is allowed: the list branch's error is the real one
+        errors = [e for e in errors if not any(
+            isinstance(p, str) and p.startswith("constrained-int") for p in e["loc"])] or errors
         # a misspelt key also makes the real key "missing": report the misspelling
         err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
         msg = err["msg"].removeprefix("Value error, ")
@@ -146,7 +154,10 @@ def _to_instance(spec: SpecIn, source: str) -> Instance:
         except FineserveError as exc:
             if exc.message.startswith(source):
                 raise
-            raise SpecError(f"{field}.{exc.message}", exc.hint) from None
+            # precision errors name their key; config.json errors name the file
+            text = exc.message if exc.message.startswith(("weights", "kv")) else (
+                f"model ({exc.message})")
+            raise SpecError(f"{field}.{text}", exc.hint) from None
         models.append(ModelDemand(
             name=m.name, ref=m.model, spec=ModelSpec(arch, precision), rate_rps=m.rate,
             slo=Slo(m.slo.ttft_ms / 1e3, m.slo.tpot_ms / 1e3),

@@ -31,6 +31,10 @@ def check_plan(inst: Instance, plan: Plan, latency: LatencyModel) -> list[str]:
         if e.model not in names:
             problems.append(f"{e.engine_id}: unknown model {e.model!r}")
             continue
+        numbers = (e.rate_rps, e.capacity_rps, e.kv_bytes, e.weight_bytes, e.overhead_bytes)
+        if not all(math.isfinite(x) and x >= 0 for x in numbers):
+            problems.append(f"{e.engine_id}: rates, capacity and bytes must be finite and >= 0")
+            continue
         group_problems = _check_group(inst, e, gpus)
         problems += group_problems or _check_engine(inst, plan, e, latency)
     problems += _check_gpus(inst, plan)

@@ -38,7 +38,8 @@ class IlpData:
     kappa: dict[OptKey, int]  # kappa_o, pooled KV KiB per milli-rps per rank (rounded up)
     sm: dict[OptKey, int]  # s_o, SM share in percent
     mem_cap: dict[int, int]  # M_g, usable KiB
-    cost: dict[int, int]  # c_g, cost x 1000
+    cost: dict[int, int]  # c_g, cost in units of the cheapest GPU, x 1000
+    cost_unit: float  # user cost of the cheapest GPU: c_g / 1000 x this = user cost
     sm_cap: int  # S: percent, 100 x oversubscription
     h_min: int  # H_min x 1000
     h_cap: int  # headroom upper bound x 1000
@@ -75,8 +76,10 @@ def scale(inst: Instance, options: dict[str, tuple[EngineOption, ...]]) -> IlpDa
         gpus=gpus,
         lam=lam, mu=mu, w=w, kappa=kappa, sm=sm,
         mem_cap={g.gpu_id: usable_bytes(g.spec, st.memory_utilization) // KIB for g in gpus},
-        cost={g.gpu_id: round(g.cost * 1000) for g in gpus},
-        sm_cap=math.floor(100 * st.sm_oversubscription),
+        # in units of the cheapest GPU (x1000): tiny absolute prices cannot round to zero
+        cost={g.gpu_id: round(g.cost / min(x.cost for x in gpus) * 1000) for g in gpus},
+        cost_unit=min(x.cost for x in gpus),
+        sm_cap=math.floor(100 * st.sm_oversubscription + 1e-9),
         h_min=math.ceil(st.min_headroom * H_SCALE),
         h_cap=math.ceil(st.headroom_cap * H_SCALE),
     )
@@ -85,12 +88,13 @@ def scale(inst: Instance, options: dict[str, tuple[EngineOption, ...]]) -> IlpDa
 @dataclass
 class PlacementVars:
     """x[m,i,k] place option i of model m on group k; f[m,i,k] its traffic (pooled KV only);
-    y[g] GPU g used; p[m] placed traffic of m; H minimum headroom."""
+    y[g] GPU g used; p[m] placed traffic of m; z[m] some of m placed; H minimum headroom."""
 
     x: dict[VarKey, Any] = field(default_factory=dict)
     f: dict[VarKey, Any] = field(default_factory=dict)
     y: dict[int, Any] = field(default_factory=dict)
     p: dict[str, Any] = field(default_factory=dict)
+    z: dict[str, Any] = field(default_factory=dict)  # 1 if any traffic of m is placed
     H: Any = None
     on_gpu: dict[int, list[VarKey]] = field(default_factory=dict)  # keys whose group holds g
     of_model: dict[str, list[VarKey]] = field(default_factory=dict)  # keys of model m
@@ -108,6 +112,7 @@ class PlacementVars:
                     for g in u.gpus:
                         v.on_gpu[g].append((m, i, k))
             v.p[m] = b.int_var(0, d.lam[m], f"p[{m}]")
+            v.z[m] = b.bool_var(f"z[{m}]")
         for g in d.gpus:
             v.y[g.gpu_id] = b.bool_var(f"y[gpu{g.gpu_id}]")
         v.H = b.int_var(0, d.h_cap, "H")

@@ -148,12 +148,16 @@ def arch_from_config(name: str, cfg: dict[str, Any], source: str = "config") -> 
     heads = need("num_attention_heads", "n_head")
     model_type = str(cfg.get("model_type", ""))
     head_dim = cfg.get("head_dim") or hidden // heads
+    kv_heads = cfg.get("num_key_value_heads", heads)
+    if not isinstance(kv_heads, int) or kv_heads <= 0 or heads % kv_heads:
+        raise SpecError(f"{source}: num_key_value_heads must be a positive divisor of "
+                        f"num_attention_heads ({heads}), got {kv_heads!r}")
     return ModelArch(
         name=name,
         hidden_size=hidden,
         num_layers=need("num_hidden_layers", "n_layer"),
         num_heads=heads,
-        num_kv_heads=cfg.get("num_key_value_heads") or heads,
+        num_kv_heads=kv_heads,
         head_dim=int(head_dim),
         intermediate_size=need("intermediate_size"),
         vocab_size=need("vocab_size"),

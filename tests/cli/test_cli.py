@@ -64,7 +64,7 @@ def test_bundled_example_runs():
      "models[0] (chat).slo.ttft_ms: 2 ms is below the fastest possible TTFT"),
     (SPEC.replace("llama-3.2-3b", "llama-3.1-70b").replace("gpus_per_node: 2",
                                                            "gpus_per_node: 1"),
-     "models[1] (small): weights need 131.4 GiB per GPU even at tp=1"),
+     "models[1] (small).weights: bf16 weights need 131.4 GiB per GPU at tp=1"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, text, needle):
     result = runner.invoke(app, ["plan", spec_file(tmp_path, text)])

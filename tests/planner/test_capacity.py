@@ -88,7 +88,8 @@ def test_no_kv_memory_means_no_capacity():
 
 def test_weights_that_do_not_fit_raise_a_named_error():
     inst = instance([demand("huge", "llama-3.1-70b", "bf16", tp=(1,))], gpus=1)
-    with pytest.raises(SpecError, match=r"models\[0\] \(huge\): weights need 131.4 GiB"):
+    with pytest.raises(SpecError,
+                       match=r"models\[0\] \(huge\)\.weights: bf16 weights need 131.4 GiB"):
         engine_options(inst, LAT)
 
 

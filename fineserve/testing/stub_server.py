@@ -1,0 +1,97 @@
+"""A stub OpenAI-compatible server: real HTTP and SSE streaming, fake generation.
+
+It answers /health, /v1/models, /v1/completions and /v1/chat/completions, streams
+``max_tokens`` tokens after ``ttft_ms`` with ``tpot_ms`` between them, and rejects with 429
+beyond ``max_concurrency``. Used by replay and gateway tests and benchmarks in place of an
+engine when what is measured is the client or the gateway, never the model.
+
+    python -m fineserve.testing.stub_server --port 8001 --ttft-ms 20 --tpot-ms 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+
+from aiohttp import web
+
+
+def make_app(models: tuple[str, ...] = ("stub",), ttft_ms: float = 0.0, tpot_ms: float = 0.0,
+             max_concurrency: int = 0) -> web.Application:
+    state = {"active": 0, "served": 0}
+
+    async def health(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def list_models(_: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [
+            {"id": m, "object": "model", "owned_by": "fineserve-stub"} for m in models]})
+
+    async def generate(request: web.Request, chat: bool) -> web.StreamResponse:
+        body = await request.json()
+        model = body.get("model")
+        if model not in models:
+            return web.json_response({"error": {"message": f"unknown model {model}"}},
+                                     status=404)
+        if max_concurrency and state["active"] >= max_concurrency:
+            return web.json_response({"error": {"message": "busy"}}, status=429,
+                                     headers={"Retry-After": "1"})
+        n = int(body.get("max_tokens") or 16)
+        state["active"] += 1
+        try:
+            if not body.get("stream"):
+                await asyncio.sleep((ttft_ms + tpot_ms * max(0, n - 1)) / 1e3)
+                text = " tok" * n
+                choice = ({"message": {"role": "assistant", "content": text}} if chat
+                          else {"text": text})
+                return web.json_response({
+                    "id": "stub", "object": "chat.completion" if chat else "text_completion",
+                    "model": model, "choices": [{"index": 0, **choice, "finish_reason": "length"}],
+                    "usage": {"prompt_tokens": 0, "completion_tokens": n}})
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await resp.prepare(request)
+            start = time.perf_counter()
+            for i in range(n):
+                due = start + (ttft_ms + tpot_ms * i) / 1e3
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                delta = {"delta": {"content": " tok"}} if chat else {"text": " tok"}
+                chunk = {"id": "stub", "model": model,
+                         "choices": [{"index": 0, **delta, "finish_reason": None}]}
+                await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            usage = {"id": "stub", "model": model, "choices": [],
+                     "usage": {"prompt_tokens": 0, "completion_tokens": n}}
+            await resp.write(f"data: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode())
+            await resp.write_eof()
+            return resp
+        finally:
+            state["active"] -= 1
+            state["served"] += 1
+
+    app = web.Application()
+    app["state"] = state
+    app.router.add_get("/health", health)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_post("/v1/completions", lambda r: generate(r, chat=False))
+    app.router.add_post("/v1/chat/completions", lambda r: generate(r, chat=True))
+    return app
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8001)
+    ap.add_argument("--models", default="stub", help="comma-separated model names")
+    ap.add_argument("--ttft-ms", type=float, default=0.0)
+    ap.add_argument("--tpot-ms", type=float, default=0.0)
+    ap.add_argument("--max-concurrency", type=int, default=0)
+    a = ap.parse_args()
+    web.run_app(make_app(tuple(a.models.split(",")), a.ttft_ms, a.tpot_ms, a.max_concurrency),
+                host=a.host, port=a.port, print=None)
+
+
+if __name__ == "__main__":
+    main()
