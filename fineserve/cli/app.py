@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from fineserve.cli import models_cmd, plan_cmd, profiles_cmd, workload_cmd
+from fineserve.cli import models_cmd, plan_cmd, profiles_cmd, replay_cmd, workload_cmd
 
 app = typer.Typer(
     name="fineserve",
@@ -16,6 +16,7 @@ app = typer.Typer(
 app.command("plan")(plan_cmd.plan)
 app.command("models")(models_cmd.models)
 app.command("workload")(workload_cmd.workload)
+app.command("replay")(replay_cmd.replay)
 app.add_typer(profiles_cmd.app, name="profiles")
 
 

@@ -71,12 +71,18 @@ def make_app(models: tuple[str, ...] = ("stub",), ttft_ms: float = 0.0, tpot_ms:
             state["active"] -= 1
             state["served"] += 1
 
+    async def completions(request: web.Request) -> web.StreamResponse:
+        return await generate(request, chat=False)
+
+    async def chat_completions(request: web.Request) -> web.StreamResponse:
+        return await generate(request, chat=True)
+
     app = web.Application()
     app["state"] = state
     app.router.add_get("/health", health)
     app.router.add_get("/v1/models", list_models)
-    app.router.add_post("/v1/completions", lambda r: generate(r, chat=False))
-    app.router.add_post("/v1/chat/completions", lambda r: generate(r, chat=True))
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/chat/completions", chat_completions)
     return app
 
 
