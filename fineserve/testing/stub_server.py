@@ -18,6 +18,9 @@ import time
 from aiohttp import web
 
 
+STATE = web.AppKey("state", dict)
+
+
 def make_app(models: tuple[str, ...] = ("stub",), ttft_ms: float = 0.0, tpot_ms: float = 0.0,
              max_concurrency: int = 0) -> web.Application:
     state = {"active": 0, "served": 0}
@@ -78,7 +81,7 @@ def make_app(models: tuple[str, ...] = ("stub",), ttft_ms: float = 0.0, tpot_ms:
         return await generate(request, chat=True)
 
     app = web.Application()
-    app["state"] = state
+    app[STATE] = state  # active and served counts, for tests
     app.router.add_get("/health", health)
     app.router.add_get("/v1/models", list_models)
     app.router.add_post("/v1/completions", completions)
