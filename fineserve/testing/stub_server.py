@@ -17,7 +17,6 @@ import time
 
 from aiohttp import web
 
-
 STATE = web.AppKey("state", dict)
 
 
