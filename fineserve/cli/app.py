@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import typer
 
-from fineserve.cli import models_cmd, plan_cmd, profiles_cmd, replay_cmd, workload_cmd
+from fineserve.cli import (
+    models_cmd,
+    plan_cmd,
+    profiles_cmd,
+    replay_cmd,
+    simulate_cmd,
+    workload_cmd,
+)
 
 app = typer.Typer(
     name="fineserve",
@@ -17,6 +24,8 @@ app.command("plan")(plan_cmd.plan)
 app.command("models")(models_cmd.models)
 app.command("workload")(workload_cmd.workload)
 app.command("replay")(replay_cmd.replay)
+app.command("simulate")(simulate_cmd.simulate)
+app.command("compare")(simulate_cmd.compare)
 app.add_typer(profiles_cmd.app, name="profiles")
 
 

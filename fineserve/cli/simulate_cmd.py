@@ -1,0 +1,152 @@
+"""``fineserve simulate`` and ``fineserve compare``: predicted SLO attainment before deploying."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from fineserve.cli.common import err, latency_model, out, run_guarded
+from fineserve.errors import SpecError
+
+
+def simulate(
+    plan: Annotated[Path, typer.Argument(help="Plan file (fineserve plan -o).")],
+    trace: Annotated[Path, typer.Argument(help="Trace file (fineserve workload -o).")],
+    *,
+    profiles: Annotated[list[Path] | None, typer.Option(
+        "--profiles", "-p", help="Extra latency profiles.")] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output",
+                                                help="Write the JSON summary here.")] = None,
+) -> None:
+    """Simulate a plan serving a trace; print per-model SLO attainment and latencies."""
+    run_guarded(lambda: _simulate(plan, trace, profiles, output))
+
+
+def _simulate(plan_path, trace_path, profiles, output) -> None:
+    from fineserve.metrics.summary import summarize
+    from fineserve.planner.planfile import load_plan
+    from fineserve.sim.cluster import simulate as run
+    from fineserve.workload.trace import Trace
+
+    plan = load_plan(plan_path)
+    trace = Trace.load(trace_path)
+    latency = latency_model(profiles)
+    with err.status(f"simulating {len(trace):,} requests..."):
+        result = run(plan, trace, latency)
+    summary = summarize(result.records, {m.name: m.slo for m in plan.models},
+                        max(result.duration_s, trace.duration_s), "simulate")
+    if output is not None:
+        output.write_text(json.dumps(summary, indent=2))
+    out.print(summary_table(summary, f"Simulated {len(trace):,} requests ({plan_path.name})"))
+
+
+def summary_table(summary: dict, title: str) -> Table:
+    t = Table(title=title, title_justify="left")
+    for col in ("model", "requests", "SLO met", "TTFT met", "TPOT met", "goodput req/s",
+                "TTFT p99 ms", "TPOT p99 ms"):
+        t.add_column(col, justify="left" if col == "model" else "right")
+    for name, g in [*summary["per_model"].items(), ("all", summary["overall"])]:
+        t.add_row(name, str(g["requests"]), _pct(g, "slo_attainment"),
+                  _pct(g, "ttft_attainment"), _pct(g, "tpot_attainment"),
+                  f"{g['goodput_rps']:.2f}" if "goodput_rps" in g else "-",
+                  _p99_ms(g, "ttft_s"), _p99_ms(g, "tpot_s"))
+    return t
+
+
+def _pct(g: dict, key: str) -> str:
+    return f"{g[key]:.1%}" if key in g else "-"
+
+
+def _p99_ms(g: dict, key: str) -> str:
+    v = g.get(key, {}).get("p99")
+    return "-" if v is None else f"{v * 1e3:.0f}"
+
+
+def compare(
+    spec: Annotated[Path | None, typer.Argument(
+        help="Planning spec; omit for the bundled example.", show_default=False)] = None,
+    trace: Annotated[Path | None, typer.Argument(
+        help="Trace; omit to generate a Poisson trace at the spec's rates.",
+        show_default=False)] = None,
+    *,
+    duration: Annotated[float, typer.Option(help="Seconds of generated trace.")] = 120.0,
+    plot: Annotated[Path | None, typer.Option(help="Write a PNG bar chart here.")] = None,
+    time_limit: Annotated[float | None, typer.Option("--time-limit")] = None,
+) -> None:
+    """Plan with the ILP and every baseline, simulate each on one trace, compare."""
+    run_guarded(lambda: _compare(spec, trace, duration, plot, time_limit))
+
+
+def _compare(spec, trace_path, duration, plot, time_limit) -> None:
+    from dataclasses import replace
+
+    from fineserve.metrics.summary import summarize
+    from fineserve.planner.api import PLAN_METHODS, make_plan
+    from fineserve.planner.options import engine_options
+    from fineserve.planner.spec import load_example, load_spec
+    from fineserve.sim.cluster import simulate as run
+    from fineserve.workload.arrivals import Poisson
+    from fineserve.workload.lengths import OUTPUT_CV, PROMPT_CV, LogNormalLengths
+    from fineserve.workload.trace import ModelLoad, Trace, generate
+
+    inst = load_example() if spec is None else load_spec(spec)
+    if time_limit is not None:
+        if time_limit <= 0:
+            raise SpecError("--time-limit: must be > 0 seconds")
+        inst = replace(inst, settings=replace(inst.settings, time_limit_s=time_limit))
+    if trace_path is not None:
+        trace = Trace.load(trace_path)
+    else:
+        trace = generate([ModelLoad(m.name, Poisson(m.rate_rps), LogNormalLengths(
+            m.lengths.prompt_mean, m.lengths.prompt_mean * PROMPT_CV,
+            m.lengths.output_mean, m.lengths.output_mean * OUTPUT_CV)) for m in inst.models],
+            duration, seed=0)
+    latency = latency_model(None)
+    options = engine_options(inst, latency)
+    slos = {m.name: m.slo for m in inst.models}
+    rows = []
+    for method in PLAN_METHODS:
+        with err.status(f"{method}: planning and simulating..."):
+            plan = make_plan(inst, latency, method=method, options=options)
+            result = run(plan, trace, latency)
+        s = summarize(result.records, slos, max(result.duration_s, trace.duration_s),
+                      "simulate")
+        worst = min(g.get("slo_attainment", 0) for g in s["per_model"].values())
+        rows.append((plan.report.method, len(plan.gpus_used), plan.min_headroom,
+                     s["overall"]["slo_attainment"], worst, s["overall"]["goodput_rps"]))
+    t = Table(title=f"Plans on one trace ({len(trace):,} requests)", title_justify="left")
+    for col in ("method", "GPUs", "min headroom", "SLO met", "worst model", "goodput req/s"):
+        t.add_column(col, justify="left" if col == "method" else "right")
+    for r in rows:
+        t.add_row(r[0], str(r[1]), f"{r[2]:.2f}x", f"{r[3]:.1%}", f"{r[4]:.1%}", f"{r[5]:.2f}")
+    out.print(t)
+    if plot is not None:
+        _plot(rows, plot)
+        err.print(f"plot written to {plot}")
+
+
+def _plot(rows, path: Path) -> None:
+    try:
+        import matplotlib
+    except ImportError:
+        raise SpecError("--plot needs matplotlib", hint="pip install 'fineserve[plots]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+    names = [r[0] for r in rows]
+    a.bar(names, [r[1] for r in rows], color="#4c72b0")
+    a.set_ylabel("GPUs used")
+    b.bar(names, [100 * r[3] for r in rows], color="#55a868")
+    b.set_ylabel("SLO attainment (%)")
+    b.set_ylim(0, 100)
+    for ax in (a, b):
+        ax.tick_params(axis="x", rotation=20)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
