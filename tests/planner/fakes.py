@@ -39,6 +39,23 @@ class FakeLatency:
         return True
 
 
+class ConstLatency:
+    """Prefill p and decode step d fixed, so closed forms and queueing results can be checked
+    by hand."""
+
+    def __init__(self, prefill_s: float, decode_s: float) -> None:
+        self.p, self.d = prefill_s, decode_s
+
+    def prefill(self, engine, prompt_tokens, sm_pct, batch=1) -> Latency:
+        return Latency(self.p, LatencySource.MEASURED)
+
+    def decode_step(self, engine, batch, context_tokens, sm_pct) -> Latency:
+        return Latency(self.d, LatencySource.MEASURED)
+
+    def covers(self, engine) -> bool:
+        return True
+
+
 def demand(name: str, model: str = "llama-3.1-8b", weights: str = "bf16", kv: str = "bf16",
            rate: float = 5.0, ttft: float = 1.0, tpot: float = 0.05, prompt: float = 512,
            output: float = 256, tp: tuple[int, ...] = (1, 2, 4, 8)) -> ModelDemand:

@@ -18,27 +18,11 @@ from fineserve.planner.schema import LengthStats, Slo
 from fineserve.profiles.catalog import model_spec
 from fineserve.profiles.gpus import gpu_spec
 from fineserve.profiles.latency import EngineShape, Latency, LatencySource
-from tests.planner.fakes import FakeLatency, demand, instance
+from tests.planner.fakes import ConstLatency, FakeLatency, demand, instance
 
 H100 = gpu_spec("h100")
 ENGINE = EngineShape(H100, model_spec("llama-3.1-8b"), 1)
 LAT = FakeLatency()
-
-
-class ConstLatency:
-    """Prefill p and decode step d fixed, so the closed forms can be checked by hand."""
-
-    def __init__(self, p, d):
-        self.p, self.d = p, d
-
-    def prefill(self, engine, prompt_tokens, sm_pct, batch=1):
-        return Latency(self.p, LatencySource.MEASURED)
-
-    def decode_step(self, engine, batch, context_tokens, sm_pct):
-        return Latency(self.d, LatencySource.MEASURED)
-
-    def covers(self, engine):
-        return True
 
 
 def test_closed_form_at_the_batch_cap():

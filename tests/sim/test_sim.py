@@ -11,28 +11,13 @@ from fineserve.planner.schema import (
     Plan,
     SolveReport,
 )
-from fineserve.profiles.latency import Latency, LatencySource
 from fineserve.sim.cluster import simulate
 from fineserve.workload.arrivals import Poisson
 from fineserve.workload.lengths import FixedLengths
 from fineserve.workload.trace import ModelLoad, Trace, generate
-from tests.planner.fakes import demand, instance
+from tests.planner.fakes import ConstLatency, demand, instance
 
 GIB = 2**30
-
-
-class ConstLatency:
-    def __init__(self, prefill_s, decode_s):
-        self.p, self.d = prefill_s, decode_s
-
-    def prefill(self, engine, prompt_tokens, sm_pct, batch=1):
-        return Latency(self.p, LatencySource.MEASURED)
-
-    def decode_step(self, engine, batch, context_tokens, sm_pct):
-        return Latency(self.d, LatencySource.MEASURED)
-
-    def covers(self, engine):
-        return True
 
 
 def one_engine_plan(max_batch=1, kv_bytes=40 * GIB, rate=1.0):
