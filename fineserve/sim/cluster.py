@@ -110,6 +110,8 @@ def simulate(plan: Plan, trace: Trace, latency: LatencyModel, *, token_budget: i
                 heapq.heappush(heap, (now, 1, seq, eng))
         i += 1
     engines = [e for r in routers.values() for e in r.engines]
+    for e in engines:
+        e.check_integrity()
     return SimResult([r for r in records if r is not None], now,
                      {e.name: e.preemptions for e in engines},
                      {e.name: e.step_no for e in engines})

@@ -84,6 +84,15 @@ class EngineSim:
             self._cache[key] = t
         return t
 
+    def check_integrity(self) -> None:
+        """Raise AssertionError if the incremental bookkeeping drifted (called by tests and
+        at the end of every simulation)."""
+        live = [e for e in self._heap if e[1] not in self._gone]
+        assert self.decoding == len(live), (self.name, self.decoding, len(live))
+        assert self.decoding >= 0 and self.ctx_sum >= 0, (self.name, self.ctx_sum)
+        if self.idle:
+            assert self.ctx_sum == 0 and abs(self.kv_used) < 1e-6, (self.name, self.kv_used)
+
     @property
     def idle(self) -> bool:
         return not (self.waiting or self.prefilling or self.decoding)

@@ -3,6 +3,8 @@
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fineserve.metrics.summary import records_frame, summarize
 from fineserve.planner.schema import (
@@ -13,7 +15,7 @@ from fineserve.planner.schema import (
 )
 from fineserve.sim.cluster import simulate
 from fineserve.workload.arrivals import Poisson
-from fineserve.workload.lengths import FixedLengths
+from fineserve.workload.lengths import FixedLengths, LogNormalLengths
 from fineserve.workload.trace import ModelLoad, Trace, generate
 from tests.planner.fakes import ConstLatency, demand, instance
 
@@ -85,3 +87,20 @@ def test_deterministic_and_summarised_like_replay():
     s = summarize(a.records, {"m": plan.models[0].slo}, a.duration_s, "simulate")
     assert s["source"] == "simulate" and s["overall"]["completed"] == len(trace)
     assert 0 <= s["overall"]["slo_attainment"] <= 1
+
+
+@settings(max_examples=30, deadline=None)
+@given(rate=st.floats(1, 200), prompt=st.integers(1, 3000), out=st.integers(1, 400),
+       batch=st.integers(1, 64), kv_tokens=st.integers(2000, 200_000),
+       budget=st.integers(64, 4096), seed=st.integers(0, 1000))
+def test_bookkeeping_returns_to_zero(rate, prompt, out, batch, kv_tokens, budget, seed):
+    """Random load, lengths, batch caps and KV sizes (preemption included): every request
+    completes once, and KV / context counters end at exactly zero."""
+    lens = LogNormalLengths(prompt, prompt / 2, out, out / 2, max_prompt=4000, max_output=600)
+    trace = generate([ModelLoad("m", Poisson(rate), lens)], 20.0, seed)
+    plan = one_engine_plan(max_batch=batch, kv_bytes=kv_tokens * 128 * 1024, rate=rate)
+    res = simulate(plan, trace, ConstLatency(0.005, 0.002), token_budget=budget)
+    df = records_frame(res.records)
+    assert len(df) == len(trace) and df.ok.all()
+    assert sorted(df["index"]) == list(range(len(trace)))
+    assert (df.first_token_s >= df.scheduled_s).all() and (df.finished_s >= df.first_token_s).all()
