@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -43,6 +42,3 @@ def latency_model(profiles: list[Path] | None):
 
     return default_latency_model(list(profiles or []))
 
-
-def is_tty() -> bool:
-    return sys.stderr.isatty()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 
 from fineserve.errors import PlanInfeasible, SpecError
 from fineserve.planner.greedy import METHODS as GREEDY
@@ -48,9 +47,7 @@ def make_plan(
         # the time limit covers the whole planning call, warm start included
         # (5% is kept back for assembling and validating the plan)
         left = max(1.0, 0.95 * inst.settings.time_limit_s - (time.perf_counter() - t0))
-        timed = replace(inst, settings=replace(inst.settings, time_limit_s=left))
-        plan = solve_ilp(timed, options, backend=backend, warm_start=warm)
-        plan = Plan(inst, plan.engines, plan.unplaced, plan.report)
+        plan = solve_ilp(inst, options, backend=backend, warm_start=warm, time_limit_s=left)
     else:
         plan = GREEDY[method](inst, options)
     if not plan.engines:

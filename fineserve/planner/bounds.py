@@ -18,12 +18,6 @@ from ortools.sat.python import cp_model
 from fineserve.planner.variables import H_SCALE, MILLI, IlpData
 
 
-@dataclass(frozen=True, slots=True)
-class Bounds:
-    cost_lb: int  # cost x 1000, valid lower bound when all traffic is placed
-    headroom_ub: int | None  # H x 1000 at cost <= the cost it was computed for
-
-
 @dataclass
 class Relaxation:
     """The aggregated model: n[m,i] engines, F[m,i] traffic (pooled), Y[t] GPUs of type t."""

@@ -16,7 +16,7 @@ x bytes/token x (1 + kv_margin).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fineserve.planner.schema import LengthStats, Slo
 from fineserve.profiles.catalog import VLLM_BLOCK_SIZE
@@ -123,13 +123,7 @@ def engine_capacity(
                 lam, b, ttft, tpot, kv_bytes_for_batch(engine, b, lengths, kv_margin),
                 ttft + out * tpot, stop, est,
             )
-    if best.rate_rps > 0:
-        return Capacity(**{**_asdict(best), "limited_by": stop})
-    return ZERO
-
-
-def _asdict(c: Capacity) -> dict:
-    return {f: getattr(c, f) for f in c.__dataclass_fields__}
+    return replace(best, limited_by=stop) if best.rate_rps > 0 else ZERO
 
 
 def fastest_latency(

@@ -48,7 +48,14 @@ from fineserve.planner.options import EngineOption
 from fineserve.planner.packing import relax_and_pack
 from fineserve.planner.schema import Instance, Objective, Plan, SolveReport, StageReport
 from fineserve.planner.symmetry import canonical_plan
-from fineserve.planner.variables import H_SCALE, MILLI, IlpData, PlacementVars, scale
+from fineserve.planner.variables import (
+    H_SCALE,
+    MILLI,
+    IlpData,
+    PlacementVars,
+    min_headroom,
+    scale,
+)
 
 
 @dataclass
@@ -78,8 +85,11 @@ def solve_ilp(
     *,
     backend: str = "ortools",
     warm_start: Plan | None = None,
+    time_limit_s: float | None = None,
 ) -> Plan:
     """Solve the placement ILP and return a plan (not yet validated).
+
+    ``time_limit_s`` overrides the instance's limit (the caller may have spent part of it).
 
     Raises:
         PlanInfeasible: the solver found no plan within the time limit and no warm start was
@@ -87,22 +97,21 @@ def solve_ilp(
     """
     t0 = time.perf_counter()
     st = inst.settings
-    deadline = t0 + st.time_limit_s
+    limit = st.time_limit_s if time_limit_s is None else time_limit_s
+    deadline = t0 + limit
     d = scale(inst, options)
     all_placed = warm_start is not None and not warm_start.unplaced
-    # Relax-and-pack only where the full model cannot be searched in time: on smaller
-    # instances the full ILP finds better headroom (bench/planner_scale.py).
-    if backend == "ortools" and all_placed and _too_big(d) and st.objective in (
-            Objective.LEXICOGRAPHIC, Objective.MIN_GPUS):
-        packed = _relax_and_pack(d, t0, deadline)
-        if packed is not None:
-            if packed.report.status == "OPTIMAL" or _too_big(d):
+    placement_vars = _x_count(d)
+    if placement_vars > MAX_PLACEMENT_VARS:
+        # The full model cannot be searched in time: relax-and-pack, else the warm start.
+        # (On smaller instances the full ILP finds better headroom: bench/planner_scale.py.)
+        if backend == "ortools" and all_placed and st.objective in (
+                Objective.LEXICOGRAPHIC, Objective.MIN_GPUS):
+            packed = _relax_and_pack(d, t0, deadline, limit)
+            if packed is not None:
                 return packed
-            if (packed.cost, -packed.min_headroom) <= (warm_start.cost, -warm_start.min_headroom):
-                warm_start = packed
-    if _too_big(d):
-        return _fallback(inst, warm_start, [], backend, t0, "the full ILP is too large to "
-                         f"search in {st.time_limit_s:g} s ({_x_count(d)} placement variables)")
+        return _fallback(inst, warm_start, [], backend, t0, limit, "the full ILP is too large "
+                         f"to search in {limit:g} s ({placement_vars} placement variables)")
     bm = build_model(inst, options, backend, d)
     b, v = bm.b, bm.v
     if warm_start is not None:
@@ -111,28 +120,26 @@ def solve_ilp(
     snapshot: Plan | None = None  # plan of the last successful stage
     if all_placed:
         pin_all_placed(b, d, v)
-        bound_s = 0.1 * inst.settings.time_limit_s
-        lb = cost_lower_bound(d, bound_s, inst.settings.num_workers)
+        lb = cost_lower_bound(d, 0.1 * limit, st.num_workers)
         b.add(gpu_cost(b, d, v) >= lb, "cut[cost>=aggregate]")
     else:
         res = _stage(bm, "placed-traffic", "max", placed_traffic(b, d, v), deadline, 1 / 3,
                      FRACTION_SCALE, stages)
         if not res.has_solution:
-            return _fallback(inst, warm_start, stages, backend, t0)
+            return _fallback(inst, warm_start, stages, backend, t0, limit)
         snapshot = _extract(bm, _report(backend, stages, t0))
-    order = _stage_order(inst.settings.objective)
+    order = _stage_order(st.objective)
     for k, name in enumerate(order):
         share = 1.0 if k == len(order) - 1 else 0.5
         if name == "headroom" and all_placed:
             cost_cap = (round(stages[-1].objective / d.cost_unit * 1000) if stages
                         else sum(d.cost.values()))
-            ub = headroom_upper_bound(d, cost_cap, 0.1 * inst.settings.time_limit_s,
-                                      inst.settings.num_workers)
+            ub = headroom_upper_bound(d, cost_cap, 0.1 * limit, st.num_workers)
             b.add(v.H <= ub, "cut[H<=aggregate]")
         res = _run_named(bm, name, deadline, share, stages)
         if not res.has_solution:
             if snapshot is None:
-                return _fallback(inst, warm_start, stages, backend, t0)
+                return _fallback(inst, warm_start, stages, backend, t0, limit)
             note = f"stage {name!r} found no solution in time; plan of the previous stage"
             return _with_report(snapshot, _report(backend, stages, t0, note))
         snapshot = _extract(bm, _report(backend, stages, t0))
@@ -157,15 +164,11 @@ def _x_count(d: IlpData) -> int:
     return sum(len(d.groups_for(o)) for opts in d.options.values() for o in opts)
 
 
-def _too_big(d: IlpData) -> bool:
-    return _x_count(d) > MAX_PLACEMENT_VARS
-
-
-def _relax_and_pack(d: IlpData, t0: float, deadline: float) -> Plan | None:
+def _relax_and_pack(d: IlpData, t0: float, deadline: float, limit: float) -> Plan | None:
     st = d.inst.settings
     result = relax_and_pack(
         d, with_headroom=st.objective is Objective.LEXICOGRAPHIC,
-        seconds=st.time_limit_s, workers=st.num_workers,
+        seconds=limit, workers=st.num_workers,
         clock=lambda: deadline - time.perf_counter(),
     )
     if result is None:
@@ -232,8 +235,7 @@ def _best_h(bm: BuiltModel, values: dict) -> int:
     d, v = bm.d, bm.v
     caps = {m: sum(d.mu[m, i] * round(values[v.x[m, i, k]]) for m, i, k in v.of_model[m])
             for m in d.models}
-    return min([d.h_cap] + [H_SCALE * caps[m] // d.lam[m] for m in d.models
-                            if round(values[v.z[m]])])
+    return min_headroom(d, caps, [m for m in d.models if round(values[v.z[m]])])
 
 
 def _all_vars(bm: BuiltModel):
@@ -290,8 +292,7 @@ def _hint_from_plan(bm: BuiltModel, plan: Plan) -> dict:
         if d.pooled and flows[m]:
             _split_integer(values, v, d, flows[m], p)
     caps = {m: sum(d.mu[key[0], key[1]] for key, _ in flows[m]) for m in d.models}
-    values[v.H] = min([d.h_cap] + [H_SCALE * caps[m] // d.lam[m] for m in d.models
-                                   if values[v.p[m]] > 0])
+    values[v.H] = min_headroom(d, caps, [m for m in d.models if values[v.p[m]] > 0])
     return values
 
 
@@ -309,20 +310,16 @@ def _split_integer(values: dict, v: PlacementVars, d: IlpData, flows: list, tota
 
 
 def _fallback(inst: Instance, warm: Plan | None, stages: list[StageReport], backend: str,
-              t0: float, why: str = "") -> Plan:
+              t0: float, limit: float, why: str = "") -> Plan:
     if warm is None:
         last = stages[-1].status if stages else "UNKNOWN"
         raise PlanInfeasible(
-            f"the {backend} solver found no plan within {inst.settings.time_limit_s:.0f} s "
+            f"the {backend} solver found no plan within {limit:.0f} s "
             f"(status {last})",
             hint="raise --time-limit, or plan with a greedy method to get a starting point",
         )
     note = why or "solver found nothing better within the time limit"
     note += f"; returning the warm start ({warm.report.method})"
-    if warm.report.note.startswith("relax-and-pack"):
-        return warm.with_report(SolveReport(f"ilp-{backend}", warm.report.status,
-                                            time.perf_counter() - t0, warm.report.stages,
-                                            warm.report.note))
     report = SolveReport(f"ilp-{backend}", "HEURISTIC", time.perf_counter() - t0,
                          tuple(stages), note)
     return _with_report(warm, report)

@@ -17,30 +17,26 @@ from ortools.sat.python import cp_model
 
 from fineserve.planner.bounds import Relaxation, relaxation, solve
 from fineserve.planner.options import TpGroup
-from fineserve.planner.variables import IlpData
+from fineserve.planner.variables import IlpData, min_headroom
 
 Placed = list[tuple[str, int, TpGroup, int]]  # (model, option index, group, flow milli-rps)
 
 
 @dataclass(frozen=True, slots=True)
 class Aggregate:
-    status: str
     objective: int  # cost x1000 or H x1000
     bound: int
     counts: dict  # (m, i) -> engines
     flows: dict  # (m, i) -> milli-rps (pooled)
-    gpus: dict  # (GPU type, cost) -> GPUs used
 
 
 def solve_aggregate(d: IlpData, stage: str, *, cost_cap: int | None = None,
-                    cost_floor: int | None = None, h_floor: int | None = None,
-                    seconds: float, workers: int) -> Aggregate | None:
-    """Optimise the relaxation for ``stage`` ("cost" or "headroom")."""
+                    h_floor: int | None = None, seconds: float, workers: int
+                    ) -> Aggregate | None:
+    """Optimise the relaxation for ``stage``: "cost", "headroom" or "slack"."""
     r: Relaxation = relaxation(d)
     if cost_cap is not None:
         r.model.add(r.cost <= cost_cap)
-    if cost_floor is not None:
-        r.model.add(r.cost >= cost_floor)
     if h_floor is not None:
         r.model.add(r.H >= h_floor)
     if stage == "cost":
@@ -64,10 +60,9 @@ def solve_aggregate(d: IlpData, stage: str, *, cost_cap: int | None = None,
     bound = s.best_objective_bound
     bound = math.floor(bound + 1e-6) if stage == "headroom" else math.ceil(bound - 1e-6)
     return Aggregate(
-        status, round(s.objective_value), bound,
+        round(s.objective_value), bound,
         {k: s.value(v) for k, v in r.n.items() if s.value(v) > 0},
         {k: s.value(v) for k, v in r.F.items()},
-        {t: s.value(v) for t, v in r.Y.items()},
     )
 
 
@@ -89,17 +84,16 @@ def pack(d: IlpData, agg: Aggregate, h_target: int, seconds: float, workers: int
     """Assign the aggregate's engines to TP groups using as few GPUs (cost) as possible, each
     engine at its option or a lower SM share, keeping every model's capacity >= h_target x
     its rate (x1000); ``cost_cap`` bounds the cost."""
-    allowed = {g.gpu_id for g in d.gpus}
     engines = []  # (m, i, flow share)
     for (m, i), c in sorted(agg.counts.items()):
         total = agg.flows.get((m, i), 0)
         engines += [(m, i, total // c + (1 if j < total % c else 0)) for j in range(c)]
     model = cp_model.CpModel()
     x: dict[tuple[int, int, int], cp_model.IntVar] = {}  # (engine, option, group)
-    on_gpu: dict[int, list[tuple[int, int, int]]] = {g: [] for g in allowed}
+    on_gpu: dict[int, list[tuple[int, int, int]]] = {g.gpu_id: [] for g in d.gpus}
     for e, (m, i, f) in enumerate(engines):
         o = d.options[m][i]
-        keys = [k for k, u in d.groups_for(o) if set(u.gpus) <= allowed]
+        keys = [k for k, _ in d.groups_for(o)]
         alts = [j for j in _alternatives(d, m, i) if d.mu[m, j] >= f]
         for j in alts:
             for k in keys:
@@ -113,7 +107,7 @@ def pack(d: IlpData, agg: Aggregate, h_target: int, seconds: float, workers: int
     for m in d.models:
         cap = [d.mu[m, j] * var for (e, j, _), var in x.items() if engines[e][0] == m]
         model.add(1000 * sum(cap) >= h_target * d.lam[m])
-    y = {g: model.new_bool_var(f"y[{g}]") for g in allowed}
+    y = {g: model.new_bool_var(f"y[{g}]") for g in on_gpu}
     for g, keys in on_gpu.items():
         if not keys:
             model.add(y[g] == 0)
@@ -136,7 +130,7 @@ def pack(d: IlpData, agg: Aggregate, h_target: int, seconds: float, workers: int
     for ids in by_node.values():  # symmetry: GPUs of a node used in order
         for a, c in zip(ids, ids[1:], strict=False):
             model.add(y[a] >= y[c])
-    cost = sum(d.cost[g] * y[g] for g in allowed)
+    cost = sum(d.cost[g] * y[g] for g in on_gpu)
     if cost_cap is not None:
         model.add(cost <= cost_cap)
     model.minimize(cost)
@@ -168,7 +162,7 @@ def _headroom_of(d: IlpData, placed: Placed) -> int:
     caps = {m: 0 for m in d.models}
     for m, i, _, _ in placed:
         caps[m] += d.mu[m, i]
-    return min([d.h_cap] + [1000 * caps[m] // d.lam[m] for m in d.models])
+    return min_headroom(d, caps)
 
 
 def relax_and_pack(
@@ -176,10 +170,11 @@ def relax_and_pack(
 ) -> tuple[Placed, list[PackStage]] | None:
     """Cost stage, then (optionally) headroom stage, each as aggregate -> pack.
 
-    Cost: pack the aggregate's cheapest solution; if it does not fit, ask the aggregate for a
-    solution one cost step up (up to three times). Headroom: pack the aggregate's best H at
-    the found cost; if it does not fit, binary-search H between what packed and what the
-    aggregate allows. ``clock()`` returns seconds left of the overall budget.
+    Cost: pack the aggregate's cheapest engine set onto as few GPUs as possible, then try the
+    most packable engine set at that cost (least SM and memory) for a cheaper packing; the
+    aggregate's bound is the stage's bound. Headroom: at the packed cost, pack the
+    aggregate's best-H engine set; if that fails, binary-search H between what packed and
+    what the aggregate allows. ``clock()`` returns seconds left of the overall budget.
     """
     started = clock()
     agg = solve_aggregate(d, "cost", seconds=min(seconds * 0.1, clock()), workers=workers)

@@ -85,6 +85,13 @@ def scale(inst: Instance, options: dict[str, tuple[EngineOption, ...]]) -> IlpDa
     )
 
 
+def min_headroom(d: IlpData, caps: dict[str, int], models: list[str] | None = None) -> int:
+    """H in thousandths for capacities ``caps`` (milli-rps per model): the smallest
+    1000 x capacity / rate over ``models`` (default all), at most the cap."""
+    names = d.models if models is None else models
+    return min([d.h_cap] + [H_SCALE * caps[m] // d.lam[m] for m in names])
+
+
 @dataclass
 class PlacementVars:
     """x[m,i,k] place option i of model m on group k; f[m,i,k] its traffic (pooled KV only);
