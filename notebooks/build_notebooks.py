@@ -26,7 +26,7 @@ from fineserve.profiles.composite import default_latency_model
 from fineserve.sim.cluster import simulate
 from fineserve.metrics.summary import summarize
 from fineserve.workload.arrivals import Poisson
-from fineserve.workload.lengths import LogNormalLengths
+from fineserve.workload.lengths import around_means
 from fineserve.workload.trace import ModelLoad, generate
 
 QUICK = os.environ.get("FINESERVE_NB_QUICK") == "1"
@@ -38,9 +38,8 @@ base = replace(base, settings=replace(base.settings, time_limit_s=TIME_LIMIT, nu
 
 
 def trace_for(inst, seed=0):
-    return generate([ModelLoad(m.name, Poisson(m.rate_rps), LogNormalLengths(
-        m.lengths.prompt_mean, m.lengths.prompt_mean, m.lengths.output_mean,
-        0.8 * m.lengths.output_mean)) for m in inst.models], DURATION, seed)
+    return generate([ModelLoad(m.name, Poisson(m.rate_rps), around_means(
+        m.lengths.prompt_mean, m.lengths.output_mean)) for m in inst.models], DURATION, seed)
 
 
 def attainment(plan, inst):

@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from fineserve.cli.common import err, out, run_guarded
 from fineserve.errors import SpecError
@@ -60,21 +59,10 @@ def _replay(trace_path, url, api_key, speed, duration, plan_path, output, prompt
 
 
 def _print(summary: dict, output: Path) -> None:
-    t = Table(title=f"Replay: {summary['overall']['requests']} requests in "
-                    f"{summary['duration_s']:.1f} s -> {output}", title_justify="left")
-    for col in ("model", "done", "429", "errors", "SLO met", "TTFT p50/p99 ms",
-                "TPOT p50/p99 ms", "tok/s"):
-        t.add_column(col, justify="left" if col == "model" else "right")
+    from fineserve.metrics.render import summary_table
 
-    def ms(d: dict, key: str) -> str:
-        v = d[key]
-        return "-" if v["p50"] is None else f"{v['p50'] * 1e3:.0f} / {v['p99'] * 1e3:.0f}"
-
-    for name, g in [*summary["per_model"].items(), ("all", summary["overall"])]:
-        slo = f"{g['slo_attainment']:.1%}" if "slo_attainment" in g else "-"
-        t.add_row(name, str(g["completed"]), str(g["rejected_429"]), str(g["errors"]), slo,
-                  ms(g, "ttft_s"), ms(g, "tpot_s"), f"{g['output_tokens_per_s']:.0f}")
-    out.print(t)
+    out.print(summary_table(summary, f"Replay: {summary['overall']['requests']} requests in "
+                                     f"{summary['duration_s']:.1f} s -> {output}"))
     lag = summary["send_lag_ms"]
     out.print(f"send lag p50 {lag['p50']:.2f} ms, p99 {lag['p99']:.2f} ms, "
               f"max {lag['max']:.2f} ms", highlight=False)

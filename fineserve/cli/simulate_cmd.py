@@ -41,29 +41,9 @@ def _simulate(plan_path, trace_path, profiles, output) -> None:
                         max(result.duration_s, trace.duration_s), "simulate")
     if output is not None:
         output.write_text(json.dumps(summary, indent=2))
+    from fineserve.metrics.render import summary_table
+
     out.print(summary_table(summary, f"Simulated {len(trace):,} requests ({plan_path.name})"))
-
-
-def summary_table(summary: dict, title: str) -> Table:
-    t = Table(title=title, title_justify="left")
-    for col in ("model", "requests", "SLO met", "TTFT met", "TPOT met", "goodput req/s",
-                "TTFT p99 ms", "TPOT p99 ms"):
-        t.add_column(col, justify="left" if col == "model" else "right")
-    for name, g in [*summary["per_model"].items(), ("all", summary["overall"])]:
-        t.add_row(name, str(g["requests"]), _pct(g, "slo_attainment"),
-                  _pct(g, "ttft_attainment"), _pct(g, "tpot_attainment"),
-                  f"{g['goodput_rps']:.2f}" if "goodput_rps" in g else "-",
-                  _p99_ms(g, "ttft_s"), _p99_ms(g, "tpot_s"))
-    return t
-
-
-def _pct(g: dict, key: str) -> str:
-    return f"{g[key]:.1%}" if key in g else "-"
-
-
-def _p99_ms(g: dict, key: str) -> str:
-    v = g.get(key, {}).get("p99")
-    return "-" if v is None else f"{v * 1e3:.0f}"
 
 
 def compare(
@@ -90,7 +70,7 @@ def _compare(spec, trace_path, duration, plot, time_limit) -> None:
     from fineserve.planner.spec import load_example, load_spec
     from fineserve.sim.cluster import simulate as run
     from fineserve.workload.arrivals import Poisson
-    from fineserve.workload.lengths import OUTPUT_CV, PROMPT_CV, LogNormalLengths
+    from fineserve.workload.lengths import around_means
     from fineserve.workload.trace import ModelLoad, Trace, generate
 
     inst = load_example() if spec is None else load_spec(spec)
@@ -101,10 +81,9 @@ def _compare(spec, trace_path, duration, plot, time_limit) -> None:
     if trace_path is not None:
         trace = Trace.load(trace_path)
     else:
-        trace = generate([ModelLoad(m.name, Poisson(m.rate_rps), LogNormalLengths(
-            m.lengths.prompt_mean, m.lengths.prompt_mean * PROMPT_CV,
-            m.lengths.output_mean, m.lengths.output_mean * OUTPUT_CV)) for m in inst.models],
-            duration, seed=0)
+        trace = generate([ModelLoad(m.name, Poisson(m.rate_rps),
+                                    around_means(m.lengths.prompt_mean, m.lengths.output_mean))
+                          for m in inst.models], duration, seed=0)
     latency = latency_model(None)
     options = engine_options(inst, latency)
     slos = {m.name: m.slo for m in inst.models}

@@ -34,34 +34,21 @@ def workload(
 
 
 def _workload(source, output, duration, arrival, cv, rate_scale, lengths, seed) -> None:
-    import yaml
-
-    from fineserve.planner.planfile import load_plan
-    from fineserve.planner.spec import load_example, load_spec
+    from fineserve.planner.planfile import load_models
+    from fineserve.planner.spec import load_example
     from fineserve.workload.arrivals import Diurnal, Gamma, Poisson
-    from fineserve.workload.lengths import (
-        OUTPUT_CV,
-        PROMPT_CV,
-        LogNormalLengths,
-        length_distribution,
-    )
+    from fineserve.workload.lengths import around_means, length_distribution
     from fineserve.workload.trace import ModelLoad, generate
 
     if duration <= 0 or rate_scale <= 0:
         raise SpecError("--duration and --rate-scale must be > 0")
-    if source is None:
-        models = load_example().models
-    elif "fineserve_plan" in (yaml.safe_load(Path(source).read_text()) or {}):
-        models = load_plan(source).models
-    else:
-        models = load_spec(source).models
-    def dist_for(m):
-        if lengths == "spec":  # the means the plan was made for; spreads as in lengths.py
-            p, o = m.lengths.prompt_mean, m.lengths.output_mean
-            return LogNormalLengths(p, p * PROMPT_CV, o, o * OUTPUT_CV)
-        return shared
-
+    models = load_example().models if source is None else load_models(source)
     shared = None if lengths == "spec" else length_distribution(lengths)
+
+    def dist_for(m):  # "spec": the means the plan was made for
+        return around_means(m.lengths.prompt_mean, m.lengths.output_mean) if shared is None \
+            else shared
+
     makers = {"poisson": lambda r: Poisson(r), "gamma": lambda r: Gamma(r, cv),
               "diurnal": lambda r: Diurnal(r, 0.5, duration)}
     if arrival not in makers:

@@ -31,6 +31,7 @@ from fineserve.planner.schema import (
     StageReport,
     Unplaced,
 )
+from fineserve.planner.spec import read_yaml, spec_from_data
 from fineserve.profiles.catalog import ModelSpec, resolve_arch
 from fineserve.profiles.gpus import gpu_spec
 from fineserve.profiles.precision import Precision
@@ -140,16 +141,23 @@ def save_plan(plan: Plan, path: str | Path) -> None:
     Path(path).write_text(dump_plan(plan))
 
 
-def load_plan(path: str | Path) -> Plan:
-    """Read a plan file. Raises SpecError naming the problem (missing key, bad value)."""
-    path = Path(path)
+def plan_from_data(data: object, path: str | Path) -> Plan:
+    """An already-parsed plan document; a malformed one is a SpecError naming the file."""
     try:
-        data = yaml.safe_load(path.read_text())
-        return plan_from_dict(data)
-    except OSError as exc:
-        raise SpecError(f"{path}: cannot read plan: {exc.strerror}") from None
-    except yaml.YAMLError:
-        raise SpecError(f"{path}: malformed YAML", hint="re-run fineserve plan -o") from None
+        return plan_from_dict(data)  # type: ignore[arg-type]
     except (KeyError, TypeError, ValueError) as exc:
         raise SpecError(f"{path}: not a FineServe plan ({type(exc).__name__}: {exc})",
                         hint="re-run fineserve plan -o") from None
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Read a plan file. Raises SpecError naming the problem (missing key, bad value)."""
+    return plan_from_data(read_yaml(path, "plan"), path)
+
+
+def load_models(path: str | Path) -> tuple[ModelDemand, ...]:
+    """The models of a plan file or of a planning spec, whichever ``path`` holds."""
+    data = read_yaml(path, "spec or plan")
+    if isinstance(data, dict) and "fineserve_plan" in data:
+        return plan_from_data(data, path).models
+    return spec_from_data(data, path).models

@@ -196,22 +196,32 @@ def _settings(p: PlannerIn) -> PlannerSettings:
     )
 
 
-def load_spec(path: str | Path) -> Instance:
+def read_yaml(path: str | Path, what: str = "spec") -> object:
+    """Parse a YAML file; unreadable files and YAML errors become one-line SpecErrors."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
-        raise SpecError(f"{path}: cannot read spec: {exc.strerror}") from None
+        raise SpecError(f"{path}: cannot read {what}: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise SpecError(f"{path}: malformed YAML{where}: {problem}") from None
+
+
+def spec_from_data(data: object, path: str | Path) -> Instance:
+    """An already-parsed spec document (see ``read_yaml``)."""
+    path = Path(path)
     if not isinstance(data, dict):
         raise SpecError(f"{path}: expected a mapping with 'models' (and 'cluster', 'planner')")
     return parse_spec(data, source=path.name)
+
+
+def load_spec(path: str | Path) -> Instance:
+    return spec_from_data(read_yaml(path, "spec"), path)
 
 
 EXAMPLE_NAME = "example-mixed-h100.yaml"

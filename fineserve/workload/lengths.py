@@ -60,8 +60,15 @@ class FixedLengths:
 
 PROMPT_CV, OUTPUT_CV = 1.0, 0.8  # assumed spreads where only means are known
 
+
+def around_means(prompt_mean: float, output_mean: float) -> LogNormalLengths:
+    """Log-normal lengths with the given means and the assumed spreads above."""
+    return LogNormalLengths(prompt_mean, prompt_mean * PROMPT_CV,
+                            output_mean, output_mean * OUTPUT_CV)
+
+
 PRESETS: dict[str, LengthDistribution] = {
-    "sharegpt": LogNormalLengths(161, 161 * PROMPT_CV, 338, 338 * OUTPUT_CV),
+    "sharegpt": around_means(161, 338),
     "lmsys": LogNormalLengths(69.5, 143.3, 214.5, 226.6),
 }
 
