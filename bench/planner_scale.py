@@ -7,6 +7,7 @@ docs/planner-benchmarks.md between the GENERATED markers.
 
     python bench/planner_scale.py            # full run (~3 min on 2 cores)
     python bench/planner_scale.py --quick    # shorter time limits
+    python bench/planner_scale.py --small-limit 300 --only-small   # long run, 19 models
 """
 
 from __future__ import annotations
@@ -51,17 +52,22 @@ def run_case(name, inst, latency, methods):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--small-limit", type=float, default=30.0, help="s, 19-model instance")
+    ap.add_argument("--large-limit", type=float, default=60.0, help="s, 100-model instance")
+    ap.add_argument("--only-small", action="store_true", help="skip the 100-model instance")
     args = ap.parse_args()
     scale = 0.3 if args.quick else 1.0
     latency = default_latency_model()
     small = muxserve_scale()
-    small = replace(small, settings=replace(small.settings, time_limit_s=30 * scale))
+    small = replace(small, settings=replace(small.settings,
+                                            time_limit_s=args.small_limit * scale))
     big = hundred_models()
-    big = replace(big, settings=replace(big.settings, time_limit_s=60 * scale))
+    big = replace(big, settings=replace(big.settings, time_limit_s=args.large_limit * scale))
     greedy = [("static", "ortools"), ("muxserve", "ortools"), ("kv-pressure", "ortools")]
     rows = run_case("19 models / 32 GPUs", small, latency,
                     [*greedy, ("ilp", "ortools"), ("ilp", "pulp")])
-    rows += run_case("100 models / 128 GPUs", big, latency, [*greedy, ("ilp", "ortools")])
+    if not args.only_small:
+        rows += run_case("100 models / 128 GPUs", big, latency, [*greedy, ("ilp", "ortools")])
     table = ["| instance | method | GPUs | min headroom | unplaced req/s | wall s | stages "
              "(objective, bound) | validator |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -69,7 +75,8 @@ def main() -> None:
                      f"{r[6]} | {r[7]} |")
     header = (f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, "
               f"{os.cpu_count()} cores, Python {platform.python_version()}; command: "
-              f"`python bench/planner_scale.py{' --quick' if args.quick else ''}`.")
+              f"`python bench/planner_scale.py{' --quick' if args.quick else ''}` "
+              f"(limits {args.small_limit:g} s / {args.large_limit:g} s).")
     text = DOC.read_text() if DOC.exists() else f"# Planner benchmarks\n\n{BEGIN}\n{END}\n"
     head, _, rest = text.partition(BEGIN)
     _, _, tail = rest.partition(END)
