@@ -1,0 +1,1 @@
+"""Runtime: turn a plan into running engines (MPS daemons, vLLM workers) behind one gateway."""
