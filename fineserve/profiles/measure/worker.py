@@ -1,0 +1,173 @@
+"""The engine worker: ``python -m fineserve.profiles.measure.worker {profile|load} JOB.json``.
+
+One process per engine, because MPS fixes a process's SM share when it initialises CUDA. It
+starts the engine, appends an ``EngineRecord``, then one record per measured point (or per
+interference phase), and stops cleanly before the job's deadline. Exit codes: 0 done or out of
+time, 3 the engine did not start (the record says why).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from fineserve.profiles.measure import engine as eng
+from fineserve.profiles.measure.records import (
+    DECODE,
+    PREFILL,
+    EngineArgs,
+    EngineRecord,
+    InterferenceJob,
+    LoadRecord,
+    PointRecord,
+    PointSpec,
+    ProfileJob,
+    append,
+    read_job,
+)
+
+SAFETY_S = 5.0  # kept free before the deadline for shutting the engine down
+
+
+def _start(job: ProfileJob | InterferenceJob) -> tuple[Any, EngineRecord]:
+    """Start the engine and describe it; on failure the record carries the error."""
+    base = eng.device_memory_used(job.device)
+    name, driver = eng.device_identity(job.device)
+    record = EngineRecord(
+        label=job.label, start_s=0.0, cuda_graphs=not job.engine.enforce_eager,
+        device_name=name, driver=driver, date=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        **eng.versions(),
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    try:
+        llm = eng.start_engine(job.engine, job.device)
+    except Exception as exc:  # noqa: BLE001 - any start failure is reported, not raised
+        return None, replace(record, start_s=time.perf_counter() - t0,
+                             error=f"{type(exc).__name__}: {exc}"[:500])
+    start_s = time.perf_counter() - t0
+    info = eng.probe(llm)
+    used = eng.device_memory_used(job.device)
+    footprint = used - base if used is not None and base is not None else None
+    weights, kv = info.get("weight_bytes"), info.get("kv_cache_bytes")
+    overhead = footprint - weights - kv if None not in (footprint, weights, kv) else None
+    return llm, replace(
+        record, start_s=start_s, block_size=info.get("spec_block_size") or info.get("block_size"),
+        num_blocks=info.get("num_blocks"), page_size_bytes=info.get("page_size_bytes"),
+        kv_bytes_per_token=info.get("kv_bytes_per_token"), kv_cache_bytes=kv,
+        weight_bytes=weights, footprint_bytes=footprint, overhead_bytes=overhead,
+        torch_reserved_bytes=info.get("torch_reserved_bytes"),
+    )  # fmt: skip
+
+
+def _measure(llm: Any, prompts: eng.Prompts, job: ProfileJob, point: PointSpec) -> PointRecord:
+    latencies, methods, notes = [], set(), []
+    n1, n2 = job.decode_outputs
+    for _ in range(point.repeats):
+        if point.phase == PREFILL:
+            t = eng.prefill(llm, prompts, point.batch, point.tokens, _blocker(job.engine))
+            if t.steps > 1:
+                notes.append(f"split over {t.steps} steps")
+        else:
+            t = eng.decode_step(llm, prompts, point.batch, point.tokens, n1, n2)
+        latencies.append(t.seconds)
+        methods.add(t.method)
+    method = methods.pop() if len(methods) == 1 else "mixed"
+    if point.phase == DECODE:
+        method += f" diff n{n1}-{n2}"
+    return PointRecord(job.label, point.phase, point.batch, point.tokens, tuple(latencies),
+                       method, "; ".join(sorted(set(notes))))
+
+
+def _blocker(args: EngineArgs) -> int:
+    """Tokens of the prompt that goes ahead of a measured prefill batch (engine.prefill)."""
+    return max(1, min(args.max_model_len - 8, args.max_num_batched_tokens))
+
+
+def run_profile(job: ProfileJob) -> int:
+    llm, record = _start(job)
+    append(job.results, record)
+    if llm is None:
+        print(f"engine did not start: {record.error}", file=sys.stderr)
+        return 3
+    prompts = eng.Prompts(job.engine.vocab_size, job.engine.seed)
+    max_batch = max(p.batch for p in job.points)
+    longest = max((p.tokens for p in job.points if p.phase == PREFILL), default=16)
+    eng.warm_up(llm, prompts, max_batch, min(longest, job.engine.max_model_len - 8))
+    cost: dict[str, float] = {}  # phase -> seconds per (batch x tokens x repeat) so far
+    for point in job.points:
+        size = point.batch * point.tokens * point.repeats
+        guess = cost.get(point.phase, 0.0) * size
+        if time.time() + guess + SAFETY_S > job.deadline:
+            print(f"stopping before {point.key}: out of time", file=sys.stderr)
+            break
+        t0 = time.perf_counter()
+        append(job.results, _measure(llm, prompts, job, point))
+        cost[point.phase] = max(cost.get(point.phase, 0.0), (time.perf_counter() - t0) / size)
+    return 0
+
+
+def run_load(job: InterferenceJob) -> int:
+    """Announce readiness, then run the load in every phase that names this member."""
+    control = Path(job.control)
+    llm, record = _start(job)
+    append(job.results, record)
+    if llm is None:
+        (control / f"{job.member}.failed").write_text(record.error or "")
+        return 3
+    prompts = eng.Prompts(job.engine.vocab_size, job.engine.seed)
+    load = job.load
+    eng.warm_up(llm, prompts, load.batch, load.probe_tokens)
+    (control / f"{job.member}.ready").write_text("")
+    phase = 0
+    while time.time() < job.deadline and not (control / "stop").exists():
+        go = control / f"phase-{phase}.go"
+        if not go.exists():
+            time.sleep(0.05)
+            continue
+        name, duration, active = _read_go(go)
+        if job.member in active:
+            append(job.results, _run_phase(llm, prompts, job, name, duration, active))
+        (control / f"phase-{phase}.{job.member}.done").write_text("")
+        phase += 1
+    return 0
+
+
+def _read_go(path: Path) -> tuple[str, float, tuple[str, ...]]:
+    import json
+
+    data = json.loads(path.read_text())
+    return str(data["name"]), float(data["duration_s"]), tuple(data["active"])
+
+
+def _run_phase(
+    llm: Any, prompts: eng.Prompts, job: InterferenceJob, name: str, duration: float,
+    active: tuple[str, ...],
+) -> LoadRecord:  # fmt: skip
+    load, steps, ttfts = job.load, [], []
+    n1, n2 = max(2, load.output_tokens // 4), load.output_tokens
+    end = time.time() + duration
+    while time.time() < end:
+        steps.append(eng.decode_step(llm, prompts, load.batch, load.prompt_tokens + (n1 + n2) // 2,
+                                     n1, n2).seconds)
+        ttfts.append(eng.prefill(llm, prompts, 1, load.probe_tokens).seconds)
+    context = load.prompt_tokens + (n1 + n2) // 2
+    return LoadRecord(job.label, job.scenario, job.member, name, active, tuple(steps),
+                      tuple(ttfts), load.batch, context)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] not in ("profile", "load"):
+        print("usage: python -m fineserve.profiles.measure.worker {profile|load} JOB.json",
+              file=sys.stderr)
+        return 2
+    if argv[0] == "profile":
+        return run_profile(read_job(argv[1], ProfileJob))
+    return run_load(read_job(argv[1], InterferenceJob))
+
+
+if __name__ == "__main__":  # vLLM spawns processes that re-import the main module
+    sys.exit(main(sys.argv[1:]))
