@@ -1,0 +1,223 @@
+"""Engine side of the pool: slab map + mapper + block pool + lease, grown and shrunk in time.
+
+Threads: vLLM's scheduler thread calls ``service`` before every ``schedule()`` and
+``on_step_finished`` / ``on_blocks_freed`` from its hooks, all under ``lock``; a background
+thread calls ``background_once`` every few milliseconds. Everything that touches vLLM's block
+pool runs under ``lock`` (the background thread takes it too, so an idle engine - which never
+schedules - still drains); the slow CUDA calls (map + zero, unmap) run outside it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from fineserve.runtime.kvslab.layout import KvLayout
+from fineserve.runtime.kvslab.slabmap import SlabMap, SlabState
+
+
+class MapError(Exception):
+    """The driver refused memory for a slab (``cuMemCreate`` out of memory)."""
+
+
+class Mapper(Protocol):
+    def map_slab(self, slab: int) -> None:
+        """Back ``slab`` with zeroed memory in every layer; raise ``MapError`` if none."""
+
+    def unmap_slab(self, slab: int) -> None:
+        """Unmap and release ``slab`` (no step may touch it any more)."""
+
+
+class BlockPoolView(Protocol):
+    """What the engine needs from vLLM's block pool (scheduler thread or under ``lock``)."""
+
+    def num_free(self) -> int: ...
+
+    def unpark(self, blocks: range) -> None:
+        """Append the free (unreferenced) blocks of ``blocks`` to the free queue: they are
+        exactly the parked ones of a slab coming ONLINE."""
+
+    def take_free(self, block_ids: list[int]) -> list[int]:
+        """Remove those of ``block_ids`` that sit in the free queue (dropping their prefix
+        cache entries); return the ids removed."""
+
+    def used_per_slab(self, blocks_per_slab: int, num_slabs: int) -> list[int]: ...
+
+
+class Lease(Protocol):
+    def acquire(self, n: int) -> int: ...
+
+    def release(self, n: int) -> None: ...
+
+    def publish(self, used_tokens: int, demand_tokens: int) -> int:
+        """Heartbeat with demand; returns the current target in slabs."""
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    grow_ahead_blocks: int  # map another slab when fewer free blocks than this are online
+    sync_grow: bool = True  # fallback: map on the scheduler thread when a step cannot fit
+    retry_after_fail_s: float = 1.0  # after cuMemCreate failed, wait before trying again
+
+
+@dataclass(frozen=True, slots=True)
+class EngineMetrics:
+    """Honest usage: capacity counts only ONLINE slabs, not the virtual maximum."""
+
+    online_blocks: int
+    free_blocks: int
+    held_slabs: int
+    target_slabs: int
+    mapped_bytes: int
+    grows: int
+    sync_grows: int
+    shrinks: int
+    map_failures: int
+    map_seconds: float
+    unmap_seconds: float
+
+    @property
+    def usage(self) -> float:
+        usable = max(self.online_blocks - 1, 1)  # block 0 is vLLM's null block
+        return min(1.0, max(0.0, 1 - self.free_blocks / usable))
+
+
+class SlabEngine:
+    def __init__(self, layout: KvLayout, mapper: Mapper, view: BlockPoolView, lease: Lease,
+                 config: EngineConfig, demand: Callable[[], tuple[int, int]],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.layout, self.mapper, self.view, self.lease = layout, mapper, view, lease
+        self.config, self.demand, self.clock = config, demand, clock
+        self.slabs = SlabMap(layout.num_slabs, layout.blocks_per_slab, pinned=1)
+        self.lock = threading.RLock()
+        self.target = 1
+        self._failed_at: float | None = None
+        self._n = {"grows": 0, "sync_grows": 0, "shrinks": 0, "map_failures": 0}
+        self._t = {"map": 0.0, "unmap": 0.0}
+
+    # -- scheduler thread (or under lock) ------------------------------------------------
+    def service(self) -> None:
+        """Attach mapped slabs, start or cancel drains toward the target, advance drains."""
+        with self.lock:
+            for s in self.slabs.attach_ready():
+                self.view.unpark(self.layout.blocks_of_slab(s))
+            shrinking = len(self.slabs.slabs_in(SlabState.DRAINING, SlabState.QUIESCING,
+                                                SlabState.UNMAPPING))
+            excess = self.slabs.held - shrinking - max(self.target, 1)
+            while excess < 0 and self.slabs.slabs_in(SlabState.DRAINING):
+                s = self.slabs.cancel_drain()
+                if s is None:
+                    break
+                self.view.unpark(self.layout.blocks_of_slab(s))
+                excess += 1
+            if excess > 0:
+                used = self.view.used_per_slab(self.layout.blocks_per_slab, self.layout.num_slabs)
+                for _ in range(excess):
+                    s = self.slabs.begin_drain(used)
+                    if s is None:
+                        break
+                    self._park_free(list(self.layout.blocks_of_slab(s)))
+            self.slabs.drained()
+            self.slabs.quiesced()
+
+    def on_blocks_freed(self, block_ids: list[int]) -> None:
+        """Blocks just returned to the free queue: park those of draining slabs."""
+        with self.lock:
+            mine = [b for b in block_ids if self.slabs.should_park(b)]
+            if mine:
+                self._park_free(mine)
+
+    def on_step_scheduled(self) -> None:
+        with self.lock:
+            self.slabs.on_step_scheduled()
+
+    def on_step_finished(self) -> None:
+        with self.lock:
+            self.slabs.on_step_finished()
+
+    def grow_sync(self) -> bool:
+        """Fallback when a step does not fit: map one slab now. True if blocks were added."""
+        if not self.config.sync_grow or self._backing_off():
+            return False
+        with self.lock:
+            if self.slabs.held >= self.layout.num_slabs or self.lease.acquire(1) == 0:
+                return False
+            if not self._map_one():
+                return False
+            self._n["sync_grows"] += 1
+            for s in self.slabs.attach_ready():
+                self.view.unpark(self.layout.blocks_of_slab(s))
+            return True
+
+    # -- background thread -----------------------------------------------------------------
+    def background_once(self) -> None:
+        """Publish demand, read the target, map ahead of demand, unmap quiesced slabs."""
+        used, want = self.demand()
+        self.target = self.lease.publish(used, want)
+        self.service()
+        for s in self._take(SlabState.UNMAPPING):
+            t0 = self.clock()
+            self.mapper.unmap_slab(s)
+            self._t["unmap"] += self.clock() - t0
+            with self.lock:
+                self.slabs.unmap_done(s)
+                self._n["shrinks"] += 1
+            self.lease.release(1)
+        if self._should_grow() and self.lease.acquire(1) == 1:
+            if self._map_one():
+                self._n["grows"] += 1
+            self.service()
+
+    def metrics(self) -> EngineMetrics:
+        with self.lock:
+            return EngineMetrics(
+                online_blocks=self.slabs.online * self.layout.blocks_per_slab,
+                free_blocks=self.view.num_free(), held_slabs=self.slabs.held,
+                target_slabs=self.target, mapped_bytes=self.slabs.held * self.layout.slab_bytes,
+                map_seconds=self._t["map"], unmap_seconds=self._t["unmap"], **self._n)
+
+    # -- internals -------------------------------------------------------------------------
+    def _should_grow(self) -> bool:
+        with self.lock:
+            pending = self.slabs.slabs_in(SlabState.MAPPING, SlabState.READY)
+            draining = self.slabs.slabs_in(SlabState.DRAINING)
+            return (not pending and not draining and not self._backing_off()
+                    and self.slabs.held < self.layout.num_slabs
+                    and self.view.num_free() < self.config.grow_ahead_blocks)
+
+    def _map_one(self) -> bool:
+        """Map the lowest OFFLINE slab (lease already acquired; lock may or may not be held)."""
+        with self.lock:
+            s = self.slabs.begin_map()
+        if s is None:
+            self.lease.release(1)
+            return False
+        t0 = self.clock()
+        try:
+            self.mapper.map_slab(s)
+        except MapError:
+            with self.lock:
+                self.slabs.map_done(s, ok=False)
+                self._n["map_failures"] += 1
+                self._failed_at = self.clock()
+            self.lease.release(1)
+            return False
+        self._t["map"] += self.clock() - t0
+        with self.lock:
+            self.slabs.map_done(s, ok=True)
+        return True
+
+    def _backing_off(self) -> bool:
+        return (self._failed_at is not None
+                and self.clock() - self._failed_at < self.config.retry_after_fail_s)
+
+    def _take(self, state: SlabState) -> list[int]:
+        with self.lock:
+            return self.slabs.slabs_in(state)
+
+    def _park_free(self, block_ids: list[int]) -> None:
+        for b in self.view.take_free(block_ids):
+            self.slabs.park(b)

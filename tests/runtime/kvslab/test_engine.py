@@ -1,0 +1,228 @@
+"""SlabEngine + SlabMap under random load: vLLM never sees unmapped blocks, nothing in use or
+in flight is unmapped, the lease always equals the slabs held, all memory comes back.
+
+The block pool, mapper and lease are fakes local to this test (the real ones need a GPU)."""
+
+from collections import OrderedDict, deque
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from fineserve.runtime.kvslab.engine import EngineConfig, MapError, SlabEngine
+from fineserve.runtime.kvslab.errors import KvSlabError
+from fineserve.runtime.kvslab.layout import KvLayout
+from fineserve.runtime.kvslab.slabmap import SlabMap, SlabState
+
+MAPPED_STATES = {SlabState.READY, SlabState.ONLINE, SlabState.DRAINING, SlabState.QUIESCING,
+                 SlabState.UNMAPPING}
+
+
+class FakePool:
+    """vLLM's BlockPool reduced to ref counts and an ordered free queue."""
+
+    def __init__(self, num_blocks):
+        self.ref = [0] * num_blocks
+        self.queue: OrderedDict[int, None] = OrderedDict((b, None) for b in range(num_blocks))
+        self.queue.pop(0)  # the null block
+        self.ref[0] = 1
+        self.engine = None
+
+    def num_free(self):
+        return len(self.queue)
+
+    def unpark(self, blocks):
+        for b in blocks:
+            if self.ref[b] == 0:
+                assert b not in self.queue
+                self.queue[b] = None
+
+    def take_free(self, ids):
+        out = [b for b in ids if b in self.queue]
+        for b in out:
+            del self.queue[b]
+        return out
+
+    def used_per_slab(self, bps, n):
+        return [sum(self.ref[b] > 0 for b in range(s * bps, (s + 1) * bps)) for s in range(n)]
+
+    def alloc(self, n):
+        if n > len(self.queue):
+            return None
+        out = [self.queue.popitem(last=False)[0] for _ in range(n)]
+        for b in out:
+            self.ref[b] += 1
+        return out
+
+    def free(self, ids):
+        for b in ids:
+            self.ref[b] -= 1
+            if self.ref[b] == 0:
+                self.queue[b] = None
+        self.engine.on_blocks_freed(ids)
+
+
+class FakeMapper:
+    def __init__(self, layout, pool, inflight):
+        self.layout, self.pool, self.inflight = layout, pool, inflight
+        self.mapped: set[int] = {0}
+        self.memory: dict[int, int] = {}  # block -> content (0 = zeroed)
+        self.fail = False
+
+    def map_slab(self, s):
+        assert s not in self.mapped
+        if self.fail:
+            raise MapError("out of memory")
+        self.mapped.add(s)
+        for b in self.layout.blocks_of_slab(s):
+            self.memory[b] = 0
+
+    def unmap_slab(self, s):
+        blocks = set(self.layout.blocks_of_slab(s))
+        assert not any(self.pool.ref[b] for b in blocks), "unmapping blocks in use"
+        assert not any(blocks & step for step in self.inflight), "unmapping under a running step"
+        self.mapped.remove(s)
+        for b in blocks:
+            self.memory.pop(b, None)
+
+
+class FakeLease:
+    def __init__(self, cap):
+        self.held, self.cap, self.target = 1, cap, 1
+
+    def acquire(self, n):
+        k = min(n, self.cap - self.held)
+        self.held += k
+        return k
+
+    def release(self, n):
+        assert 0 < n <= self.held
+        self.held -= n
+
+    def publish(self, used, want):
+        return self.target
+
+
+class EngineMachine(RuleBasedStateMachine):
+    def __init__(self):
+        super().__init__()
+        self.layout = KvLayout(num_layers=2, page_bytes=512 * 1024, planes=2, num_blocks=48,
+                               block_size=16)  # 8 blocks per slab, 6 slabs
+        self.pool = FakePool(48)
+        self.inflight: deque[set[int]] = deque()
+        self.mapper = FakeMapper(self.layout, self.pool, self.inflight)
+        self.lease = FakeLease(cap=5)
+        self.engine = SlabEngine(self.layout, self.mapper, self.pool, self.lease,
+                                 EngineConfig(grow_ahead_blocks=4), demand=lambda: (0, 0),
+                                 clock=lambda: 0.0)
+        self.pool.engine = self.engine
+        self.pool.take_free([b for b in range(8, 48)])  # plugin start: park offline slabs
+        self.requests: list[list[int]] = []
+        self.next_content = 1
+
+    @rule(n=st.integers(1, 12))
+    def schedule(self, n):
+        e = self.engine
+        e.service()
+        blocks = self.pool.alloc(n)
+        if blocks is None and e.grow_sync():
+            blocks = self.pool.alloc(n)
+        if blocks is not None:
+            for b in blocks:
+                assert self.layout.slab_of_block(b) in self.mapper.mapped
+                self.mapper.memory[b] = self.next_content
+                self.next_content += 1
+            self.requests.append(blocks)
+        e.on_step_scheduled()
+        self.inflight.append({b for r in self.requests for b in r})
+
+    @precondition(lambda self: self.inflight)
+    @rule()
+    def finish_step(self):
+        self.inflight.popleft()
+        self.engine.on_step_finished()
+
+    @precondition(lambda self: self.requests)
+    @rule(i=st.integers(0, 100))
+    def finish_request(self, i):
+        self.pool.free(self.requests.pop(i % len(self.requests)))
+
+    @rule(t=st.integers(1, 6))
+    def set_target(self, t):
+        self.lease.target = t
+
+    @rule()
+    def background(self):
+        self.engine.background_once()
+
+    @rule(fail=st.booleans())
+    def driver_memory(self, fail):
+        self.mapper.fail = fail
+
+    @invariant()
+    def consistent(self):
+        sm = self.engine.slabs
+        sm.check_integrity()
+        assert self.lease.held == sm.held
+        assert self.mapper.mapped == {s for s in range(6) if sm.state(s) in MAPPED_STATES}
+        for b in self.pool.queue:  # vLLM can only hand out blocks of ONLINE slabs
+            assert sm.state(self.layout.slab_of_block(b)) is SlabState.ONLINE
+        for r in self.requests:
+            for b in r:
+                assert sm.state(self.layout.slab_of_block(b)) in (SlabState.ONLINE,
+                                                                   SlabState.DRAINING)
+        m = self.engine.metrics()
+        assert 0.0 <= m.usage <= 1.0
+        assert m.online_blocks == sm.online * 8
+
+    def teardown(self):
+        # drain everything: all steps finish, all requests end, target 1: back to slab 0
+        while self.inflight:
+            self.finish_step()
+        while self.requests:
+            self.pool.free(self.requests.pop())
+        self.mapper.fail = False
+        self.lease.target = 1
+        for _ in range(4):
+            self.engine.background_once()
+        assert self.engine.slabs.held == 1 and self.mapper.mapped == {0}
+        assert self.pool.num_free() == 7  # slab 0 minus the null block
+
+
+EngineMachine.TestCase.settings = settings(max_examples=80, stateful_step_count=50,
+                                           deadline=None)
+TestEngineMachine = EngineMachine.TestCase
+
+
+def test_slab_map_transitions_with_exact_ids():
+    sm = SlabMap(num_slabs=4, blocks_per_slab=2)
+    assert sm.begin_map() == 1
+    sm.map_done(1, ok=True)
+    assert sm.attach_ready() == [1] and sm.online == 2
+    sm2 = SlabMap(num_slabs=4, blocks_per_slab=2)
+    for _ in range(3):
+        s = sm2.begin_map()
+        sm2.map_done(s, ok=True)
+    sm2.attach_ready()
+    assert sm2.begin_drain([1, 2, 0, 0]) == 3  # fewest used, highest index
+    sm2.on_step_scheduled()
+    sm2.park(6)
+    assert sm2.drained() == []
+    sm2.park(7)
+    assert sm2.drained() == [3] and sm2.quiesced() == []  # one step still in flight
+    sm2.on_step_finished()
+    assert sm2.quiesced() == [3]
+    sm2.unmap_done(3)
+    assert sm2.state(3) is SlabState.OFFLINE and sm2.held == 3
+    sm2.check_integrity()
+
+
+def test_slab_map_rejects_wrong_transitions():
+    sm = SlabMap(num_slabs=2, blocks_per_slab=2)
+    with pytest.raises(KvSlabError, match="expected MAPPING"):
+        sm.map_done(1, ok=True)
+    with pytest.raises(KvSlabError, match="never scheduled"):
+        sm.on_step_finished()
+    with pytest.raises(KvSlabError, match="expected DRAINING"):
+        sm.park(2)
