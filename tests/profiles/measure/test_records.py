@@ -1,0 +1,55 @@
+"""Worker records: JSON round trip, durable appends, torn lines skipped."""
+
+from __future__ import annotations
+
+from fineserve.profiles.measure.records import (
+    EngineArgs,
+    EngineLabel,
+    EngineRecord,
+    LoadRecord,
+    PointRecord,
+    PointSpec,
+    ProfileJob,
+    append,
+    dumps,
+    loads,
+    read_job,
+    read_records,
+    write_job,
+)
+
+LABEL = EngineLabel("H100-SXM-80GB", "llama-3.1-8b", "bf16", "bf16", 1, 50.0)
+
+
+def test_records_round_trip_through_json():
+    records = [
+        EngineRecord(LABEL, 51.5, True, block_size=16, num_blocks=100, weight_bytes=10),
+        PointRecord(LABEL, "prefill", 4, 512, (0.1, 0.11), "engine-ts", "split over 2 steps"),
+        LoadRecord(LABEL, "pair", "a", "together", ("a", "b"), (0.01, 0.012), (0.05,), 8, 300),
+    ]
+    for record in records:
+        assert loads(dumps(record)) == record
+
+
+def test_job_round_trip(tmp_path):
+    args = EngineArgs("/m", 1, None, "auto", 2064, 64, 8192, 1 << 30, 0.3, False, 128256)
+    job = ProfileJob(LABEL, args, (PointSpec("decode", 8, 512, 3),), (8, 40),
+                     str(tmp_path / "r.jsonl"), 123.0)
+    write_job(job, tmp_path / "job.json")
+    assert read_job(tmp_path / "job.json", ProfileJob) == job
+
+
+def test_appended_records_are_read_back_and_a_torn_line_is_skipped(tmp_path):
+    path = tmp_path / "r.jsonl"
+    first = PointRecord(LABEL, "decode", 1, 512, (0.008,), "engine-ts")
+    append(path, first)
+    with open(path, "a") as f:
+        f.write('{"kind": "point", "label": {"gpu"')  # killed mid-write
+    assert read_records(path) == [first]
+    assert read_records(tmp_path / "missing.jsonl") == []
+
+
+def test_non_positive_latency_makes_a_point_invalid():
+    assert PointRecord(LABEL, "decode", 1, 512, (0.01, 0.02), "m").valid
+    assert not PointRecord(LABEL, "decode", 1, 512, (0.01, -0.001), "m").valid
+    assert not PointRecord(LABEL, "decode", 1, 512, (), "m").valid

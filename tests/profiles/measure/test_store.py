@@ -1,0 +1,126 @@
+"""Result store: resumption keys, CSV export through the profile schema, metadata."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fineserve.profiles.measure.records import (
+    EngineLabel,
+    EngineRecord,
+    PointRecord,
+    PointSpec,
+    append,
+)
+from fineserve.profiles.measure.store import ResultStore, to_latency_point
+from fineserve.profiles.precision import Precision
+from fineserve.profiles.schema import Phase, load_profile
+from fineserve.profiles.table import TableLatency
+
+GPU, MODEL = "H100-SXM-80GB", "llama-3.1-8b"
+PRECISION = Precision.parse("bf16")
+POINTS = (
+    PointSpec("prefill", 1, 128, 3), PointSpec("prefill", 1, 512, 3),
+    PointSpec("decode", 1, 512, 3), PointSpec("decode", 8, 512, 3),
+)  # fmt: skip
+
+
+def label(sm: float) -> EngineLabel:
+    return EngineLabel(GPU, MODEL, "bf16", "bf16", 1, sm)
+
+
+def fill(store: ResultStore, sm: float, points=POINTS) -> None:
+    for p in points:
+        base = (0.01 if p.phase == "prefill" else 0.008) * p.batch * (100 / sm) ** 0.5
+        base *= p.tokens / 128 if p.phase == "prefill" else 1
+        append(store.results, PointRecord(label(sm), p.phase, p.batch, p.tokens,
+                                          (base, base * 1.02, base * 0.99), "engine-ts"))
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = ResultStore(tmp_path, GPU, MODEL, PRECISION)
+    s.prepare()
+    return s
+
+
+def test_layout_matches_the_shipped_profiles(store, tmp_path):
+    assert store.csv == tmp_path / GPU / MODEL / "bf16.kv-bf16.csv"
+    assert store.results.name == "bf16.kv-bf16.jsonl"
+
+
+def test_done_lists_the_measured_points_of_one_engine(store):
+    fill(store, 100, POINTS[:2])
+    fill(store, 50, POINTS[:1])
+    assert store.done(label(100)) == {POINTS[0].key, POINTS[1].key}
+    assert store.done(label(50)) == {POINTS[0].key}
+    assert store.done(label(30)) == set()
+
+
+def test_export_writes_complete_sm_shares_only_and_loads_through_the_schema(store):
+    fill(store, 100)
+    fill(store, 50, POINTS[:3])  # one point short
+    planned = {label(100): POINTS, label(50): POINTS}
+    summary = store.export(planned)
+    assert summary.complete == (100.0,) and summary.incomplete == (50.0,)
+    table = load_profile(summary.csv)
+    assert len(table) == len(POINTS) == summary.points
+    assert {p.sm_pct for p in table} == {100.0}
+    TableLatency(table)  # a complete grid: the planner's table accepts it
+    point = table.points_for(table.engines()[0], Phase.DECODE)[0]
+    assert point.repeats == 3
+    assert point.rel_spread == pytest.approx(0.03)
+
+
+def test_a_later_run_completes_the_profile(store):
+    fill(store, 100)
+    fill(store, 50, POINTS[:3])
+    planned = {label(100): POINTS, label(50): POINTS}
+    store.export(planned)
+    fill(store, 50, POINTS[3:])
+    summary = store.export(planned)
+    assert summary.complete == (50.0, 100.0) and summary.incomplete == ()
+    table = load_profile(store.csv)
+    TableLatency(table)
+    assert len(table) == 2 * len(POINTS)
+
+
+def test_a_rerun_point_replaces_the_earlier_one(store):
+    fill(store, 100)
+    p = POINTS[0]
+    append(store.results, PointRecord(label(100), p.phase, p.batch, p.tokens, (0.5, 0.5), "x"))
+    store.export({label(100): POINTS})
+    row = [x for x in load_profile(store.csv) if x.phase is Phase.PREFILL and x.tokens == 128]
+    assert row[0].latency_s == 0.5 and row[0].repeats == 2
+
+
+def test_invalid_points_are_not_done_and_not_exported(store):
+    p = POINTS[2]
+    append(store.results, PointRecord(label(100), p.phase, p.batch, p.tokens, (-1e-4, 0.01), "x"))
+    assert store.done(label(100)) == set()
+    assert store.export({label(100): POINTS}).csv is None
+
+
+def test_metadata_names_versions_memory_and_spread(store):
+    append(store.results, EngineRecord(label(100), 52.0, True, block_size=16, num_blocks=9000,
+                                       page_size_bytes=32768, kv_bytes_per_token=131072,
+                                       weight_bytes=16 << 30, device_name="NVIDIA H100 80GB HBM3",
+                                       driver="580.159.04", vllm_version="0.26.0",
+                                       torch_version="2.11.0", date="2026-11-25T10:00:00+00:00"))
+    fill(store, 100)
+    store.export({label(100): POINTS})
+    meta = json.loads(store.meta.read_text())
+    assert meta["vllm_version"] == "0.26.0" and meta["driver"] == "580.159.04"
+    assert meta["device_name"] == "NVIDIA H100 80GB HBM3"
+    assert meta["dates"] == ["2026-11-25"]
+    assert meta["engines"][0]["kv_bytes_per_token"] == 131072
+    assert meta["rel_spread"]["over_5pct"] == 0
+    assert meta["rel_spread"]["max"] == pytest.approx(0.03)
+
+
+def test_latency_point_takes_the_median_of_repeats():
+    record = PointRecord(label(30), "decode", 8, 512, (0.010, 0.012, 0.011), "engine-ts")
+    point = to_latency_point(record)
+    assert point.latency_s == 0.011 and point.repeats == 3 and point.sm_pct == 30
+    assert point.rel_spread == pytest.approx(0.002 / 0.011)
