@@ -21,7 +21,8 @@ STATE = web.AppKey("state", dict)
 
 
 def make_app(models: tuple[str, ...] = ("stub",), ttft_ms: float = 0.0, tpot_ms: float = 0.0,
-             max_concurrency: int = 0) -> web.Application:
+             max_concurrency: int = 0, metrics: bool = False) -> web.Application:
+    """The stub's routes; ``metrics`` adds a vLLM-style /metrics (running, waiting, KV use)."""
     state = {"active": 0, "served": 0}
 
     async def health(_: web.Request) -> web.Response:
@@ -44,7 +45,9 @@ def make_app(models: tuple[str, ...] = ("stub",), ttft_ms: float = 0.0, tpot_ms:
         state["active"] += 1
         try:
             if not body.get("stream"):
-                await asyncio.sleep((ttft_ms + tpot_ms * max(0, n - 1)) / 1e3)
+                delay = (ttft_ms + tpot_ms * max(0, n - 1)) / 1e3
+                if delay > 0:
+                    await asyncio.sleep(delay)
                 text = " tok" * n
                 choice = ({"message": {"role": "assistant", "content": text}} if chat
                           else {"text": text})
@@ -73,6 +76,13 @@ def make_app(models: tuple[str, ...] = ("stub",), ttft_ms: float = 0.0, tpot_ms:
             state["active"] -= 1
             state["served"] += 1
 
+    async def vllm_metrics(_: web.Request) -> web.Response:
+        running = state["active"]
+        lines = [f'vllm:num_requests_running{{model_name="{m}"}} {running}.0' for m in models[:1]]
+        lines += [f'vllm:num_requests_waiting{{model_name="{models[0]}"}} 0.0',
+                  f'vllm:kv_cache_usage_perc{{model_name="{models[0]}"}} {min(1, running / 64)}']
+        return web.Response(text="\n".join(lines) + "\n")
+
     async def completions(request: web.Request) -> web.StreamResponse:
         return await generate(request, chat=False)
 
@@ -83,6 +93,8 @@ def make_app(models: tuple[str, ...] = ("stub",), ttft_ms: float = 0.0, tpot_ms:
     app[STATE] = state  # active and served counts, for tests
     app.router.add_get("/health", health)
     app.router.add_get("/v1/models", list_models)
+    if metrics:
+        app.router.add_get("/metrics", vllm_metrics)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/chat/completions", chat_completions)
     return app
@@ -96,9 +108,11 @@ def main() -> None:
     ap.add_argument("--ttft-ms", type=float, default=0.0)
     ap.add_argument("--tpot-ms", type=float, default=0.0)
     ap.add_argument("--max-concurrency", type=int, default=0)
+    ap.add_argument("--metrics", action="store_true", help="serve vLLM-style /metrics")
     a = ap.parse_args()
-    web.run_app(make_app(tuple(a.models.split(",")), a.ttft_ms, a.tpot_ms, a.max_concurrency),
-                host=a.host, port=a.port, print=None)
+    web.run_app(make_app(tuple(a.models.split(",")), a.ttft_ms, a.tpot_ms, a.max_concurrency,
+                         a.metrics),
+                host=a.host, port=a.port, print=None, access_log=None)
 
 
 if __name__ == "__main__":

@@ -113,9 +113,12 @@ async def _relay(request: web.Request, r: aiohttp.ClientResponse, strip_usage: b
                     on_first_token(first)
             if out:
                 await resp.write(out)
-        tail = relay.flush()
-        if tail:
-            await resp.write(tail)
+        out, n = relay.flush()
+        if n:
+            last = time.monotonic()
+            first = first or last
+        if out:
+            await resp.write(out)
     except (aiohttp.ClientPayloadError, *_RETRYABLE, TimeoutError):
         served.status = 502  # the engine broke off mid-stream: the client sees it end early
     served.first_token_s, served.last_token_s = first, last

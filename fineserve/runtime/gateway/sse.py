@@ -62,12 +62,13 @@ class SseRelay:
                 tokens += kind == _TOKEN
         return b"".join(out), tokens
 
-    def flush(self) -> bytes:
+    def flush(self) -> tuple[bytes, int]:
         """What remains after the engine closed the stream (a last event without blank line)."""
         tail, self._tail = self._tail, b""
-        if tail.strip() and self._classify(tail) != _DROP:
-            return tail
-        return b""
+        if not tail.strip():
+            return b"", 0
+        kind = self._classify(tail)
+        return (b"" if kind == _DROP else tail), int(kind == _TOKEN)
 
     @property
     def output_tokens(self) -> int:
