@@ -116,8 +116,12 @@ class AdaptivePolicy(DeadlinePolicy):
     def _set(self, limit: int, now_s: float) -> None:
         limit = max(self.config.min_limit, min(self.config.max_limit, limit))
         if limit != self.limit:
+            if limit < self.limit:
+                # Requests dispatched before a cut ran at the old, higher concurrency: their
+                # samples say nothing about the new limit. After a raise, old samples are
+                # still valid evidence (bad news at lower load is worse at higher load).
+                self.epoch += 1
             self.limit = limit
-            self.epoch += 1
             self._last_change_s = now_s
         self._reset_window()
 

@@ -42,6 +42,7 @@ ADMIT = Decision(Verdict.ADMIT)
 class _Flight:
     dispatch_s: float
     prompt_tokens: int
+    running: int  # in flight at dispatch, counting this one
     epoch: int  # the policy's epoch at dispatch: feedback from older epochs is stale
     first_token_s: float | None = None
 
@@ -144,7 +145,7 @@ class EngineScheduler:
             return
         flight.first_token_s = now_s
         engine_ttft = now_s - flight.dispatch_s
-        self._est.observe_prefill(flight.prompt_tokens, engine_ttft)
+        self._est.observe_prefill(flight.prompt_tokens, flight.running, engine_ttft)
         self._policy.on_first_token(engine_ttft, flight.epoch, now_s)
 
     def on_finish(self, request_id: str, now_s: float, output_tokens: int, ok: bool) -> None:
@@ -249,7 +250,10 @@ class EngineScheduler:
         return self._arbiter is None or self._arbiter.may_take(self)
 
     def _dispatch(self, req: RequestInfo, now_s: float) -> None:
-        self._flights[req.request_id] = _Flight(now_s, req.prompt_tokens, self._policy.epoch)
+        running = len(self._flights) + 1
+        self._flights[req.request_id] = _Flight(
+            now_s, req.prompt_tokens, running, self._policy.epoch
+        )
         self._admitted += 1
         if self._arbiter is not None:
             self._arbiter.taken()

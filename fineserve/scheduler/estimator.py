@@ -1,9 +1,11 @@
 """Service times learned from what one engine actually did (all O(1) per observation).
 
-- Prefill: time from dispatch to first token as ``a + b * prompt_tokens``, fitted by
-  exponentially weighted least squares, so it tracks load changes and does not bias short
-  prompts the way FineServe's single TTFT-per-token ratio does. Until two distinct prompt
-  lengths have been seen it uses the ratio (or the configured per-token hint).
+- Prefill: time from dispatch to first token as ``a + bx * prompt_tokens + bn * in_flight``
+  (``in_flight`` counted at dispatch, including the request), fitted by exponentially
+  weighted least squares. The load term is what lets admission predict the first token at
+  the concurrency a request will actually meet, and the length term avoids biasing short
+  prompts the way FineServe's single TTFT-per-token ratio does. Degenerate data (one length,
+  one load) falls back to the simpler fits, then to the ratio, then to the configured hint.
 - Service: EWMA of dispatch-to-finish time; with ``limit`` requests in flight a slot frees
   about every ``service / limit`` seconds, which is what a queued request waits per position.
 - TPOT: EWMA of (finish - first token) / (output tokens - 1).
@@ -27,36 +29,46 @@ class Ewma:
 
 
 class ServiceEstimator:
-    __slots__ = ("_w", "_sn", "_st", "_snn", "_snt", "_hint", "service", "tpot", "ttft")
+    __slots__ = ("_s", "_hint", "service", "tpot", "ttft")
 
     def __init__(self, prefill_s_per_token_hint: float = 0.0) -> None:
-        self._w = self._sn = self._st = self._snn = self._snt = 0.0
+        # EW sums: weight, tokens, n, tokens^2, tokens*n, n^2, t, tokens*t, n*t
+        self._s = [0.0] * 9
         self._hint = prefill_s_per_token_hint
         self.service = Ewma()  # dispatch -> finish, seconds
         self.tpot = Ewma()  # seconds per output token
         self.ttft = Ewma()  # dispatch -> first token, seconds (for stats and control)
 
-    def observe_prefill(self, prompt_tokens: int, seconds: float) -> None:
-        n, t, keep = float(max(prompt_tokens, 1)), max(seconds, 0.0), 1.0 - ALPHA
-        self._w = keep * self._w + 1.0
-        self._sn = keep * self._sn + n
-        self._st = keep * self._st + t
-        self._snn = keep * self._snn + n * n
-        self._snt = keep * self._snt + n * t
+    def observe_prefill(self, prompt_tokens: int, in_flight: int, seconds: float) -> None:
+        """One dispatch-to-first-token time of a prompt dispatched with ``in_flight`` running
+        (counting itself)."""
+        x, n, t = float(max(prompt_tokens, 1)), float(max(in_flight, 1)), max(seconds, 0.0)
+        keep, s = 1.0 - ALPHA, self._s
+        for i, v in enumerate((1.0, x, n, x * x, x * n, n * n, t, x * t, n * t)):
+            s[i] = keep * s[i] + v
         self.ttft.add(t)
 
-    def prefill_s(self, prompt_tokens: int) -> float:
-        """Predicted dispatch-to-first-token time of a prompt (0 when nothing is known)."""
-        n = float(max(prompt_tokens, 1))
-        if self._w == 0.0:
-            return self._hint * n
-        denom = self._w * self._snn - self._sn * self._sn
-        if denom > 1e-9 * self._w * self._snn:  # prompt lengths vary enough to fit a line
-            b = (self._w * self._snt - self._sn * self._st) / denom
-            a = (self._st - b * self._sn) / self._w
-            if a >= 0.0 and b >= 0.0:
-                return a + b * n
-        return self._st / self._sn * n  # one length seen, or a degenerate fit: the ratio
+    def prefill_s(self, prompt_tokens: int, in_flight: int) -> float:
+        """Predicted dispatch-to-first-token time of a prompt that will run alongside
+        ``in_flight`` requests (counting itself); 0 when nothing is known and no hint."""
+        x, n = float(max(prompt_tokens, 1)), float(max(in_flight, 1))
+        w, sx, sn, sxx, sxn, snn, st, sxt, snt = self._s
+        if w == 0.0:
+            return self._hint * x
+        mx, mn, mt = sx / w, sn / w, st / w
+        cxx, cxn, cnn = sxx / w - mx * mx, sxn / w - mx * mn, snn / w - mn * mn
+        cxt, cnt = sxt / w - mx * mt, snt / w - mn * mt
+        vary_x, vary_n = cxx > 1e-6 * (mx * mx + 1.0), cnn > 1e-6 * (mn * mn + 1.0)
+        det = cxx * cnn - cxn * cxn
+        if vary_x and vary_n and det > 1e-6 * cxx * cnn:  # t = a + bx*x + bn*n
+            bx, bn = (cxt * cnn - cnt * cxn) / det, (cnt * cxx - cxt * cxn) / det
+            if bx >= 0.0 and bn >= 0.0:
+                return max(0.0, mt + bx * (x - mx) + bn * (n - mn))
+        if vary_n and cnt >= 0.0:  # load explains it: t = a + bn*n
+            return max(0.0, mt + cnt / cnn * (n - mn))
+        if vary_x and cxt >= 0.0:  # prompt length explains it: t = a + bx*x
+            return max(0.0, mt + cxt / cxx * (x - mx))
+        return st / sx * x  # one operating point: FineServe's time-per-token ratio
 
     def slot_wait_s(self, slots_needed: int, limit: int) -> float:
         """Expected wait until ``slots_needed`` in-flight requests have finished."""

@@ -32,7 +32,7 @@ class Policy:
         self.config = config
         self.est = est
         self.limit = config.initial_limit
-        self.epoch = 0  # bumped whenever the limit changes
+        self.epoch = 0  # bumped when a policy wants older feedback ignored (adaptive: cuts)
 
     def assess(self, req: RequestInfo, now_s: float, in_flight: int, ahead: int) -> Assessment:
         """Can ``req`` meet its TTFT deadline behind ``in_flight`` running and ``ahead`` queued?"""

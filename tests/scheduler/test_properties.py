@@ -145,7 +145,14 @@ class SchedulerMachine(RuleBasedStateMachine):
             dispatched = [rid for _, rid in res.dispatch]
             expired = [(rid, d) for _, rid, d in res.expired]
         else:
-            dispatched, expired = self.scheds[engine % len(self.scheds)].poll(self.now)
+            # Documented use without arbiter.poll: poll every engine sharing the GPU (any
+            # order); a GPU-wide pass may leave grants in another engine's next poll.
+            dispatched, expired = [], []
+            k = len(self.scheds)
+            for i in range(k):
+                ids, gone = self.scheds[(engine + i) % k].poll(self.now)
+                dispatched += ids
+                expired += gone
         for rid, d in expired:
             self.expire(rid, d)
         for rid in dispatched:
