@@ -88,10 +88,10 @@ class EngineMetrics:
 class SlabEngine:
     def __init__(self, layout: KvLayout, mapper: Mapper, view: BlockPoolView, lease: Lease,
                  config: EngineConfig, demand: Callable[[], tuple[int, int]],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, online: int = 1) -> None:
         self.layout, self.mapper, self.view, self.lease = layout, mapper, view, lease
         self.config, self.demand, self.clock = config, demand, clock
-        self.slabs = SlabMap(layout.num_slabs, layout.blocks_per_slab, pinned=1)
+        self.slabs = SlabMap(layout.num_slabs, layout.blocks_per_slab, pinned=1, online=online)
         self.lock = threading.RLock()
         self.target = 1
         self._failed_at: float | None = None

@@ -36,16 +36,19 @@ class SlabState(IntEnum):
 
 
 class SlabMap:
-    """States of ``num_slabs`` slabs of ``blocks_per_slab`` blocks; slabs below ``pinned``
-    (slab 0 holds vLLM's null block) are ONLINE from the start and never drained."""
+    """States of ``num_slabs`` slabs of ``blocks_per_slab`` blocks. Slabs below ``online``
+    start ONLINE (mapped before vLLM warms up); slabs below ``pinned`` (slab 0 holds vLLM's
+    null block) are never drained."""
 
-    def __init__(self, num_slabs: int, blocks_per_slab: int, pinned: int = 1) -> None:
-        if num_slabs <= 0 or blocks_per_slab <= 0 or not 0 <= pinned <= num_slabs:
+    def __init__(self, num_slabs: int, blocks_per_slab: int, pinned: int = 1,
+                 online: int | None = None) -> None:
+        online = pinned if online is None else online
+        if num_slabs <= 0 or blocks_per_slab <= 0 or not 0 <= pinned <= online <= num_slabs:
             raise KvSlabError(f"bad slab map: {num_slabs} slabs x {blocks_per_slab} blocks, "
-                              f"{pinned} pinned")
+                              f"{pinned} pinned, {online} online")
         self.num_slabs, self.blocks_per_slab, self.pinned = num_slabs, blocks_per_slab, pinned
-        self._state = [SlabState.ONLINE] * pinned + [SlabState.OFFLINE] * (num_slabs - pinned)
-        self._parked = [0] * pinned + [blocks_per_slab] * (num_slabs - pinned)
+        self._state = [SlabState.ONLINE] * online + [SlabState.OFFLINE] * (num_slabs - online)
+        self._parked = [0] * online + [blocks_per_slab] * (num_slabs - online)
         self._stamp: dict[int, int] = {}
         self.steps_scheduled = 0
         self.steps_finished = 0

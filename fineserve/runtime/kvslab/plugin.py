@@ -1,0 +1,378 @@
+"""vLLM 0.26.0 general plugin ``fineserve_kvslab``: slab-backed, elastic KV cache.
+
+Switched on by ``FINESERVE_KVSLAB=1`` (other variables: ``settings.py``). Loaded in every vLLM
+process; with TP=1 the scheduler and the worker share the engine-core process, so one
+process-global ``_State`` joins the two sides. Hooks (docs/kv-slab.md, design notes):
+
+worker side
+  ``Worker.initialize_from_config``     remember the VllmConfig
+  ``attn_utils._allocate_kv_cache``     (Model Runner V2) and
+  ``GPUModelRunner._allocate_kv_cache_tensors`` (V1): reserve one virtual range per KV
+                                        tensor, map slab 0 + the floor, return int8 tensors
+                                        over the ranges (vLLM's reshape/bind code unchanged)
+scheduler side
+  ``BlockPool.__init__``                park the blocks of unmapped slabs, start the engine
+  ``BlockPool.free_blocks``             park freed blocks of draining slabs
+  ``BlockPool.get_usage``               usage over mapped blocks, not the virtual maximum
+  ``KVCacheManager.allocate_slots``     on ``None``: one synchronous grow, then retry
+  ``Scheduler.schedule`` / ``update_from_output``  service drains under the lock, count steps
+
+Nothing here imports vLLM, torch or CUDA at module import: the module is importable (and its
+pure parts testable) on a machine without them.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import math
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from fineserve.runtime.kvslab.engine import EngineConfig, SlabEngine
+from fineserve.runtime.kvslab.errors import UnsupportedEngine
+from fineserve.runtime.kvslab.layout import _PROBE_BLOCKS, KvLayout, planes_of
+from fineserve.runtime.kvslab.settings import (
+    SUPPORTED_VLLM,
+    EngineFacts,
+    PluginSettings,
+    check_supported,
+)
+
+log = logging.getLogger("fineserve.kvslab")
+
+
+@dataclass(slots=True)
+class _State:
+    settings: PluginSettings = field(default_factory=PluginSettings)
+    vllm_config: Any = None
+    layout: KvLayout | None = None
+    mapper: Any = None
+    lease: Any = None
+    online: int = 1
+    pool: Any = None  # the scheduler's BlockPool backed by slabs
+    scheduler: Any = None
+    engine: SlabEngine | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
+
+
+_STATE = _State()
+
+
+def register() -> None:
+    """Entry point (group ``vllm.general_plugins``): patch vLLM if FINESERVE_KVSLAB=1."""
+    settings = PluginSettings.from_env()
+    if not settings.enabled:
+        return
+    import vllm
+
+    if vllm.__version__ != SUPPORTED_VLLM:
+        raise UnsupportedEngine(f"KV Slab supports vLLM {SUPPORTED_VLLM} only, found "
+                                f"{vllm.__version__}", hint="unset FINESERVE_KVSLAB")
+    _STATE.settings = settings
+    _patch_worker()
+    _patch_scheduler()
+
+
+# -- signature self-test ---------------------------------------------------------------------
+def _require(owner: Any, name: str, params: tuple[str, ...]) -> Any:
+    """The private function we hook must exist with the parameters we rely on."""
+    fn = getattr(owner, name, None)
+    if fn is None:
+        raise UnsupportedEngine(f"vLLM internals changed: {owner.__name__}.{name} is missing")
+    have = tuple(inspect.signature(fn).parameters)
+    if have[: len(params)] != params:
+        raise UnsupportedEngine(f"vLLM internals changed: {owner.__name__}.{name}{have}, "
+                                f"expected parameters {params}")
+    return fn
+
+
+def _wrap(owner: Any, name: str, params: tuple[str, ...], make: Any) -> None:
+    orig = _require(owner, name, params)
+    if getattr(orig, "_fineserve_kvslab", False):
+        return  # already patched in this process
+    new = functools.wraps(orig)(make(orig))
+    new._fineserve_kvslab = True
+    setattr(owner, name, new)
+
+
+# -- worker side ------------------------------------------------------------------------------
+def _patch_worker() -> None:
+    from vllm.v1.worker import gpu_worker
+
+    def init_from_config(orig: Any) -> Any:
+        def f(self: Any, kv_cache_config: Any, *a: Any, **k: Any) -> Any:
+            _STATE.vllm_config = self.vllm_config
+            return orig(self, kv_cache_config, *a, **k)
+        return f
+
+    _wrap(gpu_worker.Worker, "initialize_from_config", ("self", "kv_cache_config"),
+          init_from_config)
+    try:
+        from vllm.v1.worker.gpu import attn_utils
+    except ImportError:
+        attn_utils = None
+    if attn_utils is not None and hasattr(attn_utils, "_allocate_kv_cache"):
+        _wrap(attn_utils, "_allocate_kv_cache", ("kv_cache_config", "device"),
+              lambda orig: lambda kv_cache_config, device, *a, **k: _allocate(kv_cache_config,
+                                                                              device))
+    from vllm.v1.worker import gpu_model_runner
+
+    _wrap(gpu_model_runner.GPUModelRunner, "_allocate_kv_cache_tensors",
+          ("self", "kv_cache_config"),
+          lambda orig: lambda self, kv_cache_config, *a, **k: _allocate(kv_cache_config,
+                                                                        self.device))
+
+
+def engine_facts(vcfg: Any, kv_cache_config: Any) -> EngineFacts:
+    import vllm
+
+    groups = kv_cache_config.kv_cache_groups
+    return EngineFacts(
+        vllm_version=vllm.__version__,
+        tensor_parallel=vcfg.parallel_config.tensor_parallel_size,
+        pipeline_parallel=vcfg.parallel_config.pipeline_parallel_size,
+        sleep_mode=bool(getattr(vcfg.model_config, "enable_sleep_mode", False)),
+        kv_groups=len(groups), spec_kind=type(groups[0].kv_cache_spec).__name__ if groups else "")
+
+
+def layout_of(vcfg: Any, kv_cache_config: Any, min_slab_granules: int) -> KvLayout:
+    """Read the KV layout vLLM is about to allocate (one group, equal tensors)."""
+    from vllm.config import get_layers_from_vllm_config
+    from vllm.model_executor.layers.attention_layer_base import AttentionLayerBase
+
+    spec = kv_cache_config.kv_cache_groups[0].kv_cache_spec
+    names = list(kv_cache_config.kv_cache_groups[0].layer_names)
+    layers = get_layers_from_vllm_config(vcfg, AttentionLayerBase, names)
+    backends = {layers[n].get_attn_backend() for n in names}
+    if len(backends) != 1:
+        raise UnsupportedEngine(f"KV Slab needs one attention backend for all layers, got "
+                                f"{sorted(b.__name__ for b in backends)}")
+    backend = backends.pop()
+    dtype = vcfg.cache_config.cache_dtype
+    shapes = [backend.get_kv_cache_shape(n, spec.block_size, spec.num_kv_heads, spec.head_size,
+                                         cache_dtype_str=dtype) for n in _PROBE_BLOCKS]
+    try:
+        order = tuple(backend.get_kv_cache_stride_order())
+    except (AttributeError, NotImplementedError):
+        order = tuple(range(len(shapes[0])))
+    page = spec.page_size_bytes
+    sizes = {t.size for t in kv_cache_config.kv_cache_tensors}
+    if len(sizes) != 1 or next(iter(sizes)) % page:
+        raise UnsupportedEngine(f"KV Slab needs equal KV tensors of whole pages, got {sizes}")
+    return KvLayout(num_layers=len(kv_cache_config.kv_cache_tensors), page_bytes=page,
+                    planes=planes_of(shapes[0], shapes[1], order),
+                    num_blocks=next(iter(sizes)) // page, block_size=spec.block_size,
+                    min_slab_granules=min_slab_granules)
+
+
+def _allocate(kv_cache_config: Any, device: Any) -> dict[str, Any]:
+    """Reserve, map slab 0 + the floor, and return vLLM's ``{layer: int8 tensor}``."""
+    import torch
+
+    from fineserve.runtime.kvslab.vmm import VmmMapper
+
+    vcfg = _STATE.vllm_config
+    if vcfg is None:
+        from vllm.config import get_current_vllm_config
+        vcfg = get_current_vllm_config()
+    check_supported(engine_facts(vcfg, kv_cache_config))
+    s = _STATE.settings
+    layout = layout_of(vcfg, kv_cache_config, s.min_slab_granules)
+    dev = torch.device(device)
+    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    torch.cuda.set_device(index)
+    torch.cuda.init()
+    mapper = VmmMapper(layout, len(kv_cache_config.kv_cache_tensors), index)
+    floor = max(1, math.ceil(s.floor_bytes / layout.slab_bytes))
+    if floor > layout.num_slabs:
+        raise UnsupportedEngine(f"floor of {floor} slabs exceeds the engine's virtual maximum "
+                                f"of {layout.num_slabs}",
+                                hint="raise --kv-cache-memory-bytes or lower the floor")
+    _STATE.lease = _join_pool(layout, floor)
+    for slab in range(floor):  # before warm-up and graph capture touch the cache
+        mapper.map_slab(slab)
+    tensors = [torch.as_tensor(r, device=dev) for r in mapper.raw_tensors()]
+    out: dict[str, Any] = {}
+    for t, kv in zip(tensors, kv_cache_config.kv_cache_tensors, strict=True):
+        for name in kv.shared_by:
+            out[name] = t
+    _STATE.layout, _STATE.mapper, _STATE.online = layout, mapper, floor
+    log.info("KV Slab: %d slabs of %d blocks (%.1f MiB), %d mapped, %d plane(s)",
+             layout.num_slabs, layout.blocks_per_slab, layout.slab_bytes / 2**20, floor,
+             layout.planes)
+    return out
+
+
+def _join_pool(layout: KvLayout, floor: int) -> Any:
+    import os
+
+    from fineserve.runtime.kvslab.lease import LedgerLease, LocalLease
+    from fineserve.runtime.kvslab.ledger import EngineRegistration, Ledger
+    from fineserve.runtime.kvslab.pool import ManagerConfig
+
+    s = _STATE.settings
+    if s.ledger is None:
+        return LocalLease(layout.num_slabs, held=floor)
+    lease = LedgerLease(Ledger(s.ledger), s.engine_id, publish_s=s.publish_s,
+                        manager=ManagerConfig(tick_s=s.tick_s,
+                                              heartbeat_timeout_s=s.heartbeat_timeout_s))
+    lease.join(EngineRegistration(s.engine_id, os.getpid(), layout.bytes_per_token,
+                                  layout.slab_bytes, floor, layout.num_slabs, s.slo_weight),
+               floor, s.floor_wait_s)
+    return lease
+
+
+# -- scheduler side ---------------------------------------------------------------------------
+def _patch_scheduler() -> None:
+    from vllm.v1.core import block_pool, kv_cache_manager
+    from vllm.v1.core.sched import scheduler
+
+    bp = block_pool.BlockPool
+
+    def init(orig: Any) -> Any:
+        def f(self: Any, num_gpu_blocks: int, *a: Any, **k: Any) -> None:
+            orig(self, num_gpu_blocks, *a, **k)
+            lay = _STATE.layout
+            if lay is not None and _STATE.engine is None and num_gpu_blocks == lay.num_blocks:
+                _attach(self)
+        return f
+
+    def free(orig: Any) -> Any:
+        def f(self: Any, ordered_blocks: Any, *a: Any, **k: Any) -> None:
+            eng = _STATE.engine
+            if eng is None or self is not _STATE.pool:
+                return orig(self, ordered_blocks, *a, **k)
+            blocks = list(ordered_blocks)
+            with eng.lock:
+                orig(self, blocks, *a, **k)
+                eng.on_blocks_freed([b.block_id for b in blocks
+                                     if b.ref_cnt == 0 and not getattr(b, "is_null", False)])
+        return f
+
+    def usage(orig: Any) -> Any:
+        def f(self: Any) -> float:
+            eng = _STATE.engine
+            return orig(self) if eng is None or self is not _STATE.pool else eng.metrics().usage
+        return f
+
+    def allocate(orig: Any) -> Any:
+        def f(self: Any, *a: Any, **k: Any) -> Any:
+            out = orig(self, *a, **k)
+            eng = _STATE.engine
+            if out is None and eng is not None and eng.grow_sync():
+                out = orig(self, *a, **k)
+            return out
+        return f
+
+    def schedule(orig: Any) -> Any:
+        def f(self: Any, *a: Any, **k: Any) -> Any:
+            eng = _STATE.engine
+            if eng is None:
+                return orig(self, *a, **k)
+            _STATE.scheduler = self
+            with eng.lock:
+                eng.service()
+                out = orig(self, *a, **k)
+                if out.total_num_scheduled_tokens > 0:
+                    eng.on_step_scheduled()
+                return out
+        return f
+
+    def update(orig: Any) -> Any:
+        def f(self: Any, scheduler_output: Any, *a: Any, **k: Any) -> Any:
+            eng = _STATE.engine
+            if eng is None:
+                return orig(self, scheduler_output, *a, **k)
+            with eng.lock:
+                if scheduler_output.total_num_scheduled_tokens > 0:
+                    eng.on_step_finished()
+                return orig(self, scheduler_output, *a, **k)
+        return f
+
+    _wrap(bp, "__init__", ("self", "num_gpu_blocks"), init)
+    _wrap(bp, "free_blocks", ("self", "ordered_blocks"), free)
+    _wrap(bp, "get_usage", ("self",), usage)
+    _wrap(kv_cache_manager.KVCacheManager, "allocate_slots", ("self", "request"), allocate)
+    _wrap(scheduler.Scheduler, "schedule", ("self",), schedule)
+    _wrap(scheduler.Scheduler, "update_from_output", ("self", "scheduler_output"), update)
+
+
+class VllmBlockPoolView:
+    """``BlockPoolView`` over vLLM's ``BlockPool`` (called under the engine lock)."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        for name in ("blocks", "free_block_queue", "_maybe_evict_cached_block"):
+            if not hasattr(pool, name):
+                raise UnsupportedEngine(f"vLLM internals changed: BlockPool.{name} is missing")
+
+    def num_free(self) -> int:
+        return int(self.pool.free_block_queue.num_free_blocks)
+
+    def unpark(self, blocks: range) -> None:
+        free = [self.pool.blocks[b] for b in blocks if self.pool.blocks[b].ref_cnt == 0]
+        self.pool.free_block_queue.append_n(free)
+
+    def take_free(self, block_ids: list[int]) -> list[int]:
+        out = []
+        q = self.pool.free_block_queue
+        for b in block_ids:
+            blk = self.pool.blocks[b]
+            self.pool._maybe_evict_cached_block(blk)  # no new prefix hits on this slab
+            # invariant: an unreferenced block is queued unless parked, and parked blocks are
+            # never passed here again (SlabMap), so ref_cnt == 0 means "in the queue"
+            if blk.ref_cnt == 0 and not getattr(blk, "is_null", False):
+                q.remove(blk)
+                out.append(b)
+        return out
+
+    def used_per_slab(self, blocks_per_slab: int, num_slabs: int) -> list[int]:
+        used = [0] * num_slabs
+        for blk in self.pool.blocks:
+            if blk.ref_cnt > 0:
+                used[blk.block_id // blocks_per_slab] += 1
+        return used
+
+
+def _attach(pool: Any) -> None:
+    layout, s = _STATE.layout, _STATE.settings
+    assert layout is not None
+    view = VllmBlockPoolView(pool)
+    view.take_free(list(range(_STATE.online * layout.blocks_per_slab, layout.num_blocks)))
+    eng = SlabEngine(layout, _STATE.mapper, view, _STATE.lease,
+                     EngineConfig(grow_ahead_blocks=max(1, math.ceil(
+                         s.grow_ahead_slabs * layout.blocks_per_slab))),
+                     demand=_demand, online=_STATE.online)
+    _STATE.pool, _STATE.engine = pool, eng
+    threading.Thread(target=_background, args=(eng,), name="fineserve-kvslab",
+                     daemon=True).start()
+
+
+def _demand() -> tuple[int, int]:
+    """(used tokens, tokens wanted by running + waiting requests) of this engine."""
+    eng, sched, lay = _STATE.engine, _STATE.scheduler, _STATE.layout
+    if eng is None or lay is None:
+        return 0, 0
+    with eng.lock:
+        online = eng.slabs.online * lay.blocks_per_slab
+        used = max(0, online - 1 - eng.view.num_free()) * lay.block_size
+        if sched is None:
+            return used, used
+        reqs = list(sched.running) + list(sched.waiting)
+        return used, sum(int(r.num_tokens) for r in reqs)
+
+
+def _background(eng: SlabEngine) -> None:
+    s = _STATE.settings
+    failures = 0
+    while not _STATE.stop.wait(s.poll_s):
+        try:
+            eng.background_once()
+            failures = 0
+        except Exception:  # keep serving on the slabs we have; say why, not too often
+            failures += 1
+            if failures in (1, 10, 100) or failures % 1000 == 0:
+                log.exception("KV Slab background step failed (%d in a row)", failures)

@@ -1,0 +1,104 @@
+"""Plugin pure parts: importable without vLLM/torch/CUDA, env settings, refusals, hook checks."""
+
+import subprocess
+import sys
+
+import pytest
+
+from fineserve.runtime.kvslab import plugin
+from fineserve.runtime.kvslab.errors import KvSlabError, UnsupportedEngine
+from fineserve.runtime.kvslab.lease import LedgerLease, LocalLease
+from fineserve.runtime.kvslab.ledger import EngineRegistration, Ledger
+from fineserve.runtime.kvslab.pool import ManagerConfig
+from fineserve.runtime.kvslab.settings import EngineFacts, PluginSettings, check_supported
+
+OK = EngineFacts("0.26.0", 1, 1, False, 1, "FullAttentionSpec")
+
+
+def test_modules_import_without_vllm_torch_or_cuda():
+    code = ("import sys; import fineserve.runtime.kvslab.plugin, fineserve.runtime.kvslab.vmm; "
+            "bad = [m for m in ('vllm', 'torch', 'cuda') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_register_is_a_no_op_when_switched_off(monkeypatch):
+    monkeypatch.delenv("FINESERVE_KVSLAB", raising=False)
+    plugin.register()  # would import vllm (absent here) if it did anything
+    assert "vllm" not in sys.modules
+
+
+def test_settings_from_env():
+    s = PluginSettings.from_env({"FINESERVE_KVSLAB": "1", "FINESERVE_KVSLAB_LEDGER": "/dev/shm/x",
+                                 "FINESERVE_KVSLAB_ENGINE_ID": "chat-0",
+                                 "FINESERVE_KVSLAB_FLOOR_BYTES": "1073741824",
+                                 "FINESERVE_KVSLAB_GROW_AHEAD": "2"})
+    assert (s.enabled, s.ledger, s.engine_id, s.floor_bytes, s.grow_ahead_slabs) == (
+        True, "/dev/shm/x", "chat-0", 1 << 30, 2.0)
+    assert not PluginSettings.from_env({}).enabled
+
+
+@pytest.mark.parametrize("env, msg", [
+    ({"FINESERVE_KVSLAB": "yes"}, "FINESERVE_KVSLAB must be 0 or 1"),
+    ({"FINESERVE_KVSLAB_FLOOR_BYTES": "1G"}, "FINESERVE_KVSLAB_FLOOR_BYTES must be a number"),
+    ({"FINESERVE_KVSLAB_POLL_S": "0"}, "FINESERVE_KVSLAB_POLL_S must be >="),
+])
+def test_bad_settings_name_the_variable(env, msg):
+    with pytest.raises(KvSlabError, match=msg):
+        PluginSettings.from_env(env)
+
+
+@pytest.mark.parametrize("change, msg", [
+    (dict(vllm_version="0.32.0"), "supports vLLM 0.26.0 only"),
+    (dict(tensor_parallel=2), "tensor_parallel_size=1"),
+    (dict(sleep_mode=True), "enable_sleep_mode"),
+    (dict(kv_groups=2), "one full-attention KV group"),
+    (dict(spec_kind="MLAAttentionSpec"), "MLA"),
+])
+def test_unsupported_configurations_are_refused_with_one_message(change, msg):
+    import dataclasses
+    check_supported(OK)
+    with pytest.raises(UnsupportedEngine, match=msg) as exc:
+        check_supported(dataclasses.replace(OK, **change))
+    assert "FINESERVE_KVSLAB" in str(exc.value)
+
+
+def test_hooks_check_the_private_signatures():
+    class Pool:
+        def free_blocks(self, ordered_blocks):
+            return "orig"
+
+        def get_usage(self, extra):
+            return 0.0
+
+    plugin._wrap(Pool, "free_blocks", ("self", "ordered_blocks"),
+                 lambda orig: lambda self, blocks: ("wrapped", orig(self, blocks)))
+    assert Pool().free_blocks([]) == ("wrapped", "orig")
+    plugin._wrap(Pool, "free_blocks", ("self", "ordered_blocks"),  # idempotent
+                 lambda orig: lambda self, blocks: "twice")
+    assert Pool().free_blocks([]) == ("wrapped", "orig")
+    with pytest.raises(UnsupportedEngine, match="internals changed"):
+        plugin._require(Pool, "get_usage", ("self",)) and plugin._require(
+            Pool, "free_blocks", ("self", "blocks"))
+    with pytest.raises(UnsupportedEngine, match="is missing"):
+        plugin._require(Pool, "touch", ("self",))
+
+
+def test_local_lease_grows_to_the_maximum_and_never_asks_to_shrink():
+    lease = LocalLease(num_slabs=5, held=1)
+    assert lease.acquire(10) == 4 and lease.acquire(1) == 0
+    assert lease.publish(0, 0) == 5
+
+
+def test_ledger_lease_joins_with_its_floor_and_publishes_demand(tmp_path):
+    led = Ledger.create(str(tmp_path / "p.json"), 10 * (64 << 20), alive=lambda pid, _: True)
+    now = [0.0]
+    lease = LedgerLease(led, "a", publish_s=1.0, manager=ManagerConfig(tick_s=1.0),
+                        clock=lambda: now[0])
+    lease.join(EngineRegistration("a", 1, 131072, 64 << 20, 2, 10), 2, wait_s=0)
+    assert led.snapshot().engine("a").held_slabs == 2
+    now[0] = 5.0
+    assert lease.publish(used_tokens=100, demand_tokens=5 * 512) == 5  # 512 tokens per slab
+    other = LedgerLease(led, "b", publish_s=1.0, manager=ManagerConfig(), clock=lambda: 5.0)
+    with pytest.raises(KvSlabError, match="does not fit"):
+        other.join(EngineRegistration("b", 2, 131072, 64 << 20, 9, 10), 9, wait_s=0)
