@@ -167,12 +167,11 @@ def plan_engines(request: ProfileRequest, gpu: str, model_root: Path) -> list[En
     return plans
 
 
-def worker_env(request: ProfileRequest, extra: dict[str, str]) -> dict[str, str]:
-    """Engine process environment: project on the path, persistent compile caches."""
+def worker_env(cache: Path, extra: dict[str, str]) -> dict[str, str]:
+    """Engine process environment: project on the path, compile caches under ``cache``."""
     env = dict(os.environ)
     repo = str(Path(fineserve.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH", "")) if p)
-    cache = request.cache_dir
     env.setdefault("VLLM_CACHE_ROOT", str(cache / "vllm"))
     env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache / "inductor"))
     env.setdefault("TRITON_CACHE_DIR", str(cache / "triton"))
@@ -300,7 +299,7 @@ def _run_engine(
     extra = daemon.client_env(plan.label.sm_pct) if daemon is not None else {}
     if request.cpu:
         extra = {**extra, "CUDA_VISIBLE_DEVICES": ""}
-    env = worker_env(request, extra)
+    env = worker_env(request.cache_dir, extra)
     seen = [before]
 
     def poll() -> None:

@@ -129,7 +129,7 @@ def test_bad_tp_is_a_named_error(tmp_path, stand_in):
 
 def test_worker_env_sets_mps_share_caches_and_path(tmp_path, stand_in, monkeypatch):
     monkeypatch.delenv("VLLM_CACHE_ROOT", raising=False)
-    env = worker_env(request(tmp_path, stand_in), {"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "30"})
+    env = worker_env(tmp_path / "cache", {"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "30"})
     assert env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] == "30"
     assert env["VLLM_CACHE_ROOT"] == str(tmp_path / "cache" / "vllm")
     repo = Path(fineserve.__file__).resolve().parents[1]
