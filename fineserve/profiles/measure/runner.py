@@ -89,6 +89,23 @@ class ProfileSummary:
     out_of_budget: bool
 
 
+def parse_precision(text: str) -> Precision:
+    """``bf16``, ``fp8`` (fp8 weights, bf16 KV), ``fp8.kv-fp8`` or ``fp8:fp8``."""
+    text = text.strip()
+    if ".kv-" in text:
+        return Precision.from_name(text)
+    weights, _, kv = text.partition(":")
+    return Precision.parse(weights, kv or "bf16")
+
+
+def parse_numbers(text: str, field: str, cast: type = float) -> tuple:  # type: ignore[type-arg]
+    """A comma-separated list of numbers; SpecError naming ``field`` otherwise."""
+    try:
+        return tuple(cast(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise SpecError(f"{field}: {text!r} is not a comma-separated list of numbers") from None
+
+
 def engine_python(request: ProfileRequest) -> str:
     return request.engine_python or os.environ.get("FINESERVE_ENGINE_PYTHON") or sys.executable
 
