@@ -105,7 +105,7 @@ class GpuArbiter:
 
     @property
     def stats(self) -> ArbiterStats:
-        queued = sum(m.sched.stats.queued for m in self._members)
+        queued = sum(m.sched.queued for m in self._members)
         return ArbiterStats(self.gpu, self.budget, self._used, queued)
 
     # -- used by EngineScheduler ----------------------------------------------------------

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fineserve.scheduler.estimator import ServiceEstimator
-from fineserve.scheduler.queue import LATE, ON_TIME, QueueEntry, WaitQueue
+from fineserve.scheduler.queue import LATE, ON_TIME, WaitQueue
 from fineserve.scheduler.registry import make_policy
 from fineserve.scheduler.types import (
     Decision,
@@ -134,7 +134,7 @@ class EngineScheduler:
         if self._arbiter is not None:
             self._arbiter.run(now_s)
         else:
-            self._expire(now_s)
+            self.expire(now_s)
             while self.dispatchable():
                 self.dispatch_head(now_s)
         return self.poll_buffers()
@@ -201,6 +201,10 @@ class EngineScheduler:
     def in_flight(self) -> int:
         return len(self._flights)
 
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
     def reject_queued(self, now_s: float, reason: str) -> list[tuple[str, Decision]]:
         """Reject everything queued (graceful shutdown: stop admitting, keep the in-flight)."""
         out = []
@@ -233,9 +237,6 @@ class EngineScheduler:
         self._granted.append(entry.req.request_id)
         return entry.req.request_id
 
-    def expire(self, now_s: float) -> None:
-        self._expire(now_s)
-
     def poll_buffers(self) -> tuple[list[str], list[tuple[str, Decision]]]:
         """Hand out (and forget) what dispatch and expiry produced since the last call."""
         granted, expired = self._granted, self._expired_out
@@ -266,12 +267,13 @@ class EngineScheduler:
         if self._granted and request_id in self._granted:  # cancelled before poll handed it out
             self._granted.remove(request_id)
 
-    def _expire(self, now_s: float) -> None:
-        entries: list[QueueEntry] = self._queue.pop_expired(now_s)
-        for entry in entries:
+    def expire(self, now_s: float) -> None:
+        """Move queued requests past their expiry time to the next poll's REJECT list."""
+        for entry in self._queue.pop_expired(now_s):
             self._expired += 1
+            why = "TTFT deadline" if entry.klass == ON_TIME else "late timeout"
             decision = Decision(
-                Verdict.REJECT, "expired: queued past the TTFT deadline", self._retry_after()
+                Verdict.REJECT, f"expired: queued past the {why}", self._retry_after()
             )
             self._expired_out.append((entry.req.request_id, decision))
 

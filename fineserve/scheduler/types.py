@@ -80,7 +80,7 @@ class SchedulerStats:
     limit: int  # current in-flight limit
     admitted: int  # dispatched, at submit (ADMIT) or later from the queue
     rejected: int  # REJECT at submit (queue full, or cannot meet the TTFT SLO)
-    expired: int  # REJECT from poll(): queued past the deadline
+    expired: int  # REJECT of a queued request: past its deadline (poll) or at shutdown
     cancelled: int = 0  # cancel() of a queued request
     finished: int = 0  # on_finish() of a dispatched request (ok or not)
     deprioritised: int = 0  # queued behind on-time requests (late="deprioritise")
