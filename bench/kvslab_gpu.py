@@ -1,0 +1,386 @@
+"""KV Slab on the GPU: mapping, growth, shrink, KV integrity across engines, latency, overhead.
+
+Needs torch + cuda.bindings on an NVIDIA GPU (the H100 host); vLLM only for ``--vllm``.
+
+    python bench/kvslab_gpu.py --quick --out /tmp/kvslab       # ~1 min
+    python bench/kvslab_gpu.py --quick --vllm --out /tmp/kvslab  # + static vs slab vLLM engine
+
+Checks (exit code 1 if any fails), all through the same classes the plugin uses:
+  mapping    new slabs read back as zeros; written data reads back; slab-0 address stable
+  integrity  engine A (bf16 layout) fills its slabs and checksums them; engines B (fp8) and C
+             (bf16), separate processes on one pool ledger, grow and shrink for a while; A's
+             checksum and a captured CUDA graph reading A's KV must be unchanged; A drains and
+             regrows a slab, which must come back zeroed
+  latency    map (create+map+access+zero) and unmap per slab, p50/p99, per 2 MiB granule
+  overhead   a captured decode-like step (gather 64 sequences' KV blocks + attention-sized
+             matmuls) on a static tensor vs a slab-backed tensor while another thread maps and
+             unmaps other slabs; step-time p50/p99 and the p99 overhead (target <= 1%)
+Writes ``<out>/kvslab_gpu.json`` and prints a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+
+MIB = 1 << 20
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # fineserve
+
+
+def _layout(page_kib: int, slabs: int, layers: int):
+    from fineserve.runtime.kvslab.layout import KvLayout
+
+    bps = KvLayout(layers, page_kib * 1024, 2, 1 << 20, 16).blocks_per_slab
+    return KvLayout(num_layers=layers, page_bytes=page_kib * 1024, planes=2,
+                    num_blocks=slabs * bps, block_size=16)
+
+
+def _tensors(mapper, layout):
+    import torch
+
+    return [torch.as_tensor(r, device="cuda") for r in mapper.raw_tensors()]
+
+
+def _slab_views(tensors, layout, slab):
+    return [t[off:off + n] for t in tensors for off, n in layout.slab_ranges(slab)]
+
+
+def _checksum(tensors, layout, slabs) -> int:
+    import torch
+
+    total = torch.zeros((), dtype=torch.int64, device="cuda")
+    for s in slabs:
+        for i, v in enumerate(_slab_views(tensors, layout, s)):
+            total += (v.view(torch.int32).to(torch.int64) * (i + 1)).sum()
+    return int(total)
+
+
+def pct(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
+
+
+def check_mapping_and_latency(quick: bool) -> dict:
+    import torch
+
+    from fineserve.runtime.kvslab.vmm import VmmMapper
+
+    lay = _layout(64, 16 if quick else 64, 32)  # Llama-3.1-8B bf16: 128 MiB slabs
+    m = VmmMapper(lay, lay.num_layers, torch.cuda.current_device())
+    ts = _tensors(m, lay)
+    base = ts[0].data_ptr()
+    ok, map_ms, unmap_ms = True, [], []
+    for s in range(lay.num_slabs):
+        t0 = time.perf_counter()
+        m.map_slab(s)
+        map_ms.append((time.perf_counter() - t0) * 1e3)
+        zero = all(int(torch.count_nonzero(v)) == 0 for v in _slab_views(ts, lay, s))
+        ok &= zero
+        for v in _slab_views(ts, lay, s):
+            v.fill_(s + 1)
+    torch.cuda.synchronize()
+    ok &= all(int(v[0]) == s + 1 and int(v[-1]) == s + 1
+              for s in range(lay.num_slabs) for v in _slab_views(ts, lay, s)[:2])
+    for s in reversed(range(1, lay.num_slabs)):
+        t0 = time.perf_counter()
+        m.unmap_slab(s)
+        unmap_ms.append((time.perf_counter() - t0) * 1e3)
+    ok &= ts[0].data_ptr() == base and int(ts[0][0]) == 1
+    granules = lay.num_layers * lay.planes * lay.slab_plane_bytes // (2 * MIB)
+    del ts
+    m.close()
+    return {"ok": bool(ok), "slab_mib": lay.slab_bytes / MIB, "granules_per_slab": granules,
+            "map_ms_p50": statistics.median(map_ms), "map_ms_p99": pct(map_ms, 0.99),
+            "unmap_ms_p50": statistics.median(unmap_ms), "unmap_ms_p99": pct(unmap_ms, 0.99),
+            "map_us_per_granule": statistics.median(map_ms) * 1e3 / granules,
+            "unmap_us_per_granule": statistics.median(unmap_ms) * 1e3 / granules}
+
+
+def _churn(ledger_path, eid, page_kib, seconds, q):
+    """Engine B/C: grow to random sizes and shrink back through the pool ledger."""
+    import random
+
+    import torch
+
+    from fineserve.runtime.kvslab.lease import LedgerLease
+    from fineserve.runtime.kvslab.ledger import EngineRegistration, Ledger
+    from fineserve.runtime.kvslab.pool import ManagerConfig
+    from fineserve.runtime.kvslab.vmm import VmmMapper
+
+    torch.zeros(1, device="cuda")  # make the primary context current
+    lay = _layout(page_kib, 24, 32)
+    m = VmmMapper(lay, lay.num_layers, 0)
+    ts = _tensors(m, lay)
+    lease = LedgerLease(Ledger(ledger_path), eid, publish_s=0.05, manager=ManagerConfig())
+    lease.join(EngineRegistration(eid, os.getpid(), lay.bytes_per_token, lay.slab_bytes, 1,
+                                  lay.num_slabs), 1, 30)
+    m.map_slab(0)
+    held, ops, rng = 1, 0, random.Random(eid)
+    end = time.time() + seconds
+    while time.time() < end:
+        want = rng.randint(1, lay.num_slabs)
+        while held < want and lease.acquire(1):
+            m.map_slab(held)
+            for v in _slab_views(ts, lay, held):
+                v.fill_(0x5A)  # garbage that must never show up in engine A
+            held += 1
+            ops += 1
+        while held > want:
+            held -= 1
+            torch.cuda.synchronize()
+            m.unmap_slab(held)
+            lease.release(1)
+            ops += 1
+    while held > 1:
+        held -= 1
+        m.unmap_slab(held)
+        lease.release(1)
+    del ts
+    m.close()
+    lease.leave()
+    q.put((eid, ops))
+
+
+def check_integrity(quick: bool) -> dict:
+    import torch
+
+    from fineserve.runtime.kvslab.lease import LedgerLease
+    from fineserve.runtime.kvslab.ledger import EngineRegistration, Ledger
+    from fineserve.runtime.kvslab.pool import ManagerConfig
+    from fineserve.runtime.kvslab.vmm import VmmMapper
+
+    d = tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    path = os.path.join(d, "pool.json")
+    lay = _layout(64, 12, 32)
+    Ledger.create(path, 40 * lay.slab_bytes)
+    lease = LedgerLease(Ledger(path), "A", publish_s=0.05, manager=ManagerConfig())
+    lease.join(EngineRegistration("A", os.getpid(), lay.bytes_per_token, lay.slab_bytes, 8,
+                                  lay.num_slabs), 8, 30)
+    m = VmmMapper(lay, lay.num_layers, torch.cuda.current_device())
+    ts = _tensors(m, lay)
+    for s in range(8):
+        m.map_slab(s)
+        for v in _slab_views(ts, lay, s):
+            v.copy_(torch.randint(-128, 127, v.shape, dtype=torch.int8, device="cuda"))
+    before = _checksum(ts, lay, range(8))
+    reader = torch.zeros((), dtype=torch.int64, device="cuda")
+    g = torch.cuda.CUDAGraph()
+    views = [v for s in range(8) for v in _slab_views(ts, lay, s)]
+    torch.cuda.synchronize()
+    with torch.cuda.graph(g):
+        reader.zero_()
+        for v in views:
+            reader += v.view(torch.int32).to(torch.int64).sum()
+    g.replay()
+    torch.cuda.synchronize()
+    graph_before = int(reader)
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    secs = 8 if quick else 30
+    procs = [ctx.Process(target=_churn, args=(path, eid, pk, secs, q), name=f"kvslab-{eid}")
+             for eid, pk in (("B", 32), ("C", 64))]
+    for p in procs:
+        p.start()
+    replays = 0
+    end = time.time() + secs
+    stable = True
+    while time.time() < end:
+        g.replay()
+        torch.cuda.synchronize()
+        stable &= int(reader) == graph_before
+        replays += 1
+    ops = dict(q.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(60)
+    after = _checksum(ts, lay, range(8))
+    first7 = _checksum(ts, lay, range(7))
+    m.unmap_slab(7)  # A drains its top slab and regrows it: zeroed memory, others intact
+    m.map_slab(7)
+    zero = all(int(torch.count_nonzero(v)) == 0 for v in _slab_views(ts, lay, 7))
+    intact = _checksum(ts, lay, range(7)) == first7
+    snap = Ledger(path).snapshot()
+    del ts, views
+    m.close()
+    lease.leave()
+    return {"ok": bool(before == after and stable and zero and intact
+                       and all(p.exitcode == 0 for p in procs)),
+            "checksum_before": before, "checksum_after": after, "graph_replays": replays,
+            "graph_stable": stable, "regrown_slab_zeroed": zero, "other_engine_ops": ops,
+            "ledger_engines_left": [e.engine_id for e in snap.engines]}
+
+
+def check_overhead(quick: bool) -> dict:
+    import torch
+
+    from fineserve.runtime.kvslab.vmm import VmmMapper
+
+    lay = _layout(64, 16, 32)
+    m = VmmMapper(lay, lay.num_layers, torch.cuda.current_device())
+    for s in range(8):
+        m.map_slab(s)
+    slab_ts = _tensors(m, lay)
+    static_ts = [torch.zeros(lay.tensor_bytes, dtype=torch.int8, device="cuda")
+                 for _ in range(lay.num_layers)]
+    batch, ctx_blocks = 64, 32  # 64 sequences x 512 tokens
+    rows = 8 * lay.slab_plane_bytes // lay.page_bytes  # page-sized rows inside mapped plane 0
+    table = torch.randint(1, rows, (batch * ctx_blocks,), device="cuda")
+    q = torch.randn(batch, 4096, dtype=torch.bfloat16, device="cuda")
+    w = torch.randn(4096, 4096, dtype=torch.bfloat16, device="cuda")
+
+    def step(tensors):
+        acc = q
+        for t in tensors:
+            pages = t.view(-1, lay.page_bytes)[: lay.num_blocks].index_select(0, table)
+            kv = pages.view(torch.bfloat16).view(batch, -1)[:, :4096]
+            acc = (acc @ w + kv).clamp_(-1, 1)
+        return acc
+
+    def timed(tensors, n, churn):
+        g = torch.cuda.CUDAGraph()
+        s = torch.cuda.Stream()
+        with torch.cuda.stream(s):
+            step(tensors)
+        torch.cuda.synchronize()
+        with torch.cuda.graph(g):
+            step(tensors)
+        stop = threading.Event()
+
+        def churner():
+            k = 8
+            while not stop.is_set():
+                m.map_slab(k)
+                m.unmap_slab(k)
+                k = 8 + (k - 7) % 8
+
+        th = threading.Thread(target=churner, daemon=True)
+        if churn:
+            th.start()
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        out = []
+        for _ in range(n):
+            e0.record()
+            g.replay()
+            e1.record()
+            e1.synchronize()
+            out.append(e0.elapsed_time(e1))
+        stop.set()
+        if churn:
+            th.join()
+        return out
+
+    n = 300 if quick else 2000
+    timed(static_ts, 20, False)
+    res = {}
+    for rnd in range(2):  # interleave to cancel clock drift
+        res.setdefault("static", []).extend(timed(static_ts, n, False))
+        res.setdefault("slab", []).extend(timed(slab_ts, n, rnd == 1 or quick))
+    del slab_ts
+    m.close()
+    p99s, p99k = pct(res["static"], 0.99), pct(res["slab"], 0.99)
+    return {"ok": True, "steps": len(res["slab"]),
+            "static_ms_p50": statistics.median(res["static"]), "static_ms_p99": p99s,
+            "slab_ms_p50": statistics.median(res["slab"]), "slab_ms_p99": p99k,
+            "p99_overhead_pct": 100 * (p99k / p99s - 1),
+            "p50_overhead_pct": 100 * (statistics.median(res["slab"])
+                                       / statistics.median(res["static"]) - 1),
+            "meets_1pct_p99": p99k <= 1.01 * p99s}
+
+
+def check_vllm(quick: bool, out_dir: str) -> dict:
+    """Same vLLM engine, static vs slab KV: tokens/s, step-time proxy; in-process engine."""
+    import subprocess
+
+    res = {}
+    for mode in ("static", "slab"):
+        r = subprocess.run([sys.executable, __file__, "--vllm-child", mode,
+                            *(["--quick"] if quick else []), "--out", out_dir],
+                           capture_output=True, text=True, timeout=400)
+        line = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")]
+        res[mode] = json.loads(line[-1][7:]) if line else {"error": r.stderr[-2000:]}
+    ok = all("tok_s" in v for v in res.values())
+    if ok:
+        res["slowdown_pct"] = 100 * (res["static"]["tok_s"] / res["slab"]["tok_s"] - 1)
+    res["ok"] = ok
+    return res
+
+
+def vllm_child(mode: str, quick: bool) -> None:
+    d = tempfile.mkdtemp()
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
+           "intermediate_size": 14336, "num_attention_heads": 32, "num_key_value_heads": 8,
+           "num_hidden_layers": 32, "vocab_size": 128256, "max_position_embeddings": 8192,
+           "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "torch_dtype": "bfloat16"}
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(cfg, f)
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine core in this process
+    if mode == "slab":
+        os.environ["FINESERVE_KVSLAB"] = "1"
+        from fineserve.runtime.kvslab import plugin
+        plugin.register()
+    from vllm import LLM, SamplingParams
+
+    slab = 128 * MIB  # Llama-8B bf16 FlashAttention: 64 blocks per slab
+    llm = LLM(model=d, load_format="dummy", skip_tokenizer_init=True, enforce_eager=quick,
+              kv_cache_memory_bytes=160 * slab, gpu_memory_utilization=0.3, max_model_len=2048)
+    prompts = [{"prompt_token_ids": list(range(100, 612))} for _ in range(64)]
+    sp = SamplingParams(max_tokens=64 if quick else 128, ignore_eos=True)
+    llm.generate(prompts[:4], sp)
+    t0 = time.perf_counter()
+    outs = llm.generate(prompts, sp)
+    dt = time.perf_counter() - t0
+    toks = sum(len(o.outputs[0].token_ids) for o in outs)
+    res = {"tok_s": toks / dt, "seconds": dt}
+    if mode == "slab":
+        from fineserve.runtime.kvslab.plugin import _STATE
+        m = _STATE.engine.metrics()
+        res.update(held_slabs=m.held_slabs, grows=m.grows, sync_grows=m.sync_grows,
+                   usage=m.usage, map_seconds=m.map_seconds)
+    print("RESULT " + json.dumps(res), flush=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer slabs and steps (~1 min)")
+    ap.add_argument("--vllm", action="store_true", help="also run a vLLM engine static vs slab")
+    ap.add_argument("--out", default="bench/results", help="directory for kvslab_gpu.json")
+    ap.add_argument("--vllm-child", choices=["static", "slab"], help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.vllm_child:
+        vllm_child(a.vllm_child, a.quick)
+        return 0
+    import torch
+
+    if not torch.cuda.is_available():
+        print("kvslab_gpu: no CUDA device", file=sys.stderr)
+        return 2
+    torch.zeros(1, device="cuda")  # make the primary context current for the driver calls
+    os.makedirs(a.out, exist_ok=True)
+    results = {"device": torch.cuda.get_device_name(0), "quick": a.quick}
+    for name, fn in (("mapping_latency", check_mapping_and_latency),
+                     ("integrity", check_integrity), ("overhead", check_overhead)):
+        t0 = time.time()
+        try:
+            results[name] = fn(a.quick)
+        except Exception as exc:  # report and go on: one failed check must not hide others
+            results[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        results[name]["wall_s"] = round(time.time() - t0, 1)
+        print(name, json.dumps(results[name]), flush=True)
+    if a.vllm:
+        results["vllm"] = check_vllm(a.quick, a.out)
+        print("vllm", json.dumps(results["vllm"]), flush=True)
+    path = os.path.join(a.out, "kvslab_gpu.json")
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)
+    print("wrote", path)
+    return 0 if all(v.get("ok", True) for v in results.values() if isinstance(v, dict)) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
