@@ -43,9 +43,12 @@ class ServiceEstimator:
         """One dispatch-to-first-token time of a prompt dispatched with ``in_flight`` running
         (counting itself)."""
         x, n, t = float(max(prompt_tokens, 1)), float(max(in_flight, 1)), max(seconds, 0.0)
-        keep, s = 1.0 - ALPHA, self._s
-        for i, v in enumerate((1.0, x, n, x * x, x * n, n * n, t, x * t, n * t)):
-            s[i] = keep * s[i] + v
+        k = 1.0 - ALPHA
+        w, sx, sn, sxx, sxn, snn, st, sxt, snt = self._s
+        self._s = [
+            k * w + 1.0, k * sx + x, k * sn + n, k * sxx + x * x, k * sxn + x * n,
+            k * snn + n * n, k * st + t, k * sxt + x * t, k * snt + n * t,
+        ]  # fmt: skip
         self.ttft.add(t)
 
     def prefill_s(self, prompt_tokens: int, in_flight: int) -> float:
