@@ -1,0 +1,278 @@
+"""Calibrating the roofline estimator to measured profiles, one parameter set per precision.
+
+``RooflineParams`` defaults were fitted once to FineServe's eager-mode apex table. A measured
+profile (another vLLM version, CUDA graphs, another GPU) moves the overheads, the host-launch
+floor and the kernel efficiencies, and differently per weight format. ``calibrate`` refits the
+parameters that matter for each precision (least squares of log(estimate / measured), prefill
+and decode weighted equally, Nelder-Mead over each parameter mapped onto a plausible range);
+``cross_validate`` reports the error on points each fit did not see (k random folds, or one SM
+share held out at a time). ``CalibratedLatency`` answers with the set of the engine's precision.
+Results: docs/calibration.md (``bench/calibrate_estimator.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+
+from fineserve.errors import SpecError
+from fineserve.profiles.latency import EngineShape, Latency, LatencySource
+from fineserve.profiles.precision import WeightFormat
+from fineserve.profiles.roofline import AnalyticLatency, RooflineParams
+from fineserve.profiles.schema import LatencyPoint, Phase, ProfileTable, check_query
+
+# field -> (low, high): the plausible range each fitted parameter is mapped onto.
+BOUNDS: dict[str, tuple[float, float]] = {
+    "bf16_gemm_eff": (0.25, 0.8),
+    "fp8_gemm_eff": (0.2, 0.8),
+    "int4_gemm_eff": (0.15, 0.8),
+    "sm_saturation": (0.1, 0.7),
+    "sm_compute_exponent": (0.6, 1.0),
+    "int4_dequant_flops_per_param": (0.0, 400.0),
+    "prefill_overhead_s": (0.0, 30e-3),
+    "decode_overhead_s": (0.0, 5e-3),
+    "host_layer_s": (1e-6, 500e-6),
+    "fp8_host_layer_s": (0.0, 200e-6),
+    "tp_host_layer_s": (0.0, 200e-6),
+    "allreduce_latency_s": (5e-6, 80e-6),
+}
+_COMMON = ("sm_saturation", "sm_compute_exponent", "prefill_overhead_s", "decode_overhead_s",
+           "host_layer_s")
+_GEMM = {WeightFormat.BF16: "bf16_gemm_eff", WeightFormat.FP8: "fp8_gemm_eff",
+         WeightFormat.INT4_AWQ: "int4_gemm_eff", WeightFormat.INT4_GPTQ: "int4_gemm_eff"}
+
+
+def fitted_fields(weights: WeightFormat, multi_gpu: bool) -> tuple[str, ...]:
+    """The parameters a precision's data can pin down."""
+    names = [_GEMM[weights], *_COMMON]
+    if weights is WeightFormat.FP8:
+        names.append("fp8_host_layer_s")
+    if weights.is_int4:
+        names.append("int4_dequant_flops_per_param")
+    if multi_gpu:
+        names += ["tp_host_layer_s", "allreduce_latency_s"]
+    return tuple(names)
+
+
+def _errors(params: RooflineParams, points: Sequence[LatencyPoint],
+            shapes: Sequence[EngineShape]) -> np.ndarray:  # fmt: skip
+    """log(estimate / measured) per point."""
+    est = AnalyticLatency(params)
+    out = np.empty(len(points))
+    for i, (p, shape) in enumerate(zip(points, shapes, strict=True)):
+        if p.phase is Phase.PREFILL:
+            t = est.prefill_s(shape, p.tokens, p.sm_pct, p.batch)
+        else:
+            t = est.decode_step_s(shape, p.batch, p.tokens, p.sm_pct)
+        out[i] = math.log(t / p.latency_s)
+    return out
+
+
+def _objective(params: RooflineParams, points: Sequence[LatencyPoint],
+               shapes: Sequence[EngineShape]) -> float:  # fmt: skip
+    """Mean squared log error, prefill and decode weighted equally."""
+    err = _errors(params, points, shapes) ** 2
+    loss = 0.0
+    for phase in Phase:
+        mask = np.array([p.phase is phase for p in points])
+        if mask.any():
+            loss += float(err[mask].mean())
+    return loss
+
+
+def nelder_mead(f: Callable[[np.ndarray], float], x0: np.ndarray, iters: int = 400,
+                step: float = 0.5) -> np.ndarray:  # fmt: skip
+    """Minimise ``f`` from ``x0`` (standard reflection / expansion / contraction / shrink)."""
+    n = len(x0)
+    simplex = [x0] + [x0 + step * np.eye(n)[i] for i in range(n)]
+    values = [f(x) for x in simplex]
+    for _ in range(iters):
+        order = np.argsort(values)
+        simplex, values = [simplex[i] for i in order], [values[i] for i in order]
+        centroid = np.mean(simplex[:-1], axis=0)
+        reflected = centroid + (centroid - simplex[-1])
+        fr = f(reflected)
+        if fr < values[0]:
+            expanded = centroid + 2 * (centroid - simplex[-1])
+            fe = f(expanded)
+            simplex[-1], values[-1] = (expanded, fe) if fe < fr else (reflected, fr)
+        elif fr < values[-2]:
+            simplex[-1], values[-1] = reflected, fr
+        else:
+            contracted = centroid + 0.5 * (simplex[-1] - centroid)
+            fc = f(contracted)
+            if fc < values[-1]:
+                simplex[-1], values[-1] = contracted, fc
+            else:
+                simplex = [simplex[0] + 0.5 * (x - simplex[0]) for x in simplex]
+                values = [values[0]] + [f(x) for x in simplex[1:]]
+    return simplex[int(np.argmin(values))]
+
+
+def _to_unit(name: str, value: float) -> float:
+    lo, hi = BOUNDS[name]
+    frac = min(max((value - lo) / (hi - lo), 1e-4), 1 - 1e-4)
+    return math.log(frac / (1 - frac))
+
+
+def _from_unit(name: str, z: float) -> float:
+    lo, hi = BOUNDS[name]
+    return lo + (hi - lo) / (1 + math.exp(-z))
+
+
+def fit_params(points: Sequence[LatencyPoint], base: RooflineParams | None = None,
+               names: Sequence[str] | None = None, iters: int = 400) -> RooflineParams:  # fmt: skip
+    """``base`` with ``names`` refitted to ``points`` (all of one precision, any engines).
+
+    Raises:
+        SpecError: no points, or points of more than one precision.
+    """
+    if not points:
+        raise SpecError("calibration: no points to fit")
+    precisions = {p.engine.precision for p in points}
+    if len(precisions) != 1:
+        raise SpecError(f"calibration: fit one precision at a time, got {len(precisions)}")
+    base = base or RooflineParams()
+    weights = next(iter(precisions)).weights
+    names = tuple(names or fitted_fields(weights, any(p.tp > 1 for p in points)))
+    shapes = [p.engine.shape() for p in points]
+
+    def params_at(z: np.ndarray) -> RooflineParams:
+        return replace(base, **{n: _from_unit(n, float(v)) for n, v in zip(names, z, strict=True)})
+
+    z0 = np.array([_to_unit(n, getattr(base, n)) for n in names])
+    best = nelder_mead(lambda z: _objective(params_at(z), points, shapes), z0, iters)
+    return params_at(best)
+
+
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    """Fitted parameters per precision name (``bf16.kv-bf16``); others use ``default``."""
+
+    by_precision: tuple[tuple[str, RooflineParams], ...]
+    default: RooflineParams = RooflineParams()
+    source: str = ""
+
+    def params_for(self, precision_name: str) -> RooflineParams:
+        return dict(self.by_precision).get(precision_name, self.default)
+
+    def to_json(self) -> str:
+        body = {"source": self.source, "default": asdict(self.default),
+                "by_precision": {name: asdict(p) for name, p in self.by_precision}}
+        return json.dumps(body, indent=1, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "calibration") -> Calibration:
+        known = {f.name for f in fields(RooflineParams)}
+
+        def params(d: dict[str, float]) -> RooflineParams:
+            unknown = set(d) - known
+            if unknown:
+                raise SpecError(f"{where}: unknown parameter {sorted(unknown)[0]!r}")
+            return RooflineParams(**d)
+
+        try:
+            data = json.loads(text)
+            by = tuple(sorted((k, params(v)) for k, v in data["by_precision"].items()))
+            return cls(by, params(data.get("default", {})), str(data.get("source", "")))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise SpecError(f"{where}: not a calibration file ({exc})") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> Calibration:
+        return cls.from_json(Path(path).read_text(), where=str(path))
+
+
+class CalibratedLatency:
+    """A ``LatencyModel``: the roofline with the engine's precision's calibrated parameters."""
+
+    __slots__ = ("_models", "calibration")
+
+    def __init__(self, calibration: Calibration) -> None:
+        self.calibration = calibration
+        self._models: dict[str, AnalyticLatency] = {}
+
+    def estimator(self, engine: EngineShape) -> AnalyticLatency:
+        name = engine.model.precision.name
+        model = self._models.get(name)
+        if model is None:
+            model = self._models[name] = AnalyticLatency(self.calibration.params_for(name))
+        return model
+
+    def covers(self, engine: EngineShape) -> bool:
+        return True
+
+    def prefill(self, engine: EngineShape, prompt_tokens: float, sm_pct: float,
+                batch: float = 1) -> Latency:  # fmt: skip
+        check_query(sm_pct, batch, prompt_tokens)
+        seconds = self.estimator(engine).prefill_s(engine, prompt_tokens, sm_pct, batch)
+        return Latency(seconds, LatencySource.ESTIMATED)
+
+    def decode_step(self, engine: EngineShape, batch: float, context_tokens: float,
+                    sm_pct: float) -> Latency:  # fmt: skip
+        check_query(sm_pct, batch, context_tokens)
+        seconds = self.estimator(engine).decode_step_s(engine, batch, context_tokens, sm_pct)
+        return Latency(seconds, LatencySource.ESTIMATED)
+
+
+def calibrate(table: ProfileTable | Iterable[LatencyPoint], source: str = "",
+              iters: int = 400) -> Calibration:  # fmt: skip
+    """One fitted parameter set per precision found in ``table``."""
+    groups: dict[str, list[LatencyPoint]] = {}
+    for p in table:
+        groups.setdefault(p.engine.precision.name, []).append(p)
+    fitted = tuple(sorted((name, fit_params(pts, iters=iters)) for name, pts in groups.items()))
+    return Calibration(fitted, source=source)
+
+
+@dataclass(frozen=True, slots=True)
+class HeldOutError:
+    """Median and p90 of |estimate / measured - 1| over held-out points of one precision."""
+
+    precision: str
+    split: str  # "5-fold" or "SM held out"
+    prefill_median: float
+    prefill_p90: float
+    decode_median: float
+    decode_p90: float
+    points: int
+
+
+def cross_validate(table: ProfileTable | Iterable[LatencyPoint], split: str = "kfold",
+                   folds: int = 5, iters: int = 400, seed: int = 0) -> list[HeldOutError]:
+    """Held-out error per precision: ``kfold`` (random folds) or ``sm`` (each SM share out)."""
+    if split not in ("kfold", "sm"):
+        raise SpecError(f"split: {split!r} is not kfold or sm")
+    groups: dict[str, list[LatencyPoint]] = {}
+    for p in table:
+        groups.setdefault(p.engine.precision.name, []).append(p)
+    report = []
+    for name, points in sorted(groups.items()):
+        if split == "sm":
+            keys = sorted({p.sm_pct for p in points})
+            assign = [keys.index(p.sm_pct) for p in points]
+        else:
+            rng = random.Random(seed)
+            assign = [rng.randrange(folds) for _ in points]
+        errors: dict[Phase, list[float]] = {Phase.PREFILL: [], Phase.DECODE: []}
+        for fold in sorted(set(assign)):
+            train = [p for p, a in zip(points, assign, strict=True) if a != fold]
+            test = [p for p, a in zip(points, assign, strict=True) if a == fold]
+            if not train or not test:
+                continue
+            params = fit_params(train, iters=iters)
+            logs = _errors(params, test, [p.engine.shape() for p in test])
+            for p, e in zip(test, logs, strict=True):
+                errors[p.phase].append(abs(math.exp(e) - 1))
+        pre, dec = np.array(errors[Phase.PREFILL]), np.array(errors[Phase.DECODE])
+        stat = lambda a, q: float(np.percentile(a, q)) if len(a) else math.nan  # noqa: E731
+        label = f"{folds}-fold" if split == "kfold" else "SM held out"
+        report.append(HeldOutError(name, label, stat(pre, 50), stat(pre, 90), stat(dec, 50),
+                                   stat(dec, 90), len(pre) + len(dec)))
+    return report
