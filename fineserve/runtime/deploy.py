@@ -337,7 +337,7 @@ class Deployment:
             sm_pct=e.launch.sm_pct, log=str(e.proc.spec.log),
             mps_group=prep.mps_group_of.get(eid, "") if prep else "",
             proc=ProcRecord.of(e.proc.proc) if e.proc.proc and e.proc.running else None,
-            phase=e.phase, restarts=e.backoff.total, last_exit=e.proc.exit_code,
+            phase=e.phase, restarts=e.backoff.total, last_exit=e.proc.last_exit,
         ) for eid, e in self.engines.items()]
         gw = self.gateway
         return DeployState(

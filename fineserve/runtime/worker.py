@@ -78,7 +78,8 @@ class ManagedProcess:
         self.popen: subprocess.Popen | None = None
         self.proc: ProcId | None = None
         self.started_at = 0.0  # time.monotonic() of the last start
-        self.exit_code: int | None = None
+        self.exit_code: int | None = None  # of the current run (None while it runs)
+        self.last_exit: int | None = None  # of the latest run that ended (kept over restarts)
         self._last_probe = 0.0
         self._log_offset = 0
 
@@ -105,7 +106,7 @@ class ManagedProcess:
             return self.exit_code
         code = self.popen.poll()
         if code is not None:
-            self.exit_code = code
+            self.exit_code = self.last_exit = code
         return code
 
     @property
