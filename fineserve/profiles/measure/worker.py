@@ -9,6 +9,7 @@ time, 3 the engine did not start (the record says why).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import sys
 import time
 from dataclasses import replace
@@ -137,8 +138,6 @@ def run_load(job: InterferenceJob) -> int:
 
 
 def _read_go(path: Path) -> tuple[str, float, tuple[str, ...]]:
-    import json
-
     data = json.loads(path.read_text())
     return str(data["name"]), float(data["duration_s"]), tuple(data["active"])
 
