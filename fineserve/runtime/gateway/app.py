@@ -84,7 +84,10 @@ class Gateway:
                                          use_dns_cache=True)
         timeout = aiohttp.ClientTimeout(total=cfg.upstream_timeout_s,
                                         sock_connect=cfg.connect_timeout_s)
-        self.session = aiohttp.ClientSession(connector=connector, timeout=timeout)
+        # no cookies, no compression negotiation: engines need neither, and both cost per call
+        self.session = aiohttp.ClientSession(
+            connector=connector, timeout=timeout, cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False, skip_auto_headers=("User-Agent", "Accept-Encoding"))
         ups = self.admission.upstreams
         oks = await asyncio.gather(*(probe_health(self.session, u, cfg.connect_timeout_s)
                                      for u in ups))
