@@ -74,17 +74,19 @@ class EngineSizing:
 
 
 def sizing(grid: GridSpec, spec: ModelSpec, tp: int, *, min_kv_bytes: int = GIB) -> EngineSizing:
-    """Sizes for ``grid``: the longest sequence, the largest batch, one prefill in one step,
-    and KV for the largest batch at its longest context (+10%, whole blocks)."""
+    """Sizes for ``grid``: the longest sequence (at least one step's token budget, for the
+    prefill blocker), the largest batch, one prefill batch in one step, and KV for the largest
+    batch at its longest context or a prefill batch behind its blocker (+10%, whole blocks)."""
     n1, n2 = grid.decode_outputs
     decode_len = [decode_prompt_tokens(c, n1, n2) + n2 for c in grid.decode_contexts]
-    longest = max(max(grid.prefill_tokens) + 1, *decode_len)
-    max_len = math.ceil((longest + VLLM_BLOCK_SIZE) / VLLM_BLOCK_SIZE) * VLLM_BLOCK_SIZE
     seqs = max(*grid.prefill_batches, *grid.decode_batches)
     prefill_tokens = max(b * t for b in grid.prefill_batches for t in grid.prefill_tokens)
-    batched = max(prefill_tokens, 2048, seqs)
+    batched = max(prefill_tokens, seqs, 256)
+    # A prompt of `batched` tokens must fit: the prefill blocker fills one step's budget.
+    longest = max(max(grid.prefill_tokens) + 1, *decode_len, batched + 8)
+    max_len = math.ceil((longest + VLLM_BLOCK_SIZE) / VLLM_BLOCK_SIZE) * VLLM_BLOCK_SIZE
     tokens = max(
-        max(grid.prefill_batches) * (max(grid.prefill_tokens) + 1),
+        max(grid.prefill_batches) * (max(grid.prefill_tokens) + 1) + max_len,
         max(grid.decode_batches) * max(decode_len),
     )
     blocks = math.ceil(tokens * 1.1 / VLLM_BLOCK_SIZE) + seqs + 1

@@ -126,6 +126,7 @@ class EngineRecord:
     torch_version: str = ""
     date: str = ""
     error: str | None = None  # why the engine did not start (its points stay undone)
+    probe_error: str | None = None  # why vLLM's KV / memory figures could not be read
     kind: str = field(default="engine", init=False)
 
 

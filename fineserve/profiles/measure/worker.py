@@ -61,6 +61,7 @@ def _start(job: ProfileJob | InterferenceJob) -> tuple[Any, EngineRecord]:
         kv_bytes_per_token=info.get("kv_bytes_per_token"), kv_cache_bytes=kv,
         weight_bytes=weights, footprint_bytes=footprint, overhead_bytes=overhead,
         torch_reserved_bytes=info.get("torch_reserved_bytes"),
+        probe_error=info.get("probe_error"),
     )  # fmt: skip
 
 
@@ -84,7 +85,8 @@ def _measure(llm: Any, prompts: eng.Prompts, job: ProfileJob, point: PointSpec) 
 
 
 def _blocker(args: EngineArgs) -> int:
-    """Tokens of the prompt that goes ahead of a measured prefill batch (engine.prefill)."""
+    """Tokens of the prompt that goes ahead of a measured prefill batch (engine.prefill): a
+    whole step's budget, so that no request of the batch can share the blocker's step."""
     return max(1, min(args.max_model_len - 8, args.max_num_batched_tokens))
 
 

@@ -65,6 +65,10 @@ def test_sizing_fits_every_point():
         assert p.batch <= size.max_num_seqs
         assert need * spec.kv_bytes_per_token() <= size.kv_cache_bytes
     assert size.max_model_len % 16 == 0
+    # the prefill blocker (a whole step's budget) fits, behind it a full prefill batch
+    assert size.max_num_batched_tokens + 8 <= size.max_model_len
+    blocker_and_batch = size.max_model_len + 4 * (2048 + 1)
+    assert blocker_and_batch * spec.kv_bytes_per_token() <= size.kv_cache_bytes
 
 
 def test_decode_prompt_puts_the_measured_steps_at_the_mean_context():
