@@ -15,6 +15,8 @@ import itertools
 import json
 import logging
 import time
+from collections.abc import Callable
+from functools import partial
 
 import aiohttp
 from aiohttp import web
@@ -33,6 +35,12 @@ from fineserve.scheduler.types import RequestInfo
 log = logging.getLogger("fineserve.gateway")
 # uvicorn (vLLM's server) drops idle keep-alive connections after 5 s: let ours go first
 UPSTREAM_KEEPALIVE_S = 4.0
+
+
+def _engine_gauges(u: Upstream) -> tuple[Callable[[], float], ...]:
+    """Read at scrape time: limit, in flight, queued, healthy."""
+    return (lambda: u.sched.stats.limit, lambda: u.in_flight, lambda: u.queued,
+            lambda: float(u.healthy))
 
 
 def reason_label(reason: str) -> str:
@@ -71,9 +79,7 @@ class Gateway:
         self.metrics.watch_model(model, lambda: sum(u.queued for u in ups),
                                  lambda: sum(u.in_flight for u in ups))
         for u in ups:
-            self.metrics.watch_engine(
-                u.engine_id, model, lambda u=u: u.sched.stats.limit,
-                lambda u=u: u.in_flight, lambda u=u: u.queued, lambda u=u: float(u.healthy))
+            self.metrics.watch_engine(u.engine_id, model, *_engine_gauges(u))
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -97,7 +103,7 @@ class Gateway:
                 log.warning("engine %s not answering /health yet", u.engine_id)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(watch(self.session, u, cfg,
-                                              lambda u=u: self.admission.on_engine_state(u)))
+                                              partial(self.admission.on_engine_state, u)))
                        for u in ups]
         self._tasks.append(loop.create_task(self.admission.run_timer()))
 

@@ -61,7 +61,8 @@ async def start(config: GatewayConfig) -> Running:
         await runner.cleanup()
         await gateway.stop()
         raise
-    sockets = site._server.sockets if site._server is not None else ()  # type: ignore[union-attr]
+    server = site._server  # aiohttp exposes the bound port only here (port 0 = any)
+    sockets = getattr(server, "sockets", None) or ()
     port = sockets[0].getsockname()[1] if sockets else config.port
     return Running(gateway, runner, site, port)
 
