@@ -12,6 +12,8 @@ from rich.table import Table
 from fineserve.cli.common import err, latency_model, out, run_guarded
 from fineserve.errors import SpecError
 
+POLICIES = ("none", "fcfs", "deadline", "adaptive")
+
 
 def simulate(
     plan: Annotated[Path, typer.Argument(help="Plan file (fineserve plan -o).")],
@@ -21,29 +23,90 @@ def simulate(
         "--profiles", "-p", help="Extra latency profiles.")] = None,
     output: Annotated[Path | None, typer.Option("-o", "--output",
                                                 help="Write the JSON summary here.")] = None,
+    policy: Annotated[str, typer.Option(
+        help="Local scheduler in front of each engine: none (straight to the engine), fcfs, "
+             "deadline or adaptive (the runtime's fineserve.scheduler).")] = "none",
+    kv: Annotated[str, typer.Option(
+        help="KV memory: plan (the plan's kv_mode), static (partitions) or pooled (KV Slab "
+             "pool per GPU).")] = "plan",
+    interference: Annotated[str, typer.Option(
+        help="HBM interference between co-located engines: off, on (default parameters) or "
+             "a parameter file (JSON/YAML, e.g. from bench/interference_h100.py).")] = "off",
+    chrome_trace: Annotated[Path | None, typer.Option(
+        "--chrome-trace", help="Write a Chrome trace-event JSON (open in ui.perfetto.dev).")
+    ] = None,
+    plot: Annotated[Path | None, typer.Option(
+        help="Write a PNG of KV utilisation and stranded memory per GPU over time.")] = None,
 ) -> None:
-    """Simulate a plan serving a trace; print per-model SLO attainment and latencies."""
-    run_guarded(lambda: _simulate(plan, trace, profiles, output))
+    """Simulate a plan serving a trace; print per-model SLO attainment, latencies, drops and
+    queueing delay, and KV memory per GPU."""
+    run_guarded(lambda: _simulate(plan, trace, profiles, output, policy, kv, interference,
+                                  chrome_trace, plot))
 
 
-def _simulate(plan_path, trace_path, profiles, output) -> None:
+def sim_options(policy: str, kv: str, interference: str, *, chrome_trace: bool = False):
+    """SimOptions from the CLI's strings (one-line errors naming the option)."""
+    from fineserve.scheduler import SchedulerConfig
+    from fineserve.sim.cluster import KV_MODES, SimOptions
+    from fineserve.sim.interference import InterferenceParams
+
+    if policy not in POLICIES:
+        raise SpecError(f"--policy: unknown policy {policy!r}", hint=f"use one of {POLICIES}")
+    if kv not in KV_MODES:
+        raise SpecError(f"--kv: unknown KV mode {kv!r}", hint=f"use one of {KV_MODES}")
+    params = None
+    if interference == "on":
+        params = InterferenceParams()
+    elif interference != "off":
+        params = InterferenceParams.load(Path(interference))
+    sched = None if policy == "none" else SchedulerConfig(policy=policy)
+    return SimOptions(kv=kv, interference=params, scheduler=sched, chrome_trace=chrome_trace)
+
+
+def _simulate(plan_path, trace_path, profiles, output, policy, kv, interference, chrome_trace,
+              plot) -> None:
+    from fineserve.metrics.kv import kv_plot, kv_summary, kv_table
+    from fineserve.metrics.render import summary_table
     from fineserve.metrics.summary import summarize
     from fineserve.planner.planfile import load_plan
     from fineserve.sim.cluster import simulate as run
     from fineserve.workload.trace import Trace
 
+    opts = sim_options(policy, kv, interference, chrome_trace=chrome_trace is not None)
+    if plot is not None:
+        _need_matplotlib()
     plan = load_plan(plan_path)
     trace = Trace.load(trace_path)
     latency = latency_model(profiles)
     with err.status(f"simulating {len(trace):,} requests..."):
-        result = run(plan, trace, latency)
+        result = run(plan, trace, latency, options=opts)
     summary = summarize(result.records, {m.name: m.slo for m in plan.models},
                         max(result.duration_s, trace.duration_s), "simulate")
+    kv_sum = kv_summary(result.kv_samples)
+    summary["kv_mode"] = result.kv_mode
+    summary["policy"] = policy
+    summary["interference"] = (None if opts.interference is None
+                               else opts.interference.source)
+    summary["kv_per_gpu"] = kv_sum
     if output is not None:
         output.write_text(json.dumps(summary, indent=2))
-    from fineserve.metrics.render import summary_table
+    out.print(summary_table(summary, f"Simulated {len(trace):,} requests ({plan_path.name}, "
+                                     f"policy {policy}, KV {result.kv_mode})"))
+    if kv_sum:
+        out.print(kv_table(kv_sum, result.kv_mode))
+    if chrome_trace is not None and result.trace is not None:
+        result.trace.write(chrome_trace)
+        err.print(f"Chrome trace written to {chrome_trace} (open in ui.perfetto.dev)")
+    if plot is not None:
+        kv_plot(kv_sum, plot, f"KV memory per GPU ({result.kv_mode})")
+        err.print(f"plot written to {plot}")
 
-    out.print(summary_table(summary, f"Simulated {len(trace):,} requests ({plan_path.name})"))
+
+def _need_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise SpecError("--plot needs matplotlib", hint="pip install 'fineserve[plots]'") from None
 
 
 def compare(
@@ -109,10 +172,9 @@ def _compare(spec, trace_path, duration, plot, time_limit) -> None:
 
 
 def _plot(rows, path: Path) -> None:
-    try:
-        import matplotlib
-    except ImportError:
-        raise SpecError("--plot needs matplotlib", hint="pip install 'fineserve[plots]'") from None
+    _need_matplotlib()
+    import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from rich.table import Table
 
 COLUMNS = ("model", "requests", "done", "429", "errors", "SLO met", "TTFT met", "TPOT met",
-           "goodput req/s", "TTFT p50/p99 ms", "TPOT p50/p99 ms", "tok/s")
+           "goodput req/s", "TTFT p50/p99 ms", "TPOT p50/p99 ms", "queue p50/p99 ms", "tok/s")
 
 
 def summary_table(summary: dict, title: str) -> Table:
@@ -18,7 +18,8 @@ def summary_table(summary: dict, title: str) -> Table:
                   str(g["errors"]), _pct(g, "slo_attainment"), _pct(g, "ttft_attainment"),
                   _pct(g, "tpot_attainment"),
                   f"{g['goodput_rps']:.2f}" if "goodput_rps" in g else "-",
-                  _ms(g, "ttft_s"), _ms(g, "tpot_s"), f"{g['output_tokens_per_s']:.0f}")
+                  _ms(g, "ttft_s"), _ms(g, "tpot_s"), _ms(g, "queue_s"),
+                  f"{g['output_tokens_per_s']:.0f}")
     return t
 
 
@@ -27,5 +28,7 @@ def _pct(g: dict, key: str) -> str:
 
 
 def _ms(g: dict, key: str) -> str:
-    v = g[key]
+    v = g.get(key)
+    if v is None:
+        return "-"
     return "-" if v["p50"] is None else f"{v['p50'] * 1e3:.0f} / {v['p99'] * 1e3:.0f}"

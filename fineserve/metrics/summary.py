@@ -2,7 +2,9 @@
 
 A request meets its SLO when it completed, its TTFT is within the TTFT SLO and its TPOT (mean
 gap between output tokens after the first) within the TPOT SLO. Failed and rejected requests
-count as misses. Goodput is SLO-meeting requests per second.
+count as misses. Goodput is SLO-meeting requests per second. Drops are requests refused
+(429, by a local scheduler) or without an engine (503). Queueing delay is the time from
+arrival to the engine first scheduling the request (known in simulation only).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class RequestRecord:
     finished_s: float = math.nan
     tokens_received: int = 0
     error: str = ""
+    queued_s: float = math.nan  # arrival to first scheduling by the engine (simulate only)
 
     @property
     def ok(self) -> bool:
@@ -77,9 +80,11 @@ def _group(df: pd.DataFrame, slo: Slo | None, duration_s: float) -> dict:
         "requests": int(len(df)), "completed": int(len(ok)),
         "errors": int(((~df.ok) & (df.status != 429)).sum()),
         "rejected_429": int((df.status == 429).sum()),
+        "drops": int(df.status.isin((429, 503)).sum()),
         "throughput_rps": len(ok) / duration_s,
         "output_tokens_per_s": float(ok.tokens_received.sum()) / duration_s,
         "ttft_s": _pct(ok.ttft_s), "tpot_s": _pct(ok.tpot_s), "e2e_s": _pct(ok.e2e_s),
+        "queue_s": _pct(ok.queued_s),
     }
     if slo is not None:
         n = max(1, len(df))

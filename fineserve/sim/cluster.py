@@ -1,23 +1,49 @@
 """Run a plan against a trace: route requests to engines, step engines, collect records.
 
-The loop is Vidur-style but flat for speed: one heap of step ends, the trace read in order.
+The loop is Vidur-style but flat for speed: one heap of events, the trace read in order.
+Heap entries are ``(time, kind, seq, payload)``; kinds: 0 a step ends, 1 an idle engine wakes,
+2 the periodic tick (KV policy, local-scheduler state and expiry, KV samples), 3 a delayed
+action (a KV grow becoming usable, a drained slab returning). At equal times: step ends, then
+arrivals, then the rest - requests arriving together are batched together.
+
 Routing follows the plan's traffic split with smooth weighted round robin (deterministic).
-KV: static plans give each engine its reservation. Pooled plans are simulated, for now, as
-each engine's floor plus an equal share of its GPU's unreserved memory - not yet the elastic
-KV Slab, whose policy lands with that issue.
+Memory, interference and admission are what ``SimOptions`` selects (``docs/simulator.md``):
+KV static per engine or a KV Slab pool per GPU (``kvpool.py``), HBM interference between
+co-located engines (``interference.py``), and the runtime's local scheduler
+(``fineserve.scheduler``) in front of each engine; rejected requests are recorded as 429s.
 """
 
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 from fineserve.metrics.summary import RequestRecord
 from fineserve.planner.options import usable_bytes
 from fineserve.planner.schema import KVMode, Plan
 from fineserve.profiles.latency import EngineShape, LatencyModel
+from fineserve.scheduler import SchedulerConfig
+from fineserve.sim.admission import Admission
+from fineserve.sim.chrome_trace import ChromeTrace
 from fineserve.sim.engine import EngineSim, SimRequest
+from fineserve.sim.interference import HbmShare, InterferenceParams
+from fineserve.sim.kvpool import KvSample, PoolParams, SlabPools, StaticKv
 from fineserve.workload.trace import Trace
+
+KV_MODES = ("plan", "static", "pooled")
+
+
+@dataclass(frozen=True, slots=True)
+class SimOptions:
+    token_budget: int = 2048  # vLLM max_num_batched_tokens
+    kv: str = "plan"  # "plan" (the plan's kv_mode) | "static" | "pooled"
+    pool: PoolParams = field(default_factory=PoolParams)
+    interference: InterferenceParams | None = None  # None: co-located engines do not interact
+    scheduler: SchedulerConfig | None = None  # None: every request goes straight to its engine
+    tick_s: float = 0.5  # local-scheduler state and expiry; KV policy uses pool.interval_s
+    max_samples: int = 1000  # KV samples per GPU over the run (spaced evenly)
+    chrome_trace: bool = False
 
 
 class _Router:
@@ -42,9 +68,18 @@ class SimResult:
     duration_s: float
     preemptions: dict[str, int]
     steps: dict[str, int]
+    kv_samples: tuple[KvSample, ...] = ()
+    kv_mode: str = "static"
+    trace: ChromeTrace | None = None
 
 
-def _kv_tokens(plan: Plan, e, shape: EngineShape) -> float:
+def _pooled(plan: Plan, opts: SimOptions) -> bool:
+    return opts.kv == "pooled" or (opts.kv == "plan" and plan.kv_mode is KVMode.POOLED)
+
+
+def _static_kv_tokens(plan: Plan, e, shape: EngineShape) -> float:
+    """Static partition. A pooled plan's engines get their floor plus an equal share of the
+    GPU's unreserved memory: the same bytes as the pool, split once."""
     per_token = shape.model.kv_bytes_per_token(e.tp)
     if plan.kv_mode is KVMode.STATIC:
         return e.kv_bytes / per_token
@@ -55,72 +90,182 @@ def _kv_tokens(plan: Plan, e, shape: EngineShape) -> float:
     return (e.kv_bytes + max(0, spare) / len(on)) / per_token
 
 
-def build_engines(plan: Plan, latency: LatencyModel, token_budget: int
-                  ) -> dict[str, _Router]:
-    specs = {m.name: m.spec for m in plan.models}
-    routers: dict[str, _Router] = {}
-    for m in plan.models:
-        engines, weights = [], []
-        for e in plan.engines_of(m.name):
-            shape = EngineShape(plan.cluster.gpus[e.gpus[0]].spec, specs[m.name], e.tp)
-            engines.append(EngineSim(e.engine_id, shape, e.sm_pct, e.max_batch,
-                                     _kv_tokens(plan, e, shape), latency, token_budget))
-            weights.append(max(e.rate_rps, 1e-9))
-        if engines:
-            routers[m.name] = _Router(engines, weights)
-    return routers
+class _World:
+    """Engines, routers and the optional memory / interference / admission models."""
+
+    def __init__(self, plan: Plan, latency: LatencyModel, opts: SimOptions) -> None:
+        if opts.kv not in KV_MODES:
+            raise ValueError(f"kv mode must be one of {KV_MODES}, got {opts.kv!r}")
+        specs = {m.name: m.spec for m in plan.models}
+        self.routers: dict[str, _Router] = {}
+        self.engines: list[EngineSim] = []
+        placements = {}
+        for m in plan.models:
+            engines, weights = [], []
+            for e in plan.engines_of(m.name):
+                shape = EngineShape(plan.cluster.gpus[e.gpus[0]].spec, specs[m.name], e.tp)
+                eng = EngineSim(e.engine_id, shape, e.sm_pct, e.max_batch,
+                                _static_kv_tokens(plan, e, shape), latency, opts.token_budget)
+                eng.gpus = e.gpus
+                eng.weight_bytes = float(e.weight_bytes)
+                eng.kv_token_bytes = float(shape.model.kv_bytes_per_token(e.tp))
+                engines.append(eng)
+                weights.append(max(e.rate_rps, 1e-9))
+                placements[e.engine_id] = e
+            if engines:
+                self.routers[m.name] = _Router(engines, weights)
+                self.engines += engines
+        self.pooled = _pooled(plan, opts)
+        self.kv: SlabPools | StaticKv
+        if self.pooled:
+            self.kv = _make_pools(plan, self.engines, placements, opts.pool)
+        else:
+            self.kv = StaticKv([(e, e.gpus) for e in self.engines])
+        self.hbm: HbmShare | None = None
+        if opts.interference is not None:
+            used = {g for e in self.engines for g in e.gpus}
+            self.hbm = HbmShare({g: plan.cluster.gpus[g].spec.hbm_bytes_per_s for g in used},
+                                opts.interference)
+            for e in self.engines:
+                e.hbm = self.hbm
+        self.tracer = ChromeTrace() if opts.chrome_trace else None
+        for e in self.engines:
+            e.tracer = self.tracer
+        self.admission = None
+        if opts.scheduler is not None:
+            slos = {m.name: m.slo for m in plan.models}
+            self.admission = Admission(self.engines, placements, slos, opts.scheduler)
+
+    def check_integrity(self) -> None:
+        for e in self.engines:
+            e.check_integrity()
+        self.kv.check_integrity()
+        if self.hbm is not None:
+            self.hbm.check_integrity()
+        if self.admission is not None:
+            self.admission.check_integrity()
+
+
+def _make_pools(plan: Plan, engines: list[EngineSim], placements: dict, params: PoolParams
+                ) -> SlabPools:
+    util = plan.instance.settings.memory_utilization
+    used = sorted({g for e in engines for g in e.gpus})
+    pool_bytes = {}
+    for g in used:
+        non_kv = sum(x.weight_bytes + x.overhead_bytes for x in plan.engines_on(g))
+        pool_bytes[g] = max(0, usable_bytes(plan.cluster.gpus[g].spec, util) - non_kv)
+    pools = SlabPools(pool_bytes, params)
+    floor_of_plan = plan.kv_mode is KVMode.POOLED  # a static plan's reservations are no floors
+    for e in engines:
+        pools.attach(e, e.gpus, placements[e.name].kv_bytes if floor_of_plan else 0)
+    return pools
 
 
 def simulate(plan: Plan, trace: Trace, latency: LatencyModel, *, token_budget: int = 2048,
-             ) -> SimResult:
-    routers = build_engines(plan, latency, token_budget)
+             options: SimOptions | None = None) -> SimResult:
+    """Simulate ``plan`` serving ``trace``; ``options`` default to static-free defaults with
+    ``token_budget`` (KV as the plan says, no interference, no local scheduler)."""
+    opts = options if options is not None else SimOptions(token_budget=token_budget)
+    w = _World(plan, latency, opts)
     arrivals = trace.arrival_s.tolist()
     models = trace.model.tolist()
     prompts = trace.prompt_tokens.tolist()
     outputs = trace.output_tokens.tolist()
     records: list[RequestRecord | None] = [None] * len(arrivals)
-    # heap entries (time, kind, seq, engine): kind 0 = a step ends, 1 = an idle engine wakes.
-    # At equal times: step ends, then arrivals, then wakes - so requests arriving together
-    # are batched together, as a real engine would see them queued at its next step.
-    heap: list[tuple[float, int, int, EngineSim]] = []
+    adm = w.admission
+    heap: list[tuple[float, int, int, object]] = []
     seq, i, n, now = 0, 0, len(arrivals), 0.0
+    sample_every = max(opts.tick_s, trace.duration_s / max(1, opts.max_samples))
+    periodic = adm is not None or w.pooled or opts.max_samples > 0
+    next_policy = next_sample = 0.0
+    samples: list[KvSample] = []
+    if periodic and n:
+        heapq.heappush(heap, (arrivals[0], 2, 0, None))
+
+    def wake(eng: EngineSim) -> None:
+        nonlocal seq
+        if eng.idle and not eng.busy:
+            eng.busy = True  # a wake is pending
+            seq += 1
+            heapq.heappush(heap, (now, 1, seq, eng))
+
+    def dispatch(req: SimRequest) -> None:
+        eng = adm.engine_of(req) if adm is not None else None
+        assert eng is not None
+        wake(eng)
+        eng.arrive(req)
+
     while i < n or heap:
         if heap and (i >= n or heap[0][0] < arrivals[i]
                      or (heap[0][0] == arrivals[i] and heap[0][1] == 0)):
-            now, kind, _, eng = heapq.heappop(heap)
-            if kind == 0:
-                for req in eng.finish_step(now):
-                    records[req.index] = _record(req)
-            if not eng.idle:
-                seq += 1
-                heapq.heappush(heap, (eng.start_step(now), 0, seq, eng))
+            now, kind, _, obj = heapq.heappop(heap)
+            if kind <= 1:
+                eng = obj
+                if kind == 0:
+                    done = eng.finish_step(now)  # type: ignore[union-attr]
+                    for req in done:
+                        records[req.index] = _record(req)
+                    if adm is not None:
+                        _drain(adm.after_step(eng, done, now), records, dispatch)
+                if not eng.idle:  # type: ignore[union-attr]
+                    seq += 1
+                    heapq.heappush(heap, (eng.start_step(now), 0, seq, eng))  # type: ignore
+            elif kind == 2:
+                if adm is not None:
+                    _drain(adm.tick(now), records, dispatch)
+                if w.pooled and now >= next_policy:
+                    next_policy = now + opts.pool.interval_s
+                    for at, action in w.kv.tick(now):
+                        seq += 1
+                        heapq.heappush(heap, (at, 3, seq, action))
+                if opts.max_samples > 0 and now >= next_sample:
+                    next_sample = now + sample_every
+                    samples += w.kv.sample(now)
+                if i < n or heap:
+                    heapq.heappush(heap, (now + opts.tick_s, 2, 0, None))
+            else:
+                obj(now)  # type: ignore[operator]
             continue
         now = arrivals[i]
-        router = routers.get(models[i])
+        router = w.routers.get(models[i])
         if router is None:  # model unplaced in this plan: counts as an error
             records[i] = RequestRecord(i, models[i], now, now, prompts[i], outputs[i],
                                        status=503, error="no engine for model")
         else:
             eng = router.pick()
-            wake = eng.idle and not eng.busy
-            eng.arrive(SimRequest(i, models[i], now, prompts[i], outputs[i]))
-            if wake:
-                eng.busy = True  # a wake is pending
-                seq += 1
-                heapq.heappush(heap, (now, 1, seq, eng))
+            req = SimRequest(i, models[i], now, prompts[i], outputs[i])
+            if adm is None:
+                wake(eng)
+                eng.arrive(req)
+            else:
+                _drain(adm.submit(eng, req, now), records, dispatch)
         i += 1
-    engines = [e for r in routers.values() for e in r.engines]
-    for e in engines:
-        e.check_integrity()
-    return SimResult([r for r in records if r is not None], now,
-                     {e.name: e.preemptions for e in engines},
-                     {e.name: e.step_no for e in engines})
+    w.check_integrity()
+    done = [r for r in records if r is not None]
+    if w.tracer is not None:
+        w.tracer.requests(done)
+    return SimResult(done, now, {e.name: e.preemptions for e in w.engines},
+                     {e.name: e.step_no for e in w.engines}, tuple(samples),
+                     "pooled" if w.pooled else "static", w.tracer)
+
+
+def _drain(out: tuple[list[SimRequest], list[tuple[SimRequest, str]]],
+           records: list[RequestRecord | None], dispatch) -> None:
+    go, rejected = out
+    for req in go:
+        dispatch(req)
+    for req, why in rejected:
+        records[req.index] = RequestRecord(req.index, req.model, req.arrival_s, req.arrival_s,
+                                           req.prompt_tokens, req.output_tokens, status=429,
+                                           error=why)
 
 
 def _record(req: SimRequest) -> RequestRecord:
+    queued = req.admitted_s - req.arrival_s if not math.isnan(req.admitted_s) else math.nan
     return RequestRecord(req.index, req.model, req.arrival_s, req.arrival_s, req.prompt_tokens,
                          req.output_tokens, status=200, first_token_s=req.first_token_s,
-                         finished_s=req.finished_s, tokens_received=req.output_tokens)
+                         finished_s=req.finished_s, tokens_received=req.output_tokens,
+                         queued_s=queued)
 
 
-__all__ = ["SimResult", "build_engines", "simulate"]
+__all__ = ["KV_MODES", "SimOptions", "SimResult", "simulate"]

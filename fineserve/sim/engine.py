@@ -10,6 +10,12 @@ front of the queue, to prefill prompt + generated tokens again).
 Cost per step is O(log n) in the running set, not O(batch): decoders sit in a heap keyed by
 the step at which they finish, and context sums are kept incrementally. That is what lets a
 core simulate a million requests in under a minute.
+
+Optional hooks, each ``None`` unless the cluster enables it (one attribute test per step):
+``pool`` (KV Slab pool: ``kv_tokens`` changes over time, grown on demand, ``kvpool.py``),
+``hbm`` (HBM-bandwidth interference stretches steps, ``interference.py``), ``tracer`` (Chrome
+trace, ``chrome_trace.py``) and ``first_tokens`` (requests whose first token came in the last
+step, for the local scheduler).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import heapq
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from fineserve.profiles.latency import EngineShape, LatencyModel
 
@@ -37,6 +44,7 @@ class SimRequest:
     generated: int = 0  # output tokens emitted before the current admission
     preemptions: int = 0
     engine: str = ""
+    admitted_s: float = math.nan  # first time the engine scheduled it (end of queueing)
 
     @property
     def to_prefill(self) -> int:
@@ -65,6 +73,15 @@ class EngineSim:
     _seq: int = 0
     _cache: dict = field(default_factory=dict)
     _pending: tuple = ()
+    gpus: tuple = ()  # global GPU ids (ranks)
+    pool: Any = None  # SlabPools when KV is pooled
+    hbm: Any = None  # HbmShare when interference is modelled
+    tracer: Any = None  # ChromeTrace when a trace is written
+    first_tokens: list | None = None  # filled per step when a local scheduler listens
+    weight_bytes: float = 0.0  # per rank, read once per step (interference)
+    kv_token_bytes: float = 0.0  # per rank (interference)
+    _debt: float = 0.0  # on-demand KV growth latency owed by the next step
+    _demand: float | None = None  # HBM demand of the step in flight
 
     # -- latency with memoisation (contexts bucketed to 32 tokens)
     def _decode_s(self, batch: int, ctx: float) -> float:
@@ -101,6 +118,18 @@ class EngineSim:
         req.engine = self.name
         self.waiting.append(req)
 
+    def waiting_tokens(self) -> int:
+        """KV tokens the queue would need (O(queue): for policy ticks, not per step)."""
+        return sum(r.to_prefill + 1 + HALF_BLOCK for r in self.waiting)
+
+    def _fits(self, need: float) -> bool:
+        """Whether ``need`` more KV tokens fit, growing a pooled lease on demand."""
+        short = self.kv_used + need - self.kv_tokens
+        if short > 0 and self.pool is not None:
+            self._debt = max(self._debt, self.pool.grow_now(self, short))
+            short = self.kv_used + need - self.kv_tokens
+        return short <= 0
+
     def start_step(self, now: float) -> float:
         """Plan one step at ``now``; returns when it ends."""
         budget = self.token_budget - self.decoding
@@ -115,9 +144,11 @@ class EngineSim:
                 len(self.prefilling) + self.decoding < self.max_batch):
             req = self.waiting[0]
             need = req.to_prefill + 1 + HALF_BLOCK
-            if self.kv_used + need > self.kv_tokens and (self.decoding or self.prefilling):
+            if not self._fits(need) and (self.decoding or self.prefilling):
                 break  # wait for memory; an empty engine admits anyway (a lone request)
             self.waiting.popleft()
+            if req.admitted_s != req.admitted_s:  # nan: first admission ends its queueing
+                req.admitted_s = now
             self.kv_used += need
             self.prefilling.append(req)
             take = min(req.to_prefill - req.prefilled, budget)
@@ -126,6 +157,14 @@ class EngineSim:
         tokens = sum(t for _, t in chunks)
         d = self._decode_s(self.decoding, self.ctx_sum / self.decoding) if self.decoding else 0.0
         duration = d + (self._prefill_s(tokens) if tokens else 0.0)
+        if self._debt:
+            duration += self._debt
+            self._debt = 0.0
+        if self.hbm is not None and duration > 0:
+            moved = self.weight_bytes + (self.ctx_sum + tokens) * self.kv_token_bytes
+            duration, self._demand = self.hbm.begin(self.gpus, duration, moved)
+        if self.tracer is not None:
+            self.tracer.step(self, now, duration, self.decoding, tokens)
         self._pending = tuple(chunks)
         self.busy = True
         return now + duration
@@ -134,6 +173,9 @@ class EngineSim:
         """Apply the step that ends at ``now``; returns the requests that completed."""
         self.step_no += 1
         self.busy = False
+        if self._demand is not None:
+            self.hbm.end(self.gpus, self._demand)
+            self._demand = None
         done: list[SimRequest] = []
         # every decoding sequence produced a token
         self.ctx_sum += self.decoding
@@ -151,6 +193,8 @@ class EngineSim:
                 self.prefilling.remove(req)
                 if math.isnan(req.first_token_s):
                     req.first_token_s = now  # the prefill step emits the first token
+                    if self.first_tokens is not None:
+                        self.first_tokens.append(req)
                 emitted = req.generated + 1
                 remaining = req.output_tokens - emitted
                 if remaining <= 0:
@@ -165,7 +209,7 @@ class EngineSim:
                 self.decoding += 1
                 self.ctx_sum += req.prompt_tokens + req.generated
         self._pending = ()
-        if self.kv_used > self.kv_tokens and self.decoding:
+        if self.kv_used > self.kv_tokens and self.decoding and not self._fits(0):
             self._preempt()
         return done
 
