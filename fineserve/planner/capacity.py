@@ -8,9 +8,20 @@ of d(B) seconds that each emit B tokens. Output balance, lambda*D tokens per sec
     TPOT(B)   = d(B) / (1 - rho),          rho = lambda*p  (prefills stall decoding)
     TTFT(B)   = p + d(B) + rho*p / (2*(1 - rho))   (M/D/1 wait for the prefill server)
 
-and the capacity is the largest lambda(B) over B <= min(max_batch, KV limit) whose TTFT and
-TPOT meet ``slo_safety`` x the SLO. KV need follows Little's law: B sequences x resident tokens
-x bytes/token x (1 + kv_margin).
+B is the *mean* number of running sequences. Poisson arrivals make the running count
+fluctuate around it (an infinite-server queue holds Poisson(B) requests), so an engine capped
+at exactly B sequences is critically loaded and its queue grows without bound. The cap c
+(vLLM max-num-seqs) is therefore sized above B by square-root staffing: with c - B = beta
+sqrt(B), Halfin-Whitt gives P(wait) = 1 / (1 + beta Phi(beta) / phi(beta)), and a waiting
+request waits Exp((c - B) / T) (T = mean residence), so c is the smallest cap with
+
+    P(wait) * exp(-(c - B) * slack / T) <= TAIL,     slack = TTFT goal - TTFT(B)
+
+The capacity is the largest lambda(B) over B whose TTFT and TPOT meet ``slo_safety`` x the SLO
+and whose cap c fits min(max_batch, KV limit). Decode steps see the length-biased context of
+the running requests (``running_context``). KV: static engines reserve for c sequences; pooled
+floors use Little's law on the mean B: resident tokens x bytes/token x (1 + kv_margin).
+Calibrated against the simulator (docs/capacity.md, "Calibration").
 """
 
 from __future__ import annotations
@@ -22,6 +33,14 @@ from fineserve.planner.schema import LengthStats, Slo
 from fineserve.profiles.catalog import VLLM_BLOCK_SIZE
 from fineserve.profiles.latency import EngineShape, LatencyModel
 
+# Spread of output lengths assumed when only means are known (the workload presets' CV, see
+# fineserve/workload/lengths.py). Long requests stay longer, so the mean context of the
+# *running* requests is length-biased: P + E[D^2] / (2 E[D]) = P + D (1 + CV^2) / 2.
+OUTPUT_CV = 0.8
+
+# Fraction of requests allowed to wait for a batch slot beyond the TTFT goal (the 99% target).
+TAIL = 0.01
+
 # Steady-state batches tried: dense at small B where latency changes fastest.
 BATCH_GRID: tuple[int, ...] = tuple(
     sorted({*range(1, 17), *range(20, 65, 4), *range(72, 257, 8), *range(288, 1025, 32)})
@@ -31,24 +50,54 @@ BATCH_GRID: tuple[int, ...] = tuple(
 @dataclass(frozen=True, slots=True)
 class Capacity:
     rate_rps: float  # 0 when nothing meets the SLOs
-    batch: int  # steady-state running sequences at that rate
+    batch: int  # in-flight cap (vLLM max-num-seqs) that keeps slot waits within the TTFT goal
     ttft_s: float
     tpot_s: float
-    kv_bytes: int  # per rank, for ``batch`` sequences (margin included)
+    kv_bytes: int  # per rank, for ``batch`` (the cap) sequences (margin included)
     residence_s: float  # mean time a request holds KV: TTFT + output x TPOT
     limited_by: str  # what stops a larger batch: tpot, ttft, kv, max_batch, slo, weights
     estimated: bool  # True if any latency behind it came from the estimator
+    mean_batch: int = 0  # steady-state mean running sequences at that rate
+    kv_mean_bytes: int = 0  # per rank, KV for ``mean_batch`` sequences (margin included)
 
     @property
     def kv_bytes_per_rps(self) -> float:
-        """KV bytes per unit of served rate (Little's law at capacity); pooled-KV floors."""
-        return self.kv_bytes / self.rate_rps if self.rate_rps > 0 else math.inf
+        """KV bytes per unit of served rate (Little's law on the mean batch); pooled floors."""
+        return self.kv_mean_bytes / self.rate_rps if self.rate_rps > 0 else math.inf
 
 
 ZERO = Capacity(0.0, 0, math.inf, math.inf, 0, math.inf, "slo", False)
 
 
+def _wait_tail(beta: float, a: float, slack_over_t: float) -> float:
+    """P(slot wait > slack) with c = a + beta sqrt(a) slots (Halfin-Whitt, exponential wait)."""
+    if beta <= 0:
+        return 1.0
+    phi = math.exp(-beta * beta / 2) / math.sqrt(2 * math.pi)
+    big_phi = 0.5 * (1 + math.erf(beta / math.sqrt(2)))
+    return math.exp(-beta * math.sqrt(a) * slack_over_t) / (1 + beta * big_phi / phi)
+
+
+def batch_cap(mean_batch: float, slack_s: float, residence_s: float) -> int:
+    """Smallest in-flight cap c >= mean_batch whose slot waits exceed ``slack_s`` for at most
+    TAIL of the requests (square-root staffing; see the module docstring)."""
+    if slack_s <= 0 or not math.isfinite(residence_s):
+        return 1 << 30
+    ratio = slack_s / max(residence_s, 1e-12)
+    lo, hi = 0.0, 8.0
+    for _ in range(20):  # _wait_tail is decreasing in beta
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if _wait_tail(mid, mean_batch, ratio) <= TAIL else (mid, hi)
+    return math.ceil(mean_batch + hi * math.sqrt(mean_batch) - 1e-9)
+
+
+def running_context(lengths: LengthStats) -> float:
+    """Time-average tokens held by a running request (length-biased; see OUTPUT_CV)."""
+    return lengths.prompt_mean + lengths.output_mean * (1 + OUTPUT_CV**2) / 2
+
+
 def _tokens_per_seq(lengths: LengthStats, kv_margin: float) -> float:
+    # the unbiased mean plus ``kv_margin``, which is there for length variance (docs/capacity.md)
     return (lengths.resident_tokens + 8) * (1 + kv_margin)  # + half a 16-token block each
 
 
@@ -99,7 +148,7 @@ def engine_capacity(
     for b in BATCH_GRID:
         if b > limit:
             break
-        step = latency.decode_step(engine, b, lengths.resident_tokens, sm_pct)
+        step = latency.decode_step(engine, b, running_context(lengths), sm_pct)
         if not step.source.trusted:
             stop = "profile"
             break
@@ -117,11 +166,15 @@ def engine_capacity(
         if ttft > ttft_goal:
             stop = "ttft"
             break  # so does TTFT
+        residence = ttft + out * tpot
+        c = batch_cap(b, ttft_goal - ttft, residence)
+        if c > limit:
+            break  # the cap needed grows with b (stop: what limits it, kv or max_batch)
         if lam > best.rate_rps:
             est = "estimated" in (pre.source.value, step.source.value)
             best = Capacity(
-                lam, b, ttft, tpot, kv_bytes_for_batch(engine, b, lengths, kv_margin),
-                ttft + out * tpot, stop, est,
+                lam, c, ttft, tpot, kv_bytes_for_batch(engine, c, lengths, kv_margin),
+                residence, stop, est, b, kv_bytes_for_batch(engine, b, lengths, kv_margin),
             )
     return replace(best, limited_by=stop) if best.rate_rps > 0 else ZERO
 

@@ -9,6 +9,9 @@ from hypothesis import strategies as st
 from fineserve.errors import SpecError
 from fineserve.planner.capacity import (
     BATCH_GRID,
+    TAIL,
+    _wait_tail,
+    batch_cap,
     engine_capacity,
     kv_batch_limit,
     kv_bytes_for_batch,
@@ -26,11 +29,13 @@ LAT = FakeLatency()
 
 
 def test_closed_form_at_the_batch_cap():
-    # p = 10 ms, d = 20 ms, D = 100 tokens, B = 8: lambda = 8 / (100*0.02 + 8*0.01) = 3.846
+    # p = 10 ms, d = 20 ms, D = 100 tokens: lambda(B) = B / (100*0.02 + B*0.01). A cap of 8
+    # slots holds a mean of 7 running sequences within the TTFT goal (square-root staffing).
     cap = engine_capacity(ConstLatency(0.01, 0.02), ENGINE, 100, Slo(10, 1),
                           LengthStats(100, 100), max_batch=8)
-    assert cap.batch == 8
-    assert cap.rate_rps == pytest.approx(8 / (100 * 0.02 + 8 * 0.01))
+    assert cap.mean_batch == 7 and cap.batch == 8
+    assert cap.rate_rps == pytest.approx(7 / (100 * 0.02 + 7 * 0.01))
+    assert cap.batch == batch_cap(7, 10 - cap.ttft_s, cap.residence_s)
     rho = cap.rate_rps * 0.01
     assert cap.tpot_s == pytest.approx(0.02 / (1 - rho))
     assert cap.ttft_s == pytest.approx(0.01 + 0.02 + rho * 0.01 / (2 * (1 - rho)))
@@ -104,3 +109,20 @@ def test_capacity_is_monotone_in_sm_kv_and_batch(slo, lens, sm, dsm, kv, dkv, ba
     assert cap(sm, kv + dkv, batch) >= base - 1e-12
     assert cap(sm, kv, batch + dbatch) >= base - 1e-12
     assert math.isfinite(base) and base >= 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(b=st.floats(1, 1000), slack=st.floats(0.001, 10), t=st.floats(0.1, 100))
+def test_batch_cap_meets_the_tail_and_is_monotone(b, slack, t):
+    c = batch_cap(b, slack, t)
+    assert c >= b
+    beta = (c - b) / math.sqrt(b)
+    assert _wait_tail(beta, b, slack / t) <= TAIL * 1.001
+    assert batch_cap(b, slack * 2, t) <= c  # more slack, no larger cap
+    assert batch_cap(b * 1.5, slack, t) >= c  # more load, no smaller cap
+
+
+def test_batch_cap_is_square_root_staffing_at_zero_slack():
+    # no TTFT slack: P(wait) alone must be <= 1%, i.e. beta ~ 2.38 (Halfin-Whitt)
+    c = batch_cap(100, 1e-9, 1.0)
+    assert 100 + 2.2 * 10 <= c <= 100 + 2.6 * 10
