@@ -6,10 +6,13 @@ the max-headroom objective: the GPU budget is fixed), simulate a Poisson trace w
 lengths around ShareGPT means, and bisect for the largest s whose overall SLO attainment is
 >= 99%. Writes docs/capacity-sweep.md (table) and docs/capacity-sweep.png.
 
-    python bench/capacity_sweep.py [--duration 120] [--time-limit 15]
+    python bench/capacity_sweep.py [--duration 120] [--time-limit 15] [--interference on|FILE]
+                                   [--only ilp,static] [--out docs/capacity-sweep]
 
-Caveat until the interference model lands: co-located engines do not slow each other beyond
-their SM shares in the simulator, which flatters every method that shares GPUs.
+Pooled plans are simulated with the KV Slab pool (the runtime's policy). HBM interference
+between co-located engines is off unless ``--interference`` is given (its parameters are
+uncalibrated until bench/interference_h100.py has run on an H100); off flatters every method
+that shares GPUs.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from fineserve.planner.api import make_plan
 from fineserve.planner.scenarios import muxserve_scale
 from fineserve.planner.schema import Objective
 from fineserve.profiles.composite import default_latency_model
-from fineserve.sim.cluster import simulate
+from fineserve.sim.cluster import SimOptions, simulate
+from fineserve.sim.interference import InterferenceParams
 from fineserve.workload.arrivals import Poisson
 from fineserve.workload.lengths import PRESETS
 from fineserve.workload.trace import ModelLoad, generate
@@ -34,7 +38,7 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 METHODS = ("ilp", "static", "muxserve", "kv-pressure")
 
 
-def attainment(method, scale, latency, duration, time_limit) -> tuple[float, int]:
+def attainment(method, scale, latency, duration, time_limit, opts) -> tuple[float, int]:
     inst = muxserve_scale(total_rps=120.0 * scale)
     inst = replace(inst, settings=replace(inst.settings, objective=Objective.MAX_HEADROOM,
                                           time_limit_s=time_limit))
@@ -44,17 +48,17 @@ def attainment(method, scale, latency, duration, time_limit) -> tuple[float, int
         return 0.0, 0
     trace = generate([ModelLoad(m.name, Poisson(m.rate_rps), PRESETS["sharegpt"])
                       for m in inst.models], duration, seed=1)
-    result = simulate(plan, trace, latency)
+    result = simulate(plan, trace, latency, options=opts)
     s = summarize(result.records, {m.name: m.slo for m in inst.models},
                   max(result.duration_s, duration), "simulate")
     return s["overall"]["slo_attainment"], len(plan.gpus_used)
 
 
-def sustained(method, latency, duration, time_limit, log) -> float:
+def sustained(method, latency, duration, time_limit, log, opts) -> float:
     lo, hi = 0.0, None
     scale = 1.0
     while hi is None:  # grow until attainment drops below 99%
-        a, gpus = attainment(method, scale, latency, duration, time_limit)
+        a, gpus = attainment(method, scale, latency, duration, time_limit, opts)
         log.append((method, scale, a, gpus))
         print(log[-1], flush=True)
         if a >= 0.99:
@@ -65,7 +69,7 @@ def sustained(method, latency, duration, time_limit, log) -> float:
             hi = scale
     while hi - lo > 0.05 * max(lo, 0.1):
         mid = (lo + hi) / 2
-        a, gpus = attainment(method, mid, latency, duration, time_limit)
+        a, gpus = attainment(method, mid, latency, duration, time_limit, opts)
         log.append((method, mid, a, gpus))
         print(log[-1], flush=True)
         lo, hi = (mid, hi) if a >= 0.99 else (lo, mid)
@@ -76,25 +80,35 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=float, default=120.0)
     ap.add_argument("--time-limit", type=float, default=15.0)
+    ap.add_argument("--interference", default="off", help="off, on, or a parameter file")
+    ap.add_argument("--only", default=",".join(METHODS), help="comma-separated methods")
+    ap.add_argument("--out", default=str(DOCS / "capacity-sweep"),
+                    help="path stem of the .md table and .png plot")
     a = ap.parse_args()
+    methods = [m for m in METHODS if m in a.only.split(",")]
+    inter = {"off": None, "on": InterferenceParams()}.get(a.interference)
+    if inter is None and a.interference not in ("off", "on"):
+        inter = InterferenceParams.load(Path(a.interference))
+    opts = SimOptions(interference=inter, max_samples=0)
     latency = default_latency_model()
     log: list = []
     t0 = time.perf_counter()
-    best = {m: sustained(m, latency, a.duration, a.time_limit, log) for m in METHODS}
-    base = best["static"] or float("nan")
+    best = {m: sustained(m, latency, a.duration, a.time_limit, log, opts) for m in methods}
+    base = best.get("static") or float("nan")
     lines = ["# Capacity sweep (simulated)", "",
              f"`python bench/capacity_sweep.py --duration {a.duration:g} --time-limit "
-             f"{a.time_limit:g}` ({time.perf_counter() - t0:.0f} s). Base load: 120 req/s "
-             "over 19 models (power law); scale s multiplies every rate; 32 H100s.", "",
-             "Not yet modelled: interference between co-located engines beyond SM shares, "
-             "elastic pooled KV (pooled plans get their floor plus an even share of spare "
-             "memory). Treat as a preview until those land.", "",
+             f"{a.time_limit:g} --interference {a.interference}` "
+             f"({time.perf_counter() - t0:.0f} s). Base load: 120 req/s over 19 models (power "
+             "law); scale s multiplies every rate; 32 H100s. Pooled KV simulated with the KV "
+             "Slab pool; HBM interference "
+             f"{'off' if inter is None else 'on (' + inter.source + ')'}.", "",
              "| method | highest s at >= 99% SLO attainment | x static |", "|---|---|---|"]
-    for m in METHODS:
+    for m in methods:
         lines.append(f"| {m} | {best[m]:.2f} | {best[m] / base:.2f} |")
     lines += ["", "| method | scale | SLO attainment | GPUs used |", "|---|---|---|---|"]
     lines += [f"| {m} | {s:.2f} | {att:.4f} | {g} |" for m, s, att, g in log]
-    (DOCS / "capacity-sweep.md").write_text("\n".join(lines) + "\n")
+    out = Path(a.out)
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     try:
         import matplotlib
 
@@ -102,7 +116,7 @@ def main() -> None:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        for m in METHODS:
+        for m in methods:
             pts = sorted((s, att) for mm, s, att, _ in log if mm == m)
             ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label=m)
         ax.axhline(99, color="grey", lw=0.8, ls="--")
@@ -111,7 +125,7 @@ def main() -> None:
         ax.legend()
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        fig.savefig(DOCS / "capacity-sweep.png", dpi=120)
+        fig.savefig(out.with_suffix(".png"), dpi=120)
     except ImportError:
         pass
     print("\n".join(lines[:12]))

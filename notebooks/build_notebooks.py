@@ -157,9 +157,10 @@ NOTEBOOKS = {
     ],
     "05-kv-pool-vs-static": [
         ("md", "# KV pool against static partitions\n\nPooled KV (KV Slab) reserves each "
-               "engine a floor for its load and shares the rest; static KV reserves every "
-               "engine's full-capacity need. Note: the simulator does not yet model the pool's "
-               "elastic policy (pooled engines get their floor plus an even share)."),
+               "engine a floor for its load and lends the rest of the GPU's memory where the "
+               "demand is, in slabs (one 2 MiB granule in every layer's K and V); static KV "
+               "fixes each engine's share. Two questions: what the planner does with each "
+               "mode, and what the same plan does at run time under each."),
         ("code", SETUP),
         ("code", "rows = []\n"
                  "for mode in (KVMode.POOLED, KVMode.STATIC):\n"
@@ -172,6 +173,61 @@ NOTEBOOKS = {
                  "    print(f'{r[0]:7s} GPUs {r[1]}  min headroom {r[2]:.2f}  KV reserved '\n"
                  "          f'{r[3]:.1f} GiB  simulated SLO {r[4]:.1%}')\n"
                  "assert {r[0] for r in rows} == {'pooled', 'static'}"),
+        ("md", "## Same plan, two memory policies at run time\n\nThe pooled plan, at 3x its "
+               "planned load, simulated with the KV Slab pool (the runtime's policy) and with "
+               "its memory split once into static partitions (floor + an equal share of the "
+               "rest)."),
+        ("code", "from fineserve.sim.cluster import SimOptions\n"
+                 "from fineserve.metrics.kv import kv_summary\n"
+                 "plan = make_plan(base, latency)\n"
+                 "hot = scaled(base, 3.0)\n"
+                 "tr = trace_for(hot, seed=3)\n"
+                 "runs = {}\n"
+                 "for kv in ('static', 'pooled'):\n"
+                 "    res = simulate(plan, tr, latency, options=SimOptions(kv=kv))\n"
+                 "    s = summarize(res.records, {m.name: m.slo for m in hot.models},\n"
+                 "                  max(res.duration_s, DURATION), 'simulate')\n"
+                 "    runs[kv] = (s, kv_summary(res.kv_samples), sum(res.preemptions.values()))\n"
+                 "    gpus = runs[kv][1]\n"
+                 "    util = sum(v['util_mean'] for v in gpus.values()) / len(gpus)\n"
+                 "    stranded = sum(v['stranded_mean'] for v in gpus.values()) / len(gpus)\n"
+                 "    print(f\"{kv:7s} SLO {s['overall']['slo_attainment']:.1%}  preemptions \"\n"
+                 "          f\"{runs[kv][2]}  KV util {util:.1%}  stranded {stranded:.1%}\")"),
+        ("code", "fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), sharey=True)\n"
+                 "for ax, kv in zip(axes, ('static', 'pooled')):\n"
+                 "    for g, v in runs[kv][1].items():\n"
+                 "        ax.plot(v['series']['t'], [100 * u for u in v['series']['util']],\n"
+                 "                lw=0.8, label=f'GPU {g}')\n"
+                 "    ax.set_title(f'{kv} KV'); ax.set_xlabel('time (s)'); ax.grid(alpha=0.3)\n"
+                 "axes[0].set_ylabel('KV utilisation (%)'); axes[1].legend(fontsize=7)\n"
+                 "assert set(runs) == {'static', 'pooled'}"),
+    ],
+    "06-scheduler-policies": [
+        ("md", "# Local scheduler policies under overload\n\nThe same plan at 4x its planned "
+               "load, with no local scheduler (every request queues at its engine) and with "
+               "the runtime's FCFS, deadline and adaptive schedulers in front of each engine. "
+               "Rejected requests count as SLO misses."),
+        ("code", SETUP),
+        ("code", "from fineserve.scheduler import SchedulerConfig\n"
+                 "from fineserve.sim.cluster import SimOptions\n"
+                 "plan = make_plan(base, latency)\n"
+                 "hot = scaled(base, 4.0)\n"
+                 "tr = trace_for(hot, seed=4)\n"
+                 "rows = []\n"
+                 "for policy in ('none', 'fcfs', 'deadline', 'adaptive'):\n"
+                 "    sched = None if policy == 'none' else SchedulerConfig(policy=policy)\n"
+                 "    res = simulate(plan, tr, latency, options=SimOptions(scheduler=sched))\n"
+                 "    s = summarize(res.records, {m.name: m.slo for m in hot.models},\n"
+                 "                  max(res.duration_s, DURATION), 'simulate')['overall']\n"
+                 "    rows.append((policy, s['slo_attainment'], s['goodput_rps'], s['drops'],\n"
+                 "                 s['ttft_s']['p99']))\n"
+                 "for r in rows:\n"
+                 "    print(f'{r[0]:9s} SLO {r[1]:.1%}  goodput {r[2]:.1f} req/s  drops {r[3]}'\n"
+                 "          f'  TTFT p99 {r[4]:.2f} s')"),
+        ("code", "fig, ax = plt.subplots(figsize=(6, 3.2))\n"
+                 "ax.bar([r[0] for r in rows], [r[2] for r in rows], color='#4c72b0')\n"
+                 "ax.set_ylabel('goodput (SLO-meeting req/s)'); ax.grid(axis='y', alpha=0.3)\n"
+                 "assert rows[0][3] == 0 and all(0 <= r[1] <= 1 for r in rows)"),
     ],
 }
 
