@@ -3,8 +3,8 @@
 ``RooflineParams`` defaults were fitted once to FineServe's eager-mode apex table. A measured
 profile (another vLLM version, CUDA graphs, another GPU) moves the overheads, the host-launch
 floor and the kernel efficiencies, and differently per weight format. ``calibrate`` refits the
-parameters that matter for each precision (least squares of log(estimate / measured), prefill
-and decode weighted equally, Nelder-Mead over each parameter mapped onto a plausible range);
+parameters that matter for each precision (mean |log(estimate / measured)|, prefill and decode
+weighted equally, Nelder-Mead over each parameter mapped onto a plausible range);
 ``cross_validate`` reports the error on points each fit did not see (k random folds, or one SM
 share held out at a time). ``CalibratedLatency`` answers with the set of the engine's precision.
 Results: docs/calibration.md (``bench/calibrate_estimator.py``).
@@ -76,8 +76,10 @@ def _errors(params: RooflineParams, points: Sequence[LatencyPoint],
 
 def _objective(params: RooflineParams, points: Sequence[LatencyPoint],
                shapes: Sequence[EngineShape]) -> float:  # fmt: skip
-    """Mean squared log error, prefill and decode weighted equally."""
-    err = _errors(params, points, shapes) ** 2
+    """Mean absolute log error, prefill and decode weighted equally. Absolute, not squared:
+    measured prefill tables have cells off by up to 2x (FineServe's apex), and a squared loss
+    bends every other point towards them; the absolute one tracks the median."""
+    err = np.abs(_errors(params, points, shapes))
     loss = 0.0
     for phase in Phase:
         mask = np.array([p.phase is phase for p in points])
@@ -147,7 +149,9 @@ def fit_params(points: Sequence[LatencyPoint], base: RooflineParams | None = Non
         return replace(base, **{n: _from_unit(n, float(v)) for n, v in zip(names, z, strict=True)})
 
     z0 = np.array([_to_unit(n, getattr(base, n)) for n in names])
-    best = nelder_mead(lambda z: _objective(params_at(z), points, shapes), z0, iters)
+    loss = lambda z: _objective(params_at(z), points, shapes)  # noqa: E731
+    best = nelder_mead(loss, z0, iters // 2)
+    best = nelder_mead(loss, best, iters - iters // 2, step=0.1)  # restart: a non-smooth loss
     return params_at(best)
 
 
