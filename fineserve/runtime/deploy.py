@@ -16,6 +16,7 @@ every change for ``fineserve status`` / ``stop``.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import sys
@@ -91,7 +92,7 @@ class Deployment:
         self._stop_reason: str | None = None
         self._phase = Phase.STARTING
         self._error = ""
-        self._deploy_proc = procs.identify(_own_pid())
+        self._deploy_proc = procs.identify(os.getpid())
 
     # ------------------------------------------------------------------ public
     def request_stop(self, reason: str = "stop requested") -> None:
@@ -107,7 +108,10 @@ class Deployment:
         prep = self.prepared or prepare(self.plan, self.opts)
         self.prepared = prep
         for n in prep.notes:
-            self.obs.warn(n) if "recommended" in n else self.obs.note(n)
+            if "recommended" in n:
+                self.obs.warn(n)
+            else:
+                self.obs.note(n)
         self.run_dir.gateway_config.write_text(prep.gateway.model_dump_json(indent=1))
         old = _install_signals(self.request_stop)
         try:
@@ -360,15 +364,7 @@ class Deployment:
             pass
 
 
-def _own_pid() -> int:
-    import os
-
-    return os.getpid()
-
-
 def _gateway_env() -> dict[str, str]:
-    import os
-
     return {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 

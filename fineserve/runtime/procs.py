@@ -103,8 +103,9 @@ def terminate(proc: ProcId, timeout_s: float, popen: subprocess.Popen | None = N
     return True
 
 
-def _kill_leftovers(proc: ProcId) -> None:
-    """The group leader is gone: SIGKILL members it left behind (vLLM's engine core...).
+def _kill_leftovers(proc: ProcId, wait_s: float = 5.0) -> None:
+    """The group leader is gone: SIGKILL members it left behind (vLLM's engine core...) and
+    wait until they are gone, so the caller may report "nothing left running".
 
     While any member lives the kernel keeps the group id, so a process with pid == group id
     that is not ``proc`` means the group is gone and that pid was reused: touch nothing.
@@ -112,16 +113,22 @@ def _kill_leftovers(proc: ProcId) -> None:
     ticks = proc_start_ticks(proc.pid)
     if ticks is not None and ticks != proc.start_ticks:
         return
-    for pid in group_members(proc.pid):
-        if pid != proc.pid:
+    deadline = time.monotonic() + wait_s
+    while True:
+        members = [pid for pid in group_members(proc.pid) if pid != proc.pid]
+        if not members or time.monotonic() > deadline:
+            return
+        for pid in members:
             try:
                 os.kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+        time.sleep(0.05)
 
 
-def group_members(pgid: int) -> list[int]:
-    """Pids whose process group is ``pgid`` (from /proc)."""
+def group_members(pgid: int, zombies: bool = False) -> list[int]:
+    """Pids whose process group is ``pgid`` (from /proc); exited-but-unreaped ones only when
+    ``zombies`` (they hold nothing and vanish when their parent or init reaps them)."""
     out = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -130,7 +137,8 @@ def group_members(pgid: int) -> list[int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        if int(stat[stat.rfind(")") + 2:].split()[2]) == pgid:
+        fields = stat[stat.rfind(")") + 2:].split()
+        if int(fields[2]) == pgid and (zombies or fields[0] != "Z"):
             out.append(int(entry.name))
     return out
 

@@ -79,7 +79,17 @@ def _wait(pred, timeout=60.0):
     return False
 
 
-def _run_in_thread(dep: Deployment):
+@pytest.fixture
+def running():
+    """Deployments started by a test; stopped (and joined) even when the test fails."""
+    started: list[tuple[Deployment, threading.Thread]] = []
+    yield started
+    for dep, t in started:
+        dep.request_stop()
+        t.join(60)
+
+
+def _run_in_thread(dep: Deployment, running: list):
     errors: list[BaseException] = []
 
     def target():
@@ -89,15 +99,16 @@ def _run_in_thread(dep: Deployment):
             errors.append(exc)
     t = threading.Thread(target=target, daemon=True)
     t.start()
+    running.append((dep, t))
     return t, errors
 
 
 @pytest.mark.parametrize("mode,both", [(Mode.MPS, True), (Mode.CPU, False)])
-def test_crash_restarts_its_fault_domain_then_stop_cleans_up(tmp_path, mode, both):
+def test_crash_restarts_its_fault_domain_then_stop_cleans_up(tmp_path, mode, both, running):
     p, opts, prep = _setup(tmp_path, mode)
     dep = Deployment(p, opts, Quiet(), prepared=prep)
     run = RunDir(opts.run_dir)
-    t, errors = _run_in_thread(dep)
+    t, errors = _run_in_thread(dep, running)
     assert _wait(lambda: (s := run.read_state()) is not None and s.phase is Phase.RUNNING), \
         errors
     st = run.read_state()
@@ -136,13 +147,13 @@ def test_engine_that_exits_while_starting_is_one_error_and_nothing_runs(tmp_path
     assert all(e.proc is None for e in st.engines)
 
 
-def test_give_up_after_budget(tmp_path):
+def test_give_up_after_budget(tmp_path, running):
     p, opts, prep = _setup(tmp_path, Mode.CPU)
     opts = replace(opts, restart=RestartPolicy(initial_backoff_s=0.1, max_restarts=1))
     obs = Quiet()
     dep = Deployment(p, opts, obs, prepared=prep)
     run = RunDir(opts.run_dir)
-    t, errors = _run_in_thread(dep)
+    t, errors = _run_in_thread(dep, running)
     assert _wait(lambda: (s := run.read_state()) is not None and s.phase is Phase.RUNNING)
     for _ in range(2):
         assert _wait(lambda: (e := run.read_state().engine("a-0")).proc is not None
