@@ -162,7 +162,8 @@ class EngineSim:
             self._debt = 0.0
         if self.hbm is not None and duration > 0:
             moved = self.weight_bytes + (self.ctx_sum + tokens) * self.kv_token_bytes
-            duration, self._demand = self.hbm.begin(self.gpus, duration, moved)
+            duration, self._demand = self.hbm.begin(self.gpus, duration, moved,
+                                                    self.decoding > 0)
         if self.tracer is not None:
             self.tracer.step(self, now, duration, self.decoding, tokens)
         self._pending = tuple(chunks)

@@ -7,52 +7,58 @@ their decode steps together want more bytes per second than the GPU's HBM delive
   KV cache of every decoding sequence (context tokens x KV bytes per token per rank) - and
   takes ``t_e`` seconds alone (the latency model at e's SM share). Its bandwidth demand while
   it runs is ``d_e = bytes_e / t_e``.
-* At the start of a step, the demand on each of e's GPUs is ``D = d_e + sum of the demands of
-  the other steps in flight there``. The GPU delivers ``C = efficiency x peak HBM bandwidth``.
-  When ``D > C`` the bandwidth is shared in proportion to demand, so e's step stretches by
+* At the start of a step, with demands as fractions of the GPU's peak HBM bandwidth
+  (``u = d / peak``), ``u_self`` for e and ``u_others`` for the other steps in flight on its
+  GPU, the step stretches by the profiler's fitted model (``fineserve.profiles.measure.
+  interference_fit``, issue 5)
 
-      slowdown = max(1, D / C) ** exponent  x  (1 + overhead x other engines in flight)
+      f(u_self, u_others) = (1 + a u_others) x max(1, (u_self + u_others) / capacity)
 
-  (``exponent`` 1 is proportional sharing; ``overhead`` is a per-neighbour cost such as cache
-  thrash, 0 by default). A lone engine always gets slowdown 1: the latency model measured it
-  alone. A TP engine takes the largest slowdown over its GPUs.
+  normalised by ``f(u_self, 0)``: the latency model measured e alone, so a lone engine is
+  never slowed. ``capacity`` is the total demand at which bandwidth saturates and everyone
+  slows in proportion; ``a`` the mild cost of sharing below saturation. Steps with decoders
+  use the decode fit, prefill-only steps the prefill fit. A TP engine takes the largest
+  slowdown over its GPUs.
 * Quasi-static: the slowdown is fixed when a step starts from the steps in flight then; later
   arrivals do not re-stretch it. Steps are short (tens of ms) against request lifetimes, so
   this first-order model is what the calibration targets.
 
-Parameters are placeholders until ``bench/interference_h100.py`` measures co-located engines
-on an H100; ``InterferenceParams.load`` reads its JSON or YAML output (unknown keys are an
-error naming the key).
+Defaults (no sharing cost, saturation at 85% of peak) are placeholders until
+``bench/interference_h100.py`` measures co-located engines on an H100;
+``InterferenceParams.load`` reads its fit (``interference-fit.json``) or a plain JSON/YAML
+mapping ``{a, capacity}`` (both phases) or ``{decode: {a, capacity}, prefill: {...}}``.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fineserve.errors import SpecError
+from fineserve.profiles.measure.interference_fit import FORMAT, InterferenceFit, SlowdownParams
+
+UNCALIBRATED = SlowdownParams(a=0.0, capacity=0.85)
 
 
 @dataclass(frozen=True, slots=True)
 class InterferenceParams:
-    efficiency: float = 0.85  # fraction of peak HBM bandwidth co-located steps draw together
-    exponent: float = 1.0  # slowdown = (demand / capacity) ** exponent above capacity
-    overhead: float = 0.0  # extra fractional slowdown per other engine with a step in flight
+    decode: SlowdownParams = field(default_factory=lambda: UNCALIBRATED)
+    prefill: SlowdownParams = field(default_factory=lambda: UNCALIBRATED)
     source: str = "default (uncalibrated)"  # where the numbers come from
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.efficiency) and 0 < self.efficiency <= 1.5):
-            raise SpecError(f"interference.efficiency: must be in (0, 1.5], got {self.efficiency}")
-        if not (math.isfinite(self.exponent) and self.exponent >= 0):
-            raise SpecError(f"interference.exponent: must be >= 0, got {self.exponent}")
-        if not (math.isfinite(self.overhead) and self.overhead >= 0):
-            raise SpecError(f"interference.overhead: must be >= 0, got {self.overhead}")
+        for phase in ("decode", "prefill"):
+            p = getattr(self, phase)
+            if not (math.isfinite(p.a) and p.a >= 0):
+                raise SpecError(f"interference.{phase}.a: must be >= 0, got {p.a}")
+            if not (p.capacity > 0):
+                raise SpecError(f"interference.{phase}.capacity: must be > 0, got {p.capacity}")
 
     @classmethod
     def load(cls, path: Path) -> InterferenceParams:
-        """Read a parameter file (JSON or YAML mapping of the fields above)."""
+        """Read the profiler's fit or a plain mapping (see the module docstring)."""
         try:
             text = path.read_text()
         except OSError as exc:
@@ -68,43 +74,55 @@ class InterferenceParams:
             raise SpecError(f"interference file {path}: not valid JSON/YAML ({exc})") from None
         if not isinstance(data, dict):
             raise SpecError(f"interference file {path}: expected a mapping of parameters")
-        known = {f.name for f in fields(cls)}
-        for key in data:
-            if key not in known:
-                raise SpecError(f"interference file {path}: unknown key {key!r}",
-                                hint=f"known keys: {', '.join(sorted(known))}")
-        data.setdefault("source", str(path))
-        return cls(**data)
+        if "format" in data and data["format"] == FORMAT:
+            fit = InterferenceFit.load(path)
+            return cls(fit.decode, fit.prefill, f"{path} ({fit.gpu})")
+        phases = data if {"decode", "prefill"} & set(data) else {"decode": data,
+                                                                   "prefill": data}
+        out = {}
+        for phase in ("decode", "prefill"):
+            body = phases.get(phase, {})
+            if not isinstance(body, dict):
+                raise SpecError(f"interference file {path}: {phase} must be a mapping")
+            for key in body:
+                if key not in ("a", "capacity"):
+                    raise SpecError(f"interference file {path}: unknown key {key!r}",
+                                    hint="known keys: a, capacity (optionally under decode / "
+                                         "prefill)")
+            out[phase] = SlowdownParams(float(body.get("a", UNCALIBRATED.a)),
+                                        float(body.get("capacity", UNCALIBRATED.capacity)))
+        return cls(out["decode"], out["prefill"], str(path))
 
 
-def slowdown(own_demand: float, others_demand: float, others: int, capacity: float,
-             params: InterferenceParams) -> float:
-    """Stretch factor (>= 1) of a step whose demand is ``own_demand`` bytes/s while ``others``
-    steps demanding ``others_demand`` in total run on the same GPU of ``capacity`` bytes/s."""
-    if others <= 0:
+def slowdown(u_self: float, u_others: float, params: SlowdownParams) -> float:
+    """Stretch factor (>= 1, exactly 1 with no other step in flight) of a step demanding
+    ``u_self`` of peak bandwidth while the other steps on its GPU demand ``u_others``."""
+    if u_others <= 0:
         return 1.0
-    total = own_demand + others_demand
-    bw = max(1.0, total / capacity) ** params.exponent if capacity > 0 else 1.0
-    return bw * (1.0 + params.overhead * others)
+    return params.slowdown(u_self, u_others) / params.slowdown(u_self, 0.0)
 
 
 class HbmShare:
-    """Demand of the steps in flight on each GPU; engines call ``begin`` / ``end`` per step."""
+    """Demand (fraction of peak) of the steps in flight on each GPU; engines call ``begin`` and
+    ``end`` around each step."""
 
     def __init__(self, peak_bytes_per_s: dict[int, float], params: InterferenceParams) -> None:
         self.params = params
-        self.capacity = {g: bw * params.efficiency for g, bw in peak_bytes_per_s.items()}
+        self.peak = dict(peak_bytes_per_s)
         self.demand = dict.fromkeys(peak_bytes_per_s, 0.0)
         self.active = dict.fromkeys(peak_bytes_per_s, 0)
 
-    def begin(self, gpus: tuple[int, ...], seconds: float, step_bytes: float
+    def begin(self, gpus: tuple[int, ...], seconds: float, step_bytes: float, decoding: bool
               ) -> tuple[float, float]:
-        """Register a step that takes ``seconds`` alone; returns (stretched seconds, demand)."""
+        """Register a step that takes ``seconds`` alone; returns (stretched seconds, demand
+        in bytes/s, to hand back to ``end``)."""
         own = step_bytes / seconds if seconds > 0 else 0.0
+        fit = self.params.decode if decoding else self.params.prefill
         factor = 1.0
         for g in gpus:
-            f = slowdown(own, self.demand[g], self.active[g], self.capacity[g], self.params)
-            factor = max(factor, f)
+            peak = self.peak[g]
+            if self.active[g]:
+                factor = max(factor, slowdown(own / peak, self.demand[g] / peak, fit))
             self.demand[g] += own
             self.active[g] += 1
         return seconds * factor, own
@@ -118,4 +136,4 @@ class HbmShare:
 
     def check_integrity(self) -> None:
         for g, n in self.active.items():
-            assert n >= 0 and self.demand[g] >= -1e-3 * max(1.0, self.capacity[g]), (g, n)
+            assert n >= 0 and self.demand[g] >= -1e-3 * self.peak[g], (g, n, self.demand[g])

@@ -25,7 +25,7 @@ def test_plan_workload_simulate(tmp_path):
     assert data["kv_mode"] == "pooled" and data["kv_per_gpu"]
     # policies, static KV, interference, Chrome trace and KV plot
     ct, png, params = tmp_path / "t.json", tmp_path / "kv.png", tmp_path / "i.json"
-    params.write_text(json.dumps({"efficiency": 0.8}))
+    params.write_text(json.dumps({"a": 0.1, "capacity": 0.8}))
     res = runner.invoke(app, ["simulate", str(plan), str(trace), "--policy", "deadline",
                               "--kv", "static", "--interference", str(params),
                               "--chrome-trace", str(ct), "--plot", str(png), "-o", str(summary)])

@@ -11,6 +11,7 @@ from fineserve.errors import SpecError
 from fineserve.metrics.kv import kv_summary
 from fineserve.metrics.summary import records_frame, summarize
 from fineserve.planner.schema import EnginePlacement, KVMode, Plan, SolveReport
+from fineserve.profiles.measure.interference_fit import InterferenceFit, SlowdownParams
 from fineserve.scheduler import SchedulerConfig
 from fineserve.sim.cluster import SimOptions, simulate
 from fineserve.sim.interference import HbmShare, InterferenceParams, slowdown
@@ -46,23 +47,21 @@ def lone_plan():
 
 
 @settings(max_examples=200, deadline=None)
-@given(own=st.floats(0, 1e13), others=st.floats(0, 1e13), n=st.integers(0, 7),
-       cap=st.floats(1e11, 5e12), exp=st.floats(0, 3), over=st.floats(0, 0.5))
-def test_slowdown_is_at_least_one_and_one_when_alone(own, others, n, cap, exp, over):
-    p = InterferenceParams(exponent=exp, overhead=over)
-    f = slowdown(own, others if n else 0.0, n, cap, p)
-    assert f >= 1.0
-    if n == 0:
-        assert f == 1.0
-    assert slowdown(own, 2 * others + 1, max(n, 1), cap, p) >= slowdown(
-        own, others, max(n, 1), cap, p)  # more neighbour demand, no less slowdown
+@given(us=st.floats(0, 1), uo=st.floats(0, 8), a=st.floats(0, 3), cap=st.floats(0.3, 2.5))
+def test_slowdown_is_at_least_one_and_one_when_alone(us, uo, a, cap):
+    p = SlowdownParams(a=a, capacity=cap)
+    f = slowdown(us, uo, p)
+    assert f >= 1.0 - 1e-12
+    assert slowdown(us, 0.0, p) == 1.0
+    assert slowdown(us, 2 * uo + 0.1, p) >= f - 1e-12  # more neighbour demand, no less
 
 
 def test_proportional_sharing_closed_form():
-    share = HbmShare({0: 1e12}, InterferenceParams(efficiency=1.0))
-    t1, d1 = share.begin((0,), 0.01, 8e9)  # 0.8 TB/s alone: no slowdown
+    fit = SlowdownParams(a=0.0, capacity=1.0)
+    share = HbmShare({0: 1e12}, InterferenceParams(fit, fit))
+    t1, d1 = share.begin((0,), 0.01, 8e9, True)  # 0.8 of peak alone: no slowdown
     assert t1 == 0.01 and d1 == pytest.approx(8e11)
-    t2, d2 = share.begin((0,), 0.01, 8e9)  # 1.6 TB/s wanted of 1 TB/s
+    t2, d2 = share.begin((0,), 0.01, 8e9, True)  # 1.6 x peak wanted
     assert t2 == pytest.approx(0.016)
     share.end((0,), d1)
     share.end((0,), d2)
@@ -73,7 +72,8 @@ def test_interference_never_speeds_up_and_leaves_a_lone_engine_alone():
     trace = generate([ModelLoad("a", Poisson(15), FixedLengths(300, 100)),
                       ModelLoad("b", Poisson(15), FixedLengths(300, 100))], 20, 1)
     plan = shared_gpu_plan(kv_mode=KVMode.STATIC, floors=(20 * GIB, 20 * GIB))
-    on = SimOptions(interference=InterferenceParams(efficiency=0.3))
+    tight = SlowdownParams(a=0.5, capacity=0.3)
+    on = SimOptions(interference=InterferenceParams(tight, tight))
     base = records_frame(simulate(plan, trace, FakeLatency()).records)
     slow = records_frame(simulate(plan, trace, FakeLatency(), options=on).records)
     assert slow.e2e_s.mean() > base.e2e_s.mean()
@@ -84,16 +84,21 @@ def test_interference_never_speeds_up_and_leaves_a_lone_engine_alone():
     assert [r.finished_s for r in a.records] == [r.finished_s for r in b.records]
 
 
-def test_interference_file_errors_name_the_key(tmp_path):
+def test_interference_files_plain_and_profiler_fit(tmp_path):
     f = tmp_path / "p.json"
-    f.write_text(json.dumps({"efficiency": 0.7, "exponent": 1.2}))
+    f.write_text(json.dumps({"a": 0.2, "capacity": 0.9}))
     p = InterferenceParams.load(f)
-    assert p.efficiency == 0.7 and p.source == str(f)
-    f.write_text(json.dumps({"efficency": 0.7}))
-    with pytest.raises(SpecError, match="unknown key 'efficency'"):
+    assert p.decode == p.prefill == SlowdownParams(0.2, 0.9) and p.source == str(f)
+    fit = InterferenceFit("H100-SXM-80GB", SlowdownParams(0.3, 1.1, 12, 0.05),
+                          SlowdownParams(0.1, 1.4, 12, 0.08))
+    fit.save(tmp_path / "fit.json")
+    q = InterferenceParams.load(tmp_path / "fit.json")
+    assert q.decode.a == 0.3 and q.prefill.capacity == 1.4 and "H100" in q.source
+    f.write_text(json.dumps({"alpha": 0.7}))
+    with pytest.raises(SpecError, match="unknown key 'alpha'"):
         InterferenceParams.load(f)
-    f.write_text(json.dumps({"efficiency": -1}))
-    with pytest.raises(SpecError, match="interference.efficiency"):
+    f.write_text(json.dumps({"capacity": -1}))
+    with pytest.raises(SpecError, match="interference.decode.capacity"):
         InterferenceParams.load(f)
 
 
