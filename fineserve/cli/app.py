@@ -7,6 +7,7 @@ import typer
 from fineserve.cli import (
     models_cmd,
     plan_cmd,
+    profile_cmd,
     profiles_cmd,
     replay_cmd,
     simulate_cmd,
@@ -21,6 +22,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.command("plan")(plan_cmd.plan)
+app.command("profile")(profile_cmd.profile)
 app.command("models")(models_cmd.models)
 app.command("workload")(workload_cmd.workload)
 app.command("replay")(replay_cmd.replay)
