@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from fineserve.cli import (
+    deploy_cmd,
     models_cmd,
     plan_cmd,
     profile_cmd,
@@ -28,6 +29,9 @@ app.command("workload")(workload_cmd.workload)
 app.command("replay")(replay_cmd.replay)
 app.command("simulate")(simulate_cmd.simulate)
 app.command("compare")(simulate_cmd.compare)
+app.command("deploy")(deploy_cmd.deploy)
+app.command("status")(deploy_cmd.status)
+app.command("stop")(deploy_cmd.stop)
 app.add_typer(profiles_cmd.app, name="profiles")
 
 
