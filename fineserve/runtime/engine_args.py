@@ -127,8 +127,10 @@ def _env(engine: EnginePlacement, gpu: GpuBinding, opts: DeployOptions
         # engines then share one core. Unpinned, the OS spreads them (CPU "time slicing").
         env["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
     elif opts.mode is Mode.MPS:
-        # UUIDs, as NVIDIA recommends for MPS clients: indices would be remapped by the server
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu.uuids)
+        # The group's daemon runs with CUDA_VISIBLE_DEVICES = the group's UUIDs, and a client's
+        # device list is remapped relative to it, so clients use 0..n-1. Not UUIDs: vLLM (0.26)
+        # parses every CUDA_VISIBLE_DEVICES entry with int() to find the NVML device.
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(len(gpu.uuids)))
         env["CUDA_MPS_PIPE_DIRECTORY"] = gpu.mps_pipe_dir
         env["CUDA_MPS_LOG_DIRECTORY"] = gpu.mps_log_dir
         env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(engine.sm_pct)

@@ -70,7 +70,7 @@ def test_mps_env_sets_share_pipe_and_uuid(tmp_path):
     x, _ = _launch(tmp_path, mode=Mode.MPS)
     env = x.full_env({"CUDA_VISIBLE_DEVICES": "3", "CUDA_MPS_PIPE_DIRECTORY": "/tmp/other",
                       "PATH": "/bin"})
-    assert env["CUDA_VISIBLE_DEVICES"] == "GPU-aaaa"
+    assert env["CUDA_VISIBLE_DEVICES"] == "0"  # relative to the daemon, never a UUID
     assert env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] == "40"
     assert env["CUDA_MPS_PIPE_DIRECTORY"] == "/run/mps/gpu0"
     assert env["CUDA_MPS_LOG_DIRECTORY"] == "/run/logs/mps-gpu0"
