@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# One GPU-host session's steps, run after the vLLM bundle is installed (../shared/device):
+#   bash bench/gpu_session.sh STEP [STEP ...]     steps: env deploy deploy-quick kvslab
+#                                                 interference profile
+# Each step runs under its own time limit, keeps going when another fails, and copies its
+# results to $OUT (at most 8 files per call come back; each step writes at most 4).
+# Missing pure-Python dependencies of fineserve travel as wheels in .whl/ and are installed
+# into /tmp/extra, consulted after the host's own packages.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/fs-out}; mkdir -p "$OUT"
+[ -f /tmp/site/env.sh ] && . /tmp/site/env.sh
+export PYTHONPATH=$PWD:${PYTHONPATH:-}:/tmp/extra PYTHONUNBUFFERED=1
+PY=${PY:-python3}
+
+prep() {
+  [ -f /tmp/extra/.done ] && return
+  mkdir -p /tmp/extra
+  local need=()
+  for pair in aiohttp:aiohttp multidict:multidict yarl:yarl frozenlist:frozenlist \
+      aiosignal:aiosignal propcache:propcache aiohappyeyeballs:aiohappyeyeballs attr:attrs \
+      prometheus_client:prometheus_client uvloop:uvloop rich:rich markdown_it:markdown_it_py \
+      mdurl:mdurl pygments:pygments yaml:pyyaml pynvml:nvidia_ml_py; do
+    mod=${pair%%:*}; whl=${pair##*:}
+    $PY -c "import $mod" 2>/dev/null || need+=(.whl/${whl}-*.whl)
+  done
+  if [ ${#need[@]} -gt 0 ]; then
+    echo "installing into /tmp/extra: ${need[*]}"
+    $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/extra "${need[@]}"
+  fi
+  touch /tmp/extra/.done
+}
+
+step() {  # step NAME LIMIT_S COMMAND...
+  local name=$1 limit=$2; shift 2
+  echo "=== $name (limit ${limit}s) $(date +%T)"
+  local t0=$(date +%s)
+  timeout --kill-after=15 "$limit" "$@" > "/tmp/step-$name.log" 2>&1
+  local rc=$?
+  echo "=== $name rc=$rc in $(( $(date +%s) - t0 ))s"
+  tail -25 "/tmp/step-$name.log"
+  cp "/tmp/step-$name.log" "$OUT/$name.log"
+}
+
+prep
+for s in "$@"; do
+  case $s in
+    env) step env 120 bash -c "nvidia-smi --query-gpu=name,driver_version,memory.total,compute_mode \
+           --format=csv; $PY -c 'import vllm, torch, aiohttp, prometheus_client, pydantic, yaml, \
+           rich, typer, pandas, pynvml; print(\"vllm\", vllm.__version__, \"torch\", torch.__version__)'; \
+           $PY -m fineserve.cli.app plan | tail -5" ;;
+    deploy|deploy-quick)
+      flag=""; [ "$s" = deploy-quick ] && flag="--quick"
+      step "$s" "${DEPLOY_LIMIT:-560}" $PY bench/deploy_h100.py $flag ${DEPLOY_ARGS:-} \
+           --out /tmp/fs-deploy/deploy_h100
+      cp /tmp/fs-deploy/deploy_h100.* "$OUT/" 2>/dev/null
+      tar czf "$OUT/deploy-logs.tgz" -C /tmp fineserve-bench-deploy 2>/dev/null ;;
+    kvslab)
+      step kvslab "${KVSLAB_LIMIT:-300}" $PY bench/kvslab_gpu.py --quick ${KVSLAB_ARGS:---vllm} \
+           --out /tmp/fs-kvslab
+      cp /tmp/fs-kvslab/*.json "$OUT/" 2>/dev/null ;;
+    interference)
+      step interference "${INTF_LIMIT:-260}" $PY bench/interference_h100.py \
+           --scenarios pair-50-50,triple-33 --batch 16 --probe-tokens 512 --phase-s 8 \
+           --out /tmp/fs-intf --budget-s "${INTF_BUDGET:-190}"
+      cp /tmp/fs-intf/interference* "$OUT/" 2>/dev/null ;;
+    profile)
+      step profile "${PROFILE_LIMIT:-420}" $PY bench/profile_h100.py --model llama-3.1-8b \
+           --precisions "${PROFILE_PRECISIONS:-bf16}" --sm 100,50,30 \
+           --prefill-tokens 128,512,2048 --prefill-batches 1,4 --decode-batches 1,8,32 \
+           --decode-contexts 256,1024 --repeats 3 --out /tmp/fs-prof \
+           --budget-s "${PROFILE_BUDGET:-330}"
+      mkdir -p "$OUT/profile"
+      find /tmp/fs-prof -type f \( -name '*.csv' -o -name '*.jsonl' -o -name '*.json' \) \
+           -exec cp {} "$OUT/profile/" \; ;;
+    *) echo "unknown step $s"; exit 2 ;;
+  esac
+done
