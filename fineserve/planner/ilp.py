@@ -30,6 +30,8 @@ Constraints (numbers as in constraints.py)
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 from dataclasses import dataclass
 
@@ -37,6 +39,7 @@ from fineserve.errors import PlanInfeasible
 from fineserve.planner.assemble import Choice, assemble_plan
 from fineserve.planner.bounds import cost_lower_bound, headroom_upper_bound
 from fineserve.planner.builder import Builder, SolveResult, make_builder
+from fineserve.planner.configuration import configuration_bound
 from fineserve.planner.constraints import (
     ALL_FAMILIES,
     FRACTION_SCALE,
@@ -46,6 +49,7 @@ from fineserve.planner.constraints import (
 )
 from fineserve.planner.options import EngineOption
 from fineserve.planner.packing import relax_and_pack
+from fineserve.planner.rounding import rounded_plan
 from fineserve.planner.schema import Instance, Objective, Plan, SolveReport, StageReport
 from fineserve.planner.symmetry import canonical_plan
 from fineserve.planner.variables import (
@@ -118,10 +122,20 @@ def solve_ilp(
         b.hint(_hint_from_plan(bm, warm_start))
     stages: list[StageReport] = []
     snapshot: Plan | None = None  # plan of the last successful stage
+    bounds: dict[str, float] = {}  # stage -> valid external bound, ILP units
+    pool: tuple = ()  # configuration-LP columns, reused by the next bound
     if all_placed:
         pin_all_placed(b, d, v)
-        lb = cost_lower_bound(d, 0.1 * limit, st.num_workers)
+        lb = cost_lower_bound(d, AGGREGATE_SHARE * limit, st.num_workers)
         b.add(gpu_cost(b, d, v) >= lb, "cut[cost>=aggregate]")
+        config = configuration_bound(d, seconds=CONFIG_SHARE * limit)
+        if config.value > lb:
+            b.add(gpu_cost(b, d, v) >= config.value, "cut[cost>=configuration]")
+        bounds["cost"] = _achievable_cost(d, max(lb, config.value))
+        pool = config.pool
+        better = _rounded_start(d, config.pool, warm_start, bounds["cost"], ROUNDING_SHARE * limit)
+        if better is not None:
+            b.hint(_hint_from_plan(bm, better))
     else:
         res = _stage(bm, "placed-traffic", "max", placed_traffic(b, d, v), deadline, 1 / 3,
                      FRACTION_SCALE, stages)
@@ -134,9 +148,14 @@ def solve_ilp(
         if name == "headroom" and all_placed:
             cost_cap = (round(stages[-1].objective / d.cost_unit * 1000) if stages
                         else sum(d.cost.values()))
-            ub = headroom_upper_bound(d, cost_cap, 0.1 * limit, st.num_workers)
+            ub = headroom_upper_bound(d, cost_cap, AGGREGATE_SHARE * limit, st.num_workers)
             b.add(v.H <= ub, "cut[H<=aggregate]")
-        res = _run_named(bm, name, deadline, share, stages)
+            cfg = configuration_bound(d, headroom=True, cost_cap=cost_cap,
+                                      seconds=CONFIG_SHARE * limit, extra=pool).value
+            if cfg < ub:
+                b.add(v.H <= cfg, "cut[H<=configuration]")
+            bounds["headroom"] = min(ub, cfg)
+        res = _run_named(bm, name, deadline, share, stages, bounds.get(name))
         if not res.has_solution:
             if snapshot is None:
                 return _fallback(inst, warm_start, stages, backend, t0, limit)
@@ -158,10 +177,44 @@ def _with_report(plan: Plan, report: SolveReport) -> Plan:
 
 
 MAX_PLACEMENT_VARS = 60_000  # above this the full model does not presolve in a minute
+AGGREGATE_SHARE = 0.1  # of the time limit, per aggregated bound (bounds.py)
+CONFIG_SHARE = 0.2  # of the time limit, per configuration-LP bound (configuration.py)
+ROUNDING_SHARE = 0.1  # of the time limit, for a warm start rounded from its columns
+
+
+def _achievable_cost(d: IlpData, lb: float) -> float:
+    """Round a cost lower bound up to the next cost a set of GPUs can have (exact when every
+    GPU costs the same, the common case; otherwise the bound as is)."""
+    costs = set(d.cost.values())
+    if len(costs) == 1:
+        c = costs.pop()
+        return -(-int(math.ceil(lb)) // c) * c
+    return lb
 
 
 def _x_count(d: IlpData) -> int:
     return sum(len(d.groups_for(o)) for opts in d.options.values() for o in opts)
+
+
+def _rounded_start(d: IlpData, pool, warm: Plan | None, lower: float, seconds: float
+                   ) -> Plan | None:
+    """A plan cheaper than the warm start from the configuration LP's columns, if one packs
+    (rounding.py); None when the warm start already meets the lower bound."""
+    cap = sum(d.cost.values()) if warm is None else round(warm.cost / d.cost_unit * 1000) - 1
+    if cap < lower:
+        return None
+    st = d.inst.settings
+    placed = rounded_plan(d, pool, cost_cap=cap, seconds=seconds, workers=st.num_workers)
+    if placed is None:
+        return None
+    return _placed_plan(d, placed, SolveReport("ilp-rounding", "FEASIBLE", 0.0))
+
+
+def _placed_plan(d: IlpData, placed, report: SolveReport) -> Plan:
+    choices = [Choice(d.options[m][i], u) for m, i, u, _ in placed]
+    rates = [f / MILLI for *_, f in placed] if d.pooled else None
+    placed_rps = {m.name: m.rate_rps for m in d.inst.models}
+    return assemble_plan(d.inst, choices, placed_rps, report, d.options, rates)
 
 
 def _relax_and_pack(d: IlpData, t0: float, deadline: float, limit: float) -> Plan | None:
@@ -181,10 +234,7 @@ def _relax_and_pack(d: IlpData, t0: float, deadline: float, limit: float) -> Pla
     status = "OPTIMAL" if all(p.optimal for p in pstages) else "FEASIBLE"
     report = SolveReport("ilp-ortools", status, time.perf_counter() - t0, stages,
                          "relax-and-pack: aggregated ILP + packing")
-    choices = [Choice(d.options[m][i], u) for m, i, u, _ in placed]
-    rates = [f / MILLI for *_, f in placed] if d.pooled else None
-    placed_rps = {m.name: m.rate_rps for m in d.inst.models}
-    return assemble_plan(d.inst, choices, placed_rps, report, d.options, rates)
+    return _placed_plan(d, placed, report)
 
 
 def _stage_order(obj: Objective) -> tuple[str, ...]:
@@ -197,13 +247,13 @@ def _stage_order(obj: Objective) -> tuple[str, ...]:
 
 
 def _run_named(bm: BuiltModel, name: str, deadline: float, share: float,
-               stages: list[StageReport]) -> SolveResult:
+               stages: list[StageReport], known: float | None = None) -> SolveResult:
     b, d, v = bm.b, bm.d, bm.v
     if name == "cost":
         return _stage(bm, "cost", "min", gpu_cost(b, d, v), deadline, share,
-                      1000 / d.cost_unit, stages)
+                      1000 / d.cost_unit, stages, known)
     if name == "headroom":
-        return _stage(bm, "headroom", "max", v.H, deadline, share, H_SCALE, stages)
+        return _stage(bm, "headroom", "max", v.H, deadline, share, H_SCALE, stages, known)
     # user cost units per unit of headroom, in the ILP's cheapest-GPU units x 1000
     w = round(bm.d.inst.settings.headroom_weight / d.cost_unit * 1000)
     expr = H_SCALE * gpu_cost(b, d, v) - w * v.H
@@ -212,8 +262,10 @@ def _run_named(bm: BuiltModel, name: str, deadline: float, share: float,
 
 
 def _stage(bm: BuiltModel, name: str, sense: str, expr, deadline: float, share: float,
-           unit: float, stages: list[StageReport]) -> SolveResult:
-    """Solve one objective, record it, then pin it so later stages keep it."""
+           unit: float, stages: list[StageReport], known: float | None = None) -> SolveResult:
+    """Solve one objective, record it, then pin it so later stages keep it. ``known`` is a
+    valid bound from outside the solver (bounds.py, configuration.py): the reported bound is
+    the tighter of it and the solver's, and meeting it proves the stage optimal."""
     b = bm.b
     (b.maximize if sense == "max" else b.minimize)(expr)
     budget = max(0.5, (deadline - time.perf_counter()) * share)
@@ -221,7 +273,13 @@ def _stage(bm: BuiltModel, name: str, sense: str, expr, deadline: float, share: 
     if not res.has_solution:
         stages.append(StageReport(name, res.status, float("nan"), float("nan"), res.seconds))
         return res
-    stages.append(StageReport(name, res.status, res.objective / unit, res.bound / unit,
+    bound = _tighter(sense, res.bound, known)
+    met = bound == bound and (res.objective <= bound + 1e-6 if sense == "min"
+                              else res.objective >= bound - 1e-6)
+    if res.status == "FEASIBLE" and met:
+        res = dataclasses.replace(res, status="OPTIMAL", bound=res.objective)
+        bound = res.objective
+    stages.append(StageReport(name, res.status, res.objective / unit, bound / unit,
                               res.seconds))
     pinned = round(res.objective)
     b.add(expr >= pinned if sense == "max" else expr <= pinned, f"pin[{name}]")
@@ -229,6 +287,14 @@ def _stage(bm: BuiltModel, name: str, sense: str, expr, deadline: float, share: 
     values[bm.v.H] = _best_h(bm, values)  # H is free until its own stage: hint its best
     b.hint(values)
     return res
+
+
+def _tighter(sense: str, solver_bound: float, known: float | None) -> float:
+    """The better of the solver's bound and an external one (nan when neither is known)."""
+    vals = [x for x in (solver_bound, known) if x is not None and x == x]
+    if not vals:
+        return math.nan
+    return max(vals) if sense == "min" else min(vals)
 
 
 def _best_h(bm: BuiltModel, values: dict) -> int:

@@ -1,0 +1,93 @@
+"""A primal plan from the configuration LP's columns (price-and-branch, then packing).
+
+Column generation (configuration.py) leaves a pool of single-GPU configurations that fit
+together well. An integer programme over that pool picks whole GPUs: integer counts lambda_c
+covering every model's capacity, traffic and replica floor, with the ranks of each TP-t option
+a multiple of t (whole engines), at least cost. The engine counts and traffic it implies go to
+the packer (packing.py), which places them on aligned TP groups under every per-GPU row of the
+full ILP. A packed plan is feasible for the ILP and serves as its warm start; it is no bound.
+"""
+
+from __future__ import annotations
+
+from ortools.sat.python import cp_model
+
+from fineserve.planner.bounds import gpu_groups, solve
+from fineserve.planner.configuration import Column, replicas
+from fineserve.planner.packing import Aggregate, Placed, pack
+from fineserve.planner.variables import MILLI, IlpData
+
+L = 8  # every TP degree divides this: rank contributions become integers
+
+
+def round_columns(d: IlpData, pool: tuple[Column, ...], *, cost_cap: int | None,
+                  seconds: float, workers: int) -> Aggregate | None:
+    """Engine counts and traffic per option from the cheapest integer mix of ``pool``
+    (None if the pool has no mix within ``cost_cap`` in time)."""
+    if not pool:
+        return None
+    model = cp_model.CpModel()
+    size = {k: len(ids) for k, ids in gpu_groups(d).items()}
+    lam = {c: model.new_int_var(0, size[c.cls], "") for c in pool}
+    cov: dict[str, list] = {m: [] for m in d.models}
+    flow: dict[str, list] = {m: [] for m in d.models}
+    rep: dict[str, list] = {m: [] for m in d.models}
+    ranks: dict[tuple[str, int], list] = {}
+    traffic: dict[tuple[str, int], list] = {}
+    for c, var in lam.items():
+        for m, i, phi in c.ranks:
+            share = L // d.options[m][i].tp
+            cov[m].append(share * d.mu[m, i] * var)
+            flow[m].append(share * phi * var)
+            rep[m].append(share * var)
+            ranks.setdefault((m, i), []).append(var)
+            traffic.setdefault((m, i), []).append(share * phi * var)
+    for m in d.models:
+        model.add(MILLI * sum(cov[m]) >= L * d.h_min * d.lam[m])
+        if d.pooled:
+            model.add(sum(flow[m]) >= L * d.lam[m])
+        model.add(sum(rep[m]) >= L * replicas(d, m))
+    engines = {}
+    for key, rs in ranks.items():
+        t = d.options[key[0]][key[1]].tp
+        engines[key] = model.new_int_var(0, len(d.gpus) // t, "")
+        model.add(sum(rs) == t * engines[key])  # whole engines
+    cost = sum(c.cls[1] * var for c, var in lam.items())
+    if cost_cap is not None:
+        model.add(cost <= cost_cap)
+    model.minimize(cost)
+    s, status = solve(model, seconds, workers)
+    if status not in ("OPTIMAL", "FEASIBLE"):
+        return None
+    counts = {k: s.value(v) for k, v in engines.items() if s.value(v) > 0}
+    # traffic of an option: its ranks' share, at most what the engines can carry
+    flows = {k: min(d.mu[k] * counts[k], sum(s.value(x) for x in traffic[k]) // L)
+             for k in counts} if d.pooled else {}
+    _trim_flows(d, counts, flows)
+    return Aggregate(round(s.objective_value), round(s.best_objective_bound), counts, flows)
+
+
+def _trim_flows(d: IlpData, counts: dict, flows: dict) -> None:
+    """Columns may carry more traffic than offered: scale each model's flows down to its rate
+    (less KV to place), keeping integers that sum exactly to it."""
+    if not d.pooled:
+        return
+    for m in d.models:
+        keys = [k for k in counts if k[0] == m]
+        total = sum(flows[k] for k in keys)
+        if total <= d.lam[m] or total == 0:
+            continue
+        left = d.lam[m]
+        for j, k in enumerate(keys):
+            share = left if j == len(keys) - 1 else flows[k] * d.lam[m] // total
+            share = min(share, d.mu[k] * counts[k], left)
+            flows[k], left = share, left - share
+
+
+def rounded_plan(d: IlpData, pool: tuple[Column, ...], *, cost_cap: int | None,
+                 seconds: float, workers: int) -> Placed | None:
+    """Round the pool (half the time) and pack the result (the rest)."""
+    agg = round_columns(d, pool, cost_cap=cost_cap, seconds=seconds / 2, workers=workers)
+    if agg is None:
+        return None
+    return pack(d, agg, d.h_min, seconds / 2, workers, cost_cap=cost_cap)
