@@ -9,7 +9,7 @@ lengths around ShareGPT means, and bisect for the largest s whose overall SLO at
     python bench/capacity_sweep.py [--duration 120] [--time-limit 15] [--interference on|FILE]
                                    [--only ilp,static] [--out docs/capacity-sweep]
 
-``ffd-probe`` is not a planner method: a first-fit-decreasing packing over the planner's own
+``ffd-probe`` is not a planner method: a worst-fit-decreasing packing over the planner's own
 engine options, validated by its validator - a witness of what the ILP's model allows.
 
 Pooled plans are simulated with the KV Slab pool (the runtime's policy). HBM interference
@@ -42,7 +42,7 @@ METHODS = ("ilp", "static", "muxserve", "kv-pressure", "ffd-probe")
 
 
 def ffd_probe(inst, latency):
-    """Feasibility witness, not a planner method: first-fit-decreasing packing over the same
+    """Feasibility witness, not a planner method: worst-fit-decreasing packing over the same
     engine options (MPS shares, pooled KV floors), validated by the planner's validator.
     Each model's engines use its option with the most capacity per unit of the scarcer GPU
     resource (SM share or memory incl. its KV floor); the last engine the cheapest option
@@ -75,17 +75,21 @@ def ffd_probe(inst, latency):
     used = {g.gpu_id: [0.0, 0.0, set()] for g in inst.cluster.gpus}  # sm, memory share, models
     choices, rates = [], []
     for o, r in sorted(engines, key=lambda x: (-x[0].tp, -size(*x))):
-        for grp in tp_groups(inst.cluster, o.tp):
-            if all(used[g][0] + o.sm_pct <= 100 and used[g][1] + mem_share(o, r) <= 1
-                   and len(used[g][2]) < st.max_engines_per_gpu and o.model not in used[g][2]
-                   for g in grp.gpus):
-                for g in grp.gpus:
-                    used[g][0] += o.sm_pct
-                    used[g][1] += mem_share(o, r)
-                    used[g][2].add(o.model)
-                choices.append(Choice(o, grp))
-                rates.append(r)
-                break
+        fits = [grp for grp in tp_groups(inst.cluster, o.tp)
+                if all(used[g][0] + o.sm_pct <= 100 and used[g][1] + mem_share(o, r) <= 1
+                       and len(used[g][2]) < st.max_engines_per_gpu
+                       and o.model not in used[g][2] for g in grp.gpus)]
+        if not fits:
+            continue
+        # worst fit: the group with the most of its scarcer resource left, spreading the load
+        # over the whole budget as the ILP's max-headroom objective does
+        grp = min(fits, key=lambda u: max(max(used[g][0] / 100, used[g][1]) for g in u.gpus))
+        for g in grp.gpus:
+            used[g][0] += o.sm_pct
+            used[g][1] += mem_share(o, r)
+            used[g][2].add(o.model)
+        choices.append(Choice(o, grp))
+        rates.append(r)
     placed = {m.name: m.rate_rps for m in inst.models}
     plan = assemble_plan(inst, choices, placed, SolveReport("ffd-probe", "HEURISTIC", 0.0),
                          opts, rates)
