@@ -100,8 +100,10 @@ def add_engine_limit(b: Builder, d: IlpData, v: PlacementVars) -> int:
 
 
 def add_symmetry(b: Builder, d: IlpData, v: PlacementVars) -> int:
-    """(9) identical GPUs are used in order inside a node, and identical nodes in order of use.
-    Valid because aligned power-of-two TP groups can always be repacked into a prefix."""
+    """(9) identical GPUs are used in order inside a node; across consecutive identical nodes
+    of power-of-two size the used GPUs form one prefix (y[last of n1] >= y[first of n2]),
+    otherwise identical nodes are ordered by use. Valid because aligned power-of-two TP groups
+    can always be repacked that way (symmetry.py does it to warm starts)."""
     by_node: dict[str, list[int]] = {}
     for g in d.gpus:
         by_node.setdefault(g.node, []).append(g.gpu_id)
@@ -110,7 +112,11 @@ def add_symmetry(b: Builder, d: IlpData, v: PlacementVars) -> int:
             b.add(v.y[a] >= v.y[c], f"order[gpu{a}]")
     nodes = d.inst.cluster.nodes
     for n1, n2 in zip(nodes, nodes[1:], strict=False):
-        if n1.gpu == n2.gpu and n1.num_gpus == n2.num_gpus and n1.cost_per_gpu == n2.cost_per_gpu:
+        if n1.gpu != n2.gpu or n1.num_gpus != n2.num_gpus or n1.cost_per_gpu != n2.cost_per_gpu:
+            continue
+        if n1.num_gpus & (n1.num_gpus - 1) == 0:
+            b.add(v.y[by_node[n1.name][-1]] >= v.y[by_node[n2.name][0]], f"order[{n2.name}]")
+        else:
             b.add(b.total(v.y[g] for g in by_node[n1.name])
                   >= b.total(v.y[g] for g in by_node[n2.name]), f"order[{n2.name}]")
     return 0

@@ -151,7 +151,7 @@ def solve_ilp(
             ub = headroom_upper_bound(d, cost_cap, AGGREGATE_SHARE * limit, st.num_workers)
             b.add(v.H <= ub, "cut[H<=aggregate]")
             cfg = configuration_bound(d, headroom=True, cost_cap=cost_cap,
-                                      seconds=CONFIG_SHARE * limit, extra=pool).value
+                                      seconds=CONFIG_H_SHARE * limit, extra=pool).value
             if cfg < ub:
                 b.add(v.H <= cfg, "cut[H<=configuration]")
             bounds["headroom"] = min(ub, cfg)
@@ -177,9 +177,13 @@ def _with_report(plan: Plan, report: SolveReport) -> Plan:
 
 
 MAX_PLACEMENT_VARS = 60_000  # above this the full model does not presolve in a minute
-AGGREGATE_SHARE = 0.1  # of the time limit, per aggregated bound (bounds.py)
-CONFIG_SHARE = 0.2  # of the time limit, per configuration-LP bound (configuration.py)
-ROUNDING_SHARE = 0.1  # of the time limit, for a warm start rounded from its columns
+# Shares of the time limit for the bounds and the rounded warm start. The configuration LP's
+# cost bound gets the most: it is what can prove the GPU count. Its headroom bound reuses
+# the columns and needs less.
+AGGREGATE_SHARE = 0.08  # per aggregated bound (bounds.py)
+CONFIG_SHARE = 0.2  # configuration-LP cost bound (configuration.py)
+CONFIG_H_SHARE = 0.1  # configuration-LP headroom bound
+ROUNDING_SHARE = 0.08  # warm start rounded from the configuration LP's columns
 
 
 def _achievable_cost(d: IlpData, lb: float) -> float:
