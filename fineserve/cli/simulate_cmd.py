@@ -119,12 +119,17 @@ def compare(
     duration: Annotated[float, typer.Option(help="Seconds of generated trace.")] = 120.0,
     plot: Annotated[Path | None, typer.Option(help="Write a PNG bar chart here.")] = None,
     time_limit: Annotated[float | None, typer.Option("--time-limit")] = None,
+    policy: Annotated[str, typer.Option(help="Local scheduler (see simulate).")] = "none",
+    kv: Annotated[str, typer.Option(help="KV memory (see simulate).")] = "plan",
+    interference: Annotated[str, typer.Option(
+        help="HBM interference: off, on or a parameter file (see simulate).")] = "off",
 ) -> None:
     """Plan with the ILP and every baseline, simulate each on one trace, compare."""
-    run_guarded(lambda: _compare(spec, trace, duration, plot, time_limit))
+    run_guarded(lambda: _compare(spec, trace, duration, plot, time_limit,
+                                 sim_options(policy, kv, interference)))
 
 
-def _compare(spec, trace_path, duration, plot, time_limit) -> None:
+def _compare(spec, trace_path, duration, plot, time_limit, opts) -> None:
     from dataclasses import replace
 
     from fineserve.metrics.summary import summarize
@@ -154,7 +159,7 @@ def _compare(spec, trace_path, duration, plot, time_limit) -> None:
     for method in PLAN_METHODS:
         with err.status(f"{method}: planning and simulating..."):
             plan = make_plan(inst, latency, method=method, options=options)
-            result = run(plan, trace, latency)
+            result = run(plan, trace, latency, options=opts)
         s = summarize(result.records, slos, max(result.duration_s, trace.duration_s),
                       "simulate")
         worst = min(g.get("slo_attainment", 0) for g in s["per_model"].values())
