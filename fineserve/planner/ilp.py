@@ -144,17 +144,19 @@ def solve_ilp(
         snapshot = _extract(bm, _report(backend, stages, t0))
     order = _stage_order(st.objective)
     for k, name in enumerate(order):
-        share = 1.0 if k == len(order) - 1 else 0.5
+        share = 1.0 if k == len(order) - 1 else FIRST_STAGE_SHARE
         if name == "headroom" and all_placed:
             cost_cap = (round(stages[-1].objective / d.cost_unit * 1000) if stages
                         else sum(d.cost.values()))
             ub = headroom_upper_bound(d, cost_cap, AGGREGATE_SHARE * limit, st.num_workers)
             b.add(v.H <= ub, "cut[H<=aggregate]")
-            cfg = configuration_bound(d, headroom=True, cost_cap=cost_cap,
-                                      seconds=CONFIG_H_SHARE * limit, extra=pool).value
+            config_h = configuration_bound(d, headroom=True, cost_cap=cost_cap,
+                                           seconds=CONFIG_H_SHARE * limit, extra=pool)
+            cfg, pool = config_h.value, config_h.pool
             if cfg < ub:
                 b.add(v.H <= cfg, "cut[H<=configuration]")
             bounds["headroom"] = min(ub, cfg)
+            _hint_rounded_headroom(bm, pool, cost_cap, ROUNDING_SHARE * limit, snapshot)
         res = _run_named(bm, name, deadline, share, stages, bounds.get(name))
         if not res.has_solution:
             if snapshot is None:
@@ -184,6 +186,7 @@ AGGREGATE_SHARE = 0.08  # per aggregated bound (bounds.py)
 CONFIG_SHARE = 0.2  # configuration-LP cost bound (configuration.py)
 CONFIG_H_SHARE = 0.1  # configuration-LP headroom bound
 ROUNDING_SHARE = 0.08  # warm start rounded from the configuration LP's columns
+FIRST_STAGE_SHARE = 0.35  # of what is left, for the first of two stages (the rest: second)
 
 
 def _achievable_cost(d: IlpData, lb: float) -> float:
@@ -212,6 +215,20 @@ def _rounded_start(d: IlpData, pool, warm: Plan | None, lower: float, seconds: f
     if placed is None:
         return None
     return _placed_plan(d, placed, SolveReport("ilp-rounding", "FEASIBLE", 0.0))
+
+
+def _hint_rounded_headroom(bm: BuiltModel, pool, cost_cap: int, seconds: float,
+                           previous: Plan | None) -> None:
+    """Hint the headroom stage with the best-H plan rounded from the columns, if it beats
+    the previous stage's plan (whose solution is the hint otherwise)."""
+    d = bm.d
+    placed = rounded_plan(d, pool, cost_cap=cost_cap, seconds=seconds,
+                          workers=d.inst.settings.num_workers, headroom=True)
+    if placed is None:
+        return
+    plan = _placed_plan(d, placed, SolveReport("ilp-rounding", "FEASIBLE", 0.0))
+    if previous is None or plan.min_headroom > previous.min_headroom:
+        bm.b.hint(_hint_from_plan(bm, plan))
 
 
 def _placed_plan(d: IlpData, placed, report: SolveReport) -> Plan:

@@ -15,15 +15,16 @@ from ortools.sat.python import cp_model
 from fineserve.planner.bounds import gpu_groups, solve
 from fineserve.planner.configuration import Column, replicas
 from fineserve.planner.packing import Aggregate, Placed, pack
-from fineserve.planner.variables import MILLI, IlpData
+from fineserve.planner.variables import H_SCALE, MILLI, IlpData
 
 L = 8  # every TP degree divides this: rank contributions become integers
 
 
 def round_columns(d: IlpData, pool: tuple[Column, ...], *, cost_cap: int | None,
-                  seconds: float, workers: int) -> Aggregate | None:
-    """Engine counts and traffic per option from the cheapest integer mix of ``pool``
-    (None if the pool has no mix within ``cost_cap`` in time)."""
+                  seconds: float, workers: int, headroom: bool = False) -> Aggregate | None:
+    """Engine counts and traffic per option from the cheapest integer mix of ``pool`` - or,
+    with ``headroom``, the mix of largest H within ``cost_cap`` (objective and bound then
+    in H x1000). None if the pool has no mix within ``cost_cap`` in time."""
     if not pool:
         return None
     model = cp_model.CpModel()
@@ -42,8 +43,11 @@ def round_columns(d: IlpData, pool: tuple[Column, ...], *, cost_cap: int | None,
             rep[m].append(share * var)
             ranks.setdefault((m, i), []).append(var)
             traffic.setdefault((m, i), []).append(share * phi * var)
+    h = model.new_int_var(d.h_min, d.h_cap, "H")
     for m in d.models:
         model.add(MILLI * sum(cov[m]) >= L * d.h_min * d.lam[m])
+        if headroom:
+            model.add(H_SCALE * sum(cov[m]) >= L * d.lam[m] * h)
         if d.pooled:
             model.add(sum(flow[m]) >= L * d.lam[m])
         model.add(sum(rep[m]) >= L * replicas(d, m))
@@ -55,7 +59,10 @@ def round_columns(d: IlpData, pool: tuple[Column, ...], *, cost_cap: int | None,
     cost = sum(c.cls[1] * var for c, var in lam.items())
     if cost_cap is not None:
         model.add(cost <= cost_cap)
-    model.minimize(cost)
+    if headroom:
+        model.maximize(h)
+    else:
+        model.minimize(cost)
     s, status = solve(model, seconds, workers)
     if status not in ("OPTIMAL", "FEASIBLE"):
         return None
@@ -85,9 +92,12 @@ def _trim_flows(d: IlpData, counts: dict, flows: dict) -> None:
 
 
 def rounded_plan(d: IlpData, pool: tuple[Column, ...], *, cost_cap: int | None,
-                 seconds: float, workers: int) -> Placed | None:
-    """Round the pool (half the time) and pack the result (the rest)."""
-    agg = round_columns(d, pool, cost_cap=cost_cap, seconds=seconds / 2, workers=workers)
+                 seconds: float, workers: int, headroom: bool = False) -> Placed | None:
+    """Round the pool (half the time) and pack the result (the rest); with ``headroom`` the
+    packer keeps the rounded mix's H."""
+    agg = round_columns(d, pool, cost_cap=cost_cap, seconds=seconds / 2, workers=workers,
+                        headroom=headroom)
     if agg is None:
         return None
-    return pack(d, agg, d.h_min, seconds / 2, workers, cost_cap=cost_cap)
+    target = agg.objective if headroom else d.h_min
+    return pack(d, agg, target, seconds / 2, workers, cost_cap=cost_cap)
