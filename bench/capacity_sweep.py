@@ -8,6 +8,7 @@ lengths around ShareGPT means, and bisect for the largest s whose overall SLO at
 
     python bench/capacity_sweep.py [--duration 120] [--time-limit 15] [--interference on|FILE]
                                    [--only ilp,static] [--out docs/capacity-sweep]
+    python bench/capacity_sweep.py --calibrate   # capacity model against lone simulated engines
 
 ``ffd-probe`` is not a planner method: a worst-fit-decreasing packing over the planner's own
 engine options, validated by its validator - a witness of what the ILP's model allows.
@@ -135,6 +136,43 @@ def sustained(method, latency, duration, time_limit, log, opts) -> float:
     return lo
 
 
+def calibrate(latency, duration: float) -> list[str]:
+    """Lone engines of the instance: highest rate meeting 99% SLO attainment in simulation,
+    over the capacity model's rate (docs/capacity.md, "Calibration")."""
+    from fineserve.planner.options import engine_options
+    from fineserve.planner.schema import EnginePlacement, KVMode, Plan, SolveReport
+
+    inst = muxserve_scale()
+    inst = replace(inst, settings=replace(inst.settings, kv_mode=KVMode.STATIC))
+    opts = engine_options(inst, latency)
+    rows = ["| engine | capacity req/s | cap (max_batch) | simulated 99% rate / capacity |",
+            "|---|---|---|---|"]
+    for name, sm in (("8b-0-bf16", 100), ("8b-4-int4", 50), ("32b-0-fp8", 30),
+                     ("14b-0-bf16", 20), ("8b-4-int4", 10)):
+        m = inst.model(name)
+        o = max((o for o in opts[name] if o.tp == 1 and o.sm_pct == sm),
+                key=lambda o: o.max_batch)
+
+        def met(f, m=m, o=o, name=name, sm=sm):
+            rate = f * o.capacity_rps
+            one = replace(inst, models=(replace(m, rate_rps=rate),))
+            e = EnginePlacement("e", name, "node0", (0,), sm, o.max_batch, o.weight_bytes,
+                                o.overhead_bytes, o.kv_static_bytes, o.capacity_rps, rate)
+            plan = Plan(one, (e,), (), SolveReport("calibration", "HEURISTIC", 0.0))
+            tr = generate([ModelLoad(name, Poisson(rate), PRESETS["sharegpt"])], duration, 3)
+            res = simulate(plan, tr, latency)
+            s = summarize(res.records, {name: m.slo}, max(duration, res.duration_s), "simulate")
+            return s["overall"]["slo_attainment"] >= 0.99
+
+        lo, hi = 0.3, 1.5
+        while hi - lo > 0.03:
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if met(mid) else (lo, mid)
+        rows.append(f"| {name}, {sm}% SMs | {o.capacity_rps:.2f} | {o.max_batch} | {lo:.2f}x |")
+        print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=float, default=120.0)
@@ -143,7 +181,12 @@ def main() -> None:
     ap.add_argument("--only", default=",".join(METHODS), help="comma-separated methods")
     ap.add_argument("--out", default=str(DOCS / "capacity-sweep"),
                     help="path stem of the .md table and .png plot")
+    ap.add_argument("--calibrate", action="store_true",
+                    help="only the lone-engine calibration of the capacity model (300 s traces)")
     a = ap.parse_args()
+    if a.calibrate:
+        print("\n".join(calibrate(default_latency_model(), 300.0)))
+        return
     methods = [m for m in METHODS if m in a.only.split(",")]
     inter = {"off": None, "on": InterferenceParams()}.get(a.interference)
     if inter is None and a.interference not in ("off", "on"):

@@ -38,6 +38,11 @@ from fineserve.profiles.latency import EngineShape, LatencyModel
 # *running* requests is length-biased: P + E[D^2] / (2 E[D]) = P + D (1 + CV^2) / 2.
 OUTPUT_CV = 0.8
 
+# Spread of prompt lengths assumed (the presets' CV). The TTFT goal must hold for the prompt at
+# the 1 - TAIL quantile, not only the mean one: a log-normal with this CV has its 99th
+# percentile at ~4.9x the mean.
+PROMPT_CV = 1.0
+
 # Fraction of requests allowed to wait for a batch slot beyond the TTFT goal (the 99% target).
 TAIL = 0.01
 
@@ -91,6 +96,21 @@ def batch_cap(mean_batch: float, slack_s: float, residence_s: float) -> int:
     return math.ceil(mean_batch + hi * math.sqrt(mean_batch) - 1e-9)
 
 
+def tail_prompt(lengths: LengthStats) -> int:
+    """Prompt tokens at the 1 - TAIL quantile of a log-normal with mean P and CV PROMPT_CV."""
+    sigma = math.sqrt(math.log(1 + PROMPT_CV**2))
+    z = _normal_quantile(1 - TAIL)
+    return max(1, round(lengths.prompt_mean * math.exp(z * sigma - sigma * sigma / 2)))
+
+
+def _normal_quantile(q: float) -> float:
+    lo, hi = -10.0, 10.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if 0.5 * (1 + math.erf(mid / math.sqrt(2))) < q else (lo, mid)
+    return (lo + hi) / 2
+
+
 def running_context(lengths: LengthStats) -> float:
     """Time-average tokens held by a running request (length-biased; see OUTPUT_CV)."""
     return lengths.prompt_mean + lengths.output_mean * (1 + OUTPUT_CV**2) / 2
@@ -142,6 +162,8 @@ def engine_capacity(
     if not pre.source.trusted:
         return ZERO
     p = pre.seconds
+    long = latency.prefill(engine, tail_prompt(lengths), sm_pct)
+    p_tail = long.seconds if long.source.trusted else p
     kv_batch = kv_batch_limit(engine, kv_limit_bytes, lengths, kv_margin)
     limit = min(max_batch, kv_batch)
     best, stop = ZERO, ("kv" if kv_batch < max_batch else "max_batch")
@@ -163,9 +185,9 @@ def engine_capacity(
         if tpot > tpot_goal:
             stop = "tpot"
             break  # d(B) and rho only grow with B
-        if ttft > ttft_goal:
+        if ttft > ttft_goal or p_tail + d > ttft_goal:
             stop = "ttft"
-            break  # so does TTFT
+            break  # so does TTFT (also for a tail-length prompt arriving at an idle queue)
         residence = ttft + out * tpot
         c = batch_cap(b, ttft_goal - ttft, residence)
         if c > limit:

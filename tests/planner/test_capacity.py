@@ -15,6 +15,7 @@ from fineserve.planner.capacity import (
     engine_capacity,
     kv_batch_limit,
     kv_bytes_for_batch,
+    tail_prompt,
 )
 from fineserve.planner.options import engine_options
 from fineserve.planner.schema import LengthStats, Slo
@@ -126,3 +127,18 @@ def test_batch_cap_is_square_root_staffing_at_zero_slack():
     # no TTFT slack: P(wait) alone must be <= 1%, i.e. beta ~ 2.38 (Halfin-Whitt)
     c = batch_cap(100, 1e-9, 1.0)
     assert 100 + 2.2 * 10 <= c <= 100 + 2.6 * 10
+
+
+def test_ttft_must_hold_for_a_tail_length_prompt():
+    lens = LengthStats(512, 256)
+    tail = tail_prompt(lens)
+    assert tail == round(512 * math.exp(2.3263 * math.sqrt(math.log(2)) - math.log(2) / 2))
+    p_mean = LAT.prefill(ENGINE, 512, 10).seconds
+    p_tail = LAT.prefill(ENGINE, tail, 10).seconds
+    d = LAT.decode_step(ENGINE, 1, 640, 10).seconds
+    between = (p_mean + p_tail) / 2 + d
+    assert engine_capacity(LAT, ENGINE, 10, Slo(between, 1.0), lens, max_batch=256,
+                           slo_safety=1.0).rate_rps == 0  # the mean prompt alone would fit
+    roomy = p_tail + 20 * d
+    assert engine_capacity(LAT, ENGINE, 10, Slo(roomy, 1.0), lens, max_batch=256,
+                           slo_safety=1.0).rate_rps > 0
