@@ -9,6 +9,7 @@ start it, report on it and stop it, so they return at once and the driver can po
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections import deque
 from pathlib import Path
@@ -71,10 +72,10 @@ class NodeAgent:
     def start(self) -> tuple[str, str]:
         """Prepare (checks; nothing started on failure) and start the node's deployment in a
         thread. Returns (IP, Ray node id). Raises the runtime's DeployError on a failed check."""
-        import ray  # present: this runs in a Ray worker (or a test that has Ray)
-
-        if not self.ip:
+        ray = sys.modules.get("ray")  # imported: this runs in a Ray worker
+        if not self.ip and ray is not None:
             self.ip = ray.util.get_node_ip_address()
+        self.ip = self.ip or "127.0.0.1"
         cleanup_stale(RunDir(self.opts.run_dir))  # what a dead agent left on this host
         prep = prepare(self.plan, self.opts)
         raylet = os.environ.get("RAY_RAYLET_PID", "")
@@ -85,7 +86,8 @@ class NodeAgent:
         self.thread = threading.Thread(target=self._run, name=f"fineserve-node-{self.opts.node}",
                                        daemon=True)
         self.thread.start()
-        node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+        node_id = ray.get_runtime_context().get_node_id() \
+            if ray is not None and ray.is_initialized() else ""
         return self.ip, node_id
 
     def _run(self) -> None:

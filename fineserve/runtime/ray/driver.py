@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -125,6 +126,7 @@ class RayDeployment:
     def _connect(self) -> None:
         from fineserve.runtime.ray.agent import NodeAgent
 
+        _check_reachable(self.address)
         try:
             self.ray.init(address=self.address, log_to_driver=False,
                           logging_level=logging.WARNING, namespace="fineserve")
@@ -434,6 +436,20 @@ class RayDeployment:
                 self._save()
         except OSError:
             pass
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A HOST:PORT that refuses connections would make ray.init retry for minutes."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return  # "auto" or a ray:// client address: let Ray judge
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise DeployError(f"--ray {address}: no Ray head answers there ({exc.strerror or exc})",
+                          hint="start one with `ray start --head` and pass its HOST:PORT"
+                          ) from None
 
 
 def _why(exc: BaseException) -> str:

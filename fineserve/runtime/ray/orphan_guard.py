@@ -1,11 +1,13 @@
-"""Exec an engine so that it gets SIGTERM when the agent that started it dies.
+"""Run an engine so that it, and everything it starts, stops when its agent dies.
 
 Engines run in their own sessions (``procs.spawn``), so when a node agent's Ray worker is
 killed (``ray.kill``, raylet gone, OOM) nothing would stop them: they would keep the node's
-ports and GPU memory, unsupervised. ``PR_SET_PDEATHSIG`` survives ``execve``, so this stub
-sets it and then becomes the engine (same pid, same start time: the runtime's process identity
-still holds). SIGTERM lets vLLM stop its engine core itself; anything left over is killed by
-the next agent on that host, which cleans up the node's run directory before starting.
+ports and GPU memory, unsupervised. The guard is what the runtime starts (so it leads the
+engine's process group and carries the recorded identity); it asks the kernel for SIGTERM
+when its parent dies (``PR_SET_PDEATHSIG``), runs the engine as its child in the same group,
+and on SIGTERM stops the whole group: the API server and what it started (vLLM's engine core
+and workers, which outlive a killed API server). The runtime's own stop (SIGTERM to the group,
+SIGKILL after its timeout) works unchanged. Exit status: the engine's, signals included.
 
     python -m fineserve.runtime.ray.orphan_guard PARENT_PID -- ENGINE_ARGV...
 """
@@ -15,14 +17,30 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import subprocess
 import sys
+import time
+
+from fineserve.runtime.procs import group_members
 
 PR_SET_PDEATHSIG = 1
+GRACE_S = 20.0  # SIGTERM -> SIGKILL for the group after the parent died (= stop_timeout_s)
 
 
 def guard_argv(argv: tuple[str, ...], python: str, parent_pid: int) -> tuple[str, ...]:
     """``argv`` wrapped so that it runs under the guard (``python`` must import fineserve)."""
     return (python, "-m", "fineserve.runtime.ray.orphan_guard", str(parent_pid), "--", *argv)
+
+
+def _kill_rest(sig: int) -> None:
+    """``sig`` to every other member of our group (the engine and what it started)."""
+    me = os.getpid()
+    for pid in group_members(os.getpgid(0)):
+        if pid != me:
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
 
 
 def main(args: list[str]) -> None:
@@ -34,7 +52,29 @@ def main(args: list[str]) -> None:
         sys.exit(f"orphan_guard: prctl failed (errno {ctypes.get_errno()})")
     if os.getppid() != parent:  # the agent died before prctl: do not start at all
         sys.exit("orphan_guard: the agent that started this engine is gone")
-    os.execvp(argv[0], argv)
+    if os.getpgid(0) != os.getpid():  # never signal a group we do not lead
+        os.setpgid(0, 0)
+    stopping: list[float] = []
+
+    def on_term(_sig: int, _frame: object) -> None:
+        if not stopping:
+            stopping.append(time.monotonic())
+            _kill_rest(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    child = subprocess.Popen(argv)  # our group: the runtime made us its leader
+    while child.poll() is None:
+        if stopping and time.monotonic() - stopping[0] > GRACE_S:
+            _kill_rest(signal.SIGKILL)
+        time.sleep(0.2)
+    _kill_rest(signal.SIGKILL)  # what the engine left behind (its engine core...)
+    code = child.returncode
+    if code < 0:  # report the engine's signal as ours, as if there were no guard
+        if -code in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
