@@ -42,8 +42,10 @@ def run_case(name, inst, latency, methods):
         stages = "; ".join(
             f"{s.name} {s.objective:g} (bound {s.bound:g}, {s.status.lower()})"
             for s in plan.report.stages) or "-"
+        gap = plan.report.gap
+        gap = "-" if not plan.report.stages else ("?" if gap != gap else f"{gap:.1%}")
         rows.append((name, plan.report.method, len(plan.gpus_used), plan.min_headroom,
-                     sum(u.rate_rps for u in plan.unplaced), wall, stages,
+                     sum(u.rate_rps for u in plan.unplaced), wall, stages, gap,
                      "valid" if not problems else f"INVALID: {problems[0]}"))
         print(rows[-1], flush=True)
     return rows
@@ -69,10 +71,10 @@ def main() -> None:
     if not args.only_small:
         rows += run_case("100 models / 128 GPUs", big, latency, [*greedy, ("ilp", "ortools")])
     table = ["| instance | method | GPUs | min headroom | unplaced req/s | wall s | stages "
-             "(objective, bound) | validator |", "|---|---|---|---|---|---|---|---|"]
+             "(objective, bound) | gap | validator |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         table.append(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.3f} | {r[4]:.2f} | {r[5]:.1f} | "
-                     f"{r[6]} | {r[7]} |")
+                     f"{r[6]} | {r[7]} | {r[8]} |")
     header = (f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, "
               f"{os.cpu_count()} cores, Python {platform.python_version()}; command: "
               f"`python bench/planner_scale.py{' --quick' if args.quick else ''}` "

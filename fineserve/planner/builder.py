@@ -161,12 +161,15 @@ class PulpBuilder:
 
     def solve(self, time_limit_s: float) -> SolveResult:
         pulp = self._pulp
-        cmd = pulp.PULP_CBC_CMD(
-            msg=False, timeLimit=max(1, int(math.ceil(time_limit_s))), threads=self.threads,
-            warmStart=self._hinted,
-        )
         t0 = time.perf_counter()
-        self.prob.solve(cmd)
+        try:
+            self.prob.solve(self._cmd(time_limit_s, self._hinted))
+        except pulp.PulpSolverError:
+            if not self._hinted:
+                raise
+            # CBC can crash (SIGSEGV) reading a MIP start: solve again without it
+            left = time_limit_s - (time.perf_counter() - t0)
+            self.prob.solve(self._cmd(left, False))
         seconds = time.perf_counter() - t0
         sol = self.prob.sol_status
         if sol == pulp.LpSolutionOptimal:
@@ -178,6 +181,12 @@ class PulpBuilder:
         if sol == pulp.LpSolutionInfeasible:
             return SolveResult("INFEASIBLE", math.nan, math.nan, seconds)
         return SolveResult("UNKNOWN", math.nan, math.nan, seconds)
+
+    def _cmd(self, seconds: float, warm: bool) -> Any:
+        return self._pulp.PULP_CBC_CMD(
+            msg=False, timeLimit=max(1, int(math.ceil(seconds))), threads=self.threads,
+            warmStart=warm,
+        )
 
     def value(self, var: Any) -> float:
         return float(var.varValue or 0.0)

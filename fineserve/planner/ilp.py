@@ -134,8 +134,9 @@ def solve_ilp(
         bounds["cost"] = _achievable_cost(d, max(lb, config.value))
         pool = config.pool
         better = _rounded_start(d, config.pool, warm_start, bounds["cost"], ROUNDING_SHARE * limit)
-        if better is not None:
+        if better is not None:  # hint it, and fall back on it rather than the greedy plan
             b.hint(_hint_from_plan(bm, better))
+            warm_start = better
     else:
         res = _stage(bm, "placed-traffic", "max", placed_traffic(b, d, v), deadline, 1 / 3,
                      FRACTION_SCALE, stages)
