@@ -112,6 +112,8 @@ def solve_ilp(
         if backend == "ortools" and all_placed and st.objective in (
                 Objective.LEXICOGRAPHIC, Objective.MIN_GPUS):
             packed = _relax_and_pack(d, t0, deadline, limit)
+            if packed is not None and warm_start is not None and _better(warm_start, packed):
+                return _keep_warm(warm_start, packed, t0)
             if packed is not None:
                 return packed
         return _fallback(inst, warm_start, [], backend, t0, limit, "the full ILP is too large "
@@ -202,6 +204,22 @@ def _achievable_cost(d: IlpData, lb: float) -> float:
 
 def _x_count(d: IlpData) -> int:
     return sum(len(d.groups_for(o)) for opts in d.options.values() for o in opts)
+
+
+def _better(a: Plan, b: Plan) -> bool:
+    """Lexicographic: cheaper, then more minimum headroom."""
+    return (a.cost, -a.min_headroom) < (b.cost - 1e-9, -b.min_headroom - 1e-9)
+
+
+def _keep_warm(warm: Plan, packed: Plan, t0: float) -> Plan:
+    """The warm start beat relax-and-pack: return it, with relax-and-pack's proven bounds."""
+    values = {"cost": warm.cost, "headroom": warm.min_headroom}
+    stages = tuple(StageReport(s.name, "FEASIBLE", values[s.name], s.bound, s.seconds)
+                   for s in packed.report.stages)
+    report = SolveReport(packed.report.method, "HEURISTIC", time.perf_counter() - t0, stages,
+                         f"relax-and-pack found a worse plan; returning the warm start "
+                         f"({warm.report.method}) with its bounds")
+    return _with_report(warm, report)
 
 
 def _rounded_start(d: IlpData, pool, warm: Plan | None, lower: float, seconds: float
