@@ -6,8 +6,11 @@ ports and GPU memory, unsupervised. The guard is what the runtime starts (so it 
 engine's process group and carries the recorded identity); it asks the kernel for SIGTERM
 when its parent dies (``PR_SET_PDEATHSIG``), runs the engine as its child in the same group,
 and on SIGTERM stops the whole group: the API server and what it started (vLLM's engine core
-and workers, which outlive a killed API server). The runtime's own stop (SIGTERM to the group,
-SIGKILL after its timeout) works unchanged. Exit status: the engine's, signals included.
+and workers, which outlive a killed API server). Ray itself SIGKILLs a dead worker's direct
+children, which would take the guard out before it can act; so the guard also forks a
+sentinel (a grandchild of the agent, which Ray leaves alone) that stops the group when the
+guard dies. The runtime's own stop (SIGTERM to the group, SIGKILL after its timeout) works
+unchanged. Exit status: the engine's, signals included.
 
     python -m fineserve.runtime.ray.orphan_guard PARENT_PID -- ENGINE_ARGV...
 """
@@ -43,6 +46,30 @@ def _kill_rest(sig: int) -> None:
                 pass
 
 
+def _stop_group() -> None:
+    _kill_rest(signal.SIGTERM)
+    deadline = time.monotonic() + GRACE_S
+    me = os.getpid()
+    while [p for p in group_members(os.getpgid(0)) if p != me] \
+            and time.monotonic() < deadline:
+        time.sleep(0.2)
+    _kill_rest(signal.SIGKILL)
+
+
+def _sentinel(libc: ctypes.CDLL, guard: int) -> None:
+    """Forked from the guard: when the guard dies, stop the group; on a normal stop (the
+    group's SIGTERM while the guard lives) just leave."""
+    libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    got: list[int] = []
+    signal.signal(signal.SIGTERM, lambda *_: got.append(1))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    while not got and os.getppid() == guard:
+        time.sleep(0.5)
+    if os.getppid() != guard:
+        _stop_group()
+    os._exit(0)
+
+
 def main(args: list[str]) -> None:
     if len(args) < 3 or args[1] != "--":
         sys.exit("usage: python -m fineserve.runtime.ray.orphan_guard PARENT_PID -- ARGV...")
@@ -64,6 +91,9 @@ def main(args: list[str]) -> None:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     child = subprocess.Popen(argv)  # our group: the runtime made us its leader
+    guard = os.getpid()
+    if os.fork() == 0:
+        _sentinel(libc, guard)
     while child.poll() is None:
         if stopping and time.monotonic() - stopping[0] > GRACE_S:
             _kill_rest(signal.SIGKILL)

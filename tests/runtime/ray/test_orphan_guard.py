@@ -26,7 +26,7 @@ def test_engine_gets_sigterm_when_its_parent_is_killed():
     parent = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True)
     guard = identify(int(parent.stdout.readline()))
     members = group_members(guard.pid)
-    assert guard.alive() and len(members) == 2  # the guard leads; the engine is in its group
+    assert guard.alive() and len(members) == 3  # the guard leads: it, its sentinel, the engine
     parent.kill()
     parent.wait()
     deadline = time.monotonic() + 10
