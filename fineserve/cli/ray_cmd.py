@@ -7,12 +7,14 @@ ADDRESS [deploy options]`` runs the same code.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from fineserve.cli.common import err, run_guarded
+from fineserve.errors import SpecError
 from fineserve.planner.schema import Plan
 from fineserve.runtime.options import DeployOptions
 
@@ -28,6 +30,11 @@ def run_on_ray(plan: Plan, opts: DeployOptions, address: str, observer) -> None:
     from fineserve.runtime.ray.imports import import_ray
 
     import_ray()  # the one-line error naming the extra, before anything else
+    if opts.node is not None:
+        raise SpecError("--node and --ray: choose one (--ray serves every node of the plan)")
+    # other hosts do not share our working directory
+    opts = replace(opts, run_dir=Path(opts.run_dir).absolute(),
+                   model_dirs=tuple((k, Path(p).absolute()) for k, p in opts.model_dirs))
     RayDeployment(plan, opts, address, observer).run(on_ready=observer.ready)
 
 
@@ -78,7 +85,6 @@ def deploy(
 def _options(plan_path, run_dir, no_mps, cpu, host, port, api_keys, engine_python, port_base,
              model_dirs, dummy, eager, max_model_len, startup_timeout, max_queue, engine_args
              ) -> tuple[DeployOptions, Plan]:
-    from fineserve.errors import SpecError
     from fineserve.planner.planfile import load_plan
     from fineserve.runtime.state import Mode
 
