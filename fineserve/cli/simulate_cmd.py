@@ -123,10 +123,69 @@ def compare(
     kv: Annotated[str, typer.Option(help="KV memory (see simulate).")] = "plan",
     interference: Annotated[str, typer.Option(
         help="HBM interference: off, on or a parameter file (see simulate).")] = "off",
+    measured: Annotated[Path | None, typer.Option(
+        help="A replay's results folder (fineserve replay -o): compare it with the "
+             "simulator's prediction for --plan on TRACE instead of comparing planners.")
+    ] = None,
+    plan: Annotated[Path | None, typer.Option(
+        help="With --measured: the plan that was deployed.")] = None,
+    output: Annotated[Path | None, typer.Option(
+        "-o", "--output", help="With --measured: write measured, predicted and errors "
+                               "as JSON.")] = None,
 ) -> None:
-    """Plan with the ILP and every baseline, simulate each on one trace, compare."""
+    """Plan with the ILP and every baseline, simulate each on one trace, compare; or, with
+    --measured, set a replay's measurements beside the simulator's prediction."""
+    if measured is not None:
+        run_guarded(lambda: _compare_measured(measured, plan, spec, trace, output,
+                                              sim_options(policy, kv, interference)))
+        return
     run_guarded(lambda: _compare(spec, trace, duration, plot, time_limit,
                                  sim_options(policy, kv, interference)))
+
+
+def _compare_measured(results: Path, plan_path: Path | None, spec: Path | None,
+                      trace_path: Path | None, output: Path | None, opts) -> None:
+    from fineserve.metrics.summary import summarize
+    from fineserve.metrics.versus import pair_summaries, versus_table
+    from fineserve.planner.planfile import load_plan
+    from fineserve.sim.cluster import simulate as run
+    from fineserve.workload.trace import Trace
+
+    if plan_path is None:
+        raise SpecError("--measured needs --plan: the plan that was deployed")
+    # positional arguments: `compare --measured R --plan P TRACE` (TRACE lands in `spec`)
+    if trace_path is None and spec is not None:
+        trace_path, spec = spec, None
+    if trace_path is None or spec is not None:
+        raise SpecError("--measured: give exactly one positional argument, the replayed trace")
+    summary_path = results / "summary.json"
+    if not summary_path.is_file():
+        raise SpecError(f"--measured: {summary_path} not found",
+                        hint="point it at the folder fineserve replay -o wrote")
+    try:
+        measured = json.loads(summary_path.read_text())
+        sent = int(measured["overall"]["requests"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SpecError(f"--measured: {summary_path} is not a replay summary ({exc})") from None
+    plan = load_plan(plan_path)
+    trace = Trace.load(trace_path)
+    if sent < len(trace):  # the replay stopped early (--duration): predict the same requests
+        frame = trace.to_frame().sort_values("arrival_s").head(sent)
+        trace = Trace.from_frame(frame.reset_index(drop=True), source=str(trace_path))
+    latency = latency_model(None)
+    with err.status(f"simulating {len(trace):,} requests..."):
+        result = run(plan, trace, latency, options=opts)
+    predicted = summarize(result.records, {m.name: m.slo for m in plan.models},
+                          float(measured.get("duration_s") or trace.duration_s), "simulate")
+    pairs = pair_summaries(measured, predicted)
+    out.print(versus_table(pairs, f"Measured ({results}) against predicted "
+                                  f"({plan_path.name}, {len(trace):,} requests)"))
+    if output is not None:
+        output.write_text(json.dumps({
+            "measured": measured, "predicted": predicted,
+            "errors": [{"model": p.model, "figure": p.figure, "measured": p.measured,
+                        "predicted": p.predicted, "error": p.error} for p in pairs]},
+            indent=2))
 
 
 def _compare(spec, trace_path, duration, plot, time_limit, opts) -> None:
