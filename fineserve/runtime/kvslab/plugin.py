@@ -2,19 +2,20 @@
 
 Switched on by ``FINESERVE_KVSLAB=1`` (other variables: ``settings.py``). Loaded in every vLLM
 process; with TP=1 the scheduler and the worker share the engine-core process, so one
-process-global ``_State`` joins the two sides. Hooks (docs/kv-slab.md, design notes):
+process-global ``_State`` joins the two sides. Hooks (``hooks.py`` lists them with the exact
+parameters they are checked against; docs/kv-slab.md):
 
 worker side
   ``Worker.initialize_from_config``     remember the VllmConfig
-  ``attn_utils._allocate_kv_cache``     (Model Runner V2) and
-  ``GPUModelRunner._allocate_kv_cache_tensors`` (V1): reserve one virtual range per KV
+  ``GPUModelRunner._allocate_kv_cache_tensors`` (V1 runner, 0.26's default for Llama) and
+  ``attn_utils._allocate_kv_cache``     (Model Runner V2): reserve one virtual range per KV
                                         tensor, map slab 0 + the floor, return int8 tensors
                                         over the ranges (vLLM's reshape/bind code unchanged)
 scheduler side
   ``BlockPool.__init__``                park the blocks of unmapped slabs, start the engine
   ``BlockPool.free_blocks``             park freed blocks of draining slabs
   ``BlockPool.get_usage``               usage over mapped blocks, not the virtual maximum
-  ``KVCacheManager.allocate_slots``     on ``None``: one synchronous grow, then retry
+  ``KVCacheManager.allocate_slots``     on ``None``: synchronous grows until it fits
   ``Scheduler.schedule`` / ``update_from_output``  service drains under the lock, count steps
 
 Nothing here imports vLLM, torch or CUDA at module import: the module is importable (and its
@@ -31,8 +32,24 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from fineserve.runtime.kvslab.blockpool import VllmBlockPoolView
 from fineserve.runtime.kvslab.engine import EngineConfig, SlabEngine
 from fineserve.runtime.kvslab.errors import UnsupportedEngine
+from fineserve.runtime.kvslab.hooks import (
+    ALLOCATE_SLOTS,
+    HOOKS,
+    NOT_OVERRIDDEN,
+    POOL_FREE,
+    POOL_INIT,
+    POOL_USAGE,
+    SCHEDULE,
+    UPDATE,
+    V1_ALLOCATE,
+    V2_ALLOCATE,
+    WORKER_INIT,
+    Hook,
+    signature_problem,
+)
 from fineserve.runtime.kvslab.layout import _PROBE_BLOCKS, KvLayout, planes_of
 from fineserve.runtime.kvslab.settings import (
     SUPPORTED_VLLM,
@@ -62,7 +79,11 @@ _STATE = _State()
 
 
 def register() -> None:
-    """Entry point (group ``vllm.general_plugins``): patch vLLM if FINESERVE_KVSLAB=1."""
+    """Entry point (group ``vllm.general_plugins``): patch vLLM if FINESERVE_KVSLAB=1.
+
+    Every hook is resolved and its signature checked (``hooks.HOOKS``) before the first one is
+    patched, so a changed vLLM is refused with one line and left untouched.
+    """
     settings = PluginSettings.from_env()
     if not settings.enabled:
         return
@@ -71,26 +92,61 @@ def register() -> None:
     if vllm.__version__ != SUPPORTED_VLLM:
         raise UnsupportedEngine(f"KV Slab supports vLLM {SUPPORTED_VLLM} only, found "
                                 f"{vllm.__version__}", hint="unset FINESERVE_KVSLAB")
+    owners = {h: _resolve(h) for h in HOOKS}  # raises before anything is patched
+    _check_not_overridden()
     _STATE.settings = settings
-    _patch_worker()
-    _patch_scheduler()
+    for hook, make in _makers().items():
+        _wrap(owners[hook], hook.name, hook.params, make, exact=hook.exact)
 
 
 # -- signature self-test ---------------------------------------------------------------------
-def _require(owner: Any, name: str, params: tuple[str, ...]) -> Any:
+def _resolve(hook: Hook) -> Any:
+    """The class or module that owns ``hook``, its function checked against the table."""
+    import importlib
+
+    try:
+        mod = importlib.import_module(hook.module)
+    except ImportError as exc:
+        raise UnsupportedEngine(f"vLLM internals changed: cannot import {hook.module} "
+                                f"({exc})", hint="unset FINESERVE_KVSLAB") from exc
+    owner = getattr(mod, hook.owner, None) if hook.owner else mod
+    if owner is None:
+        raise UnsupportedEngine(f"vLLM internals changed: {hook.where} is missing",
+                                hint="unset FINESERVE_KVSLAB")
+    _require(owner, hook.name, hook.params, exact=hook.exact)
+    return owner
+
+
+def _check_not_overridden() -> None:
+    """Subclasses vLLM instantiates must inherit the hooked base-class methods."""
+    import importlib
+
+    for module, cls, names in NOT_OVERRIDDEN:
+        sub = getattr(importlib.import_module(module), cls)
+        for name in names:
+            if name in vars(sub):
+                raise UnsupportedEngine(f"vLLM internals changed: {module}.{cls} overrides "
+                                        f"{name}, which the plugin hooks on its base class",
+                                        hint="unset FINESERVE_KVSLAB")
+
+
+def _require(owner: Any, name: str, params: tuple[str, ...], exact: bool = False) -> Any:
     """The private function we hook must exist with the parameters we rely on."""
     fn = getattr(owner, name, None)
+    where = f"{owner.__name__}.{name}"
     if fn is None:
-        raise UnsupportedEngine(f"vLLM internals changed: {owner.__name__}.{name} is missing")
+        raise UnsupportedEngine(f"vLLM internals changed: {where} is missing",
+                                hint="unset FINESERVE_KVSLAB")
     have = tuple(inspect.signature(fn).parameters)
-    if have[: len(params)] != params:
-        raise UnsupportedEngine(f"vLLM internals changed: {owner.__name__}.{name}{have}, "
-                                f"expected parameters {params}")
+    why = signature_problem(Hook(owner.__name__, "", name, params, exact), have)
+    if why is not None:
+        raise UnsupportedEngine(why, hint="unset FINESERVE_KVSLAB")
     return fn
 
 
-def _wrap(owner: Any, name: str, params: tuple[str, ...], make: Any) -> None:
-    orig = _require(owner, name, params)
+def _wrap(owner: Any, name: str, params: tuple[str, ...], make: Any,
+          exact: bool = False) -> None:
+    orig = _require(owner, name, params, exact)
     if getattr(orig, "_fineserve_kvslab", False):
         return  # already patched in this process
     new = functools.wraps(orig)(make(orig))
@@ -98,32 +154,33 @@ def _wrap(owner: Any, name: str, params: tuple[str, ...], make: Any) -> None:
     setattr(owner, name, new)
 
 
+def _makers() -> dict[Hook, Any]:
+    """hook -> ``make(orig) -> replacement``."""
+    return {WORKER_INIT: _init_from_config, V1_ALLOCATE: _v1_allocate,
+            V2_ALLOCATE: _v2_allocate, **_scheduler_makers()}
+
+
 # -- worker side ------------------------------------------------------------------------------
-def _patch_worker() -> None:
-    from vllm.v1.worker import gpu_worker
+def _init_from_config(orig: Any) -> Any:
+    def f(self: Any, kv_cache_config: Any) -> Any:
+        _STATE.vllm_config = self.vllm_config
+        return orig(self, kv_cache_config)
+    return f
 
-    def init_from_config(orig: Any) -> Any:
-        def f(self: Any, kv_cache_config: Any, *a: Any, **k: Any) -> Any:
-            _STATE.vllm_config = self.vllm_config
-            return orig(self, kv_cache_config, *a, **k)
-        return f
 
-    _wrap(gpu_worker.Worker, "initialize_from_config", ("self", "kv_cache_config"),
-          init_from_config)
-    try:
-        from vllm.v1.worker.gpu import attn_utils
-    except ImportError:
-        attn_utils = None
-    if attn_utils is not None and hasattr(attn_utils, "_allocate_kv_cache"):
-        _wrap(attn_utils, "_allocate_kv_cache", ("kv_cache_config", "device"),
-              lambda orig: lambda kv_cache_config, device, *a, **k: _allocate(kv_cache_config,
-                                                                              device))
-    from vllm.v1.worker import gpu_model_runner
+def _v1_allocate(orig: Any) -> Any:
+    """``GPUModelRunner._allocate_kv_cache_tensors(self, kv_cache_config)`` (V1 runner)."""
+    def f(self: Any, kv_cache_config: Any) -> dict[str, Any]:
+        return _allocate(kv_cache_config, self.device)
+    return f
 
-    _wrap(gpu_model_runner.GPUModelRunner, "_allocate_kv_cache_tensors",
-          ("self", "kv_cache_config"),
-          lambda orig: lambda self, kv_cache_config, *a, **k: _allocate(kv_cache_config,
-                                                                        self.device))
+
+def _v2_allocate(orig: Any) -> Any:
+    """``attn_utils._allocate_kv_cache(kv_cache_config, shared_layers, device)`` (V2 runner):
+    ``shared_layers`` need no tensor of their own (vLLM aliases them to their target)."""
+    def f(kv_cache_config: Any, shared_layers: Any, device: Any) -> dict[str, Any]:
+        return _allocate(kv_cache_config, device)
+    return f
 
 
 def engine_facts(vcfg: Any, kv_cache_config: Any) -> EngineFacts:
@@ -135,17 +192,26 @@ def engine_facts(vcfg: Any, kv_cache_config: Any) -> EngineFacts:
         tensor_parallel=vcfg.parallel_config.tensor_parallel_size,
         pipeline_parallel=vcfg.parallel_config.pipeline_parallel_size,
         sleep_mode=bool(getattr(vcfg.model_config, "enable_sleep_mode", False)),
-        kv_groups=len(groups), spec_kind=type(groups[0].kv_cache_spec).__name__ if groups else "")
+        kv_groups=len(groups), spec_kind=type(groups[0].kv_cache_spec).__name__ if groups else "",
+        kv_connector=getattr(vcfg, "kv_transfer_config", None) is not None,
+        packed_kv=any(getattr(t, "block_stride", 0) for t in kv_cache_config.kv_cache_tensors))
 
 
 def layout_of(vcfg: Any, kv_cache_config: Any, min_slab_granules: int) -> KvLayout:
     """Read the KV layout vLLM is about to allocate (one group, equal tensors)."""
-    from vllm.config import get_layers_from_vllm_config
+    from vllm.config import get_layers_from_vllm_config, set_current_vllm_config
     from vllm.model_executor.layers.attention_layer_base import AttentionLayerBase
 
+    with set_current_vllm_config(vcfg):  # backends read the KV layout (NHD/HND) from it
+        return _layout_of(vcfg, kv_cache_config, min_slab_granules, get_layers_from_vllm_config,
+                          AttentionLayerBase)
+
+
+def _layout_of(vcfg: Any, kv_cache_config: Any, min_slab_granules: int, get_layers: Any,
+               layer_base: Any) -> KvLayout:
     spec = kv_cache_config.kv_cache_groups[0].kv_cache_spec
     names = list(kv_cache_config.kv_cache_groups[0].layer_names)
-    layers = get_layers_from_vllm_config(vcfg, AttentionLayerBase, names)
+    layers = get_layers(vcfg, layer_base, names)
     backends = {layers[n].get_attn_backend() for n in names}
     if len(backends) != 1:
         raise UnsupportedEngine(f"KV Slab needs one attention backend for all layers, got "
@@ -158,7 +224,7 @@ def layout_of(vcfg: Any, kv_cache_config: Any, min_slab_granules: int) -> KvLayo
         order = tuple(backend.get_kv_cache_stride_order())
     except (AttributeError, NotImplementedError):
         order = tuple(range(len(shapes[0])))
-    page = spec.page_size_bytes
+    page = spec.page_size_bytes  # padded pages included: blocks stay page-strided
     sizes = {t.size for t in kv_cache_config.kv_cache_tensors}
     if len(sizes) != 1 or next(iter(sizes)) % page:
         raise UnsupportedEngine(f"KV Slab needs equal KV tensors of whole pages, got {sizes}")
@@ -194,7 +260,7 @@ def _allocate(kv_cache_config: Any, device: Any) -> dict[str, Any]:
     _STATE.lease = _join_pool(layout, floor)
     for slab in range(floor):  # before warm-up and graph capture touch the cache
         mapper.map_slab(slab)
-    tensors = [torch.as_tensor(r, device=dev) for r in mapper.raw_tensors()]
+    tensors = mapper.tensors()  # DLPack: no pointer query, unlike __cuda_array_interface__
     out: dict[str, Any] = {}
     for t, kv in zip(tensors, kv_cache_config.kv_cache_tensors, strict=True):
         for name in kv.shared_by:
@@ -226,12 +292,7 @@ def _join_pool(layout: KvLayout, floor: int) -> Any:
 
 
 # -- scheduler side ---------------------------------------------------------------------------
-def _patch_scheduler() -> None:
-    from vllm.v1.core import block_pool, kv_cache_manager
-    from vllm.v1.core.sched import scheduler
-
-    bp = block_pool.BlockPool
-
+def _scheduler_makers() -> dict[Hook, Any]:
     def init(orig: Any) -> Any:
         def f(self: Any, num_gpu_blocks: int, *a: Any, **k: Any) -> None:
             orig(self, num_gpu_blocks, *a, **k)
@@ -241,15 +302,15 @@ def _patch_scheduler() -> None:
         return f
 
     def free(orig: Any) -> Any:
-        def f(self: Any, ordered_blocks: Any, *a: Any, **k: Any) -> None:
+        def f(self: Any, ordered_blocks: Any) -> None:
             eng = _STATE.engine
             if eng is None or self is not _STATE.pool:
-                return orig(self, ordered_blocks, *a, **k)
-            blocks = list(ordered_blocks)
+                return orig(self, ordered_blocks)
+            blocks = list(ordered_blocks)  # vLLM passes reversed(...) iterators too
             with eng.lock:
-                orig(self, blocks, *a, **k)
+                orig(self, blocks)
                 eng.on_blocks_freed([b.block_id for b in blocks
-                                     if b.ref_cnt == 0 and not getattr(b, "is_null", False)])
+                                     if b.ref_cnt == 0 and not b.is_null])
         return f
 
     def usage(orig: Any) -> Any:
@@ -262,7 +323,9 @@ def _patch_scheduler() -> None:
         def f(self: Any, *a: Any, **k: Any) -> Any:
             out = orig(self, *a, **k)
             eng = _STATE.engine
-            if out is None and eng is not None and eng.grow_sync():
+            if eng is None or self.block_pool is not _STATE.pool:
+                return out
+            while out is None and eng.grow_sync():  # fallback: the lease bounds the loop
                 out = orig(self, *a, **k)
             return out
         return f
@@ -270,7 +333,7 @@ def _patch_scheduler() -> None:
     def schedule(orig: Any) -> Any:
         def f(self: Any, *a: Any, **k: Any) -> Any:
             eng = _STATE.engine
-            if eng is None:
+            if eng is None or self.kv_cache_manager.block_pool is not _STATE.pool:
                 return orig(self, *a, **k)
             _STATE.scheduler = self
             with eng.lock:
@@ -282,59 +345,18 @@ def _patch_scheduler() -> None:
         return f
 
     def update(orig: Any) -> Any:
-        def f(self: Any, scheduler_output: Any, *a: Any, **k: Any) -> Any:
+        def f(self: Any, scheduler_output: Any, model_runner_output: Any) -> Any:
             eng = _STATE.engine
-            if eng is None:
-                return orig(self, scheduler_output, *a, **k)
+            if eng is None or self.kv_cache_manager.block_pool is not _STATE.pool:
+                return orig(self, scheduler_output, model_runner_output)
             with eng.lock:
                 if scheduler_output.total_num_scheduled_tokens > 0:
-                    eng.on_step_finished()
-                return orig(self, scheduler_output, *a, **k)
+                    eng.on_step_finished()  # its GPU work is done: the output was copied out
+                return orig(self, scheduler_output, model_runner_output)
         return f
 
-    _wrap(bp, "__init__", ("self", "num_gpu_blocks"), init)
-    _wrap(bp, "free_blocks", ("self", "ordered_blocks"), free)
-    _wrap(bp, "get_usage", ("self",), usage)
-    _wrap(kv_cache_manager.KVCacheManager, "allocate_slots", ("self", "request"), allocate)
-    _wrap(scheduler.Scheduler, "schedule", ("self",), schedule)
-    _wrap(scheduler.Scheduler, "update_from_output", ("self", "scheduler_output"), update)
-
-
-class VllmBlockPoolView:
-    """``BlockPoolView`` over vLLM's ``BlockPool`` (called under the engine lock)."""
-
-    def __init__(self, pool: Any) -> None:
-        self.pool = pool
-        for name in ("blocks", "free_block_queue", "_maybe_evict_cached_block"):
-            if not hasattr(pool, name):
-                raise UnsupportedEngine(f"vLLM internals changed: BlockPool.{name} is missing")
-
-    def num_free(self) -> int:
-        return int(self.pool.free_block_queue.num_free_blocks)
-
-    def unpark(self, blocks: range) -> None:
-        free = [self.pool.blocks[b] for b in blocks if self.pool.blocks[b].ref_cnt == 0]
-        self.pool.free_block_queue.append_n(free)
-
-    def take_free(self, block_ids: list[int]) -> list[int]:
-        out = []
-        q = self.pool.free_block_queue
-        for b in block_ids:
-            blk = self.pool.blocks[b]
-            self.pool._maybe_evict_cached_block(blk)  # no new prefix hits on this slab
-            # invariant: an unreferenced block is queued unless parked, and parked blocks are
-            # never passed here again (SlabMap), so ref_cnt == 0 means "in the queue"
-            if blk.ref_cnt == 0 and not getattr(blk, "is_null", False):
-                q.remove(blk)
-                out.append(b)
-        return out
-
-    def used_per_slab(self, blocks_per_slab: int, num_slabs: int) -> list[int]:
-        used = [0] * num_slabs
-        for blk in self.pool.blocks:
-            if blk.ref_cnt > 0:
-                used[blk.block_id // blocks_per_slab] += 1
-        return used
+    return {POOL_INIT: init, POOL_FREE: free, POOL_USAGE: usage, ALLOCATE_SLOTS: allocate,
+            SCHEDULE: schedule, UPDATE: update}
 
 
 def _attach(pool: Any) -> None:
@@ -361,7 +383,10 @@ def _demand() -> tuple[int, int]:
         used = max(0, online - 1 - eng.view.num_free()) * lay.block_size
         if sched is None:
             return used, used
-        reqs = list(sched.running) + list(sched.waiting)
+        try:  # the engine core's input thread may append to `waiting` meanwhile
+            reqs = list(sched.running) + list(sched.waiting)
+        except RuntimeError:
+            return used, used
         return used, sum(int(r.num_tokens) for r in reqs)
 
 

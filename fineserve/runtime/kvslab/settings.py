@@ -77,6 +77,8 @@ class EngineFacts:
     sleep_mode: bool
     kv_groups: int
     spec_kind: str  # class name of the KV cache spec, e.g. FullAttentionSpec
+    kv_connector: bool = False  # --kv-transfer-config: connectors may re-lay out the cache
+    packed_kv: bool = False  # KVCacheTensor.block_stride > 0: all layers in one tensor
 
 
 def check_supported(f: EngineFacts) -> None:
@@ -96,3 +98,10 @@ def check_supported(f: EngineFacts) -> None:
         raise UnsupportedEngine(
             f"KV Slab supports one full-attention KV group, got {f.kv_groups} group(s) of "
             f"{f.spec_kind} (hybrid, sliding-window and MLA models are not handled)", hint=hint)
+    if f.kv_connector:
+        raise UnsupportedEngine("KV Slab cannot be combined with a KV connector "
+                                "(--kv-transfer-config): it may re-lay out and copy the cache",
+                                hint=hint)
+    if f.packed_kv:
+        raise UnsupportedEngine("KV Slab needs one KV tensor per layer, got a packed "
+                                "cross-layer layout (KVCacheTensor.block_stride > 0)", hint=hint)

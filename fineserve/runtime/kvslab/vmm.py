@@ -10,12 +10,15 @@ background thread makes it current before each call.
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
 from fineserve.runtime.kvslab.engine import MapError
 from fineserve.runtime.kvslab.errors import KvSlabError, UnsupportedEngine
 from fineserve.runtime.kvslab.layout import KvLayout
+
+log = logging.getLogger("fineserve.kvslab")
 
 
 def _driver() -> Any:
@@ -48,7 +51,8 @@ class _Cu:
 
 
 class _RawTensor:
-    """``__cuda_array_interface__`` over a reserved range; torch wraps it without owning it."""
+    """``__cuda_array_interface__`` over a range: the fallback import, valid only once the
+    range's first granule is mapped (torch asks the runtime who owns the pointer)."""
 
     def __init__(self, ptr: int, nbytes: int) -> None:
         self.__cuda_array_interface__ = {
@@ -87,8 +91,27 @@ class VmmMapper:
         self.handles: dict[int, list[tuple[int, int, Any]]] = {}  # slab -> (addr, n, handle)
         self._lock = threading.Lock()
 
-    def raw_tensors(self) -> list[_RawTensor]:
-        return [_RawTensor(b, self.layout.tensor_bytes) for b in self.bases]
+    def tensors(self) -> list[Any]:
+        """One ``torch.int8`` tensor per reserved range, on this mapper's device.
+
+        Built through DLPack (``tensorwrap``), so it works before any slab is mapped; torch
+        never owns the memory (``close`` frees it, after the tensors are dead).
+        """
+        from fineserve.runtime.kvslab.tensorwrap import device_tensor
+
+        try:
+            return [device_tensor(b, self.layout.tensor_bytes, self.device) for b in self.bases]
+        except Exception as exc:  # an odd torch build: the interface works once slab 0 is mapped
+            if 0 not in self.handles:
+                raise KvSlabError(f"KV Slab: cannot wrap the KV ranges as tensors ({exc}) "
+                                  "and slab 0 is not mapped for the fallback") from exc
+            import torch
+
+            log.warning("KV Slab: DLPack import failed (%s); using __cuda_array_interface__",
+                        exc)
+            dev = torch.device("cuda", self.device)
+            return [torch.as_tensor(_RawTensor(b, self.layout.tensor_bytes), device=dev)
+                    for b in self.bases]
 
     def map_slab(self, slab: int) -> None:
         with self._lock:

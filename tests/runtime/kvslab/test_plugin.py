@@ -102,3 +102,80 @@ def test_ledger_lease_joins_with_its_floor_and_publishes_demand(tmp_path):
     other = LedgerLease(led, "b", publish_s=1.0, manager=ManagerConfig(), clock=lambda: 5.0)
     with pytest.raises(KvSlabError, match="does not fit"):
         other.join(EngineRegistration("b", 2, 131072, 64 << 20, 9, 10), 9, wait_s=0)
+
+
+def _fake_vllm(root, hooks, version="0.26.0"):
+    """A stand-in ``vllm`` package holding exactly the hooked functions (tests register())."""
+    from collections import defaultdict
+
+    from fineserve.runtime.kvslab.hooks import NOT_OVERRIDDEN
+
+    files = defaultdict(list)
+    classes = defaultdict(list)  # (module, class) -> method sources
+    for h in hooks:
+        fn = f"def {h.name}({', '.join(h.params)}):\n    return 'orig'\n"
+        if h.owner:
+            classes[h.module, h.owner].append(fn.replace("\n", "\n    "))
+        else:
+            files[h.module].append(fn)
+    for (module, cls), methods in classes.items():
+        files[module].append(f"class {cls}:\n    " + "\n    ".join(methods))
+    for module, cls, _ in NOT_OVERRIDDEN:
+        files[module].append(f"from vllm.v1.core.sched.scheduler import Scheduler\n"
+                             f"class {cls}(Scheduler):\n    pass\n")
+    files["vllm"].append(f"__version__ = {version!r}\n")
+    for module, parts in files.items():
+        path = root.joinpath(*module.split("."))
+        for i in range(1, len(module.split("."))):
+            pkg = root.joinpath(*module.split(".")[:i])
+            pkg.mkdir(parents=True, exist_ok=True)
+            (pkg / "__init__.py").touch()
+        target = path / "__init__.py" if module == "vllm" else path.with_suffix(".py")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text("\n".join(parts))
+
+
+@pytest.fixture
+def fake_vllm(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("FINESERVE_KVSLAB", "1")
+    yield tmp_path
+    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
+        del sys.modules[name]
+
+
+def test_register_patches_every_hook_of_a_matching_vllm(fake_vllm):
+    import importlib
+
+    from fineserve.runtime.kvslab.hooks import HOOKS
+
+    _fake_vllm(fake_vllm, HOOKS)
+    plugin.register()
+    for h in HOOKS:
+        mod = importlib.import_module(h.module)
+        fn = getattr(getattr(mod, h.owner) if h.owner else mod, h.name)
+        assert getattr(fn, "_fineserve_kvslab", False), h.where
+
+
+def test_register_refuses_a_changed_signature_before_patching_anything(fake_vllm):
+    import dataclasses
+    import importlib
+
+    from fineserve.runtime.kvslab.hooks import HOOKS, V2_ALLOCATE
+
+    old = dataclasses.replace(V2_ALLOCATE, params=("kv_cache_config", "device"))
+    _fake_vllm(fake_vllm, [old if h is V2_ALLOCATE else h for h in HOOKS])
+    with pytest.raises(UnsupportedEngine, match="_allocate_kv_cache.*shared_layers"):
+        plugin.register()
+    for h in HOOKS:
+        mod = importlib.import_module(h.module)
+        fn = getattr(getattr(mod, h.owner) if h.owner else mod, h.name)
+        assert not getattr(fn, "_fineserve_kvslab", False), h.where
+
+
+def test_register_refuses_another_vllm_version(fake_vllm):
+    from fineserve.runtime.kvslab.hooks import HOOKS
+
+    _fake_vllm(fake_vllm, HOOKS, version="0.32.0")
+    with pytest.raises(UnsupportedEngine, match="supports vLLM 0.26.0 only"):
+        plugin.register()

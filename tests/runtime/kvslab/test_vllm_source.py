@@ -1,0 +1,117 @@
+"""The plugin's hook table against the real vLLM 0.26.0 source, read with ``ast`` (no GPU, no
+vLLM import). Skipped unless the source tree is extracted (``/tmp/vllm026/vllm`` or
+``FINESERVE_VLLM026_SRC``):
+
+    mkdir -p /tmp/vllm026 && cat .devbundle/c[0-9] | python3 -c "import sys,tarfile; \
+        tarfile.open(fileobj=sys.stdin.buffer, mode='r|xz').extractall('/tmp/vllm026')"
+"""
+
+import ast
+import os
+from pathlib import Path
+
+import pytest
+
+from fineserve.runtime.kvslab.hooks import (
+    ATTRIBUTES,
+    HOOKS,
+    NOT_OVERRIDDEN,
+    V1_ALLOCATE,
+    V2_ALLOCATE,
+    signature_problem,
+)
+from fineserve.runtime.kvslab.settings import SUPPORTED_VLLM
+
+ROOT = Path(os.environ.get("FINESERVE_VLLM026_SRC", "/tmp/vllm026"))
+pytestmark = pytest.mark.skipif(not (ROOT / "vllm" / "__init__.py").is_file(),
+                                reason=f"vLLM {SUPPORTED_VLLM} source not extracted at {ROOT}")
+
+
+def _tree(module: str) -> ast.Module:
+    path = ROOT / (module.replace(".", "/") + ".py")
+    return ast.parse(path.read_text(), filename=str(path))
+
+
+def _class(module: str, name: str) -> ast.ClassDef:
+    found = [n for n in _tree(module).body if isinstance(n, ast.ClassDef) and n.name == name]
+    assert found, f"{module}.{name} not found"
+    return found[0]
+
+
+def _function(body: list[ast.stmt], name: str) -> ast.FunctionDef | None:
+    for n in body:
+        if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name == name:
+            return n
+    return None
+
+
+def _params(fn: ast.FunctionDef) -> tuple[str, ...]:
+    """Parameter names in ``inspect.signature`` order."""
+    a = fn.args
+    names = [x.arg for x in a.posonlyargs + a.args]
+    names += [a.vararg.arg] if a.vararg else []
+    names += [x.arg for x in a.kwonlyargs]
+    names += [a.kwarg.arg] if a.kwarg else []
+    return tuple(names)
+
+
+def _attributes(cls: ast.ClassDef) -> set[str]:
+    """Methods, class-level fields, and ``self.x`` assignments anywhere in the class."""
+    out = set()
+    for n in ast.walk(cls):
+        if isinstance(n, ast.FunctionDef) and n in cls.body:
+            out.add(n.name)
+        elif isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name) and n in cls.body:
+            out.add(n.target.id)
+        elif isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Store) and (
+                isinstance(n.value, ast.Name) and n.value.id == "self"):
+            out.add(n.attr)
+    return out
+
+
+def test_the_source_is_the_supported_version():
+    meta = next(ROOT.glob("vllm-*.dist-info/METADATA")).read_text()
+    assert f"\nVersion: {SUPPORTED_VLLM}\n" in meta
+
+
+@pytest.mark.parametrize("hook", HOOKS, ids=lambda h: h.where)
+def test_every_hook_exists_with_the_expected_parameters(hook):
+    body = _class(hook.module, hook.owner).body if hook.owner else _tree(hook.module).body
+    fn = _function(body, hook.name)
+    assert fn is not None, f"{hook.where} is missing"
+    assert signature_problem(hook, _params(fn)) is None
+
+
+@pytest.mark.parametrize("module, cls, names", ATTRIBUTES, ids=lambda x: str(x))
+def test_every_attribute_the_plugin_reads_exists(module, cls, names):
+    have = _attributes(_class(module, cls))
+    assert set(names) <= have, f"{cls} lacks {set(names) - have}"
+
+
+@pytest.mark.parametrize("module, cls, names", NOT_OVERRIDDEN)
+def test_the_default_async_scheduler_inherits_the_hooked_methods(module, cls, names):
+    sub = _class(module, cls)
+    assert [_function(sub.body, n) for n in names] == [None] * len(names)
+
+
+def test_the_runners_call_the_hooked_allocators_at_call_time():
+    """V2: ``init_kv_cache`` looks ``_allocate_kv_cache`` up in its module's globals (so the
+    patched module attribute is what runs); V1: the method through ``self``."""
+    init = _function(_tree(V2_ALLOCATE.module).body, "init_kv_cache")
+    calls = [c.func for c in ast.walk(init) if isinstance(c, ast.Call)]
+    assert any(isinstance(f, ast.Name) and f.id == V2_ALLOCATE.name for f in calls)
+    runner = _class(V1_ALLOCATE.module, V1_ALLOCATE.owner)
+    init1 = _function(runner.body, "initialize_kv_cache_tensors")
+    calls1 = [c.func for c in ast.walk(init1) if isinstance(c, ast.Call)]
+    assert any(isinstance(f, ast.Attribute) and f.attr == V1_ALLOCATE.name for f in calls1)
+
+
+def test_llama_runs_on_the_v1_runner_by_default():
+    """Why both allocators are hooked: 0.26 picks V2 only for a short architecture list."""
+    tree = _tree("vllm.config.vllm")
+    lists = [n for n in ast.walk(tree) if isinstance(n, ast.Assign)
+             and any(isinstance(t, ast.Name) and t.id == "DEFAULT_V2_MODEL_RUNNER_ARCHITECTURES"
+                     for t in n.targets)]
+    assert lists
+    names = {c.value for c in ast.walk(lists[0].value) if isinstance(c, ast.Constant)}
+    assert "LlamaForCausalLM" not in names and names
