@@ -4,7 +4,8 @@ Control law (one engine; ``r_ttft`` = dispatch-to-first-token time / TTFT SLO, `
 TPOT / TPOT SLO, both only from requests dispatched under the current limit - the epoch):
 
 - decrease ``L <- max(min, min(L - 1, floor(0.75 L)))`` when a window's mean ``r_ttft`` > 0.8
-  or mean ``r_tpot`` > 1.0 (after 3 samples), or one sample has ``r_ttft`` > 1 or
+  or mean ``r_tpot`` > 1.0 (after 6 samples; the TTFT cut only when the prefill fit
+  predicts faster first tokens at the lower limit), or one sample has ``r_ttft`` > 1 or
   ``r_tpot`` > 1.25 (a certain miss); or when vLLM reports KV usage >= 0.95 (preemption is
   next, which wastes the prefill already done);
 - clamp ``L <- max(min, min(L - 1, running + 1))`` when vLLM reports waiting > 0 on two
@@ -36,7 +37,7 @@ TTFT_HIGH, TTFT_LOW, TTFT_HARD = 0.8, 0.4, 1.0
 TPOT_HIGH, TPOT_LOW, TPOT_HARD = 1.0, 0.8, 1.25
 KV_HIGH, KV_LOW = 0.95, 0.85
 DECREASE = 0.75
-MIN_SAMPLES = 3  # before a window mean can trigger a decrease
+MIN_SAMPLES = 6  # before a window mean can trigger a decrease
 ROUND_MAX = 16  # samples per increase window, at most
 WAITING_SCRAPES = 2  # consecutive scrapes with engine-side waiting before clamping
 
@@ -92,7 +93,7 @@ class AdaptivePolicy(DeadlinePolicy):
     def _evaluate(self, now_s: float) -> None:
         mean_ttft = self._sum_ttft / self._n_ttft if self._n_ttft else 0.0
         mean_tpot = self._sum_tpot / self._n_tpot if self._n_tpot else 0.0
-        if (self._n_ttft >= MIN_SAMPLES and mean_ttft > TTFT_HIGH) or (
+        if (self._n_ttft >= MIN_SAMPLES and mean_ttft > TTFT_HIGH and self._cut_helps()) or (
             self._n_tpot >= MIN_SAMPLES and mean_tpot > TPOT_HIGH
         ):
             self._decrease(now_s)
@@ -109,6 +110,14 @@ class AdaptivePolicy(DeadlinePolicy):
             self._set(self.limit + 1, now_s)
         else:
             self._reset_window()  # new window, same epoch
+
+    def _cut_helps(self) -> bool:
+        """Slow first tokens are the load's fault only if less load makes them faster: on an
+        engine whose prefill does not depend on concurrency, a cut just queues requests."""
+        return self.est.load_helps(self.limit, self._cut_to())
+
+    def _cut_to(self) -> int:
+        return max(self.config.min_limit, min(self.limit - 1, math.floor(self.limit * DECREASE)))
 
     def _decrease(self, now_s: float) -> None:
         self._set(min(self.limit - 1, math.floor(self.limit * DECREASE)), now_s)

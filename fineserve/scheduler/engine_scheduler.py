@@ -44,6 +44,7 @@ class _Flight:
     prompt_tokens: int
     running: int  # in flight at dispatch, counting this one
     epoch: int  # the policy's epoch at dispatch: feedback from older epochs is stale
+    predicted_s: float | None  # the fit's dispatch-to-first-token prediction at dispatch
     first_token_s: float | None = None
 
 
@@ -80,6 +81,7 @@ class EngineScheduler:
         self._granted: list[str] = []
         self._expired_out: list[tuple[str, Decision]] = []
         self._arbiter = arbiter
+        self._saturated_finish_s: float | None = None  # last finish of a saturated engine
         if arbiter is not None:
             arbiter.attach(self)
 
@@ -115,7 +117,7 @@ class EngineScheduler:
         if len(self._queue) >= self.config.max_queue:
             self._rejected += 1
             return Decision(Verdict.REJECT, "queue full", self._retry_after())
-        expire_at = req.arrival_s + self.slo.ttft_s
+        expire_at = req.arrival_s + self.slo.ttft_s - verdict.prefill_s
         if klass == LATE:
             expire_at = req.arrival_s + self.slo.ttft_s * self.config.late_timeout_factor
             self._deprioritised += 1
@@ -145,6 +147,8 @@ class EngineScheduler:
             return
         flight.first_token_s = now_s
         engine_ttft = now_s - flight.dispatch_s
+        if flight.predicted_s is not None:  # before the fit learns from this very sample
+            self._est.prefill_err.add(engine_ttft - flight.predicted_s)
         self._est.observe_prefill(flight.prompt_tokens, flight.running, engine_ttft)
         self._policy.on_first_token(engine_ttft, flight.epoch, now_s)
 
@@ -157,6 +161,7 @@ class EngineScheduler:
         if flight is None:
             self.cancel(request_id, now_s)
             return
+        self._observe_gap(now_s)
         self._release(request_id)
         tpot = None
         if ok and flight.first_token_s is not None and output_tokens > 1:
@@ -250,10 +255,22 @@ class EngineScheduler:
             return False
         return self._arbiter is None or self._arbiter.may_take(self)
 
+    def _observe_gap(self, now_s: float) -> None:
+        """Time since the previous finish, when the engine was saturated throughout."""
+        if len(self._flights) + 1 < self._policy.limit:  # counting the one just finished
+            self._saturated_finish_s = None
+            return
+        if self._saturated_finish_s is not None:
+            self._est.gap.add(now_s - self._saturated_finish_s)
+        self._saturated_finish_s = now_s
+
     def _dispatch(self, req: RequestInfo, now_s: float) -> None:
         running = len(self._flights) + 1
+        predicted = None
+        if self._policy.predicts and self._est.ttft.count:
+            predicted = self._est.prefill_s(req.prompt_tokens, running)
         self._flights[req.request_id] = _Flight(
-            now_s, req.prompt_tokens, running, self._policy.epoch
+            now_s, req.prompt_tokens, running, self._policy.epoch, predicted
         )
         self._admitted += 1
         if self._arbiter is not None:

@@ -9,6 +9,12 @@
 - Service: EWMA of dispatch-to-finish time; with ``limit`` requests in flight a slot frees
   about every ``service / limit`` seconds, which is what a queued request waits per position.
 - TPOT: EWMA of (finish - first token) / (output tokens - 1).
+- Calibration (why admission is not pessimistic): a point estimate is not a prediction.
+  ``prefill_err`` tracks how far observed first tokens land from what the fit predicted at
+  dispatch (bias and spread, from every dispatched request, so no selection effect), and
+  ``gap`` the spread of the intervals between finishes of a saturated engine, which is how
+  uncertain a queued request's wait for a slot is. Admission judges a quantile of the
+  resulting distribution (``deadline.py``), not its mean.
 """
 
 from __future__ import annotations
@@ -28,8 +34,37 @@ class Ewma:
         self.count += 1
 
 
+class Spread:
+    """Exponentially weighted mean and variance of a stream (West's update, O(1))."""
+
+    __slots__ = ("mean", "var", "count")
+
+    def __init__(self) -> None:
+        self.mean = 0.0
+        self.var = 0.0
+        self.count = 0
+
+    def add(self, x: float) -> None:
+        if self.count == 0:
+            self.mean = x
+        else:
+            d = x - self.mean
+            self.mean += ALPHA * d
+            self.var = (1.0 - ALPHA) * (self.var + ALPHA * d * d)
+        self.count += 1
+
+    @property
+    def sd(self) -> float:
+        return self.var**0.5
+
+
+CALIBRATED = 5  # samples before a learned bias / spread replaces its prior
+LOAD_HELPS = 0.95  # a cut must promise at least 5% faster first tokens
+GAP_CV_PRIOR = 0.5  # coefficient of variation of slot-free intervals before any is seen
+
+
 class ServiceEstimator:
-    __slots__ = ("_s", "_hint", "service", "tpot", "ttft")
+    __slots__ = ("_s", "_hint", "service", "tpot", "ttft", "prefill_err", "gap")
 
     def __init__(self, prefill_s_per_token_hint: float = 0.0) -> None:
         # EW sums: weight, tokens, n, tokens^2, tokens*n, n^2, t, tokens*t, n*t
@@ -38,6 +73,8 @@ class ServiceEstimator:
         self.service = Ewma()  # dispatch -> finish, seconds
         self.tpot = Ewma()  # seconds per output token
         self.ttft = Ewma()  # dispatch -> first token, seconds (for stats and control)
+        self.prefill_err = Spread()  # observed - predicted dispatch-to-first-token, seconds
+        self.gap = Spread()  # seconds between finishes while the engine was saturated
 
     def observe_prefill(self, prompt_tokens: int, in_flight: int, seconds: float) -> None:
         """One dispatch-to-first-token time of a prompt dispatched with ``in_flight`` running
@@ -73,11 +110,34 @@ class ServiceEstimator:
             return max(0.0, mt + cxt / cxx * (x - mx))
         return st / sx * x  # one operating point: FineServe's time-per-token ratio
 
+    def load_helps(self, from_n: int, to_n: int) -> bool:
+        """Would ``to_n`` (< ``from_n``) in flight give a typical prompt a clearly faster first
+        token? True until the fit knows (a cut is the safe default)."""
+        w = self._s[0]
+        if w == 0.0:
+            return True
+        x = self._s[1] / w  # the mean prompt
+        before = self.prefill_s(int(x), from_n)
+        return before <= 0.0 or self.prefill_s(int(x), to_n) < LOAD_HELPS * before
+
     def slot_wait_s(self, slots_needed: int, limit: int) -> float:
         """Expected wait until ``slots_needed`` in-flight requests have finished."""
         if slots_needed <= 0 or self.service.count == 0:
             return 0.0
         return slots_needed * self.service.value / max(limit, 1)
+
+    def prefill_bias_sd(self) -> tuple[float, float]:
+        """Mean and spread of the fit's error (0, 0 until ``CALIBRATED`` samples)."""
+        e = self.prefill_err
+        return (e.mean, e.sd) if e.count >= CALIBRATED else (0.0, 0.0)
+
+    def slot_wait_sd(self, slots_needed: int, limit: int) -> float:
+        """Spread of ``slot_wait_s``: ``slots_needed`` intervals of the learned variability."""
+        if slots_needed <= 0 or self.service.count == 0:
+            return 0.0
+        g = self.gap
+        cv = g.sd / g.mean if g.count >= CALIBRATED and g.mean > 0.0 else GAP_CV_PRIOR
+        return slots_needed**0.5 * cv * self.service.value / max(limit, 1)
 
     def observe_finish(self, service_s: float, tpot_s: float | None) -> None:
         self.service.add(max(service_s, 0.0))

@@ -18,7 +18,9 @@ from fineserve.scheduler.types import EngineSnapshot, RequestInfo, SchedulerConf
 
 class Assessment(NamedTuple):
     on_time: bool  # predicted to get its first token by arrival + TTFT SLO
-    lateness_s: float  # predicted first token minus deadline (<= 0 when on time)
+    lateness_s: float  # expected first token minus deadline (may be > 0 when on time)
+    prefill_s: float = 0.0  # optimistic dispatch-to-first-token: a queued request expires
+    # once less than this is left before its deadline (dispatching it then is a sure miss)
 
 
 class Policy:
@@ -26,6 +28,7 @@ class Policy:
 
     name: ClassVar[str] = "base"
     expires_queued: ClassVar[bool] = True  # expire queued requests at their TTFT deadline
+    predicts: ClassVar[bool] = False  # assess() uses the estimator (calibrate its prefill fit)
 
     def __init__(self, slo: SloTargets, config: SchedulerConfig, est: ServiceEstimator) -> None:
         self.slo = slo

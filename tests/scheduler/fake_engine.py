@@ -4,6 +4,9 @@ Latency depends on the concurrency at dispatch (``n``, counting the new request)
 ``ttft = ttft_base + ttft_per_inflight * n + ttft_per_token * prompt`` and
 ``tpot = tpot_base + tpot_per_inflight * n``. Crude, but it has the one property the
 scheduler must react to: more in flight means slower first tokens and slower decoding.
+Optionally first tokens stop slowing down beyond ``ttft_knee`` in flight (a GPU's step time is
+nearly flat in batch size once prefill dominates) and vary by +-``ttft_jitter`` (relative,
+seeded): both break the estimator's linear model, as a real engine does.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ class FakeEngine:
     tpot_base: float = 0.01
     tpot_per_inflight: float = 0.0
     kv_capacity: int = 10**9  # in-flight requests at which KV usage reads 1.0
+    ttft_knee: int = 10**9  # in-flight count beyond which first tokens get no slower
+    ttft_jitter: float = 0.0  # relative noise of each first token, uniform in +-jitter
+    seed: int = 0
 
 
 @dataclass
@@ -87,6 +93,7 @@ def run(
     seq = 0
     in_flight: set[str] = set()
     limits: list[int] = []
+    rng = random.Random(engine.seed)
 
     def push(t: float, kind: int, rid: str) -> None:
         nonlocal seq
@@ -98,8 +105,9 @@ def run(
         o = outcomes[rid]
         o.dispatched = now
         n = len(in_flight)
-        ttft = engine.ttft_base + engine.ttft_per_inflight * n
+        ttft = engine.ttft_base + engine.ttft_per_inflight * min(n, engine.ttft_knee)
         ttft += engine.ttft_per_token * prompts[rid]
+        ttft *= 1.0 + engine.ttft_jitter * (2.0 * rng.random() - 1.0)
         tpot = engine.tpot_base + engine.tpot_per_inflight * n
         push(now + ttft, 0, rid)
         push(now + ttft + (o.out_tokens - 1) * tpot, 1, rid)
