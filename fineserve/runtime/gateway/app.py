@@ -21,7 +21,6 @@ from functools import partial
 import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
-from yarl import URL
 
 from fineserve.runtime.gateway.admission import Admission, Outcome
 from fineserve.runtime.gateway.config import GatewayConfig
@@ -65,8 +64,6 @@ class Gateway:
             self._series[route.model] = self.metrics.model(route.model)
             self._watch(route.model, ups)
         self.admission = Admission(self.routes, config.scheduler.poll_interval_s)
-        self._urls = {id(u): (URL(u.completions_url), URL(u.chat_url))
-                      for u in self.admission.upstreams}
         self._ids = itertools.count(1)
         self.active = 0  # generation requests being handled (drained on shutdown)
         self.session: aiohttp.ClientSession | None = None
@@ -119,6 +116,8 @@ class Gateway:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        for u in self.admission.upstreams:
+            u.pool.close()
         if self.session is not None:
             await self.session.close()
             self.session = None
@@ -232,14 +231,14 @@ class Gateway:
 
     async def _forward(self, request: web.Request, up: Upstream, p: Payload, info: RequestInfo,
                        chat: int) -> tuple[web.StreamResponse, Served]:
-        assert self.session is not None, "Gateway.start() was not awaited"
-        url = self._urls[id(up)][chat]
+        path = up.paths[chat]
         body = p.for_engine(up.served_name)
+        timeout = self.config.upstream_timeout_s
         if not p.stream:
-            return await forward_json(self.session, url, body)
+            return await forward_json(up.pool, path, body, timeout)
         rid, sched = info.request_id, up.sched
-        return await forward_stream(request, self.session, url, body, not p.client_usage,
-                                    lambda now: sched.on_first_token(rid, now))
+        return await forward_stream(request, up.pool, path, body, not p.client_usage,
+                                    lambda now: sched.on_first_token(rid, now), timeout)
 
     def _refusal(self, model: str, series: ModelSeries, out: Outcome) -> ApiError:
         d = out.decision

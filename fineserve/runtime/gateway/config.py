@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -29,7 +30,8 @@ class UpstreamConfig(_Strict):
     """One engine (a vLLM OpenAI server) serving a model."""
 
     engine_id: str = Field(min_length=1)
-    base_url: str = Field(pattern=r"^https?://[^/\s]+/?$")  # e.g. http://127.0.0.1:8101
+    # e.g. http://127.0.0.1:8101; plain HTTP (engines sit next to the gateway, see client.py)
+    base_url: str = Field(pattern=r"^http://[^/\s]+/?$")
     served_model_name: str = Field(min_length=1)  # the name the engine knows the model by
     weight: Annotated[float, Field(gt=0)] = 1.0  # the plan's traffic split
     gpu: str = ""  # engines on the same GPU share a GpuArbiter
@@ -38,6 +40,12 @@ class UpstreamConfig(_Strict):
     @property
     def url(self) -> str:
         return self.base_url.rstrip("/")
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        """Host and port of ``base_url`` (port 80 when it names none)."""
+        u = urlsplit(self.url)
+        return u.hostname or "", u.port or 80
 
 
 class ModelRoute(_Strict):

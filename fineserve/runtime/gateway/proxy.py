@@ -1,30 +1,35 @@
 """Forward one request to one engine and relay the answer, streamed or whole.
 
 Only failures before anything reached the client are ``Unreachable`` (the caller may try
-another replica); once a stream has started, an engine failure ends that stream. Leaving the
-``async with`` early (the client went away, or the task was cancelled) closes the engine
-connection, which makes vLLM abort the generation.
+another replica); once a stream has started, an engine failure ends that stream. Leaving
+early (the client went away, or the task was cancelled) closes the engine connection, which
+makes vLLM abort the generation. The engine side is the lean keep-alive client
+(``client.py``); the client side is aiohttp's server.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import aiohttp
 from aiohttp import web
-from yarl import URL
 
+from fineserve.runtime.gateway.client import (
+    BrokenBody,
+    ClientError,
+    ConnectFailed,
+    Disconnected,
+    Pool,
+    Response,
+)
 from fineserve.runtime.gateway.errors import ApiError
 from fineserve.runtime.gateway.sse import SseRelay
 
-_JSON_HEADERS = {"Content-Type": "application/json"}
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 _USAGE_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
-# errors that mean "nothing was done on the engine's side or it is safe to redo"
-_RETRYABLE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 
 
 class Unreachable(Exception):
@@ -45,26 +50,37 @@ class Served:
     last_token_s: float | None = None
 
 
-def _passthrough(r: aiohttp.ClientResponse, data: bytes) -> web.Response:
-    headers = {"Content-Type": r.headers.get("Content-Type", "application/json")}
-    retry = r.headers.get("Retry-After")
-    if retry is not None:
-        headers["Retry-After"] = retry
+def _passthrough(r: Response, data: bytes) -> web.Response:
+    headers = {"Content-Type": r.content_type or "application/json"}
+    if r.retry_after is not None:
+        headers["Retry-After"] = r.retry_after
     return web.Response(body=data, status=r.status, headers=headers)
 
 
-async def forward_json(session: aiohttp.ClientSession, url: URL, body: bytes
+async def _send(pool: Pool, path: str, body: bytes) -> Response:
+    try:
+        return await pool.post(path, body)
+    except ConnectFailed as exc:
+        raise Unreachable(True, str(exc)) from None
+    except (Disconnected, BrokenBody) as exc:
+        raise Unreachable(False, f"{type(exc).__name__}: {exc}") from None
+
+
+async def forward_json(pool: Pool, path: str, body: bytes, timeout_s: float
                        ) -> tuple[web.Response, Served]:
     """Non-streaming request: the engine's answer, whole."""
     try:
-        async with session.post(url, data=body, headers=_JSON_HEADERS) as r:
-            data = await r.read()
-    except aiohttp.ClientConnectorError as exc:
-        raise Unreachable(True, f"connect failed: {exc.os_error}") from None
-    except _RETRYABLE as exc:
-        raise Unreachable(False, f"{type(exc).__name__}: {exc}") from None
+        async with asyncio.timeout(timeout_s):
+            r = await _send(pool, path, body)
+            try:
+                data = await r.read()
+            except BaseException:
+                r.close()
+                raise
     except TimeoutError:
         raise ApiError(504, "engine did not answer in time") from None
+    except BrokenBody as exc:
+        raise Unreachable(False, f"BrokenBody: {exc}") from None
     served = Served(r.status)
     if r.status == 200:
         m = _USAGE_TOKENS.search(data)
@@ -72,23 +88,22 @@ async def forward_json(session: aiohttp.ClientSession, url: URL, body: bytes
     return _passthrough(r, data), served
 
 
-async def forward_stream(request: web.Request, session: aiohttp.ClientSession, url: URL,
-                         body: bytes, strip_usage: bool,
-                         on_first_token: Callable[[float], None]
-                         ) -> tuple[web.StreamResponse, Served]:
+async def forward_stream(request: web.Request, pool: Pool, path: str, body: bytes,
+                         strip_usage: bool, on_first_token: Callable[[float], None],
+                         timeout_s: float) -> tuple[web.StreamResponse, Served]:
     """Streaming request: relay SSE events as they come, timing the first and last token."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
     try:
-        r = await session.post(url, data=body, headers=_JSON_HEADERS)
-    except aiohttp.ClientConnectorError as exc:
-        raise Unreachable(True, f"connect failed: {exc.os_error}") from None
-    except _RETRYABLE as exc:
-        raise Unreachable(False, f"{type(exc).__name__}: {exc}") from None
+        async with asyncio.timeout_at(deadline):
+            r = await _send(pool, path, body)
     except TimeoutError:
         raise ApiError(504, "engine did not answer in time") from None
     try:
         if r.status != 200:
-            return _passthrough(r, await r.read()), Served(r.status)
-        return await _relay(request, r, strip_usage, on_first_token)
+            async with asyncio.timeout_at(deadline):
+                data = await r.read()
+            return _passthrough(r, data), Served(r.status)
+        return await _relay(request, r, strip_usage, on_first_token, deadline)
     except BaseException:
         r.close()  # unread engine data: drop the connection, so the engine aborts the request
         raise
@@ -96,31 +111,34 @@ async def forward_stream(request: web.Request, session: aiohttp.ClientSession, u
         r.release()
 
 
-async def _relay(request: web.Request, r: aiohttp.ClientResponse, strip_usage: bool,
-                 on_first_token: Callable[[float], None]) -> tuple[web.StreamResponse, Served]:
+async def _relay(request: web.Request, r: Response, strip_usage: bool,
+                 on_first_token: Callable[[float], None], deadline: float
+                 ) -> tuple[web.StreamResponse, Served]:
     resp = web.StreamResponse(headers=_SSE_HEADERS)
     await resp.prepare(request)
     relay = SseRelay(strip_usage)
     served = Served(200)
     first = last = None
     try:
-        async for data in r.content.iter_any():
-            out, n = relay.feed(data)
-            if n:
-                last = time.monotonic()
-                if first is None:
-                    first = last
-                    on_first_token(first)
-            if out:
-                await resp.write(out)
+        async with asyncio.timeout_at(deadline):
+            async for data in r.iter_any():
+                out, n = relay.feed(data)
+                if n:
+                    last = time.monotonic()
+                    if first is None:
+                        first = last
+                        on_first_token(first)
+                if out:
+                    await resp.write(out)
         out, n = relay.flush()
         if n:
             last = time.monotonic()
             first = first or last
         if out:
             await resp.write(out)
-    except (aiohttp.ClientPayloadError, *_RETRYABLE, TimeoutError):
+    except (ClientError, TimeoutError):
         served.status = 502  # the engine broke off mid-stream: the client sees it end early
+        r.close()
     served.first_token_s, served.last_token_s = first, last
     served.output_tokens = relay.output_tokens
     await resp.write_eof()

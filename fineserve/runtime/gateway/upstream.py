@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import aiohttp
 
+from fineserve.runtime.gateway.client import Pool
 from fineserve.runtime.gateway.config import GatewayConfig, ModelRoute, UpstreamConfig
 from fineserve.scheduler.arbiter import GpuArbiter
 from fineserve.scheduler.engine_scheduler import EngineScheduler
@@ -33,10 +34,11 @@ class Upstream:
     """Mutable per-engine state, owned by the gateway's event loop (no locking needed)."""
 
     __slots__ = ("cfg", "route", "sched", "arbiter", "healthy", "in_flight", "queued",
-                 "credit", "completions_url", "chat_url", "served_name")
+                 "credit", "paths", "served_name", "pool")
 
     def __init__(self, cfg: UpstreamConfig, route: ModelRoute, scheduler: EngineScheduler,
-                 arbiter: GpuArbiter | None = None) -> None:
+                 arbiter: GpuArbiter | None = None, connect_timeout_s: float = 2.0,
+                 keepalive_s: float = 4.0) -> None:
         self.cfg = cfg
         self.route = route
         self.sched = scheduler
@@ -45,9 +47,11 @@ class Upstream:
         self.in_flight = 0  # dispatched, not finished (mirrors the scheduler, read per request)
         self.queued = 0  # waiting in the scheduler's queue
         self.credit = 0.0  # smooth weighted round-robin among equally loaded replicas
-        self.completions_url = f"{cfg.url}/v1/completions"
-        self.chat_url = f"{cfg.url}/v1/chat/completions"
+        self.paths = ("/v1/completions", "/v1/chat/completions")  # by ``chat``
         self.served_name = cfg.served_model_name
+        host, port = cfg.host_port
+        # generation requests: the lean keep-alive client (scrapes and probes use aiohttp)
+        self.pool = Pool(host, port, connect_timeout_s, keepalive_s)
 
     @property
     def engine_id(self) -> str:
@@ -82,7 +86,7 @@ def make_upstreams(gw: GatewayConfig) -> dict[str, list[Upstream]]:
             arbiter = arbiters.get(u.gpu)
             sched = EngineScheduler(u.engine_id, slo, config, arbiter=arbiter,
                                     priority=route.priority)
-            ups.append(Upstream(u, route, sched, arbiter))
+            ups.append(Upstream(u, route, sched, arbiter, gw.connect_timeout_s))
     return out
 
 
