@@ -19,6 +19,7 @@ import aiohttp
 from fineserve.planner.planfile import save_plan
 from fineserve.planner.schema import Cluster, NodeSpec, Plan
 from fineserve.profiles.gpus import gpu_spec
+from fineserve.runtime.control import stop_run
 from fineserve.runtime.state import RunDir
 from fineserve.testing.tiny_model import tiny_cpu_plan, write_tiny_model
 
@@ -115,6 +116,10 @@ class RayDeployed:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         self.cluster.stop()
+        for node in ("node0", "node1"):  # after a failure: what the agents left (our engines)
+            node_dir = self.run.root / "nodes" / node
+            if (node_dir / "state.json").exists():
+                stop_run(node_dir, wait_s=30)
 
 
 def _engine_base() -> int:
