@@ -60,6 +60,9 @@ def deploy(
     engine_arg: Annotated[list[str] | None, typer.Option(
         "--engine-arg", help="Extra vLLM argument (repeatable), e.g. --engine-arg=--seed=1.")]
     = None,
+    ray: Annotated[str | None, typer.Option(
+        "--ray", help="Deploy across the hosts of this Ray cluster (HOST:PORT of `ray start "
+                      "--head`); see docs/ray.md.")] = None,
 ) -> None:
     """Serve PLAN on this host in the foreground: MPS daemons, vLLM engines, gateway.
 
@@ -68,12 +71,12 @@ def deploy(
     run_guarded(lambda: _deploy(plan, run_dir or _default_run_dir(), no_mps, cpu, host, port,
                                 api_key or [], engine_python, engine_port_base, model_dir or [],
                                 dummy_weights, enforce_eager, max_model_len, node,
-                                startup_timeout, max_queue, engine_arg or []))
+                                startup_timeout, max_queue, engine_arg or [], ray))
 
 
 def _deploy(plan_path, run_dir, no_mps, cpu, host, port, api_keys, engine_python, port_base,
             model_dirs, dummy, eager, max_model_len, node, startup_timeout, max_queue,
-            engine_args) -> None:
+            engine_args, ray=None) -> None:
     from fineserve.planner.planfile import load_plan
     from fineserve.runtime.deploy import Deployment
     from fineserve.runtime.errors import EngineStartError
@@ -100,6 +103,15 @@ def _deploy(plan_path, run_dir, no_mps, cpu, host, port, api_keys, engine_python
         startup_timeout_s=startup_timeout, scheduler_max_queue=max_queue,
         extra_engine_args=tuple(engine_args))
     observer = _Observer()
+    if ray is not None:
+        from fineserve.cli.ray_cmd import run_on_ray
+
+        try:
+            run_on_ray(plan, opts, ray, observer)  # --node with --ray is an error there
+        finally:
+            observer.close()
+        err.print("stopped; nothing left running")
+        return
     try:
         Deployment(plan, opts, observer).run(on_ready=observer.ready)
     except EngineStartError as exc:
