@@ -24,6 +24,22 @@ def make_app(models: tuple[str, ...] = ("stub",), ttft_ms: float = 0.0, tpot_ms:
              max_concurrency: int = 0, metrics: bool = False) -> web.Application:
     """The stub's routes; ``metrics`` adds a vLLM-style /metrics (running, waiting, KV use)."""
     state = {"active": 0, "served": 0}
+    answers: dict[tuple[str, bool, int], bytes] = {}
+
+    def answer(model: str, chat: bool, n: int) -> bytes:
+        """A whole (non-streamed) answer, encoded once per shape: the stub must stay cheap,
+        since benchmarks run it on the same cores as what they measure."""
+        key = (model, chat, n)
+        body = answers.get(key)
+        if body is None:
+            text = " tok" * n
+            choice = ({"message": {"role": "assistant", "content": text}} if chat
+                      else {"text": text})
+            body = answers[key] = json.dumps({
+                "id": "stub", "object": "chat.completion" if chat else "text_completion",
+                "model": model, "choices": [{"index": 0, **choice, "finish_reason": "length"}],
+                "usage": {"prompt_tokens": 0, "completion_tokens": n}}).encode()
+        return body
 
     async def health(_: web.Request) -> web.Response:
         return web.Response(text="ok")
@@ -33,7 +49,7 @@ def make_app(models: tuple[str, ...] = ("stub",), ttft_ms: float = 0.0, tpot_ms:
             {"id": m, "object": "model", "owned_by": "fineserve-stub"} for m in models]})
 
     async def generate(request: web.Request, chat: bool) -> web.StreamResponse:
-        body = await request.json()
+        body = json.loads(await request.read())
         model = body.get("model")
         if model not in models:
             return web.json_response({"error": {"message": f"unknown model {model}"}},
@@ -48,13 +64,7 @@ def make_app(models: tuple[str, ...] = ("stub",), ttft_ms: float = 0.0, tpot_ms:
                 delay = (ttft_ms + tpot_ms * max(0, n - 1)) / 1e3
                 if delay > 0:
                     await asyncio.sleep(delay)
-                text = " tok" * n
-                choice = ({"message": {"role": "assistant", "content": text}} if chat
-                          else {"text": text})
-                return web.json_response({
-                    "id": "stub", "object": "chat.completion" if chat else "text_completion",
-                    "model": model, "choices": [{"index": 0, **choice, "finish_reason": "length"}],
-                    "usage": {"prompt_tokens": 0, "completion_tokens": n}})
+                return web.Response(body=answer(model, chat, n), content_type="application/json")
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await resp.prepare(request)
             start = time.perf_counter()
@@ -110,9 +120,14 @@ def main() -> None:
     ap.add_argument("--max-concurrency", type=int, default=0)
     ap.add_argument("--metrics", action="store_true", help="serve vLLM-style /metrics")
     a = ap.parse_args()
+    try:  # uvloop when present: a cheaper stub leaves more CPU to what is measured
+        import uvloop
+        loop = uvloop.new_event_loop()
+    except ImportError:
+        loop = None
     web.run_app(make_app(tuple(a.models.split(",")), a.ttft_ms, a.tpot_ms, a.max_concurrency,
                          a.metrics),
-                host=a.host, port=a.port, print=None, access_log=None)
+                host=a.host, port=a.port, print=None, access_log=None, loop=loop)
 
 
 if __name__ == "__main__":
