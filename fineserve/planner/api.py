@@ -8,6 +8,7 @@ from fineserve.errors import PlanInfeasible, SpecError
 from fineserve.planner.greedy import METHODS as GREEDY
 from fineserve.planner.ilp import solve_ilp
 from fineserve.planner.options import EngineOption, engine_options
+from fineserve.planner.ranking import rank
 from fineserve.planner.schema import Instance, Plan
 from fineserve.planner.validate import validate_plan
 from fineserve.profiles.latency import LatencyModel
@@ -16,10 +17,10 @@ PLAN_METHODS = ("ilp", *GREEDY)
 
 
 def best_greedy(inst: Instance, options: dict[str, tuple[EngineOption, ...]]) -> Plan:
-    """The greedy plan to warm-start from: most traffic placed, then lowest cost."""
+    """The greedy plan to warm-start from: most traffic placed (as the ILP's first stage
+    counts it: served fraction summed over models), then the objective's own order."""
     plans = [build(inst, options) for build in GREEDY.values()]
-    return min(plans, key=lambda p: (sum(u.rate_rps for u in p.unplaced), p.cost,
-                                     -p.min_headroom))
+    return min(plans, key=lambda p: rank(inst, p))
 
 
 def make_plan(

@@ -7,6 +7,8 @@
 * ``kv-pressure``: FineServe's / Prism's heuristic - models by KV demand, each on the GPU with
   the lowest KV pressure (demand over free memory); co-located engines split SMs evenly (the
   seed code never partitions SMs); replicas go to the worst-covered model.
+* ``worst-fit``: engines sized per model, packed largest first onto the least-full GPU
+  (``worstfit.py``): the spread-out plan the max-headroom objective starts from.
 
 They share ``GreedyState`` for memory/SM bookkeeping and choose among ``engine_options``.
 """
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from fineserve.planner.assemble import Choice, assemble_plan
 from fineserve.planner.options import EngineOption, TpGroup, tp_groups, usable_bytes
 from fineserve.planner.schema import Instance, KVMode, ModelDemand, Plan, SolveReport
+from fineserve.planner.worstfit import worst_fit_plan
 
 Options = dict[str, tuple[EngineOption, ...]]
 
@@ -272,4 +275,5 @@ def _resplit(st: GreedyState, u: TpGroup, current: list, new_model: str,
     return out if mem >= 0 else None
 
 
-METHODS = {"static": static_plan, "muxserve": muxserve_plan, "kv-pressure": kv_pressure_plan}
+METHODS = {"static": static_plan, "muxserve": muxserve_plan, "kv-pressure": kv_pressure_plan,
+           "worst-fit": worst_fit_plan}

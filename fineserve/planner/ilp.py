@@ -33,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fineserve.errors import PlanInfeasible
 from fineserve.planner.assemble import Choice, assemble_plan
@@ -49,6 +49,7 @@ from fineserve.planner.constraints import (
 )
 from fineserve.planner.options import EngineOption
 from fineserve.planner.packing import relax_and_pack
+from fineserve.planner.ranking import rank
 from fineserve.planner.rounding import rounded_plan
 from fineserve.planner.schema import Instance, Objective, Plan, SolveReport, StageReport
 from fineserve.planner.symmetry import canonical_plan
@@ -67,6 +68,7 @@ class BuiltModel:
     b: Builder
     d: IlpData
     v: PlacementVars
+    values: dict = field(default_factory=dict)  # the best solution of the current stage
 
 
 def build_model(
@@ -124,51 +126,104 @@ def solve_ilp(
         b.hint(_hint_from_plan(bm, warm_start))
     stages: list[StageReport] = []
     snapshot: Plan | None = None  # plan of the last successful stage
-    bounds: dict[str, float] = {}  # stage -> valid external bound, ILP units
-    pool: tuple = ()  # configuration-LP columns, reused by the next bound
+    prep = _Prepare(bm, limit, warm_start)
     if all_placed:
         pin_all_placed(b, d, v)
-        lb = cost_lower_bound(d, AGGREGATE_SHARE * limit, st.num_workers)
-        b.add(gpu_cost(b, d, v) >= lb, "cut[cost>=aggregate]")
-        config = configuration_bound(d, seconds=CONFIG_SHARE * limit)
-        if config.value > lb:
-            b.add(gpu_cost(b, d, v) >= config.value, "cut[cost>=configuration]")
-        bounds["cost"] = _achievable_cost(d, max(lb, config.value))
-        pool = config.pool
-        better = _rounded_start(d, config.pool, warm_start, bounds["cost"], ROUNDING_SHARE * limit)
-        if better is not None:  # hint it, and fall back on it rather than the greedy plan
-            b.hint(_hint_from_plan(bm, better))
-            warm_start = better
     else:
-        res = _stage(bm, "placed-traffic", "max", placed_traffic(b, d, v), deadline, 1 / 3,
-                     FRACTION_SCALE, stages)
+        res = _stage(bm, "placed-traffic", "max", placed_traffic(b, d, v), deadline,
+                     PLACED_SHARE, FRACTION_SCALE, stages)
         if not res.has_solution:
             return _fallback(inst, warm_start, stages, backend, t0, limit)
         snapshot = _extract(bm, _report(backend, stages, t0))
     order = _stage_order(st.objective)
     for k, name in enumerate(order):
-        share = 1.0 if k == len(order) - 1 else FIRST_STAGE_SHARE
-        if name == "headroom" and all_placed:
-            cost_cap = (round(stages[-1].objective / d.cost_unit * 1000) if stages
-                        else sum(d.cost.values()))
-            ub = headroom_upper_bound(d, cost_cap, AGGREGATE_SHARE * limit, st.num_workers)
-            b.add(v.H <= ub, "cut[H<=aggregate]")
-            config_h = configuration_bound(d, headroom=True, cost_cap=cost_cap,
-                                           seconds=CONFIG_H_SHARE * limit, extra=pool)
-            cfg, pool = config_h.value, config_h.pool
-            if cfg < ub:
-                b.add(v.H <= cfg, "cut[H<=configuration]")
-            bounds["headroom"] = min(ub, cfg)
-            _hint_rounded_headroom(bm, pool, cost_cap, ROUNDING_SHARE * limit, snapshot)
-        res = _run_named(bm, name, deadline, share, stages, bounds.get(name))
+        share = 1.0 if k == len(order) - 1 else FIRST_STAGE_SHARE[st.objective]
+        res = _run_named(bm, name, deadline, share, stages,
+                         prep.for_stage(name, stages) if all_placed else None)
         if not res.has_solution:
             if snapshot is None:
-                return _fallback(inst, warm_start, stages, backend, t0, limit)
+                return _fallback(inst, prep.warm, stages, backend, t0, limit)
             note = f"stage {name!r} found no solution in time; plan of the previous stage"
-            return _with_report(snapshot, _report(backend, stages, t0, note))
+            return _no_worse(_with_report(snapshot, _report(backend, stages, t0, note)),
+                             prep.warm, t0)
         snapshot = _extract(bm, _report(backend, stages, t0))
     assert snapshot is not None  # order is never empty
-    return snapshot
+    return _no_worse(snapshot, prep.warm, t0)
+
+
+class _Prepare:
+    """External bounds and rounded hints for a stage, computed only when CP-SAT has not
+    closed the stage itself within ``QUICK_S`` (small instances never pay for them)."""
+
+    def __init__(self, bm: BuiltModel, limit: float, warm: Plan | None) -> None:
+        self.bm, self.limit, self.warm = bm, limit, warm
+        self.pool: tuple = ()  # configuration-LP columns, reused by the next bound
+
+    def for_stage(self, name: str, stages: list[StageReport]):
+        if name == "cost":
+            return self._cost
+        if name == "headroom":
+            d = self.bm.d
+            cost_cap = (round(stages[-1].objective / d.cost_unit * 1000)
+                        if stages and stages[-1].name == "cost" else sum(d.cost.values()))
+            return lambda seconds, found: self._headroom(cost_cap, seconds, found)
+        return None
+
+    def _cost(self, seconds: float, found: float | None) -> tuple[float, dict | None]:
+        """Cuts from the aggregated and configuration bounds; a cheaper rounded plan."""
+        bm = self.bm
+        b, d, v, st = bm.b, bm.d, bm.v, bm.d.inst.settings
+        lb = cost_lower_bound(d, min(AGGREGATE_SHARE * self.limit, 0.2 * seconds),
+                              st.num_workers)
+        b.add(gpu_cost(b, d, v) >= lb, "cut[cost>=aggregate]")
+        config = configuration_bound(d, seconds=min(CONFIG_SHARE * self.limit, 0.4 * seconds))
+        if config.value > lb:
+            b.add(gpu_cost(b, d, v) >= config.value, "cut[cost>=configuration]")
+        known = _achievable_cost(d, max(lb, config.value))
+        self.pool = config.pool
+        cap = found if found is not None else (
+            None if self.warm is None else round(self.warm.cost / d.cost_unit * 1000))
+        better = _rounded_start(d, config.pool, cap, known,
+                                min(ROUNDING_SHARE * self.limit, 0.2 * seconds))
+        if better is None:
+            return known, None
+        if self.warm is None or better.cost < self.warm.cost:
+            self.warm = better  # the fallback if no solver stage finds a plan
+        return known, _hint_from_plan(bm, better)
+
+    def _headroom(self, cost_cap: int, seconds: float, found: float | None
+                  ) -> tuple[float, dict | None]:
+        bm = self.bm
+        b, d, v, st = bm.b, bm.d, bm.v, bm.d.inst.settings
+        ub = headroom_upper_bound(d, cost_cap, min(AGGREGATE_SHARE * self.limit, 0.2 * seconds),
+                                  st.num_workers)
+        b.add(v.H <= ub, "cut[H<=aggregate]")
+        config_h = configuration_bound(d, headroom=True, cost_cap=cost_cap, extra=self.pool,
+                                       seconds=min(CONFIG_H_SHARE * self.limit, 0.25 * seconds))
+        self.pool = config_h.pool
+        if config_h.value < ub:
+            b.add(v.H <= config_h.value, "cut[H<=configuration]")
+        placed = rounded_plan(d, self.pool, cost_cap=cost_cap, workers=st.num_workers,
+                              seconds=min(ROUNDING_SHARE * self.limit, 0.2 * seconds),
+                              headroom=True)
+        hint = None
+        if placed is not None:
+            plan = _placed_plan(d, placed, SolveReport("ilp-rounding", "FEASIBLE", 0.0))
+            if found is None or plan.min_headroom * H_SCALE > found:
+                hint = _hint_from_plan(bm, plan)
+        return min(ub, config_h.value), hint
+
+
+def _no_worse(plan: Plan, warm: Plan | None, t0: float) -> Plan:
+    """The solver's plan, unless the warm start beats it on the objective's stages (placed
+    traffic first): CP-SAT can lose a hint that integer rounding made infeasible."""
+    if warm is None or rank(plan.instance, plan) <= rank(plan.instance, warm):
+        return plan
+    r = plan.report
+    note = (f"the solver's plan ({r.status}) is worse than the warm start "
+            f"({warm.report.method}); returning the warm start with the solver's bounds")
+    return _with_report(warm, SolveReport(r.method, "HEURISTIC", time.perf_counter() - t0,
+                                          r.stages, note))
 
 
 def _report(backend: str, stages: list[StageReport], t0: float, note: str = "") -> SolveReport:
@@ -189,7 +244,16 @@ AGGREGATE_SHARE = 0.08  # per aggregated bound (bounds.py)
 CONFIG_SHARE = 0.2  # configuration-LP cost bound (configuration.py)
 CONFIG_H_SHARE = 0.1  # configuration-LP headroom bound
 ROUNDING_SHARE = 0.08  # warm start rounded from the configuration LP's columns
-FIRST_STAGE_SHARE = 0.35  # of what is left, for the first of two stages (the rest: second)
+# Each stage first runs CP-SAT alone for QUICK_S (or QUICK_SHARE of its time, if less); the
+# bounds and rounded hints above are computed only if that did not prove the stage optimal.
+QUICK_S = 1.5
+QUICK_SHARE = 0.25
+PLACED_SHARE = 0.5  # of the limit, for maximising placed traffic when the warm start cannot
+# Of what is left, for the first of two stages (the second gets the rest). Max-headroom
+# puts its real work first; the cost stage of the lexicographic order is usually settled
+# quickly (or stuck at a bound no search closes), headroom needs the time.
+FIRST_STAGE_SHARE = {Objective.LEXICOGRAPHIC: 0.35, Objective.MAX_HEADROOM: 0.75,
+                     Objective.MIN_GPUS: 1.0, Objective.WEIGHTED: 1.0}
 
 
 def _achievable_cost(d: IlpData, lb: float) -> float:
@@ -222,11 +286,11 @@ def _keep_warm(warm: Plan, packed: Plan, t0: float) -> Plan:
     return _with_report(warm, report)
 
 
-def _rounded_start(d: IlpData, pool, warm: Plan | None, lower: float, seconds: float
+def _rounded_start(d: IlpData, pool, found: float | None, lower: float, seconds: float
                    ) -> Plan | None:
-    """A plan cheaper than the warm start from the configuration LP's columns, if one packs
-    (rounding.py); None when the warm start already meets the lower bound."""
-    cap = sum(d.cost.values()) if warm is None else round(warm.cost / d.cost_unit * 1000) - 1
+    """A plan cheaper than ``found`` (ILP cost units; None: any) from the configuration LP's
+    columns, if one packs (rounding.py); None when ``found`` already meets the lower bound."""
+    cap = sum(d.cost.values()) if found is None else round(found) - 1
     if cap < lower:
         return None
     st = d.inst.settings
@@ -234,20 +298,6 @@ def _rounded_start(d: IlpData, pool, warm: Plan | None, lower: float, seconds: f
     if placed is None:
         return None
     return _placed_plan(d, placed, SolveReport("ilp-rounding", "FEASIBLE", 0.0))
-
-
-def _hint_rounded_headroom(bm: BuiltModel, pool, cost_cap: int, seconds: float,
-                           previous: Plan | None) -> None:
-    """Hint the headroom stage with the best-H plan rounded from the columns, if it beats
-    the previous stage's plan (whose solution is the hint otherwise)."""
-    d = bm.d
-    placed = rounded_plan(d, pool, cost_cap=cost_cap, seconds=seconds,
-                          workers=d.inst.settings.num_workers, headroom=True)
-    if placed is None:
-        return
-    plan = _placed_plan(d, placed, SolveReport("ilp-rounding", "FEASIBLE", 0.0))
-    if previous is None or plan.min_headroom > previous.min_headroom:
-        bm.b.hint(_hint_from_plan(bm, plan))
 
 
 def _placed_plan(d: IlpData, placed, report: SolveReport) -> Plan:
@@ -287,13 +337,13 @@ def _stage_order(obj: Objective) -> tuple[str, ...]:
 
 
 def _run_named(bm: BuiltModel, name: str, deadline: float, share: float,
-               stages: list[StageReport], known: float | None = None) -> SolveResult:
+               stages: list[StageReport], prepare=None) -> SolveResult:
     b, d, v = bm.b, bm.d, bm.v
     if name == "cost":
         return _stage(bm, "cost", "min", gpu_cost(b, d, v), deadline, share,
-                      1000 / d.cost_unit, stages, known)
+                      1000 / d.cost_unit, stages, prepare)
     if name == "headroom":
-        return _stage(bm, "headroom", "max", v.H, deadline, share, H_SCALE, stages, known)
+        return _stage(bm, "headroom", "max", v.H, deadline, share, H_SCALE, stages, prepare)
     # user cost units per unit of headroom, in the ILP's cheapest-GPU units x 1000
     w = round(bm.d.inst.settings.headroom_weight / d.cost_unit * 1000)
     expr = H_SCALE * gpu_cost(b, d, v) - w * v.H
@@ -302,31 +352,73 @@ def _run_named(bm: BuiltModel, name: str, deadline: float, share: float,
 
 
 def _stage(bm: BuiltModel, name: str, sense: str, expr, deadline: float, share: float,
-           unit: float, stages: list[StageReport], known: float | None = None) -> SolveResult:
-    """Solve one objective, record it, then pin it so later stages keep it. ``known`` is a
-    valid bound from outside the solver (bounds.py, configuration.py): the reported bound is
-    the tighter of it and the solver's, and meeting it proves the stage optimal."""
+           unit: float, stages: list[StageReport], prepare=None) -> SolveResult:
+    """Solve one objective, record it, then pin it so later stages keep it.
+
+    With ``prepare`` the solver first runs alone for ``QUICK_S``; only if that does not
+    prove the stage optimal does ``prepare(seconds, found)`` add cuts from outside the
+    solver (bounds.py, configuration.py), return their bound (the reported bound is the
+    tighter of it and the solver's; meeting it proves the stage optimal) and maybe a better
+    hint, and the solver continues from the best solution so far."""
     b = bm.b
     (b.maximize if sense == "max" else b.minimize)(expr)
     budget = max(0.5, (deadline - time.perf_counter()) * share)
-    res = b.solve(budget)
+    end = time.perf_counter() + budget
+    first = min(QUICK_S, QUICK_SHARE * budget) if prepare is not None else budget
+    res = _solve_keep(bm, first, sense, None)
+    known = None
+    if prepare is not None and res.status != "OPTIMAL":
+        known, hint = prepare(end - time.perf_counter(),
+                              res.objective if res.has_solution else None)
+        bound_now = _tighter(sense, res.bound, known)
+        if not (res.has_solution and _meets(sense, res.objective, bound_now)):
+            if hint is not None:
+                b.hint(hint)
+            elif res.has_solution:
+                b.hint(bm.values)
+            res = _solve_keep(bm, max(0.5, end - time.perf_counter()), sense, res)
     if not res.has_solution:
         stages.append(StageReport(name, res.status, float("nan"), float("nan"), res.seconds))
         return res
     bound = _tighter(sense, res.bound, known)
-    met = bound == bound and (res.objective <= bound + 1e-6 if sense == "min"
-                              else res.objective >= bound - 1e-6)
-    if res.status == "FEASIBLE" and met:
+    if res.status == "FEASIBLE" and _meets(sense, res.objective, bound):
         res = dataclasses.replace(res, status="OPTIMAL", bound=res.objective)
         bound = res.objective
     stages.append(StageReport(name, res.status, res.objective / unit, bound / unit,
                               res.seconds))
     pinned = round(res.objective)
     b.add(expr >= pinned if sense == "max" else expr <= pinned, f"pin[{name}]")
-    values = {var: b.value(var) for var in _all_vars(bm)}
+    values = dict(bm.values)
     values[bm.v.H] = _best_h(bm, values)  # H is free until its own stage: hint its best
     b.hint(values)
     return res
+
+
+def _meets(sense: str, objective: float, bound: float) -> bool:
+    return bound == bound and (objective <= bound + 1e-6 if sense == "min"
+                               else objective >= bound - 1e-6)
+
+
+def _solve_keep(bm: BuiltModel, seconds: float, sense: str, prior: SolveResult | None
+                ) -> SolveResult:
+    """Solve; keep the better of this and ``prior`` (whose values are in ``bm.values``),
+    with the tighter of both bounds and the time of both."""
+    res = bm.b.solve(seconds)
+    if prior is None:
+        if res.has_solution:
+            bm.values = {var: bm.b.value(var) for var in _all_vars(bm)}
+        return res
+    spent = prior.seconds + res.seconds
+    bound = _tighter(sense, prior.bound, res.bound)
+    if res.status == "OPTIMAL":
+        bm.values = {var: bm.b.value(var) for var in _all_vars(bm)}
+        return dataclasses.replace(res, seconds=spent)
+    better = res.has_solution and (not prior.has_solution or (
+        res.objective < prior.objective if sense == "min" else res.objective > prior.objective))
+    if better:
+        bm.values = {var: bm.b.value(var) for var in _all_vars(bm)}
+        return dataclasses.replace(res, bound=bound, seconds=spent)
+    return dataclasses.replace(prior, bound=bound, seconds=spent)
 
 
 def _tighter(sense: str, solver_bound: float, known: float | None) -> float:
@@ -355,14 +447,14 @@ def _all_vars(bm: BuiltModel):
 
 
 def _extract(bm: BuiltModel, report: SolveReport) -> Plan:
-    b, d, v = bm.b, bm.d, bm.v
+    d, v, val = bm.d, bm.v, bm.values
     choices, rates = [], []
     for key, x in v.x.items():
-        if b.value(x) > 0.5:
+        if val[x] > 0.5:
             m, i, _ = key
             choices.append(Choice(d.options[m][i], v.group_of(d, key)))
-            rates.append(b.value(v.f[key]) / MILLI if d.pooled else 0.0)
-    placed = {m: b.value(v.p[m]) / MILLI for m in d.models}
+            rates.append(val[v.f[key]] / MILLI if d.pooled else 0.0)
+    placed = {m: val[v.p[m]] / MILLI for m in d.models}
     # p is rounded up from the offered rate; never report more than was offered
     placed = {m.name: min(placed[m.name], m.rate_rps) for m in d.inst.models}
     return assemble_plan(d.inst, choices, placed, report, d.options,

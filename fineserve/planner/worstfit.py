@@ -1,0 +1,121 @@
+"""Worst-fit-decreasing baseline: engines sized first, then spread over the whole cluster.
+
+Each model's capacity (rate x ``min_headroom``) is cut into engines of its most efficient
+option - the most capacity per unit of the scarcer GPU resource, SM share or memory with
+the pooled-KV floor for the traffic the engine carries - and a last, smallest option that
+covers the remainder. Engines are packed largest first, each onto the group whose fullest
+GPU is least full. Spreading rather than stacking is what the max-headroom objective wants,
+and a plan that places all traffic is a warm start the ILP keeps (``api.best_greedy``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from fineserve.planner.assemble import Choice, assemble_plan
+from fineserve.planner.options import EngineOption, TpGroup, tp_groups, usable_bytes
+from fineserve.planner.schema import Instance, KVMode, Plan, SolveReport
+
+Options = dict[str, tuple[EngineOption, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Engine:
+    option: EngineOption
+    rate: float  # traffic it carries in this packing, req/s (its KV floor is sized for it)
+
+
+class _Load:
+    """SM and memory shares used per GPU, and which models each GPU holds."""
+
+    def __init__(self, inst: Instance) -> None:
+        st = inst.settings
+        self.inst = inst
+        self.sm_cap = 100 * st.sm_oversubscription
+        self.mem_cap = {g.gpu_id: usable_bytes(g.spec, st.memory_utilization)
+                        for g in inst.cluster.gpus}
+        self.sm = {g: 0.0 for g in self.mem_cap}
+        self.mem = {g: 0.0 for g in self.mem_cap}
+        self.models: dict[int, set[str]] = {g: set() for g in self.mem_cap}
+
+    def need(self, e: _Engine) -> float:
+        """Per-rank bytes: fixed memory plus the pooled KV floor for the engine's rate."""
+        st = self.inst.settings
+        o = e.option
+        if st.kv_mode is KVMode.STATIC:
+            return o.fixed_bytes(KVMode.STATIC)
+        return o.fixed_bytes(KVMode.POOLED) + o.kv_bytes_per_rps * e.rate * (
+            1 + st.pool_burst_margin)
+
+    def fits(self, u: TpGroup, e: _Engine) -> bool:
+        limit = self.inst.settings.max_engines_per_gpu
+        need = self.need(e)
+        return all(self.sm[g] + e.option.sm_pct <= self.sm_cap + 1e-9
+                   and self.mem[g] + need <= self.mem_cap[g]
+                   and len(self.models[g]) < limit
+                   and e.option.model not in self.models[g] for g in u.gpus)
+
+    def fullness(self, u: TpGroup) -> float:
+        return max(max(self.sm[g] / self.sm_cap, self.mem[g] / self.mem_cap[g])
+                   for g in u.gpus)
+
+    def add(self, u: TpGroup, e: _Engine) -> None:
+        need = self.need(e)
+        for g in u.gpus:
+            self.sm[g] += e.option.sm_pct
+            self.mem[g] += need
+            self.models[g].add(e.option.model)
+
+
+def _size(inst: Instance, o: EngineOption, rate: float) -> float:
+    """Share of one GPU's scarcer resource a rank of ``o`` carrying ``rate`` takes."""
+    st = inst.settings
+    gpu = next(g.spec for g in inst.cluster.gpus if g.spec.name == o.gpu_type)
+    mem = usable_bytes(gpu, st.memory_utilization)
+    kv = 0.0 if st.kv_mode is KVMode.STATIC else (
+        o.kv_bytes_per_rps * rate * (1 + st.pool_burst_margin))
+    return max(o.sm_pct / (100 * st.sm_oversubscription),
+               (o.fixed_bytes(st.kv_mode) + kv) / mem)
+
+
+def _engines(inst: Instance, opts: tuple[EngineOption, ...], rate: float) -> list[_Engine]:
+    """Engines covering ``rate`` x min_headroom: the most efficient option repeated, the
+    smallest option of its TP and GPU type covering what is left."""
+    h = inst.settings.min_headroom
+    if not opts or max(o.capacity_rps for o in opts) <= 0:
+        return []
+    best = max(opts, key=lambda o: o.capacity_rps / (o.tp * _size(inst, o, o.capacity_rps / h)))
+    out, need = [], rate * h
+    while need > 1e-9:
+        cover = [o for o in opts if (o.tp, o.gpu_type) == (best.tp, best.gpu_type)
+                 and o.capacity_rps >= need]
+        o = best if need >= best.capacity_rps or not cover else min(
+            cover, key=lambda o: _size(inst, o, need / h))
+        out.append(_Engine(o, min(need, o.capacity_rps) / h))
+        need -= o.capacity_rps
+    return out
+
+
+def worst_fit_plan(inst: Instance, options: Options) -> Plan:
+    """Worst-fit-decreasing packing of per-model engines over every GPU."""
+    t0 = time.perf_counter()
+    load = _Load(inst)
+    engines = [e for m in inst.models for e in _engines(inst, options[m.name], m.rate_rps)]
+    engines.sort(key=lambda e: (-e.option.tp, -_size(inst, e.option, e.rate)))
+    groups = {t: tp_groups(inst.cluster, t) for t in {e.option.tp for e in engines}}
+    choices, rates = [], []
+    served = {m.name: 0.0 for m in inst.models}
+    for e in engines:
+        fits = [u for u in groups[e.option.tp]
+                if u.gpu_type == e.option.gpu_type and load.fits(u, e)]
+        if not fits:
+            continue
+        u = min(fits, key=load.fullness)
+        load.add(u, e)
+        choices.append(Choice(e.option, u))
+        rates.append(e.rate)
+        served[e.option.model] += e.rate
+    placed = {m.name: min(m.rate_rps, served[m.name]) for m in inst.models}
+    report = SolveReport("worst-fit", "HEURISTIC", time.perf_counter() - t0)
+    return assemble_plan(inst, choices, placed, report, options, rates)
