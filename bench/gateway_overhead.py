@@ -224,6 +224,14 @@ def write_report(res: dict, out: Path) -> None:
         f"Latency from {lat['pairs']} interleaved pairs of sequential requests; throughput over "
         f"{thr['wall_s']} s ({thr['errors']} errors through the gateway).",
         "Other processes sharing the cores make these numbers noisy; rerun on a quiet machine.",
+        "",
+        "Setup: the stub (`python -m fineserve.testing.stub_server`, aiohttp on uvloop, whole",
+        "answers encoded once per shape, no access log) answers at once; the load generator is",
+        "this script's raw-socket keep-alive HTTP/1.1 client (uvloop for the closed loop); the",
+        "gateway runs `python -m fineserve.runtime.gateway` on uvloop, aiohttp server without",
+        "access log, engine requests over its own keep-alive client (`client.py`). Before that",
+        "client (aiohttp ClientSession to the engines, load average 9.5) the gateway took 332 us",
+        "of CPU per routed request and routed 1,094 req/s at 64 connections.",
     ]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
