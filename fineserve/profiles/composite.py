@@ -34,7 +34,7 @@ import numpy as np
 
 from fineserve.profiles.latency import EngineShape, Latency, LatencySource
 from fineserve.profiles.roofline import AnalyticLatency
-from fineserve.profiles.schema import Phase, ProfileTable, load_profile
+from fineserve.profiles.schema import Phase, ProfileTable, load_profile, read_points
 from fineserve.profiles.table import EngineDomain, MonotoneGrid, TableLatency
 
 _CLAMPED, _ESTIMATED = LatencySource.CLAMPED, LatencySource.ESTIMATED
@@ -201,12 +201,50 @@ def _past_grid(
     return answer.seconds * estimate(*x) / estimate(*edge)
 
 
-@cache
-def shipped_profiles() -> ProfileTable:
-    """The profiles shipped under fineserve/profiles/data/ (see its NOTICE.md)."""
+MEASURED = "measured"  # data/measured/{gpu}/{model}/: profiles measured by `fineserve profile`
+
+
+def _data_files(measured: bool) -> list[Path]:
     root = resources.files("fineserve.profiles").joinpath("data")
     with resources.as_file(root) as path:
-        return load_profile(path)
+        files = sorted(f for f in Path(path).rglob("*.csv") if f.is_file())
+        return [f for f in files if (f.relative_to(path).parts[0] == MEASURED) == measured]
+
+
+@cache
+def published_profiles() -> ProfileTable:
+    """FineServe's published cost tables, converted (data/NOTICE.md)."""
+    return ProfileTable(p for f in _data_files(measured=False) for p in read_points(f))
+
+
+@cache
+def measured_profiles() -> ProfileTable:
+    """Profiles measured with this package's profiler and shipped (data/measured/, see
+    docs/profiles.md); an engine may hold only one phase when the other was not valid."""
+    return ProfileTable(p for f in _data_files(measured=True) for p in read_points(f))
+
+
+def overlay(base: ProfileTable, top: ProfileTable) -> ProfileTable:
+    """``base`` with each engine of ``top`` replaced, phase by phase.
+
+    A phase that ``top`` measures for an engine replaces that phase of ``base``; a phase it
+    lacks is kept from ``base``. An engine left with one phase (``top`` has one, ``base``
+    none) is dropped: ``TableLatency`` needs both, and the estimator answers for it.
+    """
+    kept = list(base.without(top.engines()))
+    for key in top.engines():
+        phases = {phase: top.points_for(key, phase) or base.points_for(key, phase)
+                  for phase in Phase}
+        if all(phases.values()):
+            kept += [p for points in phases.values() for p in points]
+    return ProfileTable(kept)
+
+
+@cache
+def shipped_profiles() -> ProfileTable:
+    """The planner's default data: measured H100 profiles where shipped, FineServe's
+    published tables elsewhere and for phases the measurements lack."""
+    return overlay(published_profiles(), measured_profiles())
 
 
 def default_latency_model(extra_profiles: Iterable[str | Path] = ()) -> ProfiledLatency:

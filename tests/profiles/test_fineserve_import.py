@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fineserve.errors import ProfileError, SpecError
-from fineserve.profiles.composite import shipped_profiles
+from fineserve.profiles.composite import published_profiles
 from fineserve.profiles.fineserve_import import FINESERVE_COLUMNS, import_fineserve_costs
 from fineserve.profiles.precision import KVFormat, WeightFormat
 from fineserve.profiles.schema import EngineKey, Phase, load_profile
@@ -60,7 +60,7 @@ def test_aws_file_counts() -> None:
 @needs_costs
 def test_shipped_data_is_the_apex_file_converted(tmp_path: Path) -> None:
     imported, _ = import_fineserve_costs(COSTS / "apex-cost.csv")
-    assert shipped_profiles() == imported
+    assert published_profiles() == imported
     out = tmp_path / "data"
     argv = ["import_fineserve.py", "--source", str(COSTS / "apex-cost.csv"), "--out", str(out)]
     old, sys.argv = sys.argv, argv

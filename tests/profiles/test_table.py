@@ -209,9 +209,9 @@ def test_lookups_take_microseconds(table: TableLatency) -> None:
 
 
 def test_shipped_decode_points_read_back_at_or_just_above_their_measurement() -> None:
-    from fineserve.profiles.composite import shipped_profiles
+    from fineserve.profiles.composite import published_profiles
 
-    shipped = shipped_profiles()
+    shipped = published_profiles()
     table = TableLatency(shipped)
     raised = []
     for p in shipped:

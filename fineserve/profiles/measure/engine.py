@@ -1,14 +1,18 @@
 """One vLLM offline engine and the timings taken on it (runs in the engine worker).
 
 Standard library and vLLM only. Timings come from vLLM's per-request engine-core timestamps
-(``RequestOutput.metrics``, on with ``disable_log_stats=False``) where present, else from the
-wall clock around ``generate``:
+(``RequestOutput.metrics``, on with ``disable_log_stats=False``; ``scheduled``, ``first`` and
+``last`` token times, all stamped by the engine core) where present, else from the wall clock
+around ``generate``. ``timing.py`` turns the timestamps into step times; see docs/profiler.md.
 
-- prefill of ``batch`` prompts: last first-token time minus first scheduling time of a
-  ``max_tokens=1`` batch, retried when the batch did not go through in a single step;
-- decode step at batch b, mean context c: ``(T(n2) - T(n1)) / (n2 - n1)`` where T(n) is the
-  makespan of b requests generating n tokens with ``ignore_eos``. The prefill and the ramp-up
-  cancel out, so only full-batch decode steps remain, whatever the vLLM version's scheduling.
+- prefill of ``batch`` prompts: behind a *blocker* prompt that fills one step's token budget,
+  the batch shares the next step; its latency is from the later of (blocker's first token,
+  batch scheduled) to the batch's first token. With async scheduling (vLLM's default on GPUs)
+  the batch is scheduled while the blocker's step still runs, so its own scheduling time
+  would count the blocker's step too (the bug of the first H100 run).
+- decode step at batch b, mean context c: one run of b requests generating n tokens; the
+  window from the last first token to the first last token holds only full-batch decode
+  steps, and their count follows from the number of steps the first tokens came from.
 """
 
 from __future__ import annotations
@@ -19,7 +23,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from fineserve.profiles.measure.records import EngineArgs
+from fineserve.profiles.measure.records import DECODE_METHOD, PREFILL_METHOD, EngineArgs
+from fineserve.profiles.measure.timing import (
+    Stamps,
+    decode_prompt_tokens,
+    decode_window,
+    prefill_step,
+)
 
 PREFILL_TRIES = 4  # attempts at getting a whole prefill batch into one engine step
 
@@ -27,7 +37,7 @@ PREFILL_TRIES = 4  # attempts at getting a whole prefill batch into one engine s
 @dataclass(frozen=True, slots=True)
 class Timing:
     seconds: float
-    method: str  # "engine-ts" (engine-core timestamps) or "wall"
+    method: str  # records.PREFILL_METHOD / DECODE_METHOD (engine-core timestamps) or "wall"
     steps: int = 1  # engine steps the batch's first tokens came from (prefill)
 
 
@@ -88,13 +98,17 @@ def _generate(
     return outputs, time.perf_counter() - t0
 
 
-def _stats(outputs: list[Any]) -> list[Any] | None:
-    """The outputs' engine-core stats, or None if any is missing or incomplete."""
-    stats = [getattr(o, "metrics", None) for o in outputs]
-    for s in stats:
-        if s is None or not getattr(s, "first_token_ts", 0) or not getattr(s, "scheduled_ts", 0):
+def _stamps(outputs: list[Any]) -> list[Stamps] | None:
+    """The outputs' engine-core timestamps, or None if any is missing or incomplete."""
+    out = []
+    for o in outputs:
+        m = getattr(o, "metrics", None)
+        first = getattr(m, "first_token_ts", 0.0) or 0.0
+        scheduled = getattr(m, "scheduled_ts", 0.0) or 0.0
+        if not first or not scheduled:
             return None
-    return stats
+        out.append(Stamps(scheduled, first, getattr(m, "last_token_ts", 0.0) or first))
+    return out
 
 
 def prefill(llm: Any, prompts: Prompts, batch: int, tokens: int, blocker: int = 0) -> Timing:
@@ -102,54 +116,70 @@ def prefill(llm: Any, prompts: Prompts, batch: int, tokens: int, blocker: int = 
 
     vLLM's engine core starts a step as soon as the first request reaches it, so a batch
     submitted at once can be split over two steps. A ``blocker`` prompt of that many tokens
-    goes first: its prefill keeps the core busy while the batch arrives, and the batch then
-    shares the next step. A batch still split is retried; the timing says how many steps.
+    (one step's whole budget) goes first: its prefill keeps the core busy while the batch
+    arrives, and the batch then shares the next step (``timing.prefill_step``). A batch still
+    split, or partly scheduled into the blocker's step, is retried; the timing says how many
+    steps it took.
     """
     timing = Timing(0.0, "wall")
     for _ in range(PREFILL_TRIES):
         batch_prompts = prompts.batch(batch, tokens)
         lead = prompts.batch(1, blocker) if blocker else []
         outputs, wall = _generate(llm, lead + batch_prompts, 1)
-        stats = _stats(outputs[len(lead):])
-        if stats is None:
-            return Timing(wall, "wall")
-        firsts = {s.first_token_ts for s in stats}
-        seconds = max(firsts) - min(s.scheduled_ts for s in stats)
-        timing = Timing(seconds, "engine-ts", len(firsts))
-        if len(firsts) == 1:
+        stamps = _stamps(outputs)
+        if stamps is None:  # no engine timestamps: the batch alone, by the wall clock
+            return Timing(_generate(llm, batch_prompts, 1)[1], "wall")
+        step = prefill_step(stamps[len(lead):], stamps[0] if lead else None)
+        timing = Timing(step.seconds, PREFILL_METHOD, step.steps + int(step.rode_along))
+        if step.clean:
             return timing
     return timing  # split over steps every time: recorded as such (note in the record)
 
 
-def makespan(llm: Any, prompts: Prompts, batch: int, tokens: int, outputs_n: int) -> Timing:
-    """Engine time from the first scheduling to the last token of one batch."""
-    outputs, wall = _generate(llm, prompts.batch(batch, tokens), outputs_n)
-    stats = _stats(outputs)
-    if stats is None:
-        return Timing(wall, "wall")
-    last = max(getattr(s, "last_token_ts", 0.0) or s.first_token_ts for s in stats)
-    return Timing(last - min(s.scheduled_ts for s in stats), "engine-ts")
+def lone_ttft(llm: Any, prompts: Prompts, tokens: int) -> tuple[float, float]:
+    """(wall-clock TTFT, engine step) of one ``tokens`` prompt on an idle engine.
+
+    The cross-check of the blocker method: wall - step is the fixed cost outside the engine
+    step (submit, IPC, output), nearly the same for every prompt length.
+    """
+    outputs, wall = _generate(llm, prompts.batch(1, tokens), 1)
+    stamps = _stamps(outputs)
+    return wall, (prefill_step(stamps).seconds if stamps else float("nan"))
 
 
-def decode_prompt_tokens(context: int, n1: int, n2: int) -> int:
-    """Prompt length whose steps n1..n2 run at mean context ``context``."""
-    return max(1, round(context - (n1 + n2) / 2))
+def lone_decode(llm: Any, prompts: Prompts, context: int, tokens: int) -> float:
+    """Wall-clock decode step of one request at mean ``context``: the time to generate
+    ``tokens`` tokens minus the time to generate one, per extra token. The cross-check of
+    the window method (no engine timestamps; at batch 1 nothing can split)."""
+    prompt = decode_prompt_tokens(context, tokens)
+    long = _generate(llm, prompts.batch(1, prompt), tokens)[1]
+    short = _generate(llm, prompts.batch(1, prompt), 1)[1]
+    return (long - short) / (tokens - 1)
 
 
 def decode_step(
-    llm: Any, prompts: Prompts, batch: int, context: int, n1: int, n2: int
-) -> Timing:
-    """One full-batch decode step at mean context ``context`` (difference of two makespans)."""
-    prompt = decode_prompt_tokens(context, n1, n2)
-    short = makespan(llm, prompts, batch, prompt, n1)
-    long = makespan(llm, prompts, batch, prompt, n2)
-    method = short.method if short.method == long.method else "wall"
-    return Timing((long.seconds - short.seconds) / (n2 - n1), method)
+    llm: Any, prompts: Prompts, batch: int, context: int, tokens: int
+) -> tuple[Timing, bool]:
+    """One full-batch decode step at mean context ``context`` (``timing.decode_window``),
+    and whether the run's step structure was as expected. Wall-clock fallback: the run's
+    time per generated token (prefill included: an upper bound)."""
+    prompt = decode_prompt_tokens(context, tokens)
+    outputs, wall = _generate(llm, prompts.batch(batch, prompt), tokens)
+    stamps = _stamps(outputs)
+    window = decode_window(stamps, tokens) if stamps else None
+    if window is None:
+        return Timing(wall / tokens, "wall"), False
+    return Timing(window.seconds, DECODE_METHOD), window.consistent
 
 
-def warm_up(llm: Any, prompts: Prompts, max_batch: int, max_prompt: int) -> None:
-    """First requests pay for lazy initialisation; none of it may land in a measurement."""
-    for batch, tokens, n in ((1, 16, 4), (max_batch, 16, 4), (1, max_prompt, 1)):
+def warm_up(llm: Any, prompts: Prompts, max_batch: int, max_prompt: int, blocker: int) -> None:
+    """First requests pay for lazy initialisation; none of it may land in a measurement.
+    Runs every shape class the points use: small and largest batch, longest prompt, the
+    blocker."""
+    shapes = [(1, 16, 4), (max_batch, 16, 4), (1, max_prompt, 1)]
+    if blocker:
+        shapes.append((1, blocker, 1))
+    for batch, tokens, n in shapes:
         _generate(llm, prompts.batch(batch, tokens), n)
 
 
@@ -160,6 +190,8 @@ def probe(llm: Any) -> dict[str, Any]:
     if cache is not None:
         info["block_size"] = getattr(cache, "block_size", None)
         info["num_blocks"] = getattr(cache, "num_gpu_blocks", None)
+    scheduler = getattr(getattr(llm.llm_engine, "vllm_config", None), "scheduler_config", None)
+    info["async_scheduling"] = getattr(scheduler, "async_scheduling", None)
     try:
         answers = llm.collective_rpc(_worker_probe)
     except Exception as exc:  # noqa: BLE001 - optional introspection, version-dependent

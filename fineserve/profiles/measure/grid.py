@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from fineserve.errors import SpecError
 from fineserve.profiles.catalog import VLLM_BLOCK_SIZE, ModelSpec
-from fineserve.profiles.measure.engine import decode_prompt_tokens
 from fineserve.profiles.measure.records import DECODE, PREFILL, PointSpec
+from fineserve.profiles.measure.timing import decode_prompt_tokens
 
 GIB = 1 << 30
 
@@ -27,8 +27,8 @@ class GridSpec:
     prefill_batches: tuple[int, ...] = (1, 4)
     decode_batches: tuple[int, ...] = (1, 8, 32, 64)
     decode_contexts: tuple[int, ...] = (512, 2048)
-    repeats: int = 3
-    decode_outputs: tuple[int, int] = (8, 40)  # (n1, n2) of the makespan difference
+    repeats: int = 5  # timed repeats per point, after one untimed run of the same shape
+    decode_tokens: int = 128  # tokens per decode run: ~127 steps in the timed window
 
     def __post_init__(self) -> None:
         for name in ("sm_pcts", "prefill_tokens", "prefill_batches", "decode_batches",
@@ -43,9 +43,8 @@ class GridSpec:
             raise SpecError(f"grid sm_pcts: {max(self.sm_pcts):g} is above 100")
         if self.repeats < 1:
             raise SpecError(f"grid repeats: {self.repeats} must be >= 1")
-        n1, n2 = self.decode_outputs
-        if not 1 <= n1 < n2:
-            raise SpecError(f"grid decode_outputs: need 1 <= n1 < n2, got {n1}, {n2}")
+        if self.decode_tokens < 8:
+            raise SpecError(f"grid decode_tokens: {self.decode_tokens} must be >= 8")
 
     def points(self) -> tuple[PointSpec, ...]:
         """Prefill points (small first), then decode points, for one SM share."""
@@ -59,7 +58,7 @@ class GridSpec:
 
 QUICK = GridSpec(
     sm_pcts=(100.0,), prefill_tokens=(64, 256), prefill_batches=(1, 2), decode_batches=(1, 4),
-    decode_contexts=(128,), repeats=2, decode_outputs=(4, 12),
+    decode_contexts=(128,), repeats=3, decode_tokens=24,
 )  # fmt: skip
 
 
@@ -76,12 +75,15 @@ class EngineSizing:
 def sizing(grid: GridSpec, spec: ModelSpec, tp: int, *, min_kv_bytes: int = GIB) -> EngineSizing:
     """Sizes for ``grid``: the longest sequence (at least one step's token budget, for the
     prefill blocker), the largest batch, one prefill batch in one step, and KV for the largest
-    batch at its longest context or a prefill batch behind its blocker (+10%, whole blocks)."""
-    n1, n2 = grid.decode_outputs
-    decode_len = [decode_prompt_tokens(c, n1, n2) + n2 for c in grid.decode_contexts]
+    batch at its longest context or a prefill batch behind its blocker (+10%, whole blocks).
+    The step budget also exceeds the longest decode prompt plus the largest batch, so every
+    step of a decode run's prefill completes one (``timing.decode_window`` counts on it)."""
+    n = grid.decode_tokens
+    prompts = [decode_prompt_tokens(c, n) for c in grid.decode_contexts]
+    decode_len = [p + n for p in prompts]
     seqs = max(*grid.prefill_batches, *grid.decode_batches)
     prefill_tokens = max(b * t for b in grid.prefill_batches for t in grid.prefill_tokens)
-    batched = max(prefill_tokens, seqs, 256)
+    batched = max(prefill_tokens, seqs, 256, max(prompts) + seqs + 1)
     # A prompt of `batched` tokens must fit: the prefill blocker fills one step's budget.
     longest = max(max(grid.prefill_tokens) + 1, *decode_len, batched + 8)
     max_len = math.ceil((longest + VLLM_BLOCK_SIZE) / VLLM_BLOCK_SIZE) * VLLM_BLOCK_SIZE

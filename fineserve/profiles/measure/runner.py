@@ -59,6 +59,7 @@ class ProfileRequest:
     enforce_eager: bool = False  # CUDA graphs on unless asked (users run with them)
     engine_python: str | None = None  # None: $FINESERVE_ENGINE_PYTHON or this interpreter
     cache_dir: Path = DEFAULT_CACHE
+    redo_noisy: bool = False  # measure again points whose rel_spread is over the 5% target
 
     @property
     def device(self) -> str:
@@ -178,7 +179,7 @@ def plan_engines(request: ProfileRequest, gpu: str, model_root: Path) -> list[En
             for sm in sorted(sm_pcts, reverse=True):
                 label = EngineLabel(gpu, arch.name, precision.weights.value,
                                     precision.kv.value, tp, sm)
-                done = store.done(label)
+                done = store.done(label, redo_noisy=request.redo_noisy)
                 todo = tuple(p for p in points if p.key not in done)
                 plans.append(EnginePlan(label, args, points, todo, store))
     return plans
@@ -308,7 +309,7 @@ def _run_engine(
     """One worker for ``plan``'s missing points; returns how many it measured."""
     before = len(plan.store.done(plan.label))
     deadline = t_end - SHUTDOWN_S
-    job = ProfileJob(plan.label, plan.args, plan.todo, request.grid.decode_outputs,
+    job = ProfileJob(plan.label, plan.args, plan.todo, request.grid.decode_tokens,
                      str(plan.store.results), deadline if deadline < float("inf") else 4e9,
                      request.device)
     job_path = plan.store.folder / f".job-{os.getpid()}.json"

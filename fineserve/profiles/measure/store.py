@@ -66,9 +66,12 @@ class ResultStore:
     def engines(self) -> list[EngineRecord]:
         return [r for r in read_records(self.results) if isinstance(r, EngineRecord)]
 
-    def done(self, label: EngineLabel) -> set[tuple[str, int, int]]:
-        """Keys of the points already measured on ``label``'s engine."""
-        return {p.key for p in self.points() if p.label == label}
+    def done(self, label: EngineLabel, *, redo_noisy: bool = False) -> set[tuple[str, int, int]]:
+        """Keys of the points already measured on ``label``'s engine (with ``redo_noisy``,
+        only those whose latest record's spread meets the 5% target)."""
+        latest = {p.key: p for p in self.points() if p.label == label}
+        return {k for k, p in latest.items()
+                if not redo_noisy or rel_spread(p.latencies) <= SPREAD_TARGET}
 
     def start_times(self) -> list[float]:
         return [e.start_s for e in self.engines() if e.error is None]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import statistics
 import sys
 import time
 from dataclasses import replace
@@ -32,6 +33,7 @@ from fineserve.profiles.measure.records import (
 )
 
 SAFETY_S = 5.0  # kept free before the deadline for shutting the engine down
+CHECK_RUNS = 3  # lone-prompt runs per cross-check (median)
 
 
 def _start(job: ProfileJob | InterferenceJob) -> tuple[Any, EngineRecord]:
@@ -61,33 +63,67 @@ def _start(job: ProfileJob | InterferenceJob) -> tuple[Any, EngineRecord]:
         kv_bytes_per_token=info.get("kv_bytes_per_token"), kv_cache_bytes=kv,
         weight_bytes=weights, footprint_bytes=footprint, overhead_bytes=overhead,
         torch_reserved_bytes=info.get("torch_reserved_bytes"),
-        probe_error=info.get("probe_error"),
+        async_scheduling=info.get("async_scheduling"), probe_error=info.get("probe_error"),
     )  # fmt: skip
 
 
-def _measure(llm: Any, prompts: eng.Prompts, job: ProfileJob, point: PointSpec) -> PointRecord:
+def _measure(
+    llm: Any, prompts: eng.Prompts, job: ProfileJob, point: PointSpec, floor: float | None
+) -> PointRecord:  # fmt: skip
+    """One untimed run of the point's shape (caches, allocator, clocks settle), then
+    ``repeats`` timed ones."""
     latencies, methods, notes = [], set(), []
-    n1, n2 = job.decode_outputs
-    for _ in range(point.repeats):
+    blocker = _blocker(job.engine)
+    for i in range(point.repeats + 1):
         if point.phase == PREFILL:
-            t = eng.prefill(llm, prompts, point.batch, point.tokens, _blocker(job.engine))
-            if t.steps > 1:
+            t = eng.prefill(llm, prompts, point.batch, point.tokens, blocker)
+            if i and t.steps > 1:
                 notes.append(f"split over {t.steps} steps")
         else:
-            t = eng.decode_step(llm, prompts, point.batch, point.tokens, n1, n2)
-        latencies.append(t.seconds)
-        methods.add(t.method)
+            t, consistent = eng.decode_step(llm, prompts, point.batch, point.tokens,
+                                            job.decode_tokens)
+            if i and not consistent:
+                notes.append("decode steps not as expected")
+        if i:
+            latencies.append(t.seconds)
+            methods.add(t.method)
     method = methods.pop() if len(methods) == 1 else "mixed"
     if point.phase == DECODE:
-        method += f" diff n{n1}-{n2}"
+        method += f" n{job.decode_tokens}"
+    check = None
+    if point.batch == 1 and point.phase == PREFILL and floor is not None:
+        walls = [eng.lone_ttft(llm, prompts, point.tokens)[0] for _ in range(CHECK_RUNS)]
+        check = min(walls) - floor  # noise only adds time: the fastest run
+    elif point.batch == 1 and point.phase == DECODE:
+        check = eng.lone_decode(llm, prompts, point.tokens, job.decode_tokens)
     return PointRecord(job.label, point.phase, point.batch, point.tokens, tuple(latencies),
-                       method, "; ".join(sorted(set(notes))))
+                       method, "; ".join(sorted(set(notes))), check)
+
+
+def _floor(llm: Any, prompts: eng.Prompts) -> float | None:
+    """The fixed cost of a request outside its engine step (submit, IPC, outputs): median
+    over a few 16-token prompts of wall-clock TTFT minus the engine step."""
+    gaps = [wall - step for wall, step in
+            (eng.lone_ttft(llm, prompts, 16) for _ in range(2 * CHECK_RUNS))]
+    gaps = [g for g in gaps if g == g]  # NaN: no engine timestamps
+    return statistics.median(gaps) if gaps else None
 
 
 def _blocker(args: EngineArgs) -> int:
     """Tokens of the prompt that goes ahead of a measured prefill batch (engine.prefill): a
     whole step's budget, so that no request of the batch can share the blocker's step."""
     return max(1, min(args.max_model_len - 8, args.max_num_batched_tokens))
+
+
+def _guess(done: list[tuple[PointSpec, float]], point: PointSpec) -> float:
+    """Seconds the point will take, from the measured points of its phase: the slowest one's
+    time, scaled by the square root of the size ratio when this one is larger. Time grows
+    far slower than batch x tokens (fixed costs, the blocker, ~constant decode steps); a
+    linear guess skipped the last decode point of the first H100 run for want of time."""
+    size = point.batch * point.tokens * (point.repeats + 1)
+    guesses = [t * max(1.0, size / (p.batch * p.tokens * (p.repeats + 1))) ** 0.5
+               for p, t in done if p.phase == point.phase]
+    return max(guesses, default=0.0)
 
 
 def run_profile(job: ProfileJob) -> int:
@@ -99,17 +135,17 @@ def run_profile(job: ProfileJob) -> int:
     prompts = eng.Prompts(job.engine.vocab_size, job.engine.seed)
     max_batch = max(p.batch for p in job.points)
     longest = max((p.tokens for p in job.points if p.phase == PREFILL), default=16)
-    eng.warm_up(llm, prompts, max_batch, min(longest, job.engine.max_model_len - 8))
-    cost: dict[str, float] = {}  # phase -> seconds per (batch x tokens x repeat) so far
+    blocker = _blocker(job.engine) if any(p.phase == PREFILL for p in job.points) else 0
+    eng.warm_up(llm, prompts, max_batch, min(longest, job.engine.max_model_len - 8), blocker)
+    floor = _floor(llm, prompts) if any(p.phase == PREFILL for p in job.points) else None
+    done: list[tuple[PointSpec, float]] = []
     for point in job.points:
-        size = point.batch * point.tokens * point.repeats
-        guess = cost.get(point.phase, 0.0) * size
-        if time.time() + guess + SAFETY_S > job.deadline:
+        if time.time() + _guess(done, point) + SAFETY_S > job.deadline:
             print(f"stopping before {point.key}: out of time", file=sys.stderr)
             break
         t0 = time.perf_counter()
-        append(job.results, _measure(llm, prompts, job, point))
-        cost[point.phase] = max(cost.get(point.phase, 0.0), (time.perf_counter() - t0) / size)
+        append(job.results, _measure(llm, prompts, job, point, floor))
+        done.append((point, time.perf_counter() - t0))
     return 0
 
 
@@ -123,7 +159,7 @@ def run_load(job: InterferenceJob) -> int:
         return 3
     prompts = eng.Prompts(job.engine.vocab_size, job.engine.seed)
     load = job.load
-    eng.warm_up(llm, prompts, load.batch, load.probe_tokens)
+    eng.warm_up(llm, prompts, load.batch, load.probe_tokens, 0)
     (control / f"{job.member}.ready").write_text("")
     phase = 0
     while time.time() < job.deadline and not (control / "stop").exists():
@@ -149,13 +185,12 @@ def _run_phase(
     active: tuple[str, ...],
 ) -> LoadRecord:  # fmt: skip
     load, steps, ttfts = job.load, [], []
-    n1, n2 = max(2, load.output_tokens // 4), load.output_tokens
+    n = max(8, load.output_tokens)
+    context = load.prompt_tokens + n // 2
     end = time.time() + duration
     while time.time() < end:
-        steps.append(eng.decode_step(llm, prompts, load.batch, load.prompt_tokens + (n1 + n2) // 2,
-                                     n1, n2).seconds)
+        steps.append(eng.decode_step(llm, prompts, load.batch, context, n)[0].seconds)
         ttfts.append(eng.prefill(llm, prompts, 1, load.probe_tokens).seconds)
-    context = load.prompt_tokens + (n1 + n2) // 2
     return LoadRecord(job.label, job.scenario, job.member, name, active, tuple(steps),
                       tuple(ttfts), load.batch, context)
 

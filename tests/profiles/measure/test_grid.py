@@ -6,9 +6,9 @@ import pytest
 
 from fineserve.errors import SpecError
 from fineserve.profiles.catalog import model_spec
-from fineserve.profiles.measure.engine import decode_prompt_tokens
 from fineserve.profiles.measure.grid import QUICK, GridSpec, sizing
 from fineserve.profiles.measure.records import DECODE, PREFILL
+from fineserve.profiles.measure.timing import decode_prompt_tokens
 
 
 def test_points_are_the_product_of_each_phase_axes():
@@ -41,7 +41,7 @@ def test_axes_are_sorted_and_deduplicated():
     ({"sm_pcts": (0,)}, "sm_pcts"),
     ({"decode_batches": ()}, "decode_batches"),
     ({"repeats": 0}, "repeats"),
-    ({"decode_outputs": (8, 8)}, "decode_outputs"),
+    ({"decode_tokens": 4}, "decode_tokens"),
 ])
 def test_bad_grids_name_the_field(kwargs, message):
     with pytest.raises(SpecError, match=message):
@@ -52,16 +52,19 @@ def test_sizing_fits_every_point():
     grid = GridSpec()
     spec = model_spec("llama-3.1-8b")
     size = sizing(grid, spec, tp=1)
-    n1, n2 = grid.decode_outputs
+    n = grid.decode_tokens
     for p in grid.points():
         if p.phase == PREFILL:
             assert p.tokens + 1 <= size.max_model_len
             assert p.batch * p.tokens <= size.max_num_batched_tokens
             need = p.batch * (p.tokens + 1)
         else:
-            length = decode_prompt_tokens(p.tokens, n1, n2) + n2
+            prompt = decode_prompt_tokens(p.tokens, n)
+            length = prompt + n
             assert length <= size.max_model_len
             need = p.batch * length
+            # every step of the decode run's prefill completes a prompt (timing.decode_window)
+            assert prompt + p.batch <= size.max_num_batched_tokens
         assert p.batch <= size.max_num_seqs
         assert need * spec.kv_bytes_per_token() <= size.kv_cache_bytes
     assert size.max_model_len % 16 == 0
@@ -72,9 +75,9 @@ def test_sizing_fits_every_point():
 
 
 def test_decode_prompt_puts_the_measured_steps_at_the_mean_context():
-    # steps n1..n2 see contexts prompt + n1 .. prompt + n2: mean prompt + (n1 + n2) / 2
-    assert decode_prompt_tokens(512, 8, 40) == 512 - 24
-    assert decode_prompt_tokens(10, 8, 40) == 1  # never an empty prompt
+    # the window's steps see contexts prompt + 1 .. prompt + n - 1: mean prompt + n / 2
+    assert decode_prompt_tokens(512, 128) == 512 - 64
+    assert decode_prompt_tokens(10, 128) == 1  # never an empty prompt
 
 
 def test_quick_grid_is_tiny():

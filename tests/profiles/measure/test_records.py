@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fineserve.profiles.measure.records import (
+    PREFILL_METHOD,
     EngineArgs,
     EngineLabel,
     EngineRecord,
@@ -24,7 +25,7 @@ LABEL = EngineLabel("H100-SXM-80GB", "llama-3.1-8b", "bf16", "bf16", 1, 50.0)
 def test_records_round_trip_through_json():
     records = [
         EngineRecord(LABEL, 51.5, True, block_size=16, num_blocks=100, weight_bytes=10),
-        PointRecord(LABEL, "prefill", 4, 512, (0.1, 0.11), "engine-ts", "split over 2 steps"),
+        PointRecord(LABEL, "prefill", 4, 512, (0.1, 0.11), PREFILL_METHOD, "split over 2 steps"),
         LoadRecord(LABEL, "pair", "a", "together", ("a", "b"), (0.01, 0.012), (0.05,), 8, 300),
     ]
     for record in records:
@@ -33,7 +34,7 @@ def test_records_round_trip_through_json():
 
 def test_job_round_trip(tmp_path):
     args = EngineArgs("/m", 1, None, "auto", 2064, 64, 8192, 1 << 30, 0.3, False, 128256)
-    job = ProfileJob(LABEL, args, (PointSpec("decode", 8, 512, 3),), (8, 40),
+    job = ProfileJob(LABEL, args, (PointSpec("decode", 8, 512, 3),), 128,
                      str(tmp_path / "r.jsonl"), 123.0)
     write_job(job, tmp_path / "job.json")
     assert read_job(tmp_path / "job.json", ProfileJob) == job
@@ -53,3 +54,19 @@ def test_non_positive_latency_makes_a_point_invalid():
     assert PointRecord(LABEL, "decode", 1, 512, (0.01, 0.02), "m").valid
     assert not PointRecord(LABEL, "decode", 1, 512, (0.01, -0.001), "m").valid
     assert not PointRecord(LABEL, "decode", 1, 512, (), "m").valid
+
+
+def test_prefill_taken_by_the_first_h100_method_is_stale_decode_is_not():
+    # the first H100 run's prefill ("engine-ts": from the batch's scheduling stamp) counted
+    # the blocker's step under async scheduling; its decode differences were sound
+    old_prefill = PointRecord(LABEL, "prefill", 1, 128, (0.185,), "engine-ts")
+    assert old_prefill.stale and not old_prefill.valid
+    assert PointRecord(LABEL, "decode", 1, 256, (0.007,), "engine-ts diff n8-40").valid
+    assert PointRecord(LABEL, "prefill", 1, 128, (0.012,), PREFILL_METHOD).valid
+
+
+def test_records_keep_the_prefill_cross_check(tmp_path):
+    path = tmp_path / "r.jsonl"
+    record = PointRecord(LABEL, "prefill", 1, 128, (0.012, 0.0121), PREFILL_METHOD, "", 0.0118)
+    append(path, record)
+    assert read_records(path) == [record]

@@ -28,7 +28,7 @@ from fineserve.profiles.precision import Precision
 from fineserve.profiles.schema import load_profile
 
 GRID = GridSpec(sm_pcts=(100, 50), prefill_tokens=(64, 128), prefill_batches=(1,),
-                decode_batches=(1, 2), decode_contexts=(64,), repeats=2, decode_outputs=(2, 6))
+                decode_batches=(1, 2), decode_contexts=(64,), repeats=2, decode_tokens=8)
 
 STAND_IN = r'''
 import json, os, sys, time

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from fineserve.profiles.measure.records import (
+    PREFILL_METHOD,
     EngineLabel,
     EngineRecord,
     PointRecord,
@@ -35,7 +36,7 @@ def fill(store: ResultStore, sm: float, points=POINTS) -> None:
         base = (0.01 if p.phase == "prefill" else 0.008) * p.batch * (100 / sm) ** 0.5
         base *= p.tokens / 128 if p.phase == "prefill" else 1
         append(store.results, PointRecord(label(sm), p.phase, p.batch, p.tokens,
-                                          (base, base * 1.02, base * 0.99), "engine-ts"))
+                                          (base, base * 1.02, base * 0.99), PREFILL_METHOD))
 
 
 @pytest.fixture

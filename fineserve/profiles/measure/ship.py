@@ -1,0 +1,82 @@
+"""Turn measured results into shipped package data, phase by phase.
+
+A phase of an SM share ships once every point of it that the grid plans is measured with a
+method not known to be wrong (``records.STALE_METHODS``); the other phase can be missing, and
+``composite.overlay`` then keeps the published table's points for it. Written beside the
+CSV: ``{precision}.meta.json`` saying what shipped, how it was measured and its spreads.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from fineserve.profiles.measure.grid import GridSpec
+from fineserve.profiles.measure.records import DECODE, PREFILL, EngineLabel, PointRecord
+from fineserve.profiles.measure.store import SPREAD_TARGET, ResultStore, to_latency_point
+from fineserve.profiles.schema import LatencyPoint, ProfileTable, save_profile
+
+
+@dataclass(frozen=True, slots=True)
+class ShipSummary:
+    csv: Path | None  # None: nothing complete to ship
+    sm_pcts: dict[str, tuple[float, ...]]  # phase -> SM shares shipped
+    points: int
+    over_target: int  # shipped points whose rel_spread exceeds 5%
+
+
+def ship(store: ResultStore, grid: GridSpec, dest_root: Path, *, note: str = "") -> ShipSummary:
+    """Write ``dest_root/{gpu}/{model}/{precision}.csv`` (+ meta) from ``store``'s records."""
+    by_label: dict[EngineLabel, dict[tuple[str, int, int], PointRecord]] = {}
+    for record in store.points():
+        by_label.setdefault(record.label, {})[record.key] = record
+    stale = sorted({f"{r.phase}: {r.method}: {r.stale}" for r in _all_points(store) if r.stale})
+    plan = grid.points()
+    rows: list[LatencyPoint] = []
+    shipped: dict[str, list[float]] = {PREFILL: [], DECODE: []}
+    methods: dict[str, set[str]] = {PREFILL: set(), DECODE: set()}
+    for label, done in sorted(by_label.items(), key=lambda kv: -kv[0].sm_pct):
+        if label.sm_pct not in grid.sm_pcts:
+            continue
+        for phase in (PREFILL, DECODE):
+            wanted = [p for p in plan if p.phase == phase]
+            if all(p.key in done for p in wanted):
+                rows += [to_latency_point(done[p.key]) for p in wanted]
+                shipped[phase].append(label.sm_pct)
+                methods[phase] |= {done[p.key].method for p in wanted}
+    folder = dest_root / store.gpu / store.model
+    csv = folder / f"{store.precision.name}.csv"
+    meta = csv.with_name(f"{store.precision.name}.meta.json")
+    spreads = [p.rel_spread for p in rows]
+    if not rows:
+        return ShipSummary(None, {}, 0, 0)
+    save_profile(ProfileTable(rows), csv)
+    engines = [e for e in store.engines() if e.error is None]
+    meta.write_text(json.dumps({
+        "source": "fineserve profile (docs/profiler.md)",
+        "note": note,
+        "gpu": store.gpu, "model": store.model, "precision": store.precision.name,
+        "device_name": sorted({e.device_name for e in engines}),
+        "vllm_version": sorted({e.vllm_version for e in engines}),
+        "torch_version": sorted({e.torch_version for e in engines}),
+        "cuda_graphs": sorted({e.cuda_graphs for e in engines}),
+        "async_scheduling": sorted({str(e.async_scheduling) for e in engines}),
+        "dates": sorted({e.date[:10] for e in engines}),
+        "phases": {ph: {"sm_pcts": sorted(v), "methods": sorted(methods[ph])}
+                   for ph, v in shipped.items()},
+        "not_shipped_stale": stale,
+        "rel_spread": {"definition": "(max - min) / median over the timed repeats",
+                       "median": statistics.median(spreads), "max": max(spreads),
+                       "over_5pct": sum(s > SPREAD_TARGET for s in spreads),
+                       "points": len(spreads)},
+    }, indent=1, sort_keys=True) + "\n")
+    return ShipSummary(csv, {ph: tuple(sorted(v)) for ph, v in shipped.items()}, len(rows),
+                       sum(s > SPREAD_TARGET for s in spreads))
+
+
+def _all_points(store: ResultStore) -> list[PointRecord]:
+    from fineserve.profiles.measure.records import read_records
+
+    return [r for r in read_records(store.results) if isinstance(r, PointRecord)]

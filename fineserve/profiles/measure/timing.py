@@ -1,0 +1,95 @@
+"""Step times from vLLM's per-request engine-core timestamps (standard library only).
+
+vLLM stamps, per request, when the scheduler first scheduled it (``scheduled``), and when the
+engine core produced its first and last token (``first``, ``last``: the time the step's
+outputs were made, one stamp per engine step). Two scheduling modes stamp differently:
+
+- synchronous: a step is scheduled after the previous step's outputs are made, so
+  ``scheduled`` is the step's start;
+- asynchronous (vLLM's default on GPUs): step N+1 is scheduled as soon as step N is launched,
+  so ``scheduled`` lies inside the *previous* step; the GPU runs N+1 right after N, and the
+  previous step's output stamp is where N+1 begins.
+
+Both cases: a step starts at the later of the previous step's output stamp and its own
+scheduling stamp. The functions here use only that rule and the step structure, never the
+mode, so they hold for either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Stamps:
+    """One request's engine-core timestamps (seconds, one monotonic clock)."""
+
+    scheduled: float
+    first: float
+    last: float
+
+
+@dataclass(frozen=True, slots=True)
+class PrefillStep:
+    seconds: float  # the batch's own step
+    steps: int  # distinct steps the batch's first tokens came from (1 = one step)
+    rode_along: bool  # part of the batch was scheduled in the blocker's step (chunked in)
+
+    @property
+    def clean(self) -> bool:
+        return self.steps == 1 and not self.rode_along
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeWindow:
+    seconds: float  # one full-batch decode step
+    steps: int  # decode steps in the window
+    consistent: bool  # requests sharing a first-token step also share a last-token step
+
+
+def prefill_step(batch: Sequence[Stamps], blocker: Stamps | None = None) -> PrefillStep:
+    """The step in which ``batch`` was prefilled, behind ``blocker`` (or on an idle engine).
+
+    Start = max(blocker's first token, batch scheduled): in a synchronous engine the batch is
+    scheduled after the blocker's outputs, in an asynchronous one before them (while the
+    blocker runs), and the step then starts when the blocker's step ends.
+    """
+    if not batch:
+        raise ValueError("prefill_step of an empty batch")
+    firsts = {s.first for s in batch}
+    scheduled = min(s.scheduled for s in batch)
+    start = scheduled if blocker is None else max(blocker.first, scheduled)
+    rode = blocker is not None and scheduled <= blocker.scheduled
+    return PrefillStep(max(firsts) - start, len(firsts), rode)
+
+
+def decode_window(batch: Sequence[Stamps], tokens: int) -> DecodeWindow | None:
+    """Mean full-batch decode step of requests that each generated ``tokens`` tokens.
+
+    Request i gets its first token in step s_i and its last in s_i + tokens - 1 (one token a
+    step, ``ignore_eos``). Between the last first token (every prefill done) and the first
+    last token (nobody finished) every step decodes the whole batch and nothing else:
+    ``tokens - 1 - k`` steps, k = max s_i - min s_i. First tokens come from k + 1 distinct
+    steps when every step completes a prefill (prompts shorter than the step budget minus the
+    batch), so k = distinct first stamps - 1. None when the window holds no step.
+    """
+    if not batch or tokens < 2:
+        return None
+    firsts = sorted({s.first for s in batch})
+    lasts = sorted({s.last for s in batch})
+    k = len(firsts) - 1
+    steps = tokens - 1 - k
+    if steps < 1:
+        return None
+    rank_first = {v: i for i, v in enumerate(firsts)}
+    rank_last = {v: i for i, v in enumerate(lasts)}
+    consistent = len(firsts) == len(lasts) and all(
+        rank_first[s.first] == rank_last[s.last] for s in batch)
+    window = min(s.last for s in batch) - max(s.first for s in batch)
+    return DecodeWindow(window / steps, steps, consistent)
+
+
+def decode_prompt_tokens(context: int, tokens: int) -> int:
+    """Prompt length whose decode window (about ``tokens`` steps) runs at mean ``context``."""
+    return max(1, round(context - tokens / 2))
