@@ -28,6 +28,7 @@ from fineserve.runtime.gateway.client import (
 from fineserve.runtime.gateway.errors import ApiError
 from fineserve.runtime.gateway.sse import SseRelay
 
+CLIENT_CLOSED = 499  # the client disconnected mid-answer (nginx's convention; never sent)
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 _USAGE_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
 
@@ -136,10 +137,17 @@ async def _relay(request: web.Request, r: Response, strip_usage: bool,
             first = first or last
         if out:
             await resp.write(out)
+    except ConnectionResetError:
+        # the client went away (it may stop reading after [DONE]): not the engine's fault
+        served.status = CLIENT_CLOSED
+        r.close()
     except (ClientError, TimeoutError):
         served.status = 502  # the engine broke off mid-stream: the client sees it end early
         r.close()
     served.first_token_s, served.last_token_s = first, last
     served.output_tokens = relay.output_tokens
-    await resp.write_eof()
+    try:
+        await resp.write_eof()
+    except ConnectionResetError:
+        pass  # everything was relayed; the client hung up before the stream's terminator
     return resp, served
