@@ -2,6 +2,9 @@
 # One GPU-host session's steps, run after the vLLM bundle is installed (../shared/device):
 #   bash bench/gpu_session.sh STEP [STEP ...]     steps: env deploy deploy-quick kvslab
 #                                                 interference profile
+# (no step: only install the carried wheels). After `profile`, on the development machine:
+#   tar xzf h100-profile.tgz -C bench/results/h100-profile
+#   python bench/profile_h100.py --out bench/results/h100-profile --ship fineserve/profiles/data/measured
 # Each step runs under its own time limit, keeps going when another fails, and copies its
 # results to $OUT (at most 8 files per call come back; each step writes at most 4).
 # Missing pure-Python dependencies of fineserve travel as wheels in .whl/ and are installed
@@ -65,14 +68,11 @@ for s in "$@"; do
            --out /tmp/fs-intf --budget-s "${INTF_BUDGET:-190}"
       cp /tmp/fs-intf/interference* "$OUT/" 2>/dev/null ;;
     profile)
-      step profile "${PROFILE_LIMIT:-420}" $PY bench/profile_h100.py --model llama-3.1-8b \
-           --precisions "${PROFILE_PRECISIONS:-bf16}" --sm 100,50,30 \
-           --prefill-tokens 128,512,2048 --prefill-batches 1,4 --decode-batches 1,8,32 \
-           --decode-contexts 256,1024 --repeats 3 --out /tmp/fs-prof \
-           --budget-s "${PROFILE_BUDGET:-330}"
-      mkdir -p "$OUT/profile"
-      find /tmp/fs-prof -type f \( -name '*.csv' -o -name '*.jsonl' -o -name '*.json' \) \
-           -exec cp {} "$OUT/profile/" \; ;;
+      # the reference set, resumed from the committed results: measures only what is missing
+      step profile "${PROFILE_LIMIT:-500}" $PY bench/profile_h100.py --reference-set \
+           --resume-from bench/results/h100-profile --out /tmp/fs-prof \
+           --budget-s "${PROFILE_BUDGET:-460}"
+      tar czf "$OUT/h100-profile.tgz" -C /tmp/fs-prof . ;;
     *) echo "unknown step $s"; exit 2 ;;
   esac
 done

@@ -20,7 +20,12 @@ def profile(
     prefill_batches: Annotated[str, typer.Option(help="Prefill batch sizes.")] = "1,4",
     decode_batches: Annotated[str, typer.Option(help="Decode batch sizes.")] = "1,8,32,64",
     decode_contexts: Annotated[str, typer.Option(help="Decode mean contexts.")] = "512,2048",
-    repeats: Annotated[int, typer.Option(help="Measurements per grid point.")] = 3,
+    repeats: Annotated[int, typer.Option(
+        help="Timed measurements per grid point (after one untimed run).")] = 5,
+    decode_tokens: Annotated[int, typer.Option(
+        help="Output tokens per decode run (the timed window is its full-batch steps).")] = 128,
+    redo_noisy: Annotated[bool, typer.Option(
+        "--redo-noisy", help="Measure again points whose spread is over 5%.")] = False,
     out_dir: Annotated[Path, typer.Option("--out", help="Profile root (gpu/model/...).")] = Path(
         "profiles"),
     budget_s: Annotated[float | None, typer.Option(help="Stop cleanly within this time.")] = None,
@@ -53,13 +58,14 @@ def _profile(opts: dict) -> None:  # type: ignore[type-arg]
         prefill_batches=parse_numbers(opts["prefill_batches"], "--prefill-batches", int),
         decode_batches=parse_numbers(opts["decode_batches"], "--decode-batches", int),
         decode_contexts=parse_numbers(opts["decode_contexts"], "--decode-contexts", int),
-        repeats=opts["repeats"],
+        repeats=opts["repeats"], decode_tokens=opts["decode_tokens"],
     )  # fmt: skip
     request = ProfileRequest(
         model=opts["model"], out=opts["out_dir"], grid=grid, gpu=opts["gpu"],
         precisions=tuple(parse_precision(p) for p in opts["precisions"].split(",")),
         tps=parse_numbers(opts["tp"], "--tp", int), budget_s=opts["budget_s"], cpu=opts["cpu"],
         enforce_eager=opts["eager"], engine_python=opts["engine_python"],
+        redo_noisy=opts["redo_noisy"],
     )  # fmt: skip
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     with Progress(*columns, console=err, transient=False) as bar:
