@@ -10,8 +10,8 @@ lengths around ShareGPT means, and bisect for the largest s whose overall SLO at
                                    [--only ilp,static] [--out docs/capacity-sweep]
     python bench/capacity_sweep.py --calibrate   # capacity model against lone simulated engines
 
-``ffd-probe`` is not a planner method: a worst-fit-decreasing packing over the planner's own
-engine options, validated by its validator - a witness of what the ILP's model allows.
+``worst-fit`` is the planner's worst-fit-decreasing baseline (fineserve/planner/worstfit.py),
+which the ILP also warm-starts from; it replaced the ``ffd-probe`` witness of earlier runs.
 
 Pooled plans are simulated with the KV Slab pool (the runtime's policy). HBM interference
 between co-located engines is off unless ``--interference`` is given (its parameters are
@@ -39,62 +39,7 @@ from fineserve.workload.lengths import PRESETS
 from fineserve.workload.trace import ModelLoad, generate
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-METHODS = ("ilp", "static", "muxserve", "kv-pressure", "ffd-probe")
-
-
-def ffd_probe(inst, latency):
-    """Feasibility witness, not a planner method: worst-fit-decreasing packing over the same
-    engine options (MPS shares, pooled KV floors), validated by the planner's validator.
-    Each model's engines use its option with the most capacity per unit of the scarcer GPU
-    resource (SM share or memory incl. its KV floor); the last engine the cheapest option
-    covering what is left. Shows how far the planner's search is from its own model."""
-    from fineserve.planner.assemble import Choice, assemble_plan
-    from fineserve.planner.options import engine_options, tp_groups, usable_bytes
-    from fineserve.planner.schema import SolveReport
-    from fineserve.planner.validate import validate_plan
-
-    st, opts = inst.settings, engine_options(inst, latency)
-    cap_mem = usable_bytes(inst.cluster.nodes[0].gpu, st.memory_utilization)
-
-    def mem_share(o, r):  # weights, overhead and the pooled KV floor for rate r
-        kv = o.kv_bytes_per_rps * r * (1 + st.pool_burst_margin)
-        return (o.weight_bytes + o.overhead_bytes + kv) / cap_mem
-
-    def size(o, r):  # share of one GPU's scarcer resource
-        return max(o.sm_pct / 100, mem_share(o, r))
-
-    engines = []
-    for m in inst.models:
-        best = max(opts[m.name], key=lambda o: o.capacity_rps / (o.tp * size(o, o.capacity_rps)))
-        need = m.rate_rps
-        while need > 1e-9:
-            cover = [o for o in opts[m.name] if o.tp == best.tp and o.capacity_rps >= need]
-            o = best if need >= best.capacity_rps or not cover else min(
-                cover, key=lambda o: size(o, need))
-            engines.append((o, min(need, o.capacity_rps)))
-            need -= o.capacity_rps
-    used = {g.gpu_id: [0.0, 0.0, set()] for g in inst.cluster.gpus}  # sm, memory share, models
-    choices, rates = [], []
-    for o, r in sorted(engines, key=lambda x: (-x[0].tp, -size(*x))):
-        fits = [grp for grp in tp_groups(inst.cluster, o.tp)
-                if all(used[g][0] + o.sm_pct <= 100 and used[g][1] + mem_share(o, r) <= 1
-                       and len(used[g][2]) < st.max_engines_per_gpu
-                       and o.model not in used[g][2] for g in grp.gpus)]
-        if not fits:
-            continue
-        # worst fit: the group with the most of its scarcer resource left, spreading the load
-        # over the whole budget as the ILP's max-headroom objective does
-        grp = min(fits, key=lambda u: max(max(used[g][0] / 100, used[g][1]) for g in u.gpus))
-        for g in grp.gpus:
-            used[g][0] += o.sm_pct
-            used[g][1] += mem_share(o, r)
-            used[g][2].add(o.model)
-        choices.append(Choice(o, grp))
-        rates.append(r)
-    placed = {m.name: m.rate_rps for m in inst.models}
-    plan = assemble_plan(inst, choices, placed, SolveReport("ffd-probe", "HEURISTIC", 0.0),
-                         opts, rates)
-    return validate_plan(inst, plan, latency)
+METHODS = ("ilp", "static", "muxserve", "kv-pressure", "worst-fit")
 
 
 def attainment(method, scale, latency, duration, time_limit, opts) -> tuple[float, int]:
@@ -102,8 +47,7 @@ def attainment(method, scale, latency, duration, time_limit, opts) -> tuple[floa
     inst = replace(inst, settings=replace(inst.settings, objective=Objective.MAX_HEADROOM,
                                           time_limit_s=time_limit))
     try:
-        plan = (ffd_probe(inst, latency) if method == "ffd-probe"
-                else make_plan(inst, latency, method=method))
+        plan = make_plan(inst, latency, method=method)
     except FineserveError:
         return 0.0, 0
     trace = generate([ModelLoad(m.name, Poisson(m.rate_rps), PRESETS["sharegpt"])

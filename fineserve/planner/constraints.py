@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from fineserve.planner.builder import Builder
-from fineserve.planner.variables import H_SCALE, MILLI, IlpData, PlacementVars
+from fineserve.planner.variables import MILLI, U_SCALE, IlpData, PlacementVars
 
 
 def _capacity(b: Builder, d: IlpData, v: PlacementVars, m: str) -> Any:
@@ -18,10 +18,8 @@ def _capacity(b: Builder, d: IlpData, v: PlacementVars, m: str) -> Any:
 
 
 def add_traffic(b: Builder, d: IlpData, v: PlacementVars) -> int:
-    """(1) f[m,i,k] <= mu x[m,i,k];  (2) sum_{i,k} f[m,i,k] = p[m]  (pooled KV only: static
-    mode routes traffic in proportion to capacity and needs no flow variables)."""
-    if not d.pooled:
-        return 0
+    """(1) f[m,i,k] <= mu x[m,i,k];  (2) sum_{i,k} f[m,i,k] = p[m]. Static KV needs the flows
+    only for the headroom (4): its memory does not depend on them."""
     for key, f in v.f.items():
         m, i, _ = key
         b.add(f <= d.mu[m, i] * v.x[key], f"cap{key}")
@@ -39,14 +37,14 @@ def add_coverage(b: Builder, d: IlpData, v: PlacementVars) -> int:
 
 
 def add_headroom(b: Builder, d: IlpData, v: PlacementVars) -> Any:
-    """(4) H <= capacity_m / lambda_m for every model with traffic placed:
-    1000 * sum mu x + H_cap lambda_m (1 - z[m]) >= H * lambda_m,  p[m] <= lambda_m z[m].
-    A model left wholly unplaced (z = 0) does not pin H to 0. Returns H (thousandths)."""
-    for m in d.models:
-        b.add(v.p[m] <= d.lam[m] * v.z[m], f"some[{m}]")
-        b.add(H_SCALE * _capacity(b, d, v, m) + d.h_cap * d.lam[m] * (1 - v.z[m])
-              >= d.lam[m] * v.H, f"headroom[{m}]")
-    return v.H
+    """(4) U >= utilisation of every engine: U_SCALE * f[m,i,k] <= mu_{m,i} * U. The
+    minimum headroom is U_SCALE / U: the factor by which every model's routed traffic can
+    grow, split as routed, before its busiest engine saturates. Capacity of engines that
+    carry little traffic does not count. Returns U (millionths)."""
+    for key, f in v.f.items():
+        m, i, _ = key
+        b.add(U_SCALE * f <= d.mu[m, i] * v.U, f"headroom{key}")
+    return v.U
 
 
 def add_memory(b: Builder, d: IlpData, v: PlacementVars) -> int:
@@ -141,7 +139,6 @@ def pin_all_placed(b: Builder, d: IlpData, v: PlacementVars) -> None:
     sum x[m,.,.] >= ceil(H_min lambda_m / max_o mu_o)."""
     for m in d.models:
         b.add(v.p[m] >= d.lam[m], f"all[{m}]")
-        b.add(v.z[m] >= 1, f"placed[{m}]")
         best = max(d.mu[m, i] for i in range(len(d.options[m])))
         need = -(-d.h_min * d.lam[m] // (MILLI * best)) if best > 0 else 1
         b.add(b.total(v.x[key] for key in v.of_model[m]) >= need, f"replicas[{m}]")

@@ -54,12 +54,14 @@ from fineserve.planner.rounding import rounded_plan
 from fineserve.planner.schema import Instance, Objective, Plan, SolveReport, StageReport
 from fineserve.planner.symmetry import canonical_plan
 from fineserve.planner.variables import (
-    H_SCALE,
     MILLI,
+    U_SCALE,
     IlpData,
     PlacementVars,
-    min_headroom,
+    headroom_of_u,
     scale,
+    u_for_headroom,
+    utilisation,
 )
 
 
@@ -131,7 +133,7 @@ def solve_ilp(
         pin_all_placed(b, d, v)
     else:
         res = _stage(bm, "placed-traffic", "max", placed_traffic(b, d, v), deadline,
-                     PLACED_SHARE, FRACTION_SCALE, stages)
+                     PLACED_SHARE, lambda x: x / FRACTION_SCALE, stages)
         if not res.has_solution:
             return _fallback(inst, warm_start, stages, backend, t0, limit)
         snapshot = _extract(bm, _report(backend, stages, t0))
@@ -195,23 +197,25 @@ class _Prepare:
                   ) -> tuple[float, dict | None]:
         bm = self.bm
         b, d, v, st = bm.b, bm.d, bm.v, bm.d.inst.settings
+        # both bound the capacity-based headroom, hence the routed one (U >= 1 / bound)
         ub = headroom_upper_bound(d, cost_cap, min(AGGREGATE_SHARE * self.limit, 0.2 * seconds),
                                   st.num_workers)
-        b.add(v.H <= ub, "cut[H<=aggregate]")
+        b.add(v.U >= u_for_headroom(ub), "cut[U>=aggregate]")
         config_h = configuration_bound(d, headroom=True, cost_cap=cost_cap, extra=self.pool,
                                        seconds=min(CONFIG_H_SHARE * self.limit, 0.25 * seconds))
         self.pool = config_h.pool
         if config_h.value < ub:
-            b.add(v.H <= config_h.value, "cut[H<=configuration]")
+            b.add(v.U >= u_for_headroom(config_h.value), "cut[U>=configuration]")
         placed = rounded_plan(d, self.pool, cost_cap=cost_cap, workers=st.num_workers,
                               seconds=min(ROUNDING_SHARE * self.limit, 0.2 * seconds),
                               headroom=True)
         hint = None
         if placed is not None:
             plan = _placed_plan(d, placed, SolveReport("ilp-rounding", "FEASIBLE", 0.0))
-            if found is None or plan.min_headroom * H_SCALE > found:
-                hint = _hint_from_plan(bm, plan)
-        return min(ub, config_h.value), hint
+            hint = _hint_from_plan(bm, plan)
+            if found is not None and hint[v.U] >= found:
+                hint = None
+        return u_for_headroom(min(ub, config_h.value)), hint
 
 
 def _no_worse(plan: Plan, warm: Plan | None, t0: float) -> Plan:
@@ -317,7 +321,7 @@ def _relax_and_pack(d: IlpData, t0: float, deadline: float, limit: float) -> Pla
     if result is None:
         return None
     placed, pstages = result
-    units = {"cost": 1000 / d.cost_unit, "headroom": H_SCALE}
+    units = {"cost": 1000 / d.cost_unit, "headroom": 1000}  # relax-and-pack: H x 1000
     stages = tuple(StageReport(p.name, "OPTIMAL" if p.optimal else "FEASIBLE",
                                p.objective / units[p.name], p.bound / units[p.name], p.seconds)
                    for p in pstages)
@@ -340,26 +344,29 @@ def _run_named(bm: BuiltModel, name: str, deadline: float, share: float,
                stages: list[StageReport], prepare=None) -> SolveResult:
     b, d, v = bm.b, bm.d, bm.v
     if name == "cost":
+        unit = 1000 / d.cost_unit
         return _stage(bm, "cost", "min", gpu_cost(b, d, v), deadline, share,
-                      1000 / d.cost_unit, stages, prepare)
-    if name == "headroom":
-        return _stage(bm, "headroom", "max", v.H, deadline, share, H_SCALE, stages, prepare)
-    # user cost units per unit of headroom, in the ILP's cheapest-GPU units x 1000
+                      lambda x: x / unit, stages, prepare)
+    if name == "headroom":  # max headroom = min U; reported as headroom U_SCALE / U
+        return _stage(bm, "headroom", "min", v.U, deadline, share, headroom_of_u, stages,
+                      prepare)
+    # cost + headroom_weight x U (U = 1 / minimum headroom), in ILP units x U_SCALE
     w = round(bm.d.inst.settings.headroom_weight / d.cost_unit * 1000)
-    expr = H_SCALE * gpu_cost(b, d, v) - w * v.H
-    return _stage(bm, "weighted", "min", expr, deadline, share, 1000 * H_SCALE / d.cost_unit,
-                  stages)
+    expr = U_SCALE * gpu_cost(b, d, v) + w * v.U
+    unit = 1000 * U_SCALE / d.cost_unit
+    return _stage(bm, "weighted", "min", expr, deadline, share, lambda x: x / unit, stages)
 
 
 def _stage(bm: BuiltModel, name: str, sense: str, expr, deadline: float, share: float,
-           unit: float, stages: list[StageReport], prepare=None) -> SolveResult:
+           show, stages: list[StageReport], prepare=None) -> SolveResult:
     """Solve one objective, record it, then pin it so later stages keep it.
 
     With ``prepare`` the solver first runs alone for ``QUICK_S``; only if that does not
     prove the stage optimal does ``prepare(seconds, found)`` add cuts from outside the
     solver (bounds.py, configuration.py), return their bound (the reported bound is the
     tighter of it and the solver's; meeting it proves the stage optimal) and maybe a better
-    hint, and the solver continues from the best solution so far."""
+    hint, and the solver continues from the best solution so far. ``show`` turns the ILP's
+    integer objective into the reported one."""
     b = bm.b
     (b.maximize if sense == "max" else b.minimize)(expr)
     budget = max(0.5, (deadline - time.perf_counter()) * share)
@@ -384,12 +391,12 @@ def _stage(bm: BuiltModel, name: str, sense: str, expr, deadline: float, share: 
     if res.status == "FEASIBLE" and _meets(sense, res.objective, bound):
         res = dataclasses.replace(res, status="OPTIMAL", bound=res.objective)
         bound = res.objective
-    stages.append(StageReport(name, res.status, res.objective / unit, bound / unit,
-                              res.seconds))
+    stages.append(StageReport(name, res.status, show(res.objective),
+                              show(bound) if bound == bound else math.nan, res.seconds))
     pinned = round(res.objective)
     b.add(expr >= pinned if sense == "max" else expr <= pinned, f"pin[{name}]")
     values = dict(bm.values)
-    values[bm.v.H] = _best_h(bm, values)  # H is free until its own stage: hint its best
+    values[bm.v.U] = _best_u(bm, values)  # U is free until its own stage: hint its best
     b.hint(values)
     return res
 
@@ -429,11 +436,8 @@ def _tighter(sense: str, solver_bound: float, known: float | None) -> float:
     return max(vals) if sense == "min" else min(vals)
 
 
-def _best_h(bm: BuiltModel, values: dict) -> int:
-    d, v = bm.d, bm.v
-    caps = {m: sum(d.mu[m, i] * round(values[v.x[m, i, k]]) for m, i, k in v.of_model[m])
-            for m in d.models}
-    return min_headroom(d, caps, [m for m in d.models if round(values[v.z[m]])])
+def _best_u(bm: BuiltModel, values: dict) -> int:
+    return utilisation(bm.d, {key: round(values[f]) for key, f in bm.v.f.items()})
 
 
 def _all_vars(bm: BuiltModel):
@@ -442,8 +446,7 @@ def _all_vars(bm: BuiltModel):
     yield from v.f.values()
     yield from v.y.values()
     yield from v.p.values()
-    yield from v.z.values()
-    yield v.H
+    yield v.U
 
 
 def _extract(bm: BuiltModel, report: SolveReport) -> Plan:
@@ -486,11 +489,9 @@ def _hint_from_plan(bm: BuiltModel, plan: Plan) -> dict:
         routed = int(sum(r for _, r in flows[m]) * MILLI)
         p = d.lam[m] if m not in unplaced else min(d.lam[m], routed)
         values[v.p[m]] = p
-        values[v.z[m]] = int(p > 0)
-        if d.pooled and flows[m]:
+        if flows[m]:
             _split_integer(values, v, d, flows[m], p)
-    caps = {m: sum(d.mu[key[0], key[1]] for key, _ in flows[m]) for m in d.models}
-    values[v.H] = min_headroom(d, caps, [m for m in d.models if values[v.p[m]] > 0])
+    values[v.U] = _best_u(bm, values)
     return values
 
 

@@ -234,11 +234,17 @@ class Plan:
         return sum(e.capacity_rps for e in self.engines_of(model))
 
     def headroom_of(self, model: str) -> float:
-        """Burst tolerance: total capacity over offered rate (AlpaServe's definition)."""
-        demand = next(m for m in self.models if m.name == model)
-        return self.capacity_of(model) / demand.rate_rps
+        """Burst tolerance of the routed plan: the factor by which the model's routed traffic
+        can grow, split as routed, before its busiest engine saturates - min over engines
+        carrying traffic of capacity / routed rate (0 when none does). With a split in
+        proportion to capacity this is capacity over placed rate (AlpaServe's definition);
+        capacity of an engine that carries little traffic does not count."""
+        loads = [e.capacity_rps / e.rate_rps for e in self.engines_of(model) if e.rate_rps > 0]
+        return min(loads, default=0.0)
 
     @property
     def min_headroom(self) -> float:
-        placed = [m.name for m in self.models if self.engines_of(m.name)]
-        return min((self.headroom_of(n) for n in placed), default=0.0)
+        """Smallest headroom over the models with traffic routed."""
+        routed = [m.name for m in self.models if any(e.rate_rps > 0 for e in
+                                                     self.engines_of(m.name))]
+        return min((self.headroom_of(n) for n in routed), default=0.0)

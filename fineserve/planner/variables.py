@@ -17,7 +17,8 @@ from fineserve.planner.schema import GpuSlot, Instance, KVMode
 
 MILLI = 1000  # traffic and capacity unit: 1/1000 request per second
 KIB = 1024  # memory unit
-H_SCALE = 1000  # headroom unit: 1/1000
+H_SCALE = 1000  # headroom unit: 1/1000 (bounds)
+U_SCALE = 10**6  # utilisation unit: 1/1e6; headroom = U_SCALE / U
 
 OptKey = tuple[str, int]  # (model name m, option index i)
 VarKey = tuple[str, int, int]  # (m, i, k): option i of model m on TP group k of its size
@@ -43,6 +44,7 @@ class IlpData:
     sm_cap: int  # S: percent, 100 x oversubscription
     h_min: int  # H_min x 1000
     h_cap: int  # headroom upper bound x 1000
+    u_min: int  # U_min = U_SCALE / headroom cap: utilisation below it counts as it
 
     @property
     def pooled(self) -> bool:
@@ -82,27 +84,47 @@ def scale(inst: Instance, options: dict[str, tuple[EngineOption, ...]]) -> IlpDa
         sm_cap=math.floor(100 * st.sm_oversubscription + 1e-9),
         h_min=math.ceil(st.min_headroom * H_SCALE),
         h_cap=math.ceil(st.headroom_cap * H_SCALE),
+        u_min=math.floor(U_SCALE / st.headroom_cap),
     )
 
 
 def min_headroom(d: IlpData, caps: dict[str, int], models: list[str] | None = None) -> int:
-    """H in thousandths for capacities ``caps`` (milli-rps per model): the smallest
-    1000 x capacity / rate over ``models`` (default all), at most the cap."""
+    """Capacity-based H in thousandths for capacities ``caps`` (milli-rps per model): the
+    smallest 1000 x capacity / rate over ``models`` (default all), at most the cap. An upper
+    bound on the routed headroom (relax-and-pack, whose packing routes in proportion)."""
     names = d.models if models is None else models
     return min([d.h_cap] + [H_SCALE * caps[m] // d.lam[m] for m in names])
 
 
+def utilisation(d: IlpData, flows: dict[VarKey, int]) -> int:
+    """U for integer flows (milli-rps per engine): the busiest engine's routed rate over its
+    capacity, in millionths, rounded up, at least ``u_min``."""
+    busiest = [-(-U_SCALE * f // d.mu[m, i]) for (m, i, _), f in flows.items() if f > 0]
+    return max([d.u_min, *busiest])
+
+
+def u_for_headroom(h_thousandths: float) -> int:
+    """The smallest U compatible with a headroom bound (thousandths): a bound on U."""
+    if h_thousandths <= 0:
+        return U_SCALE
+    return math.ceil(U_SCALE * H_SCALE / h_thousandths - 1e-9)
+
+
+def headroom_of_u(u: float) -> float:
+    """Headroom (a plain number) for U in millionths."""
+    return U_SCALE / u if u > 0 else math.inf
+
+
 @dataclass
 class PlacementVars:
-    """x[m,i,k] place option i of model m on group k; f[m,i,k] its traffic (pooled KV only);
-    y[g] GPU g used; p[m] placed traffic of m; z[m] some of m placed; H minimum headroom."""
+    """x[m,i,k] place option i of model m on group k; f[m,i,k] its traffic; y[g] GPU g used;
+    p[m] placed traffic of m; U the busiest engine's utilisation (1 / minimum headroom)."""
 
     x: dict[VarKey, Any] = field(default_factory=dict)
     f: dict[VarKey, Any] = field(default_factory=dict)
     y: dict[int, Any] = field(default_factory=dict)
     p: dict[str, Any] = field(default_factory=dict)
-    z: dict[str, Any] = field(default_factory=dict)  # 1 if any traffic of m is placed
-    H: Any = None
+    U: Any = None
     on_gpu: dict[int, list[VarKey]] = field(default_factory=dict)  # keys whose group holds g
     of_model: dict[str, list[VarKey]] = field(default_factory=dict)  # keys of model m
 
@@ -113,16 +135,14 @@ class PlacementVars:
             for i, o in enumerate(d.options[m]):
                 for k, u in d.groups_for(o):
                     v.x[m, i, k] = b.bool_var(f"x[{o.label},g{'+'.join(map(str, u.gpus))}]")
-                    if d.pooled:
-                        v.f[m, i, k] = b.flow_var(min(d.mu[m, i], d.lam[m]), f"f[{m},{i},{k}]")
+                    v.f[m, i, k] = b.flow_var(min(d.mu[m, i], d.lam[m]), f"f[{m},{i},{k}]")
                     v.of_model[m].append((m, i, k))
                     for g in u.gpus:
                         v.on_gpu[g].append((m, i, k))
             v.p[m] = b.int_var(0, d.lam[m], f"p[{m}]")
-            v.z[m] = b.bool_var(f"z[{m}]")
         for g in d.gpus:
             v.y[g.gpu_id] = b.bool_var(f"y[gpu{g.gpu_id}]")
-        v.H = b.int_var(0, d.h_cap, "H")
+        v.U = b.int_var(d.u_min, U_SCALE, "U")
         return v
 
     def group_of(self, d: IlpData, key: VarKey) -> TpGroup:

@@ -4,8 +4,9 @@ Each model's capacity (rate x ``min_headroom``) is cut into engines of its most 
 option - the most capacity per unit of the scarcer GPU resource, SM share or memory with
 the pooled-KV floor for the traffic the engine carries - and a last, smallest option that
 covers the remainder. Engines are packed largest first, each onto the group whose fullest
-GPU is least full. Spreading rather than stacking is what the max-headroom objective wants,
-and a plan that places all traffic is a warm start the ILP keeps (``api.best_greedy``).
+GPU is least full. Spreading rather than stacking is what the max-headroom objective wants
+(which also raises the capacity factor while all still packs), and a plan that places all
+traffic is a warm start the ILP keeps (``api.best_greedy``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 
 from fineserve.planner.assemble import Choice, assemble_plan
 from fineserve.planner.options import EngineOption, TpGroup, tp_groups, usable_bytes
-from fineserve.planner.schema import Instance, KVMode, Plan, SolveReport
+from fineserve.planner.schema import Instance, KVMode, Objective, Plan, SolveReport
 
 Options = dict[str, tuple[EngineOption, ...]]
 
@@ -79,10 +80,10 @@ def _size(inst: Instance, o: EngineOption, rate: float) -> float:
                (o.fixed_bytes(st.kv_mode) + kv) / mem)
 
 
-def _engines(inst: Instance, opts: tuple[EngineOption, ...], rate: float) -> list[_Engine]:
-    """Engines covering ``rate`` x min_headroom: the most efficient option repeated, the
-    smallest option of its TP and GPU type covering what is left."""
-    h = inst.settings.min_headroom
+def _engines(inst: Instance, opts: tuple[EngineOption, ...], rate: float, h: float
+             ) -> list[_Engine]:
+    """Engines covering ``rate`` x ``h``: the most efficient option repeated, the smallest
+    option of its TP and GPU type covering what is left. Each carries its cover / h."""
     if not opts or max(o.capacity_rps for o in opts) <= 0:
         return []
     best = max(opts, key=lambda o: o.capacity_rps / (o.tp * _size(inst, o, o.capacity_rps / h)))
@@ -98,10 +99,41 @@ def _engines(inst: Instance, opts: tuple[EngineOption, ...], rate: float) -> lis
 
 
 def worst_fit_plan(inst: Instance, options: Options) -> Plan:
-    """Worst-fit-decreasing packing of per-model engines over every GPU."""
+    """Worst-fit-decreasing packing of per-model engines over every GPU. Under the
+    max-headroom objective the capacity factor is raised (bisection, up to the headroom
+    cap) while everything still packs."""
     t0 = time.perf_counter()
+    st = inst.settings
+    lo = st.min_headroom
+    best = _pack(inst, options, lo)
+    if st.objective is Objective.MAX_HEADROOM and _all_served(inst, best[2]):
+        hi = max(lo, st.headroom_cap)
+        for _ in range(12):
+            if hi - lo <= 0.005 * lo:
+                break
+            mid = (lo + hi) / 2
+            trial = _pack(inst, options, mid)
+            if _all_served(inst, trial[2]):
+                lo, best = mid, trial
+            else:
+                hi = mid
+    choices, rates, served = best
+    placed = {m.name: min(m.rate_rps, served[m.name]) for m in inst.models}
+    report = SolveReport("worst-fit", "HEURISTIC", time.perf_counter() - t0)
+    return assemble_plan(inst, choices, placed, report, options, rates)
+
+
+def _all_served(inst: Instance, served: dict[str, float]) -> bool:
+    return all(served[m.name] >= m.rate_rps * (1 - 1e-9) for m in inst.models)
+
+
+def _pack(inst: Instance, options: Options, factor: float
+          ) -> tuple[list[Choice], list[float], dict[str, float]]:
+    """Engines of every model for capacity rate x ``factor``, packed worst fit: the chosen
+    engines, their rates and the traffic served per model."""
     load = _Load(inst)
-    engines = [e for m in inst.models for e in _engines(inst, options[m.name], m.rate_rps)]
+    engines = [e for m in inst.models
+               for e in _engines(inst, options[m.name], m.rate_rps, factor)]
     engines.sort(key=lambda e: (-e.option.tp, -_size(inst, e.option, e.rate)))
     groups = {t: tp_groups(inst.cluster, t) for t in {e.option.tp for e in engines}}
     choices, rates = [], []
@@ -116,6 +148,4 @@ def worst_fit_plan(inst: Instance, options: Options) -> Plan:
         choices.append(Choice(e.option, u))
         rates.append(e.rate)
         served[e.option.model] += e.rate
-    placed = {m.name: min(m.rate_rps, served[m.name]) for m in inst.models}
-    report = SolveReport("worst-fit", "HEURISTIC", time.perf_counter() - t0)
-    return assemble_plan(inst, choices, placed, report, options, rates)
+    return choices, rates, served

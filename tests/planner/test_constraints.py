@@ -106,11 +106,27 @@ def test_coverage_needs_capacity_times_min_headroom():
 def test_headroom_is_capacity_over_rate():
     options = {"a": [opt("a", cap=10)], "b": [opt("b", cap=30)]}
     with model_of([("a", 5), ("b", 10)], options, gpus=1,
-                  families=[add_headroom, add_coverage]) as (b, d, v):
+                  families=[add_traffic, add_headroom, add_coverage]) as (b, d, v):
         pin_all_placed(b, d, v)
-        b.maximize(v.H)
+        b.minimize(v.U)
         assert solve(b) == "OPTIMAL"
-        assert b.value(v.H) == 2000  # min(10/5, 30/10) = 2.0
+        assert b.value(v.U) == 500_000  # busiest engine 5/10: headroom min(10/5, 30/10) = 2
+
+
+def test_headroom_counts_only_routed_capacity():
+    """Two engines of 10 req/s for 10 req/s of traffic, but the second one's GPU has KV room
+    for under 1 req/s: the split is at best 9 + 1, so the headroom is 10/9, not 20/10."""
+    options = {"a": [opt("a", cap=10, kappa=1.0 * GIB)]}
+    with model_of([("a", 10)], options, gpus=2,
+                  families=[add_traffic, add_headroom, add_gpu_use]) as (b, d, v):
+        pin_all_placed(b, d, v)
+        b.add(v.x["a", 0, 0] + v.x["a", 0, 1] == 2, "both")
+        # 1.25 GiB of KV per req/s (with the burst margin); ~1.24 GiB free on GPU 1
+        b.add(d.kappa["a", 0] * v.f["a", 0, 1] <= 1_300_000, "kv room on gpu1 (KiB)")
+        b.minimize(v.U)
+        assert solve(b) == "OPTIMAL"
+        assert b.value(v.f["a", 0, 1]) <= 1100
+        assert b.value(v.U) >= 890_000  # busiest engine carries ~9 of its 10 req/s
 
 
 def test_tp_group_uses_both_gpus():

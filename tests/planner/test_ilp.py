@@ -55,7 +55,8 @@ def test_ilp_equals_brute_force(picks, data, gpus):
     assert not plan.unplaced
     assert plan.report.status == "OPTIMAL"
     assert len(plan.gpus_used) == k
-    assert plan.report.stages[-1].objective == pytest.approx(h / 1000)
+    # routed headroom (U_SCALE / U, integer flows) against capacity / rate, in thousandths
+    assert plan.report.stages[-1].objective == pytest.approx(h / 1000, abs=2e-3)
 
 
 @pytest.mark.parametrize("kv_mode", [KVMode.STATIC, KVMode.POOLED])

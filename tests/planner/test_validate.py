@@ -113,3 +113,21 @@ def test_misaligned_tp_group_is_caught(good):
     bad = mutate(plan, gpus=(1, 2))
     assert any("aligned TP group" in p or "outside the cluster" in p
                for p in check_plan(inst, bad, LAT))
+
+
+def test_headroom_is_routed_capacity_over_routed_rate():
+    """An engine that carries little traffic adds little burst tolerance: the headroom is
+    set by the busiest engine (capacity 10 at 9.5 req/s), not by total capacity (20 / 10)."""
+    from fineserve.planner.schema import EnginePlacement, SolveReport
+
+    inst = instance([demand("a", rate=10.0)], gpus=2)
+
+    def engine(i, rate):
+        return EnginePlacement(f"a-{i}", "a", "node0", (i,), 50, 64, 1, 1, 1, 10.0, rate)
+
+    plan = Plan(inst, (engine(0, 9.5), engine(1, 0.5)), (), SolveReport("t", "HEURISTIC", 0))
+    assert plan.headroom_of("a") == pytest.approx(10 / 9.5)
+    even = Plan(inst, (engine(0, 5.0), engine(1, 5.0)), (), SolveReport("t", "HEURISTIC", 0))
+    assert even.headroom_of("a") == pytest.approx(2.0) == even.min_headroom
+    idle = Plan(inst, (engine(0, 0.0),), (), SolveReport("t", "HEURISTIC", 0))
+    assert idle.headroom_of("a") == 0.0 and idle.min_headroom == 0.0
