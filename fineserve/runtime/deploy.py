@@ -30,6 +30,12 @@ from fineserve.planner.schema import Plan
 from fineserve.runtime import procs
 from fineserve.runtime.engine_args import EngineLaunch
 from fineserve.runtime.errors import DeployError, EngineGaveUp, EngineStartError
+from fineserve.runtime.kvslab.deploy_pool import (
+    create_ledgers,
+    plugin_path_dir,
+    remove_ledgers,
+    write_plugin_dist,
+)
 from fineserve.runtime.mps import MpsController, MpsGroup
 from fineserve.runtime.options import DeployOptions
 from fineserve.runtime.prepare import Prepared, prepare
@@ -138,6 +144,11 @@ class Deployment:
                 self.obs.note(f"MPS daemon for {g.name}: "
                               f"{'started' if self.mps_ours[g.name] else 'already running'} "
                               f"(pipe {g.pipe_dir})")
+        if prep.kv_pools:  # before any engine: each joins its GPU's ledger while starting
+            write_plugin_dist(plugin_path_dir(self.run_dir.root))
+            create_ledgers(prep.kv_pools)
+            for p in prep.kv_pools:
+                self.obs.note(f"KV pool ledger for GPU {p.gpu_index}: {p.ledger}")
         for x in prep.launches:
             spec = ProcessSpec(x.engine_id, x.argv, x.full_env(),
                                self.run_dir.engine_log(x.engine_id), x.port,
@@ -318,6 +329,8 @@ class Deployment:
                 self.obs.warn(f"engine {e.launch.engine_id} ignored SIGTERM; killed")
             if e.phase is not EnginePhase.FAILED:
                 e.phase = EnginePhase.STOPPED
+        if self.prepared is not None and self.prepared.kv_pools:
+            remove_ledgers(self.prepared.kv_pools)  # every engine is gone: nothing holds a lease
         if self.mps is not None and self.prepared is not None:
             for g in self.prepared.mps_groups:
                 if self.mps_ours.get(g.name) and not self.mps.stop(g):

@@ -1,9 +1,10 @@
 """Plan engine -> the exact vLLM OpenAI-server command line and environment that run it.
 
 Kept pure (no processes, no files) so every flag can be unit-tested: the KV size comes from
-the plan (``--kv-cache-memory-bytes``, which also skips vLLM's memory profiling; a KV pool
-plugin can later replace this one flag), the batch cap from ``max_batch``, the precision from
-the model's ``Precision`` and its checkpoint, the SM share from the MPS environment.
+the plan (``--kv-cache-memory-bytes``, which also skips vLLM's memory profiling) or, on the
+KV pool, is the engine's virtual maximum in whole slabs with the plan's KV as its floor
+(``kvslab.deploy_pool``); the batch cap from ``max_batch``, the precision from the model's
+``Precision`` and its checkpoint, the SM share from the MPS environment.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 from fineserve.planner.schema import EnginePlacement, ModelDemand
 from fineserve.runtime.errors import DeployError
+from fineserve.runtime.kvslab.deploy_pool import PooledEngine, engine_pythonpath
 from fineserve.runtime.model_dirs import ModelSource
 from fineserve.runtime.options import DeployOptions
 from fineserve.runtime.state import Mode
@@ -78,23 +80,32 @@ def max_model_len(engine: EnginePlacement, demand: ModelDemand, source: ModelSou
     return n
 
 
-def memory_utilization(engine: EnginePlacement, total_bytes: int) -> float:
+def memory_utilization(engine: EnginePlacement, total_bytes: int, pooled: bool = False) -> float:
     """vLLM checks at start that free memory >= total x this; with the KV size given it sizes
-    nothing else by it, so the engine's own planned share keeps co-located engines startable."""
-    share = engine.memory_bytes / total_bytes if total_bytes > 0 else 0.9
+    nothing else by it, so the engine's own planned share keeps co-located engines startable.
+    On the pool the KV is not allocated by vLLM (and may be lent out while the engine
+    restarts): only weights and overhead count."""
+    mine = engine.weight_bytes + engine.overhead_bytes if pooled else engine.memory_bytes
+    share = mine / total_bytes if total_bytes > 0 else 0.9
     return round(min(0.95, max(0.05, share * 1.02)), 4)
 
 
 def build_launch(engine: EnginePlacement, demand: ModelDemand, source: ModelSource,
-                 gpu: GpuBinding, port: int, opts: DeployOptions) -> EngineLaunch:
-    """The command and environment of one engine. Raises DeployError on impossible sizes."""
+                 gpu: GpuBinding, port: int, opts: DeployOptions,
+                 pooled: PooledEngine | None = None) -> EngineLaunch:
+    """The command and environment of one engine. Raises DeployError on impossible sizes.
+
+    ``pooled``: the engine runs on its GPU's KV pool (its KV size is the virtual maximum; the
+    plan's KV, its guaranteed floor, still bounds ``--max-model-len``).
+    """
     weights = demand.spec.precision.weights
+    kv_bytes = pooled.virtual_bytes if pooled else engine.kv_bytes
     argv = [
         opts.python, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(source.path), "--served-model-name", engine.model,
         "--host", ENGINE_HOST, "--port", str(port),
         "--max-num-seqs", str(engine.max_batch),
-        "--kv-cache-memory-bytes", str(engine.kv_bytes),
+        "--kv-cache-memory-bytes", str(kv_bytes),
         "--max-model-len", str(max_model_len(engine, demand, source, opts)),
         "--tensor-parallel-size", str(engine.tp),
         # int4 kernels (GPTQ/AWQ Marlin) are fp16-native; everything else runs bf16
@@ -105,7 +116,8 @@ def build_launch(engine: EnginePlacement, demand: ModelDemand, source: ModelSour
     if demand.spec.precision.kv.vllm_kv_cache_dtype != "auto":
         argv += ["--kv-cache-dtype", demand.spec.precision.kv.vllm_kv_cache_dtype]
     if opts.uses_gpus:
-        argv += ["--gpu-memory-utilization", str(memory_utilization(engine, gpu.total_bytes))]
+        argv += ["--gpu-memory-utilization",
+                 str(memory_utilization(engine, gpu.total_bytes, pooled is not None))]
     if source.dummy:
         argv += ["--load-format", "dummy"]
     if not source.has_tokenizer:
@@ -114,11 +126,11 @@ def build_launch(engine: EnginePlacement, demand: ModelDemand, source: ModelSour
         argv.append("--enforce-eager")
     argv += list(opts.extra_engine_args)
     return EngineLaunch(engine.engine_id, engine.model, port, engine.gpus, engine.sm_pct,
-                        engine.max_batch, tuple(argv), _env(engine, gpu, opts))
+                        engine.max_batch, tuple(argv), _env(engine, gpu, opts, pooled))
 
 
-def _env(engine: EnginePlacement, gpu: GpuBinding, opts: DeployOptions
-         ) -> tuple[tuple[str, str], ...]:
+def _env(engine: EnginePlacement, gpu: GpuBinding, opts: DeployOptions,
+         pooled: PooledEngine | None = None) -> tuple[tuple[str, str], ...]:
     env = {"PYTHONUNBUFFERED": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     if opts.mode is Mode.CPU:
@@ -136,5 +148,7 @@ def _env(engine: EnginePlacement, gpu: GpuBinding, opts: DeployOptions
         env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(engine.sm_pct)
     else:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu.indices)
+    if pooled is not None:
+        env.update(pooled.env(engine_pythonpath(opts.run_dir, os.environ.get("PYTHONPATH"))))
     return tuple(sorted(env.items()))
 

@@ -49,6 +49,9 @@ class DeployOptions:
     node: str | None = None  # which plan node this host is (None: the only node with engines)
     health_interval_s: float = 5.0  # probe of ready engines; unhealthy_after probes = hung
     unhealthy_after: int = 12
+    # KV Slab pool per GPU (docs/kv-slab.md): None = as the plan says (kv_mode pooled -> on),
+    # False = static KV per engine (the baseline), True = on. GPU modes, TP 1 engines only.
+    kv_pool: bool | None = None
 
     @property
     def python(self) -> str:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fineserve.planner.schema import EnginePlacement, Plan
+from fineserve.planner.schema import EnginePlacement, KVMode, Plan
 from fineserve.runtime.engine_args import EngineLaunch, GpuBinding, build_launch
 from fineserve.runtime.errors import DeployError
 from fineserve.runtime.gateway.config import GatewayConfig
 from fineserve.runtime.gateway_config import build_gateway_config
+from fineserve.runtime.kvslab.deploy_pool import GpuPool, KvPoolPlan, ledger_path, plan_pools
+from fineserve.runtime.kvslab.errors import KvSlabError
 from fineserve.runtime.model_dirs import resolve_sources
 from fineserve.runtime.mps import MpsBinaries, MpsGroup, find_binaries, gpu_groups, make_group
 from fineserve.runtime.nvml import GpuInfo, check_gpus, probe_gpus
@@ -31,6 +33,7 @@ class Prepared:
     mps_binaries: MpsBinaries | None
     gateway: GatewayConfig
     notes: tuple[str, ...]  # warnings and mode remarks for the user
+    kv_pools: tuple[GpuPool, ...] = ()  # KV Slab ledgers to create before the engines start
 
 
 def local_engines(plan: Plan, node: str | None) -> tuple[EnginePlacement, ...]:
@@ -76,6 +79,7 @@ def prepare(plan: Plan, opts: DeployOptions, nvml=None) -> Prepared:
     if opts.mode is Mode.MPS:
         for comp in gpu_groups(tuple(slots[g].local_index for g in e.gpus) for e in engines):
             groups[comp] = make_group(comp, tuple(infos[i].uuid for i in comp), opts.run_dir)
+    pools = _kv_pools(plan, engines, opts, slots, infos, notes)
     sources = resolve_sources(tuple(m for m in plan.models
                                     if any(e.model == m.name for e in engines)), opts)
     launches, group_of = [], {}
@@ -89,12 +93,37 @@ def prepare(plan: Plan, opts: DeployOptions, nvml=None) -> Prepared:
             mps_pipe_dir=str(group.pipe_dir) if group else "",
             mps_log_dir=str(group.log_dir) if group else "")
         launches.append(build_launch(e, plan.instance.model(e.model), sources[e.model],
-                                     binding, opts.engine_port_base + i, opts))
+                                     binding, opts.engine_port_base + i, opts,
+                                     pools.engine(e.engine_id)))
         group_of[e.engine_id] = group.name if group else ""
     _check_ports(launches, opts)
     gateway = build_gateway_config(plan, launches, opts)
     return Prepared(tuple(launches), tuple(groups.values()), group_of, binaries, gateway,
-                    tuple(notes))
+                    tuple(notes), pools.pools)
+
+
+def _kv_pools(plan: Plan, engines: tuple[EnginePlacement, ...], opts: DeployOptions,
+              slots: dict, infos: dict[int, GpuInfo], notes: list[str]) -> KvPoolPlan:
+    """The KV Slab pools of this host (none unless asked for, or the plan is pooled)."""
+    none = KvPoolPlan((), (), ())
+    wanted = opts.kv_pool if opts.kv_pool is not None else plan.kv_mode is KVMode.POOLED
+    if not wanted:
+        return none
+    if not opts.uses_gpus:
+        if opts.kv_pool:
+            notes.append("KV pool: CPU mode has no GPU memory to pool; static KV per engine")
+        return none
+    try:
+        pools = plan_pools(
+            engines, {m.name: m.spec for m in plan.instance.models},
+            lambda e: tuple(slots[g].local_index for g in e.gpus),
+            {i: g.total_bytes for i, g in infos.items()},
+            plan.instance.settings.memory_utilization,
+            lambda g: ledger_path(opts.run_dir, g))
+    except KvSlabError as exc:
+        raise DeployError(exc.message, hint=exc.hint) from exc
+    notes.extend(pools.notes)
+    return pools
 
 
 def _check_ports(launches: list[EngineLaunch], opts: DeployOptions) -> None:

@@ -166,3 +166,28 @@ def test_give_up_after_budget(tmp_path, running):
     dep.request_stop()
     t.join(60)
     assert not errors
+
+
+def test_kv_pool_ledgers_exist_while_engines_run_and_go_at_shutdown(tmp_path, running):
+    """Engines on a KV pool find their GPU's ledger when they start; nothing is left after."""
+    from fineserve.runtime.kvslab.deploy_pool import PLUGIN_DIST, GpuPool, plugin_path_dir
+    from fineserve.runtime.kvslab.ledger import Ledger
+
+    ledger = str(tmp_path / "pool-gpu0.json")
+    check = ("import os, runpy, sys; from fineserve.runtime.kvslab.ledger import Ledger; "
+             f"assert Ledger({ledger!r}).snapshot().pool_bytes == 1 << 30; "
+             f"sys.argv = [{FAKE!r}, sys.argv[1]]; runpy.run_path({FAKE!r}, run_name='__main__')")
+    p, opts, prep = _setup(tmp_path, Mode.MPS, lambda port: (sys.executable, "-c", check,
+                                                             str(port)))
+    prep = replace(prep, kv_pools=(GpuPool(0, ledger, 1 << 30, ("a-0", "b-0")),))
+    Ledger.create(ledger, 2 << 30)  # stale, from a deployment that died: replaced
+    dep = Deployment(p, opts, Quiet(), prepared=prep)
+    run = RunDir(opts.run_dir)
+    t, errors = _run_in_thread(dep, running)
+    assert _wait(lambda: (s := run.read_state()) is not None and s.phase is Phase.RUNNING), \
+        errors
+    assert (plugin_path_dir(opts.run_dir) / PLUGIN_DIST / "entry_points.txt").is_file()
+    dep.request_stop()
+    t.join(60)
+    assert not t.is_alive() and not errors
+    assert not os.path.exists(ledger) and not os.path.exists(ledger + ".lock")

@@ -111,3 +111,31 @@ def test_memory_utilization_is_the_engines_share():
     u = memory_utilization(e, 80 * GIB)
     assert u == pytest.approx(e.memory_bytes / (80 * GIB) * 1.02, abs=1e-4)
     assert memory_utilization(engine("x", m, kv=200 * GIB), 80 * GIB) == 0.95
+
+
+def test_pooled_engine_gets_its_virtual_maximum_floor_and_plugin_env(tmp_path):
+    from fineserve.runtime.kvslab.deploy_pool import PLUGIN_DIST, PooledEngine
+
+    m = demand("m")
+    e = engine("m-0", m, kv=2 * GIB)
+    opts = options(tmp_path)
+    src = resolve_sources((m,), opts)["m"]
+    pe = PooledEngine("m-0", 0, "/dev/shm/pool.json", 64 << 20, 32, 900)
+    x = build_launch(e, m, src, BIND, 8000, opts, pe)
+    a, env = list(x.argv), dict(x.env)
+    assert _flag(a, "--kv-cache-memory-bytes") == str(900 * (64 << 20))  # whole slabs
+    assert _flag(a, "--max-model-len") == "8192"  # bounded by the floor, which is guaranteed
+    u = float(_flag(a, "--gpu-memory-utilization"))
+    assert u == memory_utilization(e, 80 * GIB, pooled=True) < memory_utilization(e, 80 * GIB)
+    assert u == pytest.approx((e.weight_bytes + e.overhead_bytes) / (80 * GIB) * 1.02, abs=1e-4)
+    assert (env["FINESERVE_KVSLAB"], env["FINESERVE_KVSLAB_LEDGER"],
+            env["FINESERVE_KVSLAB_ENGINE_ID"], env["FINESERVE_KVSLAB_FLOOR_BYTES"]) == (
+        "1", "/dev/shm/pool.json", "m-0", str(32 * (64 << 20)))
+    first = env["PYTHONPATH"].split(":")[0]
+    assert first.endswith("kvslab-plugin") and first.startswith(str(tmp_path))
+    assert PLUGIN_DIST.endswith(".dist-info")
+
+
+def test_static_engine_has_no_pool_variables(tmp_path):
+    x, _ = _launch(tmp_path)
+    assert not any(k.startswith("FINESERVE_KVSLAB") or k == "PYTHONPATH" for k, _ in x.env)

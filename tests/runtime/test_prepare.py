@@ -50,7 +50,7 @@ def test_mps_groups_and_notes(tmp_path, monkeypatch):
     assert [g.name for g in prep.mps_groups] == ["gpu0", "gpu1"]
     assert prep.mps_group_of == {"chat-0": "gpu0", "chat-1": "gpu1", "code-0": "gpu1"}
     env = dict(prep.launches[2].env)
-    assert env["CUDA_VISIBLE_DEVICES"] == "GPU-0001"
+    assert env["CUDA_VISIBLE_DEVICES"] == "0"  # relative to its group's daemon (2a13f63)
     assert env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] == "30"
     assert env["CUDA_MPS_PIPE_DIRECTORY"].endswith("mps/gpu1")
     assert any("DEFAULT compute mode" in n for n in prep.notes)  # GPU 0 is DEFAULT
@@ -130,3 +130,28 @@ def test_gateway_weights_without_traffic_are_even(tmp_path):
           for i, e in enumerate(p.engines)]
     gw = build_gateway_config(p, xs, options(tmp_path))
     assert [u.weight for u in gw.routes[0].upstreams] == [0.5, 0.5]
+
+
+def test_pooled_plan_puts_gpu_engines_on_a_kv_pool_unless_static_is_asked(tmp_path):
+    a, b, p = _two_models()  # PlannerSettings() default: kv_mode pooled
+    nv = FakeNvml([(0, 80 * GIB), (0, 80 * GIB)])
+    prep = prepare(p, options(tmp_path, Mode.NO_MPS, port=9400, engine_port_base=9401),
+                   nvml=nv)
+    assert [(x.gpu_index, x.engine_ids) for x in prep.kv_pools] == [
+        (0, ("chat-0",)), (1, ("chat-1", "code-0"))]
+    envs = {x.engine_id: dict(x.env) for x in prep.launches}
+    assert envs["code-0"]["FINESERVE_KVSLAB_LEDGER"] == prep.kv_pools[1].ledger
+    assert envs["chat-1"]["FINESERVE_KVSLAB_LEDGER"] == prep.kv_pools[1].ledger
+    assert envs["chat-0"]["FINESERVE_KVSLAB_ENGINE_ID"] == "chat-0"
+    assert any(n.startswith("KV pool on GPU 1") for n in prep.notes)
+    static = prepare(p, options(tmp_path, Mode.NO_MPS, port=9400, engine_port_base=9401,
+                                kv_pool=False), nvml=nv)
+    assert static.kv_pools == () and all("FINESERVE_KVSLAB" not in dict(x.env)
+                                         for x in static.launches)
+
+
+def test_cpu_mode_never_pools(tmp_path):
+    a, b, p = _two_models()
+    prep = prepare(p, options(tmp_path, Mode.CPU, port=9500, engine_port_base=9501,
+                              kv_pool=True))
+    assert prep.kv_pools == () and any("CPU mode has no GPU memory" in n for n in prep.notes)

@@ -9,5 +9,9 @@ Modules (docs/kv-slab.md):
   slabmap.py   pure: per-engine slab states and drain bookkeeping
   engine.py    engine side: ledger + slab map + mapper + block pool, background grow/shrink
   vmm.py       CUDA driver virtual memory (reserve once, map/unmap 2 MiB granules)
+  tensorwrap.py  torch tensors over raw device ranges (hand-built DLPack capsule)
+  hooks.py     pure: the vLLM 0.26.0 functions hooked and their exact parameters
+  blockpool.py parking blocks in vLLM's BlockPool free queue
   plugin.py    vLLM 0.26.0 general plugin (FINESERVE_KVSLAB=1)
+  deploy_pool.py  fineserve deploy on the pool: pool sizes, ledgers, engine variables
 """
