@@ -9,19 +9,20 @@ Notation
                   mu_o (capacity.py), fixed memory w_o per rank (weights + overhead [+ static
                   KV]) and pooled-KV bytes per unit of traffic kappa_o
     x[m,o,u]      1 if option o of m runs on group u in U_{t_o}          (binary)
-    f[m,o,u]      traffic routed to that engine (pooled KV only)         (>= 0)
+    f[m,o,u]      traffic routed to that engine                          (>= 0)
     p[m]          placed traffic of m, <= lambda_m                       (>= 0)
     y[g]          1 if GPU g hosts any engine                            (binary)
-    H             minimum headroom over models                           (>= 0)
+    U             utilisation of the busiest engine (millionths); the minimum headroom
+                  (routed capacity over routed rate, Plan.headroom_of) is U_SCALE / U
 
 Objective (lexicographic by default)
     [if not all traffic can be placed]  max sum_m p[m] / lambda_m
     min sum_g c_g y[g]
-    max H
+    min U   (max headroom)
 
 Constraints (numbers as in constraints.py)
     (1) f <= mu_o x                      (2) sum_{o,u} f[m,o,u] = p[m]
-    (3) sum_{o,u} mu_o x >= H_min p[m]   (4) sum_{o,u} mu_o x >= H lambda_m
+    (3) sum_{o,u} mu_o x >= H_min p[m]   (4) U_SCALE f[m,o,u] <= mu_o U
     (5) sum_{u ni g} w_o x + kappa_o f <= M_g y[g]
     (6) sum_{u ni g} s_o x <= S y[g]     (7) sum_{u ni g} x <= E y[g]
     (8) sum_{o, u ni g} x[m,o,u] <= 1    (9) y ordered within nodes and across identical nodes
@@ -175,9 +176,11 @@ class _Prepare:
         """Cuts from the aggregated and configuration bounds; a cheaper rounded plan."""
         bm = self.bm
         b, d, v, st = bm.b, bm.d, bm.v, bm.d.inst.settings
-        lb = cost_lower_bound(d, min(AGGREGATE_SHARE * self.limit, 0.2 * seconds),
+        lb = cost_lower_bound(d, min(AGGREGATE_SHARE * self.limit, 0.3 * seconds),
                               st.num_workers)
         b.add(gpu_cost(b, d, v) >= lb, "cut[cost>=aggregate]")
+        if found is not None and found <= _achievable_cost(d, lb):
+            return _achievable_cost(d, lb), None  # proven: skip the rest
         config = configuration_bound(d, seconds=min(CONFIG_SHARE * self.limit, 0.4 * seconds))
         if config.value > lb:
             b.add(gpu_cost(b, d, v) >= config.value, "cut[cost>=configuration]")
@@ -198,9 +201,11 @@ class _Prepare:
         bm = self.bm
         b, d, v, st = bm.b, bm.d, bm.v, bm.d.inst.settings
         # both bound the capacity-based headroom, hence the routed one (U >= 1 / bound)
-        ub = headroom_upper_bound(d, cost_cap, min(AGGREGATE_SHARE * self.limit, 0.2 * seconds),
+        ub = headroom_upper_bound(d, cost_cap, min(AGGREGATE_SHARE * self.limit, 0.3 * seconds),
                                   st.num_workers)
         b.add(v.U >= u_for_headroom(ub), "cut[U>=aggregate]")
+        if found is not None and found <= u_for_headroom(ub):
+            return u_for_headroom(ub), None  # proven: skip the rest
         config_h = configuration_bound(d, headroom=True, cost_cap=cost_cap, extra=self.pool,
                                        seconds=min(CONFIG_H_SHARE * self.limit, 0.25 * seconds))
         self.pool = config_h.pool
@@ -244,7 +249,7 @@ MAX_PLACEMENT_VARS = 60_000  # above this the full model does not presolve in a 
 # Shares of the time limit for the bounds and the rounded warm start. The configuration LP's
 # cost bound gets the most: it is what can prove the GPU count. Its headroom bound reuses
 # the columns and needs less.
-AGGREGATE_SHARE = 0.08  # per aggregated bound (bounds.py)
+AGGREGATE_SHARE = 0.12  # per aggregated bound (bounds.py)
 CONFIG_SHARE = 0.2  # configuration-LP cost bound (configuration.py)
 CONFIG_H_SHARE = 0.1  # configuration-LP headroom bound
 ROUNDING_SHARE = 0.08  # warm start rounded from the configuration LP's columns
