@@ -65,7 +65,8 @@ def main() -> None:
                                             time_limit_s=args.small_limit * scale))
     big = hundred_models()
     big = replace(big, settings=replace(big.settings, time_limit_s=args.large_limit * scale))
-    greedy = [("static", "ortools"), ("muxserve", "ortools"), ("kv-pressure", "ortools")]
+    greedy = [("static", "ortools"), ("muxserve", "ortools"), ("kv-pressure", "ortools"),
+              ("worst-fit", "ortools")]
     rows = run_case("19 models / 32 GPUs", small, latency,
                     [*greedy, ("ilp", "ortools"), ("ilp", "pulp")])
     if not args.only_small:
