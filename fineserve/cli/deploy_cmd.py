@@ -60,6 +60,9 @@ def deploy(
     engine_arg: Annotated[list[str] | None, typer.Option(
         "--engine-arg", help="Extra vLLM argument (repeatable), e.g. --engine-arg=--seed=1.")]
     = None,
+    kv_pool: Annotated[bool | None, typer.Option(
+        "--kv-pool/--no-kv-pool", help="KV Slab pool per GPU (default: as the plan's kv_mode).")
+    ] = None,
     ray: Annotated[str | None, typer.Option(
         "--ray", help="Deploy across the hosts of this Ray cluster (HOST:PORT of `ray start "
                       "--head`); see docs/ray.md.")] = None,
@@ -71,12 +74,12 @@ def deploy(
     run_guarded(lambda: _deploy(plan, run_dir or _default_run_dir(), no_mps, cpu, host, port,
                                 api_key or [], engine_python, engine_port_base, model_dir or [],
                                 dummy_weights, enforce_eager, max_model_len, node,
-                                startup_timeout, max_queue, engine_arg or [], ray))
+                                startup_timeout, max_queue, engine_arg or [], ray, kv_pool))
 
 
 def _deploy(plan_path, run_dir, no_mps, cpu, host, port, api_keys, engine_python, port_base,
             model_dirs, dummy, eager, max_model_len, node, startup_timeout, max_queue,
-            engine_args, ray=None) -> None:
+            engine_args, ray=None, kv_pool=None) -> None:
     from fineserve.planner.planfile import load_plan
     from fineserve.runtime.deploy import Deployment
     from fineserve.runtime.errors import EngineStartError
@@ -101,7 +104,7 @@ def _deploy(plan_path, run_dir, no_mps, cpu, host, port, api_keys, engine_python
         engine_port_base=port_base, model_dirs=tuple(pairs), dummy_weights=dummy,
         enforce_eager=eager, max_model_len=max_model_len, node=node,
         startup_timeout_s=startup_timeout, scheduler_max_queue=max_queue,
-        extra_engine_args=tuple(engine_args))
+        extra_engine_args=tuple(engine_args), kv_pool=kv_pool)
     observer = _Observer()
     if ray is not None:
         from fineserve.cli.ray_cmd import run_on_ray
