@@ -93,6 +93,11 @@ def _tail_integral(a: float, b: float, center: float, std: float) -> float:
         return max(0.0, min(b, center) - a)
 
     def antiderivative(x: float) -> float:  # d/dz (z Q(z) - phi(z)) = Q(z)
+        # far tails in closed form: a tiny std would overflow z and give inf * 0 = nan
+        if x - center > 40 * std:
+            return 0.0
+        if center - x > 40 * std:
+            return x - center
         z = (x - center) / std
         q = 0.5 * math.erfc(z / math.sqrt(2))
         phi = math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)

@@ -179,3 +179,11 @@ def test_greedy_matches_exhaustive_search(engines, extra, equal):
     slack = 0.0 if equal else max(slab_value(e, e.floor_slabs + 1, params) for e in engines)
     assert got >= best - slack - 1e-6 * max(1.0, best)
     assert math.isfinite(got)
+
+
+def test_tail_integral_with_a_vanishing_spread_is_the_degenerate_case():
+    from fineserve.runtime.kvslab.policy import _tail_integral
+
+    for std in (1e-320, 1e-300, 1e-12):  # z overflows to inf for the first two
+        assert _tail_integral(0.0, 100.0, 50.0, std) == pytest.approx(50.0)
+        assert _tail_integral(60.0, 100.0, 50.0, std) == pytest.approx(0.0)
