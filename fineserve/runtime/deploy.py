@@ -17,9 +17,6 @@ every change for ``fineserve status`` / ``stop``.
 from __future__ import annotations
 
 import os
-import re
-import signal
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +27,7 @@ from fineserve.planner.schema import Plan
 from fineserve.runtime import procs
 from fineserve.runtime.engine_args import EngineLaunch
 from fineserve.runtime.errors import DeployError, EngineGaveUp, EngineStartError
+from fineserve.runtime.gateway_process import gateway_ready, gateway_spec, log_hint, wait_ready
 from fineserve.runtime.kvslab.deploy_pool import (
     create_ledgers,
     plugin_path_dir,
@@ -39,6 +37,7 @@ from fineserve.runtime.kvslab.deploy_pool import (
 from fineserve.runtime.mps import MpsController, MpsGroup
 from fineserve.runtime.options import DeployOptions
 from fineserve.runtime.prepare import Prepared, prepare
+from fineserve.runtime.signals import install_signals, restore_signals
 from fineserve.runtime.state import (
     DeployState,
     EnginePhase,
@@ -49,9 +48,8 @@ from fineserve.runtime.state import (
     RunDir,
 )
 from fineserve.runtime.supervisor import Backoff, restart_scope
-from fineserve.runtime.worker import ManagedProcess, ProcessSpec, tail
+from fineserve.runtime.worker import ManagedProcess, ProcessSpec
 
-READY_LINE = re.compile(r"gateway ready on (https?://\S+)")
 TICK_S = 0.25
 
 
@@ -119,7 +117,7 @@ class Deployment:
             else:
                 self.obs.note(n)
         self.run_dir.gateway_config.write_text(prep.gateway.model_dump_json(indent=1))
-        old = _install_signals(self.request_stop)
+        old = install_signals(self.request_stop)
         try:
             self._start(prep)
             self._phase = Phase.RUNNING
@@ -132,7 +130,7 @@ class Deployment:
             raise
         finally:
             self._shutdown()
-            _restore_signals(old)
+            restore_signals(old)
 
     # ------------------------------------------------------------------ start
     def _start(self, prep: Prepared) -> None:
@@ -173,13 +171,13 @@ class Deployment:
                 if code is not None:
                     raise EngineStartError(
                         f"engine {eid} exited with code {code} while starting "
-                        f"(log: {e.proc.spec.log})", hint=_log_hint(e.proc),
+                        f"(log: {e.proc.spec.log})", hint=log_hint(e.proc),
                         log_path=str(e.proc.spec.log))
                 if now - e.proc.started_at > self.opts.startup_timeout_s:
                     raise EngineStartError(
                         f"engine {eid} did not answer /health within "
                         f"{self.opts.startup_timeout_s:.0f} s (log: {e.proc.spec.log})",
-                        hint=_log_hint(e.proc), log_path=str(e.proc.spec.log))
+                        hint=log_hint(e.proc), log_path=str(e.proc.spec.log))
                 if e.proc.probe(now):
                     e.phase = EnginePhase.READY
                     self._save()
@@ -189,28 +187,14 @@ class Deployment:
             time.sleep(TICK_S)
 
     def _start_gateway(self, timeout_s: float = 60.0) -> None:
-        spec = ProcessSpec("gateway", (sys.executable, "-m", "fineserve.runtime.gateway",
-                                       str(self.run_dir.gateway_config)),
-                           _gateway_env(), self.run_dir.logs / "gateway.log", self.opts.port,
-                           host=self.opts.host)
-        self.gateway = ManagedProcess(spec, ready_check=_gateway_ready, probe_interval_s=0.1)
+        spec = gateway_spec(self.run_dir.gateway_config, self.run_dir.logs / "gateway.log",
+                            self.opts.host, self.opts.port)
+        self.gateway = ManagedProcess(spec, ready_check=gateway_ready, probe_interval_s=0.1)
         self.gateway.start()
         self._save()
-        deadline = time.monotonic() + timeout_s
-        while True:
-            self._check_stop()
-            if self.gateway.probe(time.monotonic()):
-                m = READY_LINE.search(self.gateway.log_since_start())
-                if m:
-                    self.gateway_url = m.group(1)
-                return
-            code = self.gateway.poll()
-            if code is not None or time.monotonic() > deadline:
-                why = f"exited with code {code}" if code is not None else \
-                    f"printed no ready line within {timeout_s:.0f} s"
-                raise EngineStartError(f"gateway {why} (log: {spec.log})",
-                                       hint=_log_hint(self.gateway), log_path=str(spec.log))
-            time.sleep(0.1)
+        url = wait_ready(self.gateway, timeout_s, self._check_stop)
+        if url:
+            self.gateway_url = url
 
     def _check_stop(self) -> None:
         if self._stop_reason is not None:
@@ -231,7 +215,7 @@ class Deployment:
                 if delay is None:
                     raise EngineGaveUp("gateway keeps exiting; restart budget spent "
                                        f"(log: {self.gateway.spec.log})",
-                                       hint=_log_hint(self.gateway))
+                                       hint=log_hint(self.gateway))
                 self.obs.warn(f"gateway exited (code {self.gateway.exit_code}); "
                               f"restarting in {delay:.0f} s")
                 gw_restart_at = now + delay
@@ -375,32 +359,3 @@ class Deployment:
             self._save()
         except OSError:
             pass
-
-
-def _gateway_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONUNBUFFERED": "1"}
-
-
-def _gateway_ready(proc: ManagedProcess) -> bool:
-    return READY_LINE.search(proc.log_since_start()) is not None
-
-
-def _log_hint(proc: ManagedProcess) -> str:
-    last = [ln for ln in tail(proc.spec.log, 40).splitlines() if ln.strip()]
-    return f"its log ends with: {last[-1].strip()[:300]}" if last else \
-        f"see {proc.spec.log}"
-
-
-def _install_signals(handler: Callable[[str], None]) -> dict[int, object]:
-    old: dict[int, object] = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            old[sig] = signal.signal(sig, lambda s, _f: handler(signal.Signals(s).name))
-        except ValueError:  # not the main thread (tests): the caller stops us instead
-            pass
-    return old
-
-
-def _restore_signals(old: dict[int, object]) -> None:
-    for sig, h in old.items():
-        signal.signal(sig, h)  # type: ignore[arg-type]

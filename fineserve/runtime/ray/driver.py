@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -33,8 +31,9 @@ from fineserve.planner.planfile import dump_plan
 from fineserve.planner.schema import Plan
 from fineserve.runtime import procs
 from fineserve.runtime.control import cleanup_stale
-from fineserve.runtime.deploy import READY_LINE, EngineRow, Observer
+from fineserve.runtime.deploy import EngineRow, Observer
 from fineserve.runtime.errors import DeployError, EngineGaveUp, EngineStartError
+from fineserve.runtime.gateway_process import gateway_ready, gateway_spec, wait_ready
 from fineserve.runtime.options import DeployOptions
 from fineserve.runtime.ray.fleet import NodePhase, NodeSlot, impact, ready_engines
 from fineserve.runtime.ray.gateway import Endpoint, ray_gateway_config
@@ -50,6 +49,7 @@ from fineserve.runtime.ray.topology import (
     port_bases,
     raylet_up,
 )
+from fineserve.runtime.signals import install_signals, restore_signals
 from fineserve.runtime.state import (
     DeployState,
     EnginePhase,
@@ -59,7 +59,7 @@ from fineserve.runtime.state import (
     RunDir,
 )
 from fineserve.runtime.supervisor import Backoff
-from fineserve.runtime.worker import ManagedProcess, ProcessSpec, tail
+from fineserve.runtime.worker import ManagedProcess
 
 TICK_S = 0.5
 CLUSTER_POLL_S = 2.0  # ray.nodes() is a GCS round trip
@@ -108,7 +108,7 @@ class RayDeployment:
                 mine = tuple(e for e in self.plan.engines if e.node == n)
                 self.slots[n] = NodeSlot(n, node_options(self.opts, self.plan, n, bases[n]), mine)
             self._save()
-            old = _install_signals(self.request_stop)
+            old = install_signals(self.request_stop)
             self._start()
             self._phase = Phase.RUNNING
             self._save()
@@ -120,7 +120,7 @@ class RayDeployment:
             raise
         finally:
             self._shutdown()
-            _restore_signals(old)
+            restore_signals(old)
 
     # ------------------------------------------------------------------ cluster
     def _connect(self) -> None:
@@ -304,29 +304,14 @@ class RayDeployment:
         self.endpoints = self._current_endpoints()
         cfg = ray_gateway_config(self.plan, self.endpoints, self.opts)
         self.run_dir.gateway_config.write_text(cfg.model_dump_json(indent=1))
-        spec = ProcessSpec("gateway", (sys.executable, "-m", "fineserve.runtime.gateway",
-                                       str(self.run_dir.gateway_config)),
-                           {**os.environ, "PYTHONUNBUFFERED": "1"},
-                           self.run_dir.logs / "gateway.log", self.opts.port, host=self.opts.host)
-        self.gateway = ManagedProcess(
-            spec, ready_check=lambda p: READY_LINE.search(p.log_since_start()) is not None,
-            probe_interval_s=0.1)
+        spec = gateway_spec(self.run_dir.gateway_config, self.run_dir.logs / "gateway.log",
+                            self.opts.host, self.opts.port)
+        self.gateway = ManagedProcess(spec, ready_check=gateway_ready, probe_interval_s=0.1)
         self.gateway.start()
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if self.gateway.probe(time.monotonic()):
-                m = READY_LINE.search(self.gateway.log_since_start())
-                if m:
-                    self.gateway_url = m.group(1)
-                self._save()
-                return
-            code = self.gateway.poll()
-            if code is not None or time.monotonic() > deadline:
-                last = tail(spec.log, 5).strip().splitlines()
-                raise EngineStartError(f"gateway did not start (log: {spec.log})",
-                                       hint=last[-1][:300] if last else None,
-                                       log_path=str(spec.log))
-            time.sleep(0.1)
+        url = wait_ready(self.gateway, timeout_s)
+        if url:
+            self.gateway_url = url
+        self._save()
 
     # ------------------------------------------------------------------ supervise
     def _supervise(self) -> None:
@@ -463,18 +448,3 @@ def _why(exc: BaseException) -> str:
     text = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
     text = text.split(". ")[0].rstrip(".")
     return text if len(text) <= 160 else text[:157] + "..."
-
-
-def _install_signals(handler: Callable[[str], None]) -> dict[int, object]:
-    old: dict[int, object] = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            old[sig] = signal.signal(sig, lambda n, _f: handler(signal.Signals(n).name))
-        except ValueError:  # not the main thread (tests): the caller stops us instead
-            pass
-    return old
-
-
-def _restore_signals(old: dict[int, object]) -> None:
-    for sig, h in old.items():
-        signal.signal(sig, h)  # type: ignore[arg-type]
