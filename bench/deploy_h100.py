@@ -38,16 +38,12 @@ sys.path.insert(0, str(ROOT))
 from fineserve.metrics.summary import summarize  # noqa: E402
 from fineserve.planner.planfile import load_plan, save_plan  # noqa: E402
 from fineserve.planner.schema import (  # noqa: E402
-    Cluster,
     EnginePlacement,
-    Instance,
     LengthStats,
     ModelDemand,
-    NodeSpec,
     Plan,
-    PlannerSettings,
     Slo,
-    SolveReport,
+    hand_plan,
 )
 from fineserve.profiles.catalog import model_spec  # noqa: E402
 from fineserve.profiles.gpus import gpu_spec  # noqa: E402
@@ -81,10 +77,8 @@ def fixed_plan(rate_scale: float) -> Plan:
                                        spec.weight_bytes(1), 3 * GIB, kv_gib * GIB,
                                        2 * rate * rate_scale, rate * rate_scale,
                                        estimated=True))
-    inst = Instance(tuple(models), Cluster((NodeSpec("node0", gpu_spec("H100-SXM-80GB"), 1),)),
-                    PlannerSettings())
-    return Plan(inst, tuple(engines), (), SolveReport("fixed-split", "FEASIBLE", 0.0,
-                                                      note="bench/deploy_h100.py"))
+    return hand_plan(models, engines, gpu_spec("H100-SXM-80GB"), nodes=("node0",),
+                     method="fixed-split", note="bench/deploy_h100.py")
 
 
 def make_trace(plan: Plan, duration_s: float, cv: float, seed: int) -> Trace:

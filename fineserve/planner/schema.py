@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -248,3 +249,14 @@ class Plan:
         routed = [m.name for m in self.models if any(e.rate_rps > 0 for e in
                                                      self.engines_of(m.name))]
         return min((self.headroom_of(n) for n in routed), default=0.0)
+
+
+def hand_plan(models: Sequence[ModelDemand], engines: Sequence[EnginePlacement], gpu: GpuSpec,
+              *, nodes: Sequence[str] = ("n0",), gpus_per_node: int = 1,
+              settings: PlannerSettings | None = None, method: str = "manual",
+              note: str = "") -> Plan:
+    """A plan written by hand (benchmarks, tests, tiny CPU deployments): the given engines on
+    identical nodes of ``gpu``, reported FEASIBLE, never solved."""
+    cluster = Cluster(tuple(NodeSpec(n, gpu, gpus_per_node) for n in nodes))
+    inst = Instance(tuple(models), cluster, settings or PlannerSettings())
+    return Plan(inst, tuple(engines), (), SolveReport(method, "FEASIBLE", 0.0, note=note))

