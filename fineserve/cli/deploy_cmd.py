@@ -13,6 +13,7 @@ from rich.live import Live
 from rich.table import Table
 
 from fineserve.cli.common import err, out, run_guarded
+from fineserve.cli.ray_cmd import RAY_HELP
 from fineserve.errors import SpecError
 
 RUN_DIR_ENV = "FINESERVE_RUN_DIR"
@@ -63,9 +64,7 @@ def deploy(
     kv_pool: Annotated[bool | None, typer.Option(
         "--kv-pool/--no-kv-pool", help="KV Slab pool per GPU (default: as the plan's kv_mode).")
     ] = None,
-    ray: Annotated[str | None, typer.Option(
-        "--ray", help="Deploy across the hosts of this Ray cluster (HOST:PORT of `ray start "
-                      "--head`); see docs/ray.md.")] = None,
+    ray: Annotated[str | None, typer.Option("--ray", help=RAY_HELP)] = None,
 ) -> None:
     """Serve PLAN on this host in the foreground: MPS daemons, vLLM engines, gateway.
 

@@ -51,7 +51,7 @@ class RayDeployed:
         self.url = f"http://127.0.0.1:{self.port}"
         self.run = RunDir(tmp / "run")
         self.stdout, self.stderr = tmp / "deploy.out", tmp / "deploy.err"
-        self.argv = [sys.executable, "-m", "fineserve.cli.ray_cmd", "deploy", str(self.plan),
+        self.argv = [sys.executable, "-m", "fineserve.cli.app", "deploy", str(self.plan),
                      "--ray", self.cluster.address, "--cpu", "--run-dir", str(self.run.root),
                      "--port", str(self.port), "--engine-port-base", str(self.engine_base),
                      "--engine-python", engine_python, "--dummy-weights",

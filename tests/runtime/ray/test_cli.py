@@ -7,7 +7,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from fineserve.cli.ray_cmd import app
+from fineserve.cli.app import app
 from fineserve.planner.planfile import save_plan
 
 from ..helpers import demand, engine, plan
