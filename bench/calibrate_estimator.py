@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from doc_section import write_section  # bench/ is on sys.path
 
 from fineserve.profiles.calibration import (
     CalibratedLatency,
@@ -33,7 +34,6 @@ from fineserve.profiles.schema import LatencyPoint, Phase, ProfileTable, load_pr
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_COSTS = REPO.parent / "shared" / "data" / "fineserve-costs"
 DOC = REPO / "docs" / "calibration.md"
-BEGIN, END = "<!-- BEGIN GENERATED: bench/calibrate_estimator.py -->", "<!-- END GENERATED -->"
 TARGET = 0.15
 
 
@@ -165,11 +165,7 @@ def _slug(name: str) -> str:
 
 
 def write_doc(section: list[str]) -> None:
-    body = "\n".join([BEGIN, "", *section, END])
-    text = DOC.read_text() if DOC.exists() else f"# Estimator calibration\n\n{BEGIN}\n{END}\n"
-    head, _, rest = text.partition(BEGIN)
-    _, _, tail = rest.partition(END)
-    DOC.write_text(head + body + tail)
+    write_section(DOC, "bench/calibrate_estimator.py", "Estimator calibration", section)
 
 
 def main() -> None:

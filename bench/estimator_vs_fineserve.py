@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
+from doc_section import write_section  # bench/ is on sys.path
 
 from fineserve.profiles.composite import ProfiledLatency
 from fineserve.profiles.fineserve_import import import_fineserve_costs
@@ -27,7 +28,6 @@ from fineserve.profiles.table import TableLatency
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_COSTS = REPO.parent / "shared" / "data" / "fineserve-costs"
 DOC = REPO / "docs" / "estimator-accuracy.md"
-BEGIN, END = "<!-- BEGIN GENERATED: bench/estimator_vs_fineserve.py -->", "<!-- END GENERATED -->"
 HOLDOUTS: list[tuple[str, Callable[[LatencyPoint], bool]]] = [
     ("batch 1-8 measured, 16-32 extrapolated", lambda p: p.batch <= 8),
     ("SM 40-100% measured, 20% extrapolated", lambda p: p.sm_pct >= 40),
@@ -101,15 +101,7 @@ def holdout_table(apex: ProfileTable) -> list[str]:
 
 
 def write_doc(section: list[str]) -> None:
-    """Replace the generated section of the doc (or create the doc around it)."""
-    body = "\n".join([BEGIN, "", *section, END])
-    if DOC.exists() and BEGIN in (text := DOC.read_text()) and END in text:
-        head, _, rest = text.partition(BEGIN)
-        _, _, tail = rest.partition(END)
-        DOC.write_text(head + body + tail)
-        return
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(f"# Estimator accuracy\n\n{body}\n")
+    write_section(DOC, "bench/estimator_vs_fineserve.py", "Estimator accuracy", section)
 
 
 def main() -> None:
