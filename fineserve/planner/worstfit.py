@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from fineserve.planner.assemble import Choice, assemble_plan
+from fineserve.planner.assemble import Choice, assemble_plan, pool_floor_bytes
 from fineserve.planner.options import EngineOption, TpGroup, tp_groups, usable_bytes
 from fineserve.planner.schema import Instance, KVMode, Objective, Plan, SolveReport
 
@@ -40,18 +40,9 @@ class _Load:
         self.mem = {g: 0.0 for g in self.mem_cap}
         self.models: dict[int, set[str]] = {g: set() for g in self.mem_cap}
 
-    def need(self, e: _Engine) -> float:
-        """Per-rank bytes: fixed memory plus the pooled KV floor for the engine's rate."""
-        st = self.inst.settings
-        o = e.option
-        if st.kv_mode is KVMode.STATIC:
-            return o.fixed_bytes(KVMode.STATIC)
-        return o.fixed_bytes(KVMode.POOLED) + o.kv_bytes_per_rps * e.rate * (
-            1 + st.pool_burst_margin)
-
     def fits(self, u: TpGroup, e: _Engine) -> bool:
         limit = self.inst.settings.max_engines_per_gpu
-        need = self.need(e)
+        need = _rank_bytes(self.inst, e.option, e.rate)
         return all(self.sm[g] + e.option.sm_pct <= self.sm_cap + 1e-9
                    and self.mem[g] + need <= self.mem_cap[g]
                    and len(self.models[g]) < limit
@@ -62,22 +53,26 @@ class _Load:
                    for g in u.gpus)
 
     def add(self, u: TpGroup, e: _Engine) -> None:
-        need = self.need(e)
+        need = _rank_bytes(self.inst, e.option, e.rate)
         for g in u.gpus:
             self.sm[g] += e.option.sm_pct
             self.mem[g] += need
             self.models[g].add(e.option.model)
 
 
+def _rank_bytes(inst: Instance, o: EngineOption, rate: float) -> float:
+    """Per-rank bytes: fixed memory plus, when pooled, the KV floor for the engine's rate."""
+    if inst.settings.kv_mode is KVMode.STATIC:
+        return o.fixed_bytes(KVMode.STATIC)
+    return o.fixed_bytes(KVMode.POOLED) + pool_floor_bytes(inst, o, rate)
+
+
 def _size(inst: Instance, o: EngineOption, rate: float) -> float:
     """Share of one GPU's scarcer resource a rank of ``o`` carrying ``rate`` takes."""
     st = inst.settings
     gpu = next(g.spec for g in inst.cluster.gpus if g.spec.name == o.gpu_type)
-    mem = usable_bytes(gpu, st.memory_utilization)
-    kv = 0.0 if st.kv_mode is KVMode.STATIC else (
-        o.kv_bytes_per_rps * rate * (1 + st.pool_burst_margin))
     return max(o.sm_pct / (100 * st.sm_oversubscription),
-               (o.fixed_bytes(st.kv_mode) + kv) / mem)
+               _rank_bytes(inst, o, rate) / usable_bytes(gpu, st.memory_utilization))
 
 
 def _engines(inst: Instance, opts: tuple[EngineOption, ...], rate: float, h: float
