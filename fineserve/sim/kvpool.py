@@ -254,10 +254,11 @@ class StaticKv:
     """Static partitions: only observation (each engine keeps its reservation)."""
 
     def __init__(self, engines: list[tuple[EngineSim, tuple[int, ...]]]) -> None:
-        self.on_gpu: dict[int, list[EngineSim]] = {}
+        self.on_gpu: dict[int, list[tuple[EngineSim, int]]] = {}  # (engine, KV bytes/token)
         for eng, gpus in engines:
+            per_token = eng.shape.model.kv_bytes_per_token(eng.shape.tp)
             for g in gpus:
-                self.on_gpu.setdefault(g, []).append(eng)
+                self.on_gpu.setdefault(g, []).append((eng, per_token))
 
     def tick(self, now: float) -> list[Event]:
         return []
@@ -265,10 +266,8 @@ class StaticKv:
     def sample(self, now: float) -> list[KvSample]:
         out = []
         for g, engs in self.on_gpu.items():
-            per_token = [e.shape.model.kv_bytes_per_token(e.shape.tp) for e in engs]
-            cap = sum(int(e.kv_tokens) * b for e, b in zip(engs, per_token, strict=True))
-            used = sum(int(min(e.kv_used, e.kv_tokens)) * b
-                       for e, b in zip(engs, per_token, strict=True))
+            cap = sum(int(e.kv_tokens) * b for e, b in engs)
+            used = sum(int(min(e.kv_used, e.kv_tokens)) * b for e, b in engs)
             out.append(KvSample(now, g, cap, cap, used, 0))
         return out
 
