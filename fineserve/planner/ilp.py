@@ -117,7 +117,8 @@ def solve_ilp(
         if backend == "ortools" and all_placed and st.objective in (
                 Objective.LEXICOGRAPHIC, Objective.MIN_GPUS):
             packed = _relax_and_pack(d, t0, deadline, limit)
-            if packed is not None and warm_start is not None and _better(warm_start, packed):
+            if (packed is not None and warm_start is not None
+                    and rank(inst, warm_start) < rank(inst, packed)):
                 return _keep_warm(warm_start, packed, t0)
             if packed is not None:
                 return packed
@@ -277,11 +278,6 @@ def _achievable_cost(d: IlpData, lb: float) -> float:
 
 def _x_count(d: IlpData) -> int:
     return sum(len(d.groups_for(o)) for opts in d.options.values() for o in opts)
-
-
-def _better(a: Plan, b: Plan) -> bool:
-    """Lexicographic: cheaper, then more minimum headroom."""
-    return (a.cost, -a.min_headroom) < (b.cost - 1e-9, -b.min_headroom - 1e-9)
 
 
 def _keep_warm(warm: Plan, packed: Plan, t0: float) -> Plan:
