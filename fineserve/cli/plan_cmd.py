@@ -22,7 +22,7 @@ def plan(
     profiles: Annotated[list[Path] | None, typer.Option(
         "--profiles", "-p", help="Extra latency profiles (CSV/Parquet file or folder).")] = None,
     method: Annotated[str, typer.Option(
-        help="ilp, or a greedy baseline: static, muxserve, kv-pressure.")] = "ilp",
+        help="ilp, or a greedy baseline: static, muxserve, kv-pressure, worst-fit.")] = "ilp",
     objective: Annotated[str | None, typer.Option(
         help="lexicographic, min-gpus, max-headroom or weighted (overrides the spec).")] = None,
     solver: Annotated[str, typer.Option(help="ILP backend: ortools (CP-SAT) or pulp (CBC).")]
