@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable
 from functools import partial
 
-import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -32,8 +31,6 @@ from fineserve.runtime.gateway.upstream import Upstream, make_upstreams, probe_h
 from fineserve.scheduler.types import RequestInfo
 
 log = logging.getLogger("fineserve.gateway")
-# uvicorn (vLLM's server) drops idle keep-alive connections after 5 s: let ours go first
-UPSTREAM_KEEPALIVE_S = 4.0
 
 
 def _engine_gauges(u: Upstream) -> tuple[Callable[[], float], ...]:
@@ -66,7 +63,6 @@ class Gateway:
         self.admission = Admission(self.routes, config.scheduler.poll_interval_s)
         self._ids = itertools.count(1)
         self.active = 0  # generation requests being handled (drained on shutdown)
-        self.session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._models_body = json.dumps({"object": "list", "data": [
             {"id": r.model, "object": "model", "created": int(time.time()),
@@ -81,26 +77,16 @@ class Gateway:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the engine connection pool, probe every engine once, start the watchers."""
+        """Probe every engine once, start the watchers and the admission timer."""
         cfg = self.config
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=UPSTREAM_KEEPALIVE_S,
-                                         use_dns_cache=True)
-        timeout = aiohttp.ClientTimeout(total=cfg.upstream_timeout_s,
-                                        sock_connect=cfg.connect_timeout_s)
-        # no cookies, no compression negotiation: engines need neither, and both cost per call
-        self.session = aiohttp.ClientSession(
-            connector=connector, timeout=timeout, cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=False, skip_auto_headers=("User-Agent", "Accept-Encoding"))
         ups = self.admission.upstreams
-        oks = await asyncio.gather(*(probe_health(self.session, u, cfg.connect_timeout_s)
-                                     for u in ups))
+        oks = await asyncio.gather(*(probe_health(u, cfg.connect_timeout_s) for u in ups))
         for u, ok in zip(ups, oks, strict=True):
             u.healthy = ok
             if not ok:
                 log.warning("engine %s not answering /health yet", u.engine_id)
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(watch(self.session, u, cfg,
-                                              partial(self.admission.on_engine_state, u)))
+        self._tasks = [loop.create_task(watch(u, cfg, partial(self.admission.on_engine_state, u)))
                        for u in ups]
         self._tasks.append(loop.create_task(self.admission.run_timer()))
 
@@ -118,9 +104,6 @@ class Gateway:
         self._tasks = []
         for u in self.admission.upstreams:
             u.pool.close()
-        if self.session is not None:
-            await self.session.close()
-            self.session = None
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.max_body_bytes)

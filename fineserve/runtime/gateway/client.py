@@ -1,8 +1,9 @@
-"""A lean keep-alive HTTP/1.1 client for the engine requests on the gateway's hot path.
+"""The gateway's only HTTP/1.1 client to its engines: generation, health probes, scrapes.
 
 aiohttp's ClientSession costs about 150 us of CPU per request (request/response objects,
 header multidicts, URL handling, tracing hooks, timers); the gateway only ever POSTs JSON to
-a few known engines and relays the answer, so this client does just that on an asyncio
+a few known engines and relays the answer (plus an occasional bodiless GET), so this client
+does just that on an asyncio
 ``Protocol``: one pre-built request head per (engine, path), a pool of idle keep-alive
 connections per engine, and a response parser for ``Content-Length``, ``chunked`` and
 read-until-close bodies that hands body bytes on as they arrive (SSE pass-through without
@@ -26,6 +27,8 @@ _CRLF = b"\r\n"
 _HEAD_END = b"\r\n\r\n"
 _MAX_HEAD = 64 * 1024
 _HIGH_WATER = 1 << 20  # buffered body bytes before reading from the socket pauses
+# uvicorn (vLLM's server) drops idle keep-alive connections after 5 s: let ours go first
+IDLE_TIMEOUT_S = 4.0
 
 
 class ClientError(Exception):
@@ -223,7 +226,12 @@ class Response:
         return bytes(out)
 
     async def read(self) -> bytes:
-        parts = [data async for data in self.iter_any()]
+        """The whole body; a read cut short (error, timeout, cancel) drops the connection."""
+        try:
+            parts = [data async for data in self.iter_any()]
+        except BaseException:
+            self.close()
+            raise
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def release(self) -> None:
@@ -247,7 +255,7 @@ class Pool:
     """Keep-alive connections to one engine (``host:port``); lives on one event loop."""
 
     def __init__(self, host: str, port: int, connect_timeout_s: float,
-                 idle_timeout_s: float = 4.0) -> None:
+                 idle_timeout_s: float = IDLE_TIMEOUT_S) -> None:
         self.host = host
         self.port = port
         self.connect_timeout_s = connect_timeout_s
@@ -266,19 +274,24 @@ class Pool:
 
     async def post(self, path: str, body: bytes) -> Response:
         """Send ``body`` and return once the response head is in (the body is streamed)."""
-        conn, reused = await self._get()
+        return await self._exchange(b"%s%d\r\n\r\n%s" % (self.head(path), len(body), body))
+
+    async def get(self, path: str) -> Response:
+        """A bodiless GET (health probes, metric scrapes: not per request, so no cached head)."""
+        return await self._exchange(b"GET %s HTTP/1.1\r\n%s\r\n" % (path.encode(),
+                                                                        self._host_line))
+
+    async def _exchange(self, request: bytes) -> Response:
+        conn = await self._connection()
         assert conn.transport is not None
-        conn.transport.write(b"%s%d\r\n\r\n%s" % (self.head(path), len(body), body))
+        conn.transport.write(request)
         try:
             return await self._read_head(conn)
-        except Disconnected:
-            conn.close()
-            raise
         except BaseException:
             conn.close()
             raise
 
-    async def _get(self) -> tuple[_Conn, bool]:
+    async def _connection(self) -> _Conn:
         now = time.monotonic()
         idle = self._idle
         while idle:
@@ -286,7 +299,7 @@ class Pool:
             if conn.closed or now - conn.idle_since > self.idle_timeout_s:
                 conn.close()
                 continue
-            return conn, True
+            return conn
         loop = asyncio.get_running_loop()
         try:
             _, conn = await asyncio.wait_for(
@@ -295,7 +308,7 @@ class Pool:
             raise ConnectFailed(f"connect to {self.host}:{self.port} failed: "
                                 f"{getattr(exc, 'strerror', None) or exc or 'timeout'}") from None
         self.opened += 1
-        return conn, False
+        return conn
 
     def put(self, conn: _Conn) -> None:
         conn.idle_since = time.monotonic()

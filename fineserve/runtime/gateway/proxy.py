@@ -73,11 +73,7 @@ async def forward_json(pool: Pool, path: str, body: bytes, timeout_s: float
     try:
         async with asyncio.timeout(timeout_s):
             r = await _send(pool, path, body)
-            try:
-                data = await r.read()
-            except BaseException:
-                r.close()
-                raise
+            data = await r.read()  # a read cut short drops the connection
     except TimeoutError:
         raise ApiError(504, "engine did not answer in time") from None
     except BrokenBody as exc:

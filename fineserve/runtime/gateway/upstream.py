@@ -14,9 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 
-import aiohttp
-
-from fineserve.runtime.gateway.client import Pool
+from fineserve.runtime.gateway.client import ClientError, ConnectFailed, Pool
 from fineserve.runtime.gateway.config import GatewayConfig, ModelRoute, UpstreamConfig
 from fineserve.scheduler.arbiter import GpuArbiter
 from fineserve.scheduler.engine_scheduler import EngineScheduler
@@ -37,8 +35,7 @@ class Upstream:
                  "credit", "paths", "served_name", "pool")
 
     def __init__(self, cfg: UpstreamConfig, route: ModelRoute, scheduler: EngineScheduler,
-                 arbiter: GpuArbiter | None = None, connect_timeout_s: float = 2.0,
-                 keepalive_s: float = 4.0) -> None:
+                 arbiter: GpuArbiter | None = None, connect_timeout_s: float = 2.0) -> None:
         self.cfg = cfg
         self.route = route
         self.sched = scheduler
@@ -50,8 +47,7 @@ class Upstream:
         self.paths = ("/v1/completions", "/v1/chat/completions")  # by ``chat``
         self.served_name = cfg.served_model_name
         host, port = cfg.host_port
-        # generation requests: the lean keep-alive client (scrapes and probes use aiohttp)
-        self.pool = Pool(host, port, connect_timeout_s, keepalive_s)
+        self.pool = Pool(host, port, connect_timeout_s)  # generation, probes and scrapes
 
     @property
     def engine_id(self) -> str:
@@ -120,27 +116,27 @@ def parse_engine_metrics(text: bytes, at_s: float) -> EngineSnapshot | None:
     return EngineSnapshot(at_s, int(running), int(waiting), min(max(kv, 0.0), 1.0))
 
 
-async def probe_health(session: aiohttp.ClientSession, up: Upstream, timeout_s: float) -> bool:
+async def _get(up: Upstream, path: str, timeout_s: float) -> tuple[int, bytes]:
+    async with asyncio.timeout(timeout_s):
+        r = await up.pool.get(path)
+        return r.status, await r.read()
+
+
+async def probe_health(up: Upstream, timeout_s: float) -> bool:
     try:
-        async with session.get(f"{up.cfg.url}/health",
-                               timeout=aiohttp.ClientTimeout(total=timeout_s)) as r:
-            await r.read()
-            return r.status == 200
-    except (aiohttp.ClientError, TimeoutError, OSError):
+        status, _ = await _get(up, "/health", timeout_s)
+    except (ClientError, TimeoutError):
         return False
+    return status == 200
 
 
-async def _scrape(session: aiohttp.ClientSession, up: Upstream, timeout_s: float,
-                  on_state: Callable[[], None]) -> None:
+async def _scrape(up: Upstream, timeout_s: float, on_state: Callable[[], None]) -> None:
     try:
-        async with session.get(f"{up.cfg.url}/metrics",
-                               timeout=aiohttp.ClientTimeout(total=timeout_s)) as r:
-            body = await r.read()
-            status = r.status
-    except aiohttp.ClientConnectorError as exc:
-        up.mark_down(f"connect failed: {exc.os_error}")
+        status, body = await _get(up, "/metrics", timeout_s)
+    except ConnectFailed as exc:
+        up.mark_down(str(exc))
         return
-    except (aiohttp.ClientError, TimeoutError, OSError):
+    except (ClientError, TimeoutError):
         return  # a busy engine may answer late; requests decide whether it is down
     if status == 200:
         snap = parse_engine_metrics(body, time.monotonic())
@@ -149,17 +145,16 @@ async def _scrape(session: aiohttp.ClientSession, up: Upstream, timeout_s: float
             on_state()  # the limit may have grown: dispatch from the queue
 
 
-async def watch(session: aiohttp.ClientSession, up: Upstream, cfg: GatewayConfig,
-                on_state: Callable[[], None]) -> None:
+async def watch(up: Upstream, cfg: GatewayConfig, on_state: Callable[[], None]) -> None:
     """Run until cancelled: scrape while healthy, probe /health while down."""
     timeout = max(cfg.connect_timeout_s, 1.0)
     while True:
         if up.healthy:
             await asyncio.sleep(cfg.engine_poll_interval_s)
             if up.healthy:
-                await _scrape(session, up, timeout, on_state)
+                await _scrape(up, timeout, on_state)
         else:
-            if await probe_health(session, up, timeout):
+            if await probe_health(up, timeout):
                 log.warning("engine %s is up", up.cfg.engine_id)
                 up.healthy = True
             else:
