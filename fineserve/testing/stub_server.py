@@ -67,16 +67,17 @@ def make_app(models: tuple[str, ...] = ("stub",), ttft_ms: float = 0.0, tpot_ms:
                 return web.Response(body=answer(model, chat, n), content_type="application/json")
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await resp.prepare(request)
+            delta = {"delta": {"content": " tok"}} if chat else {"text": " tok"}
+            chunk = {"id": "stub", "model": model,
+                     "choices": [{"index": 0, **delta, "finish_reason": None}]}
+            event = f"data: {json.dumps(chunk)}\n\n".encode()  # the same for every token
             start = time.perf_counter()
             for i in range(n):
                 due = start + (ttft_ms + tpot_ms * i) / 1e3
                 delay = due - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                delta = {"delta": {"content": " tok"}} if chat else {"text": " tok"}
-                chunk = {"id": "stub", "model": model,
-                         "choices": [{"index": 0, **delta, "finish_reason": None}]}
-                await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                await resp.write(event)
             usage = {"id": "stub", "model": model, "choices": [],
                      "usage": {"prompt_tokens": 0, "completion_tokens": n}}
             await resp.write(f"data: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode())
