@@ -31,6 +31,7 @@ from fineserve.runtime.gateway.upstream import Upstream, make_upstreams, probe_h
 from fineserve.scheduler.types import RequestInfo
 
 log = logging.getLogger("fineserve.gateway")
+_PATHS = ("/v1/completions", "/v1/chat/completions")  # by ``chat``
 
 
 def _engine_gauges(u: Upstream) -> tuple[Callable[[], float], ...]:
@@ -53,13 +54,11 @@ class Gateway:
         self.metrics = GatewayMetrics()
         self._keys = tuple(k.encode() for k in config.api_keys)
         self.routes: dict[str, list[Upstream]] = make_upstreams(config)
-        self._slo: dict[str, tuple[float, float, int]] = {}
-        self._series: dict[str, ModelSeries] = {}
+        # one look-up per request: the model's priority and its metric series
+        self._models: dict[str, tuple[int, ModelSeries]] = {}
         for route in config.routes:
-            ups = self.routes[route.model]
-            self._slo[route.model] = (route.ttft_slo_s, route.tpot_slo_s, route.priority)
-            self._series[route.model] = self.metrics.model(route.model)
-            self._watch(route.model, ups)
+            self._models[route.model] = (route.priority, self.metrics.model(route.model))
+            self._watch(route.model, self.routes[route.model])
         self.admission = Admission(self.routes, config.scheduler.poll_interval_s)
         self._ids = itertools.count(1)
         self.active = 0  # generation requests being handled (drained on shutdown)
@@ -164,21 +163,21 @@ class Gateway:
                 raise ApiError(413, f"request body larger than {self.config.max_body_bytes} "
                                     "bytes") from None
             p = parse_payload(raw, self.config.default_max_tokens)
-            slo = self._slo.get(p.model)
-            if slo is None:
+            model = self._models.get(p.model)
+            if model is None:
                 raise ApiError(404, f"The model `{p.model}` does not exist.", param="model",
                                code="model_not_found")
+            priority, series = model
             info = RequestInfo(str(next(self._ids)), p.model, p.prompt_tokens, p.max_tokens,
-                               t0, slo[2])
-            return await self._dispatch(request, p, info, chat, t0)
+                               t0, priority)
+            return await self._dispatch(request, p, info, series, chat, t0)
         except ApiError as exc:
             return exc.response()
         finally:
             self.active -= 1
 
-    async def _dispatch(self, request: web.Request, p: Payload, info: RequestInfo, chat: int,
-                        t0: float) -> web.StreamResponse:
-        series = self._series[p.model]
+    async def _dispatch(self, request: web.Request, p: Payload, info: RequestInfo,
+                        series: ModelSeries, chat: int, t0: float) -> web.StreamResponse:
         excluded: list[Upstream] = []
         retried = False
         while True:
@@ -209,12 +208,12 @@ class Gateway:
                 else:
                     self.admission.release(up, info.request_id, served.output_tokens,
                                            ok=served.status == 200)
-            self._record(series, up, p, served, t0)
+            self._record(series, up, served, t0)
             return resp
 
     async def _forward(self, request: web.Request, up: Upstream, p: Payload, info: RequestInfo,
                        chat: int) -> tuple[web.StreamResponse, Served]:
-        path = up.paths[chat]
+        path = _PATHS[chat]
         body = p.for_engine(up.served_name)
         timeout = self.config.upstream_timeout_s
         if not p.stream:
@@ -234,8 +233,7 @@ class Gateway:
         return ApiError(429, f"model `{model}` is overloaded ({d.reason or label}); retry later",
                         code=label, retry_after_s=d.retry_after_s or 1.0)
 
-    def _record(self, series: ModelSeries, up: Upstream, p: Payload, served: Served,
-                t0: float) -> None:
+    def _record(self, series: ModelSeries, up: Upstream, served: Served, t0: float) -> None:
         now = time.monotonic()
         series.e2e.observe(now - t0)
         if served.status != 200:
@@ -243,7 +241,7 @@ class Gateway:
                 series.upstream_error(up.engine_id, f"http_{served.status}").inc()
             series.finish(False)
             return
-        ttft_slo, tpot_slo, _ = self._slo[p.model]
+        ttft_slo, tpot_slo = up.route.ttft_slo_s, up.route.tpot_slo_s
         n = served.output_tokens
         first, last = served.first_token_s, served.last_token_s
         if first is None or last is None:  # non-streamed: judge the whole answer

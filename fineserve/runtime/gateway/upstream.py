@@ -32,7 +32,7 @@ class Upstream:
     """Mutable per-engine state, owned by the gateway's event loop (no locking needed)."""
 
     __slots__ = ("cfg", "route", "sched", "arbiter", "healthy", "in_flight", "queued",
-                 "credit", "paths", "served_name", "pool")
+                 "credit", "served_name", "pool")
 
     def __init__(self, cfg: UpstreamConfig, route: ModelRoute, scheduler: EngineScheduler,
                  arbiter: GpuArbiter | None = None, connect_timeout_s: float = 2.0) -> None:
@@ -44,7 +44,6 @@ class Upstream:
         self.in_flight = 0  # dispatched, not finished (mirrors the scheduler, read per request)
         self.queued = 0  # waiting in the scheduler's queue
         self.credit = 0.0  # smooth weighted round-robin among equally loaded replicas
-        self.paths = ("/v1/completions", "/v1/chat/completions")  # by ``chat``
         self.served_name = cfg.served_model_name
         host, port = cfg.host_port
         self.pool = Pool(host, port, connect_timeout_s)  # generation, probes and scrapes
