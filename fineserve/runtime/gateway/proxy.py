@@ -10,7 +10,6 @@ makes vLLM abort the generation. The engine side is the lean keep-alive client
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,11 +25,10 @@ from fineserve.runtime.gateway.client import (
     Response,
 )
 from fineserve.runtime.gateway.errors import ApiError
-from fineserve.runtime.gateway.sse import SseRelay
+from fineserve.runtime.gateway.sse import USAGE_TOKENS, SseRelay
 
 CLIENT_CLOSED = 499  # the client disconnected mid-answer (nginx's convention; never sent)
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-_USAGE_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
 
 
 class Unreachable(Exception):
@@ -80,7 +78,7 @@ async def forward_json(pool: Pool, path: str, body: bytes, timeout_s: float
         raise Unreachable(False, f"BrokenBody: {exc}") from None
     served = Served(r.status)
     if r.status == 200:
-        m = _USAGE_TOKENS.search(data)
+        m = USAGE_TOKENS.search(data)
         served.output_tokens = int(m.group(1)) if m else 0
     return _passthrough(r, data), served
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 
 _SEP = b"\n\n"
-_USAGE_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
+USAGE_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')  # also whole answers (proxy)
 _EMPTY_TEXT = re.compile(rb'"(?:content|text)"\s*:\s*(?:""|null)')
 _EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 
@@ -84,7 +84,7 @@ class SseRelay:
             self.done = True
             return _KEEP
         if b'"usage"' in payload and _EMPTY_CHOICES.search(payload):
-            m = _USAGE_TOKENS.search(payload)
+            m = USAGE_TOKENS.search(payload)
             if m is not None:
                 self.usage_tokens = int(m.group(1))
             return _DROP if self.strip_usage else _KEEP
