@@ -43,14 +43,14 @@ class Scripted:
             writer.close()
 
     async def read_request(self, reader: asyncio.StreamReader) -> bytes | None:
-        """One POST (head + Content-Length body); None when the client closed."""
+        """One request (head + Content-Length body, if any); None when the client closed."""
         try:
             head = await reader.readuntil(b"\r\n\r\n")
         except asyncio.IncompleteReadError:
             self.closed_by_client.set()
             return None
-        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                      if line.lower().startswith(b"content-length:"))
+        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
         body = await reader.readexactly(length)
         self.requests.append(head + body)
         return body
@@ -199,4 +199,30 @@ def test_cancelling_the_reader_closes_the_engine_connection() -> None:
             task.cancel()
             await asyncio.wait_for(srv.closed_by_client.wait(), 2.0)
             assert not pool._idle
+    run(go())
+
+
+def test_get_shares_the_pool_and_a_read_cut_short_drops_the_connection() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await srv.read_request(reader) is not None:
+            if len(srv.requests) == 1:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            else:  # promises a body it never sends
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\npart")
+            await writer.drain()
+
+    srv = Scripted(script)
+
+    async def go() -> None:
+        async with srv as pool:
+            r = await pool.get("/health")
+            assert r.status == 200 and await r.read() == b"ok"
+            assert srv.requests[0].startswith(b"GET /health HTTP/1.1\r\nHost: ")
+            assert b"content-length" not in srv.requests[0].lower()
+            r = await pool.get("/metrics")  # over the same, pooled connection
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.05):
+                    await r.read()
+            assert pool.opened == 1 and not pool._idle  # the half-read one is not pooled
+            await asyncio.wait_for(srv.closed_by_client.wait(), 2.0)
     run(go())
