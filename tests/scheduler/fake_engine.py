@@ -19,6 +19,7 @@ from fineserve.scheduler import (
     EngineScheduler,
     EngineSnapshot,
     RequestInfo,
+    SchedulerConfig,
     SloTargets,
     Verdict,
 )
@@ -69,16 +70,25 @@ def meets(o: Outcome, slo: SloTargets) -> bool:
 
 
 def poisson_arrivals(
-    rate: float, duration: float, prompt: int, out: int, seed: int = 0
+    rate: float, duration: float, prompt: int, out: int, seed: int = 0,
+    varied_out: bool = False,
 ) -> list[tuple[RequestInfo, int]]:
+    """Poisson arrivals; ``varied_out``: outputs exponential with mean ``out`` (at least 2)."""
     rng = random.Random(seed)
     t, reqs = 0.0, []
     while True:
         t += rng.expovariate(rate)
         if t >= duration:
             return reqs
-        n = len(reqs)
-        reqs.append((RequestInfo(f"r{n}", "m", prompt, out, t), out))
+        n = max(2, int(rng.expovariate(1 / out))) if varied_out else out
+        reqs.append((RequestInfo(f"r{len(reqs)}", "m", prompt, n, t), n))
+
+
+def run_policy(policy: str, slo: SloTargets, engine: FakeEngine,
+               arrivals: list[tuple[RequestInfo, int]]) -> RunResult:
+    """One engine scheduled by ``policy`` (16 slots to start, a deep queue) over ``arrivals``."""
+    cfg = SchedulerConfig(policy=policy, initial_limit=16, max_queue=256)
+    return run(EngineScheduler("e0", slo, cfg), engine, arrivals)
 
 
 def run(

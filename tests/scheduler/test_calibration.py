@@ -5,13 +5,11 @@ are learned from what was admitted."""
 
 from __future__ import annotations
 
-import random
-
 import pytest
 
 from fineserve.scheduler import EngineScheduler, RequestInfo, SchedulerConfig, SloTargets
 from fineserve.scheduler.estimator import ServiceEstimator, Spread
-from tests.scheduler.fake_engine import FakeEngine, RunResult, run
+from tests.scheduler.fake_engine import FakeEngine, RunResult, poisson_arrivals, run_policy
 
 SLO = SloTargets(ttft_s=0.3, tpot_s=0.1)
 # ~0.21 s to a first token (70% of the SLO), flat beyond 4 in flight, +-20% noise; a slot
@@ -28,22 +26,11 @@ ENGINE = FakeEngine(
 )
 
 
-def varied_outputs(rate: float, duration: float, seed: int) -> list[tuple[RequestInfo, int]]:
-    """Poisson arrivals of 400-token prompts with exponentially distributed outputs (mean 50)."""
-    rng = random.Random(seed)
-    t, reqs = 0.0, []
-    while (t := t + rng.expovariate(rate)) < duration:
-        out = max(2, int(rng.expovariate(1 / 50)))
-        reqs.append((RequestInfo(f"r{len(reqs)}", "m", 400, out, t), out))
-    return reqs
-
-
-TRACE = varied_outputs(rate=6.0, duration=60.0, seed=1)
+TRACE = poisson_arrivals(rate=6.0, duration=60.0, prompt=400, out=50, seed=1, varied_out=True)
 
 
 def simulate(policy: str) -> RunResult:
-    cfg = SchedulerConfig(policy=policy, initial_limit=16, max_queue=256)
-    return run(EngineScheduler("e0", SLO, cfg), ENGINE, TRACE)
+    return run_policy(policy, SLO, ENGINE, TRACE)
 
 
 def rejected(res: RunResult) -> int:

@@ -3,8 +3,8 @@ the SLO far more often than FCFS, and do not lose goodput doing so."""
 
 from __future__ import annotations
 
-from fineserve.scheduler import EngineScheduler, SchedulerConfig, SloTargets
-from tests.scheduler.fake_engine import FakeEngine, poisson_arrivals, run
+from fineserve.scheduler import SloTargets
+from tests.scheduler.fake_engine import FakeEngine, poisson_arrivals, run_policy
 
 SLO = SloTargets(ttft_s=1.0, tpot_s=0.1)
 # First token and decode both slow down with concurrency; ~6 req/s at 16 in flight.
@@ -19,8 +19,7 @@ TRACE = poisson_arrivals(rate=15.0, duration=30.0, prompt=400, out=50, seed=1)
 
 
 def outcome(policy: str) -> tuple[float, int]:
-    cfg = SchedulerConfig(policy=policy, initial_limit=16, max_queue=256)
-    res = run(EngineScheduler("e0", SLO, cfg), ENGINE, TRACE)
+    res = run_policy(policy, SLO, ENGINE, TRACE)
     return res.attainment(SLO), res.goodput(SLO)
 
 
