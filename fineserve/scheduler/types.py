@@ -9,7 +9,7 @@ never reads a clock itself.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 from fineserve.errors import SpecError
@@ -132,3 +132,7 @@ class SchedulerConfig:
             raise SchedulerConfigError(
                 f"scheduler.late_timeout_factor must be >= 1, got {self.late_timeout_factor}"
             )
+
+    def for_engine(self, max_batch: int) -> SchedulerConfig:
+        """These settings starting at an engine's planned batch size, clamped to the limits."""
+        return replace(self, initial_limit=min(max(max_batch, self.min_limit), self.max_limit))

@@ -10,8 +10,6 @@ become 429 records (drops, SLO misses).
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from fineserve.planner.schema import Slo
 from fineserve.scheduler import (
     EngineScheduler,
@@ -38,11 +36,9 @@ class Admission:
         self.sched: dict[str, EngineScheduler] = {}
         for e in engines:
             p = placements[e.name]
-            cfg = replace(config, initial_limit=min(max(p.max_batch, config.min_limit),
-                                                    config.max_limit))
             slo = slos[p.model]
             self.sched[e.name] = EngineScheduler(
-                e.name, SloTargets(slo.ttft_s, slo.tpot_s), cfg,
+                e.name, SloTargets(slo.ttft_s, slo.tpot_s), config.for_engine(p.max_batch),
                 arbiter=self.arbiters.get(e.gpus[0]))
             e.first_tokens = []
         # engines whose grants an event on this engine may release (same arbiter)

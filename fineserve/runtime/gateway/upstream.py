@@ -67,20 +67,19 @@ def make_upstreams(gw: GatewayConfig) -> dict[str, list[Upstream]]:
                 on_gpu[u.gpu] = on_gpu.get(u.gpu, 0) + 1
     arbiters = {gpu: GpuArbiter(gpu) for gpu, n in on_gpu.items() if n > 1}
     s = gw.scheduler
+    base = SchedulerConfig(
+        policy=s.policy, initial_limit=s.min_limit, min_limit=s.min_limit,
+        max_limit=s.max_limit, max_queue=s.max_queue, late=s.late,
+        est_prefill_s_per_token=s.est_prefill_s_per_token,
+        late_timeout_factor=s.late_timeout_factor, min_retry_after_s=s.min_retry_after_s)
     out: dict[str, list[Upstream]] = {}
     for route in gw.routes:
         slo = SloTargets(route.ttft_slo_s, route.tpot_slo_s)
         ups = out[route.model] = []
         for u in route.upstreams:
-            config = SchedulerConfig(
-                policy=s.policy, initial_limit=min(max(u.max_batch, s.min_limit), s.max_limit),
-                min_limit=s.min_limit, max_limit=s.max_limit, max_queue=s.max_queue,
-                late=s.late, est_prefill_s_per_token=s.est_prefill_s_per_token,
-                late_timeout_factor=s.late_timeout_factor,
-                min_retry_after_s=s.min_retry_after_s)
             arbiter = arbiters.get(u.gpu)
-            sched = EngineScheduler(u.engine_id, slo, config, arbiter=arbiter,
-                                    priority=route.priority)
+            sched = EngineScheduler(u.engine_id, slo, base.for_engine(u.max_batch),
+                                    arbiter=arbiter, priority=route.priority)
             ups.append(Upstream(u, route, sched, arbiter, gw.connect_timeout_s))
     return out
 
