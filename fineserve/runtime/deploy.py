@@ -27,7 +27,13 @@ from fineserve.planner.schema import Plan
 from fineserve.runtime import procs
 from fineserve.runtime.engine_args import EngineLaunch
 from fineserve.runtime.errors import DeployError, EngineGaveUp, EngineStartError
-from fineserve.runtime.gateway_process import gateway_ready, gateway_spec, log_hint, wait_ready
+from fineserve.runtime.gateway_process import (
+    GatewayRestarts,
+    gateway_ready,
+    gateway_spec,
+    log_hint,
+    wait_ready,
+)
 from fineserve.runtime.kvslab.deploy_pool import (
     create_ledgers,
     plugin_path_dir,
@@ -84,13 +90,16 @@ class _Engine:
 
 class Deployment:
     def __init__(self, plan: Plan, opts: DeployOptions, observer: Observer,
-                 prepared: Prepared | None = None) -> None:
+                 prepared: Prepared | None = None, gateway: bool = True) -> None:
+        """``gateway=False``: engines only (a node of a Ray deployment, whose driver runs the
+        gateway); ``run``'s ``on_ready`` then fires once every engine answers /health."""
         self.plan, self.opts, self.obs = plan, opts, observer
+        self.with_gateway = gateway
         self.run_dir = RunDir(opts.run_dir)
         self.prepared = prepared
         self.engines: dict[str, _Engine] = {}
         self.gateway: ManagedProcess | None = None
-        self.gateway_url = f"http://{opts.host}:{opts.port}"
+        self.gateway_url = f"http://{opts.host}:{opts.port}" if gateway else ""
         self.mps: MpsController | None = None
         self.mps_ours: dict[str, bool] = {}  # group name -> started by us
         self._stop_reason: str | None = None
@@ -158,7 +167,8 @@ class Deployment:
             e.proc.start()
         self._save()
         self._wait_engines_ready()
-        self._start_gateway()
+        if self.with_gateway:
+            self._start_gateway()
 
     def _wait_engines_ready(self) -> None:
         while True:
@@ -202,31 +212,20 @@ class Deployment:
 
     # ------------------------------------------------------------------ supervise
     def _supervise(self) -> None:
-        gw_backoff = Backoff(self.opts.restart)
-        gw_restart_at: float | None = None
+        gw = GatewayRestarts(self.opts.restart, self.obs.warn)
         while self._stop_reason is None:
             now = time.monotonic()
             changed = False
             for eid, e in self.engines.items():
                 changed |= self._tick_engine(eid, e, now)
-            assert self.gateway is not None
-            if gw_restart_at is None and self.gateway.poll() is not None:
-                delay = gw_backoff.on_crash(now)
-                if delay is None:
-                    raise EngineGaveUp("gateway keeps exiting; restart budget spent "
-                                       f"(log: {self.gateway.spec.log})",
-                                       hint=log_hint(self.gateway))
-                self.obs.warn(f"gateway exited (code {self.gateway.exit_code}); "
-                              f"restarting in {delay:.0f} s")
-                gw_restart_at = now + delay
-            elif gw_restart_at is not None and now >= gw_restart_at:
-                gw_restart_at = None
+            if self.gateway is not None and gw.due(self.gateway, now):
                 self._start_gateway()
                 changed = True
             if changed:
                 self._save()
             if all(e.phase is EnginePhase.FAILED for e in self.engines.values()):
-                raise EngineGaveUp("every engine has failed; nothing left to serve",
+                where = f" of node {self.opts.node}" if self.opts.node else ""
+                raise EngineGaveUp(f"every engine{where} has failed; nothing left to serve",
                                    hint=f"see the logs in {self.run_dir.logs}")
             time.sleep(TICK_S)
 

@@ -10,7 +10,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from fineserve.runtime.errors import EngineStartError
+from fineserve.runtime.errors import EngineGaveUp, EngineStartError
+from fineserve.runtime.options import RestartPolicy
+from fineserve.runtime.supervisor import Backoff
 from fineserve.runtime.worker import ManagedProcess, ProcessSpec, tail
 
 READY_LINE = re.compile(r"gateway ready on (https?://\S+)")
@@ -49,3 +51,35 @@ def wait_ready(proc: ManagedProcess, timeout_s: float,
             raise EngineStartError(f"gateway {why} (log: {proc.spec.log})",
                                    hint=log_hint(proc), log_path=str(proc.spec.log))
         time.sleep(0.1)
+
+
+class GatewayRestarts:
+    """Supervision of the running gateway: a restart after a backoff when it exits, give-up
+    (EngineGaveUp) when it keeps exiting. The deployment starts it again when ``due``."""
+
+    def __init__(self, policy: RestartPolicy, warn: Callable[[str], None]) -> None:
+        self.backoff = Backoff(policy)
+        self.restart_at: float | None = None
+        self.warn = warn
+
+    @property
+    def pending(self) -> bool:
+        """An exit was seen and the restart is still ahead."""
+        return self.restart_at is not None
+
+    def due(self, proc: ManagedProcess, now: float) -> bool:
+        """True when the exited gateway is to be started again now."""
+        if self.restart_at is None:
+            if proc.poll() is None:
+                return False
+            delay = self.backoff.on_crash(now)
+            if delay is None:
+                raise EngineGaveUp("gateway keeps exiting; restart budget spent "
+                                   f"(log: {proc.spec.log})", hint=log_hint(proc))
+            self.warn(f"gateway exited (code {proc.exit_code}); restarting in {delay:.0f} s")
+            self.restart_at = now + delay
+            return False
+        if now < self.restart_at:
+            return False
+        self.restart_at = None
+        return True

@@ -1,4 +1,5 @@
-"""The node agent: a Ray actor that runs one plan node's ``NodeDeployment`` on its host.
+"""The node agent: a Ray actor that runs one plan node's ``Deployment`` (without
+a gateway) on its host.
 
 The driver creates it with the node's custom resource, so Ray places it on that host. The
 deployment runs in a thread of the actor (the thread that starts engines must outlive them:
@@ -17,16 +18,12 @@ from pathlib import Path
 from fineserve.errors import FineserveError
 from fineserve.planner.schema import Plan
 from fineserve.runtime.control import cleanup_stale
+from fineserve.runtime.deploy import Deployment
 from fineserve.runtime.errors import EngineStartError
 from fineserve.runtime.options import DeployOptions
 from fineserve.runtime.prepare import prepare
 from fineserve.runtime.ray.messages import AgentEvent, AgentPhase, AgentReport, EngineReport
-from fineserve.runtime.ray.node import (
-    NodeDeployment,
-    bind_to_host,
-    ray_added_env,
-    read_environ,
-)
+from fineserve.runtime.ray.node import bind_to_host, ray_added_env, read_environ
 from fineserve.runtime.state import RunDir
 from fineserve.runtime.worker import tail
 
@@ -63,7 +60,7 @@ class NodeAgent:
         self.plan, self.opts = plan, opts
         self.ip = ip  # "" = the IP Ray knows this node by
         self.events = _Events()
-        self.deployment: NodeDeployment | None = None
+        self.deployment: Deployment | None = None
         self.thread: threading.Thread | None = None
         self.phase = AgentPhase.STARTING
         self.error = ""
@@ -82,7 +79,8 @@ class NodeAgent:
         drop = ray_added_env(dict(os.environ),
                              read_environ(int(raylet)) if raylet.isdigit() else None)
         prep = bind_to_host(prep, self.ip, drop, guard_parent=os.getpid())
-        self.deployment = NodeDeployment(self.plan, self.opts, self.events, prep)
+        self.deployment = Deployment(self.plan, self.opts, self.events, prep,
+                                     gateway=False)
         self.thread = threading.Thread(target=self._run, name=f"fineserve-node-{self.opts.node}",
                                        daemon=True)
         self.thread.start()

@@ -33,7 +33,12 @@ from fineserve.runtime import procs
 from fineserve.runtime.control import cleanup_stale
 from fineserve.runtime.deploy import EngineRow, Observer
 from fineserve.runtime.errors import DeployError, EngineGaveUp, EngineStartError
-from fineserve.runtime.gateway_process import gateway_ready, gateway_spec, wait_ready
+from fineserve.runtime.gateway_process import (
+    GatewayRestarts,
+    gateway_ready,
+    gateway_spec,
+    wait_ready,
+)
 from fineserve.runtime.options import DeployOptions
 from fineserve.runtime.ray.fleet import NodePhase, NodeSlot, impact, ready_engines
 from fineserve.runtime.ray.gateway import Endpoint, ray_gateway_config
@@ -58,7 +63,6 @@ from fineserve.runtime.state import (
     ProcRecord,
     RunDir,
 )
-from fineserve.runtime.supervisor import Backoff
 from fineserve.runtime.worker import ManagedProcess
 
 TICK_S = 0.5
@@ -315,8 +319,7 @@ class RayDeployment:
 
     # ------------------------------------------------------------------ supervise
     def _supervise(self) -> None:
-        gw_backoff = Backoff(self.opts.restart)
-        gw_restart_at: float | None = None
+        gw = GatewayRestarts(self.opts.restart, self.obs.warn)
         while self._stop_reason is None:
             now = time.monotonic()
             for s in self.slots.values():
@@ -325,18 +328,9 @@ class RayDeployment:
                 elif s.phase in (NodePhase.STARTING, NodePhase.SERVING):
                     self._poll(s, now)
             assert self.gateway is not None
-            if gw_restart_at is None and self.gateway.poll() is not None:
-                delay = gw_backoff.on_crash(now)
-                if delay is None:
-                    raise EngineGaveUp("gateway keeps exiting; restart budget spent "
-                                       f"(log: {self.gateway.spec.log})")
-                self.obs.warn(f"gateway exited (code {self.gateway.exit_code}); "
-                              f"restarting in {delay:.0f} s")
-                gw_restart_at = now + delay
-            elif gw_restart_at is not None and now >= gw_restart_at:
-                gw_restart_at = None
+            if gw.due(self.gateway, now):
                 self._start_gateway()
-            elif gw_restart_at is None and self._current_endpoints() != self.endpoints:
+            elif not gw.pending and self._current_endpoints() != self.endpoints:
                 self.obs.note("engine addresses changed; restarting the gateway with them")
                 self.gateway.stop(self.opts.gateway_drain_s + 5)
                 self._start_gateway()

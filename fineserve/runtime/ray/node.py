@@ -1,8 +1,8 @@
 """One plan node's part of the deployment, run by the single-host runtime without a gateway.
 
-``NodeDeployment`` is ``deploy.Deployment`` (MPS daemons, engines, supervision: backoff
-restarts, MPS-group fault domains, give-up budget, state file) minus the gateway, which the
-Ray driver runs. Engines listen on the node's IP instead of loopback (the gateway is on
+The node runs ``deploy.Deployment(..., gateway=False)`` (MPS daemons, engines, supervision:
+backoff restarts, MPS-group fault domains, give-up budget, state file); the Ray driver runs
+the gateway. Engines listen on the node's IP instead of loopback (the gateway is on
 another host) and run under ``orphan_guard`` so they die with their agent. Everything here
 works without Ray; ``agent.py`` wraps it in an actor.
 """
@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from fineserve.planner.schema import Plan
-from fineserve.runtime.deploy import TICK_S, Deployment
 from fineserve.runtime.engine_args import EngineLaunch
-from fineserve.runtime.errors import EngineGaveUp
 from fineserve.runtime.options import DeployOptions
 from fineserve.runtime.prepare import Prepared
 from fineserve.runtime.ray.orphan_guard import guard_argv
@@ -92,27 +89,3 @@ def bind_to_host(prep: Prepared, host: str, drop_env: tuple[str, ...] = (),
         base = {f.name: getattr(x, f.name) for f in fields(EngineLaunch)}
         launches.append(HostLaunch(**{**base, "argv": wrapped}, host=host, drop_env=drop_env))
     return replace(prep, launches=tuple(launches))
-
-
-class NodeDeployment(Deployment):
-    """``Deployment`` without a gateway: start MPS and engines, supervise, shut down.
-
-    ``on_ready`` of ``run`` fires once every engine has answered /health.
-    """
-
-    def _start_gateway(self, timeout_s: float = 60.0) -> None:
-        self.gateway = None
-        self.gateway_url = ""
-
-    def _supervise(self) -> None:
-        while self._stop_reason is None:
-            now = time.monotonic()
-            changed = False
-            for eid, e in self.engines.items():
-                changed |= self._tick_engine(eid, e, now)
-            if changed:
-                self._save()
-            if all(e.phase.value == "failed" for e in self.engines.values()):
-                raise EngineGaveUp(f"every engine of node {self.opts.node} has failed",
-                                   hint=f"see the logs in {self.run_dir.logs} on that host")
-            time.sleep(TICK_S)
