@@ -16,7 +16,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from fineserve.runtime.procs import group_members
 from fineserve.runtime.state import EnginePhase, RunDir
 from fineserve.runtime.worker import port_in_use
 from fineserve.testing.tiny_model import tiny_cpu_plan, write_tiny_model
+from tests.runtime.helpers import free_port_range
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -44,24 +44,6 @@ def _engine_python() -> str | None:
         if cand and Path(cand).exists():
             return cand
     return None
-
-
-def _free_ports(n: int) -> int:
-    """A base port with n consecutive free ports above it."""
-    for base in range(20100, 60000, 97):
-        socks = []
-        try:
-            for i in range(n):
-                s = socket.socket()
-                s.bind(("127.0.0.1", base + i))
-                socks.append(s)
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free ports")
 
 
 def _cli() -> list[str]:
@@ -79,7 +61,7 @@ class Deployed:
         dirs = {n: write_tiny_model(tmp / n) for n in ("tiny-a", "tiny-b")}
         self.plan = tmp / "plan.yaml"
         save_plan(tiny_cpu_plan(dirs, max_batch=MAX_BATCH), self.plan)
-        base = _free_ports(3)
+        base = free_port_range(3)
         self.port, self.run = base, RunDir(tmp / "run")
         self.url = f"http://127.0.0.1:{base}"
         self.stdout, self.stderr = tmp / "deploy.out", tmp / "deploy.err"

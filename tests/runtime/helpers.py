@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+from contextlib import ExitStack
 from pathlib import Path
 
 from fineserve.planner.schema import (
@@ -44,3 +46,17 @@ def options(tmp: Path, mode: Mode = Mode.NO_MPS, **kw) -> DeployOptions:
     kw.setdefault("dummy_weights", True)
     kw.setdefault("engine_python", "/opt/py/bin/python")
     return DeployOptions(run_dir=tmp / "run", mode=mode, **kw)
+
+
+def free_port_range(n: int, host: str = "127.0.0.1", first: int = 20100, step: int = 97) -> int:
+    """A base port with ``n`` consecutive ports above it free on ``host`` (a deployment's
+    gateway and engines take consecutive ports)."""
+    for base in range(first, 60000, step):
+        try:
+            with ExitStack() as stack:
+                for i in range(n):
+                    stack.enter_context(socket.socket()).bind((host, base + i))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no free ports")

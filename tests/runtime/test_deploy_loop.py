@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -22,21 +21,9 @@ from fineserve.runtime.prepare import Prepared
 from fineserve.runtime.procs import group_members
 from fineserve.runtime.state import EnginePhase, Mode, Phase, RunDir
 
-from .helpers import demand, engine, options, plan
+from .helpers import demand, engine, free_port_range, options, plan
 
 FAKE = str(Path(__file__).with_name("fake_engine.py"))
-
-
-def _base_port() -> int:
-    for base in range(31000, 60000, 53):
-        try:
-            for i in range(3):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", base + i))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError("no free ports")
 
 
 class Quiet:
@@ -55,7 +42,7 @@ class Quiet:
 def _setup(tmp_path, mode: Mode, argv_for=None):
     a, b = demand("a"), demand("b")
     p = plan([a, b], [engine("a-0", a), engine("b-0", b)])
-    base = _base_port()
+    base = free_port_range(3, first=31000, step=53)
     opts = options(tmp_path, mode, port=base, engine_port_base=base + 1,
                    restart=RestartPolicy(initial_backoff_s=0.2, max_restarts=3),
                    health_interval_s=0.2, startup_timeout_s=30, stop_timeout_s=5)

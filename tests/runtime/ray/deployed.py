@@ -23,6 +23,7 @@ from fineserve.runtime.control import stop_run
 from fineserve.runtime.state import RunDir
 from fineserve.testing.tiny_model import tiny_cpu_plan, write_tiny_model
 
+from ..helpers import free_port_range
 from .cluster import LocalCluster, free_ports
 
 NODE_OF = {"tiny-a": "node0", "tiny-b": "node1"}
@@ -47,7 +48,8 @@ class RayDeployed:
         dirs = {n: write_tiny_model(tmp / n) for n in NODE_OF}
         self.plan = tmp / "plan.yaml"
         save_plan(two_node_plan(dirs), self.plan)
-        self.port, self.engine_base = free_ports(1)[0], _engine_base()
+        self.port = free_ports(1)[0]
+        self.engine_base = free_port_range(2, "0.0.0.0", first=41000, step=37)  # node0, node1
         self.url = f"http://127.0.0.1:{self.port}"
         self.run = RunDir(tmp / "run")
         self.stdout, self.stderr = tmp / "deploy.out", tmp / "deploy.err"
@@ -121,17 +123,3 @@ class RayDeployed:
             if (node_dir / "state.json").exists():
                 stop_run(node_dir, wait_s=30)
 
-
-def _engine_base() -> int:
-    """Two consecutive free ports (node0's engine, node1's engine)."""
-    import socket
-
-    for base in range(41000, 60000, 37):
-        try:
-            for i in range(2):
-                with socket.socket() as s:
-                    s.bind(("0.0.0.0", base + i))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError("no free ports")
