@@ -13,8 +13,9 @@ from rich.live import Live
 from rich.table import Table
 
 from fineserve.cli.common import err, out, run_guarded
-from fineserve.cli.ray_cmd import RAY_HELP
+from fineserve.cli.ray_cmd import RAY_HELP, run_on_ray
 from fineserve.errors import SpecError
+from fineserve.runtime.options import DeployOptions
 
 RUN_DIR_ENV = "FINESERVE_RUN_DIR"
 
@@ -70,21 +71,21 @@ def deploy(
 
     Ctrl-C (or `fineserve stop`) shuts everything down cleanly.
     """
-    run_guarded(lambda: _deploy(plan, run_dir or _default_run_dir(), no_mps, cpu, host, port,
-                                api_key or [], engine_python, engine_port_base, model_dir or [],
-                                dummy_weights, enforce_eager, max_model_len, node,
-                                startup_timeout, max_queue, engine_arg or [], ray, kv_pool))
+    run_guarded(lambda: _deploy(plan, _options(
+        run_dir=run_dir or _default_run_dir(), no_mps=no_mps, cpu=cpu, host=host, port=port,
+        api_keys=api_key or [], engine_python=engine_python, port_base=engine_port_base,
+        model_dirs=model_dir or [], dummy=dummy_weights, eager=enforce_eager,
+        max_model_len=max_model_len, node=node, startup_timeout=startup_timeout,
+        max_queue=max_queue, engine_args=engine_arg or [], kv_pool=kv_pool), ray))
 
 
-def _deploy(plan_path, run_dir, no_mps, cpu, host, port, api_keys, engine_python, port_base,
-            model_dirs, dummy, eager, max_model_len, node, startup_timeout, max_queue,
-            engine_args, ray=None, kv_pool=None) -> None:
-    from fineserve.planner.planfile import load_plan
-    from fineserve.runtime.deploy import Deployment
-    from fineserve.runtime.errors import EngineStartError
-    from fineserve.runtime.options import DeployOptions
+def _options(*, run_dir: Path, no_mps: bool, cpu: bool, host: str, port: int,
+             api_keys: list[str], engine_python: str | None, port_base: int,
+             model_dirs: list[str], dummy: bool, eager: bool, max_model_len: int | None,
+             node: str | None, startup_timeout: float, max_queue: int | None,
+             engine_args: list[str], kv_pool: bool | None) -> DeployOptions:
+    """The command line as the runtime's options; SpecError names a bad one."""
     from fineserve.runtime.state import Mode
-    from fineserve.runtime.worker import tail
 
     if cpu and no_mps:
         raise SpecError("--cpu and --no-mps: choose one (CPU mode never uses MPS)")
@@ -96,26 +97,29 @@ def _deploy(plan_path, run_dir, no_mps, cpu, host, port, api_keys, engine_python
         if not sep or not name or not path:
             raise SpecError(f"--model-dir {item!r}: expected NAME=PATH")
         pairs.append((name, Path(path)))
-    plan = load_plan(plan_path)
-    opts = DeployOptions(
+    return DeployOptions(
         run_dir=run_dir, mode=Mode.CPU if cpu else Mode.NO_MPS if no_mps else Mode.MPS,
         host=host, port=port, api_keys=tuple(api_keys), engine_python=engine_python or "",
         engine_port_base=port_base, model_dirs=tuple(pairs), dummy_weights=dummy,
         enforce_eager=eager, max_model_len=max_model_len, node=node,
         startup_timeout_s=startup_timeout, scheduler_max_queue=max_queue,
         extra_engine_args=tuple(engine_args), kv_pool=kv_pool)
-    observer = _Observer()
-    if ray is not None:
-        from fineserve.cli.ray_cmd import run_on_ray
 
-        try:
-            run_on_ray(plan, opts, ray, observer)  # --node with --ray is an error there
-        finally:
-            observer.close()
-        err.print("stopped; nothing left running")
-        return
+
+def _deploy(plan_path: Path, opts: DeployOptions, ray: str | None) -> None:
+    """Single host, or every node of the plan with ``--ray`` (same options, same output)."""
+    from fineserve.planner.planfile import load_plan
+    from fineserve.runtime.deploy import Deployment
+    from fineserve.runtime.errors import EngineStartError
+    from fineserve.runtime.worker import tail
+
+    plan = load_plan(plan_path)
+    observer = _Observer()
     try:
-        Deployment(plan, opts, observer).run(on_ready=observer.ready)
+        if ray is not None:
+            run_on_ray(plan, opts, ray, observer)  # --node with --ray is an error there
+        else:
+            Deployment(plan, opts, observer).run(on_ready=observer.ready)
     except EngineStartError as exc:
         observer.close()
         if exc.log_path:
