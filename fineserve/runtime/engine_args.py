@@ -25,6 +25,13 @@ ENGINE_HOST = "127.0.0.1"  # engines are reached through the gateway only
 # inherited variables that would send an engine to the wrong GPU or MPS daemon
 _SCRUBBED = ("CUDA_VISIBLE_DEVICES", "CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY",
              "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT")
+# NVLink SHARP / multicast objects stay off for every GPU engine: NCCL's NVLS, torch symmetric
+# memory (vLLM's symm-mem all-reduce) and NVSHMEM would create CUDA multicast objects across
+# the TP ranks, which are not validated across MPS clients and can take a shared host's
+# NVSwitch fabric down. All-reduce then runs on vLLM's custom all-reduce (CUDA IPC) or NCCL's
+# ring/tree over NVLink P2P. CUDA_DEVICE_MAX_CONNECTIONS is left as inherited.
+NO_MULTICAST = (("NCCL_NVLS_ENABLE", "0"), ("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1"),
+                ("NVSHMEM_DISABLE_NVLS", "1"), ("VLLM_ALLREDUCE_USE_SYMM_MEM", "0"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +43,9 @@ class GpuBinding:
     total_bytes: int  # memory of one GPU
     mps_pipe_dir: str = ""  # "" = not an MPS client
     mps_log_dir: str = ""
+    # positions of ``indices`` in the MPS daemon's device list (MpsGroup.client_devices);
+    # () = the daemon holds exactly this engine's GPUs, in this order
+    mps_devices: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,14 +150,18 @@ def _env(engine: EnginePlacement, gpu: GpuBinding, opts: DeployOptions,
         env["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
     elif opts.mode is Mode.MPS:
         # The group's daemon runs with CUDA_VISIBLE_DEVICES = the group's UUIDs, and a client's
-        # device list is remapped relative to it, so clients use 0..n-1. Not UUIDs: vLLM (0.26)
-        # parses every CUDA_VISIBLE_DEVICES entry with int() to find the NVML device.
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(len(gpu.uuids)))
+        # device list is remapped relative to it: a client names its GPUs by their positions
+        # in the group (an engine on the second GPU of group gpu0-1 uses "1"). Not UUIDs: vLLM
+        # (0.26) parses every CUDA_VISIBLE_DEVICES entry with int() to find the NVML device.
+        devices = gpu.mps_devices or tuple(range(len(gpu.indices)))
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in devices)
         env["CUDA_MPS_PIPE_DIRECTORY"] = gpu.mps_pipe_dir
         env["CUDA_MPS_LOG_DIRECTORY"] = gpu.mps_log_dir
         env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(engine.sm_pct)
     else:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu.indices)
+    if opts.uses_gpus:
+        env.update(NO_MULTICAST)
     if pooled is not None:
         env.update(pooled.env(engine_pythonpath(opts.run_dir, os.environ.get("PYTHONPATH"))))
     return tuple(sorted(env.items()))

@@ -1,9 +1,13 @@
 """One MPS control daemon per GPU group, with its own pipe and log directory.
 
-A group is a set of GPUs linked by tensor-parallel engines (usually one GPU): an MPS client
-talks to exactly one daemon, so a TP engine's GPUs must share theirs. Each daemon runs with
-``CUDA_VISIBLE_DEVICES`` = its GPUs' UUIDs and a pipe directory in the run directory, so it
-never meets a system-wide daemon (``/tmp/nvidia-mps``) or another deployment's. A daemon
+A group is a set of GPUs linked by tensor-parallel engines (usually one GPU): a process is the
+client of exactly one daemon (the one on its ``CUDA_MPS_PIPE_DIRECTORY``), and a TP engine's
+rank processes inherit one environment, so its GPUs must share a daemon; and a GPU may have
+only one MPS server (EXCLUSIVE_PROCESS), so every engine on any of those GPUs joins that same
+daemon. Each daemon runs with ``CUDA_VISIBLE_DEVICES`` = its GPUs' UUIDs and the MPS server
+renumbers them 0..n-1 for its clients (``MpsGroup.client_devices``); its pipe directory is in
+the run directory, so it never meets a system-wide daemon (``/tmp/nvidia-mps``) or another
+deployment's. A daemon
 already answering on our pipe is reused and never stopped; ``stop`` only quits daemons this
 runtime started (``echo quit | nvidia-cuda-mps-control`` with the same environment).
 """
@@ -51,6 +55,19 @@ class MpsGroup:
         if path_dir is not None:  # the daemon starts the server binary from PATH
             env["PATH"] = f"{path_dir}{os.pathsep}{env.get('PATH', '')}"
         return env
+
+    def client_devices(self, gpus: tuple[int, ...]) -> tuple[int, ...]:
+        """A client's ``CUDA_VISIBLE_DEVICES`` for host GPUs ``gpus``: their positions in this
+        daemon's device list (the server remaps them; host indices or UUIDs would be wrong).
+
+        Raises DeployError for a GPU outside the group (a TP engine split across daemons).
+        """
+        missing = [g for g in gpus if g not in self.gpus]
+        if missing:
+            raise DeployError(f"MPS group {self.name} does not hold GPU "
+                              f"{', '.join(map(str, missing))}",
+                              hint="an engine's GPUs must all be in one MPS group")
+        return tuple(self.gpus.index(g) for g in gpus)
 
 
 def find_binaries(path: str | None = None) -> MpsBinaries:

@@ -91,7 +91,8 @@ def prepare(plan: Plan, opts: DeployOptions, nvml=None) -> Prepared:
             total_bytes=infos[idx[0]].total_bytes if idx[0] in infos
             else slots[e.gpus[0]].spec.memory_bytes,
             mps_pipe_dir=str(group.pipe_dir) if group else "",
-            mps_log_dir=str(group.log_dir) if group else "")
+            mps_log_dir=str(group.log_dir) if group else "",
+            mps_devices=group.client_devices(idx) if group else ())
         launches.append(build_launch(e, plan.instance.model(e.model), sources[e.model],
                                      binding, opts.engine_port_base + i, opts,
                                      pools.engine(e.engine_id)))
