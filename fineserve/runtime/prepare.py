@@ -54,12 +54,18 @@ def local_engines(plan: Plan, node: str | None) -> tuple[EnginePlacement, ...]:
     return mine
 
 
-def prepare(plan: Plan, opts: DeployOptions, nvml=None) -> Prepared:
-    """Resolve and check everything; raises DeployError naming the first problem."""
+def prepare(plan: Plan, opts: DeployOptions, nvml=None, dry_run: bool = False) -> Prepared:
+    """Resolve and check everything; raises DeployError naming the first problem.
+
+    ``dry_run``: show what would start on a host shaped as the plan says, without one: the
+    plan's GPUs stand in for NVML (UUIDs are placeholders, memory is checked against the GPU
+    type), MPS binaries are not looked up and ports are not probed. Nothing may be started
+    from the result (its ``mps_binaries`` is None).
+    """
     engines = local_engines(plan, opts.node)
     slots = {g.gpu_id: g for g in plan.cluster.gpus}
     notes: list[str] = []
-    binaries = find_binaries() if opts.mode is Mode.MPS else None
+    binaries = find_binaries() if opts.mode is Mode.MPS and not dry_run else None
     infos: dict[int, GpuInfo] = {}
     if opts.uses_gpus:
         need: dict[int, int] = {}
@@ -69,7 +75,7 @@ def prepare(plan: Plan, opts: DeployOptions, nvml=None) -> Prepared:
                 idx = slots[g].local_index
                 need[idx] = need.get(idx, 0) + e.memory_bytes
                 count[idx] = count.get(idx, 0) + 1
-        gpus = probe_gpus(nvml)
+        gpus = planned_gpus(plan, engines[0].node) if dry_run else probe_gpus(nvml)
         notes += check_gpus(gpus, need, count, opts.mode)
         infos = {g.index: g for g in gpus}
     else:
@@ -97,10 +103,18 @@ def prepare(plan: Plan, opts: DeployOptions, nvml=None) -> Prepared:
                                      binding, opts.engine_port_base + i, opts,
                                      pools.engine(e.engine_id)))
         group_of[e.engine_id] = group.name if group else ""
-    _check_ports(launches, opts)
+    if not dry_run:
+        _check_ports(launches, opts)
     gateway = build_gateway_config(plan, launches, opts)
     return Prepared(tuple(launches), tuple(groups.values()), group_of, binaries, gateway,
                     tuple(notes), pools.pools)
+
+
+def planned_gpus(plan: Plan, node: str) -> list[GpuInfo]:
+    """The node's GPUs as the plan describes them, idle (dry runs): placeholder UUIDs."""
+    return [GpuInfo(s.local_index, f"GPU-planned-{s.local_index}", s.spec.name,
+                    "exclusive-process", s.spec.memory_bytes, s.spec.memory_bytes)
+            for s in sorted(plan.cluster.gpus, key=lambda s: s.local_index) if s.node == node]
 
 
 def _kv_pools(plan: Plan, engines: tuple[EnginePlacement, ...], opts: DeployOptions,

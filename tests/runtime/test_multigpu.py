@@ -8,6 +8,7 @@ KV Slab's static fallback for TP > 1 engines.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from pathlib import Path
 
@@ -184,3 +185,34 @@ def test_kv_pool_keeps_tp2_engines_static_and_says_so(tmp_path):
     assert any("TP > 1 engines keep a static KV cache: big-0" in n for n in prep.notes)
     # the TP engine's whole footprint comes off each of its GPUs' pools
     assert all(p.pool_bytes < int(80 * GIB * 0.92) - big_memory() for p in prep.kv_pools)
+
+
+def test_dry_run_needs_no_gpu_binaries_or_free_ports(tmp_path, monkeypatch):
+    def no_nvml(_=None):
+        raise AssertionError("a dry run must not probe NVML")
+
+    def no_binaries():
+        raise AssertionError("a dry run must not look for MPS binaries")
+
+    monkeypatch.setattr("fineserve.runtime.prepare.probe_gpus", no_nvml)
+    monkeypatch.setattr("fineserve.runtime.prepare.find_binaries", no_binaries)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        prep = prepare(_tp2_plan(), options(tmp_path, Mode.MPS, port=port,
+                                            engine_port_base=port + 1, kv_pool=False),
+                       dry_run=True)
+    assert prep.mps_binaries is None
+    assert [g.uuids for g in prep.mps_groups] == [("GPU-planned-0", "GPU-planned-1")]
+    env = {x.engine_id: dict(x.env) for x in prep.launches}
+    assert env["big-0"]["CUDA_VISIBLE_DEVICES"] == "0,1"
+    assert env["chat-1"]["CUDA_VISIBLE_DEVICES"] == "1"
+
+
+def test_dry_run_still_checks_memory_against_the_gpu_type(tmp_path):
+    big = demand("big", ref="qwen2.5-32b")
+    p = plan([big], [engine("big-0", big, (0,), kv=60 * GIB)])  # 65 GB of weights on one GPU
+    with pytest.raises(DeployError, match="GPU 0 has .* GiB free"):
+        prepare(p, options(tmp_path, Mode.MPS, port=9720, engine_port_base=9721),
+                dry_run=True)
