@@ -53,7 +53,6 @@ from fineserve.planner.packing import relax_and_pack
 from fineserve.planner.ranking import rank
 from fineserve.planner.rounding import rounded_plan
 from fineserve.planner.schema import Instance, Objective, Plan, SolveReport, StageReport
-from fineserve.planner.symmetry import canonical_plan
 from fineserve.planner.variables import (
     MILLI,
     U_SCALE,
@@ -64,6 +63,7 @@ from fineserve.planner.variables import (
     u_for_headroom,
     utilisation,
 )
+from fineserve.planner.warmstart import all_vars, hint_from_plan, places_all
 
 
 @dataclass
@@ -127,7 +127,10 @@ def solve_ilp(
     bm = build_model(inst, options, backend, d)
     b, v = bm.b, bm.v
     if warm_start is not None:
-        b.hint(_hint_from_plan(bm, warm_start))
+        hint = _hint_from_plan(bm, warm_start)
+        b.hint(hint)
+        # what the hint places in the ILP's units: rounding may leave a sliver unplaced
+        all_placed = places_all(d, v, hint)
     stages: list[StageReport] = []
     snapshot: Plan | None = None  # plan of the last successful stage
     prep = _Prepare(bm, limit, warm_start)
@@ -442,12 +445,7 @@ def _best_u(bm: BuiltModel, values: dict) -> int:
 
 
 def _all_vars(bm: BuiltModel):
-    v = bm.v
-    yield from v.x.values()
-    yield from v.f.values()
-    yield from v.y.values()
-    yield from v.p.values()
-    yield v.U
+    return all_vars(bm.v)
 
 
 def _extract(bm: BuiltModel, report: SolveReport) -> Plan:
@@ -466,47 +464,8 @@ def _extract(bm: BuiltModel, report: SolveReport) -> Plan:
 
 
 def _hint_from_plan(bm: BuiltModel, plan: Plan) -> dict:
-    """Variable values reproducing ``plan`` in the ILP's integer units (engines whose option
-    is unknown are skipped; CP-SAT repairs what rounding breaks)."""
-    d, v = bm.d, bm.v
-    plan = canonical_plan(plan)
-    values = {var: 0 for var in _all_vars(bm)}
-    unplaced = {u.model for u in plan.unplaced}
-    flows: dict[str, list] = {m: [] for m in d.models}
-    for e in plan.engines:
-        opts = d.options[e.model]
-        gpu_type = d.gpus[e.gpus[0]].spec.name
-        i = next((j for j, o in enumerate(opts)
-                  if (o.gpu_type, o.tp, o.sm_pct, o.max_batch)
-                  == (gpu_type, e.tp, e.sm_pct, e.max_batch)), None)
-        k = next((k for k, u in enumerate(d.groups.get(e.tp, ())) if u.gpus == e.gpus), None)
-        if i is None or k is None or (e.model, i, k) not in v.x:
-            continue
-        values[v.x[e.model, i, k]] = 1
-        flows[e.model].append(((e.model, i, k), e.rate_rps))
-        for g in e.gpus:
-            values[v.y[g]] = 1
-    for m in d.models:
-        routed = int(sum(r for _, r in flows[m]) * MILLI)
-        p = d.lam[m] if m not in unplaced else min(d.lam[m], routed)
-        values[v.p[m]] = p
-        if flows[m]:
-            _split_integer(values, v, d, flows[m], p)
-    values[v.U] = _best_u(bm, values)
-    return values
-
-
-def _split_integer(values: dict, v: PlacementVars, d: IlpData, flows: list, total: int) -> None:
-    """Integer flows summing exactly to ``total``, each within its engine's capacity."""
-    ints = [min(d.mu[key[0], key[1]], int(rate * MILLI)) for key, rate in flows]
-    rest = total - sum(ints)
-    for j, (key, _) in enumerate(flows):
-        room = d.mu[key[0], key[1]] - ints[j]
-        add = max(-ints[j], min(room, rest))
-        ints[j] += add
-        rest -= add
-    for (key, _), f in zip(flows, ints, strict=True):
-        values[v.f[key]] = f
+    """``plan`` as a feasible ILP solution in integer units (warmstart.py)."""
+    return hint_from_plan(bm.d, bm.v, plan, bm.d.inst.settings.num_workers)
 
 
 def _fallback(inst: Instance, warm: Plan | None, stages: list[StageReport], backend: str,

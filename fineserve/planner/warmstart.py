@@ -1,0 +1,113 @@
+"""A plan as a complete, feasible solution of the ILP, in the ILP's integer units.
+
+A greedy plan is valid in exact arithmetic, but the ILP rounds against it (capacity down,
+rates and memory up, docs/planner.md "Integer units"): a GPU packed to the last megabyte
+overflows by a few KiB per engine, and CP-SAT silently drops a hint that breaks a row. So the
+plan's placement (x, y) is kept and its traffic re-split in integer units by a small CP-SAT
+model over the plan's engines only - most placed traffic, then the least busy busiest
+engine - under every row that involves flows: (1) capacity, (2) flow conservation, (3)
+coverage, (4) U and (5) memory. SM shares (6), engine limits (7, 8) and symmetry (9) depend on
+x and y alone, which a valid plan in canonical form already meets. The result always exists
+(zero traffic is feasible), so the hint is feasible by construction; it may place a sliver
+less than the plan when rounding leaves no room, and then the ILP's placed-traffic stage runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from ortools.sat.python import cp_model
+
+from fineserve.planner.constraints import FRACTION_SCALE
+from fineserve.planner.schema import Plan
+from fineserve.planner.symmetry import canonical_plan
+from fineserve.planner.variables import MILLI, U_SCALE, IlpData, PlacementVars, VarKey
+
+REPAIR_SECONDS = 2.0  # the repair model has one flow per engine: it solves in milliseconds
+
+
+def all_vars(v: PlacementVars) -> Iterator[Any]:
+    yield from v.x.values()
+    yield from v.f.values()
+    yield from v.y.values()
+    yield from v.p.values()
+    yield v.U
+
+
+def plan_keys(d: IlpData, v: PlacementVars, plan: Plan) -> list[tuple[VarKey, float]]:
+    """(x key, routed req/s) of every engine of ``plan`` the ILP can express, canonical GPU
+    labels; engines whose option or group the ILP lacks are skipped."""
+    out = []
+    for e in canonical_plan(plan).engines:
+        gpu_type = d.gpus[e.gpus[0]].spec.name
+        i = next((j for j, o in enumerate(d.options[e.model])
+                  if (o.gpu_type, o.tp, o.sm_pct, o.max_batch)
+                  == (gpu_type, e.tp, e.sm_pct, e.max_batch)), None)
+        k = next((k for k, u in enumerate(d.groups.get(e.tp, ())) if u.gpus == e.gpus), None)
+        if i is not None and k is not None and (e.model, i, k) in v.x:
+            out.append(((e.model, i, k), e.rate_rps))
+    return out
+
+
+def hint_from_plan(d: IlpData, v: PlacementVars, plan: Plan, workers: int = 1) -> dict:
+    """Values of every ILP variable reproducing ``plan``'s placement, with traffic re-split
+    so that every row holds in integer units (module docstring)."""
+    keys = plan_keys(d, v, plan)
+    values = {var: 0 for var in all_vars(v)}
+    for key, _ in keys:
+        values[v.x[key]] = 1
+        for g in v.group_of(d, key).gpus:
+            values[v.y[g]] = 1
+    flows, placed, u = repair_flows(d, [k for k, _ in keys], workers)
+    for key, f in flows.items():
+        values[v.f[key]] = f
+    for m, p in placed.items():
+        values[v.p[m]] = p
+    values[v.U] = u
+    return values
+
+
+def repair_flows(d: IlpData, keys: list[VarKey], workers: int = 1
+                 ) -> tuple[dict[VarKey, int], dict[str, int], int]:
+    """Integer flows for engines ``keys`` (x = 1): the most placed traffic (served fraction,
+    as stage 0 counts it), then the smallest U. Returns (flows, placed per model, U)."""
+    model = cp_model.CpModel()
+    f = {key: model.new_int_var(0, min(d.mu[key[0], key[1]], d.lam[key[0]]), "")
+         for key in keys}
+    p = {m: model.new_int_var(0, d.lam[m], "") for m in d.models}
+    u = model.new_int_var(d.u_min, U_SCALE, "U")
+    for m in d.models:
+        mine = [key for key in keys if key[0] == m]
+        model.add(sum(f[key] for key in mine) == p[m])  # (2)
+        model.add(MILLI * sum(d.mu[key[0], key[1]] for key in mine) >= d.h_min * p[m])  # (3)
+    for key, fk in f.items():
+        model.add(U_SCALE * fk <= d.mu[key[0], key[1]] * u)  # (4); (1) is fk's domain
+    on_gpu: dict[int, list[VarKey]] = {}
+    for key in keys:
+        for g in d.groups[d.options[key[0]][key[1]].tp][key[2]].gpus:
+            on_gpu.setdefault(g, []).append(key)
+    for g, mine in on_gpu.items():
+        fixed = sum(d.w[m, i] for m, i, _ in mine)
+        pooled = sum(d.kappa[m, i] * f[m, i, k] for m, i, k in mine) if d.pooled else 0
+        model.add(pooled <= d.mem_cap[g] - fixed)  # (5)
+    served = sum((FRACTION_SCALE // d.lam[m]) * p[m] for m in d.models)
+    solver = cp_model.CpSolver()
+    solver.parameters.num_workers = max(1, workers)
+    solver.parameters.max_time_in_seconds = REPAIR_SECONDS
+    model.maximize(served)
+    if solver.solve(model) not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        return {key: 0 for key in keys}, {m: 0 for m in d.models}, d.u_min
+    model.add(served >= round(solver.objective_value))
+    model.clear_hints()
+    for var in [*f.values(), *p.values()]:
+        model.add_hint(var, solver.value(var))
+    model.minimize(u)
+    if solver.solve(model) not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        return {key: 0 for key in keys}, {m: 0 for m in d.models}, d.u_min
+    return ({key: solver.value(x) for key, x in f.items()},
+            {m: solver.value(x) for m, x in p.items()}, solver.value(u))
+
+
+def places_all(d: IlpData, v: PlacementVars, values: dict) -> bool:
+    return all(values[v.p[m]] >= d.lam[m] for m in d.models)
