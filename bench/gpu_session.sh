@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One GPU-host session's steps, run after the vLLM bundle is installed (../shared/device):
 #   bash bench/gpu_session.sh STEP [STEP ...]     steps: env deploy deploy-quick kvslab
-#                                                 interference profile
+#                                                 interference profile e2e:CFGS e2e-quick:CFGS
+#   (e2e:a runs configuration (a) of bench/e2e/run.py; CFGS is a comma list of a, b, c)
 # (no step: only install the carried wheels). After `profile`, on the development machine:
 #   tar xzf h100-profile.tgz -C bench/results/h100-profile
 #   python bench/profile_h100.py --out bench/results/h100-profile --ship fineserve/profiles/data/measured
@@ -73,6 +74,19 @@ for s in "$@"; do
            --resume-from bench/results/h100-profile --out /tmp/fs-prof \
            --budget-s "${PROFILE_BUDGET:-460}"
       tar czf "$OUT/h100-profile.tgz" -C /tmp/fs-prof . ;;
+    e2e:*|e2e-quick:*)
+      # bench/e2e: one deployment per configuration, resumed from the committed results
+      # (bench/e2e/results travels with the tree); only this run's new files come back
+      cfgs=${s#*:}; flag=""; res=bench/e2e/results
+      if [ "${s%%:*}" = e2e-quick ]; then
+        flag="--quick"; res=/tmp/fs-e2e-quick; mkdir -p "$res"
+        cp -n bench/e2e/results/plan-*.yaml "$res/" 2>/dev/null  # same models and rates
+      fi
+      touch /tmp/e2e-stamp
+      step "e2e-${cfgs//,/}" "${E2E_LIMIT:-580}" $PY bench/e2e/run.py --configs "$cfgs" $flag \
+           --out "$res" --budget-s "${E2E_BUDGET:-510}" ${E2E_ARGS:-}
+      find "$res" -newer /tmp/e2e-stamp \( -name '[abc]-r*.json' -o -name '*-requests.tgz' \) \
+           -exec cp {} "$OUT/" \; ;;
     *) echo "unknown step $s"; exit 2 ;;
   esac
 done
