@@ -87,6 +87,15 @@ for s in "$@"; do
            --out "$res" --budget-s "${E2E_BUDGET:-510}" ${E2E_ARGS:-}
       find "$res" -newer /tmp/e2e-stamp \( -name '[abc]-r*.json' -o -name '*-requests.tgz' \) \
            -exec cp {} "$OUT/" \; ;;
+    multigpu|multigpu-quick)
+      # 2-GPU host (issue 8): ILP plan with a TP=2 engine under MPS, replay vs simulator;
+      # the bench stops its deployment itself, well inside the limit (~5-7 min, quick ~3-4)
+      flag=""; [ "$s" = multigpu-quick ] && flag="--quick"
+      step "$s" "${MULTIGPU_LIMIT:-560}" $PY bench/multigpu.py $flag ${MULTIGPU_ARGS:-} \
+           --out /tmp/fs-mg
+      cp /tmp/fs-mg/multigpu.json /tmp/fs-mg/multigpu.md /tmp/fs-mg/plan.yaml "$OUT/" 2>/dev/null
+      (cd /tmp/fineserve-bench-multigpu 2>/dev/null && \
+         tar czf "$OUT/multigpu-logs.tgz" run-*/logs run-*/state.json 2>/dev/null) ;;
     *) echo "unknown step $s"; exit 2 ;;
   esac
 done
