@@ -1,0 +1,198 @@
+"""A `fineserve deploy` child process and what a benchmark does around it: wait until it
+serves, warm every model up, sample the engines' KV usage, drain, stop. Shared by the e2e
+harness and (once it imports them) bench/deploy_h100.py."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fineserve.runtime.gateway.upstream import parse_engine_metrics
+from fineserve.runtime.state import RunDir
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def say(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def _deploy_cli() -> list[str]:
+    return [sys.executable, "-m", "fineserve.cli.deploy_cmd"]
+
+
+def deploy_supports(option: str) -> bool:
+    """Whether `fineserve deploy` has keyword ``option`` (e.g. scheduler_policy)."""
+    from fineserve.cli.deploy_cmd import deploy
+
+    return option in inspect.signature(deploy).parameters
+
+
+@dataclass(frozen=True, slots=True)
+class DeployArgs:
+    """The `fineserve deploy` command line a benchmark asks for."""
+
+    plan: Path
+    run_dir: Path
+    port: int
+    no_mps: bool = False
+    cpu: bool = False
+    enforce_eager: bool = False
+    kv_pool: bool | None = None  # None: as the plan's kv_mode
+    policy: str | None = None  # gateway scheduler policy (needs deploy --scheduler-policy)
+    engine_python: str = ""
+    startup_timeout_s: float = 400.0
+    max_model_len: int = 4096
+    model_dirs: tuple[tuple[str, Path], ...] = ()
+    max_queue: int | None = None
+
+    def argv(self) -> list[str]:
+        a = [*_deploy_cli(), "deploy", str(self.plan), "--run-dir", str(self.run_dir),
+             "--port", str(self.port), "--engine-port-base", str(self.port + 1),
+             "--dummy-weights", "--max-model-len", str(self.max_model_len),
+             "--startup-timeout", str(self.startup_timeout_s)]
+        a += ["--no-mps"] if self.no_mps else []
+        a += ["--cpu"] if self.cpu else []
+        a += ["--enforce-eager"] if self.enforce_eager else []
+        a += [] if self.kv_pool is None else ["--kv-pool" if self.kv_pool else "--no-kv-pool"]
+        a += ["--scheduler-policy", self.policy] if self.policy else []
+        a += ["--engine-python", self.engine_python] if self.engine_python else []
+        a += [] if self.max_queue is None else ["--max-queue", str(self.max_queue)]
+        a += [f"--model-dir={n}={p}" for n, p in self.model_dirs]
+        return a
+
+
+class DeployProcess:
+    """`fineserve deploy` as a child process; its output is echoed with a prefix."""
+
+    def __init__(self, args: DeployArgs, label: str) -> None:
+        self.args, self.label = args, label
+        self.url = f"http://127.0.0.1:{args.port}"
+        self.lines: list[str] = []
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120"}
+        self.proc = subprocess.Popen(args.argv(), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            say(f"deploy[{self.label}] {line.rstrip()}")
+
+    def wait_serving(self, timeout_s: float) -> float:
+        """Seconds until the deployment printed `serving on`; RuntimeError if it exits."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout_s:
+            if any("serving on" in ln for ln in self.lines):
+                return time.monotonic() - t0
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"deploy exited {self.proc.returncode}: "
+                                   f"{''.join(self.lines[-5:]).strip()}")
+            time.sleep(0.5)
+        raise RuntimeError(f"deploy not serving after {timeout_s:.0f} s")
+
+    def engine_urls(self) -> dict[str, str]:
+        """Engine id -> base URL, from the run directory's state file."""
+        state = RunDir(self.args.run_dir).read_state()
+        if state is None:
+            return {}
+        return {e.engine_id: f"http://127.0.0.1:{e.port}" for e in state.engines}
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            subprocess.run([*_deploy_cli(), "stop", "--run-dir", str(self.args.run_dir)],
+                           cwd=ROOT, timeout=180, check=False)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def warm_up(url: str, models: list[str], timeout_s: float = 120.0) -> None:
+    """One short request per model, so a replay does not measure first-request setup."""
+    for m in models:
+        body = json.dumps({"model": m, "prompt": [101, 102, 103, 104], "max_tokens": 4,
+                           "ignore_eos": True}).encode()
+        req = urllib.request.Request(f"{url}/v1/completions", body,
+                                     {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=timeout_s) as r:  # noqa: S310 (loopback)
+            r.read()
+
+
+def device_name() -> str:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(0))
+            return name.decode() if isinstance(name, bytes) else str(name)
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # noqa: BLE001 (informational only)
+        return "unknown"
+
+
+def scrape(url: str, timeout_s: float = 2.0):
+    """One engine's EngineSnapshot (running, waiting, KV usage) or None."""
+    try:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=timeout_s) as r:  # noqa: S310
+            return parse_engine_metrics(r.read(), time.monotonic())
+    except OSError:
+        return None
+
+
+class KvSampler:
+    """Samples every engine's vLLM KV usage (the KV Slab plugin reports its pool usage through
+    the same gauge) every ``interval_s`` in a thread, between ``start`` and ``stop``."""
+
+    def __init__(self, engines: dict[str, str], interval_s: float = 1.0) -> None:
+        self.engines, self.interval_s = engines, interval_s
+        self.samples: dict[str, list[float]] = {e: [] for e in engines}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> KvSampler:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            for eid, url in self.engines.items():
+                snap = scrape(url)
+                if snap is not None:
+                    self.samples[eid].append(snap.kv_usage)
+
+    def stop(self) -> dict[str, dict[str, float]]:
+        """Per engine: mean, p99 and max KV usage and the number of samples."""
+        self._stop.set()
+        self._thread.join(10)
+        out = {}
+        for eid, xs in self.samples.items():
+            a = np.asarray(xs or [0.0])
+            out[eid] = {"mean": float(a.mean()), "p99": float(np.percentile(a, 99)),
+                        "max": float(a.max()), "samples": len(xs)}
+        return out
+
+
+def drain(engines: dict[str, str], timeout_s: float) -> bool:
+    """Wait until no engine runs or queues a request; False when ``timeout_s`` ran out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        snaps = [scrape(u) for u in engines.values()]
+        if all(s is None or (s.running == 0 and s.waiting == 0) for s in snaps):
+            return True
+        time.sleep(0.5)
+    return False

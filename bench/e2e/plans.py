@@ -1,0 +1,78 @@
+"""The three deployed configurations as plans for one GPU.
+
+(a) ``static``: every model gets one engine with the whole GPU's SMs, time-sliced (deployed
+    with ``--no-mps``), and a static KV partition proportional to its rate - what users run
+    today with several vLLM servers on one GPU.
+(b) ``muxserve``: the planner's MuxServe-style greedy: MPS SM shares, static KV.
+(c) ``fineserve``: the ILP with pooled KV (KV Slab), deployed with the gateway's adaptive
+    local scheduler.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bench.e2e.workload import BenchSet, instance
+from fineserve.planner.api import make_plan
+from fineserve.planner.options import usable_bytes
+from fineserve.planner.schema import EnginePlacement, Instance, KVMode, Plan, hand_plan
+from fineserve.profiles.latency import LatencyModel
+
+CONFIGS = ("a", "b", "c")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """How one configuration is planned, deployed and simulated."""
+
+    key: str  # a | b | c
+    name: str
+    no_mps: bool  # deploy --no-mps (time slicing); the simulator models time slicing
+    kv_pool: bool  # deploy with the KV Slab pool; the simulator pools KV per GPU
+    policy: str  # the gateway's local scheduler policy as deployed
+
+
+CONFIG = {
+    "a": Config("a", "static split, no MPS", no_mps=True, kv_pool=False, policy="fcfs"),
+    "b": Config("b", "MuxServe-like (MPS, static KV)", no_mps=False, kv_pool=False,
+                policy="fcfs"),
+    "c": Config("c", "FineServe (ILP, MPS, KV Slab, scheduler)", no_mps=False, kv_pool=True,
+                policy="adaptive"),
+}
+
+STATIC_MAX_BATCH = 128  # (a): a fixed vLLM batch cap, not a planned one
+
+
+def static_split(inst: Instance) -> Plan:
+    """(a): one engine per model on GPU 0 at 100% SMs (time-sliced when deployed without
+    MPS), KV partitions proportional to each model's rate x resident tokens x KV bytes."""
+    gpu = inst.cluster.gpus[0]
+    s = inst.settings
+    weights = {m.name: m.spec.weight_bytes(1) for m in inst.models}
+    free = usable_bytes(gpu.spec, s.memory_utilization) - sum(
+        w + s.engine_overhead_bytes for w in weights.values())
+    if free <= 0:
+        raise ValueError("static split: the models' weights do not fit on one GPU")
+    demand = {m.name: m.rate_rps * m.lengths.resident_tokens * m.spec.kv_bytes_per_token(1)
+              for m in inst.models}
+    total = sum(demand.values())
+    engines = [EnginePlacement(
+        f"{m.name}-0", m.name, gpu.node, (gpu.gpu_id,), 100, STATIC_MAX_BATCH,
+        weights[m.name], s.engine_overhead_bytes, int(free * demand[m.name] / total),
+        capacity_rps=m.rate_rps, rate_rps=m.rate_rps, estimated=True)
+        for m in inst.models]
+    return hand_plan(inst.models, engines, gpu.spec, nodes=(gpu.node,), settings=s,
+                     method="static-split",
+                     note="bench/e2e (a): deploy with --no-mps; sm_pct 100 = time-sliced")
+
+
+def make_config_plan(bench: BenchSet, key: str, latency: LatencyModel,
+                     time_limit_s: float = 20.0) -> Plan:
+    """The plan of configuration ``key`` (a, b or c) for ``bench`` on one GPU."""
+    if key == "a":
+        return static_split(instance(bench, KVMode.STATIC))
+    if key == "b":
+        return make_plan(instance(bench, KVMode.STATIC), latency, method="muxserve")
+    if key == "c":
+        return make_plan(instance(bench, KVMode.POOLED, time_limit_s), latency, method="ilp")
+    raise ValueError(f"unknown configuration {key!r}; use one of {', '.join(CONFIGS)}")

@@ -1,0 +1,110 @@
+"""(d): the simulator's prediction of each (configuration, rate): the plan that was deployed,
+the trace that was replayed, and the simulator's models set as deployed - local scheduler
+policy, static or pooled KV, MPS bandwidth interference (the H100 fit) or time slicing.
+
+    python -m bench.e2e.predict --out bench/e2e/results [--configs a,b,c] [--force]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from bench.e2e.plans import CONFIG, CONFIGS
+from bench.e2e.results import Deployed, ResultsDir
+from bench.e2e.timeslice import simulate_time_sliced
+from bench.e2e.workload import make_trace, trace_digest
+from fineserve.metrics.kv import kv_summary
+from fineserve.metrics.summary import summarize
+from fineserve.planner.planfile import load_plan
+from fineserve.profiles.latency import LatencyModel
+from fineserve.scheduler import SchedulerConfig
+from fineserve.sim.cluster import SimOptions, simulate
+from fineserve.sim.interference import InterferenceParams
+
+ROOT = Path(__file__).resolve().parents[2]
+INTERFERENCE_FIT = ROOT / "bench/results/h100-interference/interference-fit.json"
+
+
+def deployed_default(cfg: str) -> Deployed:
+    """How ``cfg`` is deployed when no measurement says otherwise."""
+    c = CONFIG[cfg]
+    return Deployed(no_mps=c.no_mps, kv_pool=c.kv_pool, policy=c.policy, enforce_eager=False)
+
+
+def sim_options(dep: Deployed) -> SimOptions:
+    """The simulator's models as deployed. Time slicing (no MPS) is applied by the caller."""
+    interference = None
+    if not dep.cpu and not dep.no_mps:
+        interference = (InterferenceParams.load(INTERFERENCE_FIT) if INTERFERENCE_FIT.is_file()
+                        else InterferenceParams())
+    return SimOptions(kv="pooled" if dep.kv_pool else "static", interference=interference,
+                      scheduler=SchedulerConfig(policy=dep.policy))
+
+
+def predict_one(res: ResultsDir, cfg: str, scale: float, latency: LatencyModel) -> dict:
+    """Simulate (cfg, scale) and write its prediction file; returns the prediction."""
+    bench = res.load_bench()
+    plan = load_plan(res.plan_path(cfg))
+    trace = make_trace(bench, scale)
+    measured = res.measured(cfg, scale)
+    dep = measured.deployed if measured is not None else deployed_default(cfg)
+    digest = trace_digest(trace)
+    if measured is not None and measured.trace_digest != digest:
+        raise ValueError(f"{res.measured_path(cfg, scale)}: replayed trace {measured.trace_digest}"
+                         f" is not the one bench.json generates ({digest})")
+    opts = sim_options(dep)
+    sliced = dep.no_mps and not dep.cpu
+    result = (simulate_time_sliced(plan, trace, latency, opts) if sliced
+              else simulate(plan, trace, latency, options=opts))
+    # throughput over the same seconds as the measurement (the replay's wall time)
+    duration = (float(measured.summary.get("duration_s") or trace.duration_s)
+                if measured is not None else trace.duration_s)
+    summary = summarize(result.records, {m.name: m.slo for m in plan.models}, duration,
+                        "simulate")
+    kv = {g: {k: v for k, v in s.items() if k != "series"}
+          for g, s in kv_summary(result.kv_samples).items()}
+    out = {"config": cfg, "rate_scale": scale, "trace_digest": digest, "summary": summary,
+           "kv_per_gpu": kv, "deployed": asdict(dep),
+           "sharing": "time-sliced" if sliced else "mps" if not dep.cpu else "cpu",
+           "interference": None if opts.interference is None else opts.interference.source}
+    res.predicted_path(cfg, scale).write_text(json.dumps(out, indent=1))
+    return out
+
+
+def predict_all(res: ResultsDir, configs: tuple[str, ...], latency: LatencyModel,
+                force: bool = False) -> list[Path]:
+    """Predict every (config, rate) whose plan exists; skip existing predictions unless
+    ``force`` or the measurement is newer."""
+    bench = res.load_bench()
+    written = []
+    for cfg in configs:
+        if not res.plan_path(cfg).is_file():
+            continue
+        for scale in bench.rate_scales:
+            p, m = res.predicted_path(cfg, scale), res.measured_path(cfg, scale)
+            stale = p.is_file() and m.is_file() and m.stat().st_mtime > p.stat().st_mtime
+            if p.is_file() and not force and not stale:
+                continue
+            predict_one(res, cfg, scale, latency)
+            written.append(p)
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    from fineserve.profiles.composite import default_latency_model
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True, help="results directory")
+    ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--force", action="store_true", help="recompute existing predictions")
+    args = ap.parse_args(argv)
+    configs = tuple(c for c in args.configs.split(",") if c)
+    for p in predict_all(ResultsDir(args.out), configs, default_latency_model(), args.force):
+        print(f"wrote {p}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,281 @@
+"""Measured against predicted for every (configuration, rate), the acceptance ratios of
+issue 7, plots, and the generated section of docs/benchmarks.md. Runs on any machine from
+the results directory (simulating (d) where a prediction is missing).
+
+    python bench/e2e/report.py --out bench/e2e/results [--doc docs/benchmarks.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from bench.doc_section import write_section  # noqa: E402
+from bench.e2e.plans import CONFIG, CONFIGS  # noqa: E402
+from bench.e2e.predict import predict_all  # noqa: E402
+from bench.e2e.results import ResultsDir  # noqa: E402
+from fineserve.planner.planfile import load_plan  # noqa: E402
+
+TARGET_ATTAINMENT = 0.5  # acceptance is judged where (a) attains about this
+SCRIPT = "bench/e2e/report.py"
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One (configuration, rate): the measured and predicted summaries (None if absent)."""
+
+    config: str
+    scale: float
+    offered_rps: float
+    measured: dict | None  # replay summary (fineserve.metrics.summary.summarize)
+    predicted: dict | None  # simulate summary, same format
+    kv_measured: float | None  # mean KV usage over engines, weighted by their KV bytes
+    kv_predicted: float | None  # mean KV utilisation of the GPU in the simulator
+
+    def m(self, key: str) -> float | None:
+        return _figure(self.measured, key)
+
+    def p(self, key: str) -> float | None:
+        return _figure(self.predicted, key)
+
+    @property
+    def attainment_error_pts(self) -> float | None:
+        a, b = self.m("slo_attainment"), self.p("slo_attainment")
+        return None if a is None or b is None else 100 * (b - a)
+
+    @property
+    def throughput_error(self) -> float | None:
+        a, b = self.m("output_tokens_per_s"), self.p("output_tokens_per_s")
+        return None if a is None or b is None or a == 0 else (b - a) / a
+
+
+@dataclass(frozen=True, slots=True)
+class Acceptance:
+    """Issue 7's acceptance at the rate where (a) measured about 50% attainment."""
+
+    scale: float
+    a_attainment: float
+    attainment_ratio: float  # (c) / (a)
+    goodput_ratio: float  # (c) / (a)
+    c_beats_b: bool  # on attainment and goodput
+    max_attainment_error_pts: float  # simulator, over (a)-(c) and the sweep
+    max_throughput_error: float
+
+    @property
+    def passed(self) -> bool:
+        return (self.attainment_ratio >= 2.2 and self.goodput_ratio >= 1.8 and self.c_beats_b
+                and self.max_attainment_error_pts <= 10 and self.max_throughput_error <= 0.10)
+
+
+def _num(group: dict | None, key: str) -> float | None:
+    if group is None or key not in group:
+        return None
+    v = group[key]
+    return None if not isinstance(v, int | float) or math.isnan(v) else float(v)
+
+
+def _figure(summary: dict | None, key: str) -> float | None:
+    """An overall figure; TTFT / TPOT attainment (per model only) weighted by requests."""
+    if summary is None:
+        return None
+    if key in ("ttft_attainment", "tpot_attainment"):
+        groups = [g for g in summary.get("per_model", {}).values() if key in g]
+        n = sum(g["requests"] for g in groups)
+        return sum(g[key] * g["requests"] for g in groups) / n if n else None
+    return _num(summary.get("overall"), key)
+
+
+def _kv_measured(kv: dict[str, dict[str, float]], weights: dict[str, int]) -> float | None:
+    total = sum(weights.get(e, 0) for e in kv)
+    if not kv or total <= 0:
+        return None
+    return sum(v["mean"] * weights.get(e, 0) for e, v in kv.items()) / total
+
+
+def collect(res: ResultsDir) -> list[Row]:
+    """Every (configuration, rate) that was measured or can be predicted."""
+    import json
+
+    bench = res.load_bench()
+    total = sum(bench.rates().values())
+    rows = []
+    for cfg in CONFIGS:
+        if not res.plan_path(cfg).is_file():
+            continue
+        weights = {e.engine_id: e.kv_bytes for e in load_plan(res.plan_path(cfg)).engines}
+        for scale in bench.rate_scales:
+            m = res.measured(cfg, scale)
+            pp = res.predicted_path(cfg, scale)
+            pred = json.loads(pp.read_text()) if pp.is_file() else None
+            kvp = [g["util_mean"] for g in (pred or {}).get("kv_per_gpu", {}).values()]
+            rows.append(Row(cfg, scale, total * scale,
+                            None if m is None else m.summary,
+                            None if pred is None else pred["summary"],
+                            None if m is None else _kv_measured(m.kv, weights),
+                            kvp[0] if kvp else None))
+    return rows
+
+
+def acceptance(rows: list[Row]) -> Acceptance | None:
+    """None until (a), (b) and (c) are all measured at a common rate."""
+    by = {(r.config, r.scale): r for r in rows}
+    common = [r.scale for r in rows if r.config == "a" and r.measured is not None
+              and all(by.get((c, r.scale)) is not None and by[(c, r.scale)].measured
+                      is not None for c in ("b", "c"))]
+    if not common:
+        return None
+    s = min(common, key=lambda x: abs(by[("a", x)].m("slo_attainment") - TARGET_ATTAINMENT))
+    a, b, c = by[("a", s)], by[("b", s)], by[("c", s)]
+
+    def ratio(x: float | None, y: float | None) -> float:
+        return math.inf if not y else (x or 0.0) / y
+
+    att_err = [abs(e) for r in rows if (e := r.attainment_error_pts) is not None]
+    tput_err = [abs(e) for r in rows if (e := r.throughput_error) is not None]
+    return Acceptance(
+        s, a.m("slo_attainment") or 0.0,
+        ratio(c.m("slo_attainment"), a.m("slo_attainment")),
+        ratio(c.m("goodput_rps"), a.m("goodput_rps")),
+        (c.m("slo_attainment") or 0) > (b.m("slo_attainment") or 0)
+        and (c.m("goodput_rps") or 0) > (b.m("goodput_rps") or 0),
+        max(att_err, default=math.nan), max(tput_err, default=math.nan))
+
+
+def _f(v: float | None, fmt: str, scale: float = 1.0) -> str:
+    return "-" if v is None else format(v * scale, fmt)
+
+
+def _pct(summary: dict | None, key: str, q: str) -> float | None:
+    group = None if summary is None else summary.get("overall")
+    if group is None or not isinstance(group.get(key), dict):
+        return None
+    v = group[key].get(q)
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else v * 1e3
+
+
+def table(rows: list[Row]) -> list[str]:
+    out = ["| config | rate x | offered req/s | SLO att. meas / pred (err) | TTFT att. | "
+           "TPOT att. | goodput req/s meas / pred | out tok/s meas / pred (err) | "
+           "TTFT p50 / p99 ms | TPOT p50 / p99 ms | KV util meas / pred | 429 |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        err_a = r.attainment_error_pts
+        err_t = r.throughput_error
+        out.append(
+            f"| ({r.config}) | {r.scale:g} | {r.offered_rps:.1f} | "
+            f"{_f(r.m('slo_attainment'), '.1%')} / {_f(r.p('slo_attainment'), '.1%')} "
+            f"({_f(err_a, '+.1f')} pt) | {_f(r.m('ttft_attainment'), '.1%')} | "
+            f"{_f(r.m('tpot_attainment'), '.1%')} | "
+            f"{_f(r.m('goodput_rps'), '.2f')} / {_f(r.p('goodput_rps'), '.2f')} | "
+            f"{_f(r.m('output_tokens_per_s'), '.0f')} / {_f(r.p('output_tokens_per_s'), '.0f')}"
+            f" ({_f(err_t, '+.1%')}) | {_f(_pct(r.measured, 'ttft_s', 'p50'), '.0f')} / "
+            f"{_f(_pct(r.measured, 'ttft_s', 'p99'), '.0f')} | "
+            f"{_f(_pct(r.measured, 'tpot_s', 'p50'), '.0f')} / "
+            f"{_f(_pct(r.measured, 'tpot_s', 'p99'), '.0f')} | "
+            f"{_f(r.kv_measured, '.1%')} / {_f(r.kv_predicted, '.1%')} | "
+            f"{_f(r.m('rejected_429'), '.0f')} |")
+    return out
+
+
+def acceptance_lines(acc: Acceptance | None) -> list[str]:
+    if acc is None:
+        return ["Acceptance: not judged yet - (a), (b) and (c) need a measured rate in common."]
+    ok = "PASS" if acc.passed else "FAIL"
+    return [
+        f"Acceptance ({ok}), at rate x{acc.scale:g} where (a) attains "
+        f"{acc.a_attainment:.1%} (target about 50%):", "",
+        f"- (c) / (a) SLO attainment: **{acc.attainment_ratio:.2f}x** (target >= 2.2x)",
+        f"- (c) / (a) goodput: **{acc.goodput_ratio:.2f}x** (target >= 1.8x)",
+        f"- (c) beats (b) on attainment and goodput: **{'yes' if acc.c_beats_b else 'no'}**",
+        f"- simulator, worst over (a)-(c) and the sweep: attainment error "
+        f"**{acc.max_attainment_error_pts:.1f} pt**, throughput error "
+        f"**{acc.max_throughput_error:.1%}** (target within 10%)"]
+
+
+def plot(rows: list[Row], att_png: Path, goodput_png: Path) -> bool:
+    """Attainment and goodput against offered rate: measured solid, predicted dashed."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for path, key, label in ((att_png, "slo_attainment", "SLO attainment"),
+                             (goodput_png, "goodput_rps", "goodput (req/s)")):
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        for k, cfg in enumerate(CONFIGS):
+            rs = [r for r in rows if r.config == cfg]
+            color = f"C{k}"
+            for side, style in (("m", "-o"), ("p", "--x")):
+                pts = [(r.offered_rps, getattr(r, side)(key)) for r in rs]
+                pts = [(x, y) for x, y in pts if y is not None]
+                if pts:
+                    ax.plot(*zip(*pts, strict=True), style, color=color,
+                            label=f"({cfg}) {'measured' if side == 'm' else 'predicted'}")
+        ax.set_xlabel("offered load (req/s, all models)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+    return True
+
+
+def section(res: ResultsDir, rows: list[Row], acc: Acceptance | None, plots: bool
+            ) -> list[str]:
+    bench = res.load_bench()
+    measured = [res.measured(r.config, r.scale) for r in rows if r.measured is not None]
+    devices = sorted({m.device for m in measured if m is not None and m.device})
+    eager = sorted({m.deployed.enforce_eager for m in measured if m is not None})
+    notes = sorted({n for m in measured if m is not None for n in m.notes})
+    lines = [
+        f"Results directory `{res.root}`; device {', '.join(devices) or '(none measured)'}; "
+        f"CUDA graphs {'off' if eager == [True] else 'on' if eager == [False] else 'mixed'}. "
+        f"Workload: {len(bench.models)} models, {sum(bench.rates().values()):.1f} req/s at "
+        f"rate x1 (power law alpha {bench.alpha:g}), Gamma cv {bench.cv:g}, "
+        f"{bench.duration_s:.0f} s per rate, lengths `{bench.lengths}`, seed {bench.seed}.", "",
+        *[f"- ({c}) {CONFIG[c].name}" for c in CONFIGS], "",
+        *table(rows), "", *acceptance_lines(acc), ""]
+    if notes:
+        lines += ["Notes from the runs:", "", *[f"- {n}" for n in notes], ""]
+    if plots:
+        lines += ["![SLO attainment against offered load](benchmarks-attainment.png)",
+                  "![goodput against offered load](benchmarks-goodput.png)", ""]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    from fineserve.profiles.composite import default_latency_model
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=ROOT / "bench/e2e/results",
+                    help="results directory (bench/e2e/run.py --out)")
+    ap.add_argument("--doc", type=Path, default=ROOT / "docs/benchmarks.md")
+    ap.add_argument("--no-predict", action="store_true", help="use existing predictions only")
+    args = ap.parse_args(argv)
+    res = ResultsDir(args.out)
+    if not res.bench_path().is_file():
+        raise SystemExit(f"{res.bench_path()} not found: run bench/e2e/run.py --out "
+                         f"{args.out} (--plan-only works without a GPU)")
+    if not args.no_predict:
+        predict_all(res, CONFIGS, default_latency_model())
+    rows = collect(res)
+    acc = acceptance(rows)
+    args.doc.parent.mkdir(parents=True, exist_ok=True)
+    plots = plot(rows, args.doc.parent / "benchmarks-attainment.png",
+                 args.doc.parent / "benchmarks-goodput.png")
+    write_section(args.doc, SCRIPT, "Benchmarks", section(res, rows, acc, plots))
+    print("\n".join(table(rows) + [""] + acceptance_lines(acc)))
+    print(f"wrote {args.doc}")
+
+
+if __name__ == "__main__":
+    main()

