@@ -25,6 +25,7 @@ ENGINE_HOST = "127.0.0.1"  # engines are reached through the gateway only
 # inherited variables that would send an engine to the wrong GPU or MPS daemon
 _SCRUBBED = ("CUDA_VISIBLE_DEVICES", "CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY",
              "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT")
+_KVSLAB_PREFIX = "FINESERVE_KVSLAB"
 # NVLink SHARP / multicast objects stay off for every GPU engine: NCCL's NVLS, torch symmetric
 # memory (vLLM's symm-mem all-reduce) and NVSHMEM would create CUDA multicast objects across
 # the TP ranks, which are not validated across MPS clients and can take a shared host's
@@ -66,8 +67,10 @@ class EngineLaunch:
         return f"http://{ENGINE_HOST}:{self.port}"
 
     def full_env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        # inherited KV Slab switches too: only engines on a pool get them (from ``env``), so
+        # a TP > 1 or static engine never starts the plugin by accident
         env = {k: v for k, v in (os.environ if base is None else base).items()
-               if k not in _SCRUBBED}
+               if k not in _SCRUBBED and not k.startswith(_KVSLAB_PREFIX)}
         env.update(self.env)
         return env
 

@@ -216,3 +216,14 @@ def test_dry_run_still_checks_memory_against_the_gpu_type(tmp_path):
     with pytest.raises(DeployError, match="GPU 0 has .* GiB free"):
         prepare(p, options(tmp_path, Mode.MPS, port=9720, engine_port_base=9721),
                 dry_run=True)
+
+
+def test_inherited_kv_slab_switches_never_reach_a_tp2_engine(tmp_path):
+    prep = _prepare(tmp_path, _tp2_plan(), port=9740, kv_pool=True)
+    inherited = {"FINESERVE_KVSLAB": "1", "FINESERVE_KVSLAB_LEDGER": "/dev/shm/other",
+                 "PATH": "/bin"}
+    envs = {x.engine_id: x.full_env(inherited) for x in prep.launches}
+    assert not any(k.startswith("FINESERVE_KVSLAB") for k in envs["big-0"])
+    assert envs["big-0"]["PATH"] == "/bin"
+    pools = {p.gpu_index: p.ledger for p in prep.kv_pools}
+    assert envs["chat-1"]["FINESERVE_KVSLAB_LEDGER"] == pools[1]  # its own pool, not inherited
