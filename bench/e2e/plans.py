@@ -3,14 +3,16 @@
 (a) ``static``: every model gets one engine with the whole GPU's SMs, time-sliced (deployed
     with ``--no-mps``), and a static KV partition proportional to its rate - what users run
     today with several vLLM servers on one GPU.
-(b) ``muxserve``: the planner's MuxServe-style greedy: MPS SM shares, static KV.
+(b) ``muxserve``: the planner's MuxServe-style greedy (least SM share covering each model's
+    planned load), then the GPU's spare SMs and memory spread over the engines in proportion
+    (``fill_gpu``): MPS SM shares and static KV partitions that use the whole GPU, no pool.
 (c) ``fineserve``: the ILP with pooled KV (KV Slab), deployed with the gateway's adaptive
     local scheduler.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bench.e2e.workload import BenchSet, instance
 from fineserve.planner.api import make_plan
@@ -66,13 +68,31 @@ def static_split(inst: Instance) -> Plan:
                      note="bench/e2e (a): deploy with --no-mps; sm_pct 100 = time-sliced")
 
 
+def fill_gpu(plan: Plan) -> Plan:
+    """Scale every engine's SM share to fill 100% of its GPU and its static KV to fill the
+    usable memory, in proportion to what the plan gave it (a one-GPU plan)."""
+    s = plan.instance.settings
+    gpu = plan.cluster.gpus[0]
+    on = plan.engines_on(gpu.gpu_id)
+    sm = sum(e.sm_pct for e in on)
+    spare = usable_bytes(gpu.spec, s.memory_utilization) - sum(e.memory_bytes for e in on)
+    kv = sum(e.kv_bytes for e in on)
+    engines = tuple(replace(e, sm_pct=max(1, e.sm_pct * 100 // sm),
+                            kv_bytes=e.kv_bytes + max(0, spare) * e.kv_bytes // max(1, kv))
+                    for e in on)
+    # shares off the planner's SM levels: MPS takes any percentage, the simulator interpolates
+    report = replace(plan.report, method=f"{plan.report.method}+fill",
+                     note="bench/e2e (b): spare SMs and memory spread in proportion")
+    return replace(plan, engines=engines, report=report)
+
+
 def make_config_plan(bench: BenchSet, key: str, latency: LatencyModel,
                      time_limit_s: float = 20.0) -> Plan:
     """The plan of configuration ``key`` (a, b or c) for ``bench`` on one GPU."""
     if key == "a":
         return static_split(instance(bench, KVMode.STATIC))
     if key == "b":
-        return make_plan(instance(bench, KVMode.STATIC), latency, method="muxserve")
+        return fill_gpu(make_plan(instance(bench, KVMode.STATIC), latency, method="muxserve"))
     if key == "c":
         return make_plan(instance(bench, KVMode.POOLED, time_limit_s), latency, method="ilp")
     raise ValueError(f"unknown configuration {key!r}; use one of {', '.join(CONFIGS)}")

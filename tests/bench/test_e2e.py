@@ -1,0 +1,242 @@
+"""bench/e2e without engines: workload, plans, time-sliced simulation, resumability and the
+report (planner and simulator are the real ones; the measured files are built from
+simulator summaries, so the report's arithmetic is checked against known numbers)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bench.e2e import run as e2e_run
+from bench.e2e.plans import CONFIG, make_config_plan
+from bench.e2e.predict import predict_all
+from bench.e2e.report import acceptance, collect
+from bench.e2e.report import main as report_main
+from bench.e2e.results import Deployed, Measured, ResultsDir
+from bench.e2e.timeslice import TimeSliceShare, simulate_time_sliced
+from bench.e2e.workload import H100_SET, make_trace, trace_digest
+from fineserve.metrics.summary import summarize
+from fineserve.planner.options import usable_bytes
+from fineserve.planner.planfile import save_plan
+from fineserve.planner.schema import KVMode
+from fineserve.profiles.composite import default_latency_model
+from fineserve.sim.cluster import SimOptions, simulate
+
+SMALL = replace(H100_SET, duration_s=6.0, rate_scales=(0.5, 2.0))
+
+
+@pytest.fixture(scope="module")
+def latency():
+    return default_latency_model()
+
+
+@pytest.fixture(scope="module")
+def plans(latency):
+    return {k: make_config_plan(SMALL, k, latency, time_limit_s=5) for k in "abc"}
+
+
+def test_rates_follow_a_power_law_and_sum_to_the_total():
+    rates = list(H100_SET.rates().values())
+    assert rates == sorted(rates, reverse=True)
+    assert sum(rates) == pytest.approx(H100_SET.total_rate)
+    assert rates[0] / rates[1] == pytest.approx(2.0)  # alpha 1: rank 1 twice rank 2
+
+
+def test_trace_is_the_same_for_every_config_and_scales_with_the_rate():
+    a, b = make_trace(SMALL, 1.0), make_trace(SMALL, 1.0)
+    assert trace_digest(a) == trace_digest(b)
+    assert trace_digest(make_trace(SMALL, 2.0)) != trace_digest(a)
+    big = make_trace(replace(SMALL, duration_s=60.0), 2.0)
+    small = make_trace(replace(SMALL, duration_s=60.0), 1.0)
+    assert 1.6 < len(big) / len(small) < 2.4
+    df = big.to_frame()
+    assert df.prompt_tokens.max() <= SMALL.max_prompt
+    assert df.output_tokens.max() <= SMALL.max_output
+    assert set(df.model) == {m.name for m in SMALL.models}
+
+
+def test_plans_place_every_model_on_one_gpu(plans):
+    names = {m.name for m in SMALL.models}
+    for key, plan in plans.items():
+        assert {e.model for e in plan.engines} == names, key
+        assert not plan.unplaced, key
+        assert {g for e in plan.engines for g in e.gpus} == {0}, key
+        usable = usable_bytes(plan.cluster.gpus[0].spec,
+                              plan.instance.settings.memory_utilization)
+        assert sum(e.memory_bytes for e in plan.engines) <= usable + 4, key
+    assert all(e.sm_pct == 100 for e in plans["a"].engines)  # time-sliced: whole GPU each
+    assert plans["a"].kv_mode is KVMode.STATIC and plans["b"].kv_mode is KVMode.STATIC
+    assert plans["c"].kv_mode is KVMode.POOLED
+    assert sum(e.sm_pct for e in plans["b"].engines) <= 100
+    assert sum(e.sm_pct for e in plans["b"].engines) >= 90  # spare SMs handed out
+    assert sum(e.sm_pct for e in plans["c"].engines) <= 100
+    assert CONFIG["a"].no_mps and not CONFIG["b"].no_mps and CONFIG["c"].kv_pool
+
+
+def test_static_split_kv_follows_rate_times_kv_bytes(plans):
+    plan = plans["a"]
+    kv = {e.model: e.kv_bytes for e in plan.engines}
+    # bf16 KV is twice fp8's bytes per token at half the rate: the same partition
+    assert kv["chat-8b"] == pytest.approx(kv["chat-8b-fp8"], rel=1e-6)
+    per_demand = {m.name: kv[m.name] / (m.rate_rps * m.spec.kv_bytes_per_token(1))
+                  for m in plan.models}  # same mean lengths for every model
+    assert max(per_demand.values()) == pytest.approx(min(per_demand.values()), rel=1e-6)
+    usable = usable_bytes(plan.cluster.gpus[0].spec, plan.instance.settings.memory_utilization)
+    assert sum(e.memory_bytes for e in plan.engines) == pytest.approx(usable, abs=8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 3)), max_size=60))
+def test_time_slice_stretch_is_one_plus_the_steps_in_flight(ops):
+    share = TimeSliceShare([0, 1])
+    open_steps: list[tuple[int, ...]] = []
+    for begin, pick in ops:
+        gpus = ((0,), (1,), (0, 1), (0,))[pick]
+        if begin or not open_steps:
+            busiest = max(sum(g in s for s in open_steps) for g in gpus)
+            seconds, token = share.begin(gpus, 2.0, 0.0, True)
+            assert seconds == pytest.approx(2.0 * (1 + busiest))
+            open_steps.append(gpus)
+        else:
+            share.end(open_steps.pop(0), 1.0)
+        share.check_integrity()
+    for gpus in open_steps:
+        share.end(gpus, 1.0)
+    assert share.active == {0: 0, 1: 0}
+
+
+def test_time_slicing_changes_nothing_for_one_engine_and_slows_co_located_ones(plans,
+                                                                             latency):
+    plan, trace = plans["a"], make_trace(SMALL, 2.0)
+    df = trace.to_frame()
+    alone = type(trace).from_frame(df[df.model == "chat-8b-fp8"].reset_index(drop=True))
+    opts = SimOptions(kv="static")
+    plain = simulate(plan, alone, latency, options=opts)
+    sliced = simulate_time_sliced(plan, alone, latency, opts)
+    assert [(r.first_token_s, r.finished_s) for r in plain.records] == \
+        [(r.first_token_s, r.finished_s) for r in sliced.records]
+    slos = {m.name: m.slo for m in plan.models}
+    both_plain = summarize(simulate(plan, trace, latency, options=opts).records, slos, 6,
+                           "simulate")
+    both_sliced = summarize(simulate_time_sliced(plan, trace, latency, opts).records, slos,
+                            6, "simulate")
+    assert both_sliced["overall"]["tpot_s"]["p50"] > both_plain["overall"]["tpot_s"]["p50"]
+
+
+def _results(tmp_path: Path, plans) -> ResultsDir:
+    res = ResultsDir(tmp_path / "res")
+    res.save_bench(SMALL)
+    for k, plan in plans.items():
+        save_plan(plan, res.plan_path(k))
+    return res
+
+
+def _fake_measured(res: ResultsDir, cfg: str, scale: float, attainment_scale: float) -> None:
+    """A 'measurement' equal to the prediction, with attainment and goodput scaled."""
+    pred = json.loads(res.predicted_path(cfg, scale).read_text())
+    summary = json.loads(json.dumps(pred["summary"]))
+    for group in [summary["overall"], *summary["per_model"].values()]:
+        for key in ("slo_attainment", "goodput_rps"):
+            if key in group:
+                group[key] *= attainment_scale
+    dep = Deployed(CONFIG[cfg].no_mps, CONFIG[cfg].kv_pool, CONFIG[cfg].policy, False)
+    res.save_measured(Measured(cfg, scale, pred["trace_digest"], dep, summary,
+                               {"x": {"mean": 0.5, "p99": 0.9, "max": 1.0, "samples": 3}}))
+
+
+def test_report_judges_acceptance_and_errors(tmp_path, plans, latency):
+    res = _results(tmp_path, plans)
+    assert len(predict_all(res, ("a", "b", "c"), latency)) == 6
+    assert predict_all(res, ("a", "b", "c"), latency) == []  # cached
+    for cfg, f in (("a", 1.0), ("b", 1.0), ("c", 1.0)):
+        for scale in SMALL.rate_scales:
+            _fake_measured(res, cfg, scale, f)
+    predict_all(res, ("a", "b", "c"), latency)  # measurements newer: recomputed, same values
+    rows = collect(res)
+    assert len(rows) == 6
+    for r in rows:
+        assert r.attainment_error_pts == pytest.approx(0.0, abs=1e-9)
+        assert r.throughput_error == pytest.approx(0.0, abs=1e-9)
+    acc = acceptance(rows)
+    assert acc is not None
+    assert acc.max_attainment_error_pts == pytest.approx(0.0, abs=1e-9)
+    # (a) measured at half its prediction: errors of 50% of (a)'s attainment show up
+    for scale in SMALL.rate_scales:
+        _fake_measured(res, "a", scale, 0.5)
+    rows = collect(res)
+    ra = [r for r in rows if r.config == "a"]
+    for r in ra:
+        assert r.attainment_error_pts == pytest.approx(100 * r.m("slo_attainment"), rel=1e-6)
+    acc = acceptance(rows)
+    c = next(r for r in rows if r.config == "c" and r.scale == acc.scale)
+    a = next(r for r in ra if r.scale == acc.scale)
+    assert acc.attainment_ratio == pytest.approx(c.m("slo_attainment") / a.m("slo_attainment"))
+    assert acc.goodput_ratio == pytest.approx(c.m("goodput_rps") / a.m("goodput_rps"))
+    doc = tmp_path / "docs" / "benchmarks.md"
+    report_main(["--out", str(res.root), "--doc", str(doc)])
+    text = doc.read_text()
+    assert "| (a) | 0.5 |" in text and "| (c) | 2 |" in text
+    assert "Acceptance (" in text and "(c) / (a) SLO attainment" in text
+    report_main(["--out", str(res.root), "--doc", str(doc)])  # rewrites its section only
+    assert doc.read_text().count("BEGIN GENERATED") == 1
+
+
+def test_a_prediction_refuses_a_different_trace(tmp_path, plans, latency):
+    res = _results(tmp_path, plans)
+    predict_all(res, ("a",), latency)
+    _fake_measured(res, "a", 0.5, 1.0)
+    m = res.measured("a", 0.5)
+    res.save_measured(replace(m, trace_digest="0" * 16))
+    with pytest.raises(ValueError, match="replayed trace"):
+        predict_all(res, ("a",), latency)
+
+
+def _args(tmp_path: Path, **kw) -> argparse.Namespace:
+    base = dict(configs="a", out=tmp_path / "res", quick=False, cpu_smoke=False,
+                enforce_eager=False, no_kv_pool=False, plan_only=False, budget_s=500.0,
+                request_timeout=45.0, startup_timeout=300.0, engine_python="", port=8000,
+                work=str(tmp_path / "work"), only_scales=())
+    return argparse.Namespace(**{**base, **kw})
+
+
+class _NoDeploy:
+    def __init__(self, *a, **k):
+        raise AssertionError("nothing should be deployed")
+
+
+def test_rerun_skips_measured_rates_and_defers_what_the_budget_cannot_hold(
+        tmp_path, plans, latency, monkeypatch):
+    monkeypatch.setattr(e2e_run, "DeployProcess", _NoDeploy)
+    res = _results(tmp_path, plans)
+    predict_all(res, ("a",), latency)
+    for scale in SMALL.rate_scales:
+        _fake_measured(res, "a", scale, 1.0)
+    args = _args(tmp_path)
+    e2e_run.run_config(res, SMALL, "a", args, e2e_run.Budget(500.0))  # all measured
+    e2e_run.run_config(res, SMALL, "b", args, e2e_run.Budget(30.0))  # cannot start in 30 s
+    assert not res.measured_path("b", 0.5).exists()
+
+
+def test_results_directory_keeps_one_workload_and_gains_rates(tmp_path):
+    res = ResultsDir(tmp_path / "res")
+    res.save_bench(SMALL)
+    more = e2e_run.check_bench(res, replace(SMALL, rate_scales=(1.0,)))
+    assert more.rate_scales == (0.5, 1.0, 2.0)
+    assert res.load_bench().rate_scales == (0.5, 1.0, 2.0)
+    with pytest.raises(SystemExit, match="different workload"):
+        e2e_run.check_bench(res, replace(SMALL, cv=3.0))
+
+
+def test_bad_config_and_rates_are_one_line_errors(capsys):
+    with pytest.raises(SystemExit):
+        e2e_run.parse_args(["--configs", "a,x"])
+    assert "--configs: unknown x" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        e2e_run.parse_args(["--rates", "1,fast"])
+    assert "--rates" in capsys.readouterr().err
