@@ -260,7 +260,11 @@ def markdown(results: dict) -> str:
 
 
 def _on_term(signum, _frame) -> None:
-    raise SystemExit(128 + signum)  # unwinds through measure()'s finally: deployment stopped
+    """Unwind through measure()'s finally (the deployment is stopped); a second signal must
+    not interrupt that clean-up."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise SystemExit(128 + signum)
 
 
 def parse_args() -> argparse.Namespace:
@@ -309,6 +313,7 @@ def main() -> None:
         dry_run(plan, args)
         return
     signal.signal(signal.SIGTERM, _on_term)
+    signal.signal(signal.SIGINT, _on_term)
     results = {"config": {"duration_s": args.duration, "cv": args.cv, "seed": args.seed,
                           "enforce_eager": args.enforce_eager, "rate_scale": args.rate_scale,
                           "kv_mode": plan.kv_mode.value, "gpu": gpu},
