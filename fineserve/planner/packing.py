@@ -80,24 +80,32 @@ def _alternatives(d: IlpData, m: str, i: int) -> list[int]:
 
 
 def pack(d: IlpData, agg: Aggregate, h_target: int, seconds: float, workers: int,
-         cost_cap: int | None = None) -> Placed | None:
+         cost_cap: int | None = None, free_flows: bool = False) -> Placed | None:
     """Assign the aggregate's engines to TP groups using as few GPUs (cost) as possible, each
     engine at its option or a lower SM share, keeping every model's capacity >= h_target x
-    its rate (x1000); ``cost_cap`` bounds the cost."""
+    its rate (x1000); ``cost_cap`` bounds the cost. With ``free_flows`` (pooled KV) the
+    packer also splits each model's traffic over its engines, instead of taking the
+    aggregate's flow per option split evenly: a TP engine whose ranks sit on GPUs with
+    little KV room then carries less (rounding.py's mixes need that)."""
     engines = []  # (m, i, flow share)
     for (m, i), c in sorted(agg.counts.items()):
         total = agg.flows.get((m, i), 0)
         engines += [(m, i, total // c + (1 if j < total % c else 0)) for j in range(c)]
     model = cp_model.CpModel()
+    free = free_flows and d.pooled
     x: dict[tuple[int, int, int], cp_model.IntVar] = {}  # (engine, option, group)
+    fv: dict[tuple[int, int, int], cp_model.IntVar] = {}  # its traffic (free_flows)
     on_gpu: dict[int, list[tuple[int, int, int]]] = {g.gpu_id: [] for g in d.gpus}
     for e, (m, i, f) in enumerate(engines):
         o = d.options[m][i]
         keys = [k for k, _ in d.groups_for(o)]
-        alts = [j for j in _alternatives(d, m, i) if d.mu[m, j] >= f]
+        alts = [j for j in _alternatives(d, m, i) if free or d.mu[m, j] >= f]
         for j in alts:
             for k in keys:
                 x[e, j, k] = model.new_bool_var(f"x[{e},{j},{k}]")
+                if free:
+                    fv[e, j, k] = model.new_int_var(0, min(d.mu[m, j], d.lam[m]), "")
+                    model.add(fv[e, j, k] <= min(d.mu[m, j], d.lam[m]) * x[e, j, k])
                 for g in d.groups[o.tp][k].gpus:
                     on_gpu[g].append((e, j, k))
         mine = [x[e, j, k] for j in alts for k in keys]
@@ -107,6 +115,8 @@ def pack(d: IlpData, agg: Aggregate, h_target: int, seconds: float, workers: int
     for m in d.models:
         cap = [d.mu[m, j] * var for (e, j, _), var in x.items() if engines[e][0] == m]
         model.add(1000 * sum(cap) >= h_target * d.lam[m])
+        if free:
+            model.add(sum(f for (e, _, _), f in fv.items() if engines[e][0] == m) == d.lam[m])
     y = {g: model.new_bool_var(f"y[{g}]") for g in on_gpu}
     for g, keys in on_gpu.items():
         if not keys:
@@ -114,9 +124,14 @@ def pack(d: IlpData, agg: Aggregate, h_target: int, seconds: float, workers: int
             continue
         model.add(sum(d.sm[engines[e][0], j] * x[e, j, k] for e, j, k in keys)
                   <= d.sm_cap * y[g])
-        model.add(sum((d.w[engines[e][0], j]
-                       + (d.kappa[engines[e][0], j] * engines[e][2] if d.pooled else 0))
-                      * x[e, j, k] for e, j, k in keys) <= d.mem_cap[g] * y[g])
+        if free:
+            model.add(sum(d.w[engines[e][0], j] * x[e, j, k]
+                          + d.kappa[engines[e][0], j] * fv[e, j, k] for e, j, k in keys)
+                      <= d.mem_cap[g] * y[g])
+        else:
+            model.add(sum((d.w[engines[e][0], j]
+                           + (d.kappa[engines[e][0], j] * engines[e][2] if d.pooled else 0))
+                          * x[e, j, k] for e, j, k in keys) <= d.mem_cap[g] * y[g])
         model.add(sum(x[key] for key in keys) <= d.inst.settings.max_engines_per_gpu)
         by_model: dict[str, list] = {}
         for e, j, k in keys:
@@ -141,6 +156,7 @@ def pack(d: IlpData, agg: Aggregate, h_target: int, seconds: float, workers: int
     for (e, j, k), var in x.items():
         if s.value(var):
             m, _, f = engines[e]
+            f = s.value(fv[e, j, k]) if free else f
             placed.append((m, j, d.groups[d.options[m][j].tp][k], f))
     return placed
 

@@ -10,21 +10,28 @@ full ILP. A packed plan is feasible for the ILP and serves as its warm start; it
 
 from __future__ import annotations
 
+import time
+
 from ortools.sat.python import cp_model
 
 from fineserve.planner.bounds import gpu_groups, solve
-from fineserve.planner.configuration import Column, replicas
+from fineserve.planner.dive import dive
+from fineserve.planner.master import Column, replicas
+from fineserve.planner.mixplace import place_mix
 from fineserve.planner.packing import Aggregate, Placed, pack
 from fineserve.planner.variables import H_SCALE, MILLI, IlpData
 
 L = 8  # every TP degree divides this: rank contributions become integers
+DIVE_SHARE = 0.6  # of rounded_plan's time, for the dive when a cost cap is given
 
 
 def round_columns(d: IlpData, pool: tuple[Column, ...], *, cost_cap: int | None,
-                  seconds: float, workers: int, headroom: bool = False) -> Aggregate | None:
+                  seconds: float, workers: int, headroom: bool = False,
+                  hint: tuple[tuple[Column, int], ...] = ()) -> Aggregate | None:
     """Engine counts and traffic per option from the cheapest integer mix of ``pool`` - or,
     with ``headroom``, the mix of largest H within ``cost_cap`` (objective and bound then
-    in H x1000). None if the pool has no mix within ``cost_cap`` in time."""
+    in H x1000). None if the pool has no mix within ``cost_cap`` in time. ``hint`` is a
+    mix to start from (a dive's, dive.py)."""
     if not pool:
         return None
     model = cp_model.CpModel()
@@ -63,6 +70,10 @@ def round_columns(d: IlpData, pool: tuple[Column, ...], *, cost_cap: int | None,
         model.maximize(h)
     else:
         model.minimize(cost)
+    if hint:
+        start = dict(hint)
+        for c, var in lam.items():
+            model.add_hint(var, start.get(c, 0))
     s, status = solve(model, seconds, workers)
     if status not in ("OPTIMAL", "FEASIBLE"):
         return None
@@ -94,10 +105,23 @@ def _trim_flows(d: IlpData, counts: dict, flows: dict) -> None:
 def rounded_plan(d: IlpData, pool: tuple[Column, ...], *, cost_cap: int | None,
                  seconds: float, workers: int, headroom: bool = False) -> Placed | None:
     """Round the pool (half the time) and pack the result (the rest); with ``headroom`` the
-    packer keeps the rounded mix's H."""
-    agg = round_columns(d, pool, cost_cap=cost_cap, seconds=seconds / 2, workers=workers,
-                        headroom=headroom)
+    packer keeps the rounded mix's H. With a ``cost_cap`` and no ``headroom``, first dive
+    for a mix within the cap (DIVE_SHARE of the time, dive.py): placed directly if it
+    decomposes into aligned engines (mixplace.py), else its columns and mix seed the
+    rounding, whose engines the packer then routes itself."""
+    end = time.perf_counter() + seconds
+    hint: tuple[tuple[Column, int], ...] = ()
+    if cost_cap is not None and not headroom:
+        found = dive(d, pool, cost_cap=cost_cap, seconds=DIVE_SHARE * seconds)
+        placed = place_mix(d, found.mix) if found.mix else None
+        if placed is not None:
+            return placed
+        pool, hint = found.pool, found.mix
+    left = max(0.2, end - time.perf_counter())
+    agg = round_columns(d, pool, cost_cap=cost_cap, seconds=left / 2, workers=workers,
+                        headroom=headroom, hint=hint)
     if agg is None:
         return None
     target = agg.objective if headroom else d.h_min
-    return pack(d, agg, target, seconds / 2, workers, cost_cap=cost_cap)
+    return pack(d, agg, target, max(0.2, end - time.perf_counter()), workers,
+                cost_cap=cost_cap, free_flows=bool(hint))

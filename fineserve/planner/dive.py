@@ -1,0 +1,144 @@
+"""Price-and-dive: an integer GPU mix near the configuration LP's optimum (a warm start).
+
+The columns that the bound generated (configuration.py) fit the LP's fractional optimum; an
+integer programme over them alone (rounding.py) often has no mix at the bound's cost (the
+19-model instance: 9 GPUs found, none of 8, against a bound of 7.8). Diving fixes, one at a
+time, the column closest to a whole GPU (lambda_c >= ceil(lambda_c)) and generates new
+columns around each fixing, so the LP keeps repairing what the fixings force. A fixing that
+pushes the LP above the cost cap is undone and that column passed over (a few times at most).
+The dive ends with whole GPUs per configuration within the cap - TP ranks not necessarily
+whole engines yet, which the rounding programme repairs - or with nothing. It is a
+heuristic: it never bounds anything.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from fineserve.planner.bounds import gpu_groups
+from fineserve.planner.master import (
+    Allowed,
+    Column,
+    LpFailed,
+    Master,
+    allows,
+    generate,
+    replicas,
+    seed_columns,
+)
+from fineserve.planner.variables import IlpData
+
+MAX_BACKTRACKS = 8  # undone fixings before the dive gives up
+EPS = 1e-6  # lambda_c within EPS of an integer counts as integer
+
+
+@dataclass(frozen=True, slots=True)
+class Dive:
+    """What a dive left: every column its master held, and the integer mix it reached."""
+
+    pool: tuple[Column, ...]
+    mix: tuple[tuple[Column, int], ...]  # (configuration, GPUs in it); () if the dive failed
+
+
+def dive(d: IlpData, pool: tuple[Column, ...], *, cost_cap: int, seconds: float,
+         allowed: Allowed = None) -> Dive:
+    """Dive for an integer mix of cost <= ``cost_cap`` (ILP cost units), within ``seconds``,
+    starting from the columns of ``pool`` (and one seed column per option). Aims at the
+    cheapest cost a set of GPUs can have above the root LP first, then the next ones: a
+    dive that may drift up to the cap seldom lands below it."""
+    deadline = time.perf_counter() + seconds
+    master = Master(d, False, None)
+    for col in [*seed_columns(d, allowed), *pool]:
+        if all(allows(allowed, m, i) for m, i, _ in col.ranks):
+            master.add(col)
+    try:
+        root = generate(master, deadline, allowed)
+    except LpFailed:
+        return Dive(tuple(master.cols), ())
+    step = math.gcd(*{k[1] for k in gpu_groups(d)})
+    target = max(step, math.ceil(root / step - EPS) * step)
+    while target <= cost_cap and time.perf_counter() < deadline:
+        for col in list(master.fixed):
+            master.fix(col)  # release the previous attempt's fixings
+        mix = _dive_once(d, master, min(target, cost_cap), deadline, allowed)
+        if mix:
+            return Dive(tuple(master.cols), mix)
+        target += step
+    return Dive(tuple(master.cols), ())
+
+
+def _dive_once(d: IlpData, master: Master, cap: int, deadline: float, allowed: Allowed
+               ) -> tuple[tuple[Column, int], ...]:
+    """One dive from the master's root: settle TP degrees, then fix columns."""
+    allowed = _settle_tp(d, master, deadline, allowed)
+    passed: set[Column] = set()
+    tries: list[tuple[float, float]] = []  # bounds still to try on the column being fixed
+    col: Column | None = None
+    before = (0.0, math.inf)  # its bounds before this fixing
+    backtracks = 0
+    while time.perf_counter() < deadline:
+        try:
+            value = generate(master, deadline, allowed)
+        except LpFailed:
+            break
+        if value > cap + EPS:
+            if col is None or backtracks >= MAX_BACKTRACKS:
+                break
+            backtracks += 1
+            if tries:  # rounding up overshot: round down instead
+                master.fix(col, *tries.pop())
+                continue
+            master.fix(col, *before)  # both overshot: undo, and pass the column over
+            passed.add(col)
+            col = None
+            continue
+        lam = master.values()
+        frac = [(c, x) for c, x in lam.items() if abs(x - round(x)) > EPS]
+        if not frac:
+            return tuple((c, round(x)) for c, x in lam.items() if round(x) > 0)
+        open_ = [(c, x) for c, x in frac if c not in passed]
+        if not open_:
+            break
+        col, x = max(open_, key=lambda cx: (cx[1] - math.floor(cx[1]), cx[1]))
+        before = master.fixed.get(col, (0.0, math.inf))
+        tries = [(before[0], math.floor(x))]
+        master.fix(col, math.ceil(x), before[1])
+    return ()
+
+
+def _settle_tp(d: IlpData, master: Master, deadline: float, allowed: Allowed) -> Allowed:
+    """Fix a model's TP degree to the one carrying most of its engines in the LP, while
+    the LP mixes degrees with fractional engines (the engine-choice branching of
+    branch-and-price, greedily): those are what the column dive cannot make whole. Columns
+    of other degrees are bounded to 0; returns the options still allowed."""
+    keys = [(m, i) for m in d.models for i in range(len(d.options[m]))
+            if allows(allowed, m, i)]
+    while time.perf_counter() < deadline:
+        try:
+            generate(master, deadline, allowed)
+        except LpFailed:
+            break
+        share: dict[str, dict[int, float]] = {}
+        for c, x in master.values().items():
+            for m, i, _ in c.ranks:
+                t = d.options[m][i].tp
+                share.setdefault(m, {}).setdefault(t, 0.0)
+                share[m][t] += x / t
+        # a model that needs several engines may well mix degrees in a plan: leave it be
+        mixed = {m: max(s, key=s.get) for m, s in share.items()
+                 if replicas(d, m) == 1 and sum(1 for v in s.values() if v > EPS) > 1
+                 and any(abs(v - round(v)) > EPS for v in s.values())}
+        if not mixed:
+            break
+        # one model per round, the largest first (as first-fit decreasing): the LP then
+        # re-balances the others around it
+        big = max(mixed, key=lambda m: min(d.w[m, i] * d.options[m][i].tp
+                                           for i in range(len(d.options[m]))))
+        keys = [(m, i) for m, i in keys if m != big or d.options[m][i].tp == mixed[m]]
+        allowed = frozenset(keys)
+        for c in master.cols:
+            if not all(allows(allowed, m, i) for m, i, _ in c.ranks):
+                master.fix(c, 0, 0)
+    return allowed
