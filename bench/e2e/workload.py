@@ -67,7 +67,7 @@ H100_SET = BenchSet(
         ModelEntry("edge-3b", "llama-3.2-3b", "bf16", "bf16", 600, 50),
         ModelEntry("assist-7b-int4", "mistral-7b", "int4-gptq", "bf16", 1500, 100),
     ),
-    total_rate=24.0, alpha=1.0, lengths="sharegpt", prompt_mean=161, output_mean=300,
+    total_rate=24.0, alpha=1.0, lengths="sharegpt", prompt_mean=160, output_mean=287,
     cv=2.0, rate_scales=(0.25, 0.5, 1.0, 2.0, 3.0), duration_s=35.0, max_output=512,
 )
 
