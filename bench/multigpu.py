@@ -114,9 +114,9 @@ def preflight() -> dict:
         "topology": _sh(["nvidia-smi", "topo", "-m"]),
         "nvlink": _sh(["nvidia-smi", "nvlink", "--status", "-i", "0"]),
         "versions": _sh([sys.executable, "-c",
-                         "import torch, vllm; print('torch', torch.__version__, 'cuda', "
-                         "torch.version.cuda, 'nccl', torch.cuda.nccl.version(), 'vllm', "
-                         "vllm.__version__)"], 90),
+                         "import importlib.metadata as md, torch; print('torch', "
+                         "torch.__version__, 'cuda', torch.version.cuda, 'nccl', "
+                         "torch.cuda.nccl.version(), 'vllm', md.version('vllm'))"], 60),
         "env": env,
     }
     say("preflight: GPUs\n" + info["gpus"])
@@ -336,6 +336,8 @@ def main() -> None:
     shutil.copy(plan_path, args.out / "plan.yaml")
     say(f"wrote {args.out}/multigpu.json, multigpu.md, plan.yaml")
     print(markdown(results), flush=True)
+    if any("error" in m for m in results["modes"].values()):
+        sys.exit(1)
 
 
 def _pair(p: FigurePair) -> dict:
