@@ -169,11 +169,17 @@ def predict(plan: Plan, trace: Trace) -> dict:
 def serving_evidence(dep: Deploy) -> dict:
     """What runs while serving: MPS daemons (state file), GPU processes (nvidia-smi) and the
     TP engines' collective set-up lines (NCCL, all-reduce) from their logs."""
-    state = json.loads((dep.run_dir / "state.json").read_text())
+    try:
+        state = json.loads((dep.run_dir / "state.json").read_text())
+    except (OSError, ValueError) as exc:  # evidence only: never fails the measurement
+        return {"mps": [], "error": f"state.json: {exc}"}
     tp_logs = {}
     for e in state.get("engines", []):
         if len(e["gpus"]) > 1:
-            text = Path(e["log"]).read_text(errors="replace").splitlines()
+            try:
+                text = Path(e["log"]).read_text(errors="replace").splitlines()
+            except OSError as exc:
+                text = [f"(log unreadable: {exc})"]
             tp_logs[e["engine_id"]] = [ln[:300] for ln in text if any(
                 k in ln for k in TP_LOG_KEYS)][:30]
     return {"mps": state.get("mps", []),
