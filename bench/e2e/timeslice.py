@@ -7,13 +7,14 @@ The simulator models sharing through the object it calls around every step (``be
 ``end``, as ``fineserve.sim.interference.HbmShare`` for MPS bandwidth interference); this
 module provides one with time-slicing arithmetic and runs the simulator with it.
 
-The simulator has no option to choose the sharing model yet, so ``simulate_time_sliced``
-swaps the class the simulator builds for the duration of one call (see the report's
-proposed ``SimOptions.sharing`` patch, after which this becomes an option).
+Where the simulator has ``SimOptions.sharing`` (the proposed ``fineserve/sim/timeslice.py``
+patch, the same model), ``simulate_time_sliced`` uses it; until then it swaps the class the
+simulator builds for the duration of one call.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from unittest import mock
 
 from fineserve.planner.schema import Plan
@@ -51,6 +52,9 @@ class TimeSliceShare:
 def simulate_time_sliced(plan: Plan, trace: Trace, latency: LatencyModel,
                          options: SimOptions) -> SimResult:
     """``fineserve.sim.cluster.simulate`` with time slicing instead of MPS interference."""
+    if "sharing" in SimOptions.__dataclass_fields__:
+        opts = replace(options, interference=None, sharing="time-sliced")
+        return simulate(plan, trace, latency, options=opts)
     opts = SimOptions(token_budget=options.token_budget, kv=options.kv, pool=options.pool,
                       interference=InterferenceParams(source="time slicing"),
                       scheduler=options.scheduler, tick_s=options.tick_s,
