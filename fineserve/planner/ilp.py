@@ -34,12 +34,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fineserve.errors import PlanInfeasible
+from fineserve.planner import lns
 from fineserve.planner.assemble import Choice, assemble_plan
 from fineserve.planner.bounds import cost_lower_bound, headroom_upper_bound
-from fineserve.planner.builder import Builder, SolveResult, make_builder
+from fineserve.planner.builder import Builder, CpSatBuilder, SolveResult, make_builder
 from fineserve.planner.configuration import configuration_bound
 from fineserve.planner.constraints import (
     ALL_FAMILIES,
@@ -64,6 +66,8 @@ from fineserve.planner.variables import (
     utilisation,
 )
 from fineserve.planner.warmstart import all_vars, hint_from_plan, places_all
+
+FocusOf = Callable[[IlpData, PlacementVars], lns.Focus]  # lns.short_of_traffic, lns.busiest
 
 
 @dataclass
@@ -138,7 +142,8 @@ def solve_ilp(
         pin_all_placed(b, d, v)
     else:
         res = _stage(bm, "placed-traffic", "max", placed_traffic(b, d, v), deadline,
-                     PLACED_SHARE, lambda x: x / FRACTION_SCALE, stages)
+                     PLACED_SHARE, lambda x: x / FRACTION_SCALE, stages,
+                     focus=lns.short_of_traffic)
         if not res.has_solution:
             return _fallback(inst, warm_start, stages, backend, t0, limit)
         snapshot = _extract(bm, _report(backend, stages, t0))
@@ -261,11 +266,15 @@ ROUNDING_SHARE = 0.08  # warm start rounded from the configuration LP's columns
 # bounds and rounded hints above are computed only if that did not prove the stage optimal.
 QUICK_S = 1.5
 QUICK_SHARE = 0.25
+# Of what a stage has left after its quick solve and bounds, for large-neighbourhood search
+# (lns.py) in the placed-traffic and headroom stages; the solver continues for the rest
+# (it also tightens the bound).
+LNS_SHARE = 0.7
 PLACED_SHARE = 0.5  # of the limit, for maximising placed traffic when the warm start cannot
 # Of what is left, for the first of two stages (the second gets the rest). Max-headroom
 # puts its real work first; the cost stage of the lexicographic order is usually settled
 # quickly (or stuck at a bound no search closes), headroom needs the time.
-FIRST_STAGE_SHARE = {Objective.LEXICOGRAPHIC: 0.35, Objective.MAX_HEADROOM: 0.75,
+FIRST_STAGE_SHARE = {Objective.LEXICOGRAPHIC: 0.35, Objective.MAX_HEADROOM: 0.85,
                      Objective.MIN_GPUS: 1.0, Objective.WEIGHTED: 1.0}
 
 
@@ -353,7 +362,7 @@ def _run_named(bm: BuiltModel, name: str, deadline: float, share: float,
                       lambda x: x / unit, stages, prepare)
     if name == "headroom":  # max headroom = min U; reported as headroom U_SCALE / U
         return _stage(bm, "headroom", "min", v.U, deadline, share, headroom_of_u, stages,
-                      prepare)
+                      prepare, focus=lns.busiest)
     # cost + headroom_weight x U (U = 1 / minimum headroom), in ILP units x U_SCALE
     w = round(bm.d.inst.settings.headroom_weight / d.cost_unit * 1000)
     expr = U_SCALE * gpu_cost(b, d, v) + w * v.U
@@ -362,27 +371,33 @@ def _run_named(bm: BuiltModel, name: str, deadline: float, share: float,
 
 
 def _stage(bm: BuiltModel, name: str, sense: str, expr, deadline: float, share: float,
-           show, stages: list[StageReport], prepare=None) -> SolveResult:
+           show, stages: list[StageReport], prepare=None, focus: FocusOf | None = None
+           ) -> SolveResult:
     """Solve one objective, record it, then pin it so later stages keep it.
 
-    With ``prepare`` the solver first runs alone for ``QUICK_S``; only if that does not
-    prove the stage optimal does ``prepare(seconds, found)`` add cuts from outside the
-    solver (bounds.py, configuration.py), return their bound (the reported bound is the
+    With ``prepare`` or ``focus`` the solver first runs alone for ``QUICK_S``; only if that
+    does not prove the stage optimal does ``prepare(seconds, found)`` add cuts from outside
+    the solver (bounds.py, configuration.py), return their bound (the reported bound is the
     tighter of it and the solver's; meeting it proves the stage optimal) and maybe a better
-    hint, and the solver continues from the best solution so far. ``show`` turns the ILP's
-    integer objective into the reported one."""
+    hint. Then, with ``focus`` (CP-SAT only), large-neighbourhood search (lns.py) improves
+    the best solution for ``LNS_SHARE`` of what is left, and the solver continues from the
+    best solution so far. ``show`` turns the ILP's integer objective into the reported one."""
     b = bm.b
     (b.maximize if sense == "max" else b.minimize)(expr)
     budget = max(0.5, (deadline - time.perf_counter()) * share)
     end = time.perf_counter() + budget
-    first = min(QUICK_S, QUICK_SHARE * budget) if prepare is not None else budget
+    staged = prepare is not None or focus is not None
+    first = min(QUICK_S, QUICK_SHARE * budget) if staged else budget
     res = _solve_keep(bm, first, sense, None)
-    known = None
-    if prepare is not None and res.status != "OPTIMAL":
-        known, hint = prepare(end - time.perf_counter(),
-                              res.objective if res.has_solution else None)
+    known, hint = None, None
+    if staged and res.status != "OPTIMAL":
+        if prepare is not None:
+            known, hint = prepare(end - time.perf_counter(),
+                                  res.objective if res.has_solution else None)
         bound_now = _tighter(sense, res.bound, known)
         if not (res.has_solution and _meets(sense, res.objective, bound_now)):
+            if hint is None and res.has_solution and focus is not None:
+                res = _lns(bm, res, sense, LNS_SHARE * (end - time.perf_counter()), focus)
             if hint is not None:
                 b.hint(hint)
             elif res.has_solution:
@@ -403,6 +418,20 @@ def _stage(bm: BuiltModel, name: str, sense: str, expr, deadline: float, share: 
     values[bm.v.U] = _best_u(bm, values)  # U is free until its own stage: hint its best
     b.hint(values)
     return res
+
+
+def _lns(bm: BuiltModel, res: SolveResult, sense: str, seconds: float, focus: FocusOf
+         ) -> SolveResult:
+    """Large-neighbourhood search from the stage's best solution (CP-SAT only): its best
+    becomes the incumbent ``_solve_keep`` compares against."""
+    if not isinstance(bm.b, CpSatBuilder) or seconds < 2 * lns.STEP_S:
+        return res
+    st = bm.d.inst.settings
+    out = lns.improve(bm.b.model, bm.d, bm.v, bm.values, res.objective, sense=sense,
+                      seconds=seconds, focus=focus(bm.d, bm.v), workers=st.num_workers,
+                      seed=st.seed, overload=focus is lns.busiest)
+    bm.values = out.values
+    return dataclasses.replace(res, objective=out.objective, seconds=res.seconds + seconds)
 
 
 def _meets(sense: str, objective: float, bound: float) -> bool:
