@@ -22,8 +22,10 @@ that shares GPUs.
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fineserve.errors import FineserveError
@@ -42,30 +44,47 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 METHODS = ("ilp", "static", "muxserve", "kv-pressure", "worst-fit")
 
 
-def attainment(method, scale, latency, duration, time_limit, opts) -> tuple[float, int]:
+@dataclass(frozen=True, slots=True)
+class Point:
+    """One planned and simulated scale of one method."""
+
+    method: str
+    scale: float
+    attainment: float  # overall SLO attainment in simulation
+    gpus: int  # GPUs the plan uses
+    status: str  # the plan's report status (ilp: OPTIMAL, FEASIBLE or HEURISTIC)
+    headroom: float  # the plan's minimum (routed) headroom
+    unplaced_rps: float  # traffic the plan leaves unplaced
+
+    def row(self) -> str:
+        return (f"| {self.method} | {self.scale:.2f} | {self.attainment:.4f} | {self.gpus} | "
+                f"{self.status} | {self.headroom:.3f} | {self.unplaced_rps:.1f} |")
+
+
+def attainment(method, scale, latency, duration, time_limit, opts) -> Point:
     inst = muxserve_scale(total_rps=120.0 * scale)
     inst = replace(inst, settings=replace(inst.settings, objective=Objective.MAX_HEADROOM,
                                           time_limit_s=time_limit))
     try:
         plan = make_plan(inst, latency, method=method)
     except FineserveError:
-        return 0.0, 0
+        return Point(method, scale, 0.0, 0, "NONE", 0.0, sum(m.rate_rps for m in inst.models))
     trace = generate([ModelLoad(m.name, Poisson(m.rate_rps), PRESETS["sharegpt"])
                       for m in inst.models], duration, seed=1)
     result = simulate(plan, trace, latency, options=opts)
     s = summarize(result.records, {m.name: m.slo for m in inst.models},
                   max(result.duration_s, duration), "simulate")
-    return s["overall"]["slo_attainment"], len(plan.gpus_used)
+    return Point(method, scale, s["overall"]["slo_attainment"], len(plan.gpus_used),
+                 plan.report.status, plan.min_headroom, sum(u.rate_rps for u in plan.unplaced))
 
 
 def sustained(method, latency, duration, time_limit, log, opts) -> float:
     lo, hi = 0.0, None
     scale = 1.0
     while hi is None:  # grow until attainment drops below 99%
-        a, gpus = attainment(method, scale, latency, duration, time_limit, opts)
-        log.append((method, scale, a, gpus))
-        print(log[-1], flush=True)
-        if a >= 0.99:
+        log.append(attainment(method, scale, latency, duration, time_limit, opts))
+        print(log[-1].row(), flush=True)
+        if log[-1].attainment >= 0.99:
             lo, scale = scale, scale * 1.5
             if scale > 20:
                 return lo
@@ -73,10 +92,9 @@ def sustained(method, latency, duration, time_limit, log, opts) -> float:
             hi = scale
     while hi - lo > 0.05 * max(lo, 0.1):
         mid = (lo + hi) / 2
-        a, gpus = attainment(method, mid, latency, duration, time_limit, opts)
-        log.append((method, mid, a, gpus))
-        print(log[-1], flush=True)
-        lo, hi = (mid, hi) if a >= 0.99 else (lo, mid)
+        log.append(attainment(method, mid, latency, duration, time_limit, opts))
+        print(log[-1].row(), flush=True)
+        lo, hi = (mid, hi) if log[-1].attainment >= 0.99 else (lo, mid)
     return lo
 
 
@@ -117,6 +135,14 @@ def calibrate(latency, duration: float) -> list[str]:
     return rows
 
 
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True, cwd=DOCS.parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=float, default=120.0)
@@ -137,22 +163,30 @@ def main() -> None:
         inter = InterferenceParams.load(Path(a.interference))
     opts = SimOptions(interference=inter, max_samples=0)
     latency = default_latency_model()
-    log: list = []
+    log: list[Point] = []
     t0 = time.perf_counter()
+    load0 = os.getloadavg()[0]
     best = {m: sustained(m, latency, a.duration, a.time_limit, log, opts) for m in methods}
     base = best.get("static") or float("nan")
     lines = ["# Capacity sweep (simulated)", "",
              f"`python bench/capacity_sweep.py --duration {a.duration:g} --time-limit "
-             f"{a.time_limit:g} --interference {a.interference}` "
-             f"({time.perf_counter() - t0:.0f} s). Base load: 120 req/s over 19 models (power "
+             f"{a.time_limit:g} --interference {a.interference} --only {','.join(methods)}` "
+             f"({time.perf_counter() - t0:.0f} s) at commit {_commit()} on {os.cpu_count()} "
+             f"cores, load average {load0:.1f} at the start and {os.getloadavg()[0]:.1f} at "
+             "the end. Base load: 120 req/s over 19 models (power "
              "law); scale s multiplies every rate; 32 H100s. Pooled KV simulated with the KV "
              "Slab pool; HBM interference "
              f"{'off' if inter is None else 'on (' + inter.source + ')'}.", "",
-             "| method | highest s at >= 99% SLO attainment | x static |", "|---|---|---|"]
+             "| method | highest s at >= 99% SLO attainment | x static | plan there |",
+             "|---|---|---|---|"]
     for m in methods:
-        lines.append(f"| {m} | {best[m]:.2f} | {best[m] / base:.2f} |")
-    lines += ["", "| method | scale | SLO attainment | GPUs used |", "|---|---|---|---|"]
-    lines += [f"| {m} | {s:.2f} | {att:.4f} | {g} |" for m, s, att, g in log]
+        top = max((p for p in log if p.method == m and p.scale == best[m]),
+                  key=lambda p: p.attainment, default=None)
+        there = "-" if top is None else f"{top.status}, min headroom {top.headroom:.3f}"
+        lines.append(f"| {m} | {best[m]:.2f} | {best[m] / base:.2f} | {there} |")
+    lines += ["", "| method | scale | SLO attainment | GPUs used | plan status | min headroom "
+              "| unplaced req/s |", "|---|---|---|---|---|---|---|"]
+    lines += [p.row() for p in log]
     out = Path(a.out)
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     try:
@@ -163,7 +197,7 @@ def main() -> None:
 
         fig, ax = plt.subplots(figsize=(6, 3.5))
         for m in methods:
-            pts = sorted((s, att) for mm, s, att, _ in log if mm == m)
+            pts = sorted((p.scale, p.attainment) for p in log if p.method == m)
             ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label=m)
         ax.axhline(99, color="grey", lw=0.8, ls="--")
         ax.set_xlabel("rate scale s (x 120 req/s)")
@@ -174,7 +208,7 @@ def main() -> None:
         fig.savefig(out.with_suffix(".png"), dpi=120)
     except ImportError:
         pass
-    print("\n".join(lines[:12]))
+    print("\n".join(lines[:10]))
 
 
 if __name__ == "__main__":
