@@ -86,6 +86,26 @@ def fill_gpu(plan: Plan) -> Plan:
     return replace(plan, engines=engines, report=report)
 
 
+def as_deployed(plan: Plan, kv_pool: bool) -> Plan:
+    """The plan a deployment actually serves. A pooled plan deployed without the KV Slab
+    (``--no-kv-pool``) would give each engine only its floor; it gets static partitions of
+    floor + an equal share of its GPU's unreserved memory instead - the whole GPU, and what
+    the simulator's static mode assumes for a pooled plan. Otherwise the plan itself."""
+    if kv_pool or plan.kv_mode is KVMode.STATIC:
+        return plan
+    s = plan.instance.settings
+    engines = []
+    for gpu in plan.gpus_used:
+        on = plan.engines_on(gpu)
+        spare = usable_bytes(plan.cluster.gpus[gpu].spec, s.memory_utilization) - sum(
+            e.memory_bytes for e in on)
+        engines += [replace(e, kv_bytes=e.kv_bytes + max(0, spare) // len(on)) for e in on]
+    inst = replace(plan.instance, settings=replace(s, kv_mode=KVMode.STATIC))
+    report = replace(plan.report, method=f"{plan.report.method}+static-kv",
+                     note="bench/e2e: pooled plan deployed with --no-kv-pool")
+    return replace(plan, instance=inst, engines=tuple(engines), report=report)
+
+
 def make_config_plan(bench: BenchSet, key: str, latency: LatencyModel,
                      time_limit_s: float = 20.0) -> Plan:
     """The plan of configuration ``key`` (a, b or c) for ``bench`` on one GPU."""

@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from bench.e2e.plans import CONFIG, CONFIGS
+from bench.e2e.plans import CONFIG, CONFIGS, as_deployed
 from bench.e2e.results import Deployed, ResultsDir
 from bench.e2e.timeslice import simulate_time_sliced
 from bench.e2e.workload import make_trace, trace_digest
@@ -47,10 +47,10 @@ def sim_options(dep: Deployed) -> SimOptions:
 def predict_one(res: ResultsDir, cfg: str, scale: float, latency: LatencyModel) -> dict:
     """Simulate (cfg, scale) and write its prediction file; returns the prediction."""
     bench = res.load_bench()
-    plan = load_plan(res.plan_path(cfg))
     trace = make_trace(bench, scale)
     measured = res.measured(cfg, scale)
     dep = measured.deployed if measured is not None else deployed_default(cfg)
+    plan = as_deployed(load_plan(res.plan_path(cfg)), dep.kv_pool)
     digest = trace_digest(trace)
     if measured is not None and measured.trace_digest != digest:
         raise ValueError(f"{res.measured_path(cfg, scale)}: replayed trace {measured.trace_digest}"

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bench.doc_section import write_section  # noqa: E402
-from bench.e2e.plans import CONFIG, CONFIGS  # noqa: E402
+from bench.e2e.plans import CONFIG, CONFIGS, as_deployed  # noqa: E402
 from bench.e2e.predict import predict_all  # noqa: E402
 from bench.e2e.results import ResultsDir  # noqa: E402
 from fineserve.planner.planfile import load_plan  # noqa: E402
@@ -108,9 +108,11 @@ def collect(res: ResultsDir) -> list[Row]:
     for cfg in CONFIGS:
         if not res.plan_path(cfg).is_file():
             continue
-        weights = {e.engine_id: e.kv_bytes for e in load_plan(res.plan_path(cfg)).engines}
+        plan = load_plan(res.plan_path(cfg))
         for scale in bench.rate_scales:
             m = res.measured(cfg, scale)
+            deployed = plan if m is None else as_deployed(plan, m.deployed.kv_pool)
+            weights = {e.engine_id: e.kv_bytes for e in deployed.engines}
             pp = res.predicted_path(cfg, scale)
             pred = json.loads(pp.read_text()) if pp.is_file() else None
             kvp = [g["util_mean"] for g in (pred or {}).get("kv_per_gpu", {}).values()]
@@ -183,11 +185,35 @@ def table(rows: list[Row]) -> list[str]:
     return out
 
 
+def per_model_lines(rows: list[Row], scale: float) -> list[str]:
+    """SLO attainment per model at one rate, measured / predicted, every configuration."""
+    at = {r.config: r for r in rows if r.scale == scale}
+    models = sorted({m for r in at.values() for s in (r.measured, r.predicted) if s
+                     for m in s.get("per_model", {})})
+    if not models:
+        return []
+    cfgs = [c for c in CONFIGS if c in at]
+    out = [f"SLO attainment per model at rate x{scale:g}, measured / predicted:", "",
+           "| model | " + " | ".join(f"({c})" for c in cfgs) + " |",
+           "| --- |" + " ---: |" * len(cfgs)]
+    for model in models:
+        cells = []
+        for c in cfgs:
+            m, p = (_num((s or {}).get("per_model", {}).get(model), "slo_attainment")
+                    for s in (at[c].measured, at[c].predicted))
+            cells.append(f"{_f(m, '.1%')} / {_f(p, '.1%')}")
+        out.append(f"| {model} | " + " | ".join(cells) + " |")
+    return [*out, ""]
+
+
 def acceptance_lines(acc: Acceptance | None) -> list[str]:
     if acc is None:
         return ["Acceptance: not judged yet - (a), (b) and (c) need a measured rate in common."]
     ok = "PASS" if acc.passed else "FAIL"
-    return [
+    far = abs(acc.a_attainment - TARGET_ATTAINMENT) > 0.15
+    hint = ["(a) is nowhere near 50% in the sweep: measure more rates "
+            "(`bench/e2e/run.py --rates ...`).", ""] if far else []
+    return [*hint,
         f"Acceptance ({ok}), at rate x{acc.scale:g} where (a) attains "
         f"{acc.a_attainment:.1%} (target about 50%):", "",
         f"- (c) / (a) SLO attainment: **{acc.attainment_ratio:.2f}x** (target >= 2.2x)",
@@ -244,6 +270,8 @@ def section(res: ResultsDir, rows: list[Row], acc: Acceptance | None, plots: boo
         f"{bench.duration_s:.0f} s per rate, lengths `{bench.lengths}`, seed {bench.seed}.", "",
         *[f"- ({c}) {CONFIG[c].name}" for c in CONFIGS], "",
         *table(rows), "", *acceptance_lines(acc), ""]
+    if acc is not None:
+        lines += per_model_lines(rows, acc.scale)
     if notes:
         lines += ["Notes from the runs:", "", *[f"- {n}" for n in notes], ""]
     if plots:

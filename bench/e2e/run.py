@@ -35,7 +35,7 @@ from bench.e2e.deployment import (  # noqa: E402
     say,
     warm_up,
 )
-from bench.e2e.plans import CONFIG, CONFIGS, make_config_plan  # noqa: E402
+from bench.e2e.plans import CONFIG, CONFIGS, as_deployed, make_config_plan  # noqa: E402
 from bench.e2e.results import Deployed, Measured, ResultsDir  # noqa: E402
 from bench.e2e.workload import (  # noqa: E402
     H100_SET,
@@ -46,7 +46,7 @@ from bench.e2e.workload import (  # noqa: E402
     trace_digest,
 )
 from fineserve.planner.planfile import load_plan, save_plan  # noqa: E402
-from fineserve.planner.schema import Plan  # noqa: E402
+from fineserve.planner.schema import KVMode, Plan  # noqa: E402
 from fineserve.replay.client import ReplayConfig, replay  # noqa: E402
 from fineserve.replay.report import write_results  # noqa: E402
 
@@ -94,6 +94,8 @@ def config_plan(res: ResultsDir, bench: BenchSet, cfg: str, cpu: bool) -> Plan:
         from fineserve.testing.tiny_model import tiny_cpu_plan
 
         plan = tiny_cpu_plan({m.name: Path(m.ref) for m in bench.models}, max_batch=4)
+        settings = replace(plan.instance.settings, kv_mode=KVMode.STATIC)  # no pool on CPU
+        plan = replace(plan, instance=replace(plan.instance, settings=settings))
     else:
         from fineserve.profiles.composite import default_latency_model
 
@@ -136,11 +138,16 @@ def run_config(res: ResultsDir, bench: BenchSet, cfg: str, args: argparse.Namesp
     if budget.left() < startup_cost + rate_cost_s(bench, args):
         say(f"{cfg}: not enough budget left to start ({budget.left():.0f} s); deferred")
         return
-    plan = config_plan(res, bench, cfg, args.cpu_smoke)
     dep = deployed_as(cfg, args)
+    base = config_plan(res, bench, cfg, args.cpu_smoke)
+    plan = as_deployed(base, dep.kv_pool)
+    plan_path = res.plan_path(cfg)
+    if plan is not base:  # recorded beside the results; predictions derive the same plan
+        plan_path = res.root / f"plan-{cfg}-static-kv.yaml"
+        save_plan(plan, plan_path)
     work = Path(args.work) / cfg
     dargs = DeployArgs(
-        plan=res.plan_path(cfg), run_dir=work / "run", port=args.port, no_mps=dep.no_mps,
+        plan=plan_path, run_dir=work / "run", port=args.port, no_mps=dep.no_mps,
         cpu=dep.cpu, enforce_eager=dep.enforce_eager, kv_pool=dep.kv_pool,
         policy=dep.policy if deploy_supports("scheduler_policy") else None,
         engine_python=args.engine_python, startup_timeout_s=args.startup_timeout,
@@ -246,11 +253,17 @@ def main(argv: list[str] | None = None) -> None:
             plan = config_plan(res, bench, cfg, args.cpu_smoke)
             say(f"{cfg}: {', '.join(f'{e.engine_id} SM {e.sm_pct}%' for e in plan.engines)}")
         return
+    failed = []
     for cfg in configs:
         try:
             run_config(res, bench, cfg, args, budget)
         except (RuntimeError, OSError) as exc:
-            say(f"{cfg}: FAILED: {exc}")
+            failed.append(cfg)
+            hint = ("; if the KV Slab plugin failed, rerun with --no-kv-pool"
+                    if deployed_as(cfg, args).kv_pool else "")
+            say(f"{cfg}: FAILED: {exc}{hint}")
+    if failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.e2e import run as e2e_run
-from bench.e2e.plans import CONFIG, make_config_plan
+from bench.e2e.plans import CONFIG, as_deployed, make_config_plan
 from bench.e2e.predict import predict_all
 from bench.e2e.report import acceptance, collect
 from bench.e2e.report import main as report_main
@@ -89,6 +89,19 @@ def test_static_split_kv_follows_rate_times_kv_bytes(plans):
     assert max(per_demand.values()) == pytest.approx(min(per_demand.values()), rel=1e-6)
     usable = usable_bytes(plan.cluster.gpus[0].spec, plan.instance.settings.memory_utilization)
     assert sum(e.memory_bytes for e in plan.engines) == pytest.approx(usable, abs=8)
+
+
+def test_pooled_plan_without_the_pool_gets_the_whole_gpu_as_static_partitions(plans):
+    c = plans["c"]
+    static = as_deployed(c, kv_pool=False)
+    assert as_deployed(c, kv_pool=True) is c and as_deployed(plans["b"], False) is plans["b"]
+    assert static.kv_mode is KVMode.STATIC
+    usable = usable_bytes(c.cluster.gpus[0].spec, c.instance.settings.memory_utilization)
+    assert sum(e.memory_bytes for e in static.engines) == pytest.approx(usable, abs=8)
+    floors = {e.engine_id: e.kv_bytes for e in c.engines}
+    extra = {e.engine_id: e.kv_bytes - floors[e.engine_id] for e in static.engines}
+    assert max(extra.values()) - min(extra.values()) <= 1  # an equal share each
+    assert [e.sm_pct for e in static.engines] == [e.sm_pct for e in c.engines]
 
 
 @settings(max_examples=200, deadline=None)
@@ -183,6 +196,8 @@ def test_report_judges_acceptance_and_errors(tmp_path, plans, latency):
     text = doc.read_text()
     assert "| (a) | 0.5 |" in text and "| (c) | 2 |" in text
     assert "Acceptance (" in text and "(c) / (a) SLO attainment" in text
+    assert f"SLO attainment per model at rate x{acc.scale:g}" in text
+    assert "| chat-8b-fp8 |" in text
     report_main(["--out", str(res.root), "--doc", str(doc)])  # rewrites its section only
     assert doc.read_text().count("BEGIN GENERATED") == 1
 
