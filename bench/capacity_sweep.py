@@ -165,13 +165,13 @@ def main() -> None:
     latency = default_latency_model()
     log: list[Point] = []
     t0 = time.perf_counter()
-    load0 = os.getloadavg()[0]
+    load0, commit = os.getloadavg()[0], _commit()
     best = {m: sustained(m, latency, a.duration, a.time_limit, log, opts) for m in methods}
     base = best.get("static") or float("nan")
     lines = ["# Capacity sweep (simulated)", "",
              f"`python bench/capacity_sweep.py --duration {a.duration:g} --time-limit "
              f"{a.time_limit:g} --interference {a.interference} --only {','.join(methods)}` "
-             f"({time.perf_counter() - t0:.0f} s) at commit {_commit()} on {os.cpu_count()} "
+             f"({time.perf_counter() - t0:.0f} s) at commit {commit} on {os.cpu_count()} "
              f"cores, load average {load0:.1f} at the start and {os.getloadavg()[0]:.1f} at "
              "the end. Base load: 120 req/s over 19 models (power "
              "law); scale s multiplies every rate; 32 H100s. Pooled KV simulated with the KV "

@@ -76,6 +76,7 @@ class BuiltModel:
     d: IlpData
     v: PlacementVars
     values: dict = field(default_factory=dict)  # the best solution of the current stage
+    hinted: dict = field(default_factory=dict)  # the last complete hint given (a solution)
 
 
 def build_model(
@@ -133,6 +134,7 @@ def solve_ilp(
     if warm_start is not None:
         hint = _hint_from_plan(bm, warm_start)
         b.hint(hint)
+        bm.hinted = hint
         # what the hint places in the ILP's units: rounding may leave a sliver unplaced
         all_placed = places_all(d, v, hint)
     stages: list[StageReport] = []
@@ -396,7 +398,7 @@ def _stage(bm: BuiltModel, name: str, sense: str, expr, deadline: float, share: 
                                   res.objective if res.has_solution else None)
         bound_now = _tighter(sense, res.bound, known)
         if not (res.has_solution and _meets(sense, res.objective, bound_now)):
-            if hint is None and res.has_solution and focus is not None:
+            if hint is None and focus is not None:
                 res = _lns(bm, res, sense, LNS_SHARE * (end - time.perf_counter()), focus)
             if hint is not None:
                 b.hint(hint)
@@ -417,6 +419,7 @@ def _stage(bm: BuiltModel, name: str, sense: str, expr, deadline: float, share: 
     values = dict(bm.values)
     values[bm.v.U] = _best_u(bm, values)  # U is free until its own stage: hint its best
     b.hint(values)
+    bm.hinted = values
     return res
 
 
@@ -424,14 +427,20 @@ def _lns(bm: BuiltModel, res: SolveResult, sense: str, seconds: float, focus: Fo
          ) -> SolveResult:
     """Large-neighbourhood search from the stage's best solution (CP-SAT only): its best
     becomes the incumbent ``_solve_keep`` compares against."""
-    if not isinstance(bm.b, CpSatBuilder) or seconds < 2 * lns.STEP_S:
+    if not isinstance(bm.b, CpSatBuilder) or seconds < 2 * lns.STEP_S or not (
+            res.has_solution or bm.hinted):
         return res
     st = bm.d.inst.settings
-    out = lns.improve(bm.b.model, bm.d, bm.v, bm.values, res.objective, sense=sense,
+    # no solution yet (the quick solve did not get through presolve): start from the hint
+    start, objective = (bm.values, res.objective) if res.has_solution else (bm.hinted, None)
+    out = lns.improve(bm.b.model, bm.d, bm.v, start, objective, sense=sense,
                       seconds=seconds, focus=focus(bm.d, bm.v), workers=st.num_workers,
                       seed=st.seed, overload=focus is lns.busiest)
+    if out.objective is None:
+        return dataclasses.replace(res, seconds=res.seconds + seconds)
     bm.values = out.values
-    return dataclasses.replace(res, objective=out.objective, seconds=res.seconds + seconds)
+    return dataclasses.replace(res, status="FEASIBLE" if not res.has_solution else res.status,
+                               objective=out.objective, seconds=res.seconds + seconds)
 
 
 def _meets(sense: str, objective: float, bound: float) -> bool:

@@ -32,16 +32,19 @@ Focus = Callable[[dict], set[int]]  # incumbent values -> GPUs worth freeing
 @dataclass(frozen=True, slots=True)
 class LnsResult:
     values: dict  # best solution found (the incumbent if nothing better)
-    objective: float
+    objective: float | None  # its objective; None: no solution known (start not verified)
     steps: int
     improvements: int
 
 
 def improve(model: cp_model.CpModel, d: IlpData, v: PlacementVars, values: dict,
-            objective: float, *, sense: str, seconds: float, focus: Focus,
+            objective: float | None, *, sense: str, seconds: float, focus: Focus,
             workers: int, seed: int = 0, overload: bool = False) -> LnsResult:
     """Improve ``values`` (a solution of ``model`` with objective ``objective``) for
-    ``seconds``. ``model`` carries the stage's objective and is not modified.
+    ``seconds``. ``model`` carries the stage's objective and is not modified. With
+    ``objective`` None, ``values`` is a hint not yet confirmed by the solver: the first
+    solution found replaces it (with ``overload`` it is taken as a solution of U
+    ``values[v.U]``: the stage's hint, feasible by construction).
 
     ``overload`` (the objective is U): U is a maximum over engines, flat while any
     bottleneck engine is left, and several models usually tie at it. So each neighbourhood
@@ -53,13 +56,15 @@ def improve(model: cp_model.CpModel, d: IlpData, v: PlacementVars, values: dict,
     gpus = [g.gpu_id for g in d.gpus]
     size = min(START_GPUS, len(gpus))
     best, best_obj = values, objective
+    if best_obj is None and overload:
+        best_obj = values[v.U]
     steps = improvements = 0
     now = 0  # the incumbent's overload (``overload`` only)
     while time.perf_counter() + 0.05 < end:
         free = _neighbourhood(focus(best), gpus, size, rng)
         sub = _fixed_outside(model, d, v, best, free)
         if overload:
-            target = int(best_obj) - max(1, int(best_obj) // TARGET_STEP)
+            target = int(best_obj) - max(1, int(best_obj) // TARGET_STEP)  # type: ignore[arg-type]
             now = _overload(d, v, best, target)
             _minimise_overload(sub, d, v, best, free, target, int(best_obj))
         solver = cp_model.CpSolver()
@@ -109,7 +114,9 @@ def _minimise_overload(sub: cp_model.CpModel, d: IlpData, v: PlacementVars, valu
     sub.minimize(sum(terms))
 
 
-def _better(sense: str, new: float, old: float) -> bool:
+def _better(sense: str, new: float, old: float | None) -> bool:
+    if old is None:
+        return True
     return new < old - 0.5 if sense == "min" else new > old + 0.5
 
 
