@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from bench.e2e.plans import CONFIG, CONFIGS, as_deployed
@@ -17,7 +17,7 @@ from bench.e2e.results import Deployed, ResultsDir
 from bench.e2e.timeslice import simulate_time_sliced
 from bench.e2e.workload import make_trace, trace_digest
 from fineserve.metrics.kv import kv_summary
-from fineserve.metrics.summary import summarize
+from fineserve.metrics.summary import RequestRecord, summarize
 from fineserve.planner.planfile import load_plan
 from fineserve.profiles.latency import LatencyModel
 from fineserve.scheduler import SchedulerConfig
@@ -25,6 +25,7 @@ from fineserve.sim.cluster import SimOptions, simulate
 from fineserve.sim.interference import InterferenceParams
 
 ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_TIMEOUT_S = 45.0  # run.py --request-timeout
 INTERFERENCE_FIT = ROOT / "bench/results/h100-interference/interference-fit.json"
 
 
@@ -42,6 +43,13 @@ def sim_options(dep: Deployed) -> SimOptions:
                         else InterferenceParams())
     return SimOptions(kv="pooled" if dep.kv_pool else "static", interference=interference,
                       scheduler=SchedulerConfig(policy=dep.policy))
+
+
+def client_view(records: list[RequestRecord], timeout_s: float) -> list[RequestRecord]:
+    """The records as the replay client keeps them: a request still streaming ``timeout_s``
+    after it was sent is cut off - an error whose tokens do not count."""
+    return [replace(r, error="TimeoutError (replay client)", tokens_received=0)
+            if r.ok and r.finished_s - r.sent_s > timeout_s else r for r in records]
 
 
 def predict_one(res: ResultsDir, cfg: str, scale: float, latency: LatencyModel) -> dict:
@@ -62,14 +70,16 @@ def predict_one(res: ResultsDir, cfg: str, scale: float, latency: LatencyModel) 
     # throughput over the same seconds as the measurement (the replay's wall time)
     duration = (float(measured.summary.get("duration_s") or trace.duration_s)
                 if measured is not None else trace.duration_s)
-    summary = summarize(result.records, {m.name: m.slo for m in plan.models}, duration,
-                        "simulate")
+    timeout = measured.request_timeout_s if measured is not None else DEFAULT_TIMEOUT_S
+    summary = summarize(client_view(result.records, timeout),
+                        {m.name: m.slo for m in plan.models}, duration, "simulate")
     kv = {g: {k: v for k, v in s.items() if k != "series"}
           for g, s in kv_summary(result.kv_samples).items()}
     out = {"config": cfg, "rate_scale": scale, "trace_digest": digest, "summary": summary,
            "kv_per_gpu": kv, "deployed": asdict(dep),
            "sharing": "time-sliced" if sliced else "mps" if not dep.cpu else "cpu",
-           "interference": None if opts.interference is None else opts.interference.source}
+           "interference": None if opts.interference is None else opts.interference.source,
+           "request_timeout_s": timeout}
     res.predicted_path(cfg, scale).write_text(json.dumps(out, indent=1))
     return out
 

@@ -147,8 +147,9 @@ def run_config(res: ResultsDir, bench: BenchSet, cfg: str, args: argparse.Namesp
         save_plan(plan, plan_path)
     work = Path(args.work) / cfg
     dargs = DeployArgs(
-        plan=plan_path, run_dir=work / "run", port=args.port, no_mps=dep.no_mps,
-        cpu=dep.cpu, enforce_eager=dep.enforce_eager, kv_pool=dep.kv_pool,
+        plan=plan_path, run_dir=work / ("run-pool" if dep.kv_pool else "run"),
+        port=args.port, no_mps=dep.no_mps, cpu=dep.cpu, enforce_eager=dep.enforce_eager,
+        kv_pool=dep.kv_pool,
         policy=dep.policy if deploy_supports("scheduler_policy") else None,
         engine_python=args.engine_python, startup_timeout_s=args.startup_timeout,
         max_model_len=bench.max_model_len,
@@ -157,7 +158,16 @@ def run_config(res: ResultsDir, bench: BenchSet, cfg: str, args: argparse.Namesp
         f"rates {', '.join(f'{s:g}' for s in pending)} pending")
     proc = DeployProcess(dargs, cfg)
     try:
-        startup = proc.wait_serving(args.startup_timeout + 60)
+        try:
+            startup = proc.wait_serving(args.startup_timeout + 60)
+        except RuntimeError as exc:
+            if not (dep.kv_pool and args.kv_pool_fallback):
+                raise
+            say(f"{cfg}: FAILED with the KV Slab pool ({exc}); falling back to static KV")
+            proc.stop()
+            args.no_kv_pool = True  # this call's remaining work runs without the pool
+            run_config(res, bench, cfg, args, budget)
+            return
         say(f"{cfg}: serving after {startup:.0f} s; warming up")
         warm_up(proc.url, [m.name for m in plan.models if plan.engines_of(m.name)])
         for scale in pending:
@@ -188,8 +198,8 @@ def measure_rate(res: ResultsDir, bench: BenchSet, plan: Plan, cfg: str, scale: 
     notes = () if drained else ("engines still busy 30 s after the replay ended",)
     if not deploy_supports("scheduler_policy"):
         notes += ("deploy has no --scheduler-policy: the gateway ran its default policy",)
-    m = Measured(cfg, scale, trace_digest(trace), dep, summary, kv, device_name(), startup,
-                 time.monotonic() - t0, notes)
+    m = Measured(cfg, scale, trace_digest(trace), dep, summary, kv, args.request_timeout,
+                 device_name(), startup, time.monotonic() - t0, notes)
     res.save_measured(m)
     o = summary["overall"]
     say(f"{cfg} x{scale:g}: SLO {o.get('slo_attainment', 0):.3f}, goodput "
@@ -220,6 +230,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
     ap.add_argument("--no-kv-pool", action="store_true",
                     help="(c) with static KV: if the KV Slab plugin fails on the GPU")
+    ap.add_argument("--kv-pool-fallback", action=argparse.BooleanOptionalAction, default=True,
+                    help="if (c) does not start with the KV Slab pool, redeploy it with static "
+                         "KV in the same call (the result files record which ran)")
     ap.add_argument("--plan-only", action="store_true", help="write bench.json and plans only")
     ap.add_argument("--budget-s", type=float, default=530.0,
                     help="wall seconds of this call; rates that would not fit are deferred")

@@ -14,14 +14,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.e2e import run as e2e_run
+from bench.e2e.deployment import DeployArgs
 from bench.e2e.plans import CONFIG, as_deployed, make_config_plan
-from bench.e2e.predict import predict_all
+from bench.e2e.predict import client_view, predict_all
 from bench.e2e.report import acceptance, collect
 from bench.e2e.report import main as report_main
 from bench.e2e.results import Deployed, Measured, ResultsDir
 from bench.e2e.timeslice import TimeSliceShare, simulate_time_sliced
 from bench.e2e.workload import H100_SET, make_trace, trace_digest
-from fineserve.metrics.summary import summarize
+from fineserve.metrics.summary import RequestRecord, summarize
 from fineserve.planner.options import usable_bytes
 from fineserve.planner.planfile import save_plan
 from fineserve.planner.schema import KVMode
@@ -216,7 +217,7 @@ def _args(tmp_path: Path, **kw) -> argparse.Namespace:
     base = dict(configs="a", out=tmp_path / "res", quick=False, cpu_smoke=False,
                 enforce_eager=False, no_kv_pool=False, plan_only=False, budget_s=500.0,
                 request_timeout=45.0, startup_timeout=300.0, engine_python="", port=8000,
-                work=str(tmp_path / "work"), only_scales=())
+                work=str(tmp_path / "work"), only_scales=(), kv_pool_fallback=True)
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -236,6 +237,52 @@ def test_rerun_skips_measured_rates_and_defers_what_the_budget_cannot_hold(
     e2e_run.run_config(res, SMALL, "a", args, e2e_run.Budget(500.0))  # all measured
     e2e_run.run_config(res, SMALL, "b", args, e2e_run.Budget(30.0))  # cannot start in 30 s
     assert not res.measured_path("b", 0.5).exists()
+
+
+class _PoolFailsDeploy:
+    """Stands in for `fineserve deploy` in run_config's unit test: fails with the pool."""
+
+    started: list[DeployArgs] = []
+
+    def __init__(self, args: DeployArgs, label: str) -> None:
+        self.args, self.url = args, "http://127.0.0.1:1"
+        _PoolFailsDeploy.started.append(args)
+
+    def wait_serving(self, timeout_s: float) -> float:
+        if self.args.kv_pool:
+            raise RuntimeError("engine exited 1: KV Slab plugin failed")
+        return 1.0
+
+    def stop(self) -> None:
+        pass
+
+
+def test_c_falls_back_to_static_kv_when_the_pool_does_not_start(tmp_path, plans, monkeypatch):
+    measured = []
+    monkeypatch.setattr(e2e_run, "DeployProcess", _PoolFailsDeploy)
+    monkeypatch.setattr(e2e_run, "warm_up", lambda url, models: None)
+    monkeypatch.setattr(e2e_run, "measure_rate", lambda res, bench, plan, cfg, scale, dep,
+                        proc, startup, args: measured.append((scale, dep.kv_pool, plan)))
+    _PoolFailsDeploy.started = []
+    res = _results(tmp_path, plans)
+    e2e_run.run_config(res, SMALL, "c", _args(tmp_path, configs="c"), e2e_run.Budget(500.0))
+    assert [a.kv_pool for a in _PoolFailsDeploy.started] == [True, False]
+    assert _PoolFailsDeploy.started[1].plan.name == "plan-c-static-kv.yaml"
+    assert [(s, pool) for s, pool, _ in measured] == [(0.5, False), (2.0, False)]
+    assert measured[0][2].kv_mode is KVMode.STATIC
+    with pytest.raises(RuntimeError, match="KV Slab"):  # without the fallback: the error
+        e2e_run.run_config(res, SMALL, "c", _args(tmp_path, configs="c",
+                                                  kv_pool_fallback=False),
+                           e2e_run.Budget(500.0))
+
+
+def test_prediction_cuts_off_requests_the_client_gave_up_on():
+    done = RequestRecord(0, "m", 0.0, 0.0, 10, 5, status=200, first_token_s=1.0,
+                         finished_s=10.0, tokens_received=5)
+    late = replace(done, index=1, finished_s=50.0)
+    kept, cut = client_view([done, late], 45.0)
+    assert kept is done and kept.ok
+    assert not cut.ok and cut.tokens_received == 0 and "Timeout" in cut.error
 
 
 def test_results_directory_keeps_one_workload_and_gains_rates(tmp_path):
