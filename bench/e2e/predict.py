@@ -25,7 +25,7 @@ from fineserve.sim.cluster import SimOptions, simulate
 from fineserve.sim.interference import InterferenceParams
 
 ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_TIMEOUT_S = 45.0  # run.py --request-timeout
+DEFAULT_TIMEOUT_S = 30.0  # run.py --request-timeout
 INTERFERENCE_FIT = ROOT / "bench/results/h100-interference/interference-fit.json"
 
 

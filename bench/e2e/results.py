@@ -36,7 +36,7 @@ class Measured:
     deployed: Deployed
     summary: dict  # fineserve replay summary (fineserve.metrics.summary.summarize)
     kv: dict[str, dict[str, float]]  # engine id -> {mean, p99, max, samples} of KV usage
-    request_timeout_s: float = 45.0  # the replay client gave up on a request after this
+    request_timeout_s: float = 30.0  # the replay client gave up on a request after this
     device: str = ""
     startup_s: float = 0.0
     wall_s: float = 0.0

@@ -51,6 +51,7 @@ from fineserve.replay.client import ReplayConfig, replay  # noqa: E402
 from fineserve.replay.report import write_results  # noqa: E402
 
 GATEWAY_DEFAULT_POLICY = "adaptive"  # what the gateway runs when deploy cannot choose
+DRAIN_S = 20.0  # after a rate, wait at most this long for the engines to go idle
 
 
 def quick_set(bench: BenchSet) -> BenchSet:
@@ -123,8 +124,9 @@ class Budget:
 
 
 def rate_cost_s(bench: BenchSet, args: argparse.Namespace) -> float:
-    """Expected seconds of one rate: the trace, the tail of requests, the drain."""
-    return bench.duration_s + min(args.request_timeout, 30.0) + 10.0
+    """Longest one rate can take: the trace, the client's timeout for the last requests,
+    the drain."""
+    return bench.duration_s + args.request_timeout + DRAIN_S
 
 
 def run_config(res: ResultsDir, bench: BenchSet, cfg: str, args: argparse.Namespace,
@@ -192,10 +194,10 @@ def measure_rate(res: ResultsDir, bench: BenchSet, plan: Plan, cfg: str, scale: 
                               prompt_mode="text" if dep.cpu else "tokens")
     records, wall = replay(trace, cfg_replay)
     kv = sampler.stop()
-    drained = drain(engines, 30.0)
+    drained = drain(engines, DRAIN_S)
     slos = {m.name: m.slo for m in plan.models}
     summary = write_results(Path(args.work) / cfg / rate_tag(scale), records, slos, wall)
-    notes = () if drained else ("engines still busy 30 s after the replay ended",)
+    notes = () if drained else (f"engines still busy {DRAIN_S:.0f} s after a replay ended",)
     if not deploy_supports("scheduler_policy"):
         notes += ("deploy has no --scheduler-policy: the gateway ran its default policy",)
     m = Measured(cfg, scale, trace_digest(trace), dep, summary, kv, args.request_timeout,
@@ -236,7 +238,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--plan-only", action="store_true", help="write bench.json and plans only")
     ap.add_argument("--budget-s", type=float, default=530.0,
                     help="wall seconds of this call; rates that would not fit are deferred")
-    ap.add_argument("--request-timeout", type=float, default=45.0,
+    ap.add_argument("--request-timeout", type=float, default=30.0,
                     help="seconds per request before the replay gives up on it")
     ap.add_argument("--startup-timeout", type=float, default=300.0)
     ap.add_argument("--engine-python", default="")

@@ -216,7 +216,7 @@ def test_a_prediction_refuses_a_different_trace(tmp_path, plans, latency):
 def _args(tmp_path: Path, **kw) -> argparse.Namespace:
     base = dict(configs="a", out=tmp_path / "res", quick=False, cpu_smoke=False,
                 enforce_eager=False, no_kv_pool=False, plan_only=False, budget_s=500.0,
-                request_timeout=45.0, startup_timeout=300.0, engine_python="", port=8000,
+                request_timeout=30.0, startup_timeout=300.0, engine_python="", port=8000,
                 work=str(tmp_path / "work"), only_scales=(), kv_pool_fallback=True)
     return argparse.Namespace(**{**base, **kw})
 
