@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from bench.e2e.workload import BenchSet, instance
-from fineserve.planner.api import make_plan
 from fineserve.planner.options import usable_bytes
 from fineserve.planner.schema import EnginePlacement, Instance, KVMode, Plan, hand_plan
 from fineserve.profiles.latency import LatencyModel
@@ -109,6 +108,10 @@ def as_deployed(plan: Plan, kv_pool: bool) -> Plan:
 def make_config_plan(bench: BenchSet, key: str, latency: LatencyModel,
                      time_limit_s: float = 20.0) -> Plan:
     """The plan of configuration ``key`` (a, b or c) for ``bench`` on one GPU."""
+    # the solvers load here, not at import: the GPU host deploys committed plans and may
+    # lack OR-Tools
+    from fineserve.planner.api import make_plan
+
     if key == "a":
         return static_split(instance(bench, KVMode.STATIC))
     if key == "b":
