@@ -5,7 +5,8 @@
     today with several vLLM servers on one GPU.
 (b) ``muxserve``: the planner's MuxServe-style greedy (least SM share covering each model's
     planned load), then the GPU's spare SMs and memory spread over the engines in proportion
-    (``fill_gpu``): MPS SM shares and static KV partitions that use the whole GPU, no pool.
+    (``fill_gpu``): MPS SM shares and static KV partitions that use the whole GPU, no pool,
+    the same batch cap as (a).
 (c) ``fineserve``: the ILP with pooled KV (KV Slab), deployed with the gateway's adaptive
     local scheduler.
 """
@@ -41,7 +42,7 @@ CONFIG = {
                 policy="adaptive"),
 }
 
-STATIC_MAX_BATCH = 128  # (a): a fixed vLLM batch cap, not a planned one
+STATIC_MAX_BATCH = 128  # (a) and (b): a fixed vLLM batch cap, not a planned one
 
 
 def static_split(inst: Instance) -> Plan:
@@ -69,14 +70,15 @@ def static_split(inst: Instance) -> Plan:
 
 def fill_gpu(plan: Plan) -> Plan:
     """Scale every engine's SM share to fill 100% of its GPU and its static KV to fill the
-    usable memory, in proportion to what the plan gave it (a one-GPU plan)."""
+    usable memory, in proportion to what the plan gave it (a one-GPU plan); the batch cap is
+    vLLM's as in (a): MuxServe places models, it does not cap their batches."""
     s = plan.instance.settings
     gpu = plan.cluster.gpus[0]
     on = plan.engines_on(gpu.gpu_id)
     sm = sum(e.sm_pct for e in on)
     spare = usable_bytes(gpu.spec, s.memory_utilization) - sum(e.memory_bytes for e in on)
     kv = sum(e.kv_bytes for e in on)
-    engines = tuple(replace(e, sm_pct=max(1, e.sm_pct * 100 // sm),
+    engines = tuple(replace(e, sm_pct=max(1, e.sm_pct * 100 // sm), max_batch=STATIC_MAX_BATCH,
                             kv_bytes=e.kv_bytes + max(0, spare) * e.kv_bytes // max(1, kv))
                     for e in on)
     # shares off the planner's SM levels: MPS takes any percentage, the simulator interpolates

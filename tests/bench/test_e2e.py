@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from bench.e2e import run as e2e_run
 from bench.e2e.deployment import DeployArgs
-from bench.e2e.plans import CONFIG, as_deployed, make_config_plan
+from bench.e2e.plans import CONFIG, STATIC_MAX_BATCH, as_deployed, make_config_plan
 from bench.e2e.predict import client_view, predict_all
 from bench.e2e.report import acceptance, collect
 from bench.e2e.report import main as report_main
@@ -76,6 +76,7 @@ def test_plans_place_every_model_on_one_gpu(plans):
     assert plans["c"].kv_mode is KVMode.POOLED
     assert sum(e.sm_pct for e in plans["b"].engines) <= 100
     assert sum(e.sm_pct for e in plans["b"].engines) >= 90  # spare SMs handed out
+    assert {e.max_batch for e in plans["b"].engines} == {STATIC_MAX_BATCH}
     assert sum(e.sm_pct for e in plans["c"].engines) <= 100
     assert CONFIG["a"].no_mps and not CONFIG["b"].no_mps and CONFIG["c"].kv_pool
 
