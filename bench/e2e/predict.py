@@ -88,12 +88,11 @@ def predict_all(res: ResultsDir, configs: tuple[str, ...], latency: LatencyModel
                 force: bool = False) -> list[Path]:
     """Predict every (config, rate) whose plan exists; skip existing predictions unless
     ``force`` or the measurement is newer."""
-    bench = res.load_bench()
     written = []
     for cfg in configs:
         if not res.plan_path(cfg).is_file():
             continue
-        for scale in bench.rate_scales:
+        for scale in res.scales():
             p, m = res.predicted_path(cfg, scale), res.measured_path(cfg, scale)
             stale = p.is_file() and m.is_file() and m.stat().st_mtime > p.stat().st_mtime
             if p.is_file() and not force and not stale:

@@ -109,7 +109,7 @@ def collect(res: ResultsDir) -> list[Row]:
         if not res.plan_path(cfg).is_file():
             continue
         plan = load_plan(res.plan_path(cfg))
-        for scale in bench.rate_scales:
+        for scale in res.scales():
             m = res.measured(cfg, scale)
             deployed = plan if m is None else as_deployed(plan, m.deployed.kv_pool)
             weights = {e.engine_id: e.kv_bytes for e in deployed.engines}

@@ -82,6 +82,12 @@ class ResultsDir:
         d["rate_scales"] = tuple(d["rate_scales"])
         return BenchSet(**d)
 
+    def scales(self) -> tuple[float, ...]:
+        """The sweep: bench.json's rates and every rate a result file holds (a call with
+        --rates adds some without the development machine's bench.json knowing)."""
+        found = {json.loads(p.read_text())["rate_scale"] for p in self.root.glob("[abc]-r*.json")}
+        return tuple(sorted(set(self.load_bench().rate_scales) | found))
+
     def measured(self, cfg: str, scale: float) -> Measured | None:
         p = self.measured_path(cfg, scale)
         return Measured.from_json(p.read_text()) if p.is_file() else None

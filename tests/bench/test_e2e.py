@@ -204,6 +204,20 @@ def test_report_judges_acceptance_and_errors(tmp_path, plans, latency):
     assert doc.read_text().count("BEGIN GENERATED") == 1
 
 
+def test_rates_measured_elsewhere_join_the_sweep(tmp_path, plans, latency):
+    res = _results(tmp_path, plans)
+    predict_all(res, ("a",), latency)
+    _fake_measured(res, "a", 2.0, 1.0)
+    m = res.measured("a", 2.0)
+    # a GPU call with --rates 1.5 wrote a file; this machine's bench.json never heard of it
+    res.save_measured(replace(m, rate_scale=1.5, trace_digest=trace_digest(
+        make_trace(SMALL, 1.5))))
+    assert res.scales() == (0.5, 1.5, 2.0)
+    predict_all(res, ("a",), latency)
+    assert res.predicted_path("a", 1.5).is_file()
+    assert [r.scale for r in collect(res) if r.config == "a"] == [0.5, 1.5, 2.0]
+
+
 def test_a_prediction_refuses_a_different_trace(tmp_path, plans, latency):
     res = _results(tmp_path, plans)
     predict_all(res, ("a",), latency)
