@@ -7,14 +7,20 @@ verifies it against the vLLM 0.26.0 source tree without a GPU (``ast``). A misma
 
 Read from vLLM 0.26.0 (paths relative to the ``vllm`` package):
 - ``v1/worker/gpu_worker.py``: ``Worker.initialize_from_config(self, kv_cache_config)``.
-- ``v1/worker/gpu_model_runner.py``: the V1 runner - the default for dense models such as
-  Llama in 0.26 (``VllmConfig.use_v2_model_runner`` is true only for the architectures in
-  ``DEFAULT_V2_MODEL_RUNNER_ARCHITECTURES`` or with ``VLLM_USE_V2_MODEL_RUNNER=1``) -
-  allocates in ``GPUModelRunner._allocate_kv_cache_tensors(self, kv_cache_config)``.
-- ``v1/worker/gpu/attn_utils.py``: Model Runner V2 allocates in the module function
+- ``v1/worker/gpu_model_runner.py``: the V1 runner (MoE models, or
+  ``VLLM_USE_V2_MODEL_RUNNER=0``) allocates in
+  ``GPUModelRunner._allocate_kv_cache_tensors(self, kv_cache_config)``.
+- ``v1/worker/gpu/attn_utils.py``: Model Runner V2 - 0.26's default for every dense
+  generative model, Llama included (``VllmConfig._is_default_v2_model_runner_model``: the
+  listed architectures *or* ``not is_moe``) - allocates in the module function
   ``_allocate_kv_cache(kv_cache_config, shared_layers, device)``, looked up at call time by
   ``init_kv_cache``; it must return every ``shared_by`` layer (``shared_layers`` are the
   KV-sharing layers, aliased later).
+- ``v1/worker/gpu/warmup.py``: ``warmup_kernels(model_runner, worker_execute_model,
+  worker_sample_tokens)``, called by ``Worker.compile_or_warm_up_model`` through the name
+  ``gpu_worker`` imported, runs real steps on block ids ``1 ..`` up to
+  ``kv_cache_config.num_blocks`` (the virtual maximum) without asking the scheduler: on
+  unmapped slabs that is an illegal memory access (the first H100 run with V2 died so).
 - ``v1/core/block_pool.py``, ``v1/core/kv_cache_utils.py``: ``BlockPool`` (``blocks``,
   ``free_block_queue``, ``null_block``, ``_maybe_evict_cached_block``), the doubly linked
   ``FreeKVCacheBlockQueue`` (``remove``, ``append_n``, ``num_free_blocks``) and
@@ -40,6 +46,7 @@ class Hook:
     name: str
     params: tuple[str, ...]
     exact: bool = False  # all parameters, not just a prefix (the wrapper names them all)
+    imported_by: tuple[str, ...] = ()  # modules that bind the function by name: patched too
 
     @property
     def where(self) -> str:
@@ -52,6 +59,9 @@ V1_ALLOCATE = Hook("vllm.v1.worker.gpu_model_runner", "GPUModelRunner",
                    "_allocate_kv_cache_tensors", ("self", "kv_cache_config"), exact=True)
 V2_ALLOCATE = Hook("vllm.v1.worker.gpu.attn_utils", "", "_allocate_kv_cache",
                    ("kv_cache_config", "shared_layers", "device"), exact=True)
+V2_WARMUP = Hook("vllm.v1.worker.gpu.warmup", "", "warmup_kernels",
+                 ("model_runner", "worker_execute_model", "worker_sample_tokens"), exact=True,
+                 imported_by=("vllm.v1.worker.gpu_worker",))
 POOL_INIT = Hook("vllm.v1.core.block_pool", "BlockPool", "__init__",
                  ("self", "num_gpu_blocks", "enable_caching", "hash_block_size"))
 POOL_FREE = Hook("vllm.v1.core.block_pool", "BlockPool", "free_blocks",
@@ -63,7 +73,7 @@ SCHEDULE = Hook("vllm.v1.core.sched.scheduler", "Scheduler", "schedule", ("self"
 UPDATE = Hook("vllm.v1.core.sched.scheduler", "Scheduler", "update_from_output",
               ("self", "scheduler_output", "model_runner_output"), exact=True)
 
-HOOKS = (WORKER_INIT, V1_ALLOCATE, V2_ALLOCATE, POOL_INIT, POOL_FREE, POOL_USAGE,
+HOOKS = (WORKER_INIT, V1_ALLOCATE, V2_ALLOCATE, V2_WARMUP, POOL_INIT, POOL_FREE, POOL_USAGE,
          ALLOCATE_SLOTS, SCHEDULE, UPDATE)
 
 # (module, class, attributes) the plugin reads or calls besides the hooks

@@ -8,9 +8,11 @@ parameters they are checked against; docs/kv-slab.md):
 worker side
   ``Worker.initialize_from_config``     remember the VllmConfig
   ``GPUModelRunner._allocate_kv_cache_tensors`` (V1 runner, 0.26's default for Llama) and
-  ``attn_utils._allocate_kv_cache``     (Model Runner V2): reserve one virtual range per KV
-                                        tensor, map slab 0 + the floor, return int8 tensors
-                                        over the ranges (vLLM's reshape/bind code unchanged)
+  ``attn_utils._allocate_kv_cache``     (Model Runner V2, 0.26's default for dense models):
+                                        reserve one virtual range per KV tensor, map slab 0 +
+                                        the floor, return int8 tensors over the ranges
+                                        (vLLM's reshape/bind code unchanged)
+  ``warmup.warmup_kernels``             (V2) run vLLM's warm-up over the mapped blocks only
 scheduler side
   ``BlockPool.__init__``                park the blocks of unmapped slabs, start the engine
   ``BlockPool.free_blocks``             park freed blocks of draining slabs
@@ -46,6 +48,7 @@ from fineserve.runtime.kvslab.hooks import (
     UPDATE,
     V1_ALLOCATE,
     V2_ALLOCATE,
+    V2_WARMUP,
     WORKER_INIT,
     Hook,
     signature_problem,
@@ -94,9 +97,12 @@ def register() -> None:
                                 f"{vllm.__version__}", hint="unset FINESERVE_KVSLAB")
     owners = {h: _resolve(h) for h in HOOKS}  # raises before anything is patched
     _check_not_overridden()
+    importers = {h: _importers(h, owners[h]) for h in HOOKS}
     _STATE.settings = settings
     for hook, make in _makers().items():
-        _wrap(owners[hook], hook.name, hook.params, make, exact=hook.exact)
+        new = _wrap(owners[hook], hook.name, hook.params, make, exact=hook.exact)
+        for mod in importers[hook]:
+            setattr(mod, hook.name, new)
 
 
 # -- signature self-test ---------------------------------------------------------------------
@@ -115,6 +121,20 @@ def _resolve(hook: Hook) -> Any:
                                 hint="unset FINESERVE_KVSLAB")
     _require(owner, hook.name, hook.params, exact=hook.exact)
     return owner
+
+
+def _importers(hook: Hook, owner: Any) -> list[Any]:
+    """The modules of ``hook.imported_by``; each must bind the very function we patch."""
+    import importlib
+
+    out = []
+    for name in hook.imported_by:
+        mod = importlib.import_module(name)
+        if getattr(mod, hook.name, None) is not getattr(owner, hook.name):
+            raise UnsupportedEngine(f"vLLM internals changed: {name}.{hook.name} is not "
+                                    f"{hook.where}", hint="unset FINESERVE_KVSLAB")
+        out.append(mod)
+    return out
 
 
 def _check_not_overridden() -> None:
@@ -145,19 +165,21 @@ def _require(owner: Any, name: str, params: tuple[str, ...], exact: bool = False
 
 
 def _wrap(owner: Any, name: str, params: tuple[str, ...], make: Any,
-          exact: bool = False) -> None:
+          exact: bool = False) -> Any:
+    """Patch ``owner.name`` with ``make(orig)`` once per process; return what is installed."""
     orig = _require(owner, name, params, exact)
     if getattr(orig, "_fineserve_kvslab", False):
-        return  # already patched in this process
+        return orig  # already patched in this process
     new = functools.wraps(orig)(make(orig))
     new._fineserve_kvslab = True
     setattr(owner, name, new)
+    return new
 
 
 def _makers() -> dict[Hook, Any]:
     """hook -> ``make(orig) -> replacement``."""
     return {WORKER_INIT: _init_from_config, V1_ALLOCATE: _v1_allocate,
-            V2_ALLOCATE: _v2_allocate, **_scheduler_makers()}
+            V2_ALLOCATE: _v2_allocate, V2_WARMUP: _v2_warmup, **_scheduler_makers()}
 
 
 # -- worker side ------------------------------------------------------------------------------
@@ -180,6 +202,36 @@ def _v2_allocate(orig: Any) -> Any:
     ``shared_layers`` need no tensor of their own (vLLM aliases them to their target)."""
     def f(kv_cache_config: Any, shared_layers: Any, device: Any) -> dict[str, Any]:
         return _allocate(kv_cache_config, device)
+    return f
+
+
+def warmup_blocks(total_blocks: int, online_slabs: int, blocks_per_slab: int) -> int | None:
+    """The block count V2's warm-up may see: the mapped blocks, or None if all are mapped."""
+    mapped = online_slabs * blocks_per_slab
+    return None if mapped >= total_blocks else mapped
+
+
+def _v2_warmup(orig: Any) -> Any:
+    """``warmup.warmup_kernels(model_runner, ...)`` (V2 runner).
+
+    vLLM's warm-up hands block ids ``1 .. min(max_num_seqs, num_blocks - 1)`` straight to the
+    runner, bypassing the block pool: past the floor those ids are unmapped (the first H100
+    run died with an illegal address in FlashAttention-3). It sizes its batch from
+    ``model_runner.kv_cache_config.num_blocks``, so it runs with that set to the mapped blocks
+    (fewer warm-up requests; the kernels compiled are the same) and restored after.
+    """
+    def f(model_runner: Any, worker_execute_model: Any, worker_sample_tokens: Any) -> Any:
+        lay, cfg = _STATE.layout, model_runner.kv_cache_config
+        cap = None if lay is None else warmup_blocks(cfg.num_blocks, _STATE.online,
+                                                      lay.blocks_per_slab)
+        if cap is None:
+            return orig(model_runner, worker_execute_model, worker_sample_tokens)
+        full, cfg.num_blocks = cfg.num_blocks, cap
+        log.info("KV Slab: V2 warm-up over the %d mapped blocks of %d", cap, full)
+        try:
+            return orig(model_runner, worker_execute_model, worker_sample_tokens)
+        finally:
+            cfg.num_blocks = full
     return f
 
 

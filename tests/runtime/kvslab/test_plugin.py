@@ -104,7 +104,7 @@ def test_ledger_lease_joins_with_its_floor_and_publishes_demand(tmp_path):
         other.join(EngineRegistration("b", 2, 131072, 64 << 20, 9, 10), 9, wait_s=0)
 
 
-def _fake_vllm(root, hooks, version="0.26.0"):
+def _fake_vllm(root, hooks, version="0.26.0", bind_importers=True):
     """A stand-in ``vllm`` package holding exactly the hooked functions (tests register())."""
     from collections import defaultdict
 
@@ -118,6 +118,8 @@ def _fake_vllm(root, hooks, version="0.26.0"):
             classes[h.module, h.owner].append(fn.replace("\n", "\n    "))
         else:
             files[h.module].append(fn)
+        for importer in h.imported_by if bind_importers else ():
+            files[importer].append(f"from {h.module} import {h.name}\n")
     for (module, cls), methods in classes.items():
         files[module].append(f"class {cls}:\n    " + "\n    ".join(methods))
     for module, cls, _ in NOT_OVERRIDDEN:
@@ -155,6 +157,23 @@ def test_register_patches_every_hook_of_a_matching_vllm(fake_vllm):
         mod = importlib.import_module(h.module)
         fn = getattr(getattr(mod, h.owner) if h.owner else mod, h.name)
         assert getattr(fn, "_fineserve_kvslab", False), h.where
+        for importer in h.imported_by:  # the name gpu_worker calls is the patched one
+            assert getattr(importlib.import_module(importer), h.name) is fn, importer
+
+
+def test_register_refuses_an_importer_bound_to_another_function(fake_vllm):
+    import importlib
+
+    from fineserve.runtime.kvslab.hooks import HOOKS, V2_WARMUP
+
+    _fake_vllm(fake_vllm, HOOKS, bind_importers=False)
+    for importer in V2_WARMUP.imported_by:
+        path = fake_vllm.joinpath(*importer.split(".")).with_suffix(".py")
+        path.write_text(path.read_text() + "\ndef warmup_kernels(a, b, c):\n    return 1\n")
+    with pytest.raises(UnsupportedEngine, match="gpu_worker.warmup_kernels is not"):
+        plugin.register()
+    fn = importlib.import_module(V2_WARMUP.module).warmup_kernels
+    assert not getattr(fn, "_fineserve_kvslab", False)
 
 
 def test_register_refuses_a_changed_signature_before_patching_anything(fake_vllm):
@@ -179,3 +198,43 @@ def test_register_refuses_another_vllm_version(fake_vllm):
     _fake_vllm(fake_vllm, HOOKS, version="0.32.0")
     with pytest.raises(UnsupportedEngine, match="supports vLLM 0.26.0 only"):
         plugin.register()
+
+
+class _Cfg:
+    def __init__(self, num_blocks):
+        self.num_blocks = num_blocks
+
+
+class _Runner:
+    def __init__(self, num_blocks):
+        self.kv_cache_config = _Cfg(num_blocks)
+
+
+@pytest.mark.parametrize("total, online, per_slab, want", [
+    (1024, 2, 32, 64), (1024, 32, 32, None), (64, 3, 32, None)])
+def test_warmup_blocks_is_the_mapped_count_or_none(total, online, per_slab, want):
+    assert plugin.warmup_blocks(total, online, per_slab) == want
+
+
+def test_v2_warmup_sees_only_the_mapped_blocks_and_the_count_is_restored(monkeypatch):
+    from fineserve.runtime.kvslab.layout import KvLayout
+
+    lay = KvLayout(num_layers=32, page_bytes=65536, planes=1, num_blocks=10240, block_size=16)
+    monkeypatch.setattr(plugin, "_STATE", plugin._State(layout=lay, online=3))
+    seen = []
+
+    def orig(runner, execute, sample):
+        seen.append(runner.kv_cache_config.num_blocks)
+        raise RuntimeError("warm-up failed")  # restored even so
+
+    runner = _Runner(10240)
+    with pytest.raises(RuntimeError, match="warm-up failed"):
+        plugin._v2_warmup(orig)(runner, None, None)
+    assert seen == [3 * lay.blocks_per_slab] and runner.kv_cache_config.num_blocks == 10240
+
+
+def test_v2_warmup_is_untouched_without_a_slab_layout(monkeypatch):
+    monkeypatch.setattr(plugin, "_STATE", plugin._State())
+    runner = _Runner(10240)
+    got = plugin._v2_warmup(lambda r, e, s: r.kv_cache_config.num_blocks)(runner, None, None)
+    assert got == 10240

@@ -18,6 +18,7 @@ from fineserve.runtime.kvslab.hooks import (
     NOT_OVERRIDDEN,
     V1_ALLOCATE,
     V2_ALLOCATE,
+    V2_WARMUP,
     signature_problem,
 )
 from fineserve.runtime.kvslab.settings import SUPPORTED_VLLM
@@ -106,12 +107,33 @@ def test_the_runners_call_the_hooked_allocators_at_call_time():
     assert any(isinstance(f, ast.Attribute) and f.attr == V1_ALLOCATE.name for f in calls1)
 
 
-def test_llama_runs_on_the_v1_runner_by_default():
-    """Why both allocators are hooked: 0.26 picks V2 only for a short architecture list."""
+def test_dense_models_such_as_llama_default_to_the_v2_runner():
+    """Why the V2 hooks matter: 0.26 picks V2 for the listed architectures *or* any non-MoE."""
     tree = _tree("vllm.config.vllm")
-    lists = [n for n in ast.walk(tree) if isinstance(n, ast.Assign)
-             and any(isinstance(t, ast.Name) and t.id == "DEFAULT_V2_MODEL_RUNNER_ARCHITECTURES"
-                     for t in n.targets)]
-    assert lists
-    names = {c.value for c in ast.walk(lists[0].value) if isinstance(c, ast.Constant)}
-    assert "LlamaForCausalLM" not in names and names
+    cls = _class("vllm.config.vllm", "VllmConfig")
+    fn = _function(cls.body, "_is_default_v2_model_runner_model")
+    assert fn is not None
+    src = ast.unparse(fn)
+    assert "DEFAULT_V2_MODEL_RUNNER_ARCHITECTURES" in src and "not model_config.is_moe" in src
+    assert any(isinstance(n, ast.Assign) and any(
+        isinstance(t, ast.Name) and t.id == "DEFAULT_V2_MODEL_RUNNER_ARCHITECTURES"
+        for t in n.targets) for n in ast.walk(tree))
+
+
+def test_the_worker_calls_the_v2_warmup_through_the_name_it_imported():
+    """The plugin patches ``gpu_worker.warmup_kernels`` too: that binding is what runs."""
+    tree = _tree("vllm.v1.worker.gpu_worker")
+    imports = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+               and (n.module or "").endswith("gpu.warmup")
+               and any(a.name == V2_WARMUP.name and a.asname is None for a in n.names)]
+    assert imports and V2_WARMUP.imported_by == ("vllm.v1.worker.gpu_worker",)
+    calls = [c.func for c in ast.walk(tree) if isinstance(c, ast.Call)]
+    assert any(isinstance(f, ast.Name) and f.id == V2_WARMUP.name for f in calls)
+
+
+def test_the_v2_warmup_sizes_its_batch_from_kv_cache_config_num_blocks():
+    """What the warm-up hook relies on: lowering ``num_blocks`` bounds the block ids used."""
+    fn = _function(_tree(V2_WARMUP.module).body, V2_WARMUP.name)
+    src = ast.unparse(fn)
+    assert "model_runner.kv_cache_config.num_blocks - 1" in src
+    assert "next_block_id = 1" in src
