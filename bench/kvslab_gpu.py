@@ -4,6 +4,7 @@ Needs torch + cuda.bindings on an NVIDIA GPU (the H100 host); vLLM only for ``--
 
     python bench/kvslab_gpu.py --quick --out /tmp/kvslab       # < 90 s, no vLLM needed
     python bench/kvslab_gpu.py --quick --vllm --out /tmp/kvslab  # + static vs slab vLLM engine
+    python bench/kvslab_gpu.py --vllm --only overhead --runner v1 --out /tmp/kvslab  # graphs
 
 Checks (exit code 1 if any fails), all through the same classes the plugin uses:
   mapping    tensors over the ranges are built before anything is mapped; new slabs read back
@@ -17,6 +18,10 @@ Checks (exit code 1 if any fails), all through the same classes the plugin uses:
              attention-sized matmuls) on static vs slab-backed tensors, interleaved blocks of
              back-to-back replays: steady pool (acceptance: p99 <= +1%), growth at one slab
              map+unmap per 100 ms, and a max-rate map/unmap stress (reported only)
+  vllm       (--vllm) Llama-8B-shaped engine (dummy weights), static vs slab on the same runner
+             (--runner): warm-up pass, median of timed passes, engine step time p50/p99
+             (acceptance on the engine: p99 <= +1%), grows / sync grows / held slabs; engine
+             logs in <out>/vllm-<runner>-<mode>.log
 Writes ``<out>/kvslab_gpu.json`` and prints a summary.
 """
 
@@ -353,25 +358,60 @@ def check_overhead(quick: bool) -> dict:
             "grow_meets_1pct_p99": stat["slab_grow"]["p99"] <= 1.01 * base["p99"]}
 
 
-def check_vllm(quick: bool, out_dir: str) -> dict:
-    """Same vLLM engine, static vs slab KV: tokens/s, step-time proxy; in-process engine."""
+RUNNER_ENV = {"default": None, "v1": "0", "v2": "1"}  # VLLM_USE_V2_MODEL_RUNNER
+
+
+def check_vllm(quick: bool, out_dir: str, runner: str = "default") -> dict:
+    """Same vLLM engine and workload, static vs slab KV, on the same model runner.
+
+    Each mode runs in its own process (the plugin patches vLLM process-wide): one untimed
+    pass of the whole workload (the pool grows to its working size, kernels warm), then
+    ``repeats`` timed passes; tokens/s is the median pass, step time the interval between
+    consecutive ``Scheduler.update_from_output`` calls with work (the engine's step period,
+    instrumented identically in both modes). Acceptance: slab step time p99 <= static + 1%.
+    """
     import subprocess
 
-    res = {}
+    res: dict = {"runner": runner}
     for mode in ("static", "slab"):
-        r = subprocess.run([sys.executable, __file__, "--vllm-child", mode,
+        r = subprocess.run([sys.executable, __file__, "--vllm-child", mode, "--runner", runner,
                             *(["--quick"] if quick else []), "--out", out_dir],
-                           capture_output=True, text=True, timeout=400)
+                           capture_output=True, text=True, timeout=540 if quick else 900)
+        with open(os.path.join(out_dir, f"vllm-{runner}-{mode}.log"), "w") as f:
+            f.write(r.stdout + "\n--- stderr ---\n" + r.stderr)
         line = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")]
         res[mode] = json.loads(line[-1][7:]) if line else {"error": r.stderr[-2000:]}
-    ok = all("tok_s" in v for v in res.values())
+    ok = all("tok_s" in res[m] for m in ("static", "slab"))
     if ok:
-        res["slowdown_pct"] = 100 * (res["static"]["tok_s"] / res["slab"]["tok_s"] - 1)
+        st, sl = res["static"], res["slab"]
+        res["slowdown_pct"] = 100 * (st["tok_s"] / sl["tok_s"] - 1)
+        res["step_p50_overhead_pct"] = 100 * (sl["step_p50_ms"] / st["step_p50_ms"] - 1)
+        res["step_p99_overhead_pct"] = 100 * (sl["step_p99_ms"] / st["step_p99_ms"] - 1)
+        res["same_runner"] = st["v2_runner"] == sl["v2_runner"]
+        res["p99_ok"] = res["step_p99_overhead_pct"] <= 1.0
+        ok = res["same_runner"] and sl.get("timed_sync_grows", 1) == 0 and res["p99_ok"]
     res["ok"] = ok
     return res
 
 
-def vllm_child(mode: str, quick: bool) -> None:
+def _step_clock():
+    """Wrap ``Scheduler.update_from_output``: record when each step with work finished."""
+    from vllm.v1.core.sched import scheduler as mod
+
+    stamps: list[float] = []
+    orig = mod.Scheduler.update_from_output
+
+    def timed(self, scheduler_output, model_runner_output):
+        out = orig(self, scheduler_output, model_runner_output)
+        if scheduler_output.total_num_scheduled_tokens > 0:
+            stamps.append(time.perf_counter())
+        return out
+
+    mod.Scheduler.update_from_output = timed
+    return stamps
+
+
+def vllm_child(mode: str, quick: bool, runner: str = "default") -> None:
     d = tempfile.mkdtemp()
     cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
            "intermediate_size": 14336, "num_attention_heads": 32, "num_key_value_heads": 8,
@@ -380,29 +420,46 @@ def vllm_child(mode: str, quick: bool) -> None:
     with open(os.path.join(d, "config.json"), "w") as f:
         json.dump(cfg, f)
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine core in this process
+    if RUNNER_ENV[runner] is not None:
+        os.environ["VLLM_USE_V2_MODEL_RUNNER"] = RUNNER_ENV[runner]
     if mode == "slab":
         os.environ["FINESERVE_KVSLAB"] = "1"
         from fineserve.runtime.kvslab import plugin
         plugin.register()
     from vllm import LLM, SamplingParams
 
+    stamps = _step_clock()
     slab = 64 * MIB  # Llama-8B bf16, block-major FlashAttention: 32 blocks per slab
     llm = LLM(model=d, load_format="dummy", skip_tokenizer_init=True, enforce_eager=quick,
               kv_cache_memory_bytes=320 * slab, gpu_memory_utilization=0.3, max_model_len=2048)
     prompts = [{"prompt_token_ids": list(range(100, 612))} for _ in range(64)]
     sp = SamplingParams(max_tokens=64 if quick else 128, ignore_eos=True)
-    llm.generate(prompts[:4], sp)
-    t0 = time.perf_counter()
-    outs = llm.generate(prompts, sp)
-    dt = time.perf_counter() - t0
-    toks = sum(len(o.outputs[0].token_ids) for o in outs)
-    res = {"tok_s": toks / dt, "seconds": dt}
+    llm.generate(prompts, sp)  # warm-up: the pool reaches the working size of this workload
+    before = _slab_metrics() if mode == "slab" else {}
+    passes, steps = [], []
+    for _ in range(3 if quick else 5):
+        stamps.clear()
+        t0 = time.perf_counter()
+        outs = llm.generate(prompts, sp)
+        dt = time.perf_counter() - t0
+        passes.append(sum(len(o.outputs[0].token_ids) for o in outs) / dt)
+        steps += [1e3 * (b - a) for a, b in zip(stamps, stamps[1:], strict=False)]
+    res = {"tok_s": statistics.median(passes), "tok_s_passes": passes,
+           "step_p50_ms": pct(steps, 0.5), "step_p99_ms": pct(steps, 0.99), "steps": len(steps),
+           "v2_runner": bool(getattr(llm.llm_engine.vllm_config, "use_v2_model_runner", False))}
     if mode == "slab":
-        from fineserve.runtime.kvslab.plugin import _STATE
-        m = _STATE.engine.metrics()
-        res.update(held_slabs=m.held_slabs, grows=m.grows, sync_grows=m.sync_grows,
-                   usage=m.usage, map_seconds=m.map_seconds)
+        after = _slab_metrics()
+        res.update(after, warmup=before, timed_grows=after["grows"] - before["grows"],
+                   timed_sync_grows=after["sync_grows"] - before["sync_grows"])
     print("RESULT " + json.dumps(res), flush=True)
+
+
+def _slab_metrics() -> dict:
+    from fineserve.runtime.kvslab.plugin import _STATE
+
+    m = _STATE.engine.metrics()
+    return {"held_slabs": m.held_slabs, "grows": m.grows, "sync_grows": m.sync_grows,
+            "shrinks": m.shrinks, "usage": m.usage, "map_seconds": m.map_seconds}
 
 
 def main() -> int:
@@ -412,11 +469,14 @@ def main() -> int:
     ap.add_argument("--out", default="bench/results", help="directory for kvslab_gpu.json")
     ap.add_argument("--only", nargs="+", choices=["mapping_latency", "overhead", "integrity"],
                     help="run only these checks")
+    ap.add_argument("--runner", choices=sorted(RUNNER_ENV), default="default",
+                    help="vLLM model runner for both modes (default: vLLM's choice, V2 for "
+                         "Llama in 0.26; v1/v2 set VLLM_USE_V2_MODEL_RUNNER)")
     ap.add_argument("--vllm-child", choices=["static", "slab"], help=argparse.SUPPRESS)
     a = ap.parse_args()
     started = time.time()
     if a.vllm_child:
-        vllm_child(a.vllm_child, a.quick)
+        vllm_child(a.vllm_child, a.quick, a.runner)
         return 0
     import torch
 
@@ -440,7 +500,7 @@ def main() -> int:
         results[name]["wall_s"] = round(time.time() - t0, 1)
         print(name, json.dumps(results[name]), flush=True)
     if a.vllm:
-        results["vllm"] = check_vllm(a.quick, a.out)
+        results["vllm"] = check_vllm(a.quick, a.out, a.runner)
         print("vllm", json.dumps(results["vllm"]), flush=True)
     path = os.path.join(a.out, "kvslab_gpu.json")
     with open(path, "w") as f:
