@@ -24,17 +24,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import threading
-import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.e2e.deployment import (  # noqa: E402
+    DeployArgs,
+    DeployProcess,
+    device_name,
+    say,
+    warm_up,
+)
 from fineserve.metrics.summary import summarize  # noqa: E402
 from fineserve.planner.planfile import load_plan, save_plan  # noqa: E402
 from fineserve.planner.schema import (  # noqa: E402
@@ -62,10 +64,6 @@ ENGINES = (
     ("chat-8b-fp8", "llama-3.1-8b", "fp8", "fp8", 30, 6, 3.0, 1.0, 0.10),
     ("assist-7b-int4", "mistral-7b", "int4-gptq", "bf16", 30, 6, 2.0, 1.5, 0.12),
 )
-
-
-def say(text: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
 
 
 def fixed_plan(rate_scale: float) -> Plan:
@@ -98,72 +96,18 @@ def make_trace(plan: Plan, duration_s: float, cv: float, seed: int) -> Trace:
     return Trace.from_frame(df)
 
 
-class Deploy:
-    """`fineserve deploy` as a child process; its stderr is echoed with a prefix."""
-
-    def __init__(self, plan_path: Path, mode: str, args: argparse.Namespace) -> None:
-        self.run_dir = Path(args.work) / f"run-{mode}"
-        cli = [sys.executable, "-m", "fineserve.cli.deploy_cmd"]
-        argv = [*cli, "deploy", str(plan_path), "--run-dir", str(self.run_dir),
-                "--port", str(args.port), "--engine-port-base", str(args.port + 1),
-                "--dummy-weights", "--max-model-len", "4096",
-                "--startup-timeout", str(args.startup_timeout)]
-        if mode == "no-mps":
-            argv.append("--no-mps")
-        if args.enforce_eager:
-            argv.append("--enforce-eager")
-        if args.engine_python:
-            argv += ["--engine-python", args.engine_python]
-        self.cli = cli
-        self.url = f"http://127.0.0.1:{args.port}"
-        self.lines: list[str] = []
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120"}
-        self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True)
-        threading.Thread(target=self._pump, args=(mode,), daemon=True).start()
-
-    def _pump(self, mode: str) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-            say(f"deploy[{mode}] {line.rstrip()}")
-
-    def wait_serving(self, timeout_s: float) -> float:
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < timeout_s:
-            if any("serving on" in ln for ln in self.lines):
-                return time.monotonic() - t0
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"deploy exited {self.proc.returncode}: "
-                                   f"{''.join(self.lines[-5:]).strip()}")
-            time.sleep(0.5)
-        raise RuntimeError(f"deploy not serving after {timeout_s:.0f} s")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            subprocess.run([*self.cli, "stop", "--run-dir", str(self.run_dir)], cwd=ROOT,
-                           timeout=180, check=False)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
-def warm_up(url: str, models: list[str]) -> None:
-    """One short request per model, so the replay does not measure first-request setup."""
-    for m in models:
-        body = json.dumps({"model": m, "prompt": [101, 102, 103, 104], "max_tokens": 4,
-                           "ignore_eos": True}).encode()
-        req = urllib.request.Request(f"{url}/v1/completions", body,
-                                     {"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=120) as r:  # noqa: S310 (loopback)
-            r.read()
+def deploy(plan_path: Path, mode: str, args: argparse.Namespace) -> DeployProcess:
+    """`fineserve deploy` of the plan in ``mode`` (mps or no-mps) as a child process."""
+    return DeployProcess(DeployArgs(
+        plan=plan_path, run_dir=Path(args.work) / f"run-{mode}", port=args.port,
+        no_mps=mode == "no-mps", enforce_eager=args.enforce_eager,
+        engine_python=args.engine_python, startup_timeout_s=args.startup_timeout), mode)
 
 
 def run_mode(plan: Plan, plan_path: Path, trace: Trace, mode: str,
              args: argparse.Namespace) -> dict:
     say(f"=== {mode}: deploying ===")
-    dep = Deploy(plan_path, mode, args)
+    dep = deploy(plan_path, mode, args)
     try:
         startup = dep.wait_serving(args.startup_timeout + 60)
         say(f"{mode}: serving after {startup:.0f} s; warming up")
@@ -223,21 +167,6 @@ def markdown(results: dict) -> str:
         f"{m} {s['startup_s']:.0f} s" for m, s in results["modes"].items() if "startup_s" in s),
         ""]
     return "\n".join(lines)
-
-
-def device_name() -> str:
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            h = pynvml.nvmlDeviceGetHandleByIndex(0)
-            name = pynvml.nvmlDeviceGetName(h)
-            return name.decode() if isinstance(name, bytes) else str(name)
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # noqa: BLE001 (informational only)
-        return "unknown"
 
 
 def dry_run(plan: Plan, args: argparse.Namespace) -> None:

@@ -36,8 +36,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from deploy_h100 import ROOT, Deploy, device_name, make_trace, say, warm_up  # noqa: E402
+from deploy_h100 import ROOT, deploy, device_name, make_trace, say, warm_up  # noqa: E402
 
+from bench.e2e.deployment import DeployProcess  # noqa: E402
 from fineserve.metrics.summary import summarize  # noqa: E402
 from fineserve.metrics.versus import FigurePair, pair_summaries  # noqa: E402
 from fineserve.planner.api import make_plan  # noqa: E402
@@ -166,11 +167,11 @@ def predict(plan: Plan, trace: Trace) -> dict:
                      max(result.duration_s, trace.duration_s), "simulate")
 
 
-def serving_evidence(dep: Deploy) -> dict:
+def serving_evidence(dep: DeployProcess) -> dict:
     """What runs while serving: MPS daemons (state file), GPU processes (nvidia-smi) and the
     TP engines' collective set-up lines (NCCL, all-reduce) from their logs."""
     try:
-        state = json.loads((dep.run_dir / "state.json").read_text())
+        state = json.loads((dep.args.run_dir / "state.json").read_text())
     except (OSError, ValueError) as exc:  # evidence only: never fails the measurement
         return {"mps": [], "error": f"state.json: {exc}"}
     tp_logs = {}
@@ -195,7 +196,7 @@ def measure(plan: Plan, plan_path: Path, trace: Trace, mode: str,
             args: argparse.Namespace) -> dict:
     """Deploy, warm up, replay, stop (always); the replay summary plus start-up evidence."""
     say(f"=== {mode}: deploying ===")
-    dep = Deploy(plan_path, mode, args)
+    dep = deploy(plan_path, mode, args)
     try:
         startup = dep.wait_serving(args.startup_timeout + 30)
         evidence = serving_evidence(dep)
@@ -212,9 +213,9 @@ def measure(plan: Plan, plan_path: Path, trace: Trace, mode: str,
         return summary
     finally:
         dep.stop()
-        left = _sh(["pgrep", "-f", str(dep.run_dir)])
+        left = _sh(["pgrep", "-f", str(dep.args.run_dir)])
         if left and not left.startswith("("):
-            say(f"WARNING: processes still name {dep.run_dir}: {left}")
+            say(f"WARNING: processes still name {dep.args.run_dir}: {left}")
 
 
 def _num(v: float | None, fmt: str = ".3f", scale: float = 1.0) -> str:

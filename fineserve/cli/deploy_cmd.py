@@ -59,6 +59,9 @@ def deploy(
         help="Seconds each engine may take to answer /health.")] = 900.0,
     max_queue: Annotated[int | None, typer.Option(
         help="Gateway queue bound per engine (beyond it: 429).")] = None,
+    scheduler_policy: Annotated[str | None, typer.Option(
+        "--scheduler-policy", help="Gateway local scheduler: fcfs, deadline or adaptive "
+                                   "(default adaptive).")] = None,
     engine_arg: Annotated[list[str] | None, typer.Option(
         "--engine-arg", help="Extra vLLM argument (repeatable), e.g. --engine-arg=--seed=1.")]
     = None,
@@ -76,14 +79,16 @@ def deploy(
         api_keys=api_key or [], engine_python=engine_python, port_base=engine_port_base,
         model_dirs=model_dir or [], dummy=dummy_weights, eager=enforce_eager,
         max_model_len=max_model_len, node=node, startup_timeout=startup_timeout,
-        max_queue=max_queue, engine_args=engine_arg or [], kv_pool=kv_pool), ray))
+        max_queue=max_queue, engine_args=engine_arg or [], kv_pool=kv_pool,
+        scheduler_policy=scheduler_policy), ray))
 
 
 def _options(*, run_dir: Path, no_mps: bool, cpu: bool, host: str, port: int,
              api_keys: list[str], engine_python: str | None, port_base: int,
              model_dirs: list[str], dummy: bool, eager: bool, max_model_len: int | None,
              node: str | None, startup_timeout: float, max_queue: int | None,
-             engine_args: list[str], kv_pool: bool | None) -> DeployOptions:
+             engine_args: list[str], kv_pool: bool | None,
+             scheduler_policy: str | None = None) -> DeployOptions:
     """The command line as the runtime's options; SpecError names a bad one."""
     from fineserve.runtime.state import Mode
 
@@ -103,7 +108,8 @@ def _options(*, run_dir: Path, no_mps: bool, cpu: bool, host: str, port: int,
         engine_port_base=port_base, model_dirs=tuple(pairs), dummy_weights=dummy,
         enforce_eager=eager, max_model_len=max_model_len, node=node,
         startup_timeout_s=startup_timeout, scheduler_max_queue=max_queue,
-        extra_engine_args=tuple(engine_args), kv_pool=kv_pool)
+        extra_engine_args=tuple(engine_args), kv_pool=kv_pool,
+        scheduler_policy=scheduler_policy)
 
 
 def _deploy(plan_path: Path, opts: DeployOptions, ray: str | None) -> None:

@@ -35,6 +35,11 @@ def build_gateway_config(plan: Plan, launches: list[EngineLaunch], opts: DeployO
                        "tpot_slo_s": m.slo.tpot_s})
     data: dict = {"host": opts.host, "port": opts.port, "api_keys": list(opts.api_keys),
                   "routes": routes, "drain_timeout_s": opts.gateway_drain_s}
+    sched: dict = {}
     if opts.scheduler_max_queue is not None:
-        data["scheduler"] = {"max_queue": opts.scheduler_max_queue}
+        sched["max_queue"] = opts.scheduler_max_queue
+    if opts.scheduler_policy is not None:
+        sched["policy"] = opts.scheduler_policy
+    if sched:
+        data["scheduler"] = sched
     return parse_config(data, "deploy (gateway config)")

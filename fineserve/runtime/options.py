@@ -46,6 +46,7 @@ class DeployOptions:
     gateway_drain_s: float = 30.0
     restart: RestartPolicy = RestartPolicy()
     scheduler_max_queue: int | None = None  # gateway scheduler override (tests: small queues)
+    scheduler_policy: str | None = None  # gateway local scheduler policy (None: its default)
     node: str | None = None  # which plan node this host is (None: the only node with engines)
     health_interval_s: float = 5.0  # probe of ready engines; unhealthy_after probes = hung
     unhealthy_after: int = 12

@@ -9,7 +9,8 @@ arrivals, then the rest - requests arriving together are batched together.
 Routing follows the plan's traffic split with smooth weighted round robin (deterministic).
 Memory, interference and admission are what ``SimOptions`` selects (``docs/simulator.md``):
 KV static per engine or a KV Slab pool per GPU (``kvpool.py``), HBM interference between
-co-located engines (``interference.py``), and the runtime's local scheduler
+co-located engines (``interference.py``) or time slicing without MPS (``timeslice.py``), and
+the runtime's local scheduler
 (``fineserve.scheduler``) in front of each engine; rejected requests are recorded as 429s.
 """
 
@@ -29,9 +30,11 @@ from fineserve.sim.chrome_trace import ChromeTrace
 from fineserve.sim.engine import EngineSim, SimRequest
 from fineserve.sim.interference import HbmShare, InterferenceParams
 from fineserve.sim.kvpool import KvSample, PoolParams, SlabPools, StaticKv
+from fineserve.sim.timeslice import TimeSliceShare
 from fineserve.workload.trace import Trace
 
 KV_MODES = ("plan", "static", "pooled")
+SHARING = ("mps", "time-sliced")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +43,7 @@ class SimOptions:
     kv: str = "plan"  # "plan" (the plan's kv_mode) | "static" | "pooled"
     pool: PoolParams = field(default_factory=PoolParams)
     interference: InterferenceParams | None = None  # None: co-located engines do not interact
+    sharing: str = "mps"  # "mps" (SM shares) | "time-sliced" (--no-mps: engines take turns)
     scheduler: SchedulerConfig | None = None  # None: every request goes straight to its engine
     tick_s: float = 0.5  # local-scheduler state and expiry; KV policy uses pool.interval_s
     max_samples: int = 1000  # KV samples per GPU over the run (spaced evenly)
@@ -121,8 +125,14 @@ class _World:
             self.kv = _make_pools(plan, self.engines, placements, opts.pool)
         else:
             self.kv = StaticKv([(e, e.gpus) for e in self.engines])
-        self.hbm: HbmShare | None = None
-        if opts.interference is not None:
+        if opts.sharing not in SHARING:
+            raise ValueError(f"sharing must be one of {SHARING}, got {opts.sharing!r}")
+        self.hbm: HbmShare | TimeSliceShare | None = None
+        if opts.sharing == "time-sliced":  # turns on the whole GPU replace MPS interference
+            self.hbm = TimeSliceShare({g for e in self.engines for g in e.gpus})
+            for e in self.engines:
+                e.hbm = self.hbm
+        elif opts.interference is not None:
             used = {g for e in self.engines for g in e.gpus}
             self.hbm = HbmShare({g: plan.cluster.gpus[g].spec.hbm_bytes_per_s for g in used},
                                 opts.interference)

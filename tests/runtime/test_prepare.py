@@ -155,3 +155,16 @@ def test_cpu_mode_never_pools(tmp_path):
     prep = prepare(p, options(tmp_path, Mode.CPU, port=9500, engine_port_base=9501,
                               kv_pool=True))
     assert prep.kv_pools == () and any("CPU mode has no GPU memory" in n for n in prep.notes)
+
+
+def test_gateway_runs_the_scheduler_policy_deploy_was_given(tmp_path):
+    a = demand("a")
+    p = plan([a], [engine("a-0", a)])
+    from fineserve.runtime.engine_args import EngineLaunch
+    xs = [EngineLaunch("a-0", "a", 9000, (0,), 50, 8, (), ())]
+    assert build_gateway_config(p, xs, options(tmp_path)).scheduler.policy == "adaptive"
+    gw = build_gateway_config(p, xs, options(tmp_path, scheduler_policy="fcfs",
+                                              scheduler_max_queue=4))
+    assert (gw.scheduler.policy, gw.scheduler.max_queue) == ("fcfs", 4)
+    with pytest.raises(SpecError, match="scheduler.policy"):
+        build_gateway_config(p, xs, options(tmp_path, scheduler_policy="lifo"))

@@ -16,6 +16,7 @@ from fineserve.scheduler import SchedulerConfig
 from fineserve.sim.cluster import SimOptions, simulate
 from fineserve.sim.interference import HbmShare, InterferenceParams, slowdown
 from fineserve.sim.kvpool import PoolParams, SlabPools, slab_geometry
+from fineserve.sim.timeslice import TimeSliceShare
 from fineserve.workload.arrivals import Poisson
 from fineserve.workload.lengths import FixedLengths, LogNormalLengths
 from fineserve.workload.trace import ModelLoad, generate
@@ -82,6 +83,43 @@ def test_interference_never_speeds_up_and_leaves_a_lone_engine_alone():
     a = simulate(lone, tr, FakeLatency())
     b = simulate(lone, tr, FakeLatency(), options=on)
     assert [r.finished_s for r in a.records] == [r.finished_s for r in b.records]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 2)), max_size=60))
+def test_time_slice_stretch_is_one_plus_the_steps_in_flight(ops):
+    share = TimeSliceShare([0, 1])
+    open_steps: list[tuple[int, ...]] = []
+    for begin, pick in ops:
+        gpus = ((0,), (1,), (0, 1))[pick]
+        if begin or not open_steps:
+            busiest = max(sum(g in s for s in open_steps) for g in gpus)
+            seconds, _ = share.begin(gpus, 2.0, 0.0, True)
+            assert seconds == pytest.approx(2.0 * (1 + busiest))
+            open_steps.append(gpus)
+        else:
+            share.end(open_steps.pop(0), 1.0)
+        share.check_integrity()
+    for gpus in open_steps:
+        share.end(gpus, 1.0)
+    assert share.active == {0: 0, 1: 0}
+
+
+def test_time_slicing_slows_co_located_engines_and_leaves_a_lone_one_alone():
+    trace = generate([ModelLoad("a", Poisson(15), FixedLengths(300, 100)),
+                      ModelLoad("b", Poisson(15), FixedLengths(300, 100))], 20, 1)
+    plan = shared_gpu_plan(kv_mode=KVMode.STATIC, floors=(20 * GIB, 20 * GIB))
+    sliced = SimOptions(sharing="time-sliced")
+    base = records_frame(simulate(plan, trace, FakeLatency()).records)
+    slow = records_frame(simulate(plan, trace, FakeLatency(), options=sliced).records)
+    assert slow.tpot_s.mean() > 1.3 * base.tpot_s.mean()
+    lone = lone_plan()
+    tr = generate([ModelLoad("a", Poisson(10), FixedLengths(300, 100))], 20, 2)
+    a = simulate(lone, tr, FakeLatency())
+    b = simulate(lone, tr, FakeLatency(), options=sliced)
+    assert [r.finished_s for r in a.records] == [r.finished_s for r in b.records]
+    with pytest.raises(ValueError, match="sharing"):
+        simulate(lone, tr, FakeLatency(), options=SimOptions(sharing="mig"))
 
 
 def test_interference_files_plain_and_profiler_fit(tmp_path):
