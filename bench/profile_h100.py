@@ -61,6 +61,7 @@ def build_grid(args: argparse.Namespace) -> GridSpec:
         decode_batches=parse_numbers(args.decode_batches, "--decode-batches", int),
         decode_contexts=parse_numbers(args.decode_contexts, "--decode-contexts", int),
         repeats=args.repeats, decode_tokens=args.decode_tokens,
+        prefill_samples=args.prefill_samples, prune_prefill=not args.no_prune,
     )  # fmt: skip
 
 
@@ -117,6 +118,10 @@ def main() -> int:
     p.add_argument("--decode-tokens", type=int, default=GridSpec().decode_tokens,
                    help="tokens per decode run (the timed window is about this many steps)")
     p.add_argument("--repeats", type=int, default=GridSpec().repeats)
+    p.add_argument("--prefill-samples", type=int, default=GridSpec().prefill_samples,
+                   help="runs per prefill repeat (a repeat is their median)")
+    p.add_argument("--no-prune", action="store_true",
+                   help="also measure prefill batches whose batch x tokens a batch-1 point has")
     p.add_argument("--redo-noisy", action="store_true",
                    help="measure again points whose spread is over 5%%")
     p.add_argument("--out", default="/tmp/fs-prof")

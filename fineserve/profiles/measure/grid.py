@@ -29,6 +29,10 @@ class GridSpec:
     decode_contexts: tuple[int, ...] = (512, 2048)
     repeats: int = 5  # timed repeats per point, after one untimed run of the same shape
     decode_tokens: int = 128  # tokens per decode run: ~127 steps in the timed window
+    prefill_samples: int = 3  # runs per prefill repeat, reduced to their median (stats.py)
+    # Skip prefill points with batch > 1 whose batch x tokens equals a batch-1 point's: the
+    # table indexes prefill by total tokens, so they add nothing the planner can see.
+    prune_prefill: bool = True
 
     def __post_init__(self) -> None:
         for name in ("sm_pcts", "prefill_tokens", "prefill_batches", "decode_batches",
@@ -43,22 +47,35 @@ class GridSpec:
             raise SpecError(f"grid sm_pcts: {max(self.sm_pcts):g} is above 100")
         if self.repeats < 1:
             raise SpecError(f"grid repeats: {self.repeats} must be >= 1")
+        if self.prefill_samples < 1:
+            raise SpecError(f"grid prefill_samples: {self.prefill_samples} must be >= 1")
         if self.decode_tokens < 8:
             raise SpecError(f"grid decode_tokens: {self.decode_tokens} must be >= 8")
 
     def points(self) -> tuple[PointSpec, ...]:
         """Prefill points (small first), then decode points, for one SM share."""
-        prefill = [PointSpec(PREFILL, b, t, self.repeats)
-                   for b in self.prefill_batches for t in self.prefill_tokens]
+        pruned = {p.key for p in self.pruned()}
+        prefill = [PointSpec(PREFILL, b, t, self.repeats, self.prefill_samples)
+                   for b in self.prefill_batches for t in self.prefill_tokens
+                   if (PREFILL, b, t) not in pruned]
         decode = [PointSpec(DECODE, b, c, self.repeats)
                   for b in self.decode_batches for c in self.decode_contexts]
         size = lambda p: (p.batch * p.tokens, p.batch)  # noqa: E731
         return tuple(sorted(prefill, key=size) + sorted(decode, key=size))
 
+    def pruned(self) -> tuple[PointSpec, ...]:
+        """Prefill points left out by ``prune_prefill`` (shipped still, where measured)."""
+        if not self.prune_prefill:
+            return ()
+        single = set(self.prefill_tokens) if 1 in self.prefill_batches else set()
+        return tuple(PointSpec(PREFILL, b, t, self.repeats, self.prefill_samples)
+                     for b in self.prefill_batches for t in self.prefill_tokens
+                     if b > 1 and b * t in single)
+
 
 QUICK = GridSpec(
     sm_pcts=(100.0,), prefill_tokens=(64, 256), prefill_batches=(1, 2), decode_batches=(1, 4),
-    decode_contexts=(128,), repeats=3, decode_tokens=24,
+    decode_contexts=(128,), repeats=3, decode_tokens=24, prefill_samples=1,
 )  # fmt: skip
 
 

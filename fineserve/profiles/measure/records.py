@@ -23,6 +23,12 @@ STALE_METHODS: dict[tuple[str, str], str] = {
     (PREFILL, "engine-ts"): "the batch's scheduling stamp lies inside the blocker's step under "
                             "async scheduling, so the blocker's step was counted too",
 }
+# Methods that are right but noisier than the current one: their records ship until a later
+# run measures the point again, and every run measures such points again (store.done).
+SUPERSEDED_METHODS: dict[tuple[str, str], str] = {
+    (DECODE, "engine-ts diff n8-40"): "a 32-step difference of two runs: one late step in "
+                                      "either run moves the point by up to 13%",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +56,7 @@ class PointSpec:
     batch: int
     tokens: int
     repeats: int
+    samples: int = 1  # runs per timed repeat, reduced to their median (prefill: stats.py)
 
     @property
     def key(self) -> tuple[str, int, int]:
@@ -155,6 +162,7 @@ class PointRecord:
     # prompt alone minus the fixed cost outside the step (engine.lone_ttft); decode, the
     # extra time of n tokens over one, per token (engine.lone_decode)
     check_s: float | None = None
+    runs: tuple[float, ...] = ()  # every timed run when a repeat is the median of several
     kind: str = field(default="point", init=False)
 
     @property
@@ -165,6 +173,11 @@ class PointRecord:
     def stale(self) -> str | None:
         """Why the method that took this record is known wrong; None if it is not."""
         return STALE_METHODS.get((self.phase, self.method))
+
+    @property
+    def superseded(self) -> str | None:
+        """Why a later run should measure this point again; None if it need not."""
+        return SUPERSEDED_METHODS.get((self.phase, self.method))
 
     @property
     def valid(self) -> bool:

@@ -15,7 +15,12 @@ from pathlib import Path
 
 from fineserve.profiles.measure.grid import GridSpec
 from fineserve.profiles.measure.records import DECODE, PREFILL, EngineLabel, PointRecord
-from fineserve.profiles.measure.store import SPREAD_TARGET, ResultStore, to_latency_point
+from fineserve.profiles.measure.store import (
+    SPREAD_TARGET,
+    ResultStore,
+    to_latency_point,
+    with_same_totals,
+)
 from fineserve.profiles.schema import LatencyPoint, ProfileTable, save_profile
 
 
@@ -37,15 +42,19 @@ def ship(store: ResultStore, grid: GridSpec, dest_root: Path, *, note: str = "")
     rows: list[LatencyPoint] = []
     shipped: dict[str, list[float]] = {PREFILL: [], DECODE: []}
     methods: dict[str, set[str]] = {PREFILL: set(), DECODE: set()}
+    superseded: set[str] = set()
     for label, done in sorted(by_label.items(), key=lambda kv: -kv[0].sm_pct):
         if label.sm_pct not in grid.sm_pcts:
             continue
         for phase in (PREFILL, DECODE):
             wanted = [p for p in plan if p.phase == phase]
             if all(p.key in done for p in wanted):
-                rows += [to_latency_point(done[p.key]) for p in wanted]
+                records = with_same_totals(done, wanted)
+                rows += [to_latency_point(r) for r in records]
                 shipped[phase].append(label.sm_pct)
-                methods[phase] |= {done[p.key].method for p in wanted}
+                methods[phase] |= {r.method for r in records}
+                superseded |= {f"{phase}: {r.method}: {r.superseded}" for r in records
+                               if r.superseded}
     folder = dest_root / store.gpu / store.model
     csv = folder / f"{store.precision.name}.csv"
     meta = csv.with_name(f"{store.precision.name}.meta.json")
@@ -58,7 +67,7 @@ def ship(store: ResultStore, grid: GridSpec, dest_root: Path, *, note: str = "")
         "source": "fineserve profile (docs/profiler.md)",
         "note": note,
         "gpu": store.gpu, "model": store.model, "precision": store.precision.name,
-        "device_name": sorted({e.device_name for e in engines}),
+        "device_name": sorted({e.device_name for e in engines if e.device_name}),
         "vllm_version": sorted({e.vllm_version for e in engines}),
         "torch_version": sorted({e.torch_version for e in engines}),
         "cuda_graphs": sorted({e.cuda_graphs for e in engines}),
@@ -67,7 +76,9 @@ def ship(store: ResultStore, grid: GridSpec, dest_root: Path, *, note: str = "")
         "phases": {ph: {"sm_pcts": sorted(v), "methods": sorted(methods[ph])}
                    for ph, v in shipped.items()},
         "not_shipped_stale": stale,
-        "rel_spread": {"definition": "(max - min) / median over the timed repeats",
+        "shipped_superseded": sorted(superseded),
+        "rel_spread": {"definition": "(max - min) / median over the timed repeats (a "
+                       "prefill repeat of method 'medN' is the median of N runs)",
                        "median": statistics.median(spreads), "max": max(spreads),
                        "over_5pct": sum(s > SPREAD_TARGET for s in spreads),
                        "points": len(spreads)},

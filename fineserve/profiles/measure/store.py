@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fineserve.profiles.measure.records import (
+    PREFILL,
     EngineLabel,
     EngineRecord,
     PointRecord,
@@ -67,11 +68,12 @@ class ResultStore:
         return [r for r in read_records(self.results) if isinstance(r, EngineRecord)]
 
     def done(self, label: EngineLabel, *, redo_noisy: bool = False) -> set[tuple[str, int, int]]:
-        """Keys of the points already measured on ``label``'s engine (with ``redo_noisy``,
-        only those whose latest record's spread meets the 5% target)."""
+        """Keys of the points already measured on ``label``'s engine with a current method
+        (with ``redo_noisy``, only those whose latest record's spread meets the 5% target).
+        Superseded records still ship (``points``) but are measured again."""
         latest = {p.key: p for p in self.points() if p.label == label}
-        return {k for k, p in latest.items()
-                if not redo_noisy or rel_spread(p.latencies) <= SPREAD_TARGET}
+        return {k for k, p in latest.items() if p.superseded is None
+                and (not redo_noisy or rel_spread(p.latencies) <= SPREAD_TARGET)}
 
     def start_times(self) -> list[float]:
         return [e.start_s for e in self.engines() if e.error is None]
@@ -89,7 +91,7 @@ class ResultStore:
                 incomplete.add(label.sm_pct)
                 continue
             complete.add(label.sm_pct)
-            rows += [to_latency_point(done[p.key]) for p in points]
+            rows += [to_latency_point(r) for r in with_same_totals(done, points)]
         spreads = [p.rel_spread for p in rows]
         written = None
         if rows:
@@ -132,6 +134,20 @@ def _common(values: Iterable[str]) -> str:
     """The one value all engines agree on, or all distinct values joined."""
     distinct = sorted({v for v in values if v})
     return " | ".join(distinct)
+
+
+def with_same_totals(
+    done: dict[tuple[str, int, int], PointRecord], wanted: Iterable[PointSpec]
+) -> list[PointRecord]:  # fmt: skip
+    """The wanted points' records, plus measured prefill points at a total (batch x tokens)
+    the wanted ones already have: ``TableLatency`` indexes prefill by that total, so they
+    merge as repeats of a cell rather than adding a row or column (``GridSpec.pruned``)."""
+    wanted = list(wanted)
+    keys = {p.key for p in wanted}
+    totals = {p.batch * p.tokens for p in wanted if p.phase == PREFILL}
+    extra = [r for k, r in done.items() if k not in keys and r.phase == PREFILL
+             and r.batch * r.tokens in totals]
+    return [done[p.key] for p in wanted] + extra
 
 
 def to_latency_point(record: PointRecord) -> LatencyPoint:

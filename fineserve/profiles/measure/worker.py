@@ -31,6 +31,7 @@ from fineserve.profiles.measure.records import (
     append,
     read_job,
 )
+from fineserve.profiles.measure.stats import medians_of
 
 SAFETY_S = 5.0  # kept free before the deadline for shutting the engine down
 CHECK_RUNS = 3  # lone-prompt runs per cross-check (median)
@@ -71,10 +72,11 @@ def _measure(
     llm: Any, prompts: eng.Prompts, job: ProfileJob, point: PointSpec, floor: float | None
 ) -> PointRecord:  # fmt: skip
     """One untimed run of the point's shape (caches, allocator, clocks settle), then
-    ``repeats`` timed ones."""
-    latencies, methods, notes = [], set(), []
+    ``repeats`` timed repeats of ``samples`` runs each (a repeat is their median)."""
+    runs, methods, notes = [], set(), []
     blocker = _blocker(job.engine)
-    for i in range(point.repeats + 1):
+    samples = max(1, point.samples)
+    for i in range(point.repeats * samples + 1):
         if point.phase == PREFILL:
             t = eng.prefill(llm, prompts, point.batch, point.tokens, blocker)
             if i and t.steps > 1:
@@ -85,9 +87,11 @@ def _measure(
             if i and not consistent:
                 notes.append("decode steps not as expected")
         if i:
-            latencies.append(t.seconds)
+            runs.append(t.seconds)
             methods.add(t.method)
     method = methods.pop() if len(methods) == 1 else "mixed"
+    if samples > 1:
+        method += f" med{samples}"
     if point.phase == DECODE:
         method += f" n{job.decode_tokens}"
     check = None
@@ -96,8 +100,9 @@ def _measure(
         check = min(walls) - floor  # noise only adds time: the fastest run
     elif point.batch == 1 and point.phase == DECODE:
         check = eng.lone_decode(llm, prompts, point.tokens, job.decode_tokens)
-    return PointRecord(job.label, point.phase, point.batch, point.tokens, tuple(latencies),
-                       method, "; ".join(sorted(set(notes))), check)
+    return PointRecord(job.label, point.phase, point.batch, point.tokens,
+                       medians_of(runs, samples), method, "; ".join(sorted(set(notes))), check,
+                       tuple(runs) if samples > 1 else ())
 
 
 def _floor(llm: Any, prompts: eng.Prompts) -> float | None:
@@ -120,8 +125,8 @@ def _guess(done: list[tuple[PointSpec, float]], point: PointSpec) -> float:
     time, scaled by the square root of the size ratio when this one is larger. Time grows
     far slower than batch x tokens (fixed costs, the blocker, ~constant decode steps); a
     linear guess skipped the last decode point of the first H100 run for want of time."""
-    size = point.batch * point.tokens * (point.repeats + 1)
-    guesses = [t * max(1.0, size / (p.batch * p.tokens * (p.repeats + 1))) ** 0.5
+    size = point.batch * point.tokens * (point.repeats * point.samples + 1)
+    guesses = [t * max(1.0, size / (p.batch * p.tokens * (p.repeats * p.samples + 1))) ** 0.5
                for p, t in done if p.phase == point.phase]
     return max(guesses, default=0.0)
 

@@ -13,7 +13,7 @@ from fineserve.profiles.measure.timing import decode_prompt_tokens
 
 def test_points_are_the_product_of_each_phase_axes():
     grid = GridSpec(prefill_tokens=(512, 128), prefill_batches=(1, 4), decode_batches=(8, 1),
-                    decode_contexts=(2048, 512), repeats=3)
+                    decode_contexts=(2048, 512), repeats=3, prune_prefill=False)
     points = grid.points()
     prefill = {(p.batch, p.tokens) for p in points if p.phase == PREFILL}
     decode = {(p.batch, p.tokens) for p in points if p.phase == DECODE}
@@ -21,6 +21,18 @@ def test_points_are_the_product_of_each_phase_axes():
     assert decode == {(1, 512), (1, 2048), (8, 512), (8, 2048)}
     assert all(p.repeats == 3 for p in points)
     assert len(points) == len({p.key for p in points}) == 8
+
+
+def test_pruning_drops_prefill_batches_whose_total_a_batch_1_point_has():
+    grid = GridSpec(prefill_tokens=(128, 512, 2048), prefill_batches=(1, 4))
+    prefill = {(p.batch, p.tokens) for p in grid.points() if p.phase == PREFILL}
+    # 4 x 128 = 1 x 512 and 4 x 512 = 1 x 2048: the table sees the same cell twice
+    assert prefill == {(1, 128), (1, 512), (1, 2048), (4, 2048)}
+    assert {(p.batch, p.tokens) for p in grid.pruned()} == {(4, 128), (4, 512)}
+    assert all(p.samples == 3 for p in grid.points() if p.phase == PREFILL)
+    assert all(p.samples == 1 for p in grid.points() if p.phase == DECODE)
+    # without a batch-1 row nothing is a duplicate
+    assert GridSpec(prefill_batches=(2, 4)).pruned() == ()
 
 
 def test_points_run_prefill_first_and_small_first():
@@ -42,6 +54,7 @@ def test_axes_are_sorted_and_deduplicated():
     ({"decode_batches": ()}, "decode_batches"),
     ({"repeats": 0}, "repeats"),
     ({"decode_tokens": 4}, "decode_tokens"),
+    ({"prefill_samples": 0}, "prefill_samples"),
 ])
 def test_bad_grids_name_the_field(kwargs, message):
     with pytest.raises(SpecError, match=message):

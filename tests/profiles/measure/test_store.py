@@ -125,3 +125,25 @@ def test_latency_point_takes_the_median_of_repeats():
     point = to_latency_point(record)
     assert point.latency_s == 0.011 and point.repeats == 3 and point.sm_pct == 30
     assert point.rel_spread == pytest.approx(0.002 / 0.011)
+
+
+def test_superseded_points_ship_but_are_measured_again(store):
+    fill(store, 100)
+    p = POINTS[3]
+    append(store.results, PointRecord(label(100), p.phase, p.batch, p.tokens,
+                                      (0.008, 0.0081, 0.0079), "engine-ts diff n8-40"))
+    assert p.key not in store.done(label(100))  # the next run measures it again
+    assert POINTS[2].key in store.done(label(100))
+    summary = store.export({label(100): POINTS})
+    assert summary.complete == (100.0,) and summary.points == len(POINTS)
+
+
+def test_a_pruned_prefill_point_ships_beside_the_grid_when_measured(store):
+    fill(store, 100)
+    extra = PointSpec("prefill", 4, 128, 3)  # 4 x 128 = 1 x 512, a cell the grid has
+    off = PointSpec("prefill", 4, 100, 3)  # a total the grid lacks: left out
+    fill(store, 100, (extra, off))
+    store.export({label(100): POINTS})
+    rows = {(x.batch, x.tokens) for x in load_profile(store.csv) if x.phase is Phase.PREFILL}
+    assert rows == {(1, 128), (1, 512), (4, 128)}
+    TableLatency(load_profile(store.csv))

@@ -1,0 +1,61 @@
+"""The worker's repeat logic around the engine calls (the engine itself: test_e2e_cpu.py)."""
+
+from __future__ import annotations
+
+from itertools import count
+
+import pytest
+
+from fineserve.profiles.measure import engine as eng
+from fineserve.profiles.measure import worker
+from fineserve.profiles.measure.records import (
+    DECODE_METHOD,
+    PREFILL_METHOD,
+    EngineArgs,
+    EngineLabel,
+    PointSpec,
+    ProfileJob,
+)
+
+LABEL = EngineLabel("H100-SXM-80GB", "llama-3.1-8b", "bf16", "bf16", 1, 100.0)
+ARGS = EngineArgs("/m", 1, None, "auto", 8224, 32, 8192, 1 << 30, 0.3, False, 128256)
+
+
+def job(points: tuple[PointSpec, ...]) -> ProfileJob:
+    return ProfileJob(LABEL, ARGS, points, 128, "/dev/null", 4e9)
+
+
+@pytest.fixture
+def fake_runs(monkeypatch):
+    """Engine calls answering 1, 2, 3, ... ms in order (the first is the untimed run)."""
+    n = count(1)
+    monkeypatch.setattr(eng, "prefill", lambda *a, **k: eng.Timing(next(n) / 1e3, PREFILL_METHOD))
+    monkeypatch.setattr(eng, "decode_step",
+                        lambda *a, **k: (eng.Timing(next(n) / 1e3, DECODE_METHOD), True))
+    monkeypatch.setattr(eng, "lone_ttft", lambda *a, **k: (0.05, 0.04))
+    monkeypatch.setattr(eng, "lone_decode", lambda *a, **k: 0.007)
+
+
+def test_a_prefill_repeat_is_the_median_of_its_runs(fake_runs):
+    point = PointSpec("prefill", 4, 2048, repeats=2, samples=3)
+    record = worker._measure(None, None, job((point,)), point, floor=0.01)
+    # run 1 is untimed; runs 2-4 and 5-7 are the two repeats
+    assert record.runs == (0.002, 0.003, 0.004, 0.005, 0.006, 0.007)
+    assert record.latencies == (0.003, 0.006)
+    assert record.method == f"{PREFILL_METHOD} med3"
+    assert record.check_s is None  # batch 4: no lone-prompt cross-check
+
+
+def test_single_run_repeats_keep_the_method_name_and_no_runs(fake_runs):
+    point = PointSpec("decode", 1, 256, repeats=3)
+    record = worker._measure(None, None, job((point,)), point, floor=None)
+    assert record.latencies == (0.002, 0.003, 0.004) and record.runs == ()
+    assert record.method == f"{DECODE_METHOD} n128"
+    assert record.check_s == 0.007
+
+
+def test_time_guess_counts_the_runs_of_a_repeat():
+    small = PointSpec("prefill", 1, 128, repeats=5, samples=3)
+    big = PointSpec("prefill", 1, 512, repeats=5, samples=3)
+    assert worker._guess([(small, 2.0)], big) == pytest.approx(4.0)
+    assert worker._guess([(small, 2.0)], PointSpec("decode", 1, 128, 5)) == 0.0
