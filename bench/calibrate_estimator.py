@@ -27,6 +27,7 @@ from fineserve.profiles.calibration import (
     calibrate,
     cross_validate,
 )
+from fineserve.profiles.composite import published_profiles
 from fineserve.profiles.fineserve_import import import_fineserve_costs
 from fineserve.profiles.roofline import AnalyticLatency
 from fineserve.profiles.schema import LatencyPoint, Phase, ProfileTable, load_profile
@@ -160,6 +161,55 @@ def plot(tables: dict[str, ProfileTable], cals: dict[str, Calibration], folder: 
     return written
 
 
+def plot_versus_published(measured: ProfileTable, published: ProfileTable,
+                          folder: Path) -> list[str]:
+    """Measured throughput against SM share per precision next to FineServe's published
+    (eager vLLM) table of the same engine: decode at batch 8 and 32, context 512; prefill of
+    one 512-token prompt. Both read through ``TableLatency`` (inside both grids)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fineserve.profiles.table import TableLatency
+
+    engines = [k for k in measured.engines() if k.tp == 1 and published.points_for(k)]
+    if not engines:
+        return []
+    ours, theirs = TableLatency(measured), TableLatency(published)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for key in engines:
+        shape = key.shape()
+        sms = sorted({p.sm_pct for p in measured.points_for(key)})
+        pub = sorted({p.sm_pct for p in published.points_for(key)})
+        for b, style in ((32, "-"), (8, ":")):
+            line = axes[0].plot(sms, [b / ours.decode_step(shape, b, 512, s).seconds
+                                      for s in sms], "o" + style,
+                                label=f"{key.precision.name} b{b} H100 measured")[0]
+            axes[0].plot(pub, [b / theirs.decode_step(shape, b, 512, s).seconds for s in pub],
+                         "x" + style, color=line.get_color(), alpha=0.5,
+                         label=f"{key.precision.name} b{b} FineServe published")
+        line = axes[1].plot(sms, [512 / ours.prefill(shape, 512, s).seconds for s in sms], "o-",
+                            label=f"{key.precision.name} H100 measured")[0]
+        axes[1].plot(pub, [512 / theirs.prefill(shape, 512, s).seconds for s in pub], "x--",
+                     color=line.get_color(), alpha=0.5,
+                     label=f"{key.precision.name} FineServe published")
+    for ax, what in zip(axes, ("decode tokens/s (context 512)", "prefill tokens/s (1 x 512)"),
+                        strict=True):
+        ax.set_xlabel("SM share (%)")
+        ax.set_ylabel(what)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.suptitle("llama-3.1-8b on H100: measured (CUDA graphs, o) vs FineServe published "
+                 "(eager, x)")
+    fig.tight_layout()
+    path = folder / "profile-h100-vs-published.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path.name]
+
+
 def _slug(name: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in name.split(" ")[0].lower()).strip("-")
 
@@ -196,6 +246,9 @@ def main() -> None:
             print(f"wrote {target}")
     if not args.no_write:
         images = plot(tables, cals, DOC.parent)
+        if args.profiles:
+            images += plot_versus_published(tables["H100 measured (CUDA graphs)"],
+                                            published_profiles(), DOC.parent)
         section += [f"![{i}]({i})" for i in images] + [""]
     print("\n".join(section))
     if not args.no_write:
