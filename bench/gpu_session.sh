@@ -63,6 +63,13 @@ for s in "$@"; do
       step kvslab "${KVSLAB_LIMIT:-300}" $PY bench/kvslab_gpu.py --quick ${KVSLAB_ARGS:---vllm} \
            --out /tmp/fs-kvslab
       cp /tmp/fs-kvslab/*.json "$OUT/" 2>/dev/null ;;
+    kvslab-accept|kvslab-accept-quick)
+      # issue 6 acceptance: static best split vs KV pool, 3 engines under MPS (~8 min, one call)
+      flag=""; [ "$s" = kvslab-accept-quick ] && flag="--quick"
+      step "$s" "${ACCEPT_LIMIT:-570}" $PY bench/kvslab_accept.py $flag ${ACCEPT_ARGS:-} \
+           --budget-s "${ACCEPT_BUDGET:-470}" --out /tmp/fs-accept
+      cp /tmp/fs-accept/kvslab_accept.json /tmp/fs-accept/kvslab_accept.md \
+         /tmp/fs-accept/kvslab_accept-logs.txt "$OUT/" 2>/dev/null ;;
     interference)
       step interference "${INTF_LIMIT:-260}" $PY bench/interference_h100.py \
            --scenarios pair-50-50,triple-33 --batch 16 --probe-tokens 512 --phase-s 8 \

@@ -1,0 +1,141 @@
+"""bench/kvslab_accept.py without a GPU: the static split, the trace, the plans, the pool the
+deployment would size, the dry run, and the verdict arithmetic."""
+
+import argparse
+import json
+import sys
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bench import kvslab_accept as acc
+from fineserve.planner.schema import KVMode
+
+MIB, GIB = 2**20, 2**30
+H100 = 80 * GIB
+
+
+def _args(**kw):
+    base = dict(kv_gib=6.0, max_model_len=2048, hot_factor=2.2, cold_frac=0.15, tpot_guess=0.04,
+                cv=3.0, seed=0, duration=30.0, phase_s=6.0, budget_s=470.0)
+    return argparse.Namespace(**(base | kw))
+
+
+@given(kv=st.integers(64, 4096), floors=st.lists(st.integers(0, 20), min_size=3, max_size=3),
+       weights=st.lists(st.floats(0, 1e9), min_size=3, max_size=3))
+def test_a_split_gives_every_floor_and_exactly_the_memory(kv, floors, weights):
+    kv_bytes = kv * 2 * MIB
+    fl = {f"e{i}": f * 64 * MIB for i, f in enumerate(floors)}
+    if sum(fl.values()) > kv_bytes:
+        with pytest.raises(ValueError, match="below the engines' floors"):
+            acc.split(kv_bytes, fl, dict(zip(fl, weights, strict=True)))
+        return
+    out = acc.split(kv_bytes, fl, dict(zip(fl, weights, strict=True)))
+    assert sum(out.values()) == kv_bytes
+    assert all(out[n] >= fl[n] and out[n] % (2 * MIB) == 0 for n in fl)
+
+
+def test_the_best_split_is_the_one_serving_the_most_offered_kv():
+    floors = {"a": 0, "b": 0}
+    offered = {"a": [3.0 * GIB] * 10, "b": [1.0 * GIB] * 10}  # a steady 3:1 demand
+    name, shares, scores = acc.best_split(4 * GIB, floors, offered)
+    assert scores[name] == max(scores.values()) and name in ("rate", "peak")
+    assert shares["a"] == 3 * GIB and scores[name] == pytest.approx(1.0)
+    assert scores["equal"] == pytest.approx(0.75)
+
+
+def test_the_trace_shifts_the_hot_engine_every_third():
+    es = acc.engines()
+    trace = acc.make_trace(es, 60.0, _args())
+    for k, hot in enumerate(es):
+        lo, hi = 20.0 * k, 20.0 * (k + 1)
+        counts = {e.name: int(((trace.arrival_s >= lo) & (trace.arrival_s < hi)
+                               & (trace.model == e.name)).sum()) for e in es}
+        assert max(counts, key=counts.get) == hot.name, counts
+    assert trace.prompt_tokens.max() <= 1024 and trace.output_tokens.max() <= 2 * acc.OUTPUT_MEAN
+
+
+def test_plans_hold_the_split_statically_and_the_same_memory_as_a_pool():
+    setup = acc.make_setup(_args(), 30.0, H100)
+    assert sum(setup.static_kv.values()) == setup.kv_total == 6 * GIB
+    static = acc.make_plan(setup.engines, setup.static_kv, False, setup.kv_total, setup.rates,
+                           H100)
+    pooled = acc.make_plan(setup.engines, setup.floors, True, setup.kv_total, setup.rates, H100)
+    assert static.instance.settings.kv_mode is KVMode.STATIC
+    assert pooled.instance.settings.kv_mode is KVMode.POOLED
+    assert {e.model: e.kv_bytes for e in static.engines} == setup.static_kv
+    assert {e.model: e.kv_bytes for e in pooled.engines} == setup.floors
+    pool = acc.pool_plan(pooled, H100)
+    assert 0 <= pool["pool_bytes"] - setup.kv_total <= 2 * MIB
+    floors = sum(v["floor_slabs"] * v["slab_bytes"] for v in pool["engines"].values())
+    assert floors == sum(setup.floors.values())  # floors are whole 64 MiB slabs already
+
+
+def test_the_trace_length_fits_the_budget_and_stays_in_bounds():
+    a = _args(duration=45.0, budget_s=470.0, phase_s=6.0)
+    assert acc.pick_duration(a, elapsed_s=150, startup_s=145) == pytest.approx(
+        (470 - 150 - 160 - 2 * acc.fixed_s(a) - acc.REPLAY_TIMEOUT_S) / 2)
+    assert acc.pick_duration(a, elapsed_s=400, startup_s=145) == 15.0
+    assert acc.pick_duration(a, elapsed_s=0, startup_s=10) == 45.0
+
+
+def _row(label, engines, ledger=None):
+    r = {"t": 0.0, "label": label, "engines": engines}
+    if ledger is not None:
+        r["ledger"], r["pool_bytes"] = ledger, 6 * GIB
+    return r
+
+
+def test_saturation_counts_only_hold_samples_and_reads_kv_share_per_mode():
+    setup = acc.make_setup(_args(), 30.0, H100)
+    names = [e.name for e in setup.engines]
+    eng = {f"{n}-0": {"running": 10, "waiting": 2, "usage": 1.0} for n in names}
+    ledger = {f"{n}-0": {"used_kv_bytes": 2 * GIB, "held_bytes": 2 * GIB} for n in names}
+    rows = [_row(f"sat:{n}:ramp", {k: {**v, "running": 99} for k, v in eng.items()})
+            for n in names]
+    rows += [_row(f"sat:{n}:hold", eng, ledger) for n in names]
+    pooled = acc.saturation_summary(rows, setup, pooled=True)
+    static = acc.saturation_summary(rows, setup, pooled=False)
+    assert pooled["running_sum"] == static["running_sum"] == 30  # ramp samples ignored
+    assert pooled["kv_share"] == pytest.approx(1.0) and static["kv_share"] == pytest.approx(1.0)
+
+
+def _mode(att, running, share, lost=0, errors=0, kv=6 * GIB, pool=None):
+    m = {"saturation": {"running_sum": running, "kv_share": share},
+         "trace": {"overall": {"slo_attainment": att}, "lost": lost}, "memory_errors": errors,
+         "kv_bytes": kv}
+    if pool is not None:
+        m["pool_bytes"] = pool
+    return m
+
+
+@pytest.mark.parametrize("pooled, ok", [
+    (_mode(0.9, 60, 0.97, pool=6 * GIB), True),
+    (_mode(0.9, 60, 0.90, pool=6 * GIB), False),  # KV share below 95 %
+    (_mode(0.9, 50, 0.97, pool=6 * GIB), False),  # < 1.5x the sequences
+    (_mode(0.7, 60, 0.97, pool=6 * GIB), False),  # < 1.5x the attainment
+    (_mode(0.9, 60, 0.97, lost=1, pool=6 * GIB), False),
+    (_mode(0.9, 60, 0.97, errors=1, pool=6 * GIB), False),
+    (_mode(0.9, 60, 0.97, pool=7 * GIB), False),  # not the same memory
+])
+def test_the_verdict_needs_every_criterion(pooled, ok):
+    assert acc.verdict({"static": _mode(0.5, 36, 0.9), "pooled": pooled})["ok"] is ok
+
+
+def test_the_verdict_of_a_failed_mode_is_not_ok():
+    assert acc.verdict({"static": {"error": "x"}, "pooled": _mode(1, 1, 1)})["ok"] is False
+
+
+def test_dry_run_writes_plans_and_commands_without_a_gpu(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["kvslab_accept.py", "--dry-run", "--out",
+                                      str(tmp_path / "out"), "--work", str(tmp_path / "w")])
+    assert acc.main() == 0
+    res = json.loads((tmp_path / "out" / "kvslab_accept-dry.json").read_text())
+    assert set(res["modes"]) == {"static", "pooled"} and res["split"] in res["scores"]
+    assert "--no-kv-pool" in res["modes"]["static"]["argv"]
+    assert "--kv-pool" in res["modes"]["pooled"]["argv"]
+    assert "fcfs" in res["modes"]["pooled"]["argv"]
+    assert len(res["modes"]["static"]["engines"]) == 3
+    assert 0 <= res["pool"]["pool_bytes"] - 6 * GIB <= 2 * MIB
+    assert (tmp_path / "w" / "plan-static.yaml").is_file()
