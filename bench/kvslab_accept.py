@@ -335,17 +335,20 @@ LOG_ERRORS = ("out of memory", "OutOfMemoryError", "CUDA error", "illegal memory
               "MapError", "KV Slab background step failed", "Traceback (most recent call last)")
 FLOOD_PROMPT, FLOOD_OUTPUT = 1024, 512
 REPLAY_TIMEOUT_S = 30.0
+REPLAY_TAIL_S = 20.0  # expected replay time past the trace's end (queues drain; <= timeout)
 
 
 def fixed_s(args: argparse.Namespace) -> float:
-    """Seconds a mode needs besides start-up and the trace: warm-up, saturation, stop."""
-    return 5 + len(ENGINES) * (args.phase_s + 4) + 15
+    """Seconds a mode needs besides start-up and the trace: warm-up, saturation (each phase
+    plus its drain), stop."""
+    return 5 + len(ENGINES) * (args.phase_s + 2) + 12
 
 
 def pick_duration(args: argparse.Namespace, elapsed_s: float, startup_s: float) -> float:
     """Longest trace (<= --duration, >= 15 s) that lets both modes finish in --budget-s,
     the second mode's start-up estimated from the first's."""
-    left = args.budget_s - elapsed_s - (startup_s + 15) - 2 * fixed_s(args) - REPLAY_TIMEOUT_S
+    left = (args.budget_s - elapsed_s - (startup_s + 5) - 2 * fixed_s(args)
+            - 2 * REPLAY_TAIL_S)
     return float(min(args.duration, max(15.0, left / 2)))
 
 

@@ -75,7 +75,7 @@ def test_plans_hold_the_split_statically_and_the_same_memory_as_a_pool():
 def test_the_trace_length_fits_the_budget_and_stays_in_bounds():
     a = _args(duration=45.0, budget_s=470.0, phase_s=6.0)
     assert acc.pick_duration(a, elapsed_s=150, startup_s=145) == pytest.approx(
-        (470 - 150 - 160 - 2 * acc.fixed_s(a) - acc.REPLAY_TIMEOUT_S) / 2)
+        (470 - 150 - 150 - 2 * acc.fixed_s(a) - 2 * acc.REPLAY_TAIL_S) / 2)
     assert acc.pick_duration(a, elapsed_s=400, startup_s=145) == 15.0
     assert acc.pick_duration(a, elapsed_s=0, startup_s=10) == 45.0
 
