@@ -24,6 +24,7 @@ so stopping early only weakens the bound. Flows are integers (milli-rps), as in 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -108,9 +109,64 @@ def configuration_bound(d: IlpData, *, headroom: bool = False, cost_cap: int | N
 
     The returned ``value`` is valid whenever it is returned (cost: ceil of a lower bound;
     H: floor of an upper bound, at most ``h_cap``); ``seconds`` caps the work. With
-    ``allowed`` only those options may be used (a branch of branch_price.py); generation
-    stops as soon as the bound passes ``target`` (cost: above it; H: below it).
+    ``allowed`` only those options may be used (a dive's branch, dive.py); generation
+    stops as soon as the bound passes ``target`` (cost: above it; H: below it). The H bound
+    is then tightened at the replica steps (``step_bound``) in the time left, at least
+    STEP_SHARE of ``seconds``.
     """
+    if not headroom or cost_cap is None:
+        return _generate(d, headroom=headroom, cost_cap=cost_cap, seconds=seconds,
+                         extra=extra, allowed=allowed, target=target)
+    t_end = time.perf_counter() + seconds
+    lp = _generate(d, headroom=True, cost_cap=cost_cap, seconds=(1 - STEP_SHARE) * seconds,
+                   extra=extra, allowed=allowed, target=target)
+    value, pool = step_bound(d, cost_cap, lp.value, t_end - time.perf_counter(), lp.pool,
+                             allowed)
+    return dataclasses.replace(lp, value=min(lp.value, value), pool=pool)
+
+
+STEP_SHARE = 0.5  # of a headroom bound's time, for the replica steps at least
+
+
+def replica_steps(d: IlpData, lo: int, hi: int) -> list[int]:
+    """The H values (thousandths) in (lo, hi] at which some model needs one engine more than
+    just below: capacity >= h lambda_m / 1000 takes ceil(h lambda_m / (1000 max_o mu_o))
+    engines. Integer engine counts make the achievable H jump there, which no LP sees."""
+    steps = set()
+    for m in d.models:
+        best = max(d.mu[m, i] for i in range(len(d.options[m])))
+        k = max(1, lo * d.lam[m] // (MILLI * best))
+        while (h := k * MILLI * best // d.lam[m] + 1) <= hi:
+            if h > lo:
+                steps.add(h)
+            k += 1
+    return sorted(steps)
+
+
+def step_bound(d: IlpData, cost_cap: int, hi: int, seconds: float, pool=(),
+               allowed: Allowed = None) -> tuple[int, tuple[Column, ...]]:
+    """An upper bound on the capacity-based H at cost <= ``cost_cap`` (thousandths, at most
+    ``hi``) and the columns generated: at each replica step h above H_min, lowest first,
+    the configuration LP's cost bound with every coverage raised to h (H_min := h, which
+    raises the replica floors too); the first that exceeds the cap proves H < h."""
+    t_end = time.perf_counter() + seconds
+    pool = tuple(pool)
+    for h in replica_steps(d, d.h_min, hi):
+        left = t_end - time.perf_counter()
+        if left <= 0:
+            break
+        probe = _generate(dataclasses.replace(d, h_min=h), headroom=False, cost_cap=None,
+                          seconds=max(min(left, 0.5), left / 2), extra=pool,
+                          allowed=allowed, target=cost_cap)
+        pool = probe.pool
+        if probe.value > cost_cap:
+            return h, pool
+    return hi, pool
+
+
+def _generate(d: IlpData, *, headroom: bool, cost_cap: int | None, seconds: float,
+              extra=(), allowed: Allowed = None, target: float | None = None) -> ConfigBound:
+    """Column generation with the Lagrangian bound (configuration_bound's loop)."""
     t_end = time.perf_counter() + seconds
     master = Master(d, headroom, cost_cap if headroom else None)
     for col in [*seed_columns(d, allowed), *extra]:

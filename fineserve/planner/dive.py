@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from fineserve.planner.bounds import gpu_groups
 from fineserve.planner.master import (
+    MAX_UNITS,
     Allowed,
     Column,
     LpFailed,
@@ -30,8 +31,15 @@ from fineserve.planner.master import (
 )
 from fineserve.planner.variables import IlpData
 
+Mix = tuple[tuple[Column, int], ...]  # (configuration, GPUs in it)
 MAX_BACKTRACKS = 8  # undone fixings before the dive gives up
 EPS = 1e-6  # lambda_c within EPS of an integer counts as integer
+SAME_TRAFFIC = 0.02  # ranks of one TP engine may differ by this share of the model's rate
+# memory resolution of the dive's pricing: the finest, as the bound's. Coarser pricing is
+# faster but misses the nearly full configurations the last fixings need (measured on the
+# 19-model instance: the dive fails at 1024 and 2048 units, succeeds at 4096; pricing
+# coarsely between fixings and finely only on overshoot fails too)
+DIVE_UNITS = MAX_UNITS
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +47,8 @@ class Dive:
     """What a dive left: every column its master held, and the integer mix it reached."""
 
     pool: tuple[Column, ...]
-    mix: tuple[tuple[Column, int], ...]  # (configuration, GPUs in it); () if the dive failed
+    mix: Mix  # () if the dive failed
+    near: Mix = ()  # if it failed: the last LP solution within the cap, rounded
 
 
 def dive(d: IlpData, pool: tuple[Column, ...], *, cost_cap: int, seconds: float,
@@ -54,24 +63,28 @@ def dive(d: IlpData, pool: tuple[Column, ...], *, cost_cap: int, seconds: float,
         if all(allows(allowed, m, i) for m, i, _ in col.ranks):
             master.add(col)
     try:
-        root = generate(master, deadline, allowed)
+        root = generate(master, deadline, allowed, DIVE_UNITS)
     except LpFailed:
         return Dive(tuple(master.cols), ())
     step = math.gcd(*{k[1] for k in gpu_groups(d)})
     target = max(step, math.ceil(root / step - EPS) * step)
+    first_near: Mix = ()
     while target <= cost_cap and time.perf_counter() < deadline:
         for col in list(master.fixed):
             master.fix(col)  # release the previous attempt's fixings
-        mix = _dive_once(d, master, min(target, cost_cap), deadline, allowed)
+        mix, near = _dive_once(d, master, min(target, cost_cap), deadline, allowed)
         if mix:
             return Dive(tuple(master.cols), mix)
+        first_near = first_near or near
         target += step
-    return Dive(tuple(master.cols), ())
+    return Dive(tuple(master.cols), (), first_near)
 
 
 def _dive_once(d: IlpData, master: Master, cap: int, deadline: float, allowed: Allowed
-               ) -> tuple[tuple[Column, int], ...]:
-    """One dive from the master's root: settle TP degrees, then fix columns."""
+               ) -> tuple[Mix, Mix]:
+    """One dive from the master's root: settle TP degrees, then fix columns. Returns the
+    integer mix (or ()) and the last LP solution within the cap, rounded."""
+    near: Mix = ()
     allowed = _settle_tp(d, master, deadline, allowed)
     passed: set[Column] = set()
     tries: list[tuple[float, float]] = []  # bounds still to try on the column being fixed
@@ -80,7 +93,7 @@ def _dive_once(d: IlpData, master: Master, cap: int, deadline: float, allowed: A
     backtracks = 0
     while time.perf_counter() < deadline:
         try:
-            value = generate(master, deadline, allowed)
+            value = generate(master, deadline, allowed, DIVE_UNITS)
         except LpFailed:
             break
         if value > cap + EPS:
@@ -95,17 +108,26 @@ def _dive_once(d: IlpData, master: Master, cap: int, deadline: float, allowed: A
             col = None
             continue
         lam = master.values()
+        near = tuple((c, round(x)) for c, x in lam.items() if round(x) > 0)
         frac = [(c, x) for c, x in lam.items() if abs(x - round(x)) > EPS]
         if not frac:
-            return tuple((c, round(x)) for c, x in lam.items() if round(x) > 0)
+            odd = _odd_engines(d, lam)
+            if not odd:
+                return near, near
+            # whole GPUs, but a TP engine short of ranks: drop those degrees and go on
+            allowed = _ban(d, master, allowed, odd)
+            col, tries = None, []
+            continue
         open_ = [(c, x) for c, x in frac if c not in passed]
         if not open_:
             break
+        # the column closest to a whole GPU (ties: the most used); fixing the heaviest
+        # columns first (first-fit decreasing's order) failed on the 19-model instance
         col, x = max(open_, key=lambda cx: (cx[1] - math.floor(cx[1]), cx[1]))
         before = master.fixed.get(col, (0.0, math.inf))
         tries = [(before[0], math.floor(x))]
         master.fix(col, math.ceil(x), before[1])
-    return ()
+    return (), near
 
 
 def _settle_tp(d: IlpData, master: Master, deadline: float, allowed: Allowed) -> Allowed:
@@ -113,11 +135,9 @@ def _settle_tp(d: IlpData, master: Master, deadline: float, allowed: Allowed) ->
     the LP mixes degrees with fractional engines (the engine-choice branching of
     branch-and-price, greedily): those are what the column dive cannot make whole. Columns
     of other degrees are bounded to 0; returns the options still allowed."""
-    keys = [(m, i) for m in d.models for i in range(len(d.options[m]))
-            if allows(allowed, m, i)]
     while time.perf_counter() < deadline:
         try:
-            generate(master, deadline, allowed)
+            generate(master, deadline, allowed, DIVE_UNITS)
         except LpFailed:
             break
         share: dict[str, dict[int, float]] = {}
@@ -136,9 +156,30 @@ def _settle_tp(d: IlpData, master: Master, deadline: float, allowed: Allowed) ->
         # re-balances the others around it
         big = max(mixed, key=lambda m: min(d.w[m, i] * d.options[m][i].tp
                                            for i in range(len(d.options[m]))))
-        keys = [(m, i) for m, i in keys if m != big or d.options[m][i].tp == mixed[m]]
-        allowed = frozenset(keys)
-        for c in master.cols:
-            if not all(allows(allowed, m, i) for m, i, _ in c.ranks):
-                master.fix(c, 0, 0)
+        allowed = _ban(d, master, allowed, {(big, o.tp) for o in d.options[big]
+                                            if o.tp != mixed[big]})
     return allowed
+
+
+def _odd_engines(d: IlpData, lam: dict[Column, float]) -> set[tuple[str, int]]:
+    """(model, degree) whose ranks in the mix do not make whole engines, or whose ranks'
+    traffic differs: the LP counts each rank's own, a TP engine carries one (its least)."""
+    ranks: dict[tuple[str, int], list[int]] = {}
+    for c, x in lam.items():
+        for m, i, phi in c.ranks:
+            ranks.setdefault((m, i), []).extend([phi] * round(x))
+    return {(m, d.options[m][i].tp) for (m, i), phis in ranks.items()
+            if len(phis) % d.options[m][i].tp
+            or max(phis) - min(phis) > SAME_TRAFFIC * d.lam[m]}
+
+
+def _ban(d: IlpData, master: Master, allowed: Allowed, banned: set[tuple[str, int]]
+         ) -> frozenset[tuple[str, int]]:
+    """Allowed options without the (model, degree) pairs in ``banned``; their columns are
+    bounded to 0."""
+    keep = frozenset((m, i) for m in d.models for i, o in enumerate(d.options[m])
+                     if allows(allowed, m, i) and (m, o.tp) not in banned)
+    for c in master.cols:
+        if not all(allows(keep, m, i) for m, i, _ in c.ranks):
+            master.fix(c, 0, 0)
+    return keep

@@ -173,13 +173,13 @@ def price(d: IlpData, cls: ClassKey, node_size: int, duals: dict, units: int = Q
     and its proven upper bound on every configuration's value (pricing.py)."""
     gpu_type = cls[0]
     mem = min(d.mem_cap[g] for g in gpu_groups(d)[cls])
-    items = []
+    items, pooled = [], d.pooled
     for m in d.models:
         for i, o in enumerate(d.options[m]):
             if o.gpu_type != gpu_type or o.tp > node_size or not allows(allowed, m, i):
                 continue
             fixed, per = rank_values(d, duals, m, i)
-            hi = min(d.mu[m, i], d.lam[m]) if d.pooled else 0
+            hi = min(d.mu[m, i], d.lam[m]) if pooled else 0
             if fixed + per * hi > 1e-12:
                 items.append(RankItem(m, i, d.sm[m, i], d.w[m, i], d.kappa[m, i], hi,
                                       fixed, per))
@@ -217,10 +217,12 @@ def seed_columns(d: IlpData, allowed: Allowed = None) -> list[Column]:
 MAX_UNITS = 8 * Q_UNITS  # finest memory resolution of the pricing DP
 
 
-def generate(master: Master, deadline: float, allowed: Allowed = None) -> float:
-    """Column generation at the LP's own duals until no column improves the master (at the
-    finest memory resolution) or ``deadline`` (perf_counter); returns the LP value. Only the
-    min-cost master: a column improves it when worth more than its cost."""
+def generate(master: Master, deadline: float, allowed: Allowed = None,
+             max_units: int = MAX_UNITS) -> float:
+    """Column generation at the LP's own duals until no column improves the master (at
+    memory resolution ``max_units``) or ``deadline`` (perf_counter); returns the LP value.
+    Pricing starts coarse and doubles the resolution when no column shows. Only the min-cost
+    master: a column improves it when worth more than its cost."""
     d, sizes, units = master.d, node_sizes(master.d), Q_UNITS
     value, duals = master.solve()
     while time.perf_counter() < deadline:
@@ -230,7 +232,7 @@ def generate(master: Master, deadline: float, allowed: Allowed = None) -> float:
             added |= any(master.add(c) for c in cols
                          if column_value(d, duals, c) > k[1] * (1 + 1e-7) + 1e-9)
         if not added:
-            if units >= MAX_UNITS:
+            if units >= max_units:
                 break
             units *= 2
             continue

@@ -2,21 +2,28 @@
 
 Each configuration already fits one GPU (SM, memory with its ranks' KV, engine limit, one
 rank per model), so what is left is the TP structure: the ranks of a TP-t option are grouped
-t at a time into engines (largest traffic together), an engine carries the least traffic of
-its ranks (so every rank's KV still fits), and the GPUs an engine joins must form an aligned
-group of t GPUs inside one node. GPUs joined by engines are placed as blocks, largest first,
-at aligned offsets of the nodes of their class (buddy allocation). Returns None when the mix
+t at a time into engines (largest traffic together), and the GPUs an engine joins must form
+an aligned group of t GPUs inside one node. Traffic is then routed afresh (a small CP-SAT
+model: every GPU's memory with its engines' KV, the busiest engine as idle as possible),
+since the ranks of one engine may carry different traffic in the columns. GPUs joined by
+engines are placed as blocks, largest first, at aligned offsets of the nodes of their class
+(buddy allocation). Returns None when the mix
 does not decompose that way (ranks of an option not a multiple of t, engines of different
-degrees sharing GPUs, too little traffic left after taking each engine's least) - the
+degrees sharing GPUs, no traffic split within memory) - the
 caller then falls back to the rounding programme and the packer (rounding.py).
 """
 
 from __future__ import annotations
 
+from ortools.sat.python import cp_model
+
+from fineserve.planner.bounds import gpu_groups
 from fineserve.planner.master import Column
 from fineserve.planner.options import TpGroup
 from fineserve.planner.packing import Placed
-from fineserve.planner.variables import IlpData
+from fineserve.planner.variables import U_SCALE, IlpData
+
+ROUTE_S = 2.0  # the routing model has one variable per engine: solved in milliseconds
 
 Engine = tuple[str, int, tuple[int, ...], int]  # (model, option, GPU instances, traffic)
 
@@ -25,7 +32,7 @@ def place_mix(d: IlpData, mix: tuple[tuple[Column, int], ...]) -> Placed | None:
     """A placement of ``mix`` (configuration, GPUs) on the cluster, or None."""
     gpus = [c for c, n in mix for _ in range(n)]
     engines = _engines(d, gpus)
-    if engines is None or not _route(d, engines):
+    if engines is None or not _route(d, gpus, engines):
         return None
     slot = _blocks_to_gpus(d, gpus, engines)
     if slot is None:
@@ -57,22 +64,33 @@ def _engines(d: IlpData, gpus: list[Column]) -> list[Engine] | None:
     return out
 
 
-def _route(d: IlpData, engines: list[Engine]) -> bool:
-    """Cut each model's engine traffic down to its rate (integers summing exactly to it), in
-    place; False if its engines carry less than its rate. Static KV: nothing to route."""
+def _route(d: IlpData, gpus: list[Column], engines: list[Engine]) -> bool:
+    """Route each model's rate over its engines, in place, within every GPU's memory (pooled
+    KV grows with traffic), with the busiest engine as idle as possible (the routed
+    headroom); False if no split fits. Static KV: nothing to route."""
     if not d.pooled:
         return True
+    model = cp_model.CpModel()
+    u = model.new_int_var(0, U_SCALE, "U")
+    f = []
+    for m, i, _, _ in engines:
+        f.append(model.new_int_var(0, min(d.mu[m, i], d.lam[m]), ""))
+        model.add(U_SCALE * f[-1] <= d.mu[m, i] * u)
     for m in d.models:
-        idx = [k for k, e in enumerate(engines) if e[0] == m]
-        total = sum(engines[k][3] for k in idx)
-        if total < d.lam[m]:
-            return False
-        left = d.lam[m]
-        for n, k in enumerate(idx):
-            m_, i, members, flow = engines[k]
-            share = left if n == len(idx) - 1 else min(flow * d.lam[m] // total, left)
-            engines[k] = (m_, i, members, share)
-            left -= share
+        model.add(sum(f[k] for k, e in enumerate(engines) if e[0] == m) == d.lam[m])
+    for j, c in enumerate(gpus):
+        mine = [k for k, e in enumerate(engines) if j in e[2]]
+        model.add(sum(d.w[engines[k][0], engines[k][1]]
+                      + d.kappa[engines[k][0], engines[k][1]] * f[k] for k in mine)
+                  <= min(d.mem_cap[g] for g in gpu_groups(d)[c.cls]))
+    model.minimize(u)
+    solver = cp_model.CpSolver()
+    solver.parameters.max_time_in_seconds = ROUTE_S
+    solver.parameters.num_workers = 1
+    if solver.solve(model) not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        return False
+    for k, (m, i, members, _) in enumerate(engines):
+        engines[k] = (m, i, members, solver.value(f[k]))
     return True
 
 

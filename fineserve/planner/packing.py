@@ -28,6 +28,7 @@ class Aggregate:
     bound: int
     counts: dict  # (m, i) -> engines
     flows: dict  # (m, i) -> milli-rps (pooled)
+    mix: tuple = ()  # (configuration, GPUs) behind the counts, when rounded from columns
 
 
 def solve_aggregate(d: IlpData, stage: str, *, cost_cap: int | None = None,

@@ -10,6 +10,8 @@ full ILP. A packed plan is feasible for the ILP and serves as its warm start; it
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 
 from ortools.sat.python import cp_model
@@ -19,7 +21,7 @@ from fineserve.planner.dive import dive
 from fineserve.planner.master import Column, replicas
 from fineserve.planner.mixplace import place_mix
 from fineserve.planner.packing import Aggregate, Placed, pack
-from fineserve.planner.variables import H_SCALE, MILLI, IlpData
+from fineserve.planner.variables import H_SCALE, MILLI, IlpData, min_headroom
 
 L = 8  # every TP degree divides this: rank contributions become integers
 DIVE_SHARE = 0.6  # of rounded_plan's time, for the dive when a cost cap is given
@@ -82,7 +84,9 @@ def round_columns(d: IlpData, pool: tuple[Column, ...], *, cost_cap: int | None,
     flows = {k: min(d.mu[k] * counts[k], sum(s.value(x) for x in traffic[k]) // L)
              for k in counts} if d.pooled else {}
     _trim_flows(d, counts, flows)
-    return Aggregate(round(s.objective_value), round(s.best_objective_bound), counts, flows)
+    mix = tuple((c, s.value(v)) for c, v in lam.items() if s.value(v) > 0)
+    return Aggregate(round(s.objective_value), round(s.best_objective_bound), counts, flows,
+                     mix)
 
 
 def _trim_flows(d: IlpData, counts: dict, flows: dict) -> None:
@@ -105,23 +109,57 @@ def _trim_flows(d: IlpData, counts: dict, flows: dict) -> None:
 def rounded_plan(d: IlpData, pool: tuple[Column, ...], *, cost_cap: int | None,
                  seconds: float, workers: int, headroom: bool = False) -> Placed | None:
     """Round the pool (half the time) and pack the result (the rest); with ``headroom`` the
-    packer keeps the rounded mix's H. With a ``cost_cap`` and no ``headroom``, first dive
-    for a mix within the cap (DIVE_SHARE of the time, dive.py): placed directly if it
-    decomposes into aligned engines (mixplace.py), else its columns and mix seed the
-    rounding, whose engines the packer then routes itself."""
+    packer keeps the rounded mix's H. With a ``cost_cap``, first dive (DIVE_SHARE of the
+    time, dive.py): for a mix within the cap, placed directly if it decomposes into aligned
+    engines (mixplace.py), else its columns and mix seed the rounding, whose engines the
+    packer then routes itself; with ``headroom``, bisecting on H (headroom_dive)."""
     end = time.perf_counter() + seconds
     hint: tuple[tuple[Column, int], ...] = ()
+    if cost_cap is not None and headroom:
+        placed = headroom_dive(d, pool, cost_cap=cost_cap, seconds=DIVE_SHARE * seconds)
+        if placed is not None:
+            return placed
     if cost_cap is not None and not headroom:
         found = dive(d, pool, cost_cap=cost_cap, seconds=DIVE_SHARE * seconds)
         placed = place_mix(d, found.mix) if found.mix else None
         if placed is not None:
             return placed
-        pool, hint = found.pool, found.mix
+        pool, hint = found.pool, found.mix or found.near
     left = max(0.2, end - time.perf_counter())
     agg = round_columns(d, pool, cost_cap=cost_cap, seconds=left / 2, workers=workers,
                         headroom=headroom, hint=hint)
     if agg is None:
         return None
+    placed = None if headroom else place_mix(d, agg.mix)
+    if placed is not None:
+        return placed
     target = agg.objective if headroom else d.h_min
     return pack(d, agg, target, max(0.2, end - time.perf_counter()), workers,
                 cost_cap=cost_cap, free_flows=bool(hint))
+
+
+def headroom_dive(d: IlpData, pool: tuple[Column, ...], *, cost_cap: int, seconds: float
+                  ) -> Placed | None:
+    """The placed dive of largest capacity-based H found by bisection (geometric, down to
+    1%) on H within ``cost_cap``: a dive at H = h is the min-cost dive with every model's
+    coverage raised to h (H_min := h). A failed dive counts as infeasible (a heuristic)."""
+    end = time.perf_counter() + seconds
+    lo, hi, best = d.h_min, d.h_cap + 1, None
+    while time.perf_counter() < end and hi - lo > max(1, lo // 100):
+        mid = max(lo + 1, min(hi - 1, math.isqrt(lo * hi)))
+        found = dive(dataclasses.replace(d, h_min=mid), pool, cost_cap=cost_cap,
+                     seconds=end - time.perf_counter())
+        pool = found.pool
+        placed = place_mix(d, found.mix) if found.mix else None
+        if placed is None:
+            hi = mid
+            continue
+        best, lo = placed, max(mid, _capacity_h(d, placed))
+    return best
+
+
+def _capacity_h(d: IlpData, placed: Placed) -> int:
+    caps = {m: 0 for m in d.models}
+    for m, i, _, _ in placed:
+        caps[m] += d.mu[m, i]
+    return min_headroom(d, caps)
