@@ -331,8 +331,9 @@ def main() -> int:
 
 
 # -- on the GPU ---------------------------------------------------------------------------------
-LOG_ERRORS = ("out of memory", "OutOfMemoryError", "CUDA error", "illegal memory access",
-              "MapError", "KV Slab background step failed", "Traceback (most recent call last)")
+MEMORY_ERRORS = ("out of memory", "OutOfMemoryError", "CUDA error", "illegal memory access",
+                 "MapError", "KvSlabError", "KV Slab background step failed")
+TRACEBACK = "Traceback (most recent call last)"  # counted, not a criterion (shutdown noise)
 FLOOD_PROMPT, FLOOD_OUTPUT = 1024, 512
 REPLAY_TIMEOUT_S = 30.0
 REPLAY_TAIL_S = 20.0  # expected replay time past the trace's end (queues drain; <= timeout)
@@ -484,12 +485,13 @@ def saturation_summary(rows: list[dict], setup: Setup, pooled: bool) -> dict:
 
 
 def scan_logs(run_dir: Path) -> dict:
-    """Memory errors and tracebacks in the engines' logs: counts and the first lines."""
+    """Memory errors in the engines' logs (counts, first lines) and tracebacks (counted)."""
     out = {}
     for path in sorted((run_dir / "logs").glob("engine-*.log")):
-        hits = [ln.rstrip()[:300] for ln in path.read_text(errors="replace").splitlines()
-                if any(p in ln for p in LOG_ERRORS)]
-        out[path.stem] = {"errors": len(hits), "first": hits[:5]}
+        lines = path.read_text(errors="replace").splitlines()
+        hits = [ln.rstrip()[:300] for ln in lines if any(p in ln for p in MEMORY_ERRORS)]
+        out[path.stem] = {"errors": len(hits), "first": hits[:5],
+                          "tracebacks": sum(TRACEBACK in ln for ln in lines)}
     return out
 
 

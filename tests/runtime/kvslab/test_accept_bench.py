@@ -139,3 +139,15 @@ def test_dry_run_writes_plans_and_commands_without_a_gpu(tmp_path, monkeypatch):
     assert len(res["modes"]["static"]["engines"]) == 3
     assert 0 <= res["pool"]["pool_bytes"] - 6 * GIB <= 2 * MIB
     assert (tmp_path / "w" / "plan-static.yaml").is_file()
+
+
+def test_log_scan_counts_memory_errors_not_shutdown_tracebacks(tmp_path):
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "engine-a-0.log").write_text(
+        "INFO ready\nTraceback (most recent call last)\nasyncio.CancelledError\n")
+    (tmp_path / "logs" / "engine-b-0.log").write_text(
+        "RuntimeError: CUDA error: an illegal memory access was encountered\n"
+        "torch.OutOfMemoryError: CUDA out of memory\n")
+    got = acc.scan_logs(tmp_path)
+    assert got["engine-a-0"] == {"errors": 0, "first": [], "tracebacks": 1}
+    assert got["engine-b-0"]["errors"] == 2
