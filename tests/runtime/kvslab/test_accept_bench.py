@@ -151,3 +151,19 @@ def test_log_scan_counts_memory_errors_not_shutdown_tracebacks(tmp_path):
     got = acc.scan_logs(tmp_path)
     assert got["engine-a-0"] == {"errors": 0, "first": [], "tracebacks": 1}
     assert got["engine-b-0"]["errors"] == 2
+
+
+def test_the_report_shows_every_mode_and_criterion():
+    modes = {"static": _mode(0.5, 36, 0.9) | {"startup_s": 140.0},
+             "pooled": _mode(0.9, 60, 0.97, pool=6 * GIB) | {"startup_s": 150.0}}
+    res = {"device": "H100", "wall_s": 400.0, "modes": modes, "verdict": acc.verdict(modes),
+           "config": {"runner": "default", "kv_gib": 6.0, "split": "rate",
+                      "static_kv_gib": {}, "split_scores": {}, "floors_gib": {},
+                      "duration_s": 24.0, "requests": 300, "cv": 3.0, "hot_factor": 2.2,
+                      "enforce_eager": False}}
+    md = acc.markdown(res)
+    assert "| static | 140 | 36.0 | 0.900 | 0.500 | 0 | 0 |" in md
+    assert "| sequences held pooled / static >= 1.5 | 1.67 | yes |" in md
+    res["modes"]["pooled"] = {"error": "deploy exited 2"}
+    res["verdict"] = acc.verdict(res["modes"])
+    assert "failed: deploy exited 2" in acc.markdown(res)
