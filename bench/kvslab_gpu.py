@@ -4,7 +4,7 @@ Needs torch + cuda.bindings on an NVIDIA GPU (the H100 host); vLLM only for ``--
 
     python bench/kvslab_gpu.py --quick --out /tmp/kvslab       # < 90 s, no vLLM needed
     python bench/kvslab_gpu.py --quick --vllm --out /tmp/kvslab  # + static vs slab vLLM engine
-    python bench/kvslab_gpu.py --vllm --only overhead --runner v1 --out /tmp/kvslab  # graphs
+    python bench/kvslab_gpu.py --only vllm --runner v2 --out /tmp/kvslab  # CUDA graphs, V2
 
 Checks (exit code 1 if any fails), all through the same classes the plugin uses:
   mapping    tensors over the ranges are built before anything is mapped; new slabs read back
@@ -467,7 +467,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="fewer slabs and steps (< 90 s)")
     ap.add_argument("--vllm", action="store_true", help="also run a vLLM engine static vs slab")
     ap.add_argument("--out", default="bench/results", help="directory for kvslab_gpu.json")
-    ap.add_argument("--only", nargs="+", choices=["mapping_latency", "overhead", "integrity"],
+    ap.add_argument("--only", nargs="+",
+                    choices=["mapping_latency", "overhead", "integrity", "vllm"],
                     help="run only these checks")
     ap.add_argument("--runner", choices=sorted(RUNNER_ENV), default="default",
                     help="vLLM model runner for both modes (default: vLLM's choice, V2 for "
@@ -489,7 +490,9 @@ def main() -> int:
     results["torch"] = torch.__version__
     checks = {"mapping_latency": check_mapping_and_latency, "overhead": check_overhead,
               "integrity": check_integrity}
-    for name in a.only or list(checks):
+    if a.only and "vllm" in a.only:
+        a.vllm = True
+    for name in [n for n in a.only or list(checks) if n in checks]:
         fn = checks[name]
         t0 = time.time()
         try:
