@@ -167,3 +167,61 @@ def test_the_report_shows_every_mode_and_criterion():
     res["modes"]["pooled"] = {"error": "deploy exited 2"}
     res["verdict"] = acc.verdict(res["modes"])
     assert "failed: deploy exited 2" in acc.markdown(res)
+
+
+def test_the_sampler_reads_used_kv_from_the_pool_ledger(tmp_path):
+    import os
+    import time
+
+    from fineserve.runtime.kvslab.ledger import EngineRegistration, Ledger
+
+    led = Ledger.create(str(tmp_path / "pool.json"), 4 * GIB)
+    led.register(EngineRegistration("a-0", os.getpid(), 131072, 64 * MIB, 1, 64), time.time())
+    led.acquire("a-0", 2, time.time())
+    led.publish("a-0", time.time(), used_tokens=1000, demand_tokens=2000)
+    sampler = acc.Sampler({}, str(tmp_path / "pool.json"))
+    sampler.label = "sat:a:hold"
+    deadline = time.monotonic() + 10
+    while not sampler.rows and time.monotonic() < deadline:
+        time.sleep(0.05)
+    rows = sampler.stop()
+    assert rows and rows[0]["pool_bytes"] == 4 * GIB
+    assert rows[-1]["ledger"]["a-0"] == {"used_kv_bytes": 1000 * 131072,
+                                         "held_bytes": 2 * 64 * MIB}
+
+
+def test_a_flood_holds_its_streams_then_drops_them():
+    """The saturation phases rely on vLLM aborting a request whose client went away: the flood
+    must open every stream and close every connection when the phase ends."""
+    import asyncio
+
+    from aiohttp import web
+
+    seen = {"open": 0, "closed": 0}
+
+    async def completions(request):
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        seen["open"] += 1
+        try:
+            while True:
+                await resp.write(b"data: {}\n\n")
+                await asyncio.sleep(0.02)
+        except (ConnectionResetError, asyncio.CancelledError):
+            seen["closed"] += 1
+            raise
+
+    async def main():
+        app = web.Application()
+        app.router.add_post("/v1/completions", completions)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        await acc._flood([(f"http://127.0.0.1:{port}", "m", 5)], 0.5, seed=1)
+        await asyncio.sleep(0.3)
+        await runner.cleanup()
+
+    asyncio.run(main())
+    assert seen == {"open": 5, "closed": 5}
