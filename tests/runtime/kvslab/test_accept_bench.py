@@ -17,7 +17,7 @@ H100 = 80 * GIB
 
 
 def _args(**kw):
-    base = dict(kv_gib=6.0, max_model_len=2048, hot_factor=2.2, cold_frac=0.15, tpot_guess=0.04,
+    base = dict(kv_gib=6.0, max_model_len=2048, hot_factor=4.0, cold_frac=0.15, tpot_guess=0.04,
                 cv=3.0, seed=0, duration=30.0, phase_s=6.0, budget_s=470.0)
     return argparse.Namespace(**(base | kw))
 
@@ -139,6 +139,9 @@ def test_dry_run_writes_plans_and_commands_without_a_gpu(tmp_path, monkeypatch):
     assert len(res["modes"]["static"]["engines"]) == 3
     assert 0 <= res["pool"]["pool_bytes"] - 6 * GIB <= 2 * MIB
     assert (tmp_path / "w" / "plan-static.yaml").is_file()
+    sim = res["simulated"]  # the simulator's view of the same plans and trace
+    assert set(sim) == {"static", "pooled"}
+    assert all(0 <= m["slo_attainment"] <= 1 for m in sim.values())
 
 
 def test_log_scan_counts_memory_errors_not_shutdown_tracebacks(tmp_path):
