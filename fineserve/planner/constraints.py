@@ -129,6 +129,11 @@ def placed_traffic(b: Builder, d: IlpData, v: PlacementVars) -> Any:
     return b.total((FRACTION_SCALE // d.lam[m]) * v.p[m] for m in d.models)
 
 
+def all_traffic(d: IlpData) -> int:
+    """``placed_traffic`` with every model fully placed: a bound of stage 0."""
+    return sum((FRACTION_SCALE // d.lam[m]) * d.lam[m] for m in d.models)
+
+
 def gpu_cost(b: Builder, d: IlpData, v: PlacementVars) -> Any:
     """Objective term: sum_g c_g y_g (cost x 1000)."""
     return b.total(d.cost[g] * y for g, y in v.y.items())

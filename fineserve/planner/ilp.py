@@ -46,6 +46,7 @@ from fineserve.planner.configuration import configuration_bound
 from fineserve.planner.constraints import (
     ALL_FAMILIES,
     FRACTION_SCALE,
+    all_traffic,
     gpu_cost,
     pin_all_placed,
     placed_traffic,
@@ -145,7 +146,7 @@ def solve_ilp(
     else:
         res = _stage(bm, "placed-traffic", "max", placed_traffic(b, d, v), deadline,
                      PLACED_SHARE, lambda x: x / FRACTION_SCALE, stages,
-                     focus=lns.short_of_traffic)
+                     focus=lns.short_of_traffic, ceiling=all_traffic(d))
         if not res.has_solution:
             return _fallback(inst, warm_start, stages, backend, t0, limit)
         snapshot = _extract(bm, _report(backend, stages, t0))
@@ -271,8 +272,8 @@ QUICK_SHARE = 0.25
 # Of what a stage has left after its quick solve and bounds, for large-neighbourhood search
 # (lns.py) in the placed-traffic and headroom stages; the solver continues for the rest
 # (it also tightens the bound).
-LNS_SHARE = 0.7
-PLACED_SHARE = 0.5  # of the limit, for maximising placed traffic when the warm start cannot
+LNS_SHARE = 0.8
+PLACED_SHARE = 0.6  # of the limit, for maximising placed traffic when the warm start cannot
 # Of what is left, for the first of two stages (the second gets the rest). Max-headroom
 # puts its real work first; the cost stage of the lexicographic order is usually settled
 # quickly (or stuck at a bound no search closes), headroom needs the time.
@@ -373,8 +374,8 @@ def _run_named(bm: BuiltModel, name: str, deadline: float, share: float,
 
 
 def _stage(bm: BuiltModel, name: str, sense: str, expr, deadline: float, share: float,
-           show, stages: list[StageReport], prepare=None, focus: FocusOf | None = None
-           ) -> SolveResult:
+           show, stages: list[StageReport], prepare=None, focus: FocusOf | None = None,
+           ceiling: float | None = None) -> SolveResult:
     """Solve one objective, record it, then pin it so later stages keep it.
 
     With ``prepare`` or ``focus`` the solver first runs alone for ``QUICK_S``; only if that
@@ -383,23 +384,37 @@ def _stage(bm: BuiltModel, name: str, sense: str, expr, deadline: float, share: 
     tighter of it and the solver's; meeting it proves the stage optimal) and maybe a better
     hint. Then, with ``focus`` (CP-SAT only), large-neighbourhood search (lns.py) improves
     the best solution for ``LNS_SHARE`` of what is left, and the solver continues from the
-    best solution so far. ``show`` turns the ILP's integer objective into the reported one."""
+    best solution so far. ``ceiling`` is a bound known beforehand (all traffic placed): the
+    search runs first, from the stage's hint, and reaching the ceiling ends the stage.
+    ``show`` turns the ILP's integer objective into the reported one."""
     b = bm.b
     (b.maximize if sense == "max" else b.minimize)(expr)
     budget = max(0.5, (deadline - time.perf_counter()) * share)
     end = time.perf_counter() + budget
     staged = prepare is not None or focus is not None
-    first = min(QUICK_S, QUICK_SHARE * budget) if staged else budget
-    res = _solve_keep(bm, first, sense, None)
-    known, hint = None, None
-    if staged and res.status != "OPTIMAL":
+    known, hint = ceiling, None
+    if ceiling is not None and focus is not None and bm.hinted:
+        # the hint is a solution: search around it first, then let the solver prove
+        none = SolveResult("UNKNOWN", math.nan, math.nan, 0.0)
+        res = _lns(bm, none, sense, LNS_SHARE * budget, focus, ceiling)
+        if res.status != "OPTIMAL" and not (
+                res.has_solution and _meets(sense, res.objective, ceiling)):
+            if res.has_solution:
+                b.hint(bm.values)
+            res = _solve_keep(bm, max(0.5, end - time.perf_counter()), sense, res)
+    else:
+        first = min(QUICK_S, QUICK_SHARE * budget) if staged else budget
+        res = _solve_keep(bm, first, sense, None)
+    if staged and ceiling is None and res.status != "OPTIMAL":
         if prepare is not None:
             known, hint = prepare(end - time.perf_counter(),
                                   res.objective if res.has_solution else None)
         bound_now = _tighter(sense, res.bound, known)
+        if hint is None and focus is not None and not (
+                res.has_solution and _meets(sense, res.objective, bound_now)):
+            res = _lns(bm, res, sense, LNS_SHARE * (end - time.perf_counter()), focus,
+                       bound_now)
         if not (res.has_solution and _meets(sense, res.objective, bound_now)):
-            if hint is None and focus is not None:
-                res = _lns(bm, res, sense, LNS_SHARE * (end - time.perf_counter()), focus)
             if hint is not None:
                 b.hint(hint)
             elif res.has_solution:
@@ -423,8 +438,8 @@ def _stage(bm: BuiltModel, name: str, sense: str, expr, deadline: float, share: 
     return res
 
 
-def _lns(bm: BuiltModel, res: SolveResult, sense: str, seconds: float, focus: FocusOf
-         ) -> SolveResult:
+def _lns(bm: BuiltModel, res: SolveResult, sense: str, seconds: float, focus: FocusOf,
+         bound: float) -> SolveResult:
     """Large-neighbourhood search from the stage's best solution (CP-SAT only): its best
     becomes the incumbent ``_solve_keep`` compares against."""
     if not isinstance(bm.b, CpSatBuilder) or seconds < 2 * lns.STEP_S or not (
@@ -433,14 +448,19 @@ def _lns(bm: BuiltModel, res: SolveResult, sense: str, seconds: float, focus: Fo
     st = bm.d.inst.settings
     # no solution yet (the quick solve did not get through presolve): start from the hint
     start, objective = (bm.values, res.objective) if res.has_solution else (bm.hinted, None)
+    t0 = time.perf_counter()
     out = lns.improve(bm.b.model, bm.d, bm.v, start, objective, sense=sense,
                       seconds=seconds, focus=focus(bm.d, bm.v), workers=st.num_workers,
-                      seed=st.seed, overload=focus is lns.busiest)
+                      seed=st.seed, overload=focus is lns.busiest,
+                      stop_at=bound if bound == bound else None)
+    spent = res.seconds + time.perf_counter() - t0
     if out.objective is None:
-        return dataclasses.replace(res, seconds=res.seconds + seconds)
+        return dataclasses.replace(res, seconds=spent)
     bm.values = out.values
+    if out.proven:  # the last neighbourhood was the whole model, solved to optimality
+        return SolveResult("OPTIMAL", out.objective, out.objective, spent)
     return dataclasses.replace(res, status="FEASIBLE" if not res.has_solution else res.status,
-                               objective=out.objective, seconds=res.seconds + seconds)
+                               objective=out.objective, seconds=spent)
 
 
 def _meets(sense: str, objective: float, bound: float) -> bool:

@@ -35,11 +35,13 @@ class LnsResult:
     objective: float | None  # its objective; None: no solution known (start not verified)
     steps: int
     improvements: int
+    proven: bool  # a neighbourhood of every GPU was solved to optimality: nothing better
 
 
 def improve(model: cp_model.CpModel, d: IlpData, v: PlacementVars, values: dict,
             objective: float | None, *, sense: str, seconds: float, focus: Focus,
-            workers: int, seed: int = 0, overload: bool = False) -> LnsResult:
+            workers: int, seed: int = 0, overload: bool = False,
+            stop_at: float | None = None) -> LnsResult:
     """Improve ``values`` (a solution of ``model`` with objective ``objective``) for
     ``seconds``. ``model`` carries the stage's objective and is not modified. With
     ``objective`` None, ``values`` is a hint not yet confirmed by the solver: the first
@@ -50,7 +52,8 @@ def improve(model: cp_model.CpModel, d: IlpData, v: PlacementVars, values: dict,
     bottleneck engine is left, and several models usually tie at it. So each neighbourhood
     minimises instead the total overload above a target just below the incumbent's U -
     sum over engines of max(0, U_SCALE f - target mu) - with U kept no worse: moves that
-    relieve one bottleneck at a time are accepted, and U drops when all are."""
+    relieve one bottleneck at a time are accepted, and U drops when all are. The search
+    ends early once the objective meets ``stop_at`` (a bound: nothing better exists)."""
     end = time.perf_counter() + seconds
     rng = random.Random(seed)
     gpus = [g.gpu_id for g in d.gpus]
@@ -60,13 +63,14 @@ def improve(model: cp_model.CpModel, d: IlpData, v: PlacementVars, values: dict,
         best_obj = values[v.U]
     steps = improvements = 0
     now = 0  # the incumbent's overload (``overload`` only)
-    while time.perf_counter() + 0.05 < end:
+    while time.perf_counter() + 0.05 < end and not _reached(sense, best_obj, stop_at):
         free = _neighbourhood(focus(best), gpus, size, rng)
         sub = _fixed_outside(model, d, v, best, free)
         if overload:
-            target = int(best_obj) - max(1, int(best_obj) // TARGET_STEP)  # type: ignore[arg-type]
+            u_now = int(best_obj or 0)
+            target = u_now - max(1, u_now // TARGET_STEP)
             now = _overload(d, v, best, target)
-            _minimise_overload(sub, d, v, best, free, target, int(best_obj))
+            _minimise_overload(sub, d, v, best, free, target, u_now)
         solver = cp_model.CpSolver()
         solver.parameters.num_workers = max(1, workers)
         solver.parameters.random_seed = seed + steps
@@ -85,11 +89,12 @@ def improve(model: cp_model.CpModel, d: IlpData, v: PlacementVars, values: dict,
             new_obj = best[v.U] if overload else solver.objective_value
             improvements += _better(sense, new_obj, best_obj)
             best_obj = new_obj
-        elif status == cp_model.OPTIMAL:
-            size = min(size + 1, MAX_GPUS, len(gpus))  # closed without gain: look wider
-        else:
-            size = max(size - 1, MIN_GPUS)  # out of time: look narrower
-    return LnsResult(best, best_obj, steps, improvements)
+        if status == cp_model.OPTIMAL and len(free) == len(gpus) and not overload:
+            return LnsResult(best, best_obj, steps, improvements, True)  # the full model
+        if not gain:  # closed without gain: look wider; out of time: look narrower
+            size = (min(size + 1, MAX_GPUS, len(gpus)) if status == cp_model.OPTIMAL
+                    else max(size - 1, MIN_GPUS))
+    return LnsResult(best, best_obj, steps, improvements, False)
 
 
 def _overload(d: IlpData, v: PlacementVars, values: dict, target: int) -> int:
@@ -112,6 +117,12 @@ def _minimise_overload(sub: cp_model.CpModel, d: IlpData, v: PlacementVars, valu
         sub.add(e >= U_SCALE * f - target * mu)
         terms.append(e)
     sub.minimize(sum(terms))
+
+
+def _reached(sense: str, obj: float | None, bound: float | None) -> bool:
+    if obj is None or bound is None:
+        return False
+    return obj <= bound + 1e-6 if sense == "min" else obj >= bound - 1e-6
 
 
 def _better(sense: str, new: float, old: float | None) -> bool:
