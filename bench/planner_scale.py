@@ -58,6 +58,7 @@ def main() -> None:
     ap.add_argument("--large-limit", type=float, default=60.0, help="s, 100-model instance")
     ap.add_argument("--only-small", action="store_true", help="skip the 100-model instance")
     args = ap.parse_args()
+    load_start = os.getloadavg()[0]  # the machine is shared: say how busy it was
     scale = 0.3 if args.quick else 1.0
     latency = default_latency_model()
     small = muxserve_scale()
@@ -76,9 +77,11 @@ def main() -> None:
     for r in rows:
         table.append(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.3f} | {r[4]:.2f} | {r[5]:.1f} | "
                      f"{r[6]} | {r[7]} | {r[8]} |")
+    load = f"{load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
+    flags = (" --quick" if args.quick else "") + (" --only-small" if args.only_small else "")
     header = (f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, "
-              f"{os.cpu_count()} cores, Python {platform.python_version()}; command: "
-              f"`python bench/planner_scale.py{' --quick' if args.quick else ''}` "
+              f"{os.cpu_count()} cores, Python {platform.python_version()}, load average "
+              f"{load}; command: `python bench/planner_scale.py{flags}` "
               f"(limits {args.small_limit:g} s / {args.large_limit:g} s).")
     text = DOC.read_text() if DOC.exists() else f"# Planner benchmarks\n\n{BEGIN}\n{END}\n"
     head, _, rest = text.partition(BEGIN)

@@ -2,13 +2,16 @@
 
 The columns that the bound generated (configuration.py) fit the LP's fractional optimum; an
 integer programme over them alone (rounding.py) often has no mix at the bound's cost (the
-19-model instance: 9 GPUs found, none of 8, against a bound of 7.8). Diving fixes, one at a
-time, the column closest to a whole GPU (lambda_c >= ceil(lambda_c)) and generates new
-columns around each fixing, so the LP keeps repairing what the fixings force. A fixing that
-pushes the LP above the cost cap is undone and that column passed over (a few times at most).
-The dive ends with whole GPUs per configuration within the cap - TP ranks not necessarily
-whole engines yet, which the rounding programme repairs - or with nothing. It is a
-heuristic: it never bounds anything.
+19-model instance: 9 GPUs found, none of 8, against a bound of 7.8). A dive aims at the
+cheapest achievable cost above the LP, then the next ones up to the cap. It first holds a
+model whose TP degrees the LP mixes with fractional engines to its dominant degree (largest
+model first), then fixes, one at a time, the column closest to a whole GPU (lambda_c >=
+ceil(lambda_c)), generating new columns around each fixing so the LP repairs what the
+fixings force. A fixing that lifts the LP above the target is tried down (lambda_c <=
+floor), then undone and that column passed over (a few times at most). Whole GPUs whose TP
+ranks are not whole engines of equal traffic get that degree banned, and the dive goes on.
+It ends with a mix that mixplace.py can usually place, or with nothing (and the last LP
+solution, rounded, as a hint for the rounding programme). A heuristic: it bounds nothing.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from fineserve.planner.packing import Aggregate, Placed, pack
 from fineserve.planner.variables import H_SCALE, MILLI, IlpData, min_headroom
 
 L = 8  # every TP degree divides this: rank contributions become integers
-DIVE_SHARE = 0.6  # of rounded_plan's time, for the dive when a cost cap is given
+DIVE_SHARE = 0.8  # of rounded_plan's time, for the dive when a cost cap is given
 
 
 def round_columns(d: IlpData, pool: tuple[Column, ...], *, cost_cap: int | None,
