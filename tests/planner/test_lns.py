@@ -5,7 +5,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fineserve.planner import lns
-from fineserve.planner.constraints import pin_all_placed, placed_traffic
+from fineserve.planner.constraints import all_traffic, pin_all_placed, placed_traffic
 from fineserve.planner.greedy import static_plan
 from fineserve.planner.ilp import build_model
 from fineserve.planner.options import engine_options
@@ -74,3 +74,21 @@ def test_lns_spreads_a_stacked_start_over_idle_gpus():
     used = {g for key, x in v.x.items() if out.values[x] for g in v.group_of(d, key).gpus}
     assert len(used) > 2
     assert _is_solution(bm, out.values)
+
+
+def test_lns_proves_a_stage_when_its_neighbourhood_is_the_whole_cluster():
+    """Two GPUs, more traffic than fits: a neighbourhood of every GPU is the full model, so
+    the search stops with the proven optimum instead of spending its time."""
+    models = [demand("big", rate=400.0, tp=(1,)), demand("small", "llama-3.2-1b", rate=1.0)]
+    inst = instance(models, gpus=2, sm_levels=(30, 50, 100), kv_mode=KVMode.POOLED,
+                    num_workers=2)
+    bm, hint = _start(inst)
+    d, v, b = bm.d, bm.v, bm.b
+    assert not places_all(d, v, hint)
+    b.maximize(placed_traffic(b, d, v))
+    out = lns.improve(b.model, d, v, hint, None, sense="max", seconds=30.0,
+                      focus=lns.short_of_traffic(d, v), workers=2,
+                      stop_at=all_traffic(d))
+    assert out.proven and out.objective is not None
+    assert out.objective < all_traffic(d)
+    assert b.solve(10).objective == out.objective  # the full model agrees
