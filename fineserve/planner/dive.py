@@ -88,6 +88,7 @@ def _dive_once(d: IlpData, master: Master, cap: int, deadline: float, allowed: A
     """One dive from the master's root: settle TP degrees, then fix columns. Returns the
     integer mix (or ()) and the last LP solution within the cap, rounded."""
     near: Mix = ()
+    base = allowed
     allowed = _settle_tp(d, master, deadline, allowed)
     passed: set[Column] = set()
     tries: list[tuple[float, float]] = []  # bounds still to try on the column being fixed
@@ -117,8 +118,12 @@ def _dive_once(d: IlpData, master: Master, cap: int, deadline: float, allowed: A
             odd = _odd_engines(d, lam)
             if not odd:
                 return near, near
-            # whole GPUs, but a TP engine short of ranks: drop those degrees and go on
-            allowed = _ban(d, master, allowed, odd)
+            # whole GPUs, but a TP engine short of ranks: drop those degrees and go on (the
+            # model's other degrees allowed again, should settling have dropped them)
+            models = {m for m, _ in odd}
+            again = frozenset((m, i) for m in models for i in range(len(d.options[m]))
+                              if allows(base, m, i))
+            allowed = _ban(d, master, again | allowed if allowed is not None else None, odd)
             col, tries = None, []
             continue
         open_ = [(c, x) for c, x in frac if c not in passed]
@@ -179,10 +184,13 @@ def _odd_engines(d: IlpData, lam: dict[Column, float]) -> set[tuple[str, int]]:
 def _ban(d: IlpData, master: Master, allowed: Allowed, banned: set[tuple[str, int]]
          ) -> frozenset[tuple[str, int]]:
     """Allowed options without the (model, degree) pairs in ``banned``; their columns are
-    bounded to 0."""
+    bounded to 0, and columns held at 0 that are allowed (again) are released - pricing
+    would otherwise keep proposing them, in vain."""
     keep = frozenset((m, i) for m in d.models for i, o in enumerate(d.options[m])
                      if allows(allowed, m, i) and (m, o.tp) not in banned)
     for c in master.cols:
         if not all(allows(keep, m, i) for m, i, _ in c.ranks):
             master.fix(c, 0, 0)
+        elif master.fixed.get(c) == (0, 0):
+            master.fix(c)
     return keep
