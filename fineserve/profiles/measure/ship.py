@@ -18,8 +18,9 @@ from fineserve.profiles.measure.records import DECODE, PREFILL, EngineLabel, Poi
 from fineserve.profiles.measure.store import (
     SPREAD_TARGET,
     ResultStore,
+    common_prefill_totals,
     to_latency_point,
-    with_same_totals,
+    with_extra_prefill,
 )
 from fineserve.profiles.schema import LatencyPoint, ProfileTable, save_profile
 
@@ -43,18 +44,20 @@ def ship(store: ResultStore, grid: GridSpec, dest_root: Path, *, note: str = "")
     shipped: dict[str, list[float]] = {PREFILL: [], DECODE: []}
     methods: dict[str, set[str]] = {PREFILL: set(), DECODE: set()}
     superseded: set[str] = set()
-    for label, done in sorted(by_label.items(), key=lambda kv: -kv[0].sm_pct):
-        if label.sm_pct not in grid.sm_pcts:
-            continue
-        for phase in (PREFILL, DECODE):
-            wanted = [p for p in plan if p.phase == phase]
-            if all(p.key in done for p in wanted):
-                records = with_same_totals(done, wanted)
-                rows += [to_latency_point(r) for r in records]
-                shipped[phase].append(label.sm_pct)
-                methods[phase] |= {r.method for r in records}
-                superseded |= {f"{phase}: {r.method}: {r.superseded}" for r in records
-                               if r.superseded}
+    labels = sorted((lb for lb in by_label if lb.sm_pct in grid.sm_pcts), key=lambda lb: -lb.sm_pct)
+    complete = {phase: [lb for lb in labels if all(
+        p.key in by_label[lb] for p in plan if p.phase == phase)] for phase in (PREFILL, DECODE)}
+    totals = common_prefill_totals(by_label[lb] for lb in complete[PREFILL])
+    for phase in (PREFILL, DECODE):
+        wanted = [p for p in plan if p.phase == phase]
+        for label in complete[phase]:
+            records = with_extra_prefill(by_label[label], wanted, totals if phase == PREFILL
+                                         else set())
+            rows += [to_latency_point(r) for r in records]
+            shipped[phase].append(label.sm_pct)
+            methods[phase] |= {r.method for r in records}
+            superseded |= {f"{phase}: {r.method}: {r.superseded}" for r in records
+                           if r.superseded}
     folder = dest_root / store.gpu / store.model
     csv = folder / f"{store.precision.name}.csv"
     meta = csv.with_name(f"{store.precision.name}.meta.json")

@@ -85,13 +85,15 @@ class ResultStore:
             by_label.setdefault(record.label, {})[record.key] = record  # a rerun's repeat wins
         rows: list[LatencyPoint] = []
         complete, incomplete = set(), set()
+        full = {label: by_label.get(label, {}) for label, points in planned.items()
+                if all(p.key in by_label.get(label, {}) for p in points)}
+        totals = common_prefill_totals(full.values())
         for label, points in planned.items():
-            done = by_label.get(label, {})
-            if any(p.key not in done for p in points):
+            if label not in full:
                 incomplete.add(label.sm_pct)
                 continue
             complete.add(label.sm_pct)
-            rows += [to_latency_point(r) for r in with_same_totals(done, points)]
+            rows += [to_latency_point(r) for r in with_extra_prefill(full[label], points, totals)]
         spreads = [p.rel_spread for p in rows]
         written = None
         if rows:
@@ -136,15 +138,22 @@ def _common(values: Iterable[str]) -> str:
     return " | ".join(distinct)
 
 
-def with_same_totals(
-    done: dict[tuple[str, int, int], PointRecord], wanted: Iterable[PointSpec]
+def common_prefill_totals(complete: Iterable[dict[tuple[str, int, int], PointRecord]]) -> set[int]:
+    """Prefill totals (batch x tokens) measured on every one of the ``complete`` engines."""
+    sets = [{r.batch * r.tokens for r in done.values() if r.phase == PREFILL} for done in complete]
+    return set.intersection(*sets) if sets else set()
+
+
+def with_extra_prefill(
+    done: dict[tuple[str, int, int], PointRecord], wanted: Iterable[PointSpec], totals: set[int]
 ) -> list[PointRecord]:  # fmt: skip
-    """The wanted points' records, plus measured prefill points at a total (batch x tokens)
-    the wanted ones already have: ``TableLatency`` indexes prefill by that total, so they
-    merge as repeats of a cell rather than adding a row or column (``GridSpec.pruned``)."""
+    """The wanted points' records, plus measured prefill points off the grid whose total
+    (batch x tokens) is in ``totals`` (``common_prefill_totals`` of the SM shares shipped).
+    ``TableLatency`` indexes prefill by that total: a total the grid has merges as a repeat
+    of its cell (``GridSpec.pruned``); one measured at every SM share adds a full column
+    (the 4 x 2048 points of earlier grids); one missing somewhere would leave a hole."""
     wanted = list(wanted)
     keys = {p.key for p in wanted}
-    totals = {p.batch * p.tokens for p in wanted if p.phase == PREFILL}
     extra = [r for k, r in done.items() if k not in keys and r.phase == PREFILL
              and r.batch * r.tokens in totals]
     return [done[p.key] for p in wanted] + extra

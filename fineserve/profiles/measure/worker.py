@@ -74,7 +74,7 @@ def _measure(
     """One untimed run of the point's shape (caches, allocator, clocks settle), then
     ``repeats`` timed repeats of ``samples`` runs each (a repeat is their median)."""
     runs, methods, notes = [], set(), []
-    blocker = _blocker(job.engine)
+    blocker = blocker_tokens(job.engine)
     samples = max(1, point.samples)
     for i in range(point.repeats * samples + 1):
         if point.phase == PREFILL:
@@ -114,7 +114,7 @@ def _floor(llm: Any, prompts: eng.Prompts) -> float | None:
     return statistics.median(gaps) if gaps else None
 
 
-def _blocker(args: EngineArgs) -> int:
+def blocker_tokens(args: EngineArgs) -> int:
     """Tokens of the prompt that goes ahead of a measured prefill batch (engine.prefill): a
     whole step's budget, so that no request of the batch can share the blocker's step."""
     return max(1, min(args.max_model_len - 8, args.max_num_batched_tokens))
@@ -131,16 +131,34 @@ def _guess(done: list[tuple[PointSpec, float]], point: PointSpec) -> float:
     return max(guesses, default=0.0)
 
 
+def wait_for_go(control: Path, tag: str, deadline: float, poll_s: float = 0.05) -> bool:
+    """Announce readiness, then wait for this engine's turn; False: stop or out of time."""
+    (control / f"{tag}.ready").write_text("")
+    while time.time() < deadline:
+        if (control / f"{tag}.go").exists():
+            return True
+        if (control / "stop").exists():
+            return False
+        time.sleep(poll_s)
+    return False
+
+
 def run_profile(job: ProfileJob) -> int:
     llm, record = _start(job)
     append(job.results, record)
+    control = Path(job.control) if job.control else None
     if llm is None:
+        if control is not None:
+            (control / f"{job.tag}.failed").write_text(record.error or "")
         print(f"engine did not start: {record.error}", file=sys.stderr)
         return 3
+    if control is not None and not wait_for_go(control, job.tag, job.deadline - SAFETY_S):
+        print("stopped before measuring: no turn before the deadline", file=sys.stderr)
+        return 0
     prompts = eng.Prompts(job.engine.vocab_size, job.engine.seed)
     max_batch = max(p.batch for p in job.points)
     longest = max((p.tokens for p in job.points if p.phase == PREFILL), default=16)
-    blocker = _blocker(job.engine) if any(p.phase == PREFILL for p in job.points) else 0
+    blocker = blocker_tokens(job.engine) if any(p.phase == PREFILL for p in job.points) else 0
     eng.warm_up(llm, prompts, max_batch, min(longest, job.engine.max_model_len - 8), blocker)
     floor = _floor(llm, prompts) if any(p.phase == PREFILL for p in job.points) else None
     done: list[tuple[PointSpec, float]] = []

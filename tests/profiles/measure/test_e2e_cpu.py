@@ -36,12 +36,13 @@ GRID = GridSpec(sm_pcts=(100,), prefill_tokens=(32, 768), prefill_batches=(1, 2)
 
 
 def test_profile_a_tiny_model_on_vllm_cpu(tmp_path):
+    """Through the wave runner (one engine per wave on CPU), prefill repeats of 3 runs."""
     model = tmp_path / "tiny-llama"
     model.mkdir()
     (model / "config.json").write_text(json.dumps(TINY))
     req = ProfileRequest(model=str(model), precisions=(Precision.parse("bf16"),),
                          out=tmp_path / "out", grid=GRID, cpu=True, engine_python=ENGINE_PYTHON,
-                         cache_dir=tmp_path / "cache", budget_s=540)
+                         cache_dir=tmp_path / "cache", budget_s=540, parallel=True)
     summary = run_profile(req)
     assert not summary.failed, summary.failed
     (export,) = summary.exports
@@ -64,7 +65,11 @@ def test_profile_a_tiny_model_on_vllm_cpu(tmp_path):
                export.csv.with_name("bf16.kv-bf16.jsonl").read_text().splitlines()]
     points = [r for r in records if r["kind"] == "point"]
     assert not any(r["note"] for r in points)  # one step per prefill batch, decode as expected
-    assert {r["method"] for r in points} == {"step-ts/2", "window-ts/2 n16"}
+    assert {r["method"] for r in points} == {"step-ts/2 med3", "window-ts/2 n16"}
+    # a prefill repeat is the median of 3 runs, all kept (stats.py)
+    assert all(len(r["runs"]) == 9 for r in points if r["phase"] == "prefill")
+    # parallel=True: the engine waited for its turn in a wave (ready/go), then measured
+    assert not list((tmp_path / "out").rglob(".wave-*"))
     # The blocker and window methods against an independent wall-clock measurement of the
     # same point (batch 1): prefill = lone TTFT minus the fixed cost outside the step; decode
     # = extra time of 16 tokens over 1, per token. The 32-token prefill is all fixed cost,

@@ -138,12 +138,17 @@ def test_superseded_points_ship_but_are_measured_again(store):
     assert summary.complete == (100.0,) and summary.points == len(POINTS)
 
 
-def test_a_pruned_prefill_point_ships_beside_the_grid_when_measured(store):
+def test_off_grid_prefill_points_ship_where_every_sm_share_has_their_total(store):
     fill(store, 100)
-    extra = PointSpec("prefill", 4, 128, 3)  # 4 x 128 = 1 x 512, a cell the grid has
-    off = PointSpec("prefill", 4, 100, 3)  # a total the grid lacks: left out
-    fill(store, 100, (extra, off))
-    store.export({label(100): POINTS})
-    rows = {(x.batch, x.tokens) for x in load_profile(store.csv) if x.phase is Phase.PREFILL}
-    assert rows == {(1, 128), (1, 512), (4, 128)}
-    TableLatency(load_profile(store.csv))
+    fill(store, 50)
+    same = PointSpec("prefill", 4, 128, 3)  # 4 x 128 = 1 x 512, a cell the grid has
+    column = PointSpec("prefill", 4, 2048, 3)  # measured at both shares: a full column
+    hole = PointSpec("prefill", 2, 2048, 3)  # measured at SM 100 only: would leave a hole
+    fill(store, 100, (same, column, hole))
+    fill(store, 50, (column,))
+    store.export({label(100): POINTS, label(50): POINTS})
+    table = load_profile(store.csv)
+    rows = {(x.sm_pct, x.batch, x.tokens) for x in table if x.phase is Phase.PREFILL}
+    assert rows == {(sm, b, t) for sm in (50.0, 100.0) for b, t in ((1, 128), (1, 512), (4, 2048))
+                    } | {(100.0, 4, 128)}
+    TableLatency(table)
