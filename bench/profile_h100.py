@@ -3,11 +3,17 @@ without the CLI's dependencies, for the host's bare interpreter.
 
 Resumable: rerun the same command and only missing points are measured; ``--budget-s`` stops
 cleanly before the time is up. Writes ``OUT/{gpu}/{model}/{precision}.{csv,jsonl,meta.json,log}``
-(docs/profiler.md). The defaults are the H100 session grid (SM 100/50/30). One GPU session
-(bundle installed; about 9 minutes), continuing from the committed results:
+(docs/profiler.md). The defaults are the H100 session grid (SM 100/50/30, prefill at batch 1);
+a model's engines start in waves that fit the GPU (``--sequential``: one by one). One GPU
+(bundle installed; about 9 minutes a call), continuing from the committed results:
 
     PYTHONPATH=$PWD:$PYTHONPATH python bench/profile_h100.py --reference-set \\
-        --resume-from bench/results/h100-profile --out /tmp/fs-prof --budget-s 480
+        --resume-from bench/results/h100-profile --out /tmp/fs-prof --budget-s 460
+
+N GPUs of one host: the same with ``--shard K/N`` per GPU (``CUDA_VISIBLE_DEVICES=K``, own
+``--cache-dir``, shared ``--out``). What is left, and how long it takes, without a GPU:
+
+    python bench/profile_h100.py --reference-set --out bench/results/h100-profile --estimate
 
 Then, here, after the results are unpacked into bench/results/h100-profile:
 
@@ -69,6 +75,9 @@ def todo(args: argparse.Namespace) -> tuple[tuple[str, str, str | None], ...]:
     if not args.shard:
         return entries
     k, n = _parse_shard(args.shard)
+    if not args.resume_from and not args.estimate:
+        # every process must split the same way: from the same, unchanging results
+        raise SpecError("--shard: give --resume-from (the split is computed from it)")
     jobs = {f"{m}|{p}": (m, p, sm) for m, ps, sm in entries for p in ps.split(",")}
     seconds = [(name, _estimate([job], args)[1]) for name, job in jobs.items()]
     mine = set(shard(seconds, n)[k])
@@ -234,7 +243,8 @@ def main() -> int:
                    help="measure nothing: print the session plan and its estimated time")
     p.add_argument("--shard", default=None,
                    help="K/N: measure only this GPU's share of the (model, precision) jobs "
-                        "(run N processes, one per GPU, each with its own --out/--cache-dir)")
+                        "(N processes, one per GPU, each with its own --cache-dir; --out may "
+                        "be shared; needs --resume-from)")
     p.add_argument("--sequential", action="store_true",
                    help="start one engine at a time (default: waves of engines that fit)")
     args = p.parse_args()
@@ -249,15 +259,16 @@ def main() -> int:
             return ship_all(args)
         if args.estimate:
             return estimate(args)
+        entries = todo(args)  # before anything starts: a bad --shard is an error here
         if args.resume_from:
             n = resume_from(Path(args.resume_from), Path(args.out),
-                            todo(args) if args.shard else None)
+                            entries if args.shard else None)
             print(f"resumed from {args.resume_from}: {n} files copied", flush=True)
         daemon = None
         if not args.cpu and not args.no_mps:  # one MPS daemon for every model of the run
             daemon = mps_daemon.ensure_daemon(Path(args.cache_dir) / "mps")
         try:
-            return _measure(args, t0, show, daemon)
+            return _measure(args, entries, t0, show, daemon)
         finally:
             if daemon is not None:
                 mps_daemon.stop_daemon(daemon)
@@ -266,9 +277,10 @@ def main() -> int:
         return exc.exit_code
 
 
-def _measure(args: argparse.Namespace, t0: float, show: Callable[[Progress], None],
+def _measure(args: argparse.Namespace, entries: Sequence[tuple[str, str, str | None]],
+             t0: float, show: Callable[[Progress], None],
              daemon: mps_daemon.MpsDaemon | None) -> int:  # fmt: skip
-    for model, precisions, sm in todo(args):
+    for model, precisions, sm in entries:
         left = None if args.budget_s is None else args.budget_s - (time.time() - t0)
         if left is not None and left < 60:
             print("stopped: budget spent; rerun the same command to continue")

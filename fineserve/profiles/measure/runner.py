@@ -331,9 +331,10 @@ def _wave(request: ProfileRequest, plans: list[EnginePlan], members: list[Engine
     def turn_fits() -> bool:
         return time.time() + SHUTDOWN_S + 10 < t_end
 
-    wave = [WaveMember(f"sm{p.label.sm_pct:g}-{p.store.precision.name}", p.label.key in leaders,
-                       spawn(p, f"sm{p.label.sm_pct:g}-{p.store.precision.name}"),
-                       poll(p, state.done)) for p in members]  # fmt: skip
+    tags = {p.label.key: f"sm{p.label.sm_pct:g}-{p.store.precision.name}-tp{p.label.tp}"
+            for p in members}
+    wave = [WaveMember(tags[p.label.key], p.label.key in leaders, spawn(p, tags[p.label.key]),
+                       poll(p, state.done)) for p in members]
     try:
         result = run_wave(wave, control, kill_at, kill_group, turn_fits)
     finally:

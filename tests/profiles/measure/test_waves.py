@@ -75,16 +75,16 @@ def test_a_wave_starts_its_leader_first_then_measures_one_engine_at_a_time(tmp_p
     ev = events(tmp_path)
     # 8B bf16 engines (~19 GiB each) : 3 in the first wave, the fourth in a second one
     first = [t for t, what, _ in ev if what == "started"]
-    assert first[0] == "sm100-bf16.kv-bf16" and first[-1] == "sm30-bf16.kv-bf16"
-    leader_measured = ev.index(("sm100-bf16.kv-bf16", "measure", ev[0][2]))
+    assert first[0] == "sm100-bf16.kv-bf16-tp1" and first[-1] == "sm30-bf16.kv-bf16-tp1"
+    leader_measured = ev.index(("sm100-bf16.kv-bf16-tp1", "measure", ev[0][2]))
     followers = [i for i, (t, what, _) in enumerate(ev) if what == "started" and t in
-                 ("sm70-bf16.kv-bf16", "sm50-bf16.kv-bf16")]
+                 ("sm70-bf16.kv-bf16-tp1", "sm50-bf16.kv-bf16-tp1")]
     assert all(i < leader_measured for i in followers)  # every start before any measuring
     where = {(t, what): i for i, (t, what, _) in enumerate(ev)}
-    assert where[("sm30-bf16.kv-bf16", "started")] > where[("sm50-bf16.kv-bf16", "done")]
+    assert where[("sm30-bf16.kv-bf16-tp1", "started")] > where[("sm50-bf16.kv-bf16-tp1", "done")]
     turns = [(t, what) for t, what, _ in ev if what in ("measure", "done")]
-    assert turns == [(t, w) for t in ("sm100-bf16.kv-bf16", "sm70-bf16.kv-bf16",
-                                      "sm50-bf16.kv-bf16", "sm30-bf16.kv-bf16")
+    assert turns == [(t, w) for t in ("sm100-bf16.kv-bf16-tp1", "sm70-bf16.kv-bf16-tp1",
+                                      "sm50-bf16.kv-bf16-tp1", "sm30-bf16.kv-bf16-tp1")
                      for w in ("measure", "done")]  # never two at once, in SM order
     for _, _, pid in ev:  # nothing left running
         with pytest.raises(ProcessLookupError):
