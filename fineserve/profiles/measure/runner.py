@@ -323,9 +323,13 @@ def _wave(request: ProfileRequest, plans: list[EnginePlan], members: list[Engine
         return start
 
     def poll(plan: EnginePlan, base: int) -> Callable[[], None]:
-        def on_poll() -> None:
+        seen = [0]
+
+        def on_poll() -> None:  # reports only when a point was added
             n = len(plan.store.done(plan.label)) - befores[plan.label.key]
-            state.progress(Progress(base + n, state.total, plan.label.key))
+            if n != seen[0]:
+                seen[0] = n
+                state.progress(Progress(base + n, state.total, plan.label.key))
         return on_poll
 
     def turn_fits() -> bool:
