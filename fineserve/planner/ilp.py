@@ -186,6 +186,7 @@ class _Prepare:
 
     def _cost(self, seconds: float, found: float | None) -> tuple[float, dict | None]:
         """Cuts from the aggregated and configuration bounds; a cheaper rounded plan."""
+        started = time.perf_counter()
         bm = self.bm
         b, d, v, st = bm.b, bm.d, bm.v, bm.d.inst.settings
         lb = cost_lower_bound(d, min(AGGREGATE_SHARE * self.limit, 0.3 * seconds),
@@ -193,15 +194,17 @@ class _Prepare:
         b.add(gpu_cost(b, d, v) >= lb, "cut[cost>=aggregate]")
         if found is not None and found <= _achievable_cost(d, lb):
             return _achievable_cost(d, lb), None  # proven: skip the rest
-        config = configuration_bound(d, seconds=min(CONFIG_SHARE * self.limit, 0.4 * seconds))
+        config = configuration_bound(d, seconds=min(CONFIG_SHARE * self.limit, 0.3 * seconds))
         if config.value > lb:
             b.add(gpu_cost(b, d, v) >= config.value, "cut[cost>=configuration]")
         known = _achievable_cost(d, max(lb, config.value))
         self.pool = config.pool
         cap = found if found is not None else (
             None if self.warm is None else round(self.warm.cost / d.cost_unit * 1000))
+        # the rounded start dives on the configuration LP first (dive.py): it needs seconds
+        left = seconds - (time.perf_counter() - started)
         better = _rounded_start(d, config.pool, cap, known,
-                                min(ROUNDING_SHARE * self.limit, 0.2 * seconds))
+                                min(ROUNDING_SHARE * self.limit, 0.8 * left))
         if better is None:
             return known, None
         if self.warm is None or better.cost < self.warm.cost:
@@ -264,7 +267,7 @@ MAX_PLACEMENT_VARS = 60_000  # above this the full model does not presolve in a 
 AGGREGATE_SHARE = 0.12  # per aggregated bound (bounds.py)
 CONFIG_SHARE = 0.2  # configuration-LP cost bound (configuration.py)
 CONFIG_H_SHARE = 0.1  # configuration-LP headroom bound
-ROUNDING_SHARE = 0.08  # warm start rounded from the configuration LP's columns
+ROUNDING_SHARE = 0.35  # warm start from the configuration LP's columns (dive, rounding)
 # Each stage first runs CP-SAT alone for QUICK_S (or QUICK_SHARE of its time, if less); the
 # bounds and rounded hints above are computed only if that did not prove the stage optimal.
 QUICK_S = 1.5
@@ -277,7 +280,7 @@ PLACED_SHARE = 0.6  # of the limit, for maximising placed traffic when the warm 
 # Of what is left, for the first of two stages (the second gets the rest). Max-headroom
 # puts its real work first; the cost stage of the lexicographic order is usually settled
 # quickly (or stuck at a bound no search closes), headroom needs the time.
-FIRST_STAGE_SHARE = {Objective.LEXICOGRAPHIC: 0.35, Objective.MAX_HEADROOM: 0.85,
+FIRST_STAGE_SHARE = {Objective.LEXICOGRAPHIC: 0.6, Objective.MAX_HEADROOM: 0.85,
                      Objective.MIN_GPUS: 1.0, Objective.WEIGHTED: 1.0}
 
 
