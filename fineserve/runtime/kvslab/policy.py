@@ -14,6 +14,14 @@ recent mean (``stats.py``). value_i(k) never increases with k, so filling the po
 value per byte is optimal for equal slab sizes and within one slab per engine otherwise (a
 knapsack rounding; tests compare with exhaustive search).
 
+Tiers (the H100 acceptance run, docs/kv-slab.md): memory goes first to tokens engines hold
+now (``used_tokens``: taking them back needs their sequences to finish, a drain cannot), then
+to tokens wanted now (running + waiting), and only then to the forecast tail, each tier by value
+per byte. A forecast (a 30 s EWMA) never outranks another engine's present demand: without the
+tiers an idle fp8 engine's stale mean, worth 2 tokens per bf16 byte, kept slabs a hot bf16
+engine needed, and a backlogged fp8 engine pushed running bf16 engines below the blocks they
+held.
+
 Stability: slabs an engine already holds are worth ``1 + hysteresis`` times more, so a
 challenger needs a clear advantage before memory moves, and an engine losing memory gives it
 back gradually (a fraction of the gap per tick), so an idle engine is drained over a few ticks,
@@ -24,7 +32,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from fineserve.runtime.kvslab.errors import FloorsExceedPool, KvSlabError
@@ -124,7 +132,22 @@ def slab_value(e: EngineKvDemand, k: int, params: PolicyParams) -> float:
     return e.slo_weight * need
 
 
-def _greedy(
+def certain_value(e: EngineKvDemand, k: int, params: PolicyParams) -> float:
+    """Weighted tokens of the k-th slab wanted now (running + waiting), no forecast."""
+    t = e.tokens_per_slab
+    return e.slo_weight * max(0.0, min(k * t, float(max(e.demand_tokens, 0))) - (k - 1) * t)
+
+
+def _held_value(e: EngineKvDemand, k: int, params: PolicyParams) -> float:
+    return e.slo_weight * e.tokens_per_slab  # a full slab of held tokens
+
+
+def used_slabs(e: EngineKvDemand) -> int:
+    """Slabs the tokens the engine holds now fill (what a drain cannot take back soon)."""
+    return min(e.max_slabs, math.ceil(max(e.used_tokens, 0) / e.tokens_per_slab - 1e-9))
+
+
+def _tiered(
     pool_bytes: int,
     engines: Sequence[EngineKvDemand],
     lower: Sequence[int],
@@ -132,7 +155,24 @@ def _greedy(
     incumbent: Sequence[int],
     params: PolicyParams,
 ) -> list[int]:
-    """Start every engine at ``lower``; add slabs by value per byte up to ``upper``."""
+    """Within ``[lower, upper]``: the slabs holding tokens, then demand now, then the tail."""
+    held_now = [min(max(lo, used_slabs(e)), up)
+                for e, lo, up in zip(engines, lower, upper, strict=True)]
+    alloc = _greedy(pool_bytes, engines, lower, held_now, incumbent, params, _held_value)
+    alloc = _greedy(pool_bytes, engines, alloc, upper, incumbent, params, certain_value)
+    return _greedy(pool_bytes, engines, alloc, upper, incumbent, params, slab_value)
+
+
+def _greedy(
+    pool_bytes: int,
+    engines: Sequence[EngineKvDemand],
+    lower: Sequence[int],
+    upper: Sequence[int],
+    incumbent: Sequence[int],
+    params: PolicyParams,
+    value: Callable[[EngineKvDemand, int, PolicyParams], float] = slab_value,
+) -> list[int]:
+    """Start every engine at ``lower``; add slabs by ``value`` per byte up to ``upper``."""
     alloc = list(lower)
     budget = pool_bytes - sum(n * e.slab_bytes for n, e in zip(alloc, engines, strict=True))
     heap: list[tuple[float, int]] = []
@@ -142,7 +182,7 @@ def _greedy(
         if k > upper[i]:
             return
         e = engines[i]
-        v = slab_value(e, k, params)
+        v = value(e, k, params)
         if v <= 0:
             return
         if k <= incumbent[i]:
@@ -211,7 +251,7 @@ def compute_targets(
                 e.floor_slabs), e.max_slabs)
         for e in engines
     ]
-    ideal = _greedy(pool_bytes, engines, floors, caps, prev, params)
+    ideal = _tiered(pool_bytes, engines, floors, caps, prev, params)
     lower, upper, reclaiming = [], [], []
     for p, want in zip(prev, ideal, strict=True):
         if want < p:  # give back gradually: a share of the gap per tick
@@ -228,7 +268,7 @@ def compute_targets(
         final = ideal  # the pool shrank or engines joined: no room to move gradually
         reclaiming = [w < p for p, w in zip(prev, ideal, strict=True)]
     else:
-        final = _greedy(pool_bytes, engines, lower, upper, prev, params)
+        final = _tiered(pool_bytes, engines, lower, upper, prev, params)
     reasons = {
         e.engine_id: _reason(e, n, w, r)
         for e, n, w, r in zip(engines, final, ideal, reclaiming, strict=True)
