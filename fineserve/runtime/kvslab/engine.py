@@ -171,6 +171,15 @@ class SlabEngine:
                 self._n["grows"] += 1
             self.service()
 
+    def used_blocks(self) -> int:
+        """Blocks holding tokens, draining slabs included (not the null block).
+
+        Counting ONLINE slabs only (as vLLM's usage gauge does) missed the blocks of requests
+        still running in DRAINING slabs: the ledger then under-reported what engines hold.
+        """
+        with self.lock:
+            return max(0, self.slabs.unparked_blocks - self.view.num_free() - 1)
+
     def metrics(self) -> EngineMetrics:
         with self.lock:
             return EngineMetrics(

@@ -431,8 +431,7 @@ def _demand() -> tuple[int, int]:
     if eng is None or lay is None:
         return 0, 0
     with eng.lock:
-        online = eng.slabs.online * lay.blocks_per_slab
-        used = max(0, online - 1 - eng.view.num_free()) * lay.block_size
+        used = eng.used_blocks() * lay.block_size  # draining slabs' running blocks included
         if sched is None:
             return used, used
         try:  # the engine core's input thread may append to `waiting` meanwhile

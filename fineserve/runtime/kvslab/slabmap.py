@@ -69,6 +69,12 @@ class SlabMap:
     def online(self) -> int:
         return sum(st is SlabState.ONLINE for st in self._state)
 
+    @property
+    def unparked_blocks(self) -> int:
+        """Blocks vLLM may hold, free or in use: ONLINE slabs and the unparked part of
+        DRAINING ones (whose blocks in use still hold tokens)."""
+        return sum(self.blocks_per_slab - p for p in self._parked)
+
     def parked(self, slab: int) -> int:
         return self._parked[slab]
 

@@ -172,6 +172,7 @@ class EngineMachine(RuleBasedStateMachine):
             for b in r:
                 assert sm.state(self.layout.slab_of_block(b)) in (SlabState.ONLINE,
                                                                    SlabState.DRAINING)
+        assert self.engine.used_blocks() == sum(len(r) for r in self.requests)
         m = self.engine.metrics()
         assert 0.0 <= m.usage <= 1.0
         assert m.online_blocks == sm.online * 8
@@ -226,3 +227,20 @@ def test_slab_map_rejects_wrong_transitions():
         sm.on_step_finished()
     with pytest.raises(KvSlabError, match="expected DRAINING"):
         sm.park(2)
+
+
+def test_used_blocks_count_running_blocks_of_a_draining_slab():
+    m = EngineMachine()
+    m.lease.target = 3
+    for _ in range(3):
+        m.engine.background_once()
+        m.pool.alloc(m.pool.num_free())  # fill what is online: the next grow maps one more
+    m.engine.background_once()
+    held = m.engine.slabs.held
+    running = m.pool.alloc(m.pool.num_free())
+    assert held >= 3 and running is not None
+    in_use = sum(r > 0 for r in m.pool.ref) - 1  # not the null block
+    m.lease.target = 1  # every slab but slab 0 starts draining; their blocks are in use
+    m.engine.background_once()
+    assert m.engine.slabs.slabs_in(SlabState.DRAINING)
+    assert m.engine.used_blocks() == in_use
