@@ -122,14 +122,17 @@ def solve_ilp(
         # (On smaller instances the full ILP finds better headroom: bench/planner_scale.py.)
         if backend == "ortools" and all_placed and st.objective in (
                 Objective.LEXICOGRAPHIC, Objective.MIN_GPUS):
-            packed = _relax_and_pack(d, t0, deadline, limit)
+            packed, bounds = _relax_and_pack(d, t0, deadline, limit, warm_start)
             if (packed is not None and warm_start is not None
                     and rank(inst, warm_start) < rank(inst, packed)):
                 return _keep_warm(warm_start, packed, t0)
             if packed is not None:
                 return packed
-        return _fallback(inst, warm_start, [], backend, t0, limit, "the full ILP is too large "
-                         f"to search in {limit:g} s ({placement_vars} placement variables)")
+        else:
+            bounds = []
+        return _fallback(inst, warm_start, bounds, backend, t0, limit, "the full ILP is too "
+                         f"large to search in {limit:g} s ({placement_vars} placement variables)"
+                         + ("; relax-and-pack packed nothing in time" if bounds else ""))
     bm = build_model(inst, options, backend, d)
     b, v = bm.b, bm.v
     if warm_start is not None:
@@ -330,7 +333,9 @@ def _placed_plan(d: IlpData, placed, report: SolveReport) -> Plan:
     return assemble_plan(d.inst, choices, placed_rps, report, d.options, rates)
 
 
-def _relax_and_pack(d: IlpData, t0: float, deadline: float, limit: float) -> Plan | None:
+def _relax_and_pack(d: IlpData, t0: float, deadline: float, limit: float, warm: Plan | None
+                    ) -> tuple[Plan | None, list[StageReport]]:
+    """Relax-and-pack's plan, or None with the cost bound it proved (for the warm start)."""
     st = d.inst.settings
     result = relax_and_pack(
         d, with_headroom=st.objective is Objective.LEXICOGRAPHIC,
@@ -338,16 +343,20 @@ def _relax_and_pack(d: IlpData, t0: float, deadline: float, limit: float) -> Pla
         clock=lambda: deadline - time.perf_counter(),
     )
     if result is None:
-        return None
+        return None, []
     placed, pstages = result
     units = {"cost": 1000 / d.cost_unit, "headroom": 1000}  # relax-and-pack: H x 1000
+    if placed is None:
+        found = float("nan") if warm is None else warm.cost
+        return None, [StageReport(p.name, "FEASIBLE" if warm is not None else "UNKNOWN", found,
+                                  p.bound / units[p.name], p.seconds) for p in pstages]
     stages = tuple(StageReport(p.name, "OPTIMAL" if p.optimal else "FEASIBLE",
                                p.objective / units[p.name], p.bound / units[p.name], p.seconds)
                    for p in pstages)
     status = "OPTIMAL" if all(p.optimal for p in pstages) else "FEASIBLE"
     report = SolveReport("ilp-ortools", status, time.perf_counter() - t0, stages,
                          "relax-and-pack: aggregated ILP + packing")
-    return _placed_plan(d, placed, report)
+    return _placed_plan(d, placed, report), []
 
 
 def _stage_order(obj: Objective) -> tuple[str, ...]:

@@ -184,8 +184,9 @@ def _headroom_of(d: IlpData, placed: Placed) -> int:
 
 def relax_and_pack(
     d: IlpData, *, with_headroom: bool, seconds: float, workers: int, clock
-) -> tuple[Placed, list[PackStage]] | None:
-    """Cost stage, then (optionally) headroom stage, each as aggregate -> pack.
+) -> tuple[Placed | None, list[PackStage]] | None:
+    """Cost stage, then (optionally) headroom stage, each as aggregate -> pack; None when
+    the aggregate finds nothing, no placement (with the cost bound) when nothing packs.
 
     Cost: pack the aggregate's cheapest engine set onto as few GPUs as possible, then try the
     most packable engine set at that cost (least SM and memory) for a cheaper packing; the
@@ -205,8 +206,8 @@ def relax_and_pack(
         alt = pack(d, slack, d.h_min, min(seconds * 0.1, clock()), workers,
                    cost_cap=None if placed is None else _cost(d, placed) - 1)
         placed = alt if alt is not None else placed
-    if placed is None:
-        return None
+    if placed is None:  # nothing packed: the aggregate's bound is still proven
+        return None, [PackStage("cost", False, 0, lower, started - clock())]
     cost = _cost(d, placed)
     stages = [PackStage("cost", cost == lower, cost, lower, started - clock())]
     started = clock()
