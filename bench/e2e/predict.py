@@ -3,6 +3,7 @@ the trace that was replayed, and the simulator's models set as deployed - local 
 policy, static or pooled KV, MPS bandwidth interference (the H100 fit) or time slicing.
 
     python -m bench.e2e.predict --out bench/e2e/results [--configs a,b,c] [--force]
+        [--decode-scale X]   (default: the calibration in OUT/calibration.json, if any)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from fineserve.profiles.latency import LatencyModel
 from fineserve.scheduler import SchedulerConfig
 from fineserve.sim.cluster import SimOptions, simulate
 from fineserve.sim.interference import InterferenceParams
+from fineserve.sim.stepscale import ScaledLatency
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TIMEOUT_S = 30.0  # run.py --request-timeout
@@ -52,8 +54,12 @@ def client_view(records: list[RequestRecord], timeout_s: float) -> list[RequestR
             if r.ok and r.finished_s - r.sent_s > timeout_s else r for r in records]
 
 
-def predict_one(res: ResultsDir, cfg: str, scale: float, latency: LatencyModel) -> dict:
-    """Simulate (cfg, scale) and write its prediction file; returns the prediction."""
+def predict_one(res: ResultsDir, cfg: str, scale: float, latency: LatencyModel,
+                decode_scale: float = 1.0, write: bool = True) -> dict:
+    """Simulate (cfg, scale) and write its prediction file; returns the prediction.
+    ``decode_scale`` stretches every decode step of an MPS deployment
+    (``fineserve.sim.stepscale``; fitted on MPS runs, it does not apply to time slicing,
+    whose model stretches full-GPU steps by itself)."""
     bench = res.load_bench()
     trace = make_trace(bench, scale)
     measured = res.measured(cfg, scale)
@@ -65,6 +71,11 @@ def predict_one(res: ResultsDir, cfg: str, scale: float, latency: LatencyModel) 
                          f" is not the one bench.json generates ({digest})")
     opts = sim_options(dep)
     sliced = dep.no_mps and not dep.cpu
+    asked = decode_scale
+    if sliced or dep.cpu:
+        decode_scale = 1.0
+    if decode_scale != 1.0:
+        latency = ScaledLatency(latency, decode_scale=decode_scale)
     result = (simulate_time_sliced(plan, trace, latency, opts) if sliced
               else simulate(plan, trace, latency, options=opts))
     # throughput over the same seconds as the measurement (the replay's wall time)
@@ -79,25 +90,37 @@ def predict_one(res: ResultsDir, cfg: str, scale: float, latency: LatencyModel) 
            "kv_per_gpu": kv, "deployed": asdict(dep),
            "sharing": "time-sliced" if sliced else "mps" if not dep.cpu else "cpu",
            "interference": None if opts.interference is None else opts.interference.source,
-           "request_timeout_s": timeout}
-    res.predicted_path(cfg, scale).write_text(json.dumps(out, indent=1))
+           "request_timeout_s": timeout, "decode_scale": decode_scale,
+           "decode_scale_asked": asked}
+    if write:
+        res.predicted_path(cfg, scale).write_text(json.dumps(out, indent=1))
     return out
 
 
+def calibrated_scale(res: ResultsDir) -> float:
+    """The decode-step factor of ``calibration.json`` (``bench/e2e/calibrate.py``), else 1."""
+    path = res.root / "calibration.json"
+    return float(json.loads(path.read_text())["decode_scale"]) if path.is_file() else 1.0
+
+
 def predict_all(res: ResultsDir, configs: tuple[str, ...], latency: LatencyModel,
-                force: bool = False) -> list[Path]:
+                force: bool = False, decode_scale: float | None = None) -> list[Path]:
     """Predict every (config, rate) whose plan exists; skip existing predictions unless
-    ``force`` or the measurement is newer."""
+    ``force``, the measurement is newer or they used another decode scale (None: the
+    results directory's calibration)."""
+    scale = calibrated_scale(res) if decode_scale is None else decode_scale
     written = []
     for cfg in configs:
         if not res.plan_path(cfg).is_file():
             continue
-        for scale in res.scales():
-            p, m = res.predicted_path(cfg, scale), res.measured_path(cfg, scale)
-            stale = p.is_file() and m.is_file() and m.stat().st_mtime > p.stat().st_mtime
+        for rate in res.scales():
+            p, m = res.predicted_path(cfg, rate), res.measured_path(cfg, rate)
+            stale = p.is_file() and (
+                (m.is_file() and m.stat().st_mtime > p.stat().st_mtime)
+                or json.loads(p.read_text()).get("decode_scale_asked", 1.0) != scale)
             if p.is_file() and not force and not stale:
                 continue
-            predict_one(res, cfg, scale, latency)
+            predict_one(res, cfg, rate, latency, decode_scale=scale)
             written.append(p)
     return written
 
@@ -109,9 +132,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True, help="results directory")
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--force", action="store_true", help="recompute existing predictions")
+    ap.add_argument("--decode-scale", type=float, default=None,
+                    help="decode-step factor (default: OUT/calibration.json if any, else 1)")
     args = ap.parse_args(argv)
     configs = tuple(c for c in args.configs.split(",") if c)
-    for p in predict_all(ResultsDir(args.out), configs, default_latency_model(), args.force):
+    for p in predict_all(ResultsDir(args.out), configs, default_latency_model(), args.force,
+                         args.decode_scale):
         print(f"wrote {p}")
 
 

@@ -125,7 +125,7 @@ class EngineSim:
     def _fits(self, need: float) -> bool:
         """Whether ``need`` more KV tokens fit, growing a pooled lease on demand."""
         short = self.kv_used + need - self.kv_tokens
-        if short > 0 and self.pool is not None:
+        if self.pool is not None and short > -self.pool.ahead_tokens(self):
             self._debt = max(self._debt, self.pool.grow_now(self, short))
             short = self.kv_used + need - self.kv_tokens
         return short <= 0

@@ -9,8 +9,10 @@ use ``held x tokens_per_slab`` tokens. Every ``interval_s`` the runtime's own po
 (``fineserve.runtime.kvslab.policy.compute_targets``, the same code) sets a target per engine
 from its demand (running + waiting tokens, with EWMA statistics as the runtime publishes):
 
-* grow: the extra slabs are taken from the pool at once and become usable ``grow_latency_s``
-  later (mapped in the background ahead of demand);
+* grow (``grow_ahead_slabs`` set, the runtime's default): as the runtime's engine does, a
+  slab is mapped whenever fewer than ``grow_ahead_slabs`` slabs' tokens are free, whatever the
+  target; so vLLM's KV usage gauge, which the adaptive scheduler reads, runs close to full.
+  Eager (``None``): up to the target at every tick, usable ``grow_latency_s`` later;
 * shrink: only slabs holding no tokens go; the engine stops using them at once and the pool
   gets them back ``shrink_latency_s`` later (drain, then unmap);
 * on demand: an engine that cannot admit or must preempt maps what it lacks synchronously if
@@ -50,7 +52,17 @@ class PoolParams:
     grow_latency_s: float = 0.004  # background map: slabs usable this long after the target rises
     sync_grow_latency_s: float = 0.004  # on-demand map, added to the step that needed it
     shrink_latency_s: float = 0.02  # drain + unmap before freed slabs return to the pool
+    # The runtime maps lazily: a slab when fewer than this many slabs' tokens are free
+    # (FINESERVE_KVSLAB_GROW_AHEAD, default 1; its 5 ms poll is modelled as immediate), the
+    # policy's target only caps what it keeps (drains above it). None: map up to the target
+    # at every policy tick (the eager model, which reports a lower KV usage than deployed).
+    grow_ahead_slabs: float | None = 1.0
     policy: PolicyParams = field(default_factory=PolicyParams)
+
+    def __post_init__(self) -> None:
+        g = self.grow_ahead_slabs
+        if g is not None and not (math.isfinite(g) and g >= 0):
+            raise ValueError(f"pool.grow_ahead_slabs must be >= 0 or None, got {g}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,17 +152,26 @@ class SlabPools:
         return self.pool_bytes[g] - sum(x.reserved * x.slab_bytes for x in self.on_gpu[g])
 
     # -- engine slow path
+    def ahead_tokens(self, eng: EngineSim) -> float:
+        """Free tokens the runtime keeps mapped ahead of demand (0: eager model)."""
+        g = self.params.grow_ahead_slabs
+        return 0.0 if g is None else g * self.leases[eng.name].tokens_per_slab
+
     def grow_now(self, eng: EngineSim, short_tokens: float) -> float:
-        """Map slabs for ``short_tokens`` more tokens if every rank's pool has room (fewer if
-        only some fit). Returns the latency added to the engine's step (0 if none mapped)."""
+        """Map slabs for ``short_tokens`` more tokens (plus the grow-ahead margin) if every
+        rank's pool has room (fewer if only some fit). Returns the latency added to the
+        engine's step: none when the tokens fitted already (a background map ahead)."""
         lease = self.leases[eng.name]
-        want = math.ceil(short_tokens / lease.tokens_per_slab - 1e-9)
+        want = math.ceil((short_tokens + self.ahead_tokens(eng)) / lease.tokens_per_slab - 1e-9)
         room = min(self.free(g) for g in lease.gpus) // lease.slab_bytes
         n = min(want, room, lease.max_slabs - lease.reserved)
         if n <= 0:
             return 0.0
         lease.held += n
         eng.kv_tokens += n * lease.tokens_per_slab
+        if short_tokens <= 0:
+            self.grows += 1
+            return 0.0
         self.sync_grows += 1
         return self.params.sync_grow_latency_s
 
@@ -179,9 +200,10 @@ class SlabPools:
             for name, n in got.slabs.items():
                 target[name] = min(target.get(name, n), n)
         events: list[Event] = []
+        lazy = self.params.grow_ahead_slabs is not None
         for name, n in target.items():
             lease = self.leases[name]
-            if n > lease.held + lease.growing:
+            if n > lease.held + lease.growing and not lazy:
                 events += self._grow(lease, n - lease.held - lease.growing, now)
             elif n < lease.held:
                 events += self._shrink(lease, lease.held - n, now)
@@ -213,7 +235,8 @@ class SlabPools:
         return [(now + self.params.grow_latency_s, ready)]
 
     def _shrink(self, lease: _Lease, n: int, now: float) -> list[Event]:
-        n = min(n, lease.held - lease.in_use_slabs(), lease.held - lease.floor)
+        keep = math.ceil(self.ahead_tokens(lease.eng) / lease.tokens_per_slab - 1e-9)
+        n = min(n, lease.held - lease.in_use_slabs() - keep, lease.held - lease.floor)
         if n <= 0:
             return []
         lease.held -= n

@@ -1,0 +1,47 @@
+"""A latency model whose decode steps (and optionally prefills) are stretched by a constant.
+
+The profiles measure one engine alone on an otherwise idle GPU, at batches up to 32. A
+deployed engine runs behind the gateway, under MPS beside three others, at batches of
+20-120: the H100 end-to-end run (docs/benchmarks.md) measured time per output token 1.6-3x
+the latency model's step at the plan's SM share and the measured batch. Until the profiles
+cover that, the simulator can be told how much slower a deployed step is: one factor per
+phase, *calibrated on some rates and tested on the others* (``bench/e2e/calibrate.py``), never
+fitted to the figures it is then judged on. Factors < 1 (faster than measured alone) are
+refused: nothing deployed beats the profile.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from fineserve.errors import SpecError
+from fineserve.profiles.latency import EngineShape, Latency, LatencyModel
+
+
+@dataclass(frozen=True, slots=True)
+class ScaledLatency:
+    """``inner`` with every decode step x ``decode_scale``, every prefill x ``prefill_scale``."""
+
+    inner: LatencyModel
+    decode_scale: float = 1.0
+    prefill_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("decode_scale", "prefill_scale"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 1):
+                raise SpecError(f"{name} must be a number >= 1, got {v}")
+
+    def prefill(self, engine: EngineShape, prompt_tokens: int, sm_pct: float,
+                batch: int = 1) -> Latency:
+        t = self.inner.prefill(engine, prompt_tokens, sm_pct, batch)
+        return Latency(t.seconds * self.prefill_scale, t.source)
+
+    def decode_step(self, engine: EngineShape, batch: int, context_tokens: float,
+                    sm_pct: float) -> Latency:
+        t = self.inner.decode_step(engine, batch, context_tokens, sm_pct)
+        return Latency(t.seconds * self.decode_scale, t.source)
+
+    def covers(self, engine: EngineShape) -> bool:
+        return self.inner.covers(engine)
