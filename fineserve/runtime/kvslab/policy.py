@@ -14,13 +14,20 @@ recent mean (``stats.py``). value_i(k) never increases with k, so filling the po
 value per byte is optimal for equal slab sizes and within one slab per engine otherwise (a
 knapsack rounding; tests compare with exhaustive search).
 
-Tiers (the H100 acceptance run, docs/kv-slab.md): memory goes first to tokens engines hold
-now (``used_tokens``: taking them back needs their sequences to finish, a drain cannot), then
-to tokens wanted now (running + waiting), and only then to the forecast tail, each tier by value
-per byte. A forecast (a 30 s EWMA) never outranks another engine's present demand: without the
-tiers an idle fp8 engine's stale mean, worth 2 tokens per bf16 byte, kept slabs a hot bf16
-engine needed, and a backlogged fp8 engine pushed running bf16 engines below the blocks they
-held.
+Tiers (the H100 acceptance run, docs/kv-slab.md): memory goes first to the tokens held by
+engines without a queue (taking them back needs their requests to finish, a drain makes vLLM
+preempt them), then to tokens wanted now (running + waiting), and only then to the forecast
+tail, each tier by value per byte. A forecast (a 30 s EWMA) never outranks another engine's
+present demand: without the tiers an idle fp8 engine's stale mean, worth 2 tokens per bf16
+byte, kept slabs a hot bf16 engine needed, and a backlogged fp8 engine pushed running bf16
+engines below the blocks they held.
+
+Fair share: within an equal share of the pool (pool / engines, in bytes), demand now is
+served before anyone's demand beyond it, whatever its value per byte: an engine asking no
+more than the static equal split would give it is never starved by another's backlog (the
+acceptance run's fp8 backlog, worth 2 tokens per bf16 byte, kept the bf16 engines' new
+requests waiting 12 s). Above the shares, value per byte decides (``fair_share=False``: from
+the floors).
 
 Stability: slabs an engine already holds are worth ``1 + hysteresis`` times more, so a
 challenger needs a clear advantage before memory moves, and an engine losing memory gives it
@@ -81,6 +88,7 @@ class PolicyParams:
     reclaim_fraction: float = 0.5  # share of the gap to its ideal an engine gives back per tick
     min_reclaim_slabs: int = 1  # ... but at least this many slabs
     min_fill: float = 0.01  # a slab expected to be needed below this fraction is not targeted
+    fair_share: bool = True  # demand now within pool / engines is served before any beyond it
 
     def __post_init__(self) -> None:
         if self.hysteresis < 0:
@@ -142,9 +150,16 @@ def _held_value(e: EngineKvDemand, k: int, params: PolicyParams) -> float:
     return e.slo_weight * e.tokens_per_slab  # a full slab of held tokens
 
 
-def used_slabs(e: EngineKvDemand) -> int:
-    """Slabs the tokens the engine holds now fill (what a drain cannot take back soon)."""
-    return min(e.max_slabs, math.ceil(max(e.used_tokens, 0) / e.tokens_per_slab - 1e-9))
+def protected_slabs(e: EngineKvDemand) -> int:
+    """Slabs holding the tokens of an engine that runs all it wants (no queue): draining them
+    cannot finish before its requests do and makes vLLM preempt them, so no other engine's
+    demand takes them. An engine with a queue (demand beyond its tokens by more than a slab)
+    competes with all it holds: as its requests end, draining slabs return to the pool
+    instead of going to its queue."""
+    used = max(e.used_tokens, 0)
+    if e.demand_tokens > used + e.tokens_per_slab:
+        return 0
+    return min(e.max_slabs, math.ceil(used / e.tokens_per_slab - 1e-9))
 
 
 def _tiered(
@@ -155,10 +170,15 @@ def _tiered(
     incumbent: Sequence[int],
     params: PolicyParams,
 ) -> list[int]:
-    """Within ``[lower, upper]``: the slabs holding tokens, then demand now, then the tail."""
-    held_now = [min(max(lo, used_slabs(e)), up)
+    """Within ``[lower, upper]``: the slabs holding tokens, demand now within an equal share,
+    demand now beyond it, then the tail - each tier by value per byte."""
+    held_now = [min(max(lo, protected_slabs(e)), up)
                 for e, lo, up in zip(engines, lower, upper, strict=True)]
     alloc = _greedy(pool_bytes, engines, lower, held_now, incumbent, params, _held_value)
+    if params.fair_share:
+        fair = [min(up, max(a, pool_bytes // len(engines) // e.slab_bytes))
+                for e, a, up in zip(engines, alloc, upper, strict=True)]
+        alloc = _greedy(pool_bytes, engines, alloc, fair, incumbent, params, certain_value)
     alloc = _greedy(pool_bytes, engines, alloc, upper, incumbent, params, certain_value)
     return _greedy(pool_bytes, engines, alloc, upper, incumbent, params, slab_value)
 

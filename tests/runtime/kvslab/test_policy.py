@@ -25,6 +25,9 @@ BF16 = 128 * 1024  # Llama-3.1-8B bytes per token, bf16 KV
 FP8 = 64 * 1024
 
 
+BY_VALUE = PolicyParams(fair_share=False)  # value per byte from the floors up
+
+
 def eng(eid, *, bpt=BF16, slab=SLAB, floor=1, cap=100, held=None, demand=0, mean=0.0, std=0.0,
         w=1.0):
     return EngineKvDemand(eid, bpt, slab, floor, cap, floor if held is None else held,
@@ -89,14 +92,15 @@ def test_fp8_engine_is_served_first_when_the_pool_is_short():
     # equal demand in tokens: 20 bf16 slabs or 10 fp8 slabs; 16 slabs in the pool
     tokens = 20 * SLAB // BF16
     bf, f8 = eng("bf", demand=tokens), eng("f8", bpt=FP8, demand=tokens)
-    t = compute_targets(16 * SLAB, [bf, f8])
+    t = compute_targets(16 * SLAB, [bf, f8], params=BY_VALUE)
     assert t.slabs == {"f8": 10, "bf": 6}
     assert "pool short" in t.reason["bf"]
 
 
 def test_slo_weight_buys_priority():
     tokens = 20 * SLAB // BF16
-    t = compute_targets(16 * SLAB, [eng("a", demand=tokens), eng("b", demand=tokens, w=2.0)])
+    t = compute_targets(16 * SLAB, [eng("a", demand=tokens), eng("b", demand=tokens, w=2.0)],
+                        params=BY_VALUE)
     assert t.slabs == {"a": 1, "b": 15}
 
 
@@ -177,7 +181,7 @@ small_engine = st.builds(
 def test_greedy_matches_exhaustive_search(engines, extra, equal):
     if equal:  # equal slab sizes: greedy by value per byte is exactly optimal
         engines = [dataclasses.replace(e, slab_bytes=SLAB) for e in engines]
-    params = PolicyParams(min_fill=0.0)
+    params = PolicyParams(min_fill=0.0, fair_share=False)
     pool = sum(e.floor_slabs * e.slab_bytes for e in engines) + extra * 32 * MIB
     t = compute_targets(pool, engines, params=params)
     got = _values([t.slabs[e.engine_id] for e in engines], engines, params)
@@ -201,10 +205,10 @@ def test_tail_integral_with_a_vanishing_spread_is_the_degenerate_case():
 
 
 # -- tiers (H100 acceptance run, 2026-11-26: docs/kv-slab.md) ------------------------------
-def _settle(pool, engines, ticks=12):
+def _settle(pool, engines, params=PolicyParams(), ticks=12):  # noqa: B008
     prev = None
     for _ in range(ticks):
-        prev = compute_targets(pool, engines, prev)
+        prev = compute_targets(pool, engines, prev, params)
     return prev
 
 
@@ -242,9 +246,10 @@ def test_running_tokens_are_never_targeted_away_by_a_backlog():
 @given(engines=st.lists(engine_st, min_size=1, max_size=5, unique_by=lambda e: e.engine_id),
        fill=st.lists(st.floats(0, 1), min_size=5, max_size=5), spare=st.integers(0, 60),
        ticks=st.integers(1, 4))
-def test_slabs_holding_tokens_are_always_targeted(engines, fill, spare, ticks):
-    engines = [dataclasses.replace(e, used_tokens=int(f * e.held_slabs * e.tokens_per_slab))
-               for e, f in zip(engines, fill, strict=False)]
+def test_tokens_of_engines_without_a_queue_are_always_targeted(engines, fill, spare, ticks):
+    engines = [dataclasses.replace(e, used_tokens=int(f * e.held_slabs * e.tokens_per_slab),
+                                   demand_tokens=int(f * e.held_slabs * e.tokens_per_slab))
+               for e, f in zip(engines, fill, strict=False)]  # no queue: all it wants runs
     pool = sum(max(e.held_slabs, e.floor_slabs) * e.slab_bytes for e in engines) \
         + spare * 32 * MIB
     prev = None
@@ -255,3 +260,39 @@ def test_slabs_holding_tokens_are_always_targeted(engines, fill, spare, ticks):
             need = math.ceil(e.used_tokens / e.tokens_per_slab - 1e-9)
             assert e.floor_slabs <= prev.slabs[e.engine_id] <= e.max_slabs
             assert prev.slabs[e.engine_id] >= min(need, e.max_slabs)
+
+
+def test_an_engine_with_a_queue_yields_what_it_holds_to_a_better_challenger():
+    # a backlogged bf16 engine refills its slabs from its own queue: protecting them would
+    # starve the fp8 challenger for as long as the backlog lasts
+    full = 30 * SLAB // BF16
+    incumbent = dataclasses.replace(eng("bf", floor=4, held=30, demand=10**6), used_tokens=full)
+    challenger = eng("f8", bpt=FP8, floor=2, held=2, demand=10**7)
+    assert _settle(32 * SLAB, [incumbent, challenger], BY_VALUE).slabs == {"bf": 4, "f8": 28}
+    # with fair shares it keeps its half of the pool; the challenger gets the other half
+    assert _settle(32 * SLAB, [incumbent, challenger]).slabs == {"bf": 16, "f8": 16}
+
+
+def test_fair_share_comes_before_a_better_engines_backlog():
+    # the bursty trace's third phase: assist (bf16, hot) against the fp8 engine's backlog
+    assist = eng("assist", floor=4, held=4, demand=20 * SLAB // BF16)
+    fp8 = eng("fp8", bpt=FP8, floor=2, held=60, demand=10**7)
+    chat = eng("chat", floor=4, held=4, demand=2 * SLAB // BF16)  # leaves most of its share
+    t = _settle(96 * SLAB, [assist, fp8, chat])
+    assert t.slabs == {"assist": 20, "fp8": 72, "chat": 4}
+    assert _settle(96 * SLAB, [assist, fp8, chat], BY_VALUE).slabs["assist"] == 4
+
+
+@settings(max_examples=150, deadline=None)
+@given(engines=st.lists(engine_st, min_size=1, max_size=4, unique_by=lambda e: e.engine_id),
+       pool_slabs=st.integers(0, 200))
+def test_demand_within_the_fair_share_is_always_met_once_settled(engines, pool_slabs):
+    pool = pool_slabs * 32 * MIB + sum(e.floor_slabs * e.slab_bytes for e in engines)
+    share = [pool // len(engines) // e.slab_bytes for e in engines]
+    if any(e.floor_slabs > s for e, s in zip(engines, share, strict=True)):
+        return  # a floor above the equal share: shares are not all feasible
+    t = _settle(pool, engines, ticks=40)
+    assert total_bytes(t, engines) <= pool
+    for e, s in zip(engines, share, strict=True):
+        want = math.ceil(e.demand_tokens / e.tokens_per_slab - 1e-9)
+        assert t.slabs[e.engine_id] >= min(want, s, e.max_slabs)
