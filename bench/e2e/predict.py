@@ -47,6 +47,14 @@ def sim_options(dep: Deployed) -> SimOptions:
                       scheduler=SchedulerConfig(policy=dep.policy))
 
 
+def engine_kv_usage(samples) -> float | None:
+    """Mean of used / held KV over the run: what vLLM's usage gauge says (the KV Slab plugin
+    reports usage of the slabs it holds), comparable with the measured column; the pool's
+    utilisation (used / GPU pool) is another figure."""
+    xs = [s.used_bytes / s.held_bytes for s in samples if s.held_bytes > 0]
+    return sum(xs) / len(xs) if xs else None
+
+
 def client_view(records: list[RequestRecord], timeout_s: float) -> list[RequestRecord]:
     """The records as the replay client keeps them: a request still streaming ``timeout_s``
     after it was sent is cut off - an error whose tokens do not count."""
@@ -87,7 +95,8 @@ def predict_one(res: ResultsDir, cfg: str, scale: float, latency: LatencyModel,
     kv = {g: {k: v for k, v in s.items() if k != "series"}
           for g, s in kv_summary(result.kv_samples).items()}
     out = {"config": cfg, "rate_scale": scale, "trace_digest": digest, "summary": summary,
-           "kv_per_gpu": kv, "deployed": asdict(dep),
+           "kv_per_gpu": kv, "kv_usage_mean": engine_kv_usage(result.kv_samples),
+           "deployed": asdict(dep),
            "sharing": "time-sliced" if sliced else "mps" if not dep.cpu else "cpu",
            "interference": None if opts.interference is None else opts.interference.source,
            "request_timeout_s": timeout, "decode_scale": decode_scale,

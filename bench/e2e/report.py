@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bench.doc_section import write_section  # noqa: E402
+from bench.e2e.calibrate import CALIBRATION, Calibration  # noqa: E402
 from bench.e2e.plans import CONFIG, CONFIGS, as_deployed  # noqa: E402
 from bench.e2e.predict import predict_all  # noqa: E402
 from bench.e2e.results import ResultsDir  # noqa: E402
@@ -36,7 +37,7 @@ class Row:
     measured: dict | None  # replay summary (fineserve.metrics.summary.summarize)
     predicted: dict | None  # simulate summary, same format
     kv_measured: float | None  # mean KV usage over engines, weighted by their KV bytes
-    kv_predicted: float | None  # mean KV utilisation of the GPU in the simulator
+    kv_predicted: float | None  # mean used / held KV in the simulator (as vLLM's gauge)
 
     def m(self, key: str) -> float | None:
         return _figure(self.measured, key)
@@ -115,7 +116,8 @@ def collect(res: ResultsDir) -> list[Row]:
             weights = {e.engine_id: e.kv_bytes for e in deployed.engines}
             pp = res.predicted_path(cfg, scale)
             pred = json.loads(pp.read_text()) if pp.is_file() else None
-            kvp = [g["util_mean"] for g in (pred or {}).get("kv_per_gpu", {}).values()]
+            kvp = ([pred["kv_usage_mean"]] if (pred or {}).get("kv_usage_mean") is not None
+                   else [g["util_mean"] for g in (pred or {}).get("kv_per_gpu", {}).values()])
             rows.append(Row(cfg, scale, total * scale,
                             None if m is None else m.summary,
                             None if pred is None else pred["summary"],
@@ -164,7 +166,7 @@ def _pct(summary: dict | None, key: str, q: str) -> float | None:
 def table(rows: list[Row]) -> list[str]:
     out = ["| config | rate x | offered req/s | SLO att. meas / pred (err) | TTFT att. | "
            "TPOT att. | goodput req/s meas / pred | out tok/s meas / pred (err) | "
-           "TTFT p50 / p99 ms | TPOT p50 / p99 ms | KV util meas / pred | 429 |",
+           "TTFT p50 / p99 ms | TPOT p50 / p99 ms | KV usage meas / pred | 429 |",
            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         err_a = r.attainment_error_pts
@@ -255,6 +257,26 @@ def plot(rows: list[Row], att_png: Path, goodput_png: Path) -> bool:
     return True
 
 
+def calibration_lines(res: ResultsDir, rows: list[Row]) -> list[str]:
+    """What the simulator was calibrated on, and its errors on the rates it never saw."""
+    cal = Calibration.load(res.root / CALIBRATION)
+    if cal is None:
+        return ["Simulator: uncalibrated (no `calibration.json`).", ""]
+    held = [r for r in rows if r.scale not in cal.fit_rates and r.measured is not None]
+    att = [abs(e) for r in held if (e := r.attainment_error_pts) is not None]
+    tput = [abs(e) for r in held if (e := r.throughput_error) is not None]
+    fit = ", ".join(f"x{x:g}" for x in cal.fit_rates)
+    out = [f"Simulator: MPS decode steps x{cal.decode_scale:g} (`bench/e2e/calibrate.py`), "
+           f"fitted on the TPOT medians of ({'), ('.join(cal.configs)}) at {fit} only "
+           f"({cal.points} per-model medians, log-ratio sd {cal.residual_log_sd:g}); "
+           "time-sliced (a) unscaled."]
+    if att:
+        out.append(f"On the held-out rates ({', '.join(sorted({f'x{r.scale:g}' for r in held}))}"
+                   f", every configuration): attainment error at most **{max(att):.1f} pt**, "
+                   f"throughput error at most **{max(tput):.1%}**.")
+    return [*out, ""]
+
+
 def section(res: ResultsDir, rows: list[Row], acc: Acceptance | None, plots: bool
             ) -> list[str]:
     bench = res.load_bench()
@@ -269,7 +291,7 @@ def section(res: ResultsDir, rows: list[Row], acc: Acceptance | None, plots: boo
         f"rate x1 (power law alpha {bench.alpha:g}), Gamma cv {bench.cv:g}, "
         f"{bench.duration_s:.0f} s per rate, lengths `{bench.lengths}`, seed {bench.seed}.", "",
         *[f"- ({c}) {CONFIG[c].name}" for c in CONFIGS], "",
-        *table(rows), "", *acceptance_lines(acc), ""]
+        *table(rows), "", *acceptance_lines(acc), "", *calibration_lines(res, rows)]
     if acc is not None:
         lines += per_model_lines(rows, acc.scale)
     if notes:

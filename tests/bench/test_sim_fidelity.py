@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from bench.e2e.calibrate import Calibration, fit, tpot_log_ratios
 from bench.e2e.plans import CONFIG, make_config_plan
-from bench.e2e.predict import calibrated_scale, predict_all, predict_one
+from bench.e2e.predict import calibrated_scale, engine_kv_usage, predict_all, predict_one
 from bench.e2e.results import Deployed, Measured, ResultsDir
 from bench.e2e.workload import H100_SET, make_trace
 from fineserve.errors import SpecError
@@ -25,7 +25,7 @@ from fineserve.profiles.latency import EngineShape
 from fineserve.scheduler import SchedulerConfig
 from fineserve.scheduler.adaptive import AdaptivePolicy
 from fineserve.sim.cluster import SimOptions, simulate
-from fineserve.sim.kvpool import PoolParams
+from fineserve.sim.kvpool import KvSample, PoolParams
 from fineserve.sim.stepscale import ScaledLatency
 
 SMALL = replace(H100_SET, duration_s=6.0, rate_scales=(1.0, 2.0))
@@ -161,3 +161,10 @@ def test_fit_recovers_a_known_step_factor_from_its_fit_rates(tmp_path, plans, la
     assert cal.decode_scale == pytest.approx(1.6, rel=0.08)
     with pytest.raises(ValueError, match="no measured result"):
         fit(res, latency, ("b",), (3.0,))
+
+
+def test_engine_kv_usage_is_used_over_held_like_the_vllm_gauge():
+    samples = [KvSample(0.0, 0, 100, 40, 30, 0), KvSample(1.0, 0, 100, 50, 50, 0),
+               KvSample(2.0, 0, 100, 0, 0, 0)]  # nothing held: no reading
+    assert engine_kv_usage(samples) == pytest.approx((0.75 + 1.0) / 2)
+    assert engine_kv_usage([]) is None
