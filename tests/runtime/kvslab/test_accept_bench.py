@@ -190,7 +190,9 @@ def test_the_sampler_reads_used_kv_from_the_pool_ledger(tmp_path):
     rows = sampler.stop()
     assert rows and rows[0]["pool_bytes"] == 4 * GIB
     assert rows[-1]["ledger"]["a-0"] == {"used_kv_bytes": 1000 * 131072,
-                                         "held_bytes": 2 * 64 * MIB}
+                                         "held_bytes": 2 * 64 * MIB,
+                                         "target_bytes": 64 * MIB,  # the floor: no tick yet
+                                         "demand_kv_bytes": 2000 * 131072}
 
 
 def test_a_flood_holds_its_streams_then_drops_them():
@@ -228,3 +230,19 @@ def test_a_flood_holds_its_streams_then_drops_them():
 
     asyncio.run(main())
     assert seen == {"open": 5, "closed": 5}
+
+
+def test_the_pool_breakdown_separates_held_but_empty_from_not_held():
+    setup = acc.make_setup(_args(), 30.0, H100)
+    ledger = {"a-0": {"used_kv_bytes": 1 * GIB, "held_bytes": 3 * GIB, "target_bytes": 2 * GIB,
+                      "demand_kv_bytes": 4 * GIB},
+              "b-0": {"used_kv_bytes": 1 * GIB, "held_bytes": 1 * GIB, "target_bytes": GIB,
+                      "demand_kv_bytes": GIB}}
+    got = acc.pool_breakdown([_row("sat:a:hold", {}, ledger)] * 2, setup)
+    assert got["engines"]["a-0"] == {"used": 0.1667, "held": 0.5, "target": 0.3333,
+                                     "demand": 0.6667}
+    assert got["not_held"] == pytest.approx(2 / 6, abs=1e-4)
+    rows = acc.compact_rows([{"t": 10.0, "label": "x", "engines": {
+        "a-0": {"running": 3, "waiting": 1, "usage": 0.123456}}, "ledger": ledger}], 4.0)
+    assert rows[0]["t"] == 6.0 and rows[0]["engines"]["a-0"]["usage"] == 0.1235
+    assert rows[0]["ledger"]["b-0"]["held_bytes"] == GIB
