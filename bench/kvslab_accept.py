@@ -282,6 +282,8 @@ def dry_run(setup: Setup, plans: dict[str, Path], args: argparse.Namespace) -> d
         if mode == "pooled":  # what the GPU deployment will size (CPU mode keeps static KV)
             res["pool"] = pool_plan(plan, setup.gpu_bytes)
             say(f"  pool: {res['pool']}")
+            res["policy_replay"] = policy_replay(setup, res["pool"], args.phase_s)
+            say(f"  saturation through the policy (no lag): {res['policy_replay']}")
         for x in prep.launches:
             say(f"  {x.engine_id}: {' '.join(x.argv[3:])}")
     return res
@@ -328,6 +330,57 @@ def simulated(setup: Setup, plans: dict[str, Path], scale: float = 1.0) -> dict[
                      "preemptions": sum(r.preemptions.values()), "latency_scale": scale,
                      "per_model": {m: round(v.get("slo_attainment", 0.0), 3)
                                    for m, v in s["per_model"].items()}}
+    return out
+
+
+def policy_replay(setup: Setup, pool: dict, phase_s: float, gap_s: float = 4.0,
+                  params=None) -> dict[str, dict]:
+    """The saturation phases through the pool's own policy, without a GPU: demand from the
+    flood sizes ``saturate`` sends, EWMA statistics as the lease publishes them (every
+    0.05 s), a tick every 0.5 s, held = target at once (no drain or growth lag). Per phase:
+    the last tick's targets and the mean share of the pool covering demand (hold window)."""
+    from fineserve.runtime.kvslab.policy import EngineKvDemand, PolicyParams, compute_targets
+    from fineserve.runtime.kvslab.stats import DemandStats
+
+    params = params or PolicyParams()
+    geo = {f"{e.name}-0": (e, pool["engines"][f"{e.name}-0"]) for e in setup.engines}
+    stats = {eid: DemandStats() for eid in geo}
+    held = {eid: g["floor_slabs"] for eid, (_, g) in geo.items()}
+    per_seq = FLOOD_PROMPT + FLOOD_OUTPUT // 8
+    prev, t, out = None, 0.0, {}
+
+    def run(want: dict[str, int], seconds: float) -> list[float]:
+        nonlocal prev, t
+        covered = []
+        for k in range(round(seconds / 0.05)):
+            t += 0.05
+            for eid in geo:
+                stats[eid].update(t, want[eid])
+            if k % 10 != 9:
+                continue
+            tps = {eid: g["slab_bytes"] / e.bytes_per_token for eid, (e, g) in geo.items()}
+            demands = [EngineKvDemand(
+                eid, e.bytes_per_token, g["slab_bytes"], g["floor_slabs"], g["max_slabs"],
+                held[eid], int(min(want[eid], held[eid] * tps[eid])), want[eid],
+                demand_mean_tokens=stats[eid].mean, demand_std_tokens=stats[eid].std)
+                for eid, (e, g) in geo.items()]
+            prev = compute_targets(pool["pool_bytes"], demands, prev, params)
+            held.update(prev.slabs)
+            covered.append(sum(min(want[eid], held[eid] * tps[eid]) * e.bytes_per_token
+                               for eid, (e, _) in geo.items()) / pool["pool_bytes"])
+        return covered
+
+    run(dict.fromkeys(geo, 0), 10.0)
+    for hot in setup.engines:
+        want = {}
+        for eid, (e, _) in geo.items():
+            kv = 1.3 * setup.kv_total if e is hot else 0.25 * setup.static_kv[e.name]
+            want[eid] = max(1, math.ceil(kv / e.bytes_per_token / per_seq)) * per_seq
+        cov = run(want, phase_s)
+        hold = cov[int(0.6 * len(cov)):] or cov
+        out[hot.name] = {"kv_share": round(sum(hold) / len(hold), 3),
+                         "targets": dict(prev.slabs)}
+        run(dict.fromkeys(geo, 0), gap_s)
     return out
 
 
