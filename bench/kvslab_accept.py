@@ -47,7 +47,6 @@ kvslab_accept-logs.txt (error lines of the engine logs), after each mode; --dry-
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import signal
@@ -289,37 +288,20 @@ def dry_run(setup: Setup, plans: dict[str, Path], args: argparse.Namespace) -> d
     return res
 
 
-class ScaledLatency:
-    """A latency model with every step ``scale`` x slower: the H100 run of 2026-11-26 decoded
-    1.1-1.5x slower than the profiles predict (static TPOT p50 17.5 / 23 / 18 ms against the
-    simulator's 12 / 18 / 17), and at 1.0 the simulator called a trace KV-bound that the GPU
-    found compute-bound (predicted pooled 0.94, measured 0.39)."""
-
-    def __init__(self, inner, scale: float) -> None:
-        self.inner, self.scale = inner, scale
-
-    def __getattr__(self, name: str):
-        return getattr(self.inner, name)
-
-    def prefill(self, *a, **k):
-        r = self.inner.prefill(*a, **k)
-        return dataclasses.replace(r, seconds=r.seconds * self.scale)
-
-    def decode_step(self, *a, **k):
-        r = self.inner.decode_step(*a, **k)
-        return dataclasses.replace(r, seconds=r.seconds * self.scale)
-
-
 def simulated(setup: Setup, plans: dict[str, Path], scale: float = 1.0) -> dict[str, dict]:
     """The simulator's view of both modes on the same plans and trace, co-location
-    interference on, step latencies ``scale`` x the profiles' (the GPU decides)."""
+    interference on, step latencies ``scale`` x the profiles' (the GPU decides): the H100 run
+    of 2026-11-26 decoded 1.0-1.5x slower than the profiles (static TPOT p50 17.5 / 23 / 18 ms
+    against 12 / 18 / 17), and at 1.0 the simulator called KV-bound a trace the GPU found
+    compute-bound (predicted pooled 0.94, measured 0.39)."""
     from fineserve.metrics.summary import summarize
     from fineserve.planner.planfile import load_plan
     from fineserve.profiles.composite import default_latency_model
     from fineserve.sim.cluster import SimOptions, simulate
     from fineserve.sim.interference import InterferenceParams
+    from fineserve.sim.stepscale import ScaledLatency
 
-    latency = ScaledLatency(default_latency_model([]), scale)
+    latency = ScaledLatency(default_latency_model([]), decode_scale=scale, prefill_scale=scale)
     out = {}
     for mode, path in plans.items():
         r = simulate(load_plan(path), setup.trace, latency,
