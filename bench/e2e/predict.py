@@ -15,7 +15,6 @@ from pathlib import Path
 
 from bench.e2e.plans import CONFIG, CONFIGS, as_deployed
 from bench.e2e.results import Deployed, ResultsDir
-from bench.e2e.timeslice import simulate_time_sliced
 from bench.e2e.workload import make_trace, trace_digest
 from fineserve.metrics.kv import kv_summary
 from fineserve.metrics.summary import RequestRecord, summarize
@@ -38,12 +37,14 @@ def deployed_default(cfg: str) -> Deployed:
 
 
 def sim_options(dep: Deployed) -> SimOptions:
-    """The simulator's models as deployed. Time slicing (no MPS) is applied by the caller."""
+    """The simulator's models as deployed: MPS bandwidth interference, or time slicing where
+    the GPU deployment ran without MPS (none on CPU)."""
     interference = None
     if not dep.cpu and not dep.no_mps:
         interference = (InterferenceParams.load(INTERFERENCE_FIT) if INTERFERENCE_FIT.is_file()
                         else InterferenceParams())
     return SimOptions(kv="pooled" if dep.kv_pool else "static", interference=interference,
+                      sharing="time-sliced" if dep.no_mps and not dep.cpu else "mps",
                       scheduler=SchedulerConfig(policy=dep.policy))
 
 
@@ -78,14 +79,13 @@ def predict_one(res: ResultsDir, cfg: str, scale: float, latency: LatencyModel,
         raise ValueError(f"{res.measured_path(cfg, scale)}: replayed trace {measured.trace_digest}"
                          f" is not the one bench.json generates ({digest})")
     opts = sim_options(dep)
-    sliced = dep.no_mps and not dep.cpu
+    sliced = opts.sharing == "time-sliced"
     asked = decode_scale
     if sliced or dep.cpu:
         decode_scale = 1.0
     if decode_scale != 1.0:
         latency = ScaledLatency(latency, decode_scale=decode_scale)
-    result = (simulate_time_sliced(plan, trace, latency, opts) if sliced
-              else simulate(plan, trace, latency, options=opts))
+    result = simulate(plan, trace, latency, options=opts)
     # throughput over the same seconds as the measurement (the replay's wall time)
     duration = (float(measured.summary.get("duration_s") or trace.duration_s)
                 if measured is not None else trace.duration_s)

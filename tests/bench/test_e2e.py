@@ -10,17 +10,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from bench.e2e import run as e2e_run
 from bench.e2e.deployment import DeployArgs
 from bench.e2e.plans import CONFIG, STATIC_MAX_BATCH, as_deployed, make_config_plan
-from bench.e2e.predict import client_view, predict_all
+from bench.e2e.predict import client_view, predict_all, sim_options
 from bench.e2e.report import acceptance, collect
 from bench.e2e.report import main as report_main
 from bench.e2e.results import Deployed, Measured, ResultsDir
-from bench.e2e.timeslice import TimeSliceShare, simulate_time_sliced
 from bench.e2e.workload import H100_SET, make_trace, trace_digest
 from fineserve.metrics.summary import RequestRecord, summarize
 from fineserve.planner.options import usable_bytes
@@ -106,42 +103,30 @@ def test_pooled_plan_without_the_pool_gets_the_whole_gpu_as_static_partitions(pl
     assert [e.sm_pct for e in static.engines] == [e.sm_pct for e in c.engines]
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.booleans(), st.integers(0, 3)), max_size=60))
-def test_time_slice_stretch_is_one_plus_the_steps_in_flight(ops):
-    share = TimeSliceShare([0, 1])
-    open_steps: list[tuple[int, ...]] = []
-    for begin, pick in ops:
-        gpus = ((0,), (1,), (0, 1), (0,))[pick]
-        if begin or not open_steps:
-            busiest = max(sum(g in s for s in open_steps) for g in gpus)
-            seconds, token = share.begin(gpus, 2.0, 0.0, True)
-            assert seconds == pytest.approx(2.0 * (1 + busiest))
-            open_steps.append(gpus)
-        else:
-            share.end(open_steps.pop(0), 1.0)
-        share.check_integrity()
-    for gpus in open_steps:
-        share.end(gpus, 1.0)
-    assert share.active == {0: 0, 1: 0}
-
-
 def test_time_slicing_changes_nothing_for_one_engine_and_slows_co_located_ones(plans,
                                                                              latency):
     plan, trace = plans["a"], make_trace(SMALL, 2.0)
     df = trace.to_frame()
     alone = type(trace).from_frame(df[df.model == "chat-8b-fp8"].reset_index(drop=True))
     opts = SimOptions(kv="static")
+    sliced_opts = replace(opts, sharing="time-sliced")
     plain = simulate(plan, alone, latency, options=opts)
-    sliced = simulate_time_sliced(plan, alone, latency, opts)
+    sliced = simulate(plan, alone, latency, options=sliced_opts)
     assert [(r.first_token_s, r.finished_s) for r in plain.records] == \
         [(r.first_token_s, r.finished_s) for r in sliced.records]
     slos = {m.name: m.slo for m in plan.models}
     both_plain = summarize(simulate(plan, trace, latency, options=opts).records, slos, 6,
                            "simulate")
-    both_sliced = summarize(simulate_time_sliced(plan, trace, latency, opts).records, slos,
-                            6, "simulate")
+    both_sliced = summarize(simulate(plan, trace, latency, options=sliced_opts).records,
+                            slos, 6, "simulate")
     assert both_sliced["overall"]["tpot_s"]["p50"] > both_plain["overall"]["tpot_s"]["p50"]
+
+
+def test_prediction_options_time_slice_only_gpu_runs_without_mps():
+    assert sim_options(Deployed(True, False, "fcfs", False)).sharing == "time-sliced"
+    assert sim_options(Deployed(True, False, "fcfs", False)).interference is None
+    assert sim_options(Deployed(False, True, "fcfs", False)).sharing == "mps"
+    assert sim_options(Deployed(True, False, "fcfs", False, cpu=True)).sharing == "mps"
 
 
 def _results(tmp_path: Path, plans) -> ResultsDir:
