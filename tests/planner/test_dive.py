@@ -19,10 +19,9 @@ from fineserve.planner.rounding import headroom_dive, rounded_plan
 from fineserve.planner.schema import KVMode, SolveReport
 from fineserve.planner.validate import check_plan
 from fineserve.planner.variables import MILLI, scale
-from tests.planner.bruteforce import brute_force
 from tests.planner.fakes import FakeLatency, demand, instance
-from tests.planner.test_configuration import _exact_pooled
-from tests.planner.test_ilp import CATALOG, SMALL, small_instance
+from tests.planner.test_configuration import _brute_forced, _exact_pooled
+from tests.planner.test_ilp import CATALOG, SMALL
 
 LAT = FakeLatency()
 POOLED = {**SMALL, "kv_mode": KVMode.POOLED}
@@ -130,14 +129,10 @@ def test_replica_steps_are_where_a_model_needs_one_more_engine():
 @given(picks=st.lists(st.integers(0, len(CATALOG) - 1), min_size=2, max_size=4),
        data=st.data(), gpus=st.integers(2, 3))
 def test_step_bound_never_cuts_off_the_brute_force_optimum(picks, data, gpus):
-    rates = data.draw(st.lists(st.floats(0.2, 12.0), min_size=len(picks), max_size=len(picks)))
-    inst = small_instance(picks, rates, gpus)
-    options = engine_options(inst, LAT)
-    expected = brute_force(inst, options)
-    if expected is None:
+    case = _brute_forced(picks, data, gpus)
+    if case is None:
         return
-    k, h = expected
-    d = scale(inst, options)
+    d, k, h = case
     value, _ = step_bound(d, 1000 * k, d.h_cap, seconds=5)
     assert value >= h
 
