@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,6 +24,7 @@ from fineserve.profiles.measure.runner import (
 )
 from fineserve.profiles.precision import Precision
 from fineserve.profiles.schema import load_profile
+from tests.profiles.measure.standin import profile_request, stand_in_python
 
 GRID = GridSpec(sm_pcts=(100, 50), prefill_tokens=(64, 128), prefill_batches=(1,),
                 decode_batches=(1, 2), decode_contexts=(64,), repeats=2, decode_tokens=8)
@@ -51,20 +50,12 @@ for i, p in enumerate(job.points):
 
 @pytest.fixture
 def stand_in(tmp_path, monkeypatch):
-    script = tmp_path / "stand_in.py"
-    script.write_text(STAND_IN)
-    python = tmp_path / "python"
-    python.write_text(f"#!/bin/sh\nexec {sys.executable} {script} \"$@\"\n")
-    python.chmod(python.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("STAND_IN_LOG", str(tmp_path / "calls.jsonl"))
-    return python
+    return stand_in_python(tmp_path, STAND_IN)
 
 
 def request(tmp_path, python, **kw) -> ProfileRequest:
-    defaults = dict(model="llama-3.1-8b", precisions=(Precision.parse("bf16"),),
-                    out=tmp_path / "out", grid=GRID, gpu="h100", mps=False,
-                    engine_python=str(python), cache_dir=tmp_path / "cache")
-    return ProfileRequest(**{**defaults, **kw})
+    return profile_request(tmp_path, python, GRID, **kw)
 
 
 def calls(tmp_path) -> list[dict]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ import pytest
 from fineserve.profiles.measure.grid import GridSpec
 from fineserve.profiles.measure.runner import ProfileRequest, run_profile
 from fineserve.profiles.measure.waves import WaveMember, run_wave
-from fineserve.profiles.precision import Precision
+from tests.profiles.measure.standin import profile_request, stand_in_python
 
 GRID = GridSpec(sm_pcts=(100, 70, 50, 30), prefill_tokens=(64,), prefill_batches=(1,),
                 decode_batches=(1,), decode_contexts=(64,), repeats=2, decode_tokens=8)
@@ -47,20 +46,12 @@ event("done")
 
 @pytest.fixture
 def stand_in(tmp_path, monkeypatch):
-    script = tmp_path / "stand_in.py"
-    script.write_text(STAND_IN)
-    python = tmp_path / "python"
-    python.write_text(f"#!/bin/sh\nexec {sys.executable} {script} \"$@\"\n")
-    python.chmod(python.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("EVENTS", str(tmp_path / "events.jsonl"))
-    return python
+    return stand_in_python(tmp_path, STAND_IN)
 
 
 def request(tmp_path, python, **kw) -> ProfileRequest:
-    defaults = dict(model="llama-3.1-8b", precisions=(Precision.parse("bf16"),),
-                    out=tmp_path / "out", grid=GRID, gpu="h100", mps=False, parallel=True,
-                    engine_python=str(python), cache_dir=tmp_path / "cache")
-    return ProfileRequest(**{**defaults, **kw})
+    return profile_request(tmp_path, python, GRID, **{"parallel": True, **kw})
 
 
 def events(tmp_path) -> list[tuple[str, str, int]]:
