@@ -13,30 +13,24 @@ import pytest
 
 from bench.e2e import run as e2e_run
 from bench.e2e.deployment import DeployArgs
-from bench.e2e.plans import CONFIG, STATIC_MAX_BATCH, as_deployed, make_config_plan
-from bench.e2e.predict import client_view, predict_all, sim_options
+from bench.e2e.plans import CONFIG, STATIC_MAX_BATCH, as_deployed
+from bench.e2e.predict import client_view, deployed_default, predict_all, sim_options
 from bench.e2e.report import acceptance, collect
 from bench.e2e.report import main as report_main
 from bench.e2e.results import Deployed, Measured, ResultsDir
 from bench.e2e.workload import H100_SET, make_trace, trace_digest
 from fineserve.metrics.summary import RequestRecord, summarize
 from fineserve.planner.options import usable_bytes
-from fineserve.planner.planfile import save_plan
 from fineserve.planner.schema import KVMode
-from fineserve.profiles.composite import default_latency_model
 from fineserve.sim.cluster import SimOptions, simulate
+from tests.bench.helpers import config_plans, results_dir
 
 SMALL = replace(H100_SET, duration_s=6.0, rate_scales=(0.5, 2.0))
 
 
 @pytest.fixture(scope="module")
-def latency():
-    return default_latency_model()
-
-
-@pytest.fixture(scope="module")
 def plans(latency):
-    return {k: make_config_plan(SMALL, k, latency, time_limit_s=5) for k in "abc"}
+    return config_plans(SMALL, latency)
 
 
 def test_rates_follow_a_power_law_and_sum_to_the_total():
@@ -129,14 +123,6 @@ def test_prediction_options_time_slice_only_gpu_runs_without_mps():
     assert sim_options(Deployed(True, False, "fcfs", False, cpu=True)).sharing == "mps"
 
 
-def _results(tmp_path: Path, plans) -> ResultsDir:
-    res = ResultsDir(tmp_path / "res")
-    res.save_bench(SMALL)
-    for k, plan in plans.items():
-        save_plan(plan, res.plan_path(k))
-    return res
-
-
 def _fake_measured(res: ResultsDir, cfg: str, scale: float, attainment_scale: float) -> None:
     """A 'measurement' equal to the prediction, with attainment and goodput scaled."""
     pred = json.loads(res.predicted_path(cfg, scale).read_text())
@@ -145,13 +131,12 @@ def _fake_measured(res: ResultsDir, cfg: str, scale: float, attainment_scale: fl
         for key in ("slo_attainment", "goodput_rps"):
             if key in group:
                 group[key] *= attainment_scale
-    dep = Deployed(CONFIG[cfg].no_mps, CONFIG[cfg].kv_pool, CONFIG[cfg].policy, False)
-    res.save_measured(Measured(cfg, scale, pred["trace_digest"], dep, summary,
+    res.save_measured(Measured(cfg, scale, pred["trace_digest"], deployed_default(cfg), summary,
                                {"x": {"mean": 0.5, "p99": 0.9, "max": 1.0, "samples": 3}}))
 
 
 def test_report_judges_acceptance_and_errors(tmp_path, plans, latency):
-    res = _results(tmp_path, plans)
+    res = results_dir(tmp_path, SMALL, plans)
     assert len(predict_all(res, ("a", "b", "c"), latency)) == 6
     assert predict_all(res, ("a", "b", "c"), latency) == []  # cached
     for cfg, f in (("a", 1.0), ("b", 1.0), ("c", 1.0)):
@@ -190,7 +175,7 @@ def test_report_judges_acceptance_and_errors(tmp_path, plans, latency):
 
 
 def test_rates_measured_elsewhere_join_the_sweep(tmp_path, plans, latency):
-    res = _results(tmp_path, plans)
+    res = results_dir(tmp_path, SMALL, plans)
     predict_all(res, ("a",), latency)
     _fake_measured(res, "a", 2.0, 1.0)
     m = res.measured("a", 2.0)
@@ -204,7 +189,7 @@ def test_rates_measured_elsewhere_join_the_sweep(tmp_path, plans, latency):
 
 
 def test_a_prediction_refuses_a_different_trace(tmp_path, plans, latency):
-    res = _results(tmp_path, plans)
+    res = results_dir(tmp_path, SMALL, plans)
     predict_all(res, ("a",), latency)
     _fake_measured(res, "a", 0.5, 1.0)
     m = res.measured("a", 0.5)
@@ -229,7 +214,7 @@ class _NoDeploy:
 def test_rerun_skips_measured_rates_and_defers_what_the_budget_cannot_hold(
         tmp_path, plans, latency, monkeypatch):
     monkeypatch.setattr(e2e_run, "DeployProcess", _NoDeploy)
-    res = _results(tmp_path, plans)
+    res = results_dir(tmp_path, SMALL, plans)
     predict_all(res, ("a",), latency)
     for scale in SMALL.rate_scales:
         _fake_measured(res, "a", scale, 1.0)
@@ -264,7 +249,7 @@ def test_c_falls_back_to_static_kv_when_the_pool_does_not_start(tmp_path, plans,
     monkeypatch.setattr(e2e_run, "measure_rate", lambda res, bench, plan, cfg, scale, dep,
                         proc, startup, args: measured.append((scale, dep.kv_pool, plan)))
     _PoolFailsDeploy.started = []
-    res = _results(tmp_path, plans)
+    res = results_dir(tmp_path, SMALL, plans)
     e2e_run.run_config(res, SMALL, "c", _args(tmp_path, configs="c"), e2e_run.Budget(500.0))
     assert [a.kv_pool for a in _PoolFailsDeploy.started] == [True, False]
     assert _PoolFailsDeploy.started[1].plan.name == "plan-c-static-kv.yaml"

@@ -7,38 +7,36 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.e2e.calibrate import Calibration, fit, tpot_log_ratios
-from bench.e2e.plans import CONFIG, make_config_plan
-from bench.e2e.predict import calibrated_scale, engine_kv_usage, predict_all, predict_one
-from bench.e2e.results import Deployed, Measured, ResultsDir
+from bench.e2e.predict import (
+    calibrated_scale,
+    deployed_default,
+    engine_kv_usage,
+    predict_all,
+    predict_one,
+)
+from bench.e2e.results import Measured, ResultsDir
 from bench.e2e.workload import H100_SET, make_trace
 from fineserve.errors import SpecError
-from fineserve.planner.planfile import save_plan
-from fineserve.profiles.composite import default_latency_model
 from fineserve.profiles.latency import EngineShape
 from fineserve.scheduler import SchedulerConfig
 from fineserve.scheduler.adaptive import AdaptivePolicy
 from fineserve.sim.cluster import SimOptions, simulate
 from fineserve.sim.kvpool import KvSample, PoolParams
 from fineserve.sim.stepscale import ScaledLatency
+from tests.bench.helpers import config_plans, results_dir
 
 SMALL = replace(H100_SET, duration_s=6.0, rate_scales=(1.0, 2.0))
 
 
 @pytest.fixture(scope="module")
-def latency():
-    return default_latency_model()
-
-
-@pytest.fixture(scope="module")
 def plans(latency):
-    return {k: make_config_plan(SMALL, k, latency, time_limit_s=5) for k in "abc"}
+    return config_plans(SMALL, latency)
 
 
 def _shape(plan) -> EngineShape:
@@ -103,23 +101,13 @@ def test_lazy_pool_reports_the_usage_the_runtime_reports(plans, latency, monkeyp
     assert q(lazy, 0.99) >= 0.95 > q(eager, 0.99)  # the KV cut's threshold
 
 
-def _results(tmp_path: Path, plans) -> ResultsDir:
-    res = ResultsDir(tmp_path / "res")
-    res.save_bench(SMALL)
-    for k, plan in plans.items():
-        save_plan(plan, res.plan_path(k))
-    return res
-
-
 def _measured_from_prediction(res: ResultsDir, cfg: str, rate: float, pred: dict) -> None:
-    c = CONFIG[cfg]
-    res.save_measured(Measured(cfg, rate, pred["trace_digest"],
-                               Deployed(c.no_mps, c.kv_pool, c.policy, False),
+    res.save_measured(Measured(cfg, rate, pred["trace_digest"], deployed_default(cfg),
                                pred["summary"], {}))
 
 
 def test_decode_scale_applies_to_mps_deployments_only(tmp_path, plans, latency):
-    res = _results(tmp_path, plans)
+    res = results_dir(tmp_path, SMALL, plans)
     a1 = predict_one(res, "a", 1.0, latency, decode_scale=1.0, write=False)
     a2 = predict_one(res, "a", 1.0, latency, decode_scale=2.0, write=False)
     assert a2["decode_scale"] == 1.0 and a2["decode_scale_asked"] == 2.0
@@ -132,7 +120,7 @@ def test_decode_scale_applies_to_mps_deployments_only(tmp_path, plans, latency):
 
 
 def test_predictions_follow_the_calibration_file(tmp_path, plans, latency):
-    res = _results(tmp_path, plans)
+    res = results_dir(tmp_path, SMALL, plans)
     assert calibrated_scale(res) == 1.0
     assert len(predict_all(res, ("b",), latency)) == 2
     assert predict_all(res, ("b",), latency) == []  # cached
@@ -152,7 +140,7 @@ def test_tpot_log_ratios_compare_medians_per_model():
 def test_fit_recovers_a_known_step_factor_from_its_fit_rates(tmp_path, plans, latency):
     """'Measurements' made by the simulator at decode x1.6 on x1 only: the fit, which sees
     the fit rates only, finds about 1.6."""
-    res = _results(tmp_path, plans)
+    res = results_dir(tmp_path, SMALL, plans)
     for cfg in ("b", "c"):
         _measured_from_prediction(res, cfg, 1.0,
                                   predict_one(res, cfg, 1.0, latency, 1.6, write=False))
