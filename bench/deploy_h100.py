@@ -34,10 +34,9 @@ from bench.e2e.deployment import (  # noqa: E402
     DeployArgs,
     DeployProcess,
     device_name,
+    replay_served,
     say,
-    warm_up,
 )
-from fineserve.metrics.summary import summarize  # noqa: E402
 from fineserve.planner.planfile import load_plan, save_plan  # noqa: E402
 from fineserve.planner.schema import (  # noqa: E402
     EnginePlacement,
@@ -51,7 +50,7 @@ from fineserve.planner.schema import (  # noqa: E402
 )
 from fineserve.profiles.catalog import model_spec  # noqa: E402
 from fineserve.profiles.gpus import gpu_spec  # noqa: E402
-from fineserve.replay.client import ReplayConfig, replay  # noqa: E402
+from fineserve.replay.client import ReplayConfig  # noqa: E402
 from fineserve.workload.arrivals import Gamma  # noqa: E402
 from fineserve.workload.lengths import around_means  # noqa: E402
 from fineserve.workload.trace import ModelLoad, Trace, generate  # noqa: E402
@@ -111,21 +110,15 @@ def run_mode(plan: Plan, plan_path: Path, trace: Trace, mode: str,
     try:
         startup = dep.wait_serving(args.startup_timeout + 60)
         say(f"{mode}: serving after {startup:.0f} s; warming up")
-        warm_up(dep.url, [m.name for m in plan.models if plan.engines_of(m.name)])
-        say(f"{mode}: replaying {len(trace)} requests over {args.duration:.0f} s")
         done = {"n": 0}
 
         def progress(sent: int, finished: int) -> None:
             if finished - done["n"] >= 100:
                 done["n"] = finished
                 say(f"{mode}: sent {sent}, finished {finished}")
-        records, wall = replay(trace, ReplayConfig(dep.url, duration_s=args.duration,
-                                                   timeout_s=180), progress)
-        slos = {m.name: m.slo for m in plan.models}
-        summary = summarize(records, slos, wall, source="replay")
+        summary = replay_served(dep, plan, trace, ReplayConfig(
+            dep.url, duration_s=args.duration, timeout_s=180), progress)
         summary["startup_s"] = startup
-        say(f"{mode}: done in {wall:.0f} s, SLO attainment "
-            f"{summary['overall'].get('slo_attainment', 0):.3f}")
         return summary
     finally:
         dep.stop()

@@ -34,11 +34,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-from deploy_h100 import ROOT, deploy, device_name, make_trace, say, warm_up  # noqa: E402
-
-from bench.e2e.deployment import DeployProcess  # noqa: E402
+from bench.deploy_h100 import deploy, make_trace  # noqa: E402
+from bench.e2e.deployment import DeployProcess, device_name, replay_served, say  # noqa: E402
 from fineserve.metrics.summary import summarize  # noqa: E402
 from fineserve.metrics.versus import FigurePair, pair_summaries  # noqa: E402
 from fineserve.planner.api import make_plan  # noqa: E402
@@ -46,7 +46,7 @@ from fineserve.planner.planfile import save_plan  # noqa: E402
 from fineserve.planner.schema import Plan  # noqa: E402
 from fineserve.planner.spec import parse_spec  # noqa: E402
 from fineserve.profiles.composite import default_latency_model  # noqa: E402
-from fineserve.replay.client import ReplayConfig, replay  # noqa: E402
+from fineserve.replay.client import ReplayConfig  # noqa: E402
 from fineserve.workload.trace import Trace  # noqa: E402
 
 # name, catalog model, weights, kv, rate (req/s), TTFT ms, TPOT ms, allowed TP degrees
@@ -202,14 +202,9 @@ def measure(plan: Plan, plan_path: Path, trace: Trace, mode: str,
         evidence = serving_evidence(dep)
         say(f"{mode}: serving after {startup:.0f} s; MPS daemons "
             f"{[m['group'] for m in evidence['mps']]}; warming up")
-        warm_up(dep.url, [m.name for m in plan.models if plan.engines_of(m.name)])
-        say(f"{mode}: replaying {len(trace)} requests over {trace.duration_s:.0f} s")
-        records, wall = replay(trace, ReplayConfig(dep.url, duration_s=args.duration,
-                                                   timeout_s=args.request_timeout))
-        summary = summarize(records, {m.name: m.slo for m in plan.models}, wall, "replay")
+        summary = replay_served(dep, plan, trace, ReplayConfig(
+            dep.url, duration_s=args.duration, timeout_s=args.request_timeout))
         summary.update(startup_s=startup, evidence=evidence)
-        say(f"{mode}: done in {wall:.0f} s, SLO attainment "
-            f"{summary['overall'].get('slo_attainment', 0):.3f}")
         return summary
     finally:
         dep.stop()

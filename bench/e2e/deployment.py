@@ -1,6 +1,6 @@
 """A `fineserve deploy` child process and what a benchmark does around it: wait until it
-serves, warm every model up, sample the engines' KV usage, drain, stop. Shared by the e2e
-harness and (once it imports them) bench/deploy_h100.py."""
+serves, warm every model up, replay, sample the engines' KV usage, drain, stop. Shared by the
+e2e harness, bench/deploy_h100.py, bench/multigpu.py and bench/kvslab_accept.py."""
 
 from __future__ import annotations
 
@@ -12,13 +12,18 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from fineserve.metrics.summary import summarize
+from fineserve.planner.schema import Plan
+from fineserve.replay.client import ReplayConfig, replay
 from fineserve.runtime.gateway.upstream import parse_engine_metrics
 from fineserve.runtime.state import RunDir
+from fineserve.workload.trace import Trace
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -129,6 +134,20 @@ def warm_up(url: str, models: list[str], timeout_s: float = 120.0) -> None:
                                      {"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=timeout_s) as r:  # noqa: S310 (loopback)
             r.read()
+
+
+def replay_served(dep: DeployProcess, plan: Plan, trace: Trace, config: ReplayConfig,
+                  progress: Callable[[int, int], None] | None = None) -> dict:
+    """Warm every planned model of the serving ``dep`` up, replay ``trace`` through its
+    gateway and return the records' summary (the caller adds start-up and stops ``dep``)."""
+    warm_up(dep.url, [m.name for m in plan.models if plan.engines_of(m.name)])
+    seconds = trace.duration_s if config.duration_s is None else config.duration_s
+    say(f"{dep.label}: replaying {len(trace)} requests over {seconds:.0f} s")
+    records, wall = replay(trace, config, progress)
+    summary = summarize(records, {m.name: m.slo for m in plan.models}, wall, "replay")
+    say(f"{dep.label}: done in {wall:.0f} s, SLO attainment "
+        f"{summary['overall'].get('slo_attainment', 0):.3f}")
+    return summary
 
 
 def device_name() -> str:
