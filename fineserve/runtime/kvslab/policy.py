@@ -122,14 +122,20 @@ def _tail_integral(a: float, b: float, center: float, std: float) -> float:
     return max(0.0, antiderivative(b) - antiderivative(a))
 
 
+def certain_tokens(e: EngineKvDemand, k: int) -> float:
+    """Tokens wanted now (running + waiting) that fall in the engine's k-th slab (1-based)."""
+    t = e.tokens_per_slab
+    return max(0.0, min(k * t, float(max(e.demand_tokens, 0))) - (k - 1) * t)
+
+
 def expected_needed_tokens(e: EngineKvDemand, k: int) -> float:
-    """Expected needed tokens in the engine's k-th slab (1-based), before weighting."""
+    """Expected needed tokens in the engine's k-th slab (1-based), before weighting: those
+    wanted now and the forecast tail beyond them."""
     t = e.tokens_per_slab
     a, b = (k - 1) * t, k * t
     now = float(max(e.demand_tokens, 0))
-    certain = max(0.0, min(b, now) - a)
     center = max(now, e.demand_mean_tokens)
-    return certain + _tail_integral(max(a, now), b, center, e.demand_std_tokens)
+    return certain_tokens(e, k) + _tail_integral(max(a, now), b, center, e.demand_std_tokens)
 
 
 def slab_value(e: EngineKvDemand, k: int, params: PolicyParams) -> float:
@@ -142,8 +148,7 @@ def slab_value(e: EngineKvDemand, k: int, params: PolicyParams) -> float:
 
 def certain_value(e: EngineKvDemand, k: int, params: PolicyParams) -> float:
     """Weighted tokens of the k-th slab wanted now (running + waiting), no forecast."""
-    t = e.tokens_per_slab
-    return e.slo_weight * max(0.0, min(k * t, float(max(e.demand_tokens, 0))) - (k - 1) * t)
+    return e.slo_weight * certain_tokens(e, k)
 
 
 def _held_value(e: EngineKvDemand, k: int, params: PolicyParams) -> float:
