@@ -195,7 +195,7 @@ def _greedy(
     upper: Sequence[int],
     incumbent: Sequence[int],
     params: PolicyParams,
-    value: Callable[[EngineKvDemand, int, PolicyParams], float] = slab_value,
+    value: Callable[[EngineKvDemand, int, PolicyParams], float],
 ) -> list[int]:
     """Start every engine at ``lower``; add slabs by ``value`` per byte up to ``upper``."""
     alloc = list(lower)
