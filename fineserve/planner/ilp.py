@@ -51,6 +51,7 @@ from fineserve.planner.constraints import (
     pin_all_placed,
     placed_traffic,
 )
+from fineserve.planner.improve import placed_from_plan
 from fineserve.planner.options import EngineOption
 from fineserve.planner.packing import relax_and_pack
 from fineserve.planner.ranking import rank
@@ -341,6 +342,7 @@ def _relax_and_pack(d: IlpData, t0: float, deadline: float, limit: float, warm: 
         d, with_headroom=st.objective is Objective.LEXICOGRAPHIC,
         seconds=limit, workers=st.num_workers,
         clock=lambda: deadline - time.perf_counter(),
+        start=None if warm is None else placed_from_plan(d, warm),
     )
     if result is None:
         return None, []
@@ -354,8 +356,10 @@ def _relax_and_pack(d: IlpData, t0: float, deadline: float, limit: float, warm: 
                                p.objective / units[p.name], p.bound / units[p.name], p.seconds)
                    for p in pstages)
     status = "OPTIMAL" if all(p.optimal for p in pstages) else "FEASIBLE"
+    notes = "; ".join(p.note for p in pstages if p.note)
     report = SolveReport("ilp-ortools", status, time.perf_counter() - t0, stages,
-                         "relax-and-pack: aggregated ILP + packing")
+                         "relax-and-pack: aggregated ILP + packing, then local search "
+                         "(improve.py)" + (f"; {notes}" if notes else ""))
     return _placed_plan(d, placed, report), []
 
 

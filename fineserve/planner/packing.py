@@ -16,10 +16,8 @@ from dataclasses import dataclass
 from ortools.sat.python import cp_model
 
 from fineserve.planner.bounds import Relaxation, relaxation, solve
-from fineserve.planner.options import TpGroup
+from fineserve.planner.improve import Placed, improve_headroom
 from fineserve.planner.variables import IlpData, min_headroom
-
-Placed = list[tuple[str, int, TpGroup, int]]  # (model, option index, group, flow milli-rps)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +65,7 @@ def solve_aggregate(d: IlpData, stage: str, *, cost_cap: int | None = None,
     )
 
 
+IMPROVE_SHARE = 0.05  # of the limit, per run of the local search (improve.py)
 ALTERNATIVES = 3  # lower SM levels an engine may fall back to while packing
 
 
@@ -169,6 +168,7 @@ class PackStage:
     objective: int  # x1000
     bound: int  # x1000
     seconds: float
+    note: str = ""  # where the stage's plan came from, when not from packing
 
 
 def _cost(d: IlpData, placed: Placed) -> int:
@@ -183,7 +183,8 @@ def _headroom_of(d: IlpData, placed: Placed) -> int:
 
 
 def relax_and_pack(
-    d: IlpData, *, with_headroom: bool, seconds: float, workers: int, clock
+    d: IlpData, *, with_headroom: bool, seconds: float, workers: int, clock,
+    start: Placed | None = None,
 ) -> tuple[Placed | None, list[PackStage]] | None:
     """Cost stage, then (optionally) headroom stage, each as aggregate -> pack; None when
     the aggregate finds nothing, no placement (with the cost bound) when nothing packs.
@@ -193,6 +194,10 @@ def relax_and_pack(
     aggregate's bound is the stage's bound. Headroom: at the packed cost, pack the
     aggregate's best-H engine set; if that fails, binary-search H between what packed and
     what the aggregate allows. ``clock()`` returns seconds left of the overall budget.
+
+    ``start`` (the warm start's engines) stands in when the cost stage packs nothing or
+    packs more GPUs. The headroom stage begins and ends with improve.py's local search at
+    the stage's GPU set, so its plan is never below the start's headroom.
     """
     started = clock()
     agg = solve_aggregate(d, "cost", seconds=min(seconds * 0.1, clock()), workers=workers)
@@ -206,14 +211,23 @@ def relax_and_pack(
         alt = pack(d, slack, d.h_min, min(seconds * 0.1, clock()), workers,
                    cost_cap=None if placed is None else _cost(d, placed) - 1)
         placed = alt if alt is not None else placed
+    note = ""
+    if start is not None and (placed is None or _cost(d, start) < _cost(d, placed)):
+        # the start stands in only if the headroom stage can improve it (else the caller
+        # returns it as is, with the bounds)
+        gain = with_headroom and _headroom_of(d, improve_headroom(
+            d, start, min(seconds * IMPROVE_SHARE, max(0.0, clock())))) > _headroom_of(d, start)
+        if gain or placed is not None:
+            placed, note = start, "cost stage: the warm start's GPUs (no cheaper packing found)"
     if placed is None:  # nothing packed: the aggregate's bound is still proven
         return None, [PackStage("cost", False, 0, lower, started - clock())]
     cost = _cost(d, placed)
-    stages = [PackStage("cost", cost == lower, cost, lower, started - clock())]
+    stages = [PackStage("cost", cost == lower, cost, lower, started - clock(), note)]
     started = clock()
     if not with_headroom:
         return placed, stages
-    best_h, best = _headroom_of(d, placed), placed
+    best = improve_headroom(d, placed, min(seconds * IMPROVE_SHARE, max(0.0, clock())))
+    best_h = _headroom_of(d, best)
     top = solve_aggregate(d, "headroom", cost_cap=cost, seconds=min(seconds * 0.1, clock()),
                           workers=workers)
     if top is None:
@@ -236,6 +250,9 @@ def relax_and_pack(
         floor = (lo + hi + 1) // 2
         target = solve_aggregate(d, "slack", cost_cap=cost, h_floor=floor,
                                  seconds=min(seconds * 0.05, clock()), workers=workers)
+    if clock() > 0:  # the packed plan may leave room on its GPUs
+        best = improve_headroom(d, best, min(seconds * IMPROVE_SHARE, clock()))
+        best_h = _headroom_of(d, best)
     stages.append(PackStage("headroom", best_h >= upper, best_h, upper, started - clock()))
     final = _cost(d, best)
     if final < cost:  # packing the headroom stage found a cheaper plan: it counts for cost too

@@ -1,0 +1,116 @@
+"""Relax-and-pack's headroom when packing fails, and the local search behind it (improve.py)."""
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fineserve.planner.ilp as ilp
+import fineserve.planner.packing as packing
+from fineserve.planner.api import best_greedy
+from fineserve.planner.greedy import METHODS
+from fineserve.planner.ilp import _placed_plan, solve_ilp
+from fineserve.planner.improve import _State, improve_headroom, placed_from_plan
+from fineserve.planner.options import engine_options
+from fineserve.planner.schema import KVMode, SolveReport
+from fineserve.planner.validate import check_plan
+from fineserve.planner.variables import min_headroom, scale
+from tests.planner.fakes import FakeLatency, demand, instance
+
+LAT = FakeLatency()
+CATALOG = [("llama-3.1-8b", "bf16", "bf16"), ("llama-3.1-8b", "fp8", "fp8"),
+           ("llama-3.1-8b", "int4", "bf16"), ("llama-3.2-3b", "bf16", "bf16"),
+           ("llama-3.2-1b", "bf16", "fp8"), ("qwen2.5-7b", "fp8", "fp8")]
+
+
+def pooled_instance(picks, rates, gpus, limit=10.0):
+    models = [demand(f"m{i}", *CATALOG[p], rate=r, tp=(1, 2)) for i, (p, r) in
+              enumerate(zip(picks, rates, strict=True))]
+    return instance(models, gpus=gpus, sm_levels=(30, 50, 100), batch_levels=(256,),
+                    kv_mode=KVMode.POOLED, time_limit_s=limit, num_workers=2)
+
+
+def capacity_headroom(d, placed):
+    caps = dict.fromkeys(d.models, 0)
+    for m, i, _, _ in placed:
+        caps[m] += d.mu[m, i]
+    return min_headroom(d, caps)
+
+
+def test_relax_and_pack_improves_the_warm_start_when_packing_fails(monkeypatch):
+    """The 100-model failure mode: no packing is found in time, so relax-and-pack used to
+    return the greedy warm start (muxserve: fewest GPUs, least headroom) unchanged. Now its
+    headroom stage starts from the warm start's engines: same GPUs, at least every greedy
+    plan's headroom that uses no more GPUs, here more than the warm start's."""
+    inst = pooled_instance([0, 1, 3, 4], [4.0, 6.0, 3.0, 2.0], 4)
+    options = engine_options(inst, LAT)
+    greedy = {name: build(inst, options) for name, build in METHODS.items()}
+    warm = best_greedy(inst, options)
+    monkeypatch.setattr(ilp, "MAX_PLACEMENT_VARS", 0)
+    monkeypatch.setattr(packing, "pack", lambda *a, **k: None)
+    plan = solve_ilp(inst, options, backend="ortools", warm_start=warm)
+    assert check_plan(inst, plan, LAT) == []
+    assert not plan.unplaced
+    assert len(plan.gpus_used) <= min(len(p.gpus_used) for p in greedy.values())
+    for name, p in greedy.items():
+        if len(p.gpus_used) <= len(plan.gpus_used):
+            assert plan.min_headroom >= p.min_headroom - 1e-9, name
+    assert plan.min_headroom > warm.min_headroom * 1.5
+    assert "warm start's GPUs" in plan.report.note
+    cost, head = plan.report.stages
+    assert (cost.name, head.name) == ("cost", "headroom")
+    assert cost.objective == warm.cost and 0 < cost.bound <= cost.objective
+    assert head.objective <= head.bound
+
+
+def test_the_warm_start_is_kept_when_nothing_improves_it(monkeypatch):
+    inst = pooled_instance([0, 1, 3, 4], [4.0, 6.0, 3.0, 2.0], 4)
+    options = engine_options(inst, LAT)
+    warm = best_greedy(inst, options)
+    monkeypatch.setattr(ilp, "MAX_PLACEMENT_VARS", 0)
+    monkeypatch.setattr(packing, "pack", lambda *a, **k: None)
+    monkeypatch.setattr(packing, "improve_headroom", lambda d, placed, seconds: placed)
+    plan = solve_ilp(inst, options, backend="ortools", warm_start=warm)
+    assert plan.report.status == "HEURISTIC" and "packed nothing" in plan.report.note
+    assert plan.engines == warm.engines
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    picks=st.lists(st.integers(0, len(CATALOG) - 1), min_size=2, max_size=7),
+    rates=st.lists(st.floats(0.5, 14.0), min_size=7, max_size=7),
+    gpus=st.sampled_from([2, 4, 8]),
+    method=st.sampled_from(sorted(METHODS)),
+)
+def test_improve_keeps_the_gpus_and_every_row_and_never_lowers_headroom(picks, rates, gpus,
+                                                                        method):
+    inst = pooled_instance(picks, rates[:len(picks)], gpus)
+    options = engine_options(inst, LAT)
+    start = METHODS[method](inst, options)
+    if start.unplaced:
+        return
+    d = scale(inst, options)
+    placed = placed_from_plan(d, start)
+    assert placed is not None
+    better = improve_headroom(d, placed, seconds=5.0)
+    gpus_before = {g for *_, u, _ in placed for g in u.gpus}
+    assert {g for *_, u, _ in better for g in u.gpus} <= gpus_before
+    assert capacity_headroom(d, better) >= capacity_headroom(d, placed)
+    state = _State(d, better)  # the state's totals are the rows of the ILP
+    for g in state.used:
+        assert state.sm[g] <= d.sm_cap and state.mem[g] <= d.mem_cap[g]
+        assert state.count[g] <= inst.settings.max_engines_per_gpu
+    for m in d.models:
+        gpus_of_m = [g for i, u, _ in state.engines[m] for g in u.gpus]
+        assert len(gpus_of_m) == len(set(gpus_of_m))  # one engine of a model per GPU
+    plan = _placed_plan(d, better, SolveReport("test", "FEASIBLE", 0.0))
+    assert check_plan(inst, plan, LAT) == []
+    assert not plan.unplaced
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_improve_returns_a_start_it_cannot_change_as_is(method):
+    inst = pooled_instance([0, 1, 3, 4], [4.0, 6.0, 3.0, 2.0], 4)
+    options = engine_options(inst, LAT)
+    d = scale(inst, options)
+    placed = placed_from_plan(d, METHODS[method](inst, options))
+    assert improve_headroom(d, placed, seconds=0.0) == placed
