@@ -4,7 +4,6 @@ e2e harness, bench/deploy_h100.py, bench/multigpu.py and bench/kvslab_accept.py.
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import subprocess
@@ -36,13 +35,6 @@ def _deploy_cli() -> list[str]:
     return [sys.executable, "-m", "fineserve.cli.deploy_cmd"]
 
 
-def deploy_supports(option: str) -> bool:
-    """Whether `fineserve deploy` has keyword ``option`` (e.g. scheduler_policy)."""
-    from fineserve.cli.deploy_cmd import deploy
-
-    return option in inspect.signature(deploy).parameters
-
-
 @dataclass(frozen=True, slots=True)
 class DeployArgs:
     """The `fineserve deploy` command line a benchmark asks for."""
@@ -54,7 +46,7 @@ class DeployArgs:
     cpu: bool = False
     enforce_eager: bool = False
     kv_pool: bool | None = None  # None: as the plan's kv_mode
-    policy: str | None = None  # gateway scheduler policy (needs deploy --scheduler-policy)
+    policy: str | None = None  # gateway scheduler policy (None: the gateway's default)
     engine_python: str = ""
     startup_timeout_s: float = 400.0
     max_model_len: int = 4096

@@ -29,7 +29,6 @@ from bench.e2e.deployment import (  # noqa: E402
     DeployArgs,
     DeployProcess,
     KvSampler,
-    deploy_supports,
     device_name,
     drain,
     say,
@@ -50,7 +49,6 @@ from fineserve.planner.schema import KVMode, Plan  # noqa: E402
 from fineserve.replay.client import ReplayConfig, replay  # noqa: E402
 from fineserve.replay.report import write_results  # noqa: E402
 
-GATEWAY_DEFAULT_POLICY = "adaptive"  # what the gateway runs when deploy cannot choose
 DRAIN_S = 20.0  # after a rate, wait at most this long for the engines to go idle
 
 
@@ -108,8 +106,7 @@ def config_plan(res: ResultsDir, bench: BenchSet, cfg: str, cpu: bool) -> Plan:
 def deployed_as(cfg: str, args: argparse.Namespace) -> Deployed:
     c = CONFIG[cfg]
     pool = c.kv_pool and not args.no_kv_pool and not args.cpu_smoke
-    policy = c.policy if deploy_supports("scheduler_policy") else GATEWAY_DEFAULT_POLICY
-    return Deployed(no_mps=c.no_mps and not args.cpu_smoke, kv_pool=pool, policy=policy,
+    return Deployed(no_mps=c.no_mps and not args.cpu_smoke, kv_pool=pool, policy=c.policy,
                     enforce_eager=args.enforce_eager, cpu=args.cpu_smoke)
 
 
@@ -152,7 +149,7 @@ def run_config(res: ResultsDir, bench: BenchSet, cfg: str, args: argparse.Namesp
         plan=plan_path, run_dir=work / ("run-pool" if dep.kv_pool else "run"),
         port=args.port, no_mps=dep.no_mps, cpu=dep.cpu, enforce_eager=dep.enforce_eager,
         kv_pool=dep.kv_pool,
-        policy=dep.policy if deploy_supports("scheduler_policy") else None,
+        policy=dep.policy,
         engine_python=args.engine_python, startup_timeout_s=args.startup_timeout,
         max_model_len=bench.max_model_len,
         model_dirs=tuple((m.name, Path(m.ref)) for m in bench.models) if dep.cpu else ())
@@ -198,8 +195,6 @@ def measure_rate(res: ResultsDir, bench: BenchSet, plan: Plan, cfg: str, scale: 
     slos = {m.name: m.slo for m in plan.models}
     summary = write_results(Path(args.work) / cfg / rate_tag(scale), records, slos, wall)
     notes = () if drained else (f"engines still busy {DRAIN_S:.0f} s after a replay ended",)
-    if not deploy_supports("scheduler_policy"):
-        notes += ("deploy has no --scheduler-policy: the gateway ran its default policy",)
     m = Measured(cfg, scale, trace_digest(trace), dep, summary, kv, args.request_timeout,
                  device_name(), startup, time.monotonic() - t0, notes)
     res.save_measured(m)
