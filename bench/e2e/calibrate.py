@@ -23,7 +23,6 @@ from bench.e2e.predict import predict_one
 from bench.e2e.results import ResultsDir
 from fineserve.profiles.latency import LatencyModel
 
-CALIBRATION = "calibration.json"
 MIN_SCALE, MAX_SCALE = 1.0, 8.0
 
 
@@ -107,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     res = ResultsDir(args.out)
     cal = fit(res, default_latency_model(), tuple(c for c in args.configs.split(",") if c),
               tuple(float(x) for x in args.fit_rates.split(",") if x))
-    path = res.root / CALIBRATION
+    path = res.calibration_path()
     path.write_text(cal.to_json())
     print(f"decode x{cal.decode_scale} from {cal.points} TPOT medians "
           f"(log sd {cal.residual_log_sd}); wrote {path}")

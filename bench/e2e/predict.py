@@ -108,7 +108,7 @@ def predict_one(res: ResultsDir, cfg: str, scale: float, latency: LatencyModel,
 
 def calibrated_scale(res: ResultsDir) -> float:
     """The decode-step factor of ``calibration.json`` (``bench/e2e/calibrate.py``), else 1."""
-    path = res.root / "calibration.json"
+    path = res.calibration_path()
     return float(json.loads(path.read_text())["decode_scale"]) if path.is_file() else 1.0
 
 

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bench.doc_section import write_section  # noqa: E402
-from bench.e2e.calibrate import CALIBRATION, Calibration  # noqa: E402
+from bench.e2e.calibrate import Calibration  # noqa: E402
 from bench.e2e.plans import CONFIG, CONFIGS, as_deployed  # noqa: E402
 from bench.e2e.predict import predict_all  # noqa: E402
 from bench.e2e.results import ResultsDir  # noqa: E402
@@ -259,7 +259,7 @@ def plot(rows: list[Row], att_png: Path, goodput_png: Path) -> bool:
 
 def calibration_lines(res: ResultsDir, rows: list[Row]) -> list[str]:
     """What the simulator was calibrated on, and its errors on the rates it never saw."""
-    cal = Calibration.load(res.root / CALIBRATION)
+    cal = Calibration.load(res.calibration_path())
     if cal is None:
         return ["Simulator: uncalibrated (no `calibration.json`).", ""]
     held = [r for r in rows if r.scale not in cal.fit_rates and r.measured is not None]

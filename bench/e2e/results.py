@@ -5,6 +5,7 @@
     OUT/{cfg}-r{scale}.json   measured: replay summary, KV utilisation, how it was deployed
     OUT/pred-{cfg}-r{scale}.json  the simulator's prediction of the same plan and trace
     OUT/{cfg}-requests.tgz    per-request logs (requests.csv per rate) of the last run
+    OUT/calibration.json      the simulator's decode-step factor (bench/e2e/calibrate.py)
 A run skips every (configuration, rate) whose measured file exists.
 """
 
@@ -71,6 +72,9 @@ class ResultsDir:
 
     def logs_path(self, cfg: str) -> Path:
         return self.root / f"{cfg}-requests.tgz"
+
+    def calibration_path(self) -> Path:
+        return self.root / "calibration.json"
 
     def save_bench(self, bench: BenchSet) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

@@ -124,7 +124,7 @@ def test_predictions_follow_the_calibration_file(tmp_path, plans, latency):
     assert calibrated_scale(res) == 1.0
     assert len(predict_all(res, ("b",), latency)) == 2
     assert predict_all(res, ("b",), latency) == []  # cached
-    (res.root / "calibration.json").write_text(
+    res.calibration_path().write_text(
         Calibration(1.7, ("b",), (1.0,), 4, 0.1).to_json())
     assert len(predict_all(res, ("b",), latency)) == 2  # another scale: recomputed
     assert json.loads(res.predicted_path("b", 2.0).read_text())["decode_scale"] == 1.7
