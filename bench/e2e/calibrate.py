@@ -64,15 +64,14 @@ def fit(res: ResultsDir, latency: LatencyModel, configs: tuple[str, ...],
     ones in the geometric mean: bisection on log(scale) in [1, 8] (the mean log ratio
     falls as the scale grows; the simulated TPOT grows less than in proportion, since
     prefill chunks and interference are not scaled)."""
-    pairs = [(c, s) for c in configs for s in fit_rates if res.measured(c, s) is not None]
-    if not pairs:
+    found = {(c, s): res.measured(c, s) for c in configs for s in fit_rates}
+    measured = {k: m for k, m in found.items() if m is not None}
+    if not measured:
         raise ValueError(f"no measured result for configs {configs} at rates {fit_rates}")
 
     def logs_at(scale: float) -> list[float]:
         out = []
-        for c, s in pairs:
-            m = res.measured(c, s)
-            assert m is not None
+        for (c, s), m in measured.items():
             p = predict_one(res, c, s, latency, decode_scale=scale, write=False)
             out += tpot_log_ratios(m.summary, p["summary"])
         return out
