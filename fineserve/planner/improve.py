@@ -21,17 +21,17 @@ from fineserve.planner.variables import H_SCALE, IlpData
 Placed = list[tuple[str, int, TpGroup, int]]  # (model, option index, group, flow milli-rps)
 
 
+Engines = list[tuple[int, TpGroup, int]]  # one model's (option, group, flow milli-rps)
+
+
 @dataclass(frozen=True, slots=True)
 class Move:
-    """A change to one model's engines: ``drop`` (index into its engines, or None) replaced
-    by option ``option`` on ``group`` (an upgrade when drop is set, a new replica if not)."""
+    """New engines (with their traffic) for one model."""
 
     model: str
-    option: int
-    group: TpGroup
-    drop: int | None
-    headroom: int  # the model's capacity over rate after the move, x1000
-    use: float  # resources the move takes, in fractions of a GPU (SM + memory)
+    engines: tuple[tuple[int, TpGroup, int], ...]
+    headroom: int  # the model's routed headroom after the move, x1000
+    use: float  # resources the move adds, in fractions of a GPU (SM + memory)
 
 
 def placed_from_plan(d: IlpData, plan: Plan) -> Placed | None:
@@ -47,6 +47,11 @@ def placed_from_plan(d: IlpData, plan: Plan) -> Placed | None:
             return None
         out.append((e.model, i, u, round(e.rate_rps * 1000)))
     return out
+
+
+def routed(d: IlpData, m: str, engines: Engines) -> int:
+    """Model m's routed headroom (x1000): the busiest engine's capacity over its traffic."""
+    return min([d.h_cap] + [H_SCALE * d.mu[m, i] // f for i, _, f in engines if f > 0])
 
 
 class _State:
@@ -67,11 +72,25 @@ class _State:
         for m, mine in self.engines.items():
             self._add(m, mine, 1)
 
-    def split(self, m: str, new: list[tuple[int, TpGroup]]) -> list[tuple[int, TpGroup, int]]:
-        """``new`` with model m's traffic split in proportion to capacity."""
+    def split(self, m: str, new: list[tuple[int, TpGroup]], target: int = 0
+              ) -> Engines | None:
+        """``new`` with model m's traffic split in proportion to capacity (target 0, flows
+        rounded up so memory is checked conservatively), or at routed headroom ``target``
+        (x1000): every engine but the last at its most for that headroom, the last taking
+        the rest - a new replica then holds little KV. None if the target is out of reach."""
         d = self.d
         cap = sum(d.mu[m, i] for i, _ in new) or 1
-        return [(i, u, -(-d.lam[m] * d.mu[m, i] // cap)) for i, u in new]
+        if not target:
+            return [(i, u, -(-d.lam[m] * d.mu[m, i] // cap)) for i, u in new]
+        out, left = [], d.lam[m]
+        for i, u in new[:-1]:
+            f = min(left, H_SCALE * d.mu[m, i] // target)
+            out.append((i, u, f))
+            left -= f
+        i, u = new[-1]
+        if left > H_SCALE * d.mu[m, i] // target:
+            return None
+        return [*out, (i, u, left)]
 
     def _load(self, m: str, mine) -> dict[int, tuple[int, int]]:
         """SM and memory (KiB) that model m's engines ``mine`` put on each of their GPUs."""
@@ -94,14 +113,12 @@ class _State:
                 (self.on[g].add if sign > 0 else self.on[g].discard)(m)
 
     def headroom(self, m: str) -> int:
-        d = self.d
-        return min(d.h_cap, H_SCALE * sum(d.mu[m, i] for i, *_ in self.engines[m]) // d.lam[m])
+        return routed(self.d, m, self.engines[m])
 
-    def fits(self, m: str, new: list[tuple[int, TpGroup]]) -> bool:
-        """Whether replacing m's engines by ``new`` (traffic split in proportion to
-        capacity) keeps every per-GPU row."""
+    def fits(self, m: str, new: Engines) -> bool:
+        """Whether replacing m's engines by ``new`` keeps every per-GPU row."""
         d = self.d
-        old, now = self._load(m, self.engines[m]), self._load(m, self.split(m, new))
+        old, now = self._load(m, self.engines[m]), self._load(m, new)
         for g in set(old) | set(now):
             if g not in self.used:
                 return False
@@ -113,14 +130,26 @@ class _State:
                 return False
         return True
 
+    def fitting(self, m: str, new: list[tuple[int, TpGroup]], now: int, nxt: int
+                ) -> Engines | None:
+        """``new`` with a traffic split that fits: in proportion to capacity, else at a
+        headroom a little above the next model's (``nxt``); None if neither fits or lifts
+        m above ``now``."""
+        prop = self.split(m, new)
+        h = routed(self.d, m, prop)
+        if h > now and self.fits(m, prop):
+            return prop
+        target = max(now + 1, nxt + max(1, nxt // 50))
+        if target >= h:
+            return None
+        low = self.split(m, new, target)
+        return low if low is not None and self.fits(m, low) else None
+
     def plain(self, m: str) -> list[tuple[int, TpGroup]]:
         return [(i, u) for i, u, _ in self.engines[m]]
 
     def apply(self, mv: Move) -> None:
-        mine = self.plain(mv.model)
-        if mv.drop is not None:
-            mine.pop(mv.drop)
-        self.set(mv.model, self.split(mv.model, [*mine, (mv.option, mv.group)]))
+        self.set(mv.model, list(mv.engines))
 
     def set(self, m: str, new: list[tuple[int, TpGroup, int]]) -> None:
         """Replace model m's engines by ``new``, updating the per-GPU totals."""
@@ -132,32 +161,35 @@ class _State:
         return [(m, i, u, f) for m, mine in self.engines.items() for i, u, f in mine]
 
 
-def _moves(st: _State, m: str) -> list[Move]:
-    """Every single-engine change of model m that raises its capacity and fits."""
+def _use(d: IlpData, m: str, i: int) -> float:
+    o = d.options[m][i]
+    return o.tp * (d.sm[m, i] / d.sm_cap + d.w[m, i] / max(d.mem_cap.values()))
+
+
+def _moves(st: _State, m: str, now: int, nxt: int) -> list[Move]:
+    """Every change of model m that lifts its headroom above ``now`` and fits: its traffic
+    re-split, a new replica on GPUs in use (none of m's), or one engine at a larger SM
+    share in place."""
     d = st.d
     mine = st.plain(m)
-    base = sum(d.mu[m, i] for i, _ in mine)
-    cap_mem = max(d.mem_cap.values())
+    per_gpu = d.inst.settings.max_engines_per_gpu
     out = []
+
+    def consider(new: list[tuple[int, TpGroup]], use: float) -> None:
+        engines = st.fitting(m, new, now, nxt)
+        if engines is not None:
+            out.append(Move(m, tuple(engines), routed(d, m, engines), use))
+
+    consider(mine, 0.0)
     for j, o in enumerate(d.options[m]):
-        use = o.tp * (d.sm[m, j] / d.sm_cap + d.w[m, j] / cap_mem)
-        for _, u in d.groups_for(o):  # a new replica on GPUs in use, none of m's
-            if not all(g in st.used and m not in st.on[g]
-                       and st.count[g] < d.inst.settings.max_engines_per_gpu for g in u.gpus):
-                continue
-            new = [*mine, (j, u)]
-            if st.fits(m, new):
-                h = H_SCALE * (base + d.mu[m, j]) // d.lam[m]
-                out.append(Move(m, j, u, None, h, use))
-        for e, (i, u) in enumerate(mine):  # a larger SM share in place
+        for _, u in d.groups_for(o):
+            if all(g in st.used and m not in st.on[g] and st.count[g] < per_gpu
+                   for g in u.gpus):
+                consider([*mine, (j, u)], _use(d, m, j))
+        for e, (i, u) in enumerate(mine):
             old = d.options[m][i]
-            if (o.tp, o.gpu_type) != (old.tp, old.gpu_type) or d.mu[m, j] <= d.mu[m, i]:
-                continue
-            new = [*mine[:e], *mine[e + 1:], (j, u)]
-            if st.fits(m, new):
-                h = H_SCALE * (base - d.mu[m, i] + d.mu[m, j]) // d.lam[m]
-                out.append(Move(m, j, u, e, h, use - old.tp * (
-                    d.sm[m, i] / d.sm_cap + d.w[m, i] / cap_mem)))
+            if (o.tp, o.gpu_type) == (old.tp, old.gpu_type) and d.mu[m, j] > d.mu[m, i]:
+                consider([*mine[:e], *mine[e + 1:], (j, u)], _use(d, m, j) - _use(d, m, i))
     return out
 
 
@@ -178,7 +210,7 @@ def improve_headroom(d: IlpData, placed: Placed, seconds: float) -> Placed:
         if now >= d.h_cap:
             break
         nxt = st.headroom(ranked[1]) if len(ranked) > 1 else d.h_cap
-        moves = [mv for mv in _moves(st, m) if mv.headroom > now]
+        moves = _moves(st, m, now, nxt)
         if not moves:
             if _add_with_evictions(st, m, now, nxt):
                 continue
@@ -193,73 +225,76 @@ MAX_EVICTIONS = 3  # engines moved off a GPU to make room for a new replica
 
 
 def _add_with_evictions(st: _State, m: str, now: int, nxt: int) -> bool:
-    """Add a single-GPU replica of m on a GPU in use after moving up to MAX_EVICTIONS
-    single-GPU engines of other models from it to other GPUs in use (largest first, each to
-    the fullest GPU it fits). Options are tried from the least resources among those that
-    lift m above ``nxt``, then by headroom. Applies the first that works; False if none."""
+    """Lift m by one engine change (a larger SM share in place, or a new replica on GPUs in
+    use) after moving up to MAX_EVICTIONS single-GPU engines of other models off its GPUs
+    to other GPUs in use (largest first, each to the fullest GPU it fits). Changes are tried
+    from the least resources; the first that works is applied. False if none does."""
     d = st.d
-    base = sum(d.mu[m, i] for i, _ in st.plain(m))
-    cap_mem = max(d.mem_cap.values())
-    ranked = []
+    mine = st.plain(m)
+    tried = []
     for j, o in enumerate(d.options[m]):
-        h = H_SCALE * (base + d.mu[m, j]) // d.lam[m]
-        if o.tp == 1 and h > now:
-            use = d.sm[m, j] / d.sm_cap + d.w[m, j] / cap_mem
-            ranked.append(((h <= nxt, use if h > nxt else -h), j))
-    for _, j in sorted(ranked):
-        for _, u in d.groups_for(d.options[m][j]):
-            g = u.gpus[0]
-            if g in st.used and m not in st.on[g] and _evict_for(st, m, j, u):
-                return True
+        for e, (i, u) in enumerate(mine):
+            old = d.options[m][i]
+            if (o.tp, o.gpu_type) == (old.tp, old.gpu_type) and d.mu[m, j] > d.mu[m, i]:
+                tried.append((_use(d, m, j) - _use(d, m, i), j, e, u))
+        for _, u in d.groups_for(o):
+            if all(g in st.used and m not in st.on[g] for g in u.gpus):
+                tried.append((_use(d, m, j), j, None, u))
+    for _, j, e, u in sorted(tried, key=lambda t: t[0]):
+        new = [*mine, (j, u)] if e is None else [*mine[:e], *mine[e + 1:], (j, u)]
+        if _evict_for(st, m, new, u.gpus, now, nxt):
+            return True
     return False
 
 
-def _evict_for(st: _State, m: str, j: int, u: TpGroup) -> bool:
-    """Make room for option j of m on u's GPU by moving engines off it, then add it; leaves
-    the state unchanged and returns False when that does not work."""
+def _evict_for(st: _State, m: str, new: list[tuple[int, TpGroup]], gpus: tuple[int, ...],
+               now: int, nxt: int) -> bool:
+    """Make room on ``gpus`` for m's engines ``new`` by moving other engines off them, then
+    apply it; leaves the state unchanged and returns False when that does not work."""
     d = st.d
-    g = u.gpus[0]
     per_gpu = d.inst.settings.max_engines_per_gpu
-    saved: dict[str, list] = {}
+    saved: dict[str, Engines] = {}
     for _ in range(MAX_EVICTIONS + 1):
-        if st.count[g] < per_gpu and st.fits(m, [*st.plain(m), (j, u)]):
-            st.apply(Move(m, j, u, None, 0, 0.0))
-            return True
-        residents = sorted(((d.w[m2, i], m2, e, i) for m2, mine in st.engines.items()
-                            if m2 != m for e, (i, x, _) in enumerate(mine) if x.gpus == (g,)),
-                           reverse=True)
-        moved = False
-        for _, m2, e, i in residents:
-            dest = _destination(st, m2, e, i, g)
-            if dest is not None:
+        if all(st.count[g] < per_gpu or m in st.on[g] for g in gpus):
+            engines = st.fitting(m, new, now, nxt)
+            if engines is not None:
+                st.set(m, engines)
+                return True
+        residents = sorted(((d.w[m2, i], m2, e, i)
+                            for m2, mine in st.engines.items() if m2 != m
+                            for e, (i, x, _) in enumerate(mine)
+                            if len(x.gpus) == 1 and x.gpus[0] in gpus), reverse=True)
+        for *_, m2, e, i in residents:
+            moved = _destination(st, m2, e, i, gpus)
+            if moved is not None:
                 saved.setdefault(m2, list(st.engines[m2]))
-                st.apply(Move(m2, i, dest, e, 0, 0.0))
-                moved = True
+                st.set(m2, moved)
                 break
-        if not moved:
+        else:
             break
     for m2, engines in saved.items():
         st.set(m2, engines)
     return False
 
 
-def _destination(st: _State, m2: str, e: int, i: int, g: int) -> TpGroup | None:
-    """The fullest other GPU in use that engine e (option i) of m2 can move to, if any."""
+def _destination(st: _State, m2: str, e: int, i: int, avoid: tuple[int, ...]
+                 ) -> Engines | None:
+    """m2's engines with engine e (option i) moved to the fullest other GPU in use it fits
+    on, its traffic unchanged; None if it fits nowhere."""
     d = st.d
     per_gpu = d.inst.settings.max_engines_per_gpu
-    others = st.plain(m2)
-    rest = [*others[:e], *others[e + 1:]]
+    engines = list(st.engines[m2])
+    flow = engines[e][2]
+    need = d.w[m2, i] + (d.kappa[m2, i] * flow if d.pooled else 0)
     best = None
     for g2 in st.used:
-        if (g2 == g or m2 in st.on[g2] or st.count[g2] >= per_gpu
+        if (g2 in avoid or m2 in st.on[g2] or st.count[g2] >= per_gpu
                 or st.sm[g2] + d.sm[m2, i] > d.sm_cap
-                or st.mem[g2] + d.w[m2, i] > d.mem_cap[g2]):
+                or st.mem[g2] + need > d.mem_cap[g2]):
             continue
-        if best is not None and d.mem_cap[g2] - st.mem[g2] >= d.mem_cap[best] - st.mem[best]:
-            continue
-        dest = next(x for _, x in d.groups_for(d.options[m2][i]) if x.gpus == (g2,))
-        if st.fits(m2, [*rest, (i, dest)]):
+        if best is None or d.mem_cap[g2] - st.mem[g2] < d.mem_cap[best] - st.mem[best]:
             best = g2
     if best is None:
         return None
-    return next(x for _, x in d.groups_for(d.options[m2][i]) if x.gpus == (best,))
+    dest = next(x for _, x in d.groups_for(d.options[m2][i]) if x.gpus == (best,))
+    return [*engines[:e], *engines[e + 1:], (i, dest, flow)]

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from ortools.sat.python import cp_model
 
 from fineserve.planner.bounds import Relaxation, relaxation, solve
-from fineserve.planner.improve import Placed, improve_headroom
-from fineserve.planner.variables import IlpData, min_headroom
+from fineserve.planner.improve import Placed, improve_headroom, routed
+from fineserve.planner.variables import IlpData
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,10 +176,11 @@ def _cost(d: IlpData, placed: Placed) -> int:
 
 
 def _headroom_of(d: IlpData, placed: Placed) -> int:
-    caps = {m: 0 for m in d.models}
-    for m, i, _, _ in placed:
-        caps[m] += d.mu[m, i]
-    return min_headroom(d, caps)
+    """Routed headroom (x1000) of ``placed`` with its own traffic split."""
+    by_model: dict[str, list] = {m: [] for m in d.models}
+    for m, i, u, f in placed:
+        by_model[m].append((i, u, f))
+    return min(routed(d, m, engines) for m, engines in by_model.items())
 
 
 def relax_and_pack(
