@@ -65,6 +65,7 @@ def solve_aggregate(d: IlpData, stage: str, *, cost_cap: int | None = None,
     )
 
 
+HEADROOM_AGG_SHARE = 0.25  # of the limit, for the headroom stage's aggregate
 IMPROVE_SHARE = 0.05  # of the limit, per run of the local search (improve.py)
 ALTERNATIVES = 3  # lower SM levels an engine may fall back to while packing
 
@@ -229,28 +230,37 @@ def relax_and_pack(
         return placed, stages
     best = improve_headroom(d, placed, min(seconds * IMPROVE_SHARE, max(0.0, clock())))
     best_h = _headroom_of(d, best)
-    top = solve_aggregate(d, "headroom", cost_cap=cost, seconds=min(seconds * 0.1, clock()),
+    # the headroom aggregate needs longer than the cost one (100 models: nothing in 6 s on
+    # 2 loaded cores); it gives the stage's bound and the engine sets the packing tries
+    top = solve_aggregate(d, "headroom", cost_cap=cost,
+                          seconds=min(seconds * HEADROOM_AGG_SHARE, 0.6 * clock()),
                           workers=workers)
     if top is None:
         stages.append(PackStage("headroom", False, best_h, d.h_cap, started - clock()))
         return best, stages
     upper, target = top.bound, top
     lo, hi, floor = best_h, top.objective, top.objective
-    while clock() > 0 and target is not None:
-        trial = pack(d, target, max(floor, best_h + 1), min(seconds * 0.1, clock()), workers,
+    reserve = seconds * IMPROVE_SHARE  # kept for the local search of the last packing
+
+    def left() -> float:
+        return clock() - reserve
+
+    while left() > 0 and target is not None:
+        trial = pack(d, target, max(floor, best_h + 1), min(seconds * 0.1, left()), workers,
                      cost_cap=cost)
-        if trial is not None:
+        if trial is not None:  # capacity >= floor; its traffic split may route less
+            trial = improve_headroom(d, trial, min(seconds * IMPROVE_SHARE, max(0.0, clock())))
             h = _headroom_of(d, trial)
             if h > best_h:
                 best_h, best = h, trial
-            lo = max(lo, h)
+            lo = max(lo, h, floor)
         else:
             hi = floor - 1  # heuristic: treat the floor that failed to pack as too high
-        if hi - lo <= max(1, lo // 200):  # within 0.5%
+        if hi - lo <= max(1, lo // 200) or left() <= 0:  # within 0.5%, or out of time
             break
         floor = (lo + hi + 1) // 2
         target = solve_aggregate(d, "slack", cost_cap=cost, h_floor=floor,
-                                 seconds=min(seconds * 0.05, clock()), workers=workers)
+                                 seconds=min(seconds * 0.05, left()), workers=workers)
     if clock() > 0:  # the packed plan may leave room on its GPUs
         best = improve_headroom(d, best, min(seconds * IMPROVE_SHARE, clock()))
         best_h = _headroom_of(d, best)
