@@ -1,12 +1,14 @@
-"""Greedy headroom improver on a fixed GPU set: raise the bottleneck model's capacity.
+"""Greedy headroom improver on a fixed GPU set: lift the bottleneck model's routed headroom.
 
 Relax-and-pack's packing ILP can fail on large instances (100 models: no packing of the
 aggregate's engines is found in time), leaving the greedy warm start, whose headroom no
 stage improves. This local search costs a second or less and never adds a GPU: while time
-is left it takes the model with the least capacity over rate and either adds a replica on
-GPUs already in use or moves one of its engines to a higher SM share on the same GPUs,
-checking every per-GPU row of the ILP (SM, memory with pooled KV for the traffic each engine
-carries when routed in proportion to capacity, engine count, one engine of a model per GPU).
+is left it takes the model with the least routed headroom (busiest engine's capacity over
+its traffic) and re-splits its traffic, moves one of its engines to a higher SM share in
+place, or adds a replica on GPUs already in use - if need be after moving a few single-GPU
+engines of other models elsewhere, and with the replica taking only part of the traffic
+when memory is short. Every change keeps each per-GPU row of the ILP (SM, memory with pooled
+KV for the traffic each engine carries, engine count, one engine of a model per GPU).
 """
 
 from __future__ import annotations
@@ -194,15 +196,17 @@ def _moves(st: _State, m: str, now: int, nxt: int) -> list[Move]:
 
 
 def improve_headroom(d: IlpData, placed: Placed, seconds: float) -> Placed:
-    """Raise the minimum capacity-over-rate of ``placed`` on its own GPUs, greedily.
+    """Raise the minimum routed headroom of ``placed`` on its own GPUs, greedily.
 
     Each step lifts the bottleneck model: to above the next-lowest model's headroom with the
-    move that takes the least resources, else as high as one move gets it. Stops when the
-    bottleneck has no move that fits, or after ``seconds``."""
+    change that takes the least resources, else as high as one change gets it; failing both,
+    with evictions (_add_with_evictions). Stops when the bottleneck cannot be lifted, or
+    after ``seconds``. Returns ``placed`` itself when nothing changed."""
     end = time.perf_counter() + seconds
     st = _State(d, placed)
     if not st.used:
         return placed
+    changed = False
     while time.perf_counter() < end:
         ranked = sorted(d.models, key=st.headroom)
         m = ranked[0]
@@ -212,13 +216,14 @@ def improve_headroom(d: IlpData, placed: Placed, seconds: float) -> Placed:
         nxt = st.headroom(ranked[1]) if len(ranked) > 1 else d.h_cap
         moves = _moves(st, m, now, nxt)
         if not moves:
-            if _add_with_evictions(st, m, now, nxt):
-                continue
-            break
-        enough = [mv for mv in moves if mv.headroom > nxt]
-        st.apply(min(enough, key=lambda mv: (mv.use, -mv.headroom)) if enough
-                 else max(moves, key=lambda mv: (mv.headroom, -mv.use)))
-    return st.placed()
+            if not _add_with_evictions(st, m, now, nxt):
+                break
+        else:
+            enough = [mv for mv in moves if mv.headroom > nxt]
+            st.apply(min(enough, key=lambda mv: (mv.use, -mv.headroom)) if enough
+                     else max(moves, key=lambda mv: (mv.headroom, -mv.use)))
+        changed = True
+    return st.placed() if changed else placed
 
 
 MAX_EVICTIONS = 3  # engines moved off a GPU to make room for a new replica

@@ -114,3 +114,25 @@ def test_improve_returns_a_start_it_cannot_change_as_is(method):
     d = scale(inst, options)
     placed = placed_from_plan(d, METHODS[method](inst, options))
     assert improve_headroom(d, placed, seconds=0.0) == placed
+
+
+@pytest.mark.slow
+def test_the_100_model_warm_start_beats_every_greedy_headroom_on_its_gpus():
+    """Issue 2: at the warm start's 36 GPUs, the local search lifts the headroom above each
+    greedy baseline's (1.028: one 8B bf16 engine at its largest option, the ceiling of a
+    single engine), which takes a partial replica after evictions."""
+    from fineserve.planner.scenarios import hundred_models
+    from fineserve.profiles.composite import default_latency_model
+
+    latency = default_latency_model()
+    inst = hundred_models()
+    options = engine_options(inst, latency)
+    greedy = [build(inst, options) for build in METHODS.values()]
+    warm = best_greedy(inst, options)
+    d = scale(inst, options)
+    better = improve_headroom(d, placed_from_plan(d, warm), seconds=20.0)
+    plan = _placed_plan(d, better, SolveReport("test", "FEASIBLE", 0.0))
+    assert check_plan(inst, plan, latency) == []
+    assert not plan.unplaced
+    assert set(plan.gpus_used) <= set(warm.gpus_used)
+    assert plan.min_headroom > max(p.min_headroom for p in greedy) + 0.01
