@@ -125,6 +125,7 @@ def test_relax_and_pack_that_packs_nothing_still_reports_the_cost_bound(monkeypa
     warm = best_greedy(inst, options)
     monkeypatch.setattr(ilp, "MAX_PLACEMENT_VARS", 0)
     monkeypatch.setattr(packing, "pack", lambda *a, **k: None)
+    monkeypatch.setattr(packing, "improve_headroom", lambda d, placed, seconds: placed)
     plan = solve_ilp(inst, options, backend="ortools", warm_start=warm)
     assert plan.report.status == "HEURISTIC"
     assert "packed nothing" in plan.report.note
