@@ -73,6 +73,41 @@ def test_dive_mix_fits_and_places_into_a_valid_plan(seed):
         assert len(plan.gpus_used) * 1000 == sum(c.cls[1] * n for c, n in found.mix)
 
 
+def test_a_failed_dive_restarts_from_a_subset_of_the_pool(monkeypatch):
+    """The first dive is made to fail: the restart starts from a strict subset of the pool,
+    reaches a feasible mix, and the returned pool holds every column seen."""
+    import fineserve.planner.dive as dive_module
+
+    inst, _, d = _pooled(2)
+    cap = sum(d.cost.values())
+    pool = configuration_bound(d, seconds=5).pool
+    assert len(pool) >= 4
+    starts = []
+    real = dive_module._dive_from
+
+    def first_fails(d_, start, *args):
+        starts.append(start)
+        found = real(d_, start, *args)
+        return dataclasses.replace(found, mix=()) if len(starts) == 1 else found
+
+    monkeypatch.setattr(dive_module, "_dive_from", first_fails)
+    found = dive(d, pool, cost_cap=cap, seconds=30)
+    assert len(starts) >= 2 and starts[0] == pool
+    assert set(starts[1]) < set(pool)
+    assert found.mix
+    _assert_mix_is_feasible(d, found.mix, cap)
+    assert set(pool) <= set(found.pool)
+    assert {c for c, _ in found.mix} <= set(found.pool)
+
+
+def test_dive_restarts_are_reproducible():
+    _, _, d = _pooled(3)
+    cap = sum(d.cost.values())
+    pool = configuration_bound(d, seconds=5).pool
+    assert dive(d, pool, cost_cap=cap, seconds=10).mix == dive(d, pool, cost_cap=cap,
+                                                              seconds=10).mix
+
+
 def test_dive_below_the_bound_finds_nothing():
     _, _, d = _pooled(1)
     lower = configuration_bound(d, seconds=5).value
