@@ -72,6 +72,11 @@ def test_the_warm_start_is_kept_when_nothing_improves_it(monkeypatch):
     plan = solve_ilp(inst, options, backend="ortools", warm_start=warm)
     assert plan.report.status == "HEURISTIC" and "packed nothing" in plan.report.note
     assert plan.engines == warm.engines
+    # the aggregate's proven cost bound comes back with it, so the gap is reported (not nan)
+    (cost,) = plan.report.stages
+    assert cost.name == "cost" and cost.objective == warm.cost
+    assert 0 < cost.bound <= warm.cost
+    assert plan.report.gap == plan.report.gap
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
