@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -26,16 +27,31 @@ RAY = str(Path(sys.executable).with_name("ray"))
 
 
 def free_ports(n: int) -> list[int]:
-    socks = []
+    """``n`` free ports between Ray's worker ports and the kernel's ephemeral range: an
+    ephemeral port that is free now can be handed to one of Ray's own outgoing connections
+    before Ray binds it (a flake seen in CI: "Address already in use" for the client server
+    port)."""
+    low = _ephemeral_low()
+    rng = random.Random()
+    ports: list[int] = []
+    while len(ports) < n:
+        port = rng.randrange(20000, low)  # Ray keeps 10002-19999 for its workers
+        if port in ports:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+    return ports
+
+
+def _ephemeral_low() -> int:
     try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 class LocalCluster:
