@@ -156,15 +156,20 @@ def dry_run(plan: Plan, args: argparse.Namespace) -> None:
             + " ".join(f"{k}={env[k]}" for k in ENV_KEYS if k in env))
 
 
-def predict(plan: Plan, trace: Trace) -> dict:
-    """The simulator's summary for the plan and trace, with the gateway's adaptive scheduler."""
+def simulated(plan: Plan, trace: Trace):
+    """The simulator's run of the plan and trace, with the gateway's adaptive scheduler."""
     from fineserve.scheduler import SchedulerConfig
     from fineserve.sim.cluster import SimOptions, simulate
 
-    result = simulate(plan, trace, default_latency_model(),
-                      options=SimOptions(scheduler=SchedulerConfig(policy="adaptive")))
-    return summarize(result.records, {m.name: m.slo for m in plan.models},
-                     max(result.duration_s, trace.duration_s), "simulate")
+    return simulate(plan, trace, default_latency_model(),
+                    options=SimOptions(scheduler=SchedulerConfig(policy="adaptive")))
+
+
+def predict(plan: Plan, result, duration_s: float) -> dict:
+    """The simulated summary over ``duration_s``: a measurement's own wall time when set
+    beside it, so rates divide by the same seconds on both sides."""
+    return summarize(result.records, {m.name: m.slo for m in plan.models}, duration_s,
+                     "simulate")
 
 
 def serving_evidence(dep: DeployProcess) -> dict:
@@ -256,8 +261,8 @@ def markdown(results: dict) -> str:
                   "| TPOT p99 ms | 429 | errors |",
                   "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for model, g in m["per_model"].items():
-            lines.append(_row(model, g, pred["per_model"].get(model, {})))
-        lines.append(_row("**all**", m["overall"], pred["overall"]))
+            lines.append(_row(model, g, m.get("predicted", pred)["per_model"].get(model, {})))
+        lines.append(_row("**all**", m["overall"], m.get("predicted", pred)["overall"]))
     return "\n".join(lines) + "\n"
 
 
@@ -308,7 +313,8 @@ def main() -> None:
     say(f"plan on {gpu} in {time.monotonic() - t0:.0f} s: " + ", ".join(
         f"{e.engine_id} GPUs {list(e.gpus)} SM {e.sm_pct}%" for e in plan.engines)
         + f"; trace: {len(trace)} requests")
-    predicted = predict(plan, trace)
+    sim = simulated(plan, trace)
+    predicted = predict(plan, sim, max(sim.duration_s, trace.duration_s))
     say("predicted SLO attainment: " + ", ".join(
         f"{m} {g.get('slo_attainment', 0):.3f}" for m, g in predicted["per_model"].items()))
     if args.dry_run:
@@ -327,7 +333,9 @@ def main() -> None:
     for mode in args.modes.split(","):
         try:
             m = measure(plan, plan_path, trace, mode, args)
-            m["versus"] = [_pair(p) for p in pair_summaries(m, predicted)]
+            same_window = predict(plan, sim, m.get("duration_s") or predicted["duration_s"])
+            m["predicted"] = same_window
+            m["versus"] = [_pair(p) for p in pair_summaries(m, same_window)]
             results["modes"][mode] = m
         except (RuntimeError, OSError) as exc:
             say(f"{mode}: FAILED: {exc}")
