@@ -1,25 +1,36 @@
-"""bench/kvslab_accept.py without a GPU: the static split, the trace, the plans, the pool the
+"""bench/kvslab_accept*.py without a GPU: the static split, the trace, the plans, the pool the
 deployment would size, the dry run, and the verdict arithmetic."""
 
 import argparse
 import json
-import sys
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from bench import kvslab_accept as acc
+from bench import kvslab_accept_load as load
+from bench import kvslab_accept_predict as pred
+from bench import kvslab_accept_report as rep
+from bench import kvslab_accept_setup as su
+from bench import kvslab_accept_trace as tr
 from fineserve.planner.schema import KVMode
 
 MIB, GIB = 2**20, 2**30
 H100 = 80 * GIB
 
 
+EDGE = tr.shape_from("edge", duration_s=30.0)  # the 2026-11-26 trace, 30 s
+
+
 def _args(**kw):
-    base = dict(kv_gib=6.0, max_model_len=2048, hot_factor=4.0, cold_frac=0.15, tpot_guess=0.04,
-                cv=3.0, seed=0, duration=30.0, phase_s=6.0, budget_s=470.0)
+    base = dict(shape=tr.shape_from("edge", duration_s=kw.pop("duration", 30.0)), seed=0,
+                phase_s=6.0, budget_s=470.0)
     return argparse.Namespace(**(base | kw))
+
+
+def _setup(shape=EDGE):
+    return su.make_setup(shape, 0, H100)
 
 
 @given(kv=st.integers(64, 4096), floors=st.lists(st.integers(0, 20), min_size=3, max_size=3),
@@ -29,9 +40,9 @@ def test_a_split_gives_every_floor_and_exactly_the_memory(kv, floors, weights):
     fl = {f"e{i}": f * 64 * MIB for i, f in enumerate(floors)}
     if sum(fl.values()) > kv_bytes:
         with pytest.raises(ValueError, match="below the engines' floors"):
-            acc.split(kv_bytes, fl, dict(zip(fl, weights, strict=True)))
+            su.split(kv_bytes, fl, dict(zip(fl, weights, strict=True)))
         return
-    out = acc.split(kv_bytes, fl, dict(zip(fl, weights, strict=True)))
+    out = su.split(kv_bytes, fl, dict(zip(fl, weights, strict=True)))
     assert sum(out.values()) == kv_bytes
     assert all(out[n] >= fl[n] and out[n] % (2 * MIB) == 0 for n in fl)
 
@@ -39,34 +50,32 @@ def test_a_split_gives_every_floor_and_exactly_the_memory(kv, floors, weights):
 def test_the_best_split_is_the_one_serving_the_most_offered_kv():
     floors = {"a": 0, "b": 0}
     offered = {"a": [3.0 * GIB] * 10, "b": [1.0 * GIB] * 10}  # a steady 3:1 demand
-    name, shares, scores = acc.best_split(4 * GIB, floors, offered)
+    name, shares, scores = su.best_split(4 * GIB, floors, offered)
     assert scores[name] == max(scores.values()) and name in ("rate", "peak")
     assert shares["a"] == 3 * GIB and scores[name] == pytest.approx(1.0)
     assert scores["equal"] == pytest.approx(0.75)
 
 
 def test_the_trace_shifts_the_hot_engine_every_third():
-    es = acc.engines()
-    trace = acc.make_trace(es, 60.0, _args())
+    es = tr.engines()
+    trace = tr.make_trace(es, tr.shape_from("edge", duration_s=60.0), 0)
     for k, hot in enumerate(es):
         lo, hi = 20.0 * k, 20.0 * (k + 1)
         counts = {e.name: int(((trace.arrival_s >= lo) & (trace.arrival_s < hi)
                                & (trace.model == e.name)).sum()) for e in es}
         assert max(counts, key=counts.get) == hot.name, counts
-    assert trace.prompt_tokens.max() <= 1024 and trace.output_tokens.max() <= 2 * acc.OUTPUT_MEAN
+    assert trace.prompt_tokens.max() <= 1024 and trace.output_tokens.max() <= 2 * 192
 
 
 def test_plans_hold_the_split_statically_and_the_same_memory_as_a_pool():
-    setup = acc.make_setup(_args(), 30.0, H100)
+    setup = _setup()
     assert sum(setup.static_kv.values()) == setup.kv_total == 6 * GIB
-    static = acc.make_plan(setup.engines, setup.static_kv, False, setup.kv_total, setup.rates,
-                           H100)
-    pooled = acc.make_plan(setup.engines, setup.floors, True, setup.kv_total, setup.rates, H100)
+    static, pooled = su.plan_for(setup, "static"), su.plan_for(setup, "pooled")
     assert static.instance.settings.kv_mode is KVMode.STATIC
     assert pooled.instance.settings.kv_mode is KVMode.POOLED
     assert {e.model: e.kv_bytes for e in static.engines} == setup.static_kv
     assert {e.model: e.kv_bytes for e in pooled.engines} == setup.floors
-    pool = acc.pool_plan(pooled, H100)
+    pool = pred.pool_plan(pooled, H100)
     assert 0 <= pool["pool_bytes"] - setup.kv_total <= 2 * MIB
     floors = sum(v["floor_slabs"] * v["slab_bytes"] for v in pool["engines"].values())
     assert floors == sum(setup.floors.values())  # floors are whole 64 MiB slabs already
@@ -88,15 +97,15 @@ def _row(label, engines, ledger=None):
 
 
 def test_saturation_counts_only_hold_samples_and_reads_kv_share_per_mode():
-    setup = acc.make_setup(_args(), 30.0, H100)
+    setup = _setup()
     names = [e.name for e in setup.engines]
     eng = {f"{n}-0": {"running": 10, "waiting": 2, "usage": 1.0} for n in names}
     ledger = {f"{n}-0": {"used_kv_bytes": 2 * GIB, "held_bytes": 2 * GIB} for n in names}
     rows = [_row(f"sat:{n}:ramp", {k: {**v, "running": 99} for k, v in eng.items()})
             for n in names]
     rows += [_row(f"sat:{n}:hold", eng, ledger) for n in names]
-    pooled = acc.saturation_summary(rows, setup, pooled=True)
-    static = acc.saturation_summary(rows, setup, pooled=False)
+    pooled = rep.saturation_summary(rows, setup, pooled=True)
+    static = rep.saturation_summary(rows, setup, pooled=False)
     assert pooled["running_sum"] == static["running_sum"] == 30  # ramp samples ignored
     assert pooled["kv_share"] == pytest.approx(1.0) and static["kv_share"] == pytest.approx(1.0)
 
@@ -120,17 +129,16 @@ def _mode(att, running, share, lost=0, errors=0, kv=6 * GIB, pool=None):
     (_mode(0.9, 60, 0.97, pool=7 * GIB), False),  # not the same memory
 ])
 def test_the_verdict_needs_every_criterion(pooled, ok):
-    assert acc.verdict({"static": _mode(0.5, 36, 0.9), "pooled": pooled})["ok"] is ok
+    assert rep.verdict({"static": _mode(0.5, 36, 0.9), "pooled": pooled})["ok"] is ok
 
 
 def test_the_verdict_of_a_failed_mode_is_not_ok():
-    assert acc.verdict({"static": {"error": "x"}, "pooled": _mode(1, 1, 1)})["ok"] is False
+    assert rep.verdict({"static": {"error": "x"}, "pooled": _mode(1, 1, 1)})["ok"] is False
 
 
-def test_dry_run_writes_plans_and_commands_without_a_gpu(tmp_path, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["kvslab_accept.py", "--dry-run", "--out",
-                                      str(tmp_path / "out"), "--work", str(tmp_path / "w")])
-    assert acc.main() == 0
+def test_dry_run_writes_plans_and_commands_without_a_gpu(tmp_path):
+    assert acc.main(["--dry-run", "--out", str(tmp_path / "out"), "--work",
+                     str(tmp_path / "w"), "--sim-latency-scale", "1.3"]) == 0
     res = json.loads((tmp_path / "out" / "kvslab_accept-dry.json").read_text())
     assert set(res["modes"]) == {"static", "pooled"} and res["split"] in res["scores"]
     assert "--no-kv-pool" in res["modes"]["static"]["argv"]
@@ -139,7 +147,9 @@ def test_dry_run_writes_plans_and_commands_without_a_gpu(tmp_path, monkeypatch):
     assert len(res["modes"]["static"]["engines"]) == 3
     assert 0 <= res["pool"]["pool_bytes"] - 6 * GIB <= 2 * MIB
     assert (tmp_path / "w" / "plan-static.yaml").is_file()
-    sim = res["simulated"]  # the simulator's view of the same plans and trace
+    assert res["trace"] == "kv-bound" and res["shape"]["max_model_len"] == 4096
+    assert "--max-model-len 4096" in " ".join(res["modes"]["pooled"]["argv"])
+    sim = res["simulated"]["x1.3"]  # the simulator's view of the same plans and trace
     assert set(sim) == {"static", "pooled"}
     assert all(0 <= m["slo_attainment"] <= 1 for m in sim.values())
 
@@ -151,7 +161,7 @@ def test_log_scan_counts_memory_errors_not_shutdown_tracebacks(tmp_path):
     (tmp_path / "logs" / "engine-b-0.log").write_text(
         "RuntimeError: CUDA error: an illegal memory access was encountered\n"
         "torch.OutOfMemoryError: CUDA out of memory\n")
-    got = acc.scan_logs(tmp_path)
+    got = rep.scan_logs(tmp_path)
     assert got["engine-a-0"] == {"errors": 0, "first": [], "tracebacks": 1}
     assert got["engine-b-0"]["errors"] == 2
 
@@ -159,17 +169,17 @@ def test_log_scan_counts_memory_errors_not_shutdown_tracebacks(tmp_path):
 def test_the_report_shows_every_mode_and_criterion():
     modes = {"static": _mode(0.5, 36, 0.9) | {"startup_s": 140.0},
              "pooled": _mode(0.9, 60, 0.97, pool=6 * GIB) | {"startup_s": 150.0}}
-    res = {"device": "H100", "wall_s": 400.0, "modes": modes, "verdict": acc.verdict(modes),
+    res = {"device": "H100", "wall_s": 400.0, "modes": modes, "verdict": rep.verdict(modes),
            "config": {"runner": "default", "kv_gib": 6.0, "split": "rate",
                       "static_kv_gib": {}, "split_scores": {}, "floors_gib": {},
                       "duration_s": 24.0, "requests": 300, "cv": 3.0, "hot_factor": 2.2,
                       "enforce_eager": False}}
-    md = acc.markdown(res)
+    md = rep.markdown(res)
     assert "| static | 140 | 36.0 | 0.900 | 0.500 | 0 | 0 |" in md
     assert "| sequences held pooled / static >= 1.5 | 1.67 | yes |" in md
     res["modes"]["pooled"] = {"error": "deploy exited 2"}
-    res["verdict"] = acc.verdict(res["modes"])
-    assert "failed: deploy exited 2" in acc.markdown(res)
+    res["verdict"] = rep.verdict(res["modes"])
+    assert "failed: deploy exited 2" in rep.markdown(res)
 
 
 def test_the_sampler_reads_used_kv_from_the_pool_ledger(tmp_path):
@@ -182,7 +192,7 @@ def test_the_sampler_reads_used_kv_from_the_pool_ledger(tmp_path):
     led.register(EngineRegistration("a-0", os.getpid(), 131072, 64 * MIB, 1, 64), time.time())
     led.acquire("a-0", 2, time.time())
     led.publish("a-0", time.time(), used_tokens=1000, demand_tokens=2000)
-    sampler = acc.Sampler({}, str(tmp_path / "pool.json"))
+    sampler = load.Sampler({}, str(tmp_path / "pool.json"))
     sampler.label = "sat:a:hold"
     deadline = time.monotonic() + 10
     while not sampler.rows and time.monotonic() < deadline:
@@ -224,7 +234,7 @@ def test_a_flood_holds_its_streams_then_drops_them():
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]
-        await acc._flood([(f"http://127.0.0.1:{port}", "m", 5)], 0.5, seed=1)
+        await load.flood([(f"http://127.0.0.1:{port}", "m", 5)], 0.5, seed=1)
         await asyncio.sleep(0.3)
         await runner.cleanup()
 
@@ -233,16 +243,16 @@ def test_a_flood_holds_its_streams_then_drops_them():
 
 
 def test_the_pool_breakdown_separates_held_but_empty_from_not_held():
-    setup = acc.make_setup(_args(), 30.0, H100)
+    setup = _setup()
     ledger = {"a-0": {"used_kv_bytes": 1 * GIB, "held_bytes": 3 * GIB, "target_bytes": 2 * GIB,
                       "demand_kv_bytes": 4 * GIB},
               "b-0": {"used_kv_bytes": 1 * GIB, "held_bytes": 1 * GIB, "target_bytes": GIB,
                       "demand_kv_bytes": GIB}}
-    got = acc.pool_breakdown([_row("sat:a:hold", {}, ledger)] * 2, setup)
+    got = rep.pool_breakdown([_row("sat:a:hold", {}, ledger)] * 2, setup)
     assert got["engines"]["a-0"] == {"used": 0.1667, "held": 0.5, "target": 0.3333,
                                      "demand": 0.6667}
     assert got["not_held"] == pytest.approx(2 / 6, abs=1e-4)
-    rows = acc.compact_rows([{"t": 10.0, "label": "x", "engines": {
+    rows = rep.compact_rows([{"t": 10.0, "label": "x", "engines": {
         "a-0": {"running": 3, "waiting": 1, "usage": 0.123456}}, "ledger": ledger}], 4.0)
     assert rows[0]["t"] == 6.0 and rows[0]["engines"]["a-0"]["usage"] == 0.1235
     assert rows[0]["ledger"]["b-0"]["held_bytes"] == GIB
@@ -251,9 +261,9 @@ def test_the_pool_breakdown_separates_held_but_empty_from_not_held():
 def test_the_policy_fills_the_pool_in_every_saturation_phase():
     """Criterion (i) without lag: on 2026-11-26 the old policy covered 0.825 in the third
     phase (the fp8 engine kept 16 slabs for its stale forecast) - measured 0.827."""
-    setup = acc.make_setup(_args(), 30.0, H100)
-    pooled = acc.make_plan(setup.engines, setup.floors, True, setup.kv_total, setup.rates, H100)
-    got = acc.policy_replay(setup, acc.pool_plan(pooled, H100), phase_s=6.0)
+    setup = _setup()
+    pooled = su.plan_for(setup, "pooled")
+    got = pred.policy_replay(setup, pred.pool_plan(pooled, H100), phase_s=6.0)
     assert list(got) == [e.name for e in setup.engines]
     for hot, r in got.items():
         assert r["kv_share"] >= 0.95, (hot, r)
