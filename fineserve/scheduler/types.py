@@ -56,6 +56,7 @@ class EngineSnapshot:
     running: int  # vllm:num_requests_running
     waiting: int  # vllm:num_requests_waiting (> 0: we send more than the engine batches)
     kv_usage: float  # vllm:kv_cache_usage_perc, in [0, 1]
+    preemptions: int = 0  # vllm:num_preemptions_total, cumulative (a rise: KV ran out)
 
 
 class Verdict(Enum):

@@ -4,8 +4,8 @@ The same ``EngineScheduler`` and ``GpuArbiter`` the gateway builds (``runtime/ga
 upstream.py``: initial limit = the plan's max_batch, one arbiter per GPU holding several
 engines), driven by simulated time: ``submit`` on arrival, ``on_first_token`` and
 ``on_finish`` after each step, ``on_engine_state`` with the engine's running / waiting / KV
-usage on every tick, and ``poll`` after each of these. Requests a scheduler rejects or expires
-become 429 records (drops, SLO misses).
+usage / preemption count on every tick, and ``poll`` after each of these. Requests a scheduler
+rejects or expires become 429 records (drops, SLO misses).
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class Admission:
             e = self.engines[name]
             usage = min(1.0, e.kv_used / e.kv_tokens) if e.kv_tokens > 0 else 1.0
             sched.on_engine_state(EngineSnapshot(
-                now, e.decoding + len(e.prefilling), len(e.waiting), usage))
+                now, e.decoding + len(e.prefilling), len(e.waiting), usage, e.preemptions))
         return self._poll(list(self.sched), now)
 
     def _poll(self, names: list[str], now: float) -> Out:

@@ -71,22 +71,50 @@ def test_engine_waiting_clamps_limit_to_running() -> None:
     assert s.stats.limit == 13
 
 
-def test_kv_near_full_backs_off_once_per_slo_interval() -> None:
+def test_kv_usage_alone_does_not_cut() -> None:
+    """A KV Slab engine's gauge reads near 1 by design (it maps lazily): no cut on it alone."""
     s = adaptive(initial=16)
-    s.on_engine_state(EngineSnapshot(10.0, running=16, waiting=0, kv_usage=0.97))
+    for t in (10.0, 11.1, 12.2):
+        s.on_engine_state(EngineSnapshot(t, running=16, waiting=0, kv_usage=0.99))
+    assert s.stats.limit == 16
+
+
+def test_preemptions_back_off_once_per_slo_interval() -> None:
+    s = adaptive(initial=16)
+    s.on_engine_state(EngineSnapshot(9.0, running=16, waiting=0, kv_usage=0.9, preemptions=4))
+    assert s.stats.limit == 16  # the first reading is only a baseline
+    s.on_engine_state(EngineSnapshot(10.0, running=16, waiting=0, kv_usage=0.9, preemptions=5))
     assert s.stats.limit == 12
-    s.on_engine_state(EngineSnapshot(10.5, running=12, waiting=0, kv_usage=0.97))
+    s.on_engine_state(EngineSnapshot(10.5, running=12, waiting=0, kv_usage=0.9, preemptions=7))
     assert s.stats.limit == 12  # within one TTFT SLO of the last change
-    s.on_engine_state(EngineSnapshot(11.1, running=12, waiting=0, kv_usage=0.97))
+    s.on_engine_state(EngineSnapshot(11.1, running=12, waiting=0, kv_usage=0.9, preemptions=8))
     assert s.stats.limit == 9
+    s.on_engine_state(EngineSnapshot(12.2, running=9, waiting=0, kv_usage=0.9, preemptions=8))
+    assert s.stats.limit == 9  # no new preemption
+    s.on_engine_state(EngineSnapshot(13.3, running=9, waiting=0, kv_usage=0.9, preemptions=0))
+    assert s.stats.limit == 9  # the counter went back: a restarted engine, not a preemption
 
 
-def test_stale_samples_from_before_a_decrease_are_ignored() -> None:
-    s = adaptive(initial=10)
-    for i in range(10):
-        s.submit(RequestInfo(f"r{i}", "m", 10, 4, 0.0), 0.0)
-    s.on_first_token("r0", 1.5)  # 1.5 x SLO: a certain miss -> decrease
-    assert s.stats.limit == 7
-    for i in range(1, 10):  # same epoch as r0: already accounted for
-        s.on_first_token(f"r{i}", 1.5)
-    assert s.stats.limit == 7
+def test_waiting_with_a_full_cache_backs_off() -> None:
+    s = adaptive(initial=16)
+    s.on_engine_state(EngineSnapshot(10.0, running=16, waiting=1, kv_usage=0.97))
+    assert s.stats.limit == 12  # KV-bound at once; waiting with room left clamps only later
+
+
+def _window(s: EngineScheduler, n: int, ttft_s: float, tpot_s: float) -> None:
+    """Fill the limit at t = 0; then ``n`` of those requests report the given engine TTFT
+    and TPOT."""
+    for i in range(s.stats.limit):
+        s.submit(RequestInfo(f"r{i}", "m", 10, 11, 0.0), 0.0)
+    for i in range(n):
+        s.on_first_token(f"r{i}", ttft_s)
+        s.on_finish(f"r{i}", ttft_s + 10 * tpot_s, 11, True)
+
+
+def test_recovery_is_proportional_to_slack() -> None:
+    """Far inside the SLOs a window wins back up to a quarter of the limit; near them, one."""
+    fast, near = adaptive(initial=64), adaptive(initial=64)
+    _window(fast, 16, ttft_s=0.0, tpot_s=0.0)
+    _window(near, 16, ttft_s=0.39, tpot_s=0.079)
+    assert fast.stats.limit == 80  # 64 + 64 / 4
+    assert near.stats.limit == 65

@@ -202,11 +202,15 @@ class SchedulerMachine(RuleBasedStateMachine):
         running=st.integers(0, 8),
         waiting=st.integers(0, 3),
         kv=st.sampled_from([0.0, 0.5, 0.9, 0.97, 1.0]),
+        preempted=st.integers(0, 2),
     )
-    def engine_state(self, engine, running, waiting, kv):
+    def engine_state(self, engine, running, waiting, kv, preempted):
         self.now += 0.5
-        self.scheds[engine % len(self.scheds)].on_engine_state(
-            EngineSnapshot(self.now, running, waiting, kv)
+        k = engine % len(self.scheds)
+        self.preempted = getattr(self, "preempted", {})
+        self.preempted[k] = self.preempted.get(k, 0) + preempted
+        self.scheds[k].on_engine_state(
+            EngineSnapshot(self.now, running, waiting, kv, self.preempted[k])
         )
 
     # -- invariants -----------------------------------------------------------------------

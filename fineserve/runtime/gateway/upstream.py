@@ -26,6 +26,7 @@ log = logging.getLogger("fineserve.gateway")
 _RUNNING = b"vllm:num_requests_running"
 _WAITING = b"vllm:num_requests_waiting"
 _KV = (b"vllm:kv_cache_usage_perc", b"vllm:gpu_cache_usage_perc")
+_PREEMPTED = b"vllm:num_preemptions_total"  # a counter: KV ran out and vLLM evicted requests
 
 
 class Upstream:
@@ -85,8 +86,9 @@ def make_upstreams(gw: GatewayConfig) -> dict[str, list[Upstream]]:
 
 
 def parse_engine_metrics(text: bytes, at_s: float) -> EngineSnapshot | None:
-    """The three vLLM gauges (summed over label sets); None when the engine exports none."""
-    running = waiting = 0.0
+    """The three vLLM gauges and the preemption counter (summed over label sets, KV usage
+    the largest); None when the engine exports none of the gauges."""
+    running = waiting = preempted = 0.0
     kv = 0.0
     seen = False
     for line in text.splitlines():
@@ -109,9 +111,12 @@ def parse_engine_metrics(text: bytes, at_s: float) -> EngineSnapshot | None:
         elif name in _KV:
             kv = max(kv, value)
             seen = True
+        elif name == _PREEMPTED:
+            preempted += value
     if not seen:
         return None
-    return EngineSnapshot(at_s, int(running), int(waiting), min(max(kv, 0.0), 1.0))
+    return EngineSnapshot(at_s, int(running), int(waiting), min(max(kv, 0.0), 1.0),
+                          int(preempted))
 
 
 async def _get(up: Upstream, path: str, timeout_s: float) -> tuple[int, bytes]:

@@ -13,6 +13,8 @@ vllm:num_requests_running{engine="0",model_name="m"} 3.0
 vllm:num_requests_waiting{engine="0",model_name="m"} 2.0
 vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.42
 vllm:prompt_tokens_total{engine="0",model_name="m"} 1234.0
+vllm:num_preemptions_total{engine="0",model_name="m"} 5.0
+vllm:num_preemptions_created{engine="0",model_name="m"} 1.7e9
 """
 
 
@@ -20,6 +22,7 @@ def test_parse_vllm_metrics():
     snap = parse_engine_metrics(VLLM_SAMPLE, 7.0)
     assert snap is not None
     assert (snap.at_s, snap.running, snap.waiting, snap.kv_usage) == (7.0, 3, 2, 0.42)
+    assert snap.preemptions == 5  # the counter, not its _created timestamp
     assert parse_engine_metrics(b"# nothing from vLLM\nother 1\n", 0.0) is None
 
 
