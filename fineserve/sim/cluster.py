@@ -83,7 +83,8 @@ def _pooled(plan: Plan, opts: SimOptions) -> bool:
 
 def _static_kv_tokens(plan: Plan, e, shape: EngineShape) -> float:
     """Static partition. A pooled plan's engines get their floor plus an equal share of the
-    GPU's unreserved memory: the same bytes as the pool, split once."""
+    GPU's unreserved memory: the same bytes as the pool, split once. (A TP > 1 engine of a
+    pooled plan simulated pooled keeps its floor: ``_World`` resets it, as deploy does.)"""
     per_token = shape.model.kv_bytes_per_token(e.tp)
     if plan.kv_mode is KVMode.STATIC:
         return e.kv_bytes / per_token
@@ -120,9 +121,17 @@ class _World:
                 self.routers[m.name] = _Router(engines, weights)
                 self.engines += engines
         self.pooled = _pooled(plan, opts)
-        self.kv: SlabPools | StaticKv
+        self.kv: SlabPools | StaticKv | _PoolsAndStatic
         if self.pooled:
-            self.kv = _make_pools(plan, self.engines, placements, opts.pool)
+            # deploy keeps TP > 1 engines off the pool (the slab map is per process): their
+            # plan KV is a static cache, and the pool of each of their GPUs is that much less
+            fixed = [e for e in self.engines if placements[e.name].tp > 1]
+            for e in fixed:
+                e.kv_tokens = placements[e.name].kv_bytes / e.kv_token_bytes
+            pools = _make_pools(plan, [e for e in self.engines if e not in fixed],
+                                placements, opts.pool)
+            self.kv = (_PoolsAndStatic(pools, StaticKv([(e, e.gpus) for e in fixed]))
+                       if fixed else pools)
         else:
             self.kv = StaticKv([(e, e.gpus) for e in self.engines])
         if opts.sharing not in SHARING:
@@ -156,13 +165,41 @@ class _World:
             self.admission.check_integrity()
 
 
+class _PoolsAndStatic:
+    """A pooled plan with TP > 1 engines: the pools of the TP = 1 engines, the static caches
+    of the others; samples per GPU add both."""
+
+    def __init__(self, pools: SlabPools, static: StaticKv) -> None:
+        self.pools, self.static = pools, static
+
+    def tick(self, now: float) -> list:
+        return self.pools.tick(now)
+
+    def sample(self, now: float) -> list[KvSample]:
+        by_gpu: dict[int, KvSample] = {}
+        for s in self.pools.sample(now) + self.static.sample(now):
+            o = by_gpu.get(s.gpu)
+            by_gpu[s.gpu] = s if o is None else KvSample(
+                now, s.gpu, o.capacity_bytes + s.capacity_bytes, o.held_bytes + s.held_bytes,
+                o.used_bytes + s.used_bytes, o.rounding_bytes + s.rounding_bytes)
+        return [by_gpu[g] for g in sorted(by_gpu)]
+
+    def check_integrity(self) -> None:
+        self.pools.check_integrity()
+        self.static.check_integrity()
+
+
 def _make_pools(plan: Plan, engines: list[EngineSim], placements: dict, params: PoolParams
                 ) -> SlabPools:
+    """One pool per GPU of ``engines``: usable memory less every engine's weights and
+    overhead, and less the whole memory of engines not in ``engines`` (static KV)."""
     util = plan.instance.settings.memory_utilization
     used = sorted({g for e in engines for g in e.gpus})
+    pooled = {e.name for e in engines}
     pool_bytes = {}
     for g in used:
-        non_kv = sum(x.weight_bytes + x.overhead_bytes for x in plan.engines_on(g))
+        non_kv = sum(x.weight_bytes + x.overhead_bytes if x.engine_id in pooled
+                     else x.memory_bytes for x in plan.engines_on(g))
         pool_bytes[g] = max(0, usable_bytes(plan.cluster.gpus[g].spec, util) - non_kv)
     pools = SlabPools(pool_bytes, params)
     floor_of_plan = plan.kv_mode is KVMode.POOLED  # a static plan's reservations are no floors

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from fineserve.errors import SpecError
 from fineserve.metrics.kv import kv_summary
 from fineserve.metrics.summary import records_frame, summarize
+from fineserve.planner.options import usable_bytes
 from fineserve.planner.schema import EnginePlacement, KVMode, Plan, SolveReport
 from fineserve.profiles.measure.interference_fit import InterferenceFit, SlowdownParams
 from fineserve.scheduler import SchedulerConfig
@@ -207,6 +208,41 @@ def test_pooling_lends_idle_memory_to_the_busy_engine():
     assert sum(pooled.preemptions.values()) == 0
     util = kv_summary(pooled.kv_samples)["0"]
     assert util["util_max"] > 0.02 and 0 <= util["stranded_mean"] <= 1
+
+
+def test_tp_engines_of_a_pooled_plan_keep_a_static_cache():
+    """Deploy keeps TP > 1 engines off the KV Slab pool: their plan KV is a static cache and
+    their GPUs' pools are that much smaller; the TP = 1 engine beside them is pooled."""
+    models = [demand("a", rate=20), demand("b", rate=20)]
+    inst = instance(models, gpus=2, kv_mode=KVMode.POOLED)
+    tp2 = EnginePlacement("a-0", "a", "node0", (0, 1), 50, 64, W8B // 2, 3 * GIB, 2 * GIB,
+                          100.0, 20)
+    tp1 = EnginePlacement("b-0", "b", "node0", (0,), 50, 64, W8B, 3 * GIB, 1 * GIB, 100.0, 20)
+    plan = Plan(inst, (tp2, tp1), (), SolveReport("hand", "HEURISTIC", 0.0))
+    lens = FixedLengths(1500, 300)
+    trace = generate([ModelLoad("a", Poisson(20), lens), ModelLoad("b", Poisson(20), lens)],
+                     10.0, 1)
+    seen = {}
+    tick = SlabPools.tick
+
+    def spy(self, now):
+        seen.update(pool_bytes=dict(self.pool_bytes), leases=set(self.leases))
+        return tick(self, now)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SlabPools, "tick", spy)
+        res = simulate(plan, trace, ConstLatency(0.02, 0.01))
+    assert seen["leases"] == {"b-0"}
+    per_rank_a = tp2.weight_bytes + tp2.overhead_bytes + tp2.kv_bytes
+    usable = usable_bytes(inst.cluster.gpus[0].spec, inst.settings.memory_utilization)
+    assert seen["pool_bytes"] == {0: usable - per_rank_a - tp1.weight_bytes - tp1.overhead_bytes}
+    # the static cache of 'a' (2 GiB per rank) is far below its load: it preempts, 'b' grows
+    assert res.preemptions["a-0"] > 0 and res.preemptions["b-0"] == 0
+    per_token_a = models[0].spec.kv_bytes_per_token(2)
+    by_gpu = {s.gpu: s for s in res.kv_samples if s.t == res.kv_samples[-1].t}
+    assert by_gpu[1].capacity_bytes == (tp2.kv_bytes // per_token_a) * per_token_a
+    assert by_gpu[0].capacity_bytes > seen["pool_bytes"][0]  # the pool plus a's static cache
+    assert len(records_frame(res.records)) == len(trace)
 
 
 # ----------------------------------------------------------------------------- admission
