@@ -19,6 +19,7 @@ from bench.e2e.workload import BenchSet, instance
 from fineserve.planner.options import usable_bytes
 from fineserve.planner.schema import EnginePlacement, Instance, KVMode, Plan, hand_plan
 from fineserve.profiles.latency import LatencyModel
+from fineserve.sim.stepscale import ScaledLatency
 
 CONFIGS = ("a", "b", "c")
 
@@ -108,16 +109,29 @@ def as_deployed(plan: Plan, kv_pool: bool) -> Plan:
 
 
 def make_config_plan(bench: BenchSet, key: str, latency: LatencyModel,
-                     time_limit_s: float = 20.0) -> Plan:
-    """The plan of configuration ``key`` (a, b or c) for ``bench`` on one GPU."""
+                     time_limit_s: float = 20.0, decode_scale: float = 1.0) -> Plan:
+    """The plan of configuration ``key`` (a, b or c) for ``bench`` on one GPU.
+
+    ``decode_scale`` > 1 plans (b) and (c) on the latency model with every decode step
+    stretched by that factor - the simulator's calibration (``calibrate.py``), so the SM
+    shares and batch caps rest on the deployed step times rather than the profiles' (which
+    stop at batch 32 and see one engine alone). (a) uses no latency model."""
     # the solvers load here, not at import: the GPU host deploys committed plans and may
     # lack OR-Tools
     from fineserve.planner.api import make_plan
 
+    if decode_scale != 1.0:
+        latency = ScaledLatency(latency, decode_scale=decode_scale)
     if key == "a":
         return static_split(instance(bench, KVMode.STATIC))
     if key == "b":
-        return fill_gpu(make_plan(instance(bench, KVMode.STATIC), latency, method="muxserve"))
-    if key == "c":
-        return make_plan(instance(bench, KVMode.POOLED, time_limit_s), latency, method="ilp")
-    raise ValueError(f"unknown configuration {key!r}; use one of {', '.join(CONFIGS)}")
+        plan = fill_gpu(make_plan(instance(bench, KVMode.STATIC), latency, method="muxserve"))
+    elif key == "c":
+        plan = make_plan(instance(bench, KVMode.POOLED, time_limit_s), latency, method="ilp")
+    else:
+        raise ValueError(f"unknown configuration {key!r}; use one of {', '.join(CONFIGS)}")
+    if decode_scale == 1.0:
+        return plan
+    note = f"{plan.report.note}; " if plan.report.note else ""
+    return replace(plan, report=replace(
+        plan.report, note=f"{note}planned with decode steps x{decode_scale:g} (calibrated)"))

@@ -16,6 +16,7 @@ docs/benchmarks.md). On the GPU host: `. /tmp/site/env.sh` first (bench/gpu_sess
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tarfile
 import time
@@ -84,8 +85,10 @@ def check_bench(res: ResultsDir, bench: BenchSet) -> BenchSet:
     return bench
 
 
-def config_plan(res: ResultsDir, bench: BenchSet, cfg: str, cpu: bool) -> Plan:
-    """The plan of ``cfg``: the one in --out if a run already used it, else made now."""
+def config_plan(res: ResultsDir, bench: BenchSet, cfg: str, cpu: bool,
+                plan_latency: str = "profiled") -> Plan:
+    """The plan of ``cfg``: the one in --out if a run already used it, else made now (on the
+    profiled latency model, or the calibrated one: ``plan_decode_scale``)."""
     path = res.plan_path(cfg)
     if path.is_file():
         return load_plan(path)
@@ -98,9 +101,21 @@ def config_plan(res: ResultsDir, bench: BenchSet, cfg: str, cpu: bool) -> Plan:
     else:
         from fineserve.profiles.composite import default_latency_model
 
-        plan = make_config_plan(bench, cfg, default_latency_model())
+        plan = make_config_plan(bench, cfg, default_latency_model(),
+                                decode_scale=plan_decode_scale(res, plan_latency))
     save_plan(plan, path)
     return plan
+
+
+def plan_decode_scale(res: ResultsDir, plan_latency: str) -> float:
+    """The decode factor the planner sees: 1 (``profiled``), or the results directory's
+    calibration (``calibrated``; an error when there is none)."""
+    if plan_latency == "profiled":
+        return 1.0
+    path = res.calibration_path()
+    if not path.is_file():
+        raise SystemExit(f"--plan-latency calibrated: no {path} (run bench/e2e/calibrate.py)")
+    return float(json.loads(path.read_text())["decode_scale"])
 
 
 def deployed_as(cfg: str, args: argparse.Namespace) -> Deployed:
@@ -138,7 +153,7 @@ def run_config(res: ResultsDir, bench: BenchSet, cfg: str, args: argparse.Namesp
         say(f"{cfg}: not enough budget left to start ({budget.left():.0f} s); deferred")
         return
     dep = deployed_as(cfg, args)
-    base = config_plan(res, bench, cfg, args.cpu_smoke)
+    base = config_plan(res, bench, cfg, args.cpu_smoke, args.plan_latency)
     plan = as_deployed(base, dep.kv_pool)
     plan_path = res.plan_path(cfg)
     if plan is not base:  # recorded beside the results; predictions derive the same plan
@@ -231,6 +246,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="if (c) does not start with the KV Slab pool, redeploy it with static "
                          "KV in the same call (the result files record which ran)")
     ap.add_argument("--plan-only", action="store_true", help="write bench.json and plans only")
+    ap.add_argument("--plan-latency", choices=("profiled", "calibrated"), default="profiled",
+                    help="latency model of plans made now (an existing plan file is kept): "
+                         "the profiles, or with OUT/calibration.json's decode factor")
     ap.add_argument("--budget-s", type=float, default=530.0,
                     help="wall seconds of this call; rates that would not fit are deferred")
     ap.add_argument("--request-timeout", type=float, default=30.0,
@@ -260,7 +278,7 @@ def main(argv: list[str] | None = None) -> None:
     configs = tuple(args.configs.split(","))
     if args.plan_only:
         for cfg in configs:
-            plan = config_plan(res, bench, cfg, args.cpu_smoke)
+            plan = config_plan(res, bench, cfg, args.cpu_smoke, args.plan_latency)
             say(f"{cfg}: {', '.join(f'{e.engine_id} SM {e.sm_pct}%' for e in plan.engines)}")
         return
     failed = []

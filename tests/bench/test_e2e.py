@@ -13,7 +13,7 @@ import pytest
 
 from bench.e2e import run as e2e_run
 from bench.e2e.deployment import DeployArgs
-from bench.e2e.plans import CONFIG, STATIC_MAX_BATCH, as_deployed
+from bench.e2e.plans import CONFIG, STATIC_MAX_BATCH, as_deployed, make_config_plan
 from bench.e2e.predict import client_view, deployed_default, predict_all, sim_options
 from bench.e2e.report import acceptance, collect
 from bench.e2e.report import main as report_main
@@ -202,7 +202,8 @@ def _args(tmp_path: Path, **kw) -> argparse.Namespace:
     base = dict(configs="a", out=tmp_path / "res", quick=False, cpu_smoke=False,
                 enforce_eager=False, no_kv_pool=False, plan_only=False, budget_s=500.0,
                 request_timeout=30.0, startup_timeout=300.0, engine_python="", port=8000,
-                work=str(tmp_path / "work"), only_scales=(), kv_pool_fallback=True)
+                work=str(tmp_path / "work"), only_scales=(), kv_pool_fallback=True,
+                plan_latency="profiled")
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -287,3 +288,22 @@ def test_bad_config_and_rates_are_one_line_errors(capsys):
     with pytest.raises(SystemExit):
         e2e_run.parse_args(["--rates", "1,fast"])
     assert "--rates" in capsys.readouterr().err
+
+
+def test_calibrated_planning_sees_slower_decode_steps(tmp_path, plans, latency):
+    """--plan-latency calibrated: (b) and (c) planned on decode steps x the calibration, so
+    every engine is credited with less capacity; (a) has no latency model to stretch."""
+    slow = {k: make_config_plan(SMALL, k, latency, time_limit_s=5, decode_scale=2.1)
+            for k in "bc"}
+    for k, plan in slow.items():
+        assert not plan.unplaced, k
+        assert "x2.1 (calibrated)" in plan.report.note, k
+        cap = {e.model: e.capacity_rps for e in plan.engines}
+        fast = {e.model: e.capacity_rps for e in plans[k].engines}
+        assert sum(cap.values()) < sum(fast.values()), k
+    res = ResultsDir(tmp_path)
+    assert e2e_run.plan_decode_scale(res, "profiled") == 1.0
+    with pytest.raises(SystemExit, match="no .*calibration.json"):
+        e2e_run.plan_decode_scale(res, "calibrated")
+    res.calibration_path().write_text(json.dumps({"decode_scale": 2.1}))
+    assert e2e_run.plan_decode_scale(res, "calibrated") == 2.1
