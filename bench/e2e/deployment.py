@@ -165,26 +165,63 @@ def scrape(url: str, timeout_s: float = 2.0):
         return None
 
 
+_LIMIT = b"fineserve_gateway_engine_inflight_limit{"
+
+
+def parse_gateway_limits(text: bytes) -> dict[str, float]:
+    """Each engine's in-flight limit from the gateway's /metrics (engine label -> limit)."""
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(_LIMIT):
+            start = line.find(b'engine="') + len(b'engine="')
+            engine = line[start:line.find(b'"', start)].decode()
+            try:
+                out[engine] = float(line.rsplit(b" ", 1)[-1])
+            except ValueError:
+                continue
+    return out
+
+
+def gateway_limits(url: str, timeout_s: float = 2.0) -> dict[str, float]:
+    try:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=timeout_s) as r:  # noqa: S310
+            return parse_gateway_limits(r.read())
+    except OSError:
+        return {}
+
+
 class KvSampler:
     """Samples every engine's vLLM KV usage (the KV Slab plugin reports its pool usage through
-    the same gauge) every ``interval_s`` in a thread, between ``start`` and ``stop``."""
+    the same gauge) every ``interval_s`` in a thread, between ``start`` and ``stop``. With
+    ``gateway_url`` it also keeps, per engine, the series of (seconds since start, running,
+    waiting, KV usage, preemptions so far, the gateway's in-flight limit or -1): what the
+    adaptive scheduler saw and did, so a cut can be told from its cause afterwards."""
 
-    def __init__(self, engines: dict[str, str], interval_s: float = 1.0) -> None:
-        self.engines, self.interval_s = engines, interval_s
+    def __init__(self, engines: dict[str, str], interval_s: float = 1.0,
+                 gateway_url: str | None = None) -> None:
+        self.engines, self.interval_s, self.gateway_url = engines, interval_s, gateway_url
         self.samples: dict[str, list[float]] = {e: [] for e in engines}
+        self.series: dict[str, list[list[float]]] = {e: [] for e in engines}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self._t0 = time.monotonic()
 
     def start(self) -> KvSampler:
+        self._t0 = time.monotonic()
         self._thread.start()
         return self
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
+            limits = gateway_limits(self.gateway_url) if self.gateway_url else {}
             for eid, url in self.engines.items():
                 snap = scrape(url)
                 if snap is not None:
                     self.samples[eid].append(snap.kv_usage)
+                    if self.gateway_url:
+                        self.series[eid].append([
+                            round(snap.at_s - self._t0, 2), snap.running, snap.waiting,
+                            round(snap.kv_usage, 4), snap.preemptions, limits.get(eid, -1)])
 
     def stop(self) -> dict[str, dict[str, float]]:
         """Per engine: mean, p99 and max KV usage and the number of samples."""

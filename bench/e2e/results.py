@@ -42,6 +42,9 @@ class Measured:
     startup_s: float = 0.0
     wall_s: float = 0.0
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # engine id -> [[s since the replay began, running, waiting, KV usage, preemptions,
+    # gateway in-flight limit], ...] each second (bench/e2e/deployment.KvSampler)
+    engine_series: dict[str, list[list[float]]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)

@@ -201,7 +201,7 @@ def measure_rate(res: ResultsDir, bench: BenchSet, plan: Plan, cfg: str, scale: 
     engines = proc.engine_urls()
     say(f"{cfg} x{scale:g}: replaying {len(trace)} requests over {bench.duration_s:.0f} s")
     t0 = time.monotonic()
-    sampler = KvSampler(engines).start()
+    sampler = KvSampler(engines, gateway_url=proc.url).start()
     cfg_replay = ReplayConfig(proc.url, timeout_s=args.request_timeout,
                               prompt_mode="text" if dep.cpu else "tokens")
     records, wall = replay(trace, cfg_replay)
@@ -211,7 +211,7 @@ def measure_rate(res: ResultsDir, bench: BenchSet, plan: Plan, cfg: str, scale: 
     summary = write_results(Path(args.work) / cfg / rate_tag(scale), records, slos, wall)
     notes = () if drained else (f"engines still busy {DRAIN_S:.0f} s after a replay ended",)
     m = Measured(cfg, scale, trace_digest(trace), dep, summary, kv, args.request_timeout,
-                 device_name(), startup, time.monotonic() - t0, notes)
+                 device_name(), startup, time.monotonic() - t0, notes, sampler.series)
     res.save_measured(m)
     o = summary["overall"]
     say(f"{cfg} x{scale:g}: SLO {o.get('slo_attainment', 0):.3f}, goodput "

@@ -307,3 +307,24 @@ def test_calibrated_planning_sees_slower_decode_steps(tmp_path, plans, latency):
         e2e_run.plan_decode_scale(res, "calibrated")
     res.calibration_path().write_text(json.dumps({"decode_scale": 2.1}))
     assert e2e_run.plan_decode_scale(res, "calibrated") == 2.1
+
+
+def test_gateway_limits_are_read_from_the_gateways_own_metrics():
+    """The series a run keeps: each engine's limit as the gateway renders it."""
+    from bench.e2e.deployment import parse_gateway_limits
+    from fineserve.runtime.gateway.metrics import GatewayMetrics
+
+    gm = GatewayMetrics()
+    gm.watch_engine("chat-0", "chat", lambda: 42, lambda: 3, lambda: 0, lambda: 1)
+    gm.watch_engine("edge-0", "edge", lambda: 7, lambda: 7, lambda: 2, lambda: 1)
+    assert parse_gateway_limits(gm.render()) == {"chat-0": 42.0, "edge-0": 7.0}
+    assert parse_gateway_limits(b"# nothing\nother 1\n") == {}
+
+
+def test_measured_keeps_the_engine_series_and_reads_files_without_it(tmp_path):
+    m = Measured("c", 2.0, "d", deployed_default("c"), {"overall": {}}, {}, 30.0,
+                 engine_series={"e0": [[1.0, 3, 0, 0.5, 0, 64.0]]})
+    assert Measured.from_json(m.to_json()) == m
+    old = json.loads(m.to_json())
+    del old["engine_series"]  # result files of the 2026-11-26 run
+    assert Measured.from_json(json.dumps(old)).engine_series == {}
