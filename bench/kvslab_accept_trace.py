@@ -109,9 +109,10 @@ class TraceShape:
 
 
 PRESETS = {
-    "kv-bound": TraceShape(prompt_mean=1536, output_mean=512, hot_factor=2.5, cold_frac=0.2,
-                           cv=2.0, tpot_guess=0.03, max_model_len=4096, kv_gib=6.0,
-                           duration_s=45.0),
+    # searched with bench/kvslab_accept_search.py (docs/kv-slab.md, "The kv-bound trace")
+    "kv-bound": TraceShape(prompt_mean=1024, output_mean=256, hot_factor=2.5, cold_frac=0.1,
+                           cv=1.5, tpot_guess=0.03, max_model_len=3072, kv_gib=6.0,
+                           duration_s=42.0),
     "edge": TraceShape(prompt_mean=512, output_mean=192, hot_factor=4.0, cold_frac=0.15,
                        cv=3.0, tpot_guess=0.04, max_model_len=2048, kv_gib=6.0,
                        duration_s=24.0),
