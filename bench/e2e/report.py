@@ -151,6 +151,26 @@ def acceptance(rows: list[Row]) -> Acceptance | None:
         max(att_err, default=math.nan), max(tput_err, default=math.nan))
 
 
+def ratio_lines(rows: list[Row]) -> list[str]:
+    """(c) against (a) and (b) at every rate all three measured: the headline picks one rate,
+    but (a)'s 50% point usually falls between two of the sweep."""
+    by = {(r.config, r.scale): r for r in rows if r.measured is not None}
+    scales = sorted(s for c, s in by if c == "a" and ("b", s) in by and ("c", s) in by)
+    if not scales:
+        return []
+    out = ["| rate x | (a) att. | (b) att. | (c) att. | (c)/(a) attainment | (c)/(a) goodput |"
+           " (c) beats (b) |", "| ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for s in scales:
+        a, b, c = by[("a", s)], by[("b", s)], by[("c", s)]
+        att = [x.m("slo_attainment") or 0.0 for x in (a, b, c)]
+        gp = [x.m("goodput_rps") or 0.0 for x in (a, b, c)]
+        beats = att[2] > att[1] and gp[2] > gp[1]
+        out.append(f"| {s:g} | {att[0]:.1%} | {att[1]:.1%} | {att[2]:.1%} | "
+                   f"{att[2] / att[0] if att[0] else math.inf:.2f}x | "
+                   f"{gp[2] / gp[0] if gp[0] else math.inf:.2f}x | {'yes' if beats else 'no'} |")
+    return [*out, ""]
+
+
 def _f(v: float | None, fmt: str, scale: float = 1.0) -> str:
     return "-" if v is None else format(v * scale, fmt)
 
@@ -291,7 +311,8 @@ def section(res: ResultsDir, rows: list[Row], acc: Acceptance | None, plots: boo
         f"rate x1 (power law alpha {bench.alpha:g}), Gamma cv {bench.cv:g}, "
         f"{bench.duration_s:.0f} s per rate, lengths `{bench.lengths}`, seed {bench.seed}.", "",
         *[f"- ({c}) {CONFIG[c].name}" for c in CONFIGS], "",
-        *table(rows), "", *acceptance_lines(acc), "", *calibration_lines(res, rows)]
+        *table(rows), "", *acceptance_lines(acc), "", *ratio_lines(rows),
+        *calibration_lines(res, rows)]
     if acc is not None:
         lines += per_model_lines(rows, acc.scale)
     if notes:

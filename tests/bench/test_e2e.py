@@ -170,6 +170,11 @@ def test_report_judges_acceptance_and_errors(tmp_path, plans, latency):
     assert "Acceptance (" in text and "(c) / (a) SLO attainment" in text
     assert f"SLO attainment per model at rate x{acc.scale:g}" in text
     assert "| chat-8b-fp8 |" in text
+    for r in (x for x in rows if x.config == "a"):  # (c) against (a) at every common rate
+        c = next(x for x in rows if x.config == "c" and x.scale == r.scale)
+        ratio = c.m("slo_attainment") / r.m("slo_attainment")
+        assert f"| {r.scale:g} | {r.m('slo_attainment'):.1%} |" in text
+        assert f"| {ratio:.2f}x |" in text
     report_main(["--out", str(res.root), "--doc", str(doc)])  # rewrites its section only
     assert doc.read_text().count("BEGIN GENERATED") == 1
 
