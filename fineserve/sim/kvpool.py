@@ -18,6 +18,10 @@ from its demand (running + waiting tokens, with EWMA statistics as the runtime p
 * on demand: an engine that cannot admit or must preempt maps what it lacks synchronously if
   the pool has room, and that step takes ``sync_grow_latency_s`` longer.
 
+Every grow obeys the ledger's grant rule (``ledger.py``): engine i may hold k more slabs while
+``(reserved_i + k) slab_i + sum_{j != i} max(reserved_j, target_j) slab_j <= pool``, so it
+borrows only memory no other engine is targeted for (before the first tick: any free memory).
+
 A TP engine holds the same slabs on every rank, so each of its GPUs' pools must have room,
 and its target is the smallest its pools give. Memory that an engine holds but fills with no
 token is *stranded*; the part of it due to rounding up to whole slabs (at most one slab per
@@ -151,6 +155,16 @@ class SlabPools:
     def free(self, g: int) -> int:
         return self.pool_bytes[g] - sum(x.reserved * x.slab_bytes for x in self.on_gpu[g])
 
+    def room(self, lease: _Lease) -> int:
+        """Slabs ``lease`` may add under the grant rule, on every one of its GPUs."""
+        out = lease.max_slabs - lease.reserved
+        for g in lease.gpus:
+            prev = self.previous[g]
+            claimed = sum(max(x.reserved, prev.slabs.get(x.eng.name, 0) if prev else 0)
+                          * x.slab_bytes for x in self.on_gpu[g] if x is not lease)
+            out = min(out, (self.pool_bytes[g] - claimed) // lease.slab_bytes - lease.reserved)
+        return max(0, out)
+
     # -- engine slow path
     def ahead_tokens(self, eng: EngineSim) -> float:
         """Free tokens the runtime keeps mapped ahead of demand (0: eager model)."""
@@ -163,8 +177,7 @@ class SlabPools:
         engine's step: none when the tokens fitted already (a background map ahead)."""
         lease = self.leases[eng.name]
         want = math.ceil((short_tokens + self.ahead_tokens(eng)) / lease.tokens_per_slab - 1e-9)
-        room = min(self.free(g) for g in lease.gpus) // lease.slab_bytes
-        n = min(want, room, lease.max_slabs - lease.reserved)
+        n = min(want, self.room(lease))
         if n <= 0:
             return 0.0
         lease.held += n
@@ -220,8 +233,7 @@ class SlabPools:
             demand_mean_tokens=x.stats.mean, demand_std_tokens=x.stats.std)
 
     def _grow(self, lease: _Lease, n: int, now: float) -> list[Event]:
-        room = min(self.free(g) for g in lease.gpus) // lease.slab_bytes
-        n = min(n, room)
+        n = min(n, self.room(lease))
         if n <= 0:
             return []
         lease.growing += n
