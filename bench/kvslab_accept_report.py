@@ -167,3 +167,34 @@ def write_results(res: dict, out: Path) -> None:
             for name, hit in m.get("logs", {}).items():
                 f.write(f"== {mode} {name}: {hit['errors']} error line(s)\n")
                 f.writelines(ln + "\n" for ln in hit["first"])
+
+
+def explain(res: dict) -> str:
+    """Where each saturation phase's pool went (pooled): per engine the mean share of the
+    pool used / held / targeted / wanted, the pool nobody held, and the hold window's samples
+    as 'used/held/target' slabs per engine - the reclaim lag and the slabs held but empty."""
+    po = res.get("modes", {}).get("pooled", {})
+    phases = po.get("saturation", {}).get("phases", {})
+    slab = 64 * MIB
+    lines = []
+    for hot, ph in phases.items():
+        lines.append(f"== {hot} hot: KV share {ph.get('kv_share', 0):.3f}, running "
+                     f"{ph.get('running_sum', 0):.1f}, not held "
+                     f"{ph.get('pool', {}).get('not_held', 0):.3f}")
+        for eid, d in ph.get("pool", {}).get("engines", {}).items():
+            lines.append(f"   {eid:20s} " + " ".join(f"{k} {v:.3f}" for k, v in d.items()))
+        for r in po.get("samples", []):
+            if r["label"] == f"sat:{hot}:hold" and r.get("ledger"):
+                lines.append(f"   t={r['t']:7.2f} " + "  ".join(
+                    f"{eid.split('-0')[0]} {v['used_kv_bytes'] / slab:.1f}/"
+                    f"{v['held_bytes'] // slab}/{v['target_bytes'] // slab}"
+                    for eid, v in r["ledger"].items()))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import sys
+
+    _res = json.loads(Path(sys.argv[1]).read_text())
+    print(markdown(_res))
+    print(explain(_res))

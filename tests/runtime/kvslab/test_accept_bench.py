@@ -331,3 +331,16 @@ def test_the_search_ranks_shapes_by_their_worst_ratio(tmp_path):
     assert keys == sorted(keys)
     o = rows[0]["outcomes"][0]
     assert o["ratio"] == pytest.approx(o["pooled"] / o["static"], abs=1e-3)
+
+
+def test_explain_lists_each_phase_breakdown_and_its_hold_samples():
+    setup = _setup()
+    ledger = {"a-0": {"used_kv_bytes": 128 * MIB, "held_bytes": 192 * MIB,
+                      "target_bytes": 128 * MIB, "demand_kv_bytes": GIB}}
+    rows = [_row("sat:chat-8b:hold", {"a-0": {"running": 3, "waiting": 0, "usage": 0.5}},
+                 ledger) | {"t": 5.0}, _row("trace", {}, ledger)]
+    pooled = {"saturation": rep.saturation_summary(rows, setup, pooled=True),
+              "samples": rep.compact_rows(rows, 0.0)}
+    text = rep.explain({"modes": {"pooled": pooled}})
+    assert "== chat-8b hot: KV share 0.021" in text
+    assert "t=   5.00 a 2.0/3/2" in text and text.count("t=") == 1  # hold samples only
