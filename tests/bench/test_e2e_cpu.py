@@ -59,6 +59,10 @@ def test_cpu_smoke_measures_predicts_and_reports(tmp_path):
     assert o["errors"] == 0 and o["completed"] > 0
     assert m.deployed.cpu and not m.deployed.kv_pool
     assert all(v["samples"] > 0 for v in m.kv.values()) and len(m.kv) == 2
+    # what the scheduler saw and did, each second: the real gateway's limit of every engine
+    assert set(m.engine_series) == set(m.kv)
+    for series in m.engine_series.values():
+        assert series and all(row[5] >= 1 and row[4] >= 0 for row in series), series[:3]
     assert res.logs_path("c").is_file()
     assert not any(port_in_use("127.0.0.1", p) for p in range(port, port + 3))
 
