@@ -104,19 +104,24 @@ def _headroom_bound(d: IlpData, duals: dict, kappa: dict[ClassKey, float],
 
 def configuration_bound(d: IlpData, *, headroom: bool = False, cost_cap: int | None = None,
                         seconds: float = 5.0, extra: list[Column] = (),
-                        allowed: Allowed = None, target: float | None = None) -> ConfigBound:
+                        allowed: Allowed = None, target: float | None = None,
+                        settle: bool = False) -> ConfigBound:
     """Column generation for the configuration LP; min cost, or max H at ``cost_cap``.
 
     The returned ``value`` is valid whenever it is returned (cost: ceil of a lower bound;
     H: floor of an upper bound, at most ``h_cap``); ``seconds`` caps the work. With
     ``allowed`` only those options may be used (a dive's branch, dive.py); generation
-    stops as soon as the bound passes ``target`` (cost: above it; H: below it). The H bound
+    stops as soon as the bound passes ``target`` (cost: above it; H: below it). With
+    ``settle`` (min cost) it stops once the bound, rounded up to a multiple of the GPU
+    costs' gcd, reaches the master's LP value: the LP optimum lies between the two, so
+    more columns cannot raise the rounded bound (the pool is then not converged). The H bound
     is then tightened at the replica steps (``step_bound``) in the time left, at least
     STEP_SHARE of ``seconds``.
     """
     if not headroom or cost_cap is None:
         return _generate(d, headroom=headroom, cost_cap=cost_cap, seconds=seconds,
-                         extra=extra, allowed=allowed, target=target)
+                         extra=extra, allowed=allowed, target=target,
+                         settle=settle and not headroom)
     t_end = time.perf_counter() + seconds
     lp = _generate(d, headroom=True, cost_cap=cost_cap, seconds=(1 - STEP_SHARE) * seconds,
                    extra=extra, allowed=allowed, target=target)
@@ -165,9 +170,11 @@ def step_bound(d: IlpData, cost_cap: int, hi: int, seconds: float, pool=(),
 
 
 def _generate(d: IlpData, *, headroom: bool, cost_cap: int | None, seconds: float,
-              extra=(), allowed: Allowed = None, target: float | None = None) -> ConfigBound:
+              extra=(), allowed: Allowed = None, target: float | None = None,
+              settle: bool = False) -> ConfigBound:
     """Column generation with the Lagrangian bound (configuration_bound's loop)."""
     t_end = time.perf_counter() + seconds
+    step = math.gcd(*{k[1] for k in gpu_groups(d)})
     master = Master(d, headroom, cost_cap if headroom else None)
     for col in [*seed_columns(d, allowed), *extra]:
         if all(allows(allowed, m, i) for m, i, _ in col.ranks):
@@ -185,14 +192,17 @@ def _generate(d: IlpData, *, headroom: bool, cost_cap: int | None, seconds: floa
         iterations += 1
         # price at the smoothed duals first (fewer, steadier iterations), then at the LP's
         points = [duals] if stab is None else [_mix(stab, duals), duals]
-        added = False
+        added = proven = False
         for y in points:
-            kappa = {}
+            kappa, proven = {}, y is duals
             for k in sizes:
                 cols, kappa[k] = price(d, k, sizes[k], y, units, allowed)
-                threshold = k[1] * _price_of(master, k)
+                threshold = k[1] * _price_of(master, k) * (1 + 1e-7) + 1e-9
+                # the DP's bound holds at every resolution: at the LP's duals it may prove
+                # that no column improves the master without pricing any finer
+                proven &= kappa[k] <= threshold
                 for c in cols:
-                    if column_value(d, y, c) > threshold * (1 + 1e-7) + 1e-9:
+                    if column_value(d, y, c) > threshold:
                         added |= master.add(c)
             value = (_headroom_bound(d, y, kappa, cost_cap) if headroom
                      else _cost_bound(d, y, kappa))
@@ -200,10 +210,10 @@ def _generate(d: IlpData, *, headroom: bool, cost_cap: int | None, seconds: floa
                 best, stab = value, y
             if added or _passed(headroom, best, target):
                 break
-        if _passed(headroom, best, target):
+        if _passed(headroom, best, target) or settle and _settled(best, lp_value, step):
             break
         if not added:
-            if units >= MAX_UNITS:
+            if units >= MAX_UNITS or proven:
                 converged = True  # no column improves the LP at full resolution: solved
                 break
             units *= 2  # memory rounding may hide improving columns: look closer
@@ -221,6 +231,14 @@ def _passed(headroom: bool, best: float, target: float | None) -> bool:
     if target is None or not math.isfinite(best):
         return False
     return best < target if headroom else best > target
+
+
+def _settled(best: float, lp_value: float, step: int) -> bool:
+    """The min-cost bound ``best`` rounded up to a multiple of ``step`` already meets the
+    master's LP value (an upper bound on the LP optimum, which bounds ``best``)."""
+    if not math.isfinite(best):
+        return False
+    return math.ceil((best - 1e-6) / step) * step >= lp_value - 1e-6
 
 
 def _mix(stab: dict, duals: dict) -> dict:

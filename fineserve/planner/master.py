@@ -221,18 +221,20 @@ def generate(master: Master, deadline: float, allowed: Allowed = None,
              max_units: int = MAX_UNITS) -> float:
     """Column generation at the LP's own duals until no column improves the master (at
     memory resolution ``max_units``) or ``deadline`` (perf_counter); returns the LP value.
-    Pricing starts coarse and doubles the resolution when no column shows. Only the min-cost
-    master: a column improves it when worth more than its cost."""
+    Pricing starts coarse and doubles the resolution when no column shows - unless the
+    coarse DP's bound (valid at every resolution) already proves none exists. Only the
+    min-cost master: a column improves it when worth more than its cost."""
     d, sizes, units = master.d, node_sizes(master.d), Q_UNITS
     value, duals = master.solve()
     while time.perf_counter() < deadline:
-        added = False
+        added, proven = False, True
         for k, size in sizes.items():
-            cols, _ = price(d, k, size, duals, units, allowed)
-            added |= any(master.add(c) for c in cols
-                         if column_value(d, duals, c) > k[1] * (1 + 1e-7) + 1e-9)
+            cols, bound = price(d, k, size, duals, units, allowed)
+            threshold = k[1] * (1 + 1e-7) + 1e-9
+            proven &= bound <= threshold
+            added |= any(master.add(c) for c in cols if column_value(d, duals, c) > threshold)
         if not added:
-            if units >= max_units:
+            if units >= max_units or proven:
                 break
             units *= 2
             continue

@@ -41,45 +41,51 @@ class RankItem:
 
 
 def _window_max(a: np.ndarray, length: int) -> np.ndarray:
-    """out[..., p] = max(a[..., p - length + 1 : p + 1]) (shorter at the start)."""
-    out, span = a.copy(), 1
+    """a[..., p] := max(a[..., p - length + 1 : p + 1]) (shorter at the start), in place."""
+    span = 1
     while span < length:
         step = min(span, length - span)
         # numpy buffers overlapping operands, so this reads the old values
-        np.maximum(out[..., step:], out[..., :-step], out=out[..., step:])
+        np.maximum(a[..., step:], a[..., :-step], out=a[..., step:])
         span += step
-    return out
+    return a
 
 
-def _shift(a: np.ndarray, ds: int, dq: int) -> np.ndarray:
-    """b[e, s, q] = a[e - 1, s - ds, q - dq] (-inf outside): one more rank. With a single
-    count layer ranks are not counted: b[0, s, q] = a[0, s - ds, q - dq]."""
-    b = np.full_like(a, -np.inf)
-    ne, ns, nq = a.shape
+def _add_rank(best: np.ndarray, v: np.ndarray, it: RankItem, ds: int, unit: float,
+              q: np.ndarray) -> None:
+    """best := max(best, v with ``it`` added), in place (v[e, s, q]: best value with at most
+    e ranks, SM <= s units, memory <= q units; monotone in each). The added rank moves a
+    state by one count layer (if ranks are counted), ``ds`` SM units and its memory; only
+    the states it reaches are touched (elsewhere the candidate is -inf)."""
+    ne, ns, nq = v.shape
     de = 1 if ne > 1 else 0
-    if ds < ns and dq < nq:
-        b[de:, ds:, dq:] = a[:ne - de, :ns - ds, :nq - dq]
-    return b
-
-
-def _candidate(v: np.ndarray, it: RankItem, s_units: int, unit: float) -> np.ndarray:
-    """Best value with ``it`` added to configurations valued ``v`` (v[e, s, q]: at most e
-    ranks, SM <= s units, memory <= q units; monotone in each)."""
     wq = int(it.w // unit)
+
+    def put(src: np.ndarray, dq: int, add) -> None:
+        # best[e, s, r] vs src[e - de, s - ds, r - dq] + add
+        if ds >= ns or dq >= nq:
+            return
+        tgt = best[de:, ds:, dq:]
+        np.maximum(tgt, src[:ne - de, :ns - ds, :nq - dq] + add, out=tgt)
+
     if it.per <= 0 or it.hi <= 0:
-        return _shift(v, s_units, wq) + it.fixed
+        put(v, wq, it.fixed)
+        return
     full = it.fixed + it.per * it.hi
     if it.kappa <= 0:
-        return _shift(v, s_units, wq) + full
+        put(v, wq, full)
+        return
     c = it.per * unit / it.kappa  # value per KV unit while the traffic cap is not reached
     jmax = int(it.hi * it.kappa // unit)  # units below the cap: j + 1 <= hi kappa / unit
-    flat = _shift(v, s_units, wq + jmax) + full
-    if jmax == 0:
-        return flat
-    q = np.arange(v.shape[-1], dtype=float)
-    slope = _window_max(v - c * q, jmax)  # over p in [q' - jmax + 1, q']
-    linear = _shift(slope, s_units, wq) + it.fixed + c * (q - wq + 1)
-    return np.maximum(flat, linear)
+    put(v, wq + jmax, full)  # the engine at its traffic cap
+    if jmax == 0 or ds >= ns or wq >= nq:
+        return
+    # below the cap: over p in [r - jmax + 1, r], v[p] + c (r - p + 1); only the states
+    # the shift reads are computed
+    n = nq - wq
+    slope = _window_max(v[:ne - de, :ns - ds, :n] - c * q[:n], jmax)
+    tgt = best[de:, ds:, wq:]
+    np.maximum(tgt, slope + it.fixed + (c * (q - wq + 1))[wq:], out=tgt)
 
 
 def best_configuration(items: list[RankItem], sm_cap: int, mem_cap: int, max_engines: int,
@@ -102,12 +108,13 @@ def best_configuration(items: list[RankItem], sm_cap: int, mem_cap: int, max_eng
     most = min(len(by_model), sm_cap // min(max(1, it.sm) for it in items))
     ne = max_engines if count_ranks and max_engines < most else 0
     v = np.zeros((ne + 1, ns, nq))
+    q = np.arange(nq, dtype=float)
     history = []
     for mine in by_model.values():
         history.append(v)
-        best = v
+        best = v.copy()
         for it in mine:
-            best = np.maximum(best, _candidate(v, it, it.sm // g, unit))
+            _add_rank(best, v, it, it.sm // g, unit, q)
         v = best
     bound = float(v[-1, -1, -1])
     chosen = _backtrack(list(by_model.values()), history, v, g, unit)
