@@ -10,9 +10,13 @@ ceil(lambda_c)), generating new columns around each fixing so the LP repairs wha
 fixings force. A fixing that lifts the LP above the target is tried down (lambda_c <=
 floor), then undone and that column passed over (a few times at most). Whole GPUs whose TP
 ranks are not whole engines of equal traffic get that degree banned, and the dive goes on.
-It ends with a mix that mixplace.py can usually place, or with nothing (and the last LP
-solution, rounded, as a hint for the rounding programme); with time left it restarts
-from a random subset of the columns. A heuristic: it bounds nothing.
+Whenever the columns at whole GPU counts leave at most complete.MAX_GPUS GPUs within the
+cap, a small exact model tries to fill those GPUs with new configurations (complete.py):
+the tail of a dive, where the LP sits at the target with a few fractional columns, is where
+fixings fail. It ends with a mix that mixplace.py can place (or that the rounding
+programme repairs), or with nothing (and the last LP solution, rounded, as a hint for the
+rounding programme); with time left it restarts from a random subset of the columns. A
+heuristic: it bounds nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import time
 from dataclasses import dataclass
 
 from fineserve.planner.bounds import gpu_groups
+from fineserve.planner.complete import complete, kept_part
 from fineserve.planner.master import (
     MAX_UNITS,
     Allowed,
@@ -34,6 +39,7 @@ from fineserve.planner.master import (
     replicas,
     seed_columns,
 )
+from fineserve.planner.mixplace import place_mix
 from fineserve.planner.variables import IlpData
 
 Mix = tuple[tuple[Column, int], ...]  # (configuration, GPUs in it)
@@ -46,6 +52,7 @@ SAME_TRAFFIC = 0.02  # ranks of one TP engine may differ by this share of the mo
 # coarsely between fixings and finely only on overshoot fails too)
 DIVE_UNITS = MAX_UNITS
 RESTART_KEEP = 0.3  # share of the columns seen that a restarted dive starts from
+COMPLETE_S = 1.0  # per completion of a mix's last GPUs (complete.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +124,7 @@ def _dive_once(d: IlpData, master: Master, cap: int, deadline: float, allowed: A
     base = allowed
     allowed = _settle_tp(d, master, deadline, allowed)
     passed: set[Column] = set()
+    completed: set[Mix] = set()  # kept parts already tried
     tries: list[tuple[float, float]] = []  # bounds still to try on the column being fixed
     col: Column | None = None
     before = (0.0, math.inf)  # its bounds before this fixing
@@ -152,6 +160,9 @@ def _dive_once(d: IlpData, master: Master, cap: int, deadline: float, allowed: A
             allowed = _ban(d, master, again | allowed if allowed is not None else None, odd)
             col, tries = None, []
             continue
+        mix = _complete(d, master, kept_part(lam), cap, deadline, completed)
+        if mix:
+            return mix, mix
         open_ = [(c, x) for c, x in frac if c not in passed]
         if not open_:
             break
@@ -162,6 +173,21 @@ def _dive_once(d: IlpData, master: Master, cap: int, deadline: float, allowed: A
         tries = [(before[0], math.floor(x))]
         master.fix(col, math.ceil(x), before[1])
     return (), near
+
+
+def _complete(d: IlpData, master: Master, kept: Mix, cap: int, deadline: float,
+              completed: set[Mix]) -> Mix:
+    """The kept part of the LP solution completed to a mix that places (complete.py), or
+    (); each kept part is tried once per dive. New columns join the master."""
+    if kept in completed or deadline - time.perf_counter() < 0.1:
+        return ()
+    completed.add(kept)
+    mix = complete(d, kept, cap, min(COMPLETE_S, deadline - time.perf_counter()))
+    if mix is None or place_mix(d, mix) is None:
+        return ()
+    for c, _ in mix:
+        master.add(c)
+    return mix
 
 
 def _settle_tp(d: IlpData, master: Master, deadline: float, allowed: Allowed) -> Allowed:

@@ -198,7 +198,8 @@ class _Prepare:
         b.add(gpu_cost(b, d, v) >= lb, "cut[cost>=aggregate]")
         if found is not None and found <= _achievable_cost(d, lb):
             return _achievable_cost(d, lb), None  # proven: skip the rest
-        config = configuration_bound(d, seconds=min(CONFIG_SHARE * self.limit, 0.3 * seconds))
+        config = configuration_bound(d, seconds=min(CONFIG_SHARE * self.limit, 0.3 * seconds),
+                                     settle=True)
         if config.value > lb:
             b.add(gpu_cost(b, d, v) >= config.value, "cut[cost>=configuration]")
         known = _achievable_cost(d, max(lb, config.value))
@@ -208,7 +209,7 @@ class _Prepare:
         # the rounded start dives on the configuration LP first (dive.py): it needs seconds
         left = seconds - (time.perf_counter() - started)
         better = _rounded_start(d, config.pool, cap, known,
-                                min(ROUNDING_SHARE * self.limit, 0.8 * left))
+                                min(ROUNDING_SHARE * self.limit, ROUNDING_LEFT * left))
         if better is None:
             return known, None
         if self.warm is None or better.cost < self.warm.cost:
@@ -271,7 +272,10 @@ MAX_PLACEMENT_VARS = 60_000  # above this the full model does not presolve in a 
 AGGREGATE_SHARE = 0.12  # per aggregated bound (bounds.py)
 CONFIG_SHARE = 0.2  # configuration-LP cost bound (configuration.py)
 CONFIG_H_SHARE = 0.1  # configuration-LP headroom bound
-ROUNDING_SHARE = 0.35  # warm start from the configuration LP's columns (dive, rounding)
+# warm start from the configuration LP's columns (dive, rounding): the dive is what finds
+# the cheapest plans of memory-bound instances (docs/planner-benchmarks.md, 19 models)
+ROUNDING_SHARE = 0.5
+ROUNDING_LEFT = 0.95  # at most this share of what the cost stage has left, for it
 # Each stage first runs CP-SAT alone for QUICK_S (or QUICK_SHARE of its time, if less); the
 # bounds and rounded hints above are computed only if that did not prove the stage optimal.
 QUICK_S = 1.5
@@ -284,7 +288,7 @@ PLACED_SHARE = 0.6  # of the limit, for maximising placed traffic when the warm 
 # Of what is left, for the first of two stages (the second gets the rest). Max-headroom
 # puts its real work first; the cost stage of the lexicographic order is usually settled
 # quickly (or stuck at a bound no search closes), headroom needs the time.
-FIRST_STAGE_SHARE = {Objective.LEXICOGRAPHIC: 0.6, Objective.MAX_HEADROOM: 0.85,
+FIRST_STAGE_SHARE = {Objective.LEXICOGRAPHIC: 0.7, Objective.MAX_HEADROOM: 0.85,
                      Objective.MIN_GPUS: 1.0, Objective.WEIGHTED: 1.0}
 
 
