@@ -145,3 +145,24 @@ def test_rounded_plan_is_valid():
     plan = _placed_plan(d, placed, SolveReport("ilp-rounding", "FEASIBLE", 0.0))
     assert check_plan(inst, plan, LAT) == []
     assert not plan.unplaced
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_settled_generation_gives_the_converged_bound_in_whole_gpus(seed):
+    """settle=True stops once the rounded bound meets the LP value: the whole-GPU bound is
+    the one full convergence gives, and it takes no more iterations."""
+    rng = random.Random(seed)
+    models = [demand(f"m{j}", *CATALOG[rng.randrange(len(CATALOG))], rate=rng.uniform(1, 25),
+                     tp=(1, 2)) for j in range(5)]
+    inst = instance(models, gpus=6, **{**SMALL, "kv_mode": KVMode.POOLED})
+    d = scale(inst, engine_options(inst, LAT))
+    full = configuration_bound(d, seconds=10)
+    settled = configuration_bound(d, seconds=10, settle=True)
+    assert full.converged
+
+    def whole(v):
+        return -(-v // 1000)
+
+    assert whole(settled.value) == whole(full.value)
+    assert settled.iterations <= full.iterations
+    assert settled.value <= full.value
