@@ -109,19 +109,23 @@ def as_deployed(plan: Plan, kv_pool: bool) -> Plan:
 
 
 def make_config_plan(bench: BenchSet, key: str, latency: LatencyModel,
-                     time_limit_s: float = 20.0, decode_scale: float = 1.0) -> Plan:
+                     time_limit_s: float = 20.0, decode_scale: float = 1.0,
+                     decode_s_per_seq: float = 0.0) -> Plan:
     """The plan of configuration ``key`` (a, b or c) for ``bench`` on one GPU.
 
-    ``decode_scale`` > 1 plans (b) and (c) on the latency model with every decode step
-    stretched by that factor - the simulator's calibration (``calibrate.py``), so the SM
-    shares and batch caps rest on the deployed step times rather than the profiles' (which
-    stop at batch 32 and see one engine alone). (a) uses no latency model."""
+    ``decode_scale`` > 1 or ``decode_s_per_seq`` > 0 plan (b) and (c) on the latency model
+    with every decode step stretched as the simulator's calibration says (``calibrate.py``,
+    ``fineserve.sim.stepscale``), so the SM shares and batch caps rest on the deployed step
+    times rather than the profiles' (which stop at batch 32 and see one engine alone). (a)
+    uses no latency model."""
     # the solvers load here, not at import: the GPU host deploys committed plans and may
     # lack OR-Tools
     from fineserve.planner.api import make_plan
 
-    if decode_scale != 1.0:
-        latency = ScaledLatency(latency, decode_scale=decode_scale)
+    calibrated = decode_scale != 1.0 or decode_s_per_seq > 0
+    if calibrated:
+        latency = ScaledLatency(latency, decode_scale=decode_scale,
+                                decode_s_per_seq=decode_s_per_seq)
     if key == "a":
         return static_split(instance(bench, KVMode.STATIC))
     if key == "b":
@@ -130,8 +134,9 @@ def make_config_plan(bench: BenchSet, key: str, latency: LatencyModel,
         plan = make_plan(instance(bench, KVMode.POOLED, time_limit_s), latency, method="ilp")
     else:
         raise ValueError(f"unknown configuration {key!r}; use one of {', '.join(CONFIGS)}")
-    if decode_scale == 1.0:
+    if not calibrated:
         return plan
     note = f"{plan.report.note}; " if plan.report.note else ""
-    return replace(plan, report=replace(
-        plan.report, note=f"{note}planned with decode steps x{decode_scale:g} (calibrated)"))
+    return replace(plan, report=replace(plan.report, note=(
+        f"{note}planned with decode steps x{decode_scale:g} + {decode_s_per_seq * 1e3:g} ms "
+        "per sequence at 100% SMs (calibrated)")))

@@ -3,7 +3,8 @@ the trace that was replayed, and the simulator's models set as deployed - local 
 policy, static or pooled KV, MPS bandwidth interference (the H100 fit) or time slicing.
 
     python -m bench.e2e.predict --out bench/e2e/results [--configs a,b,c] [--force]
-        [--decode-scale X]   (default: the calibration in OUT/calibration.json, if any)
+        [--decode-scale X] [--decode-s-per-seq S]
+        (default: the calibration in OUT/calibration.json, if any)
 """
 
 from __future__ import annotations
@@ -64,11 +65,13 @@ def client_view(records: list[RequestRecord], timeout_s: float) -> list[RequestR
 
 
 def predict_one(res: ResultsDir, cfg: str, scale: float, latency: LatencyModel,
-                decode_scale: float = 1.0, write: bool = True) -> dict:
+                decode_scale: float = 1.0, write: bool = True,
+                decode_s_per_seq: float = 0.0) -> dict:
     """Simulate (cfg, scale) and write its prediction file; returns the prediction.
-    ``decode_scale`` stretches every decode step of an MPS deployment
-    (``fineserve.sim.stepscale``; fitted on MPS runs, it does not apply to time slicing,
-    whose model stretches full-GPU steps by itself)."""
+    ``decode_scale`` stretches every decode step of an MPS deployment and
+    ``decode_s_per_seq`` adds that much per decoding sequence at 100% SMs
+    (``fineserve.sim.stepscale``; fitted on MPS runs, neither applies to time slicing, whose
+    model stretches full-GPU steps by itself)."""
     bench = res.load_bench()
     trace = make_trace(bench, scale)
     measured = res.measured(cfg, scale)
@@ -80,11 +83,12 @@ def predict_one(res: ResultsDir, cfg: str, scale: float, latency: LatencyModel,
                          f" is not the one bench.json generates ({digest})")
     opts = sim_options(dep)
     sliced = opts.sharing == "time-sliced"
-    asked = decode_scale
+    asked, asked_per_seq = decode_scale, decode_s_per_seq
     if sliced or dep.cpu:
-        decode_scale = 1.0
-    if decode_scale != 1.0:
-        latency = ScaledLatency(latency, decode_scale=decode_scale)
+        decode_scale, decode_s_per_seq = 1.0, 0.0
+    if decode_scale != 1.0 or decode_s_per_seq:
+        latency = ScaledLatency(latency, decode_scale=decode_scale,
+                                decode_s_per_seq=decode_s_per_seq)
     result = simulate(plan, trace, latency, options=opts)
     # throughput over the same seconds as the measurement (the replay's wall time)
     duration = (float(measured.summary.get("duration_s") or trace.duration_s)
@@ -100,7 +104,8 @@ def predict_one(res: ResultsDir, cfg: str, scale: float, latency: LatencyModel,
            "sharing": "time-sliced" if sliced else "mps" if not dep.cpu else "cpu",
            "interference": None if opts.interference is None else opts.interference.source,
            "request_timeout_s": timeout, "decode_scale": decode_scale,
-           "decode_scale_asked": asked}
+           "decode_scale_asked": asked, "decode_s_per_seq": decode_s_per_seq,
+           "decode_s_per_seq_asked": asked_per_seq}
     if write:
         res.predicted_path(cfg, scale).write_text(json.dumps(out, indent=1))
     return out
@@ -112,24 +117,37 @@ def calibrated_scale(res: ResultsDir) -> float:
     return float(json.loads(path.read_text())["decode_scale"]) if path.is_file() else 1.0
 
 
+def calibrated_per_seq(res: ResultsDir) -> float:
+    """The per-sequence decode term of ``calibration.json`` in seconds, else 0 (files
+    written before it existed have none)."""
+    path = res.calibration_path()
+    return (float(json.loads(path.read_text()).get("decode_s_per_seq", 0.0))
+            if path.is_file() else 0.0)
+
+
 def predict_all(res: ResultsDir, configs: tuple[str, ...], latency: LatencyModel,
-                force: bool = False, decode_scale: float | None = None) -> list[Path]:
+                force: bool = False, decode_scale: float | None = None,
+                decode_s_per_seq: float | None = None) -> list[Path]:
     """Predict every (config, rate) whose plan exists; skip existing predictions unless
-    ``force``, the measurement is newer or they used another decode scale (None: the
+    ``force``, the measurement is newer or they used other decode factors (None: the
     results directory's calibration)."""
     scale = calibrated_scale(res) if decode_scale is None else decode_scale
+    per_seq = calibrated_per_seq(res) if decode_s_per_seq is None else decode_s_per_seq
     written = []
     for cfg in configs:
         if not res.plan_path(cfg).is_file():
             continue
         for rate in res.scales():
             p, m = res.predicted_path(cfg, rate), res.measured_path(cfg, rate)
+            old = json.loads(p.read_text()) if p.is_file() else {}
             stale = p.is_file() and (
                 (m.is_file() and m.stat().st_mtime > p.stat().st_mtime)
-                or json.loads(p.read_text()).get("decode_scale_asked", 1.0) != scale)
+                or old.get("decode_scale_asked", 1.0) != scale
+                or old.get("decode_s_per_seq_asked", 0.0) != per_seq)
             if p.is_file() and not force and not stale:
                 continue
-            predict_one(res, cfg, rate, latency, decode_scale=scale)
+            predict_one(res, cfg, rate, latency, decode_scale=scale,
+                        decode_s_per_seq=per_seq)
             written.append(p)
     return written
 
@@ -143,10 +161,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--force", action="store_true", help="recompute existing predictions")
     ap.add_argument("--decode-scale", type=float, default=None,
                     help="decode-step factor (default: OUT/calibration.json if any, else 1)")
+    ap.add_argument("--decode-s-per-seq", type=float, default=None,
+                    help="seconds per decoding sequence at 100%% SMs added to each step "
+                         "(default: OUT/calibration.json if any, else 0)")
     args = ap.parse_args(argv)
     configs = tuple(c for c in args.configs.split(",") if c)
     for p in predict_all(ResultsDir(args.out), configs, default_latency_model(), args.force,
-                         args.decode_scale):
+                         args.decode_scale, args.decode_s_per_seq):
         print(f"wrote {p}")
 
 

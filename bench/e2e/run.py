@@ -88,7 +88,7 @@ def check_bench(res: ResultsDir, bench: BenchSet) -> BenchSet:
 def config_plan(res: ResultsDir, bench: BenchSet, cfg: str, cpu: bool,
                 plan_latency: str = "profiled") -> Plan:
     """The plan of ``cfg``: the one in --out if a run already used it, else made now (on the
-    profiled latency model, or the calibrated one: ``plan_decode_scale``)."""
+    profiled latency model, or the calibrated one: ``plan_decode_terms``)."""
     path = res.plan_path(cfg)
     if path.is_file():
         return load_plan(path)
@@ -101,21 +101,23 @@ def config_plan(res: ResultsDir, bench: BenchSet, cfg: str, cpu: bool,
     else:
         from fineserve.profiles.composite import default_latency_model
 
-        plan = make_config_plan(bench, cfg, default_latency_model(),
-                                decode_scale=plan_decode_scale(res, plan_latency))
+        scale, per_seq = plan_decode_terms(res, plan_latency)
+        plan = make_config_plan(bench, cfg, default_latency_model(), decode_scale=scale,
+                                decode_s_per_seq=per_seq)
     save_plan(plan, path)
     return plan
 
 
-def plan_decode_scale(res: ResultsDir, plan_latency: str) -> float:
-    """The decode factor the planner sees: 1 (``profiled``), or the results directory's
-    calibration (``calibrated``; an error when there is none)."""
+def plan_decode_terms(res: ResultsDir, plan_latency: str) -> tuple[float, float]:
+    """The decode factor and per-sequence term the planner sees: none (``profiled``), or the
+    results directory's calibration (``calibrated``; an error when there is none)."""
     if plan_latency == "profiled":
-        return 1.0
+        return 1.0, 0.0
     path = res.calibration_path()
     if not path.is_file():
         raise SystemExit(f"--plan-latency calibrated: no {path} (run bench/e2e/calibrate.py)")
-    return float(json.loads(path.read_text())["decode_scale"])
+    d = json.loads(path.read_text())
+    return float(d["decode_scale"]), float(d.get("decode_s_per_seq", 0.0))
 
 
 def deployed_as(cfg: str, args: argparse.Namespace) -> Deployed:

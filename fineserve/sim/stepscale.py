@@ -1,13 +1,20 @@
-"""A latency model whose decode steps (and optionally prefills) are stretched by a constant.
+"""A latency model whose decode steps (and optionally prefills) are stretched, calibrated.
 
 The profiles measure one engine alone on an otherwise idle GPU, at batches up to 32. A
 deployed engine runs behind the gateway, under MPS beside three others, at batches of
-20-120: the H100 end-to-end run (docs/benchmarks.md) measured time per output token 1.6-3x
-the latency model's step at the plan's SM share and the measured batch. Until the profiles
-cover that, the simulator can be told how much slower a deployed step is: one factor per
-phase, *calibrated on some rates and tested on the others* (``bench/e2e/calibrate.py``), never
-fitted to the figures it is then judged on. Factors < 1 (faster than measured alone) are
-refused: nothing deployed beats the profile.
+20-120: the H100 end-to-end run (docs/benchmarks.md) measured time per output token 1.6-4.4x
+the latency model's step at the plan's SM share and the measured batch, the more the larger
+the batch and the smaller the share. Until the profiles cover that, the simulator can be told
+how much slower a deployed step is, *calibrated on some rates and tested on the others*
+(``bench/e2e/calibrate.py``), never fitted to the figures it is then judged on:
+
+    step = decode_scale x model(batch, context, sm) + decode_s_per_seq x batch x 100 / sm
+
+The factor covers what grows with the step (co-location, host work); the per-sequence term
+what the profiles cannot see beyond batch 32, where the model's step is flat in batch (weights
+read once) but the deployed one grows by about the same time per sequence at any share of the
+SMs - compute, so divided by the share. Factors < 1 and negative terms are refused: nothing
+deployed beats the profile.
 """
 
 from __future__ import annotations
@@ -21,17 +28,23 @@ from fineserve.profiles.latency import EngineShape, Latency, LatencyModel
 
 @dataclass(frozen=True, slots=True)
 class ScaledLatency:
-    """``inner`` with every decode step x ``decode_scale``, every prefill x ``prefill_scale``."""
+    """``inner`` with every decode step x ``decode_scale`` plus ``decode_s_per_seq`` per
+    decoding sequence at 100% SMs (more at a smaller share), every prefill x
+    ``prefill_scale``."""
 
     inner: LatencyModel
     decode_scale: float = 1.0
     prefill_scale: float = 1.0
+    decode_s_per_seq: float = 0.0  # seconds per sequence per step on the whole GPU
 
     def __post_init__(self) -> None:
         for name in ("decode_scale", "prefill_scale"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 1):
                 raise SpecError(f"{name} must be a number >= 1, got {v}")
+        v = self.decode_s_per_seq
+        if not (math.isfinite(v) and v >= 0):
+            raise SpecError(f"decode_s_per_seq must be a number >= 0, got {v}")
 
     def prefill(self, engine: EngineShape, prompt_tokens: int, sm_pct: float,
                 batch: int = 1) -> Latency:
@@ -41,7 +54,8 @@ class ScaledLatency:
     def decode_step(self, engine: EngineShape, batch: int, context_tokens: float,
                     sm_pct: float) -> Latency:
         t = self.inner.decode_step(engine, batch, context_tokens, sm_pct)
-        return Latency(t.seconds * self.decode_scale, t.source)
+        extra = self.decode_s_per_seq * batch * 100.0 / max(sm_pct, 1e-9)
+        return Latency(t.seconds * self.decode_scale + extra, t.source)
 
     def covers(self, engine: EngineShape) -> bool:
         return self.inner.covers(engine)

@@ -298,20 +298,23 @@ def test_bad_config_and_rates_are_one_line_errors(capsys):
 def test_calibrated_planning_sees_slower_decode_steps(tmp_path, plans, latency):
     """--plan-latency calibrated: (b) and (c) planned on decode steps x the calibration, so
     every engine is credited with less capacity; (a) has no latency model to stretch."""
-    slow = {k: make_config_plan(SMALL, k, latency, time_limit_s=5, decode_scale=2.1)
-            for k in "bc"}
+    slow = {k: make_config_plan(SMALL, k, latency, time_limit_s=5, decode_scale=1.5,
+                                decode_s_per_seq=4e-5) for k in "bc"}
     for k, plan in slow.items():
         assert not plan.unplaced, k
-        assert "x2.1 (calibrated)" in plan.report.note, k
+        assert "x1.5 + 0.04 ms per sequence" in plan.report.note, k
         cap = {e.model: e.capacity_rps for e in plan.engines}
         fast = {e.model: e.capacity_rps for e in plans[k].engines}
         assert sum(cap.values()) < sum(fast.values()), k
     res = ResultsDir(tmp_path)
-    assert e2e_run.plan_decode_scale(res, "profiled") == 1.0
+    assert e2e_run.plan_decode_terms(res, "profiled") == (1.0, 0.0)
     with pytest.raises(SystemExit, match="no .*calibration.json"):
-        e2e_run.plan_decode_scale(res, "calibrated")
-    res.calibration_path().write_text(json.dumps({"decode_scale": 2.1}))
-    assert e2e_run.plan_decode_scale(res, "calibrated") == 2.1
+        e2e_run.plan_decode_terms(res, "calibrated")
+    res.calibration_path().write_text(json.dumps({"decode_scale": 2.1}))  # older file
+    assert e2e_run.plan_decode_terms(res, "calibrated") == (2.1, 0.0)
+    res.calibration_path().write_text(json.dumps({"decode_scale": 1.2,
+                                                  "decode_s_per_seq": 4e-5}))
+    assert e2e_run.plan_decode_terms(res, "calibrated") == (1.2, 4e-5)
 
 
 def test_gateway_limits_are_read_from_the_gateways_own_metrics():

@@ -57,10 +57,25 @@ def test_scaled_latency_stretches_decode_only(plans, latency, scale, batch, sm):
     assert s.covers(shape) == latency.covers(shape)
 
 
+@settings(max_examples=30, deadline=None)
+@given(per_seq=st.floats(0.0, 1e-4), batch=st.integers(1, 256),
+       sm=st.sampled_from([10, 25, 40, 100]))
+def test_per_sequence_term_grows_with_the_batch_and_falls_with_the_sm_share(
+        plans, latency, per_seq, batch, sm):
+    shape = _shape(plans["c"])
+    s = ScaledLatency(latency, decode_scale=1.5, decode_s_per_seq=per_seq)
+    base = latency.decode_step(shape, batch, 300.0, sm).seconds
+    got = s.decode_step(shape, batch, 300.0, sm).seconds
+    assert got == pytest.approx(1.5 * base + per_seq * batch * 100 / sm)
+    assert s.prefill(shape, 512, sm).seconds == latency.prefill(shape, 512, sm).seconds
+
+
 @pytest.mark.parametrize("bad", [0.5, 0.0, -1.0, math.nan, math.inf])
 def test_scaled_latency_refuses_factors_below_one(latency, bad):
     with pytest.raises(SpecError, match="decode_scale"):
         ScaledLatency(latency, decode_scale=bad)
+    with pytest.raises(SpecError, match="decode_s_per_seq"):  # -0.5, -1, -2, nan, inf
+        ScaledLatency(latency, decode_s_per_seq=bad - 1.0)
 
 
 def test_pool_params_refuse_a_negative_grow_ahead():
@@ -147,6 +162,7 @@ def test_fit_recovers_a_known_step_factor_from_its_fit_rates(tmp_path, plans, la
     cal = fit(res, latency, ("b", "c"), (1.0,))
     assert cal.fit_rates == (1.0,) and cal.points == 8
     assert cal.decode_scale == pytest.approx(1.6, rel=0.08)
+    assert cal.decode_s_per_seq <= 5e-6  # no per-sequence term in these 'measurements'
     with pytest.raises(ValueError, match="no measured result"):
         fit(res, latency, ("b",), (3.0,))
 
@@ -156,3 +172,32 @@ def test_engine_kv_usage_is_used_over_held_like_the_vllm_gauge():
                KvSample(2.0, 0, 100, 0, 0, 0)]  # nothing held: no reading
     assert engine_kv_usage(samples) == pytest.approx((0.75 + 1.0) / 2)
     assert engine_kv_usage([]) is None
+
+
+def test_fit_recovers_a_known_per_sequence_term(tmp_path, plans, latency):
+    """'Measurements' at decode x1.2 + 0.03 ms per sequence at 100% SMs (x2: batches large
+    enough for the term to matter): the fit finds both, and the factor alone fits worse."""
+    res = results_dir(tmp_path, SMALL, plans)
+    for cfg in ("b", "c"):
+        _measured_from_prediction(res, cfg, 2.0, predict_one(
+            res, cfg, 2.0, latency, 1.2, write=False, decode_s_per_seq=3e-5))
+    cal = fit(res, latency, ("b", "c"), (2.0,), steps=8)
+    assert cal.decode_s_per_seq == pytest.approx(3e-5, abs=6e-6)
+    assert cal.decode_scale == pytest.approx(1.2, rel=0.1)
+    alone = fit(res, latency, ("b", "c"), (2.0,), steps=8, per_seq_grid=(0.0,))
+    assert alone.decode_s_per_seq == 0.0 and alone.residual_log_sd > cal.residual_log_sd
+    path = tmp_path / "cal.json"
+    path.write_text(cal.to_json())
+    assert Calibration.load(path) == cal
+
+
+def test_predictions_follow_the_per_sequence_term(tmp_path, plans, latency):
+    res = results_dir(tmp_path, SMALL, plans)
+    assert len(predict_all(res, ("b",), latency)) == 2
+    res.calibration_path().write_text(json.dumps({"decode_scale": 1.0,
+                                                  "decode_s_per_seq": 3e-5}))
+    assert len(predict_all(res, ("b",), latency)) == 2  # another term: recomputed
+    pred = json.loads(res.predicted_path("b", 2.0).read_text())
+    assert pred["decode_s_per_seq"] == 3e-5
+    a = predict_one(res, "a", 1.0, latency, decode_s_per_seq=3e-5, write=False)
+    assert a["decode_s_per_seq"] == 0.0 and a["decode_s_per_seq_asked"] == 3e-5
