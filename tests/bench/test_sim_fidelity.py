@@ -201,3 +201,24 @@ def test_predictions_follow_the_per_sequence_term(tmp_path, plans, latency):
     assert pred["decode_s_per_seq"] == 3e-5
     a = predict_one(res, "a", 1.0, latency, decode_s_per_seq=3e-5, write=False)
     assert a["decode_s_per_seq"] == 0.0 and a["decode_s_per_seq_asked"] == 3e-5
+
+
+def test_report_names_both_terms_and_judges_only_runs_not_fitted(tmp_path, plans, latency):
+    from bench.e2e.report import calibration_lines, collect
+
+    res = results_dir(tmp_path, SMALL, plans)
+    for cfg in ("a", "b"):
+        for rate in SMALL.rate_scales:
+            pred = predict_one(res, cfg, rate, latency, write=True)
+            if (cfg, rate) != ("a", 2.0):  # (a) x2 measured off the prediction
+                _measured_from_prediction(res, cfg, rate, pred)
+            else:
+                worse = json.loads(json.dumps(pred))
+                worse["summary"]["overall"]["slo_attainment"] -= 0.25
+                _measured_from_prediction(res, cfg, rate, worse)
+    res.calibration_path().write_text(Calibration(1.2, ("b",), (1.0, 2.0), 8, 0.1, 4e-5)
+                                      .to_json())
+    text = " ".join(calibration_lines(res, collect(res)))
+    assert "x1.2 + 0.04 ms per decoding sequence at 100% SMs" in text
+    assert "not fitted (2:" in text  # (a) x1 and x2; (b) was fitted
+    assert "at most **25.0 pt**" in text
