@@ -37,8 +37,13 @@ class Move:
 
 
 def placed_from_plan(d: IlpData, plan: Plan) -> Placed | None:
-    """``plan``'s engines as (model, option, group, flow); None if one has no ILP option."""
+    """``plan``'s engines as (model, option, group, flow); None if one has no ILP option.
+
+    Flows are rounded down to milli-rps, then the milli-rps each model's rounding lost go
+    to its engines with the largest remainders, so every model routes exactly its rate
+    (x1000, rounded up as in the ILP) - the rows the ILP checks."""
     out: Placed = []
+    exact: list[float] = []
     for e in plan.engines:
         gpu_type = d.gpus[e.gpus[0]].spec.name
         i = next((j for j, o in enumerate(d.options[e.model])
@@ -47,7 +52,15 @@ def placed_from_plan(d: IlpData, plan: Plan) -> Placed | None:
         u = next((u for u in d.groups.get(e.tp, ()) if u.gpus == e.gpus), None)
         if i is None or u is None:
             return None
-        out.append((e.model, i, u, round(e.rate_rps * 1000)))
+        exact.append(e.rate_rps * 1000)
+        out.append((e.model, i, u, int(exact[-1])))
+    for m in d.models:
+        mine = sorted((k for k, p in enumerate(out) if p[0] == m),
+                      key=lambda k: out[k][3] - exact[k])
+        short = d.lam[m] - sum(out[k][3] for k in mine)
+        for k in mine[:max(0, short)]:
+            m2, i, u, f = out[k]
+            out[k] = (m2, i, u, f + 1)
     return out
 
 
@@ -284,22 +297,24 @@ def _evict_for(st: _State, m: str, new: list[tuple[int, TpGroup]], gpus: tuple[i
 
 def _destination(st: _State, m2: str, e: int, i: int, avoid: tuple[int, ...]
                  ) -> Engines | None:
-    """m2's engines with engine e (option i) moved to the fullest other GPU in use it fits
-    on, its traffic unchanged; None if it fits nowhere."""
+    """m2's engines with engine e (option i) moved to the fullest other GPU in use of the
+    option's type that it fits on, its traffic unchanged; None if it fits nowhere."""
     d = st.d
     per_gpu = d.inst.settings.max_engines_per_gpu
     engines = list(st.engines[m2])
     flow = engines[e][2]
     need = d.w[m2, i] + (d.kappa[m2, i] * flow if d.pooled else 0)
+    gpu_type = d.options[m2][i].gpu_type
     best = None
     for g2 in st.used:
-        if (g2 in avoid or m2 in st.on[g2] or st.count[g2] >= per_gpu
+        if (g2 in avoid or d.gpus[g2].spec.name != gpu_type
+                or m2 in st.on[g2] or st.count[g2] >= per_gpu
                 or st.sm[g2] + d.sm[m2, i] > d.sm_cap
                 or st.mem[g2] + need > d.mem_cap[g2]):
             continue
         if best is None or d.mem_cap[g2] - st.mem[g2] < d.mem_cap[best] - st.mem[best]:
             best = g2
-    if best is None:
+    dest = next((x for _, x in d.groups_for(d.options[m2][i]) if x.gpus == (best,)), None)
+    if dest is None:
         return None
-    dest = next(x for _, x in d.groups_for(d.options[m2][i]) if x.gpus == (best,))
     return [*engines[:e], *engines[e + 1:], (i, dest, flow)]

@@ -1,5 +1,7 @@
 """Relax-and-pack's headroom when packing fails, and the local search behind it (improve.py)."""
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -9,11 +11,20 @@ import fineserve.planner.packing as packing
 from fineserve.planner.api import best_greedy
 from fineserve.planner.greedy import METHODS
 from fineserve.planner.ilp import _placed_plan, solve_ilp
-from fineserve.planner.improve import _State, improve_headroom, placed_from_plan
+from fineserve.planner.improve import _destination, _State, improve_headroom, placed_from_plan
 from fineserve.planner.options import engine_options
-from fineserve.planner.schema import KVMode, SolveReport
+from fineserve.planner.packing import _headroom_of
+from fineserve.planner.schema import (
+    Cluster,
+    Instance,
+    KVMode,
+    NodeSpec,
+    PlannerSettings,
+    SolveReport,
+)
 from fineserve.planner.validate import check_plan
 from fineserve.planner.variables import min_headroom, scale
+from fineserve.profiles.gpus import gpu_spec
 from tests.planner.fakes import FakeLatency, demand, instance
 
 LAT = FakeLatency()
@@ -22,11 +33,16 @@ CATALOG = [("llama-3.1-8b", "bf16", "bf16"), ("llama-3.1-8b", "fp8", "fp8"),
            ("llama-3.2-1b", "bf16", "fp8"), ("qwen2.5-7b", "fp8", "fp8")]
 
 
-def pooled_instance(picks, rates, gpus, limit=10.0):
+def pooled_instance(picks, rates, gpus, limit=10.0, mixed=False, kv_mode=KVMode.POOLED):
+    """``gpus`` H100s; ``mixed`` adds a node of as many L40S GPUs (another type)."""
     models = [demand(f"m{i}", *CATALOG[p], rate=r, tp=(1, 2)) for i, (p, r) in
               enumerate(zip(picks, rates, strict=True))]
-    return instance(models, gpus=gpus, sm_levels=(30, 50, 100), batch_levels=(256,),
-                    kv_mode=KVMode.POOLED, time_limit_s=limit, num_workers=2)
+    inst = instance(models, gpus=gpus, sm_levels=(30, 50, 100), batch_levels=(256,),
+                    kv_mode=kv_mode, time_limit_s=limit, num_workers=2)
+    if not mixed:
+        return inst
+    nodes = (*inst.cluster.nodes, NodeSpec("l40s", gpu_spec("l40s"), gpus, 0.6))
+    return replace(inst, cluster=Cluster(nodes))
 
 
 def capacity_headroom(d, placed):
@@ -85,10 +101,11 @@ def test_the_warm_start_is_kept_when_nothing_improves_it(monkeypatch):
     rates=st.lists(st.floats(0.5, 14.0), min_size=7, max_size=7),
     gpus=st.sampled_from([2, 4, 8]),
     method=st.sampled_from(sorted(METHODS)),
+    mixed=st.booleans(),
 )
 def test_improve_keeps_the_gpus_and_every_row_and_never_lowers_headroom(picks, rates, gpus,
-                                                                        method):
-    inst = pooled_instance(picks, rates[:len(picks)], gpus)
+                                                                        method, mixed):
+    inst = pooled_instance(picks, rates[:len(picks)], gpus, mixed=mixed)
     options = engine_options(inst, LAT)
     start = METHODS[method](inst, options)
     if start.unplaced:
@@ -100,6 +117,12 @@ def test_improve_keeps_the_gpus_and_every_row_and_never_lowers_headroom(picks, r
     gpus_before = {g for *_, u, _ in placed for g in u.gpus}
     assert {g for *_, u, _ in better for g in u.gpus} <= gpus_before
     assert capacity_headroom(d, better) >= capacity_headroom(d, placed)
+    assert _headroom_of(d, better) >= _headroom_of(d, placed)  # routed, with its traffic
+    for m, i, u, f in better:  # no engine above capacity, on a GPU of its option's type
+        assert 0 <= f <= d.mu[m, i]
+        assert {d.gpus[g].spec.name for g in u.gpus} == {d.options[m][i].gpu_type}
+    for m in d.models:  # every model's traffic routed
+        assert sum(f for m2, *_, f in better if m2 == m) >= d.lam[m]
     state = _State(d, better)  # the state's totals are the rows of the ILP
     for g in state.used:
         assert state.sm[g] <= d.sm_cap and state.mem[g] <= d.mem_cap[g]
@@ -114,11 +137,46 @@ def test_improve_keeps_the_gpus_and_every_row_and_never_lowers_headroom(picks, r
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_improve_returns_a_start_it_cannot_change_as_is(method):
+    """Run to its end, the search stops where no change lifts the bottleneck; a second run
+    from there changes nothing and hands back the very same list."""
     inst = pooled_instance([0, 1, 3, 4], [4.0, 6.0, 3.0, 2.0], 4)
     options = engine_options(inst, LAT)
     d = scale(inst, options)
     placed = placed_from_plan(d, METHODS[method](inst, options))
-    assert improve_headroom(d, placed, seconds=0.0) == placed
+    settled = improve_headroom(d, placed, seconds=30.0)
+    assert improve_headroom(d, settled, seconds=30.0) is settled
+
+
+def _mixed_state(rate: float):
+    """A 32B bf16 bottleneck at 50% SMs sharing an H100 with a 1B model, a second H100 full
+    (2 engines per GPU), an L40S with room: lifting the 32B model to 100% SMs needs the 1B
+    engine evicted, and the only GPU with room is of another type."""
+    models = (demand("a", "qwen2.5-32b", "bf16", "bf16", rate=1.0, tp=(1,)),
+              *(demand(n, "llama-3.2-1b", rate=1.0, tp=(1,)) for n in "xbyc"))
+    cluster = Cluster((NodeSpec("h", gpu_spec("h100"), 2), NodeSpec("l", gpu_spec("l40s"), 1)))
+    inst = Instance(models, cluster, PlannerSettings(
+        kv_mode=KVMode.POOLED, num_workers=1, sm_levels=(50, 100), batch_levels=(256,),
+        max_engines_per_gpu=2))
+    d = scale(inst, engine_options(inst, LAT))
+
+    def at(m, gpu, sm):
+        i = next(i for i, o in enumerate(d.options[m])
+                 if o.gpu_type == d.gpus[gpu].spec.name and o.sm_pct == sm)
+        u = next(u for _, u in d.groups_for(d.options[m][i]) if u.gpus == (gpu,))
+        return (m, i, u, d.lam[m])
+
+    return d, [at("a", 0, 50), at("x", 0, 50), at("b", 1, 50), at("y", 1, 50), at("c", 2, 50)]
+
+
+def test_an_engine_is_never_moved_to_a_gpu_of_another_type():
+    """Review finding 1: the eviction's destination ignored the GPU type (StopIteration)."""
+    d, placed = _mixed_state(1.0)
+    state = _State(d, placed)
+    assert _destination(state, "x", 0, placed[1][1], avoid=(0,)) is None  # L40S: wrong type
+    better = improve_headroom(d, placed, seconds=5.0)
+    for m, i, u, _ in better:
+        assert {d.gpus[g].spec.name for g in u.gpus} == {d.options[m][i].gpu_type}
+    assert _headroom_of(d, better) >= _headroom_of(d, placed)
 
 
 @pytest.mark.slow
