@@ -69,6 +69,23 @@ def routed(d: IlpData, m: str, engines: Engines) -> int:
     return min([d.h_cap] + [H_SCALE * d.mu[m, i] // f for i, _, f in engines if f > 0])
 
 
+def split_by_capacity(d: IlpData, placed: Placed) -> Placed:
+    """``placed`` with each model's rate (x1000) split over its engines in proportion to
+    capacity, the milli-rps lost to rounding down given to the largest remainders: flows
+    sum to the rate exactly, so the routed headroom is the capacity headroom rounded."""
+    cap: dict[str, int] = {}
+    for m, i, _, _ in placed:
+        cap[m] = cap.get(m, 0) + d.mu[m, i]
+    out = [(m, i, u, d.lam[m] * d.mu[m, i] // cap[m]) for m, i, u, _ in placed]
+    for m in cap:
+        mine = sorted((k for k, p in enumerate(out) if p[0] == m),
+                      key=lambda k: -(d.lam[m] * d.mu[m, out[k][1]] % cap[m]))
+        for k in mine[:d.lam[m] - sum(out[k][3] for k in mine)]:
+            m2, i, u, f = out[k]
+            out[k] = (m2, i, u, f + 1)
+    return out
+
+
 class _State:
     """Engines (option, group, flow) per model and per-GPU totals. A model's traffic keeps
     the split it came with until one of its engines changes; then it is split in proportion

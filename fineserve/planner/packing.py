@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from ortools.sat.python import cp_model
 
 from fineserve.planner.bounds import Relaxation, relaxation, solve
-from fineserve.planner.improve import Placed, improve_headroom, routed
+from fineserve.planner.improve import Placed, improve_headroom, routed, split_by_capacity
 from fineserve.planner.variables import IlpData
 
 
@@ -159,7 +159,8 @@ def pack(d: IlpData, agg: Aggregate, h_target: int, seconds: float, workers: int
             m, _, f = engines[e]
             f = s.value(fv[e, j, k]) if free else f
             placed.append((m, j, d.groups[d.options[m][j].tp][k], f))
-    return placed
+    # static KV: the aggregate routes no traffic (memory does not depend on it)
+    return placed if d.pooled else split_by_capacity(d, placed)
 
 
 @dataclass(frozen=True, slots=True)

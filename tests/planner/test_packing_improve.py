@@ -78,6 +78,28 @@ def test_relax_and_pack_improves_the_warm_start_when_packing_fails(monkeypatch):
     assert head.objective <= head.bound
 
 
+@pytest.mark.parametrize("kv_mode", [KVMode.STATIC, KVMode.POOLED])
+def test_relax_and_pack_headroom_stage_reports_the_packed_plans_headroom(monkeypatch, kv_mode):
+    """Review finding 2: under static KV the aggregate routes no traffic, so packed engines
+    carried none, their routed headroom was the cap (stage objective 10 above its bound
+    6.187) and the local search stopped at once. Packing now really runs here."""
+    inst = pooled_instance([0, 1, 3, 4], [4.0, 6.0, 3.0, 2.0], 4, kv_mode=kv_mode)
+    options = engine_options(inst, LAT)
+    warm = best_greedy(inst, options)
+    monkeypatch.setattr(ilp, "MAX_PLACEMENT_VARS", 0)
+    plan = solve_ilp(inst, options, backend="ortools", warm_start=warm)
+    assert check_plan(inst, plan, LAT) == []
+    assert "relax-and-pack" in plan.report.note
+    cost, head = plan.report.stages
+    assert cost.objective == cost.bound == len(plan.gpus_used)
+    assert head.objective <= head.bound
+    assert head.objective == pytest.approx(plan.min_headroom, abs=2e-3)
+    assert plan.min_headroom > warm.min_headroom * 1.5
+    for m in inst.models:  # every model's rate routed, none above
+        assert sum(e.rate_rps for e in plan.engines if e.model == m.name) == pytest.approx(
+            m.rate_rps, abs=1e-3)
+
+
 def test_the_warm_start_is_kept_when_nothing_improves_it(monkeypatch):
     inst = pooled_instance([0, 1, 3, 4], [4.0, 6.0, 3.0, 2.0], 4)
     options = engine_options(inst, LAT)
