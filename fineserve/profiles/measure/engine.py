@@ -65,6 +65,8 @@ def start_engine(args: EngineArgs, device: str) -> Any:
         kwargs["quantization"] = args.quantization
     if args.kv_cache_dtype != "auto":
         kwargs["kv_cache_dtype"] = args.kv_cache_dtype
+    if args.dtype != "auto":
+        kwargs["dtype"] = args.dtype
     return LLM(**kwargs)
 
 

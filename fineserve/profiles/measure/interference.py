@@ -36,7 +36,7 @@ from fineserve.profiles.measure.interference_fit import (
     fit_interference,
     hbm_demand,
 )
-from fineserve.profiles.measure.modeldir import vllm_quantization, write_model_dir
+from fineserve.profiles.measure.modeldir import vllm_dtype, vllm_quantization, write_model_dir
 from fineserve.profiles.measure.procs import kill_group, worker_env
 from fineserve.profiles.measure.records import (
     EngineArgs,
@@ -98,6 +98,7 @@ def _engine_args(member: Member, load: LoadSpec, root: Path) -> EngineArgs:
         model_dir=str(write_model_dir(spec, root)), tp=1,
         quantization=vllm_quantization(member.precision.weights),
         kv_cache_dtype=member.precision.kv.vllm_kv_cache_dtype,
+        dtype=vllm_dtype(member.precision.weights, member.precision.kv.vllm_kv_cache_dtype),
         max_model_len=(longest // 16 + 1) * 16, max_num_seqs=load.batch + 1,
         max_num_batched_tokens=max(2048, load.probe_tokens + load.batch),
         kv_cache_memory_bytes=kv, gpu_memory_utilization=round(min(0.9, need / (80 * GIB)), 3),

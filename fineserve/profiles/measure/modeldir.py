@@ -4,6 +4,11 @@ Random weights run at the speed of real ones (same shapes, same kernels), so no 
 downloaded. int4 formats get a ``quantization_config`` so that vLLM builds the same packed
 layers and Marlin kernels as for a real AWQ / GPTQ checkpoint (``desc_act: false``); fp8 is
 quantized online from the dummy bf16 weights with ``quantization="fp8"`` (W8A8).
+
+GPTQ names its quantized modules (``modules_in_block_to_quantize``): vLLM (0.26) otherwise
+reads them from the checkpoint's safetensors headers, finds none in a folder without weight
+files and builds every linear layer unquantized (fp16, 15 GiB for the 8B: the int4 engines of
+the 2026-11-26 H100 run measured a dense fp16 model and held 3x the memory planned).
 """
 
 from __future__ import annotations
@@ -51,12 +56,19 @@ def base_config(arch: ModelArch) -> dict[str, Any]:
     }
 
 
+# The linear layers of a decoder block that GPTQ quantizes (Llama and Qwen2/3 share the names);
+# vLLM matches them as substrings of each layer's prefix and maps its fused qkv / gate_up.
+GPTQ_BLOCK_MODULES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                      "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
 def quantization_config(weights: WeightFormat) -> dict[str, Any] | None:
     """The checkpoint's ``quantization_config`` for int4 formats; None otherwise."""
     if weights is WeightFormat.INT4_GPTQ:
         return {"quant_method": "gptq", "bits": 4, "group_size": INT4_GROUP_SIZE,
                 "desc_act": False, "sym": True, "static_groups": False,
-                "damp_percent": 0.01, "true_sequential": True}
+                "damp_percent": 0.01, "true_sequential": True,
+                "modules_in_block_to_quantize": [list(GPTQ_BLOCK_MODULES)]}
     if weights is WeightFormat.INT4_AWQ:
         return {"quant_method": "awq", "bits": 4, "group_size": INT4_GROUP_SIZE,
                 "zero_point": True, "version": "gemm"}
@@ -67,6 +79,16 @@ def vllm_quantization(weights: WeightFormat) -> str | None:
     """The ``quantization`` argument: fp8 online; int4 picked by vLLM from the config (it
     upgrades gptq/awq to their Marlin kernels on Hopper by itself)."""
     return "fp8" if weights is WeightFormat.FP8 else None
+
+
+def vllm_dtype(weights: WeightFormat, kv_cache_dtype: str) -> str:
+    """The ``dtype`` argument. bf16 wherever the KV cache is fp8: vLLM's FlashAttention 3
+    path quantizes the query to fp8 and then writes bf16 only ("For FP8 input, output must
+    have dtype BF16"), so an fp16 engine (int4's checkpoint default) fails its first forward.
+    Marlin int4 kernels run bf16 activations too. Otherwise the checkpoint's own dtype."""
+    if kv_cache_dtype.startswith("fp8"):
+        return "bfloat16"
+    return "float16" if weights.is_int4 else "bfloat16"
 
 
 def write_model_dir(spec: ModelSpec, root: Path, source_config: Path | None = None) -> Path:

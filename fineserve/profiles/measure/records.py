@@ -30,6 +30,22 @@ SUPERSEDED_METHODS: dict[tuple[str, str], str] = {
                                       "either run moves the point by up to 13%",
 }
 
+# How the engine is built (model folder, vLLM arguments), raised when a change makes earlier
+# measurements of some weight format wrong; records carry the revision that took them (1 for
+# records from before the field existed). Points of a listed format taken below its revision
+# are stale, like a stale method, and their engine records no longer size anything.
+ENGINE_REV = 2
+STALE_ENGINE_REVS: dict[str, tuple[int, str]] = {
+    "int4-gptq": (2, "the dummy GPTQ model was built unquantized (fp16 linear layers: vLLM "
+                     "found no quantized modules without safetensors files)"),
+}
+
+
+def stale_engine(weights: str, engine_rev: int) -> str | None:
+    """Why an engine of ``weights`` built at ``engine_rev`` measured the wrong model."""
+    below, why = STALE_ENGINE_REVS.get(weights, (0, ""))
+    return why if engine_rev < below else None
+
 
 @dataclass(frozen=True, slots=True)
 class EngineLabel:
@@ -79,6 +95,7 @@ class EngineArgs:
     enforce_eager: bool
     vocab_size: int  # prompts are random token ids below it
     seed: int = 0
+    dtype: str = "auto"  # vLLM's ``dtype`` (modeldir.vllm_dtype); "auto": the config's
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +166,12 @@ class EngineRecord:
     date: str = ""
     error: str | None = None  # why the engine did not start (its points stay undone)
     probe_error: str | None = None  # why vLLM's KV / memory figures could not be read
+    engine_rev: int = ENGINE_REV
     kind: str = field(default="engine", init=False)
+
+    @property
+    def stale(self) -> str | None:
+        return stale_engine(self.label.weights, self.engine_rev)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +190,7 @@ class PointRecord:
     # extra time of n tokens over one, per token (engine.lone_decode)
     check_s: float | None = None
     runs: tuple[float, ...] = ()  # every timed run when a repeat is the median of several
+    engine_rev: int = ENGINE_REV
     kind: str = field(default="point", init=False)
 
     @property
@@ -176,8 +199,9 @@ class PointRecord:
 
     @property
     def stale(self) -> str | None:
-        """Why the method that took this record is known wrong; None if it is not."""
-        return STALE_METHODS.get((self.phase, self.method))
+        """Why the method or engine that took this record is known wrong; None if neither."""
+        return (STALE_METHODS.get((self.phase, self.method))
+                or stale_engine(self.label.weights, self.engine_rev))
 
     @property
     def superseded(self) -> str | None:
@@ -241,6 +265,8 @@ def loads(line: str) -> Record:
     cls = _KINDS.get(data.get("kind", "")) if isinstance(data, dict) else None
     if cls is None:
         raise ValueError(f"not a profiler record: {line[:80]!r}")
+    if cls is not LoadRecord:
+        data.setdefault("engine_rev", 1)  # written before engine revisions were recorded
     return _build(cls, data)
 
 

@@ -24,7 +24,7 @@ from fineserve.profiles.gpus import gpu_spec
 from fineserve.profiles.latency import EngineShape, LatencyModel
 from fineserve.profiles.measure import mps_daemon
 from fineserve.profiles.measure.grid import GIB, GridSpec, sizing
-from fineserve.profiles.measure.modeldir import vllm_quantization, write_model_dir
+from fineserve.profiles.measure.modeldir import vllm_dtype, vllm_quantization, write_model_dir
 from fineserve.profiles.measure.procs import engine_python, kill_group, run_worker, worker_env
 from fineserve.profiles.measure.records import (
     EngineArgs,
@@ -173,6 +173,7 @@ def plan_engines(request: ProfileRequest, gpu: str, model_root: Path) -> list[En
                 model_dir=str(model_dir), tp=tp,
                 quantization=vllm_quantization(precision.weights),
                 kv_cache_dtype=precision.kv.vllm_kv_cache_dtype,
+                dtype=vllm_dtype(precision.weights, precision.kv.vllm_kv_cache_dtype),
                 max_model_len=size.max_model_len, max_num_seqs=size.max_num_seqs,
                 max_num_batched_tokens=size.max_num_batched_tokens,
                 kv_cache_memory_bytes=size.kv_cache_bytes,

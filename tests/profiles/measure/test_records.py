@@ -70,3 +70,18 @@ def test_records_keep_the_prefill_cross_check(tmp_path):
     record = PointRecord(LABEL, "prefill", 1, 128, (0.012, 0.0121), PREFILL_METHOD, "", 0.0118)
     append(path, record)
     assert read_records(path) == [record]
+
+
+def test_gptq_points_of_the_unquantized_engine_are_stale_others_are_not():
+    gptq = EngineLabel("H100-SXM-80GB", "llama-3.1-8b", "int4-gptq", "bf16", 1, 100.0)
+    old = PointRecord(gptq, "decode", 1, 256, (0.0067,), "window-ts/2 n128")
+    line = dumps(old).replace('"engine_rev": 2, ', "")  # as written before the field existed
+    assert '"engine_rev"' not in line
+    loaded = loads(line)
+    assert loaded.engine_rev == 1 and loaded.stale and not loaded.valid
+    assert old.valid  # a point taken now carries the current revision
+    bf16 = loads(dumps(PointRecord(LABEL, "decode", 1, 256, (0.007,), "window-ts/2 n128"))
+                 .replace('"engine_rev": 2, ', ""))
+    assert bf16.valid
+    engine = loads(dumps(EngineRecord(gptq, 50.0, True)).replace('"engine_rev": 2, ', ""))
+    assert engine.stale and EngineRecord(gptq, 50.0, True).stale is None

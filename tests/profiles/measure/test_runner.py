@@ -108,9 +108,30 @@ def test_int4_and_fp8_engines_get_their_vllm_arguments(tmp_path, stand_in):
     assert gptq["quantization_config"]["desc_act"] is False
     assert gptq["quantization_config"]["bits"] == 4
     assert plans[0].args.quantization is None
+    assert plans[0].args.dtype == "float16"
     fp8 = plans[-1].args
     assert fp8.quantization == "fp8" and fp8.kv_cache_dtype == "fp8"
+    assert fp8.dtype == "bfloat16"
     assert 0.05 <= fp8.gpu_memory_utilization <= 0.92
+
+
+def test_gptq_names_every_quantized_block_layer(tmp_path, stand_in):
+    # Without the list, vLLM 0.26 reads it from the (absent) safetensors headers and builds
+    # the dummy model unquantized: the int4 engines of 2026-11-26 held 15 GiB of fp16 weights.
+    req = request(tmp_path, stand_in, precisions=(Precision.parse("int4-gptq"),))
+    plan = plan_engines(req, "H100-SXM-80GB", tmp_path / "models")[0]
+    config = json.loads(Path(plan.args.model_dir, "config.json").read_text())
+    (modules,) = config["quantization_config"]["modules_in_block_to_quantize"]
+    for name in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
+        assert any(m.endswith("." + name) for m in modules), name
+
+
+def test_int4_with_fp8_kv_runs_bf16(tmp_path, stand_in):
+    # vLLM's FA3 fp8-KV path writes bf16 only: an fp16 int4 engine failed to start on the H100
+    req = request(tmp_path, stand_in, precisions=(Precision.parse("int4-gptq", "fp8"),
+                                                  Precision.parse("int4-awq", "fp8")))
+    for plan in plan_engines(req, "H100-SXM-80GB", tmp_path / "models"):
+        assert (plan.args.kv_cache_dtype, plan.args.dtype) == ("fp8", "bfloat16")
 
 
 def test_bad_tp_is_a_named_error(tmp_path, stand_in):
