@@ -268,6 +268,24 @@ def device_memory_used(device: str) -> int | None:
         return None
 
 
+def device_memory_free(device: str) -> int | None:
+    """Free bytes on GPU 0 (as CUDA_VISIBLE_DEVICES maps it), by NVML; None on CPU."""
+    if device == "cpu":
+        return None
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            index = int(os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0] or 0)
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            return int(pynvml.nvmlDeviceGetMemoryInfo(handle).free)
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # noqa: BLE001 - NVML optional
+        return None
+
+
 def device_identity(device: str) -> tuple[str, str]:
     """(device name, driver version)."""
     if device == "cpu":

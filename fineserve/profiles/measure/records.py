@@ -114,6 +114,10 @@ class ProfileJob:
     # the deadline ends the wait. Empty: measure as soon as the engine is up.
     control: str = ""
     tag: str = ""
+    # device memory the engine is planned to hold (session.measured_memory or the plan); the
+    # worker waits up to worker.MEMORY_WAIT_S for that much to be free before starting it
+    # (engines of the wave before may still be exiting). 0: no check.
+    memory_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)

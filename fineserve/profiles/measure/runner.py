@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from fineserve.errors import SpecError
@@ -38,6 +38,7 @@ from fineserve.profiles.measure.session import (
     CAPACITY_SHARE,
     EngineCost,
     engine_cost,
+    measured_memory,
     plan_waves,
 )
 from fineserve.profiles.measure.store import ExportSummary, ResultStore
@@ -289,7 +290,9 @@ def _run_in_waves(request: ProfileRequest, plans: list[EnginePlan],
             return
         state.progress(Progress(state.done, state.total,
                                 "starting " + ", ".join(p.label.key for p in members)))
-        result = _wave(request, plans, members, set(wave.leaders), daemon, t_end, state, i)
+        memory = {e.key: int(e.memory_bytes) for e in wave.engines}
+        result = _wave(request, plans, members, set(wave.leaders), daemon, t_end, state, i,
+                       memory)
         if result.out_of_time:
             state.out_of_budget = True
             return
@@ -297,7 +300,8 @@ def _run_in_waves(request: ProfileRequest, plans: list[EnginePlan],
 
 def _wave(request: ProfileRequest, plans: list[EnginePlan], members: list[EnginePlan],
           leaders: set[str], daemon: mps_daemon.MpsDaemon | None, t_end: float,
-          state: _RunState, index: int) -> WaveResult:  # fmt: skip
+          state: _RunState, index: int,
+          memory: dict[str, int] | None = None) -> WaveResult:  # fmt: skip
     folder = members[0].store.folder
     control = folder / f".wave-{os.getpid()}-{index}"
     kill_at = t_end if t_end < float("inf") else 4e9
@@ -307,7 +311,8 @@ def _wave(request: ProfileRequest, plans: list[EnginePlan], members: list[Engine
     def spawn(plan: EnginePlan, tag: str) -> Callable[[], subprocess.Popen[bytes]]:
         def start() -> subprocess.Popen[bytes]:
             plan.store.prepare()
-            path = _write_job(request, plan, t_end, control, tag)
+            need = 0 if request.cpu else (memory or {}).get(plan.label.key, 0)
+            path = _write_job(request, plan, t_end, control, tag, need)
             jobs.append(path)
             extra = daemon.client_env(plan.label.sm_pct) if daemon is not None else {}
             if request.cpu:
@@ -367,11 +372,13 @@ def _export(plans: list[EnginePlan], store: ResultStore) -> ExportSummary:
 
 
 def _write_job(request: ProfileRequest, plan: EnginePlan, t_end: float,
-               control: Path | None = None, tag: str = "") -> Path:  # fmt: skip
+               control: Path | None = None, tag: str = "",
+               memory_bytes: int = 0) -> Path:  # fmt: skip
     deadline = t_end - SHUTDOWN_S
     job = ProfileJob(plan.label, plan.args, plan.todo, request.grid.decode_tokens,
                      str(plan.store.results), deadline if deadline < float("inf") else 4e9,
-                     request.device, str(control) if control is not None else "", tag)
+                     request.device, str(control) if control is not None else "", tag,
+                     memory_bytes)
     suffix = f"-{tag}" if tag else ""
     job_path = plan.store.folder / f".job-{os.getpid()}{suffix}.json"
     write_job(job, job_path)
@@ -419,8 +426,10 @@ def engine_costs(request: ProfileRequest, plans: list[EnginePlan],
         spec = ModelSpec(resolve_arch(request.model),
                          Precision.parse(label.weights, label.kv))
         shape = EngineShape(gpu_spec(label.gpu), spec, label.tp)
-        out.append(engine_cost(spec, label.tp, label.sm_pct, label.key, plan.todo, latency,
-                               shape, kv_cache_bytes=plan.args.kv_cache_memory_bytes,
-                               blocker_tokens=blocker_tokens(plan.args),
-                               decode_tokens=request.grid.decode_tokens))
+        cost = engine_cost(spec, label.tp, label.sm_pct, label.key, plan.todo, latency,
+                           shape, kv_cache_bytes=plan.args.kv_cache_memory_bytes,
+                           blocker_tokens=blocker_tokens(plan.args),
+                           decode_tokens=request.grid.decode_tokens)
+        held = measured_memory(plan.store.engines(), label.tp) or 0
+        out.append(replace(cost, memory_bytes=max(cost.memory_bytes, held)))
     return out

@@ -7,6 +7,9 @@ engine starts (a start runs GPU work: dummy weights, profiling run, CUDA graph c
 
 - **Waves** (``plan_waves``): consecutive engines, in measuring order, while their device
   memory (weights + KV + overhead) fits ``capacity``; a big model gets a wave of its own.
+  An engine already started once is sized by what it held then (``measured_memory``), never
+  below the plan: the catalog's int4 weight bytes were 3x under what the unquantized dummy
+  GPTQ engines held on 2026-11-26, and a wave of six went out of memory.
 - **Compile groups**: engines differing only in SM share compile the same graph, so the first
   start of a group in a session (the leader) pays torch.compile and fills the cache; the rest
   of the group start after the leaders are up and load it (starting them together would
@@ -23,10 +26,11 @@ from dataclasses import dataclass
 
 from fineserve.profiles.catalog import ModelSpec
 from fineserve.profiles.latency import EngineShape, LatencyModel
-from fineserve.profiles.measure.records import PREFILL, PointSpec
+from fineserve.profiles.measure.records import PREFILL, EngineRecord, PointSpec
 
 GIB = 1 << 30
 OVERHEAD_BYTES = 2 * GIB  # CUDA context, graphs, workspaces (<= 1.3 GiB seen on the H100)
+CONTEXT_BYTES = GIB  # outside torch's allocator: CUDA context, NCCL, cuBLAS workspaces
 CAPACITY_SHARE = 0.9  # of device memory that a wave's engines may hold together
 # From the 2026-11-26 logs (Llama-3.1-8B, vLLM 0.26, H100): process start + vLLM import
 # ~10 s outside start_s; start_s 22-36 s with a warm compile cache, 60-79 s cold; shutdown
@@ -125,6 +129,23 @@ def estimate_session(
     waves = plan_waves(engines, capacity_bytes, parallel=parallel, warm=warm)
     one_by_one = plan_waves(engines, capacity_bytes, parallel=False, warm=warm)
     return SessionEstimate(waves, sum(w.total_s for w in one_by_one))
+
+
+def measured_memory(records: Sequence[EngineRecord], tp: int) -> int | None:
+    """Device memory an engine of these records (one precision) held at ``tp``: the largest
+    of NVML's footprint, torch's reserved memory + ``CONTEXT_BYTES``, and weights + KV +
+    ``OVERHEAD_BYTES``, over its started, non-stale engines. None: never started."""
+    sizes = []
+    for r in records:
+        if r.error is not None or r.stale or r.label.tp != tp:
+            continue
+        parts = [r.footprint_bytes or 0,
+                 (r.torch_reserved_bytes + CONTEXT_BYTES) if r.torch_reserved_bytes else 0,
+                 (r.weight_bytes + r.kv_cache_bytes + OVERHEAD_BYTES)
+                 if r.weight_bytes and r.kv_cache_bytes else 0]
+        if max(parts):
+            sizes.append(max(parts))
+    return max(sizes, default=None)
 
 
 def start_seconds(num_layers: int) -> tuple[float, float]:

@@ -3,7 +3,8 @@
 One process per engine, because MPS fixes a process's SM share when it initialises CUDA. It
 starts the engine, appends an ``EngineRecord``, then one record per measured point (or per
 interference phase), and stops cleanly before the job's deadline. Exit codes: 0 done or out of
-time, 3 the engine did not start (the record says why).
+time, 3 the engine did not start (the record says why; also when the memory it needs did
+not become free: ``wait_for_memory``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -35,17 +37,39 @@ from fineserve.profiles.measure.stats import medians_of
 
 SAFETY_S = 5.0  # kept free before the deadline for shutting the engine down
 CHECK_RUNS = 3  # lone-prompt runs per cross-check (median)
+MEMORY_WAIT_S = 45.0  # longest wait for the planned memory to be free before starting
+GIB = 1 << 30
+
+
+def wait_for_memory(need: int, until: float, free: Callable[[], int | None],
+                    poll_s: float = 1.0) -> str | None:
+    """Wait until ``free()`` bytes >= ``need`` or ``until`` (epoch seconds). None: go
+    ahead (enough free, no need, or no NVML); else why not, for the engine record."""
+    while True:
+        have = free()
+        if not need or have is None or have >= need:
+            return None
+        if time.time() + poll_s > until:
+            return (f"not enough free device memory to start: {have / GIB:.1f} GiB free, "
+                    f"{need / GIB:.1f} GiB planned")
+        time.sleep(poll_s)
 
 
 def _start(job: ProfileJob | InterferenceJob) -> tuple[Any, EngineRecord]:
     """Start the engine and describe it; on failure the record carries the error."""
-    base = eng.device_memory_used(job.device)
     name, driver = eng.device_identity(job.device)
     record = EngineRecord(
         label=job.label, start_s=0.0, cuda_graphs=not job.engine.enforce_eager,
         device_name=name, driver=driver, date=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         **eng.versions(),
     )  # fmt: skip
+    if isinstance(job, ProfileJob) and job.memory_bytes:
+        until = min(time.time() + MEMORY_WAIT_S, job.deadline - SAFETY_S)
+        short = wait_for_memory(job.memory_bytes, until,
+                                lambda: eng.device_memory_free(job.device))
+        if short is not None:
+            return None, replace(record, error=short)
+    base = eng.device_memory_used(job.device)
     t0 = time.perf_counter()
     try:
         llm = eng.start_engine(job.engine, job.device)

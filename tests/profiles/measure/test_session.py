@@ -125,3 +125,33 @@ def test_shard_makespan_is_within_the_greedy_bound(seconds, n):
     loads = [sum(seconds[int(x)] for x in p) for p in shard(items, n)]
     # least-loaded-first never ends later than the average plus one job (Graham)
     assert max(loads) <= sum(seconds) / n + max(seconds) * (1 - 1 / n) + 1e-6
+
+
+def test_an_engine_is_sized_by_what_it_held_when_it_started_before():
+    from fineserve.profiles.measure.records import EngineLabel, EngineRecord
+    from fineserve.profiles.measure.session import CONTEXT_BYTES, OVERHEAD_BYTES, measured_memory
+
+    label = EngineLabel("H100-SXM-80GB", "llama-3.1-8b", "int4-awq", "bf16", 1, 100.0)
+    # 2026-11-26: the int4 engines reserved 21.4 GB in torch (planned ~12.6 GB)
+    held = EngineRecord(label, 50.0, True, weight_bytes=16_110_920_192,
+                        kv_cache_bytes=5_089_787_904, torch_reserved_bytes=21_493_710_848)
+    failed = EngineRecord(label, 20.0, True, error="OOM")
+    assert measured_memory([held, failed], 1) == max(
+        21_493_710_848 + CONTEXT_BYTES, 16_110_920_192 + 5_089_787_904 + OVERHEAD_BYTES)
+    assert measured_memory([failed], 1) is None
+    assert measured_memory([held], 2) is None  # another TP: not this engine
+    with_nvml = EngineRecord(label, 50.0, True, footprint_bytes=30 * GIB,
+                             torch_reserved_bytes=20 * GIB)
+    assert measured_memory([with_nvml], 1) == 30 * GIB
+    gptq = EngineLabel("H100-SXM-80GB", "llama-3.1-8b", "int4-gptq", "bf16", 1, 100.0)
+    stale = EngineRecord(gptq, 50.0, True, torch_reserved_bytes=20 * GIB, engine_rev=1)
+    assert measured_memory([stale], 1) is None  # the unquantized engine says nothing now
+
+
+def test_six_engines_that_held_21_gib_each_no_longer_share_one_wave():
+    planned = [cost(f"e{i}", 12.6) for i in range(6)]
+    assert [len(w.engines) for w in plan_waves(planned, 72 * GIB)] == [5, 1]  # as planned
+    held = [cost(f"e{i}", 21.4 + 1) for i in range(6)]
+    waves = plan_waves(held, 72 * GIB)
+    assert all(sum(e.memory_bytes for e in w.engines) <= 72 * GIB for w in waves)
+    assert max(len(w.engines) for w in waves) == 3

@@ -59,3 +59,24 @@ def test_time_guess_counts_the_runs_of_a_repeat():
     big = PointSpec("prefill", 1, 512, repeats=5, samples=3)
     assert worker._guess([(small, 2.0)], big) == pytest.approx(4.0)
     assert worker._guess([(small, 2.0)], PointSpec("decode", 1, 128, 5)) == 0.0
+
+
+def test_the_worker_waits_for_its_memory_then_starts_or_says_why_not(monkeypatch):
+    monkeypatch.setattr(worker.time, "sleep", lambda s: None)
+    frees = iter([10 << 30, 12 << 30, 30 << 30])  # a previous wave's engines exiting
+    assert worker.wait_for_memory(20 << 30, 4e9, lambda: next(frees)) is None
+    why = worker.wait_for_memory(20 << 30, 0.0, lambda: 5 << 30)  # never enough, out of time
+    assert why is not None and "5.0 GiB free" in why and "20.0 GiB planned" in why
+    assert worker.wait_for_memory(20 << 30, 0.0, lambda: None) is None  # no NVML: go ahead
+    assert worker.wait_for_memory(0, 0.0, lambda: 0) is None  # nothing planned
+
+
+def test_an_engine_without_its_memory_is_recorded_as_not_started(monkeypatch):
+    monkeypatch.setattr(eng, "device_identity", lambda d: ("H100", "570"))
+    monkeypatch.setattr(eng, "versions", lambda: {"vllm_version": "0.26", "torch_version": "2"})
+    monkeypatch.setattr(eng, "device_memory_free", lambda d: 1 << 30)
+    monkeypatch.setattr(eng, "start_engine", lambda *a: pytest.fail("started without memory"))
+    monkeypatch.setattr(worker, "MEMORY_WAIT_S", 0.0)
+    j = ProfileJob(LABEL, ARGS, (), 128, "/dev/null", 4e9, memory_bytes=20 << 30)
+    llm, record = worker._start(j)
+    assert llm is None and "not enough free device memory" in record.error
