@@ -486,8 +486,9 @@ def _lns(bm: BuiltModel, res: SolveResult, sense: str, seconds: float, focus: Fo
     bm.values = out.values
     if out.proven:  # the last neighbourhood was the whole model, solved to optimality
         return SolveResult("OPTIMAL", out.objective, out.objective, spent)
+    bound = res.bound if out.bound is None else _tighter(sense, res.bound, out.bound)
     return dataclasses.replace(res, status="FEASIBLE" if not res.has_solution else res.status,
-                               objective=out.objective, seconds=spent)
+                               objective=out.objective, bound=bound, seconds=spent)
 
 
 def _meets(sense: str, objective: float, bound: float) -> bool:

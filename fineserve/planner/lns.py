@@ -24,7 +24,9 @@ from fineserve.planner.variables import U_SCALE, IlpData, PlacementVars, VarKey,
 
 STEP_S = 0.3  # per neighbourhood: enough to close 4-6 GPUs of the 19-model instance
 MIN_GPUS, START_GPUS, MAX_GPUS = 3, 5, 12
-TARGET_STEP = 200  # overload target: 0.5% below the incumbent's U
+# overload target below the incumbent's U, as a fraction of it: doubled after each step
+# that reaches its target, halved after one that gains nothing
+FIRST_STEP, MAX_STEP = 0.005, 0.25
 
 Focus = Callable[[dict], set[int]]  # incumbent values -> GPUs worth freeing
 
@@ -36,6 +38,7 @@ class LnsResult:
     steps: int
     improvements: int
     proven: bool  # a neighbourhood of every GPU was solved to optimality: nothing better
+    bound: float | None = None  # overload: U of every solution is at least this (proven)
 
 
 def improve(model: cp_model.CpModel, d: IlpData, v: PlacementVars, values: dict,
@@ -52,8 +55,12 @@ def improve(model: cp_model.CpModel, d: IlpData, v: PlacementVars, values: dict,
     bottleneck engine is left, and several models usually tie at it. So each neighbourhood
     minimises instead the total overload above a target just below the incumbent's U -
     sum over engines of max(0, U_SCALE f - target mu) - with U kept no worse: moves that
-    relieve one bottleneck at a time are accepted, and U drops when all are. The search
-    ends early once the objective meets ``stop_at`` (a bound: nothing better exists)."""
+    relieve one bottleneck at a time are accepted, and U drops when all are. The target's
+    distance adapts (FIRST_STEP to MAX_STEP of U, doubled after a step that reaches it,
+    halved after one without gain). A neighbourhood of every GPU solved to optimality
+    without gain proves U above the target: that bound is kept, and the search ends once
+    it meets U (then ``proven``). The search ends early once the objective meets
+    ``stop_at`` (a bound: nothing better exists)."""
     end = time.perf_counter() + seconds
     rng = random.Random(seed)
     gpus = [g.gpu_id for g in d.gpus]
@@ -63,13 +70,21 @@ def improve(model: cp_model.CpModel, d: IlpData, v: PlacementVars, values: dict,
         best_obj = values[v.U]
     steps = improvements = 0
     now = 0  # the incumbent's overload (``overload`` only)
+    step, lower = FIRST_STEP, 0  # overload: the target's distance; U >= lower is proven
     while time.perf_counter() + 0.05 < end and not _reached(sense, best_obj, stop_at):
+        if overload:
+            u_now = int(best_obj or 0)
+            if u_now <= d.u_min:  # the headroom cap: nothing is better
+                return LnsResult(best, best_obj, steps, improvements, True, d.u_min)
+            target = max(lower, u_now - max(1, int(u_now * step)))
+            now = _overload(d, v, best, target)
+            if now == 0:  # U above the flows' own utilisation: tighten it, no solve needed
+                best = {**best, v.U: _flows_u(d, v, best)}
+                best_obj, improvements = best[v.U], improvements + 1
+                continue
         free = _neighbourhood(focus(best), gpus, size, rng)
         sub = _fixed_outside(model, d, v, best, free)
         if overload:
-            u_now = int(best_obj or 0)
-            target = u_now - max(1, u_now // TARGET_STEP)
-            now = _overload(d, v, best, target)
             _minimise_overload(sub, d, v, best, free, target, u_now)
         solver = cp_model.CpSolver()
         solver.parameters.num_workers = max(1, workers)
@@ -85,16 +100,31 @@ def improve(model: cp_model.CpModel, d: IlpData, v: PlacementVars, values: dict,
             best = {var: solver.value(sub.get_int_var_from_proto_index(var.index))
                     for var in best}
             if overload:  # U is only bounded above there: tighten it to the flows
-                best[v.U] = utilisation(d, {key: round(best[f]) for key, f in v.f.items()})
+                best[v.U] = _flows_u(d, v, best)
             new_obj = best[v.U] if overload else solver.objective_value
             improvements += _better(sense, new_obj, best_obj)
             best_obj = new_obj
-        if status == cp_model.OPTIMAL and len(free) == len(gpus) and not overload:
+        whole = status == cp_model.OPTIMAL and len(free) == len(gpus)
+        if whole and not overload:
             return LnsResult(best, best_obj, steps, improvements, True)  # the full model
+        if overload:
+            if whole and not gain:  # now > 0 is the least overload: no U <= target
+                lower = max(lower, target + 1)
+                if lower >= best_obj:
+                    return LnsResult(best, best_obj, steps, improvements, True, lower)
+            if gain and solver.objective_value < 0.5:  # reached the target: aim further
+                step = min(MAX_STEP, 2 * step)
+            elif not gain:
+                step /= 2
         if not gain:  # closed without gain: look wider; out of time: look narrower
             size = (min(size + 1, MAX_GPUS, len(gpus)) if status == cp_model.OPTIMAL
                     else max(size - 1, MIN_GPUS))
-    return LnsResult(best, best_obj, steps, improvements, False)
+    return LnsResult(best, best_obj, steps, improvements, False,
+                     lower if overload and lower else None)
+
+
+def _flows_u(d: IlpData, v: PlacementVars, values: dict) -> int:
+    return utilisation(d, {key: round(values[f]) for key, f in v.f.items()})
 
 
 def _overload(d: IlpData, v: PlacementVars, values: dict, target: int) -> int:

@@ -92,3 +92,46 @@ def test_lns_proves_a_stage_when_its_neighbourhood_is_the_whole_cluster():
     assert out.proven and out.objective is not None
     assert out.objective < all_traffic(d)
     assert b.solve(10).objective == out.objective  # the full model agrees
+
+
+def test_overload_search_proves_u_when_the_whole_cluster_closes_without_gain():
+    """Review finding 4: the overload target stayed 0.5% below U (158 steps from 789,921 to
+    362,363), then the same whole-cluster sub-problem was solved again until time ran out.
+    Now the step adapts and a whole-cluster optimum without gain is a bound on U, so the
+    search ends with U proven - which the full model confirms."""
+    models = [demand("a", rate=40.0, tp=(1,)), demand("b", "llama-3.2-3b", rate=40.0, tp=(1,))]
+    inst = instance(models, gpus=4, sm_levels=(20, 40, 60, 80, 100), kv_mode=KVMode.POOLED,
+                    objective=Objective.MAX_HEADROOM, num_workers=1)
+    bm, hint = _start(inst, static_plan)
+    d, v, b = bm.d, bm.v, bm.b
+    pin_all_placed(b, d, v)
+    b.minimize(v.U)
+    out = lns.improve(b.model, d, v, hint, hint[v.U], sense="min", seconds=60.0,
+                      focus=lns.busiest(d, v), workers=1, overload=True)
+    assert out.proven and out.bound == out.objective < hint[v.U]
+    assert _is_solution(bm, out.values)
+    bm2, _ = _start(inst, static_plan)
+    pin_all_placed(bm2.b, bm2.d, bm2.v)
+    bm2.b.add(bm2.v.U <= out.objective - 1, "below")
+    assert bm2.b.solve(30).status == "INFEASIBLE"
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rate=st.floats(2.0, 60.0), gpus=st.integers(2, 4))
+def test_an_overload_bound_never_cuts_off_a_solution(rate, gpus):
+    """Whatever bound the search reports, the full model has no solution below it."""
+    models = [demand("a", rate=rate, tp=(1,)), demand("b", "llama-3.2-3b", rate=rate, tp=(1,))]
+    inst = instance(models, gpus=gpus, sm_levels=(20, 60, 100), kv_mode=KVMode.POOLED,
+                    objective=Objective.MAX_HEADROOM, num_workers=1)
+    bm, hint = _start(inst, static_plan)
+    d, v, b = bm.d, bm.v, bm.b
+    if not places_all(d, v, hint):
+        return
+    pin_all_placed(b, d, v)
+    b.minimize(v.U)
+    out = lns.improve(b.model, d, v, hint, hint[v.U], sense="min", seconds=2.0,
+                      focus=lns.busiest(d, v), workers=1, overload=True)
+    assert out.bound is None or out.bound <= out.objective
+    if out.bound is not None and out.bound > d.u_min:
+        b.add(v.U <= out.bound - 1, "below")
+        assert b.solve(30).status == "INFEASIBLE"
