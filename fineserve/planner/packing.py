@@ -215,11 +215,14 @@ def relax_and_pack(
                    cost_cap=None if placed is None else _cost(d, placed) - 1)
         placed = alt if alt is not None else placed
     note = ""
+    improved = None  # the start after the local search, reused by the headroom stage
     if start is not None and (placed is None or _cost(d, start) < _cost(d, placed)):
         # the start stands in only if the headroom stage can improve it (else the caller
         # returns it as is, with the bounds)
-        gain = with_headroom and _headroom_of(d, improve_headroom(
-            d, start, min(seconds * IMPROVE_SHARE, max(0.0, clock())))) > _headroom_of(d, start)
+        if with_headroom:
+            improved = improve_headroom(d, start, min(seconds * IMPROVE_SHARE,
+                                                      max(0.0, clock())))
+        gain = improved is not None and _headroom_of(d, improved) > _headroom_of(d, start)
         if gain or placed is not None:
             placed, note = start, "cost stage: the warm start's GPUs (no cheaper packing found)"
     if placed is None:  # nothing packed: the aggregate's bound is still proven
@@ -229,13 +232,14 @@ def relax_and_pack(
     started = clock()
     if not with_headroom:
         return placed, stages
-    best = improve_headroom(d, placed, min(seconds * IMPROVE_SHARE, max(0.0, clock())))
+    best = improved if placed is start and improved is not None else improve_headroom(
+        d, placed, min(seconds * IMPROVE_SHARE, max(0.0, clock())))
     best_h = _headroom_of(d, best)
     # the headroom aggregate needs longer than the cost one (100 models: nothing in 6 s on
     # 2 loaded cores); it gives the stage's bound and the engine sets the packing tries
     top = solve_aggregate(d, "headroom", cost_cap=cost,
                           seconds=min(seconds * HEADROOM_AGG_SHARE, 0.6 * clock()),
-                          workers=workers)
+                          workers=workers) if clock() > 0 else None
     if top is None:
         stages.append(PackStage("headroom", False, best_h, d.h_cap, started - clock()))
         return best, stages

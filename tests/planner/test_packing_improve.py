@@ -100,6 +100,28 @@ def test_relax_and_pack_headroom_stage_reports_the_packed_plans_headroom(monkeyp
             m.rate_rps, abs=1e-3)
 
 
+def test_the_warm_start_is_searched_once(monkeypatch):
+    """Review finding 5: the start was improved to test for a gain, the result dropped, and
+    improved again by the headroom stage (twice the local search's share of the limit)."""
+    inst = pooled_instance([0, 1, 3, 4], [4.0, 6.0, 3.0, 2.0], 4)
+    options = engine_options(inst, LAT)
+    warm = best_greedy(inst, options)
+    monkeypatch.setattr(ilp, "MAX_PLACEMENT_VARS", 0)
+    monkeypatch.setattr(packing, "pack", lambda *a, **k: None)
+    calls = []
+
+    def counted(d, placed, seconds):
+        calls.append(list(placed))
+        return improve_headroom(d, placed, seconds)
+
+    monkeypatch.setattr(packing, "improve_headroom", counted)
+    plan = solve_ilp(inst, options, backend="ortools", warm_start=warm)
+    assert "warm start's GPUs" in plan.report.note
+    assert plan.min_headroom > warm.min_headroom
+    start = placed_from_plan(scale(inst, options), warm)
+    assert calls[0] == start and calls.count(start) == 1
+
+
 def test_the_warm_start_is_kept_when_nothing_improves_it(monkeypatch):
     inst = pooled_instance([0, 1, 3, 4], [4.0, 6.0, 3.0, 2.0], 4)
     options = engine_options(inst, LAT)
