@@ -45,6 +45,16 @@ class VllmBlockPoolView:
             out.append(b)
         return out
 
+    def sort_free(self) -> None:
+        """Re-queue every queued block in block-id order (``pool.blocks`` is indexed by id),
+        through the queue's own ``remove`` / ``append_n``."""
+        q = self.pool.free_block_queue
+        queued = [blk for blk in self.pool.blocks
+                  if blk.ref_cnt == 0 and not blk.is_null and blk.prev_free_block is not None]
+        for blk in queued:
+            q.remove(blk)
+        q.append_n(queued)
+
     def used_per_slab(self, blocks_per_slab: int, num_slabs: int) -> list[int]:
         used = [0] * num_slabs
         for blk in self.pool.blocks:

@@ -28,6 +28,7 @@ class FakePool:
         self.queue.pop(0)  # the null block
         self.ref[0] = 1
         self.engine = None
+        self.sorts = 0
 
     def num_free(self):
         return len(self.queue)
@@ -43,6 +44,10 @@ class FakePool:
         for b in out:
             del self.queue[b]
         return out
+
+    def sort_free(self):
+        self.sorts += 1
+        self.queue = OrderedDict((b, None) for b in sorted(self.queue))
 
     def used_per_slab(self, bps, n):
         return [sum(self.ref[b] > 0 for b in range(s * bps, (s + 1) * bps)) for s in range(n)]
@@ -194,6 +199,58 @@ class EngineMachine(RuleBasedStateMachine):
 EngineMachine.TestCase.settings = settings(max_examples=80, stateful_step_count=50,
                                            deadline=None)
 TestEngineMachine = EngineMachine.TestCase
+
+
+def _engine_with(slabs_online: int, target: int):
+    """An engine of 6 slabs x 8 blocks with ``slabs_online`` mapped and a lease target."""
+    m = EngineMachine()
+    m.lease.target = target
+    for _ in range(slabs_online - 1):
+        m.pool.alloc(m.pool.num_free())  # fill what is online: the next grow maps one more
+        m.engine.background_once()
+        m.engine.service()
+        m.pool.free([b for b in range(48) if m.pool.ref[b] and b != 0])
+    return m
+
+
+def test_after_a_burst_new_requests_fill_the_lowest_slabs_so_the_rest_drains():
+    """The H100 run of 2026-11-26 (s4): a flood ended, new requests took blocks scattered over
+    the 23 slabs it had used, and the engine could not drain to its target of 11 while they
+    ran. Here: a burst over 5 slabs ends in the order that leaves the highest blocks at the
+    head of the free queue; a request of 10 blocks must still land in slabs 0-1."""
+    m = _engine_with(slabs_online=5, target=5)
+    assert m.engine.slabs.held == 5 and m.pool.num_free() == 39
+    burst = [m.pool.alloc(8) for _ in range(4)] + [m.pool.alloc(7)]
+    for r in sorted(burst, key=max, reverse=True):  # highest blocks freed first: queue head
+        m.pool.free(r)
+    m.engine.service()  # the scheduler thread, before the next schedule()
+    m.requests.append(m.pool.alloc(10))
+    assert {m.layout.slab_of_block(b) for b in m.requests[0]} == {0, 1}
+    m.lease.target = 2
+    for _ in range(3):
+        m.engine.service()
+        m.engine.on_step_scheduled()
+        m.engine.on_step_finished()
+        m.engine.background_once()
+    assert m.engine.slabs.held == 2 and m.lease.held == 2
+
+
+def test_the_free_queue_is_sorted_only_when_a_slab_of_blocks_came_back():
+    m = _engine_with(slabs_online=3, target=3)
+    m.engine.service()  # the fill-and-free of the set-up came back: sorted once
+    sorts = m.pool.sorts
+    assert sorts >= 1
+    r = m.pool.alloc(6)
+    m.engine.service()
+    m.pool.free(r)
+    m.engine.service()  # 6 blocks back: less than a slab (8)
+    assert m.pool.sorts == sorts
+    r = m.pool.alloc(20)
+    m.engine.service()
+    m.pool.free(r)
+    m.engine.service()
+    assert m.pool.sorts == sorts + 1
+    assert list(m.pool.queue) == sorted(m.pool.queue)
 
 
 def test_slab_map_transitions_with_exact_ids():
