@@ -8,7 +8,8 @@ its traffic) and re-splits its traffic, moves one of its engines to a higher SM 
 place, or adds a replica on GPUs already in use - if need be after moving a few single-GPU
 engines of other models elsewhere, and with the replica taking only part of the traffic
 when memory is short. Every change keeps each per-GPU row of the ILP (SM, memory with pooled
-KV for the traffic each engine carries, engine count, one engine of a model per GPU).
+KV for the traffic each engine carries, engine count, one engine of a model per GPU) and
+moves engines only to GPUs of their option's type.
 """
 
 from __future__ import annotations
@@ -148,7 +149,9 @@ class _State:
         return routed(self.d, m, self.engines[m])
 
     def fits(self, m: str, new: Engines) -> bool:
-        """Whether replacing m's engines by ``new`` keeps every per-GPU row."""
+        """Whether replacing m's engines by ``new`` keeps the SM and memory rows of every GPU
+        it touches (all in use). Engine count and one engine of a model per GPU are the
+        callers' checks, made when they choose the groups."""
         d = self.d
         old, now = self._load(m, self.engines[m]), self._load(m, new)
         for g in set(old) | set(now):

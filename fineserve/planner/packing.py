@@ -3,9 +3,12 @@
 The aggregated model decides how many engines of each option to run; a small CP-SAT model
 then assigns them to aligned TP groups of the first Y GPUs, respecting every per-GPU row of
 the full ILP (SM, memory with pooled KV for each engine's traffic, engine count, one engine
-per model). If packing succeeds, the plan is feasible for the full ILP with the aggregate's
-objective value - so when the aggregate is solved to optimality, so is the ILP, without
-searching its symmetric per-GPU space. That is what makes 100-model instances tractable.
+per model). A packing is feasible for the full ILP. For the cost stage it has the
+aggregate's objective when it uses as many GPUs as the aggregate (then both are optimal
+together, without searching the ILP's symmetric per-GPU space - what makes 100-model
+instances tractable); for the headroom stage its routed headroom is at most the aggregate's
+capacity-based one, with traffic split as pooled KV's aggregate routes it, or in proportion
+to capacity under static KV.
 """
 
 from __future__ import annotations
@@ -195,8 +198,10 @@ def relax_and_pack(
     Cost: pack the aggregate's cheapest engine set onto as few GPUs as possible, then try the
     most packable engine set at that cost (least SM and memory) for a cheaper packing; the
     aggregate's bound is the stage's bound. Headroom: at the packed cost, pack the
-    aggregate's best-H engine set; if that fails, binary-search H between what packed and
-    what the aggregate allows. ``clock()`` returns seconds left of the overall budget.
+    aggregate's best-H engine set, then binary-search H between what packed (or the local
+    search reached) and what failed to pack, each floor's engine set from the slack
+    aggregate, until within 0.5% or out of time. ``clock()`` returns seconds left of the
+    overall budget.
 
     ``start`` (the warm start's engines) stands in when the cost stage packs nothing or
     packs more GPUs. The headroom stage begins and ends with improve.py's local search at

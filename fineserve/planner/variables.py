@@ -91,7 +91,7 @@ def scale(inst: Instance, options: dict[str, tuple[EngineOption, ...]]) -> IlpDa
 def min_headroom(d: IlpData, caps: dict[str, int], models: list[str] | None = None) -> int:
     """Capacity-based H in thousandths for capacities ``caps`` (milli-rps per model): the
     smallest 1000 x capacity / rate over ``models`` (default all), at most the cap. An upper
-    bound on the routed headroom (relax-and-pack, whose packing routes in proportion)."""
+    bound on the routed headroom: the aggregate's bound for relax-and-pack."""
     names = d.models if models is None else models
     return min([d.h_cap] + [H_SCALE * caps[m] // d.lam[m] for m in names])
 

@@ -7,9 +7,11 @@ plan's placement (x, y) is kept and its traffic re-split in integer units by a s
 model over the plan's engines only - most placed traffic, then the least busy busiest
 engine - under every row that involves flows: (1) capacity, (2) flow conservation, (3)
 coverage, (4) U and (5) memory. SM shares (6), engine limits (7, 8) and symmetry (9) depend on
-x and y alone, which a valid plan in canonical form already meets. The result always exists
-(zero traffic is feasible), so the hint is feasible by construction; it may place a sliver
-less than the plan when rounding leaves no room, and then the ILP's placed-traffic stage runs.
+x and y alone, which a valid plan in canonical form already meets. Zero traffic meets the
+flow rows, so the hint is a solution whenever each GPU's fixed memory (rounded up to KiB)
+fits its cap (rounded down) and the repair finishes in REPAIR_SECONDS; otherwise its flows
+come back zero and CP-SAT drops the hint. It may place a sliver less than the plan when
+rounding leaves no room, and then the ILP's placed-traffic stage runs.
 """
 
 from __future__ import annotations
