@@ -111,7 +111,9 @@ def build_grid(args: argparse.Namespace, sm: str | None = None) -> GridSpec:
         decode_batches=parse_numbers(args.decode_batches, "--decode-batches", int),
         decode_contexts=parse_numbers(args.decode_contexts, "--decode-contexts", int),
         repeats=args.repeats, decode_tokens=args.decode_tokens,
-        prefill_samples=args.prefill_samples, prune_prefill=not args.no_prune,
+        prefill_samples=args.prefill_samples, decode_samples=args.decode_samples,
+        decode_repeats=args.decode_repeats,
+        prune_prefill=not args.no_prune,
     )  # fmt: skip
 
 
@@ -218,9 +220,12 @@ def main() -> int:
     p.add_argument("--decode-contexts", default="256,1024")
     p.add_argument("--decode-tokens", type=int, default=GridSpec().decode_tokens,
                    help="tokens per decode run (the timed window is about this many steps)")
-    p.add_argument("--repeats", type=int, default=GridSpec().repeats)
+    p.add_argument("--repeats", type=int, default=GridSpec().repeats, help="prefill repeats")
+    p.add_argument("--decode-repeats", type=int, default=GridSpec().decode_repeats)
     p.add_argument("--prefill-samples", type=int, default=GridSpec().prefill_samples,
                    help="runs per prefill repeat (a repeat is their median)")
+    p.add_argument("--decode-samples", type=int, default=GridSpec().decode_samples,
+                   help="runs per decode repeat (a repeat is their median)")
     p.add_argument("--no-prune", action="store_true",
                    help="also measure prefill batches whose batch x tokens a batch-1 point has")
     p.add_argument("--redo-noisy", action="store_true",

@@ -28,10 +28,11 @@ from fineserve.profiles.measure.timing import (
     Stamps,
     decode_prompt_tokens,
     decode_window,
+    late_lead,
     prefill_step,
 )
 
-PREFILL_TRIES = 4  # attempts at getting a whole prefill batch into one engine step
+PREFILL_TRIES = 6  # attempts at a clean prefill run: one step, not ridden along, not late
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,8 @@ class Timing:
     seconds: float
     method: str  # records.PREFILL_METHOD / DECODE_METHOD (engine-core timestamps) or "wall"
     steps: int = 1  # engine steps the batch's first tokens came from (prefill)
+    lead_s: float | None = None  # the blocker's apparent step (prefill behind a blocker)
+    late: bool = False  # the blocker's output stamp was late: ``seconds`` is short (timing)
 
 
 def start_engine(args: EngineArgs, device: str) -> Any:
@@ -113,7 +116,8 @@ def _stamps(outputs: list[Any]) -> list[Stamps] | None:
     return out
 
 
-def prefill(llm: Any, prompts: Prompts, batch: int, tokens: int, blocker: int = 0) -> Timing:
+def prefill(llm: Any, prompts: Prompts, batch: int, tokens: int, blocker: int = 0,
+            reference: float | None = None) -> Timing:
     """Time to prefill ``batch`` prompts of ``tokens`` tokens in one engine step.
 
     vLLM's engine core starts a step as soon as the first request reaches it, so a batch
@@ -121,7 +125,8 @@ def prefill(llm: Any, prompts: Prompts, batch: int, tokens: int, blocker: int = 
     (one step's whole budget) goes first: its prefill keeps the core busy while the batch
     arrives, and the batch then shares the next step (``timing.prefill_step``). A batch still
     split, or partly scheduled into the blocker's step, is retried; the timing says how many
-    steps it took.
+    steps it took. So is a run whose blocker output was stamped late (``timing.late_lead``
+    against ``reference``, the blocker's step on an idle engine): its step reads short.
     """
     timing = Timing(0.0, "wall")
     for _ in range(PREFILL_TRIES):
@@ -132,10 +137,21 @@ def prefill(llm: Any, prompts: Prompts, batch: int, tokens: int, blocker: int = 
         if stamps is None:  # no engine timestamps: the batch alone, by the wall clock
             return Timing(_generate(llm, batch_prompts, 1)[1], "wall")
         step = prefill_step(stamps[len(lead):], stamps[0] if lead else None)
-        timing = Timing(step.seconds, PREFILL_METHOD, step.steps + int(step.rode_along))
-        if step.clean:
+        late = (step.lead is not None and reference is not None
+                and late_lead(step.lead, reference))
+        timing = Timing(step.seconds, PREFILL_METHOD, step.steps + int(step.rode_along),
+                        step.lead, late)
+        if step.clean and not late:
             return timing
-    return timing  # split over steps every time: recorded as such (note in the record)
+    return timing  # unclean every time: recorded as such (note in the record)
+
+
+def lead_reference(llm: Any, prompts: Prompts, blocker: int, runs: int = 3) -> float | None:
+    """The blocker prompt's step on an idle engine (engine stamps: first token - scheduled),
+    shortest of ``runs``: nothing else is in flight, so its output is stamped on time."""
+    steps = [lone_ttft(llm, prompts, blocker)[1] for _ in range(runs)]
+    steps = [s for s in steps if s == s and s > 0]  # NaN: no engine timestamps
+    return min(steps) if steps else None
 
 
 def lone_ttft(llm: Any, prompts: Prompts, tokens: int) -> tuple[float, float]:

@@ -27,9 +27,14 @@ class GridSpec:
     prefill_batches: tuple[int, ...] = (1, 4)
     decode_batches: tuple[int, ...] = (1, 8, 32, 64)
     decode_contexts: tuple[int, ...] = (512, 2048)
-    repeats: int = 5  # timed repeats per point, after one untimed run of the same shape
+    repeats: int = 5  # timed prefill repeats per point, after one untimed run of the same shape
     decode_tokens: int = 128  # tokens per decode run: ~127 steps in the timed window
     prefill_samples: int = 3  # runs per prefill repeat, reduced to their median (stats.py)
+    # runs per decode repeat, reduced to their median, and decode's timed repeats: 7% of the
+    # H100's single decode runs were > 5% off their point's median, nearly all slow (a host
+    # stall inside the window); 3 medians of 3 cost 10 runs a point instead of 6
+    decode_samples: int = 3
+    decode_repeats: int = 3
     # Skip prefill points with batch > 1 whose batch x tokens equals a batch-1 point's: the
     # table indexes prefill by total tokens, so they add nothing the planner can see.
     prune_prefill: bool = True
@@ -45,10 +50,9 @@ class GridSpec:
             object.__setattr__(self, name, tuple(sorted(set(values))))
         if any(v > 100 for v in self.sm_pcts):
             raise SpecError(f"grid sm_pcts: {max(self.sm_pcts):g} is above 100")
-        if self.repeats < 1:
-            raise SpecError(f"grid repeats: {self.repeats} must be >= 1")
-        if self.prefill_samples < 1:
-            raise SpecError(f"grid prefill_samples: {self.prefill_samples} must be >= 1")
+        for name in ("repeats", "prefill_samples", "decode_samples", "decode_repeats"):
+            if getattr(self, name) < 1:
+                raise SpecError(f"grid {name}: {getattr(self, name)} must be >= 1")
         if self.decode_tokens < 8:
             raise SpecError(f"grid decode_tokens: {self.decode_tokens} must be >= 8")
 
@@ -58,7 +62,7 @@ class GridSpec:
         prefill = [PointSpec(PREFILL, b, t, self.repeats, self.prefill_samples)
                    for b in self.prefill_batches for t in self.prefill_tokens
                    if (PREFILL, b, t) not in pruned]
-        decode = [PointSpec(DECODE, b, c, self.repeats)
+        decode = [PointSpec(DECODE, b, c, self.decode_repeats, self.decode_samples)
                   for b in self.decode_batches for c in self.decode_contexts]
         size = lambda p: (p.batch * p.tokens, p.batch)  # noqa: E731
         return tuple(sorted(prefill, key=size) + sorted(decode, key=size))
@@ -75,7 +79,8 @@ class GridSpec:
 
 QUICK = GridSpec(
     sm_pcts=(100.0,), prefill_tokens=(64, 256), prefill_batches=(1, 2), decode_batches=(1, 4),
-    decode_contexts=(128,), repeats=3, decode_tokens=24, prefill_samples=1,
+    decode_contexts=(128,), repeats=3, decode_tokens=24, prefill_samples=1, decode_samples=1,
+    decode_repeats=3,
 )  # fmt: skip
 
 

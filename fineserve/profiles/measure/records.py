@@ -16,7 +16,9 @@ from typing import Any
 PREFILL, DECODE = "prefill", "decode"
 
 # How latencies are taken (docs/profiler.md). A record keeps the method that measured it.
-PREFILL_METHOD = "step-ts/2"  # the batch's own step behind a blocker (timing.prefill_step)
+# the batch's own step behind a blocker (timing.prefill_step); /3: runs whose blocker output
+# was stamped late are retried (timing.late_lead; /2 kept them: 105 of 600 H100 runs short)
+PREFILL_METHOD = "step-ts/3"
 DECODE_METHOD = "window-ts/2"  # full-batch decode window of one run (timing.decode_window)
 # Methods found wrong after their data was taken: such records count as not measured.
 STALE_METHODS: dict[tuple[str, str], str] = {
@@ -195,6 +197,10 @@ class PointRecord:
     check_s: float | None = None
     runs: tuple[float, ...] = ()  # every timed run when a repeat is the median of several
     engine_rev: int = ENGINE_REV
+    # prefill behind a blocker: the blocker's apparent step in each timed run, and the
+    # engine's reference for it (timing.late_lead), so lateness can be checked afterwards
+    leads: tuple[float, ...] = ()
+    lead_reference: float | None = None
     kind: str = field(default="point", init=False)
 
     @property

@@ -15,7 +15,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -92,19 +92,38 @@ def _start(job: ProfileJob | InterferenceJob) -> tuple[Any, EngineRecord]:
     )  # fmt: skip
 
 
+@dataclass(slots=True)
+class LeadReference:
+    """The blocker's step on an idle engine (``engine.lead_reference``), lowered to any
+    shorter one seen since: a late stamp only lengthens it (``timing.late_lead``)."""
+
+    seconds: float | None = None
+
+    def see(self, lead: float | None, late: bool) -> None:
+        if lead is not None and not late and self.seconds is not None:
+            self.seconds = min(self.seconds, lead)
+
+
 def _measure(
-    llm: Any, prompts: eng.Prompts, job: ProfileJob, point: PointSpec, floor: float | None
+    llm: Any, prompts: eng.Prompts, job: ProfileJob, point: PointSpec, floor: float | None,
+    lead: LeadReference | None = None,
 ) -> PointRecord:  # fmt: skip
     """One untimed run of the point's shape (caches, allocator, clocks settle), then
     ``repeats`` timed repeats of ``samples`` runs each (a repeat is their median)."""
-    runs, methods, notes = [], set(), []
+    runs, leads, methods, notes = [], [], set(), []
     blocker = blocker_tokens(job.engine)
     samples = max(1, point.samples)
+    lead = lead if lead is not None else LeadReference()
     for i in range(point.repeats * samples + 1):
         if point.phase == PREFILL:
-            t = eng.prefill(llm, prompts, point.batch, point.tokens, blocker)
+            t = eng.prefill(llm, prompts, point.batch, point.tokens, blocker, lead.seconds)
+            lead.see(t.lead_s, t.late)
             if i and t.steps > 1:
                 notes.append(f"split over {t.steps} steps")
+            if i and t.late:
+                notes.append("blocker stamped late (out of tries)")
+            if i and t.lead_s is not None:
+                leads.append(t.lead_s)
         else:
             t, consistent = eng.decode_step(llm, prompts, point.batch, point.tokens,
                                             job.decode_tokens)
@@ -126,7 +145,8 @@ def _measure(
         check = eng.lone_decode(llm, prompts, point.tokens, job.decode_tokens)
     return PointRecord(job.label, point.phase, point.batch, point.tokens,
                        medians_of(runs, samples), method, "; ".join(sorted(set(notes))), check,
-                       tuple(runs) if samples > 1 else ())
+                       tuple(runs) if samples > 1 else (), leads=tuple(leads),
+                       lead_reference=lead.seconds if leads else None)
 
 
 def _floor(llm: Any, prompts: eng.Prompts) -> float | None:
@@ -185,13 +205,14 @@ def run_profile(job: ProfileJob) -> int:
     blocker = blocker_tokens(job.engine) if any(p.phase == PREFILL for p in job.points) else 0
     eng.warm_up(llm, prompts, max_batch, min(longest, job.engine.max_model_len - 8), blocker)
     floor = _floor(llm, prompts) if any(p.phase == PREFILL for p in job.points) else None
+    lead = LeadReference(eng.lead_reference(llm, prompts, blocker) if blocker else None)
     done: list[tuple[PointSpec, float]] = []
     for point in job.points:
         if time.time() + _guess(done, point) + SAFETY_S > job.deadline:
             print(f"stopping before {point.key}: out of time", file=sys.stderr)
             break
         t0 = time.perf_counter()
-        append(job.results, _measure(llm, prompts, job, point, floor))
+        append(job.results, _measure(llm, prompts, job, point, floor, lead))
         done.append((point, time.perf_counter() - t0))
     return 0
 

@@ -65,7 +65,7 @@ def test_profile_a_tiny_model_on_vllm_cpu(tmp_path):
                export.csv.with_name("bf16.kv-bf16.jsonl").read_text().splitlines()]
     points = [r for r in records if r["kind"] == "point"]
     assert not any(r["note"] for r in points)  # one step per prefill batch, decode as expected
-    assert {r["method"] for r in points} == {"step-ts/2 med3", "window-ts/2 n16"}
+    assert {r["method"] for r in points} == {"step-ts/3 med3", "window-ts/2 med3 n16"}
     # a prefill repeat is the median of 3 runs, all kept (stats.py)
     assert all(len(r["runs"]) == 9 for r in points if r["phase"] == "prefill")
     # parallel=True: the engine waited for its turn in a wave (ready/go), then measured

@@ -11,6 +11,7 @@ from fineserve.profiles.measure.timing import (
     Stamps,
     decode_prompt_tokens,
     decode_window,
+    late_lead,
     prefill_step,
 )
 
@@ -47,6 +48,29 @@ def test_the_first_h100_formula_counted_the_blocker_under_async_scheduling():
     old = max(s.first for s in batch) - min(s.scheduled for s in batch)
     assert old > BLOCKER_S  # what the first run recorded: ~185 ms for a 128-token prompt
     assert prefill_step(batch, blocker).seconds < 2 * BATCH_S
+
+
+@given(delay=st.floats(0.0, BATCH_S + 0.05))
+def test_a_late_blocker_stamp_shortens_the_step_by_as_much_as_it_lengthens_the_lead(delay):
+    # async: the host stamps the blocker's output ``delay`` after its step ended (busy); the
+    # GPU ran the batch's step meanwhile. The batch's own stamps cannot be early.
+    blocker, batch = async_stamps()
+    reference = prefill_step(batch, blocker).lead
+    late = Stamps(blocker.scheduled, blocker.first + delay, blocker.last + delay)
+    done = max(batch[0].first, late.first + HOST_S)  # both outputs at once when very late
+    step = prefill_step([Stamps(batch[0].scheduled, done, done)], late)
+    assert step.lead == pytest.approx(reference + delay)
+    assert step.seconds == pytest.approx(done - late.first)
+    short = BATCH_S - step.seconds
+    assert late_lead(step.lead, reference) == (delay > reference * 0.005 + 2e-4)
+    if not late_lead(step.lead, reference):
+        assert short <= reference * 0.005 + 2e-4 + 1e-12  # what passes is short by < the bound
+
+
+def test_the_blocker_stamp_plays_no_part_under_sync_scheduling():
+    blocker, batch = sync_stamps()
+    assert prefill_step(batch, blocker).lead is None  # the batch's own scheduling starts it
+    assert prefill_step(*reversed(async_stamps())).lead == pytest.approx(BLOCKER_S + HOST_S)
 
 
 def test_a_split_batch_and_a_batch_chunked_into_the_blocker_step_are_not_clean():

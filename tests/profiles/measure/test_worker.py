@@ -80,3 +80,23 @@ def test_an_engine_without_its_memory_is_recorded_as_not_started(monkeypatch):
     j = ProfileJob(LABEL, ARGS, (), 128, "/dev/null", 4e9, memory_bytes=20 << 30)
     llm, record = worker._start(j)
     assert llm is None and "not enough free device memory" in record.error
+
+
+def test_blocker_steps_are_recorded_and_a_shorter_one_lowers_the_reference(monkeypatch):
+    leads = iter([0.050, 0.049, 0.0495, 0.060, 0.049])  # untimed run first; one late run
+    refs = []
+
+    def prefill(llm, prompts, batch, tokens, blocker, reference):
+        refs.append(reference)
+        lead = next(leads)
+        return eng.Timing(0.01, PREFILL_METHOD, lead_s=lead, late=lead > 0.055)
+
+    monkeypatch.setattr(eng, "prefill", prefill)
+    point = PointSpec("prefill", 4, 512, repeats=4)
+    ref = worker.LeadReference(0.0500)
+    record = worker._measure(None, None, job((point,)), point, floor=None, lead=ref)
+    assert refs == [0.05, 0.05, 0.049, 0.049, 0.049]  # a late lead never raises it
+    assert record.leads == (0.049, 0.0495, 0.060, 0.049)
+    assert record.lead_reference == 0.049
+    assert "blocker stamped late" in record.note
+    assert record.method == PREFILL_METHOD == "step-ts/3"
