@@ -80,8 +80,9 @@ def deploy_args(plan_path: Path, mode: str, args: argparse.Namespace) -> DeployA
 
 def fixed_s(args: argparse.Namespace) -> float:
     """Seconds a mode needs besides start-up and the trace: warm-up, saturation (each phase
-    plus its drain), stop."""
-    return 5 + 3 * (args.phase_s + 2) + 12
+    plus its drain), stop. Measured on the H100 (2026-11-26, both runs): a phase and its drain
+    6.0-6.5 s, warm-up and stop 1-2 s each."""
+    return 5 + 3 * (args.phase_s + 1) + 5
 
 
 def pick_duration(args: argparse.Namespace, elapsed_s: float, startup_s: float) -> float:
