@@ -49,6 +49,20 @@ def stale_engine(weights: str, engine_rev: int) -> str | None:
     return why if engine_rev < below else None
 
 
+def method_name(base: str, phase: str, samples: int, decode_tokens: int) -> str:
+    """The full method of a point record: the timing's ``base`` (PREFILL_METHOD,
+    DECODE_METHOD or "wall"), ``medN`` when a repeat is the median of N runs, and decode's
+    run length."""
+    name = base + (f" med{samples}" if samples > 1 else "")
+    return name + (f" n{decode_tokens}" if phase == DECODE else "")
+
+
+def current_method(point: PointSpec, decode_tokens: int) -> str:
+    """What the worker records for ``point`` today (engine timestamps available)."""
+    base = PREFILL_METHOD if point.phase == PREFILL else DECODE_METHOD
+    return method_name(base, point.phase, max(1, point.samples), decode_tokens)
+
+
 @dataclass(frozen=True, slots=True)
 class EngineLabel:
     """The profile identity of one engine process: the schema's engine columns plus SM share."""

@@ -31,6 +31,7 @@ from fineserve.profiles.measure.records import (
     EngineLabel,
     PointSpec,
     ProfileJob,
+    current_method,
     read_records,
     write_job,
 )
@@ -158,6 +159,7 @@ def plan_engines(request: ProfileRequest, gpu: str, model_root: Path) -> list[En
     gpu_mem = gpu_spec(gpu).memory_bytes
     sm_pcts = (100.0,) if request.cpu else request.grid.sm_pcts
     points = request.grid.points()
+    current = {p.key: current_method(p, request.grid.decode_tokens) for p in points}
     plans = []
     for precision in request.precisions:
         spec = ModelSpec(arch, precision)
@@ -185,7 +187,7 @@ def plan_engines(request: ProfileRequest, gpu: str, model_root: Path) -> list[En
             for sm in sorted(sm_pcts, reverse=True):
                 label = EngineLabel(gpu, arch.name, precision.weights.value,
                                     precision.kv.value, tp, sm)
-                done = store.done(label, redo_noisy=request.redo_noisy)
+                done = store.done(label, redo_noisy=request.redo_noisy, current=current)
                 todo = tuple(p for p in points if p.key not in done)
                 plans.append(EnginePlan(label, args, points, todo, store))
     return plans

@@ -67,13 +67,20 @@ class ResultStore:
     def engines(self) -> list[EngineRecord]:
         return [r for r in read_records(self.results) if isinstance(r, EngineRecord)]
 
-    def done(self, label: EngineLabel, *, redo_noisy: bool = False) -> set[tuple[str, int, int]]:
-        """Keys of the points already measured on ``label``'s engine with a current method
-        (with ``redo_noisy``, only those whose latest record's spread meets the 5% target).
-        Superseded records still ship (``points``) but are measured again."""
+    def done(self, label: EngineLabel, *, redo_noisy: bool = False,
+             current: dict[tuple[str, int, int], str] | None = None,
+             ) -> set[tuple[str, int, int]]:  # fmt: skip
+        """Keys of the points already measured on ``label``'s engine with a current method.
+        Superseded records still ship (``points``) but are measured again. With
+        ``redo_noisy``, also not those whose latest spread misses the 5% target, unless
+        ``current`` (key -> the method the worker uses now) says that record was taken with
+        today's method: its spread is the method's, reported as it is, not re-drawn until a
+        run passes."""
         latest = {p.key: p for p in self.points() if p.label == label}
+        current = current or {}
         return {k for k, p in latest.items() if p.superseded is None
-                and (not redo_noisy or rel_spread(p.latencies) <= SPREAD_TARGET)}
+                and (not redo_noisy or rel_spread(p.latencies) <= SPREAD_TARGET
+                     or current.get(k) == p.method)}
 
     def start_times(self) -> list[float]:
         return [e.start_s for e in self.engines() if e.error is None]

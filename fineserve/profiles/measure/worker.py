@@ -31,6 +31,7 @@ from fineserve.profiles.measure.records import (
     PointSpec,
     ProfileJob,
     append,
+    method_name,
     read_job,
 )
 from fineserve.profiles.measure.stats import medians_of
@@ -132,11 +133,8 @@ def _measure(
         if i:
             runs.append(t.seconds)
             methods.add(t.method)
-    method = methods.pop() if len(methods) == 1 else "mixed"
-    if samples > 1:
-        method += f" med{samples}"
-    if point.phase == DECODE:
-        method += f" n{job.decode_tokens}"
+    method = method_name(methods.pop() if len(methods) == 1 else "mixed", point.phase,
+                         samples, job.decode_tokens)
     check = None
     if point.batch == 1 and point.phase == PREFILL and floor is not None:
         walls = [eng.lone_ttft(llm, prompts, point.tokens)[0] for _ in range(CHECK_RUNS)]

@@ -152,3 +152,21 @@ def test_off_grid_prefill_points_ship_where_every_sm_share_has_their_total(store
     assert rows == {(sm, b, t) for sm in (50.0, 100.0) for b, t in ((1, 128), (1, 512), (4, 2048))
                     } | {(100.0, 4, 128)}
     TableLatency(table)
+
+
+def test_redo_noisy_measures_again_points_of_an_older_method_only(store):
+    from fineserve.profiles.measure.records import current_method
+
+    fill(store, 100)
+    old, new = POINTS[0], POINTS[-1]
+    current = {p.key: current_method(p, 128) for p in POINTS}
+    noisy = (0.010, 0.013, 0.0101)
+    append(store.results, PointRecord(label(100), old.phase, old.batch, old.tokens, noisy,
+                                      "step-ts/2 med3"))
+    append(store.results, PointRecord(label(100), new.phase, new.batch, new.tokens, noisy,
+                                      current[new.key]))
+    done = store.done(label(100), redo_noisy=True, current=current)
+    assert old.key not in done  # the old method's spread: measured again with today's
+    assert new.key in done  # today's method: its spread is reported, not re-drawn
+    assert new.key not in store.done(label(100), redo_noisy=True)  # without methods: as before
+    assert POINTS[1].key in done  # quiet points stay done
