@@ -134,6 +134,9 @@ class ProfileJob:
     # worker waits up to worker.MEMORY_WAIT_S for that much to be free before starting it
     # (engines of the wave before may still be exiting). 0: no check.
     memory_bytes: int = 0
+    # the catalog's weight bytes of one rank: an engine holding far more (vLLM's figure) did
+    # not build the planned precision (worker.wrong_weights) and measures nothing. 0: no check.
+    weight_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)

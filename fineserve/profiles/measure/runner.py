@@ -373,6 +373,15 @@ def _export(plans: list[EnginePlan], store: ResultStore) -> ExportSummary:
     return store.export(planned)
 
 
+def _planned_weights(request: ProfileRequest, plan: EnginePlan) -> int:
+    """The catalog's weight bytes of one rank of ``plan``'s engine (0 on CPU: no check)."""
+    if request.cpu:
+        return 0
+    label = plan.label
+    spec = ModelSpec(resolve_arch(request.model), Precision.parse(label.weights, label.kv))
+    return spec.weight_bytes(label.tp)
+
+
 def _write_job(request: ProfileRequest, plan: EnginePlan, t_end: float,
                control: Path | None = None, tag: str = "",
                memory_bytes: int = 0) -> Path:  # fmt: skip
@@ -380,7 +389,7 @@ def _write_job(request: ProfileRequest, plan: EnginePlan, t_end: float,
     job = ProfileJob(plan.label, plan.args, plan.todo, request.grid.decode_tokens,
                      str(plan.store.results), deadline if deadline < float("inf") else 4e9,
                      request.device, str(control) if control is not None else "", tag,
-                     memory_bytes)
+                     memory_bytes, _planned_weights(request, plan))
     suffix = f"-{tag}" if tag else ""
     job_path = plan.store.folder / f".job-{os.getpid()}{suffix}.json"
     write_job(job, job_path)

@@ -93,6 +93,19 @@ def _start(job: ProfileJob | InterferenceJob) -> tuple[Any, EngineRecord]:
     )  # fmt: skip
 
 
+WEIGHT_SLACK = 1.4  # vLLM's weight bytes over the catalog's that still count as planned
+
+
+def wrong_weights(held: int | None, planned: int) -> str | None:
+    """Why an engine holding ``held`` weight bytes is not the planned precision: the int4
+    engines of 2026-11-26 held 15 GiB (fp16, unquantized) for 5.3 GiB planned and were
+    measured as int4 for a day. None: as planned, or nothing to compare."""
+    if not planned or not held or held <= planned * WEIGHT_SLACK:
+        return None
+    return (f"engine holds {held / GIB:.1f} GiB of weights, {planned / GIB:.1f} GiB planned: "
+            "not the planned precision (quantization not applied?)")
+
+
 @dataclass(slots=True)
 class LeadReference:
     """The blocker's step on an idle engine (``engine.lead_reference``), lowered to any
@@ -187,6 +200,9 @@ def wait_for_go(control: Path, tag: str, deadline: float, poll_s: float = 0.05) 
 
 def run_profile(job: ProfileJob) -> int:
     llm, record = _start(job)
+    wrong = wrong_weights(record.weight_bytes, job.weight_bytes) if llm is not None else None
+    if wrong is not None:
+        llm, record = None, replace(record, error=wrong)  # the engine ends with this process
     append(job.results, record)
     control = Path(job.control) if job.control else None
     if llm is None:

@@ -100,3 +100,12 @@ def test_blocker_steps_are_recorded_and_a_shorter_one_lowers_the_reference(monke
     assert record.lead_reference == 0.049
     assert "blocker stamped late" in record.note
     assert record.method == PREFILL_METHOD == "step-ts/3"
+
+
+def test_an_engine_that_is_not_the_planned_precision_measures_nothing():
+    gib = 1 << 30
+    assert worker.wrong_weights(None, 5 * gib) is None  # vLLM said nothing
+    assert worker.wrong_weights(6 * gib, 5 * gib) is None  # within the slack
+    assert worker.wrong_weights(15 * gib, 0) is None  # nothing planned
+    why = worker.wrong_weights(15 * gib, int(5.3 * gib))  # the unquantized GPTQ engine
+    assert why is not None and "15.0 GiB" in why and "5.3 GiB planned" in why
