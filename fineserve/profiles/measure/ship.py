@@ -65,7 +65,7 @@ def ship(store: ResultStore, grid: GridSpec, dest_root: Path, *, note: str = "")
     if not rows:
         return ShipSummary(None, {}, 0, 0)
     save_profile(ProfileTable(rows), csv)
-    engines = [e for e in store.engines() if e.error is None]
+    engines = [e for e in store.engines() if e.error is None and e.stale is None]
     meta.write_text(json.dumps({
         "source": "fineserve profile (docs/profiler.md)",
         "note": note,
@@ -81,7 +81,7 @@ def ship(store: ResultStore, grid: GridSpec, dest_root: Path, *, note: str = "")
         "not_shipped_stale": stale,
         "shipped_superseded": sorted(superseded),
         "rel_spread": {"definition": "(max - min) / median over the timed repeats (a "
-                       "prefill repeat of method 'medN' is the median of N runs)",
+                       "repeat of method 'medN' is the median of N runs)",
                        "median": statistics.median(spreads), "max": max(spreads),
                        "over_5pct": sum(s > SPREAD_TARGET for s in spreads),
                        "points": len(spreads)},

@@ -105,6 +105,8 @@ class ResultStore:
         written = None
         if rows:
             written = save_profile(ProfileTable(rows), self.csv)
+        else:  # nothing complete (any more: e.g. its points turned stale): no CSV to load
+            self.csv.unlink(missing_ok=True)
         summary = ExportSummary(
             written, len(rows), tuple(sorted(complete)), tuple(sorted(incomplete - complete)),
             max(spreads, default=0.0), sum(s > SPREAD_TARGET for s in spreads),

@@ -170,3 +170,17 @@ def test_redo_noisy_measures_again_points_of_an_older_method_only(store):
     assert new.key in done  # today's method: its spread is reported, not re-drawn
     assert new.key not in store.done(label(100), redo_noisy=True)  # without methods: as before
     assert POINTS[1].key in done  # quiet points stay done
+
+
+def test_a_profile_whose_points_turned_stale_leaves_no_csv(tmp_path):
+    gptq = ResultStore(tmp_path, GPU, MODEL, Precision.parse("int4-gptq"))
+    gptq.prepare()
+    lab = EngineLabel(GPU, MODEL, "int4-gptq", "bf16", 1, 100.0)
+    for p in POINTS:
+        append(gptq.results, PointRecord(lab, p.phase, p.batch, p.tokens, (0.01, 0.0101),
+                                         "x", engine_rev=2))
+    assert gptq.export({lab: POINTS}).csv == gptq.csv and gptq.csv.exists()
+    # the same points as written by the unquantized engine (revision 1): stale
+    gptq.results.write_text(gptq.results.read_text().replace('"engine_rev": 2', '"engine_rev": 1'))
+    assert gptq.export({lab: POINTS}).csv is None
+    assert not gptq.csv.exists()  # no longer loadable as an int4 profile
