@@ -57,7 +57,8 @@ def base_config(arch: ModelArch) -> dict[str, Any]:
 
 
 # The linear layers of a decoder block that GPTQ quantizes (Llama and Qwen2/3 share the names);
-# vLLM matches them as substrings of each layer's prefix and maps its fused qkv / gate_up.
+# vLLM matches them as substrings of each layer's prefix and maps its fused qkv / gate_up. A
+# flat list: versions that flatten GPTQModel's nested form and versions that do not read it.
 GPTQ_BLOCK_MODULES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
                       "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
@@ -68,7 +69,7 @@ def quantization_config(weights: WeightFormat) -> dict[str, Any] | None:
         return {"quant_method": "gptq", "bits": 4, "group_size": INT4_GROUP_SIZE,
                 "desc_act": False, "sym": True, "static_groups": False,
                 "damp_percent": 0.01, "true_sequential": True,
-                "modules_in_block_to_quantize": [list(GPTQ_BLOCK_MODULES)]}
+                "modules_in_block_to_quantize": list(GPTQ_BLOCK_MODULES)}
     if weights is WeightFormat.INT4_AWQ:
         return {"quant_method": "awq", "bits": 4, "group_size": INT4_GROUP_SIZE,
                 "zero_point": True, "version": "gemm"}
