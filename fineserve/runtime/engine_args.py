@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 
 from fineserve.planner.schema import EnginePlacement, ModelDemand
+from fineserve.profiles.measure.modeldir import vllm_dtype
 from fineserve.runtime.errors import DeployError
 from fineserve.runtime.kvslab.deploy_pool import PooledEngine, engine_pythonpath
 from fineserve.runtime.model_dirs import ModelSource
@@ -121,8 +122,8 @@ def build_launch(engine: EnginePlacement, demand: ModelDemand, source: ModelSour
         "--kv-cache-memory-bytes", str(kv_bytes),
         "--max-model-len", str(max_model_len(engine, demand, source, opts)),
         "--tensor-parallel-size", str(engine.tp),
-        # int4 kernels (GPTQ/AWQ Marlin) are fp16-native; everything else runs bf16
-        "--dtype", "float16" if weights.is_int4 else "bfloat16",
+        # int4 kernels (GPTQ/AWQ Marlin) are fp16-native, but fp8 KV needs bf16 (FA3)
+        "--dtype", vllm_dtype(weights, demand.spec.precision.kv.vllm_kv_cache_dtype),
     ]
     if source.quantization:
         argv += ["--quantization", source.quantization]

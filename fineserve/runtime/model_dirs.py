@@ -16,7 +16,8 @@ from pathlib import Path
 
 from fineserve.planner.schema import ModelDemand
 from fineserve.profiles.catalog import ModelArch
-from fineserve.profiles.precision import INT4_GROUP_SIZE, WeightFormat
+from fineserve.profiles.measure.modeldir import base_config, quantization_config
+from fineserve.profiles.precision import WeightFormat
 from fineserve.runtime.errors import DeployError
 from fineserve.runtime.options import DeployOptions
 from fineserve.testing.tiny_model import write_tokenizer
@@ -41,35 +42,14 @@ class ModelSource:
 
 
 def hf_config(arch: ModelArch, weights: WeightFormat) -> dict:
-    """A Hugging Face config.json for ``arch``; int4 formats carry their quantization_config."""
-    if arch.qk_norm:
-        family = ("Qwen3ForCausalLM", "qwen3")
-    elif arch.qkv_bias:
-        family = ("Qwen2ForCausalLM", "qwen2")
-    else:
-        family = ("LlamaForCausalLM", "llama")
-    cfg = {
-        "architectures": [family[0]], "model_type": family[1],
-        "hidden_size": arch.hidden_size, "intermediate_size": arch.intermediate_size,
-        "num_hidden_layers": arch.num_layers, "num_attention_heads": arch.num_heads,
-        "num_key_value_heads": arch.num_kv_heads, "head_dim": arch.head_dim,
-        "vocab_size": arch.vocab_size, "max_position_embeddings": arch.max_context,
-        "tie_word_embeddings": arch.tie_embeddings, "rms_norm_eps": 1e-5,
-        "rope_theta": 500000.0, "hidden_act": "silu", "torch_dtype": "bfloat16",
-        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3,
-    }
-    if family[1] == "qwen2":
-        cfg["attention_bias"] = True
-    if weights is WeightFormat.INT4_GPTQ:
-        cfg["torch_dtype"] = "float16"
-        cfg["quantization_config"] = {"quant_method": "gptq", "bits": 4,
-                                      "group_size": INT4_GROUP_SIZE, "desc_act": False,
-                                      "sym": True, "static_groups": False}
-    elif weights is WeightFormat.INT4_AWQ:
-        cfg["torch_dtype"] = "float16"
-        cfg["quantization_config"] = {"quant_method": "awq", "bits": 4,
-                                      "group_size": INT4_GROUP_SIZE, "zero_point": True,
-                                      "version": "gemm"}
+    """A Hugging Face config.json for ``arch``; int4 formats carry their quantization_config
+    (the profiler's, ``profiles.measure.modeldir``: the same folder shape it measured - GPTQ
+    must name its quantized modules, or vLLM 0.26 builds a dummy model unquantized)."""
+    cfg = base_config(arch) | {"pad_token_id": 3}
+    quant = quantization_config(weights)
+    if quant is not None:
+        cfg["torch_dtype"] = "float16"  # the checkpoints' own dtype; --dtype decides the run
+        cfg["quantization_config"] = quant
     return cfg
 
 
