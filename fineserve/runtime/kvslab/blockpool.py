@@ -8,6 +8,7 @@ inferred from ``ref_cnt``, so a block is never removed twice or appended twice.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from fineserve.runtime.kvslab.errors import UnsupportedEngine
@@ -45,11 +46,12 @@ class VllmBlockPoolView:
             out.append(b)
         return out
 
-    def sort_free(self) -> None:
+    def sort_free(self, below: int) -> None:
         """Re-queue every queued block in block-id order (``pool.blocks`` is indexed by id),
-        through the queue's own ``remove`` / ``append_n``."""
+        through the queue's own ``remove`` / ``append_n``. Only ids below ``below`` are looked
+        at (the rest are parked): a full scan of 10k blocks took ~0.2 ms per burst."""
         q = self.pool.free_block_queue
-        queued = [blk for blk in self.pool.blocks
+        queued = [blk for blk in itertools.islice(self.pool.blocks, below)
                   if blk.ref_cnt == 0 and not blk.is_null and blk.prev_free_block is not None]
         for blk in queued:
             q.remove(blk)

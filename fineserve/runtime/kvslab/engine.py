@@ -2,9 +2,17 @@
 
 Threads: vLLM's scheduler thread calls ``service`` before every ``schedule()`` and
 ``on_step_finished`` / ``on_blocks_freed`` from its hooks, all under ``lock``; a background
-thread calls ``background_once`` every few milliseconds. Everything that touches vLLM's block
-pool runs under ``lock`` (the background thread takes it too, so an idle engine - which never
-schedules - still drains); the slow CUDA calls (map + zero, unmap) run outside it.
+thread calls ``background_once`` every few milliseconds while ``busy()`` (a slab maps, drains
+or unmaps, a drain or grow is due) and every ``idle_poll_s`` otherwise, woken at once through
+``wake`` when the scheduler's ``service`` sees free blocks fall below the grow-ahead mark.
+Everything that touches vLLM's block pool runs under ``lock`` (the background thread takes it
+too, so an idle engine - which never schedules - still drains); the slow CUDA calls (map +
+zero, unmap) run outside it.
+
+Host cost is the budget (H100 s4: 4.5 % tokens/s lost with the pool steady): every hook runs
+on vLLM's scheduler thread and the background thread competes for the GIL, so steady-state
+paths are O(1) (``SlabMap`` keeps counts, freed blocks are only scanned while a slab drains,
+the demand is read only when the lease will publish it). ``bench/kvslab_host.py`` measures it.
 """
 
 from __future__ import annotations
@@ -46,13 +54,16 @@ class BlockPoolView(Protocol):
 
     def used_per_slab(self, blocks_per_slab: int, num_slabs: int) -> list[int]: ...
 
-    def sort_free(self) -> None:
+    def sort_free(self, below: int) -> None:
         """Reorder the free queue by block id, i.e. by slab: allocations fill the lowest
-        slabs first."""
+        slabs first. No queued block has an id >= ``below`` (its slab is OFFLINE)."""
 
 
 class Lease(Protocol):
     def acquire(self, n: int) -> int: ...
+
+    def due(self) -> bool:
+        """True if ``publish`` would publish now: only then is the demand read."""
 
     def release(self, n: int) -> None: ...
 
@@ -102,6 +113,7 @@ class SlabEngine:
         self._n = {"grows": 0, "sync_grows": 0, "shrinks": 0, "map_failures": 0}
         self._t = {"map": 0.0, "unmap": 0.0}
         self._free_low = view.num_free()  # fewest free blocks since the queue was sorted
+        self.wake = threading.Event()  # set: the background thread has work now
 
     # -- scheduler thread (or under lock) ------------------------------------------------
     def service(self) -> None:
@@ -109,8 +121,8 @@ class SlabEngine:
         with self.lock:
             for s in self.slabs.attach_ready():
                 self._unpark(s)
-            shrinking = len(self.slabs.slabs_in(SlabState.DRAINING, SlabState.QUIESCING,
-                                                SlabState.UNMAPPING))
+            shrinking = self.slabs.count(SlabState.DRAINING, SlabState.QUIESCING,
+                                         SlabState.UNMAPPING)
             excess = self.slabs.held - shrinking - max(self.target, 1)
             while excess < 0 and self.slabs.slabs_in(SlabState.DRAINING):
                 s = self.slabs.cancel_drain()
@@ -128,6 +140,8 @@ class SlabEngine:
             self.slabs.drained()
             self.slabs.quiesced()
             self._compact()
+            if not self.wake.is_set() and self._should_grow():
+                self.wake.set()
 
     def _compact(self) -> None:
         """Once a slab's worth of blocks has been freed since the free queue was last sorted
@@ -140,7 +154,7 @@ class SlabEngine:
         eviction among free blocks (slab order, not LRU) until the next burst."""
         free = self.view.num_free()
         if free - self._free_low >= self.layout.blocks_per_slab:
-            self.view.sort_free()
+            self.view.sort_free(self.slabs.top() * self.layout.blocks_per_slab)
             self._free_low = free
         else:
             self._free_low = min(self._free_low, free)
@@ -148,6 +162,8 @@ class SlabEngine:
     def on_blocks_freed(self, block_ids: list[int]) -> None:
         """Blocks just returned to the free queue: park those of draining slabs."""
         with self.lock:
+            if not self.slabs.draining:  # the steady state: no per-block work
+                return
             mine = [b for b in block_ids if self.slabs.should_park(b)]
             if mine:
                 self._park_free(mine)
@@ -177,8 +193,9 @@ class SlabEngine:
     # -- background thread -----------------------------------------------------------------
     def background_once(self) -> None:
         """Publish demand, read the target, map ahead of demand, unmap quiesced slabs."""
-        used, want = self.demand()
-        self.target = self.lease.publish(used, want)
+        if self.lease.due():
+            used, want = self.demand()
+            self.target = self.lease.publish(used, want)
         self.service()
         for s in self._take(SlabState.UNMAPPING):
             t0 = self.clock()
@@ -192,6 +209,21 @@ class SlabEngine:
             if self._map_one():
                 self._n["grows"] += 1
             self.service()
+
+    def busy(self) -> bool:
+        """The background thread has work beyond heartbeats: a slab maps, attaches, drains,
+        quiesces or unmaps, a drain is due (more held than targeted) or a grow is."""
+        with self.lock:
+            sm = self.slabs
+            return bool(sm.count(SlabState.MAPPING, SlabState.READY, SlabState.DRAINING,
+                                 SlabState.QUIESCING, SlabState.UNMAPPING)
+                        or sm.held > max(self.target, 1) or self._should_grow())
+
+    def usage(self) -> float:
+        """``EngineMetrics.usage`` without the rest (vLLM reads it every step)."""
+        with self.lock:
+            usable = max(self.slabs.online * self.layout.blocks_per_slab - 1, 1)
+            return min(1.0, max(0.0, 1 - self.view.num_free() / usable))
 
     def used_blocks(self) -> int:
         """Blocks holding tokens, draining slabs included (not the null block).
@@ -213,9 +245,8 @@ class SlabEngine:
     # -- internals -------------------------------------------------------------------------
     def _should_grow(self) -> bool:
         with self.lock:
-            pending = self.slabs.slabs_in(SlabState.MAPPING, SlabState.READY)
-            draining = self.slabs.slabs_in(SlabState.DRAINING)
-            return (not pending and not draining and not self._backing_off()
+            pending = self.slabs.count(SlabState.MAPPING, SlabState.READY, SlabState.DRAINING)
+            return (not pending and not self._backing_off()
                     and self.slabs.held < self.layout.num_slabs
                     and self.view.num_free() < self.config.grow_ahead_blocks)
 

@@ -214,6 +214,12 @@ class Ledger:
                 after.check_integrity()
                 _write(self.path, after)
 
+    def version(self) -> tuple[int, int]:
+        """Changes with every committed write (each replaces the file): inode and mtime; one
+        ``stat``, no lock. Lets a reader skip re-reading an unchanged ledger."""
+        st = os.stat(self.path)
+        return st.st_ino, st.st_mtime_ns
+
     def snapshot(self) -> PoolState:
         with _locked(self.path), open(self.path, "rb") as f:
             return _decode(f.read())

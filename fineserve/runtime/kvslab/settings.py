@@ -25,7 +25,8 @@ class PluginSettings:
     floor_bytes: int = 0  # FINESERVE_KVSLAB_FLOOR_BYTES: the plan's per-engine KV floor
     slo_weight: float = 1.0  # FINESERVE_KVSLAB_SLO_WEIGHT
     grow_ahead_slabs: float = 1.0  # FINESERVE_KVSLAB_GROW_AHEAD: free slabs kept online
-    poll_s: float = 0.005  # FINESERVE_KVSLAB_POLL_S: background thread period
+    poll_s: float = 0.005  # FINESERVE_KVSLAB_POLL_S: background thread period while busy
+    idle_poll_s: float = 0.05  # FINESERVE_KVSLAB_IDLE_POLL_S: ... when nothing is pending
     publish_s: float = 0.05  # FINESERVE_KVSLAB_PUBLISH_S: heartbeat / demand period
     tick_s: float = 0.5  # FINESERVE_KVSLAB_TICK_S: pool retarget period
     heartbeat_timeout_s: float = 10.0  # FINESERVE_KVSLAB_HEARTBEAT_TIMEOUT_S
@@ -60,6 +61,7 @@ class PluginSettings:
             slo_weight=float(num("SLO_WEIGHT", float, 1.0, 1e-6)),
             grow_ahead_slabs=float(num("GROW_AHEAD", float, 1.0, 0.0)),
             poll_s=float(num("POLL_S", float, 0.005, 1e-4)),
+            idle_poll_s=float(num("IDLE_POLL_S", float, 0.05, 1e-4)),
             publish_s=float(num("PUBLISH_S", float, 0.05, 1e-3)),
             tick_s=float(num("TICK_S", float, 0.5, 1e-3)),
             heartbeat_timeout_s=float(num("HEARTBEAT_TIMEOUT_S", float, 10.0, 0.01)),

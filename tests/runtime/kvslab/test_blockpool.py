@@ -68,7 +68,7 @@ def test_sort_free_requeues_only_queued_blocks_in_id_order():
         pool.free_block_queue.append_n([b])
     assert view.take_free([5, 6]) == [5, 6] and pool.evicted == [5, 6]  # parked
     assert pool.free_block_queue.ids() == [11, 10, 9, 8, 7, 4, 3]
-    view.sort_free()
+    view.sort_free(12)
     assert pool.free_block_queue.ids() == [3, 4, 7, 8, 9, 10, 11]
     assert view.num_free() == 7  # parked 5, 6 and the running 1, 2 stay out
     view.unpark(range(4, 8))

@@ -45,7 +45,8 @@ class FakePool:
             del self.queue[b]
         return out
 
-    def sort_free(self):
+    def sort_free(self, below):
+        assert all(b < below for b in self.queue), "a queued block at or above the bound"
         self.sorts += 1
         self.queue = OrderedDict((b, None) for b in sorted(self.queue))
 
@@ -105,6 +106,9 @@ class FakeLease:
         assert 0 < n <= self.held
         self.held -= n
 
+    def due(self):
+        return True
+
     def publish(self, used, want):
         return self.target
 
@@ -129,7 +133,9 @@ class EngineMachine(RuleBasedStateMachine):
     @rule(n=st.integers(1, 12))
     def schedule(self, n):
         e = self.engine
+        e.wake.clear()
         e.service()
+        assert e.wake.is_set() == e._should_grow()  # a grow is due: the scheduler wakes it
         blocks = self.pool.alloc(n)
         if blocks is None and e.grow_sync():
             blocks = self.pool.alloc(n)
@@ -161,6 +167,20 @@ class EngineMachine(RuleBasedStateMachine):
     def background(self):
         self.engine.background_once()
 
+    @rule()
+    def idle_background_round_is_a_no_op(self):
+        """The background thread polls slowly while ``busy()`` is false: a round then must
+        change nothing, or the slow poll would delay it (the free queue may be re-sorted: the
+        scheduler's own ``service`` does that before it allocates). A new target is read by
+        that round (every ``idle_poll_s``, the lease's publish period)."""
+        e = self.engine
+        if e.busy() or e.target != self.lease.target:
+            return
+        before = ([e.slabs.state(s) for s in range(6)], self.lease.held, sorted(self.pool.queue))
+        e.background_once()
+        assert ([e.slabs.state(s) for s in range(6)], self.lease.held,
+                sorted(self.pool.queue)) == before
+
     @rule(fail=st.booleans())
     def driver_memory(self, fail):
         self.mapper.fail = fail
@@ -179,7 +199,7 @@ class EngineMachine(RuleBasedStateMachine):
                                                                    SlabState.DRAINING)
         assert self.engine.used_blocks() == sum(len(r) for r in self.requests)
         m = self.engine.metrics()
-        assert 0.0 <= m.usage <= 1.0
+        assert 0.0 <= m.usage <= 1.0 and m.usage == self.engine.usage()
         assert m.online_blocks == sm.online * 8
 
     def teardown(self):
@@ -301,3 +321,31 @@ def test_used_blocks_count_running_blocks_of_a_draining_slab():
     m.engine.background_once()
     assert m.engine.slabs.slabs_in(SlabState.DRAINING)
     assert m.engine.used_blocks() == in_use
+
+
+def test_freed_blocks_are_looked_at_only_while_a_slab_drains():
+    m = _engine_with(slabs_online=3, target=3)
+    e, seen = m.engine, []
+    should_park = e.slabs.should_park
+    e.slabs.should_park = lambda b: seen.append(b) or should_park(b)  # per-block work
+    m.pool.free(m.pool.alloc(4))
+    assert seen == [] and not e.slabs.draining
+    full = m.pool.alloc(m.pool.num_free())
+    m.lease.target = 2
+    e.background_once()  # a slab starts draining; its blocks are in use
+    assert e.slabs.draining and e.busy()
+    m.pool.free(full)
+    assert sorted(seen) == sorted(full)
+    e.service()
+    assert not e.slabs.draining  # its blocks were parked as they came back: drained
+
+
+def test_an_idle_engine_is_not_busy_and_wakes_when_free_blocks_run_low():
+    m = _engine_with(slabs_online=2, target=2)
+    e = m.engine
+    e.background_once()
+    assert not e.busy()  # nothing maps or drains, enough free blocks online
+    e.wake.clear()
+    m.requests.append(m.pool.alloc(m.pool.num_free() - 2))  # below the grow-ahead mark (4)
+    e.service()  # the scheduler thread, before schedule()
+    assert e.wake.is_set() and e.busy()
