@@ -376,6 +376,8 @@ def _scheduler_makers() -> dict[Hook, Any]:
     def allocate(orig: Any) -> Any:
         def f(self: Any, *a: Any, **k: Any) -> Any:
             out = orig(self, *a, **k)
+            if out is not None:  # called per request per step: nothing else on this path
+                return out
             eng = _STATE.engine
             if eng is None or self.block_pool is not _STATE.pool:
                 return out

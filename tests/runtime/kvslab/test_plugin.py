@@ -2,6 +2,8 @@
 
 import subprocess
 import sys
+import threading
+from types import SimpleNamespace
 
 import pytest
 
@@ -32,9 +34,10 @@ def test_settings_from_env():
     s = PluginSettings.from_env({"FINESERVE_KVSLAB": "1", "FINESERVE_KVSLAB_LEDGER": "/dev/shm/x",
                                  "FINESERVE_KVSLAB_ENGINE_ID": "chat-0",
                                  "FINESERVE_KVSLAB_FLOOR_BYTES": "1073741824",
-                                 "FINESERVE_KVSLAB_GROW_AHEAD": "2"})
-    assert (s.enabled, s.ledger, s.engine_id, s.floor_bytes, s.grow_ahead_slabs) == (
-        True, "/dev/shm/x", "chat-0", 1 << 30, 2.0)
+                                 "FINESERVE_KVSLAB_GROW_AHEAD": "2",
+                                 "FINESERVE_KVSLAB_IDLE_POLL_S": "0.1"})
+    assert (s.enabled, s.ledger, s.engine_id, s.floor_bytes, s.grow_ahead_slabs,
+            s.idle_poll_s) == (True, "/dev/shm/x", "chat-0", 1 << 30, 2.0, 0.1)
     assert not PluginSettings.from_env({}).enabled
 
 
@@ -42,6 +45,7 @@ def test_settings_from_env():
     ({"FINESERVE_KVSLAB": "yes"}, "FINESERVE_KVSLAB must be 0 or 1"),
     ({"FINESERVE_KVSLAB_FLOOR_BYTES": "1G"}, "FINESERVE_KVSLAB_FLOOR_BYTES must be a number"),
     ({"FINESERVE_KVSLAB_POLL_S": "0"}, "FINESERVE_KVSLAB_POLL_S must be >="),
+    ({"FINESERVE_KVSLAB_IDLE_POLL_S": "-1"}, "FINESERVE_KVSLAB_IDLE_POLL_S must be >="),
 ])
 def test_bad_settings_name_the_variable(env, msg):
     with pytest.raises(KvSlabError, match=msg):
@@ -274,3 +278,76 @@ def test_local_lease_reads_its_constant_target_once():
     lease = LocalLease(num_slabs=5, held=1)
     assert lease.due()
     assert lease.publish(0, 0) == 5 and not lease.due()
+
+
+class _HookEngine:
+    """The engine surface the scheduler hooks and the background loop use (a fake local to
+    these hook tests)."""
+
+    def __init__(self):
+        self.lock = threading.RLock()
+        self.slabs = SimpleNamespace(draining=False)
+        self.freed, self.grows, self.rounds = [], [True], 0
+        self.wake = threading.Event()
+        self.round_done = threading.Event()
+
+    def on_blocks_freed(self, ids):
+        self.freed.append(ids)
+
+    def grow_sync(self):
+        return self.grows.pop(0) if self.grows else False
+
+    def background_once(self):
+        self.rounds += 1
+        self.round_done.set()
+
+    def busy(self):
+        return False
+
+
+@pytest.fixture
+def hook_state(monkeypatch):
+    eng, pool = _HookEngine(), SimpleNamespace(got=[])
+    monkeypatch.setattr(plugin, "_STATE", plugin._State(engine=eng, pool=pool))
+    return eng, pool, plugin._scheduler_makers()
+
+
+def test_free_hook_does_no_per_block_work_unless_a_slab_drains(hook_state):
+    from fineserve.runtime.kvslab.hooks import POOL_FREE
+
+    eng, pool, makers = hook_state
+    free = makers[POOL_FREE](lambda self, blocks: self.got.append(list(blocks)))
+    blocks = [SimpleNamespace(block_id=i, ref_cnt=int(i == 2), is_null=i == 0) for i in range(4)]
+    free(pool, iter(blocks))
+    assert pool.got == [blocks] and eng.freed == []
+    eng.slabs.draining = True
+    free(pool, reversed(blocks))  # an iterator, consumed once: by vLLM's free and by us
+    assert pool.got[1] == blocks[::-1] and eng.freed == [[3, 1]]  # not in use, not null
+
+
+def test_allocate_hook_grows_synchronously_only_when_a_step_does_not_fit(hook_state):
+    from fineserve.runtime.kvslab.hooks import ALLOCATE_SLOTS
+
+    eng, pool, makers = hook_state
+    results = [None, "blocks"]
+    allocate = makers[ALLOCATE_SLOTS](lambda self, req, n: results.pop(0))
+    mgr = SimpleNamespace(block_pool=pool)
+    assert allocate(mgr, "req", 16) == "blocks" and eng.grows == []  # one grow, one retry
+    results = ["fits"]
+    eng.grows = [True]
+    assert allocate(mgr, "req", 16) == "fits" and eng.grows == [True]  # fast path
+
+
+def test_background_loop_sleeps_long_when_idle_and_runs_at_once_when_woken(hook_state):
+    eng, _, _ = hook_state
+    plugin._STATE.settings = PluginSettings(poll_s=0.001, idle_poll_s=3600.0)
+    th = threading.Thread(target=plugin._background, args=(eng,), daemon=True)
+    th.start()
+    assert eng.round_done.wait(10)  # the first round after poll_s; then idle: an hour
+    eng.round_done.clear()
+    eng.wake.set()  # the scheduler saw free blocks fall below the grow-ahead mark
+    assert eng.round_done.wait(10) and eng.rounds == 2
+    plugin._STATE.stop.set()
+    eng.wake.set()
+    th.join(10)
+    assert not th.is_alive() and eng.rounds == 2
