@@ -76,6 +76,8 @@ class EngineConfig:
     grow_ahead_blocks: int  # map another slab when fewer free blocks than this are online
     sync_grow: bool = True  # fallback: map on the scheduler thread when a step cannot fit
     retry_after_fail_s: float = 1.0  # after cuMemCreate failed, wait before trying again
+    retry_after_refusal_s: float = 0.05  # after the lease refused a grow, wait (a ledger
+    # transaction each time; the scheduler would otherwise wake the thread every step)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +112,7 @@ class SlabEngine:
         self.lock = threading.RLock()
         self.target = 1
         self._failed_at: float | None = None
+        self._refused_at: float | None = None  # the lease refused a background grow
         self._n = {"grows": 0, "sync_grows": 0, "shrinks": 0, "map_failures": 0}
         self._t = {"map": 0.0, "unmap": 0.0}
         self._free_low = view.num_free()  # fewest free blocks since the queue was sorted
@@ -205,10 +208,14 @@ class SlabEngine:
                 self.slabs.unmap_done(s)
                 self._n["shrinks"] += 1
             self.lease.release(1)
-        if self._should_grow() and self.lease.acquire(1) == 1:
-            if self._map_one():
-                self._n["grows"] += 1
-            self.service()
+        if self._should_grow():
+            if self.lease.acquire(1) == 1:
+                self._refused_at = None
+                if self._map_one():
+                    self._n["grows"] += 1
+                self.service()
+            else:  # the pool is full for now: ask again later, not every scheduler wake-up
+                self._refused_at = self.clock()
 
     def busy(self) -> bool:
         """The background thread has work beyond heartbeats: a slab maps, attaches, drains,
@@ -246,7 +253,9 @@ class SlabEngine:
     def _should_grow(self) -> bool:
         with self.lock:
             pending = self.slabs.count(SlabState.MAPPING, SlabState.READY, SlabState.DRAINING)
-            return (not pending and not self._backing_off()
+            refused = (self._refused_at is not None and self.clock() - self._refused_at
+                       < self.config.retry_after_refusal_s)
+            return (not pending and not refused and not self._backing_off()
                     and self.slabs.held < self.layout.num_slabs
                     and self.view.num_free() < self.config.grow_ahead_blocks)
 

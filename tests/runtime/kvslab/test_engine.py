@@ -349,3 +349,25 @@ def test_an_idle_engine_is_not_busy_and_wakes_when_free_blocks_run_low():
     m.requests.append(m.pool.alloc(m.pool.num_free() - 2))  # below the grow-ahead mark (4)
     e.service()  # the scheduler thread, before schedule()
     assert e.wake.is_set() and e.busy()
+
+
+def test_a_refused_grow_is_retried_after_a_pause_not_at_every_wake_up():
+    m = EngineMachine()
+    now = [0.0]
+    m.engine.clock = lambda: now[0]
+    m.lease.cap = 1  # the pool is full: only slab 0
+    asks = []
+    acquire = m.lease.acquire
+    m.lease.acquire = lambda n: asks.append(n) or acquire(n)
+    m.requests.append(m.pool.alloc(m.pool.num_free() - 2))  # below the grow-ahead mark
+    m.engine.background_once()
+    assert asks == [1] and m.engine.slabs.held == 1
+    m.engine.wake.clear()
+    m.engine.service()  # the scheduler thread: no wake-up while the refusal is fresh
+    m.engine.background_once()
+    assert asks == [1] and not m.engine.busy() and not m.engine.wake.is_set()
+    m.lease.cap = 5
+    now[0] = 0.05  # retry_after_refusal_s later
+    assert m.engine.busy()
+    m.engine.background_once()
+    assert asks == [1, 1] and m.engine.slabs.held == 2
