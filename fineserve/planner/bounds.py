@@ -11,6 +11,7 @@ without searching the symmetric per-GPU space.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 from ortools.sat.python import cp_model
@@ -38,8 +39,9 @@ def gpu_groups(d: IlpData) -> dict[tuple[str, int], list[int]]:
     return groups
 
 
-def relaxation(d: IlpData) -> Relaxation:
-    """n[m,i] counts engines of option i; each is split over GPU groups as n[m,i,k]."""
+def relaxation(d: IlpData, h_scale: int = H_SCALE) -> Relaxation:
+    """n[m,i] counts engines of option i; each is split over GPU groups as n[m,i,k]. H is in
+    1/h_scale (thousandths unless asked finer)."""
     m_ = cp_model.CpModel()
     groups = gpu_groups(d)
     node_size = {}
@@ -65,7 +67,7 @@ def relaxation(d: IlpData) -> Relaxation:
             if d.pooled:
                 F[m, i] = m_.new_int_var(0, d.mu[m, i] * len(d.gpus), f"F[{m},{i}]")
                 m_.add(F[m, i] == sum(flows))
-    H = m_.new_int_var(0, d.h_cap, "H")
+    H = m_.new_int_var(0, d.h_cap * h_scale // H_SCALE, "H")
     for k, ids in groups.items():
         cap_mem = d.mem_cap[ids[0]]
         mine = [(m, i) for (m, i, kk) in nk if kk == k]
@@ -93,7 +95,7 @@ def relaxation(d: IlpData) -> Relaxation:
         keys = [x for x in n if x[0] == m]
         cap = sum(d.mu[x] * n[x] for x in keys)
         m_.add(MILLI * cap >= d.h_min * d.lam[m])
-        m_.add(H_SCALE * cap >= d.lam[m] * H)
+        m_.add(h_scale * cap >= d.lam[m] * H)
         if d.pooled:
             m_.add(sum(F[x] for x in keys) == d.lam[m])
     cost = sum(k[1] * Y[k] for k in groups)
@@ -104,7 +106,7 @@ def solve(model: cp_model.CpModel, seconds: float, workers: int
           ) -> tuple[cp_model.CpSolver, str]:
     """Solve; returns the solver (for values and bounds) and the status name."""
     solver = cp_model.CpSolver()
-    solver.parameters.max_time_in_seconds = max(0.2, seconds)
+    solver.parameters.max_time_in_seconds = max(MIN_SOLVE_S, seconds)
     solver.parameters.num_workers = workers
     code = solver.solve(model)
     return solver, solver.status_name(code)
@@ -119,12 +121,34 @@ def cost_lower_bound(d: IlpData, seconds: float = 3.0, workers: int = 8) -> int:
     return max(0, math.ceil(bound - 1e-6)) if math.isfinite(bound) else 0
 
 
+FINE = 10**6  # below a thousandth: billionths, finer than the ILP's U (millionths)
+
+
 def headroom_upper_bound(d: IlpData, max_cost: int, seconds: float = 3.0,
-                         workers: int = 8) -> int:
-    """Upper bound on H (x1000) over plans placing all traffic at cost <= max_cost."""
-    r = relaxation(d)
+                         workers: int = 8) -> float:
+    """Upper bound on the capacity-based headroom (x1000, exact: every plan placing all
+    traffic at cost <= max_cost has less). The aggregate's H is an integer, the plan's
+    headroom rounded down, so the bound is one unit above the aggregate's: a bound rounded
+    down to thousandths cut off the ILP's optimum. H in thousandths first (fast), then, in
+    the time left, in billionths (finer than U; slower to prove)."""
+    end = time.perf_counter() + seconds
+    coarse = _headroom_bound(d, max_cost, H_SCALE, seconds, workers)
+    left = end - time.perf_counter()
+    if left < MIN_SOLVE_S or coarse >= d.h_cap:
+        return coarse
+    return min(coarse, _headroom_bound(d, max_cost, H_SCALE * FINE, left, workers))
+
+
+MIN_SOLVE_S = 0.2  # solve() runs at least this long
+
+
+def _headroom_bound(d: IlpData, max_cost: int, h_scale: int, seconds: float, workers: int
+                    ) -> float:
+    r = relaxation(d, h_scale)
     r.model.add(r.cost <= max_cost)
     r.model.maximize(r.H)
     solver, _ = solve(r.model, seconds, workers)
     bound = solver.best_objective_bound
-    return min(d.h_cap, math.floor(bound + 1e-6)) if math.isfinite(bound) else d.h_cap
+    if not math.isfinite(bound):
+        return float(d.h_cap)
+    return min(float(d.h_cap), (math.floor(bound + 1e-6) + 1) * H_SCALE / h_scale)

@@ -220,17 +220,19 @@ class _Prepare:
                   ) -> tuple[float, dict | None]:
         bm = self.bm
         b, d, v, st = bm.b, bm.d, bm.v, bm.d.inst.settings
-        # both bound the capacity-based headroom, hence the routed one (U >= 1 / bound)
+        # both bound the capacity-based headroom, hence the routed one (U >= 1 / bound); the
+        # bounds must hold exactly: one rounded down cuts off the optimum (review finding 3)
         ub = headroom_upper_bound(d, cost_cap, min(AGGREGATE_SHARE * self.limit, 0.3 * seconds),
                                   st.num_workers)
-        b.add(v.U >= _u_cut(ub), "cut[U>=aggregate]")
-        if found is not None and found <= _u_cut(ub):
-            return _u_cut(ub), None  # proven: skip the rest
+        b.add(v.U >= u_for_headroom(ub), "cut[U>=aggregate]")
+        if found is not None and found <= u_for_headroom(ub):
+            return u_for_headroom(ub), None  # proven: skip the rest
         config_h = configuration_bound(d, headroom=True, cost_cap=cost_cap, extra=self.pool,
                                        seconds=min(CONFIG_H_SHARE * self.limit, 0.25 * seconds))
         self.pool = config_h.pool
-        if config_h.value < ub:
-            b.add(v.U >= _u_cut(config_h.value), "cut[U>=configuration]")
+        config_ub = config_h.value + 1  # rounded down to thousandths: exclusive above
+        if config_ub < ub:
+            b.add(v.U >= u_for_headroom(config_ub), "cut[U>=configuration]")
         placed = rounded_plan(d, self.pool, cost_cap=cost_cap, workers=st.num_workers,
                               seconds=min(ROUNDING_SHARE * self.limit, 0.2 * seconds),
                               headroom=True)
@@ -240,14 +242,7 @@ class _Prepare:
             hint = _hint_from_plan(bm, plan)
             if found is not None and hint[v.U] >= found:
                 hint = None
-        return _u_cut(min(ub, config_h.value)), hint
-
-
-def _u_cut(h_bound: int) -> int:
-    """The least U a headroom bound allows. Bounds are rounded down to thousandths, so the
-    true headroom may lie up to one thousandth above: cutting at the bound itself would
-    cut off optimal plans (review finding 3)."""
-    return u_for_headroom(h_bound + 1)
+        return u_for_headroom(min(ub, config_ub)), hint
 
 
 def _no_worse(plan: Plan, warm: Plan | None, t0: float) -> Plan:

@@ -9,10 +9,11 @@ from hypothesis import strategies as st
 from fineserve.planner.api import best_greedy
 from fineserve.planner.bounds import headroom_upper_bound
 from fineserve.planner.constraints import pin_all_placed
-from fineserve.planner.ilp import _u_cut, build_model, solve_ilp
+from fineserve.planner.ilp import build_model, solve_ilp
 from fineserve.planner.options import engine_options
 from fineserve.planner.schema import KVMode
 from fineserve.planner.validate import check_plan
+from fineserve.planner.variables import H_SCALE, U_SCALE, u_for_headroom
 from tests.planner.bruteforce import brute_force
 from tests.planner.fakes import FakeLatency, demand, instance
 
@@ -122,7 +123,8 @@ def test_headroom_objective_uses_all_gpus_for_burst_tolerance():
 def test_the_headroom_cut_keeps_the_optimal_plan(rate, pick):
     """Review finding 3: the aggregate's headroom bound is rounded down to thousandths, so a
     cut at U >= u_for_headroom(bound) removed the optimum of one-model instances (16686
-    below 16687 at 1.3 req/s). The cut the ILP adds must keep the exact optimum of U."""
+    below 16687 at 1.3 req/s). The cut the ILP adds must keep the exact optimum of U, and
+    be tight to about a millionth of headroom (the ILP's resolution) on one model."""
     inst = instance([demand("a", *CATALOG[pick], rate=rate, tp=(1,))], gpus=1,
                     **{**SMALL, "num_workers": 1}, headroom_cap=1000.0)
     bm = build_model(inst, engine_options(inst, LAT))
@@ -133,4 +135,6 @@ def test_the_headroom_cut_keeps_the_optimal_plan(rate, pick):
         assert not res.has_solution or res.status == "FEASIBLE"
         return
     ub = headroom_upper_bound(bm.d, max_cost=sum(bm.d.cost.values()), seconds=5, workers=1)
-    assert res.objective >= _u_cut(ub)
+    assert res.objective >= u_for_headroom(ub)
+    # two millionths of headroom (x1000: 0.002), in U, and U's rounding up
+    assert res.objective <= u_for_headroom(ub) + 0.002 * U_SCALE * H_SCALE / ub**2 + 1
