@@ -118,13 +118,14 @@ class EngineMachine(RuleBasedStateMachine):
         super().__init__()
         self.layout = KvLayout(num_layers=2, page_bytes=512 * 1024, planes=2, num_blocks=48,
                                block_size=16)  # 8 blocks per slab, 6 slabs
+        self.now = 0.0  # the engine's clock: back-offs after a refusal or a map failure end
         self.pool = FakePool(48)
         self.inflight: deque[set[int]] = deque()
         self.mapper = FakeMapper(self.layout, self.pool, self.inflight)
         self.lease = FakeLease(cap=5)
         self.engine = SlabEngine(self.layout, self.mapper, self.pool, self.lease,
                                  EngineConfig(grow_ahead_blocks=4), demand=lambda: (0, 0),
-                                 clock=lambda: 0.0)
+                                 clock=lambda: self.now)
         self.pool.engine = self.engine
         self.pool.take_free([b for b in range(8, 48)])  # plugin start: park offline slabs
         self.requests: list[list[int]] = []
@@ -180,6 +181,10 @@ class EngineMachine(RuleBasedStateMachine):
         e.background_once()
         assert ([e.slabs.state(s) for s in range(6)], self.lease.held,
                 sorted(self.pool.queue)) == before
+
+    @rule()
+    def time_passes(self):
+        self.now += 1.0
 
     @rule(fail=st.booleans())
     def driver_memory(self, fail):
