@@ -70,27 +70,33 @@ def routed(d: IlpData, m: str, engines: Engines) -> int:
     return min([d.h_cap] + [H_SCALE * d.mu[m, i] // f for i, _, f in engines if f > 0])
 
 
+def proportional(d: IlpData, m: str, options: list[int]) -> list[int]:
+    """Model m's rate (x1000) over engines of ``options`` in proportion to capacity: each
+    flow rounded down or up (largest remainders up), summing to the rate exactly."""
+    cap = sum(d.mu[m, i] for i in options) or 1
+    flows = [d.lam[m] * d.mu[m, i] // cap for i in options]
+    order = sorted(range(len(options)), key=lambda k: -(d.lam[m] * d.mu[m, options[k]] % cap))
+    for k in order[:d.lam[m] - sum(flows)]:
+        flows[k] += 1
+    return flows
+
+
 def split_by_capacity(d: IlpData, placed: Placed) -> Placed:
-    """``placed`` with each model's rate (x1000) split over its engines in proportion to
-    capacity, the milli-rps lost to rounding down given to the largest remainders: flows
-    sum to the rate exactly, so the routed headroom is the capacity headroom rounded."""
-    cap: dict[str, int] = {}
-    for m, i, _, _ in placed:
-        cap[m] = cap.get(m, 0) + d.mu[m, i]
-    out = [(m, i, u, d.lam[m] * d.mu[m, i] // cap[m]) for m, i, u, _ in placed]
-    for m in cap:
-        mine = sorted((k for k, p in enumerate(out) if p[0] == m),
-                      key=lambda k: -(d.lam[m] * d.mu[m, out[k][1]] % cap[m]))
-        for k in mine[:d.lam[m] - sum(out[k][3] for k in mine)]:
-            m2, i, u, f = out[k]
-            out[k] = (m2, i, u, f + 1)
+    """``placed`` with each model's traffic split in proportion to capacity (proportional):
+    the routed headroom is then the capacity headroom, rounded."""
+    out = list(placed)
+    for m in {m for m, *_ in placed}:
+        mine = [k for k, p in enumerate(placed) if p[0] == m]
+        for k, f in zip(mine, proportional(d, m, [placed[k][1] for k in mine]), strict=True):
+            out[k] = (*placed[k][:3], f)
     return out
 
 
 class _State:
     """Engines (option, group, flow) per model and per-GPU totals. A model's traffic keeps
     the split it came with until one of its engines changes; then it is split in proportion
-    to capacity (rounded up, so memory is checked conservatively)."""
+    to capacity (each flow its exact share rounded down or up: memory checked with the
+    flows the plan gets)."""
 
     def __init__(self, d: IlpData, placed: Placed) -> None:
         self.d = d
@@ -107,14 +113,15 @@ class _State:
 
     def split(self, m: str, new: list[tuple[int, TpGroup]], target: int = 0
               ) -> Engines | None:
-        """``new`` with model m's traffic split in proportion to capacity (target 0, flows
-        rounded up so memory is checked conservatively), or at routed headroom ``target``
+        """``new`` with model m's traffic split in proportion to capacity (target 0; each flow
+        at most its exact share rounded up, so memory is checked conservatively, and the
+        flows sum to the rate), or at routed headroom ``target``
         (x1000): every engine but the last at its most for that headroom, the last taking
         the rest - a new replica then holds little KV. None if the target is out of reach."""
         d = self.d
-        cap = sum(d.mu[m, i] for i, _ in new) or 1
         if not target:
-            return [(i, u, -(-d.lam[m] * d.mu[m, i] // cap)) for i, u in new]
+            flows = proportional(d, m, [i for i, _ in new])
+            return [(i, u, f) for (i, u), f in zip(new, flows, strict=True)]
         out, left = [], d.lam[m]
         for i, u in new[:-1]:
             f = min(left, H_SCALE * d.mu[m, i] // target)
