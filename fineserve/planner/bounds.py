@@ -102,12 +102,17 @@ def relaxation(d: IlpData, h_scale: int = H_SCALE) -> Relaxation:
     return Relaxation(m_, n, F, Y, H, cost)
 
 
-def solve(model: cp_model.CpModel, seconds: float, workers: int
+MIN_SOLVE_S = 0.2  # solve() runs at least this long
+
+
+def solve(model: cp_model.CpModel, seconds: float, workers: int, seed: int = 0
           ) -> tuple[cp_model.CpSolver, str]:
-    """Solve; returns the solver (for values and bounds) and the status name."""
+    """Solve; returns the solver (for values and bounds) and the status name. ``seed`` is
+    the planner settings' (runs repeat where CP-SAT's workers allow)."""
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = max(MIN_SOLVE_S, seconds)
     solver.parameters.num_workers = workers
+    solver.parameters.random_seed = seed
     code = solver.solve(model)
     return solver, solver.status_name(code)
 
@@ -116,12 +121,13 @@ def cost_lower_bound(d: IlpData, seconds: float = 3.0, workers: int = 8) -> int:
     """Lower bound on sum_g c_g y_g over plans placing all traffic (0 if unknown)."""
     r = relaxation(d)
     r.model.minimize(r.cost)
-    solver, _ = solve(r.model, seconds, workers)
+    solver, _ = solve(r.model, seconds, workers, d.inst.settings.seed)
     bound = solver.best_objective_bound
     return max(0, math.ceil(bound - 1e-6)) if math.isfinite(bound) else 0
 
 
 FINE = 10**6  # below a thousandth: billionths, finer than the ILP's U (millionths)
+FINE_SHARE = 0.6  # of the bound's time, for H in billionths
 
 
 def headroom_upper_bound(d: IlpData, max_cost: int, seconds: float = 3.0,
@@ -140,17 +146,13 @@ def headroom_upper_bound(d: IlpData, max_cost: int, seconds: float = 3.0,
     return min(fine, _headroom_bound(d, max_cost, H_SCALE, left, workers)[0])
 
 
-MIN_SOLVE_S = 0.2  # solve() runs at least this long
-FINE_SHARE = 0.6  # of the bound's time, for H in billionths
-
-
 def _headroom_bound(d: IlpData, max_cost: int, h_scale: int, seconds: float, workers: int
                     ) -> tuple[float, bool]:
     """The bound (x1000) with H in 1/h_scale, and whether the aggregate was solved."""
     r = relaxation(d, h_scale)
     r.model.add(r.cost <= max_cost)
     r.model.maximize(r.H)
-    solver, status = solve(r.model, seconds, workers)
+    solver, status = solve(r.model, seconds, workers, d.inst.settings.seed)
     bound = solver.best_objective_bound
     if not math.isfinite(bound):
         return float(d.h_cap), False

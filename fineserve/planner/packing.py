@@ -48,15 +48,15 @@ def solve_aggregate(d: IlpData, stage: str, *, cost_cap: int | None = None,
     else:  # "slack": least SM and memory in use, which leaves the packer the most room
         # ... spread over every GPU the cost cap allows (Y as large as possible first)
         cap = max(d.mem_cap.values())
-        unit = 10**6  # fractions of a GPU, in millionths
+        unit = 10**9  # fractions of a GPU, in billionths: KV per milli-rps is ~1e-6 of one
         use = sum(
             d.options[m][i].tp * (unit * d.sm[m, i] // d.sm_cap + unit * d.w[m, i] // cap) * v
             for (m, i), v in r.n.items())
         if d.pooled:  # F is in milli-rps and kappa in KiB per milli-rps
             use += sum(d.options[m][i].tp * (unit * d.kappa[m, i] // cap) * f
                        for (m, i), f in r.F.items())
-        r.model.minimize(use - 10**11 * sum(r.Y.values()))
-    s, status = solve(r.model, seconds, workers)
+        r.model.minimize(use - 10**14 * sum(r.Y.values()))
+    s, status = solve(r.model, seconds, workers, d.inst.settings.seed)
     if status not in ("OPTIMAL", "FEASIBLE"):
         return None
     bound = s.best_objective_bound
@@ -153,7 +153,7 @@ def pack(d: IlpData, agg: Aggregate, h_target: int, seconds: float, workers: int
     if cost_cap is not None:
         model.add(cost <= cost_cap)
     model.minimize(cost)
-    s, status = solve(model, seconds, workers)
+    s, status = solve(model, seconds, workers, d.inst.settings.seed)
     if status not in ("OPTIMAL", "FEASIBLE"):
         return None
     placed: Placed = []
@@ -205,7 +205,8 @@ def relax_and_pack(
 
     ``start`` (the warm start's engines) stands in when the cost stage packs nothing or
     packs more GPUs. The headroom stage begins and ends with improve.py's local search at
-    the stage's GPU set, so its plan is never below the start's headroom.
+    the stage's GPU set, and starts from the better of the packing and the start (after
+    that search) when they cost the same, so its plan is never below the start's headroom.
     """
     started = clock()
     agg = solve_aggregate(d, "cost", seconds=min(seconds * 0.1, clock()), workers=workers)
@@ -221,12 +222,12 @@ def relax_and_pack(
         placed = alt if alt is not None else placed
     note = ""
     improved = None  # the start after the local search, reused by the headroom stage
+    if with_headroom and start is not None and (
+            placed is None or _cost(d, start) <= _cost(d, placed)):
+        improved = improve_headroom(d, start, min(seconds * IMPROVE_SHARE, max(0.0, clock())))
     if start is not None and (placed is None or _cost(d, start) < _cost(d, placed)):
         # the start stands in only if the headroom stage can improve it (else the caller
         # returns it as is, with the bounds)
-        if with_headroom:
-            improved = improve_headroom(d, start, min(seconds * IMPROVE_SHARE,
-                                                      max(0.0, clock())))
         gain = improved is not None and _headroom_of(d, improved) > _headroom_of(d, start)
         if gain or placed is not None:
             placed, note = start, "cost stage: the warm start's GPUs (no cheaper packing found)"
@@ -240,6 +241,8 @@ def relax_and_pack(
     best = improved if placed is start and improved is not None else improve_headroom(
         d, placed, min(seconds * IMPROVE_SHARE, max(0.0, clock())))
     best_h = _headroom_of(d, best)
+    if improved is not None and best is not improved and _headroom_of(d, improved) > best_h:
+        best, best_h = improved, _headroom_of(d, improved)  # same cost, more headroom
     # the headroom aggregate needs longer than the cost one (100 models: nothing in 6 s on
     # 2 loaded cores); it gives the stage's bound and the engine sets the packing tries
     top = solve_aggregate(d, "headroom", cost_cap=cost,

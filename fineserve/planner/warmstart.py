@@ -97,6 +97,7 @@ def repair_flows(d: IlpData, keys: list[VarKey], workers: int = 1
     solver = cp_model.CpSolver()
     solver.parameters.num_workers = max(1, workers)
     solver.parameters.max_time_in_seconds = REPAIR_SECONDS
+    solver.parameters.random_seed = d.inst.settings.seed
     model.maximize(served)
     if solver.solve(model) not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return {key: 0 for key in keys}, {m: 0 for m in d.models}, d.u_min
