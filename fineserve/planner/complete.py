@@ -106,7 +106,7 @@ def complete(d: IlpData, kept: Mix, cost_cap: int, seconds: float, workers: int 
         model.add(ranks.get(key, 0) + sum(by_option.get(key, [])) == t * engines)
     model.add(sum(cost) <= left)
     model.minimize(sum(cost))
-    s, status = solve(model, seconds, workers)
+    s, status = solve(model, seconds, workers, d.inst.settings.seed)
     if status not in ("OPTIMAL", "FEASIBLE"):
         return None
     counts = dict(kept)

@@ -14,6 +14,7 @@ to capacity under static KV.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ortools.sat.python import cp_model
@@ -22,13 +23,18 @@ from fineserve.planner.bounds import Relaxation, relaxation, solve
 from fineserve.planner.improve import Placed, improve_headroom, routed, split_by_capacity
 from fineserve.planner.variables import IlpData
 
+OptionKey = tuple[str, int]  # (model, option index)
+
 
 @dataclass(frozen=True, slots=True)
 class Aggregate:
+    """The aggregated model's engine set: how many engines of each option, and the traffic
+    each option carries (pooled KV; empty or zero otherwise)."""
+
     objective: int  # cost x1000 or H x1000
     bound: int
-    counts: dict  # (m, i) -> engines
-    flows: dict  # (m, i) -> milli-rps (pooled)
+    counts: dict[OptionKey, int]  # engines
+    flows: dict[OptionKey, int]  # milli-rps
     mix: tuple = ()  # (configuration, GPUs) behind the counts, when rounded from columns
 
 
@@ -189,8 +195,8 @@ def _headroom_of(d: IlpData, placed: Placed) -> int:
 
 
 def relax_and_pack(
-    d: IlpData, *, with_headroom: bool, seconds: float, workers: int, clock,
-    start: Placed | None = None,
+    d: IlpData, *, with_headroom: bool, seconds: float, workers: int,
+    clock: Callable[[], float], start: Placed | None = None,
 ) -> tuple[Placed | None, list[PackStage]] | None:
     """Cost stage, then (optionally) headroom stage, each as aggregate -> pack; None when
     the aggregate finds nothing, no placement (with the cost bound) when nothing packs.

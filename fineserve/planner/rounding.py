@@ -78,7 +78,7 @@ def round_columns(d: IlpData, pool: tuple[Column, ...], *, cost_cap: int | None,
         start = dict(hint)
         for c, var in lam.items():
             model.add_hint(var, start.get(c, 0))
-    s, status = solve(model, seconds, workers)
+    s, status = solve(model, seconds, workers, d.inst.settings.seed)
     if status not in ("OPTIMAL", "FEASIBLE"):
         return None
     counts = {k: s.value(v) for k, v in engines.items() if s.value(v) > 0}
