@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from fineserve.planner.options import TpGroup
 from fineserve.planner.schema import Plan
 from fineserve.planner.variables import H_SCALE, IlpData
+from fineserve.planner.warmstart import engine_key
 
 Placed = list[tuple[str, int, TpGroup, int]]  # (model, option index, group, flow milli-rps)
 
@@ -46,15 +47,11 @@ def placed_from_plan(d: IlpData, plan: Plan) -> Placed | None:
     out: Placed = []
     exact: list[float] = []
     for e in plan.engines:
-        gpu_type = d.gpus[e.gpus[0]].spec.name
-        i = next((j for j, o in enumerate(d.options[e.model])
-                  if (o.gpu_type, o.tp, o.sm_pct, o.max_batch)
-                  == (gpu_type, e.tp, e.sm_pct, e.max_batch)), None)
-        u = next((u for u in d.groups.get(e.tp, ()) if u.gpus == e.gpus), None)
-        if i is None or u is None:
+        key = engine_key(d, e)
+        if key is None:
             return None
         exact.append(e.rate_rps * 1000)
-        out.append((e.model, i, u, int(exact[-1])))
+        out.append((e.model, key[0], d.groups[e.tp][key[1]], int(exact[-1])))
     for m in d.models:
         mine = sorted((k for k, p in enumerate(out) if p[0] == m),
                       key=lambda k: out[k][3] - exact[k])

@@ -22,7 +22,7 @@ from typing import Any
 from ortools.sat.python import cp_model
 
 from fineserve.planner.constraints import FRACTION_SCALE
-from fineserve.planner.schema import Plan
+from fineserve.planner.schema import EnginePlacement, Plan
 from fineserve.planner.symmetry import canonical_plan
 from fineserve.planner.variables import MILLI, U_SCALE, IlpData, PlacementVars, VarKey
 
@@ -37,18 +37,24 @@ def all_vars(v: PlacementVars) -> Iterator[Any]:
     yield v.U
 
 
+def engine_key(d: IlpData, e: EnginePlacement) -> tuple[int, int] | None:
+    """(option index, TP group index) of engine ``e`` in the ILP; None if it has neither."""
+    gpu_type = d.gpus[e.gpus[0]].spec.name
+    i = next((j for j, o in enumerate(d.options[e.model])
+              if (o.gpu_type, o.tp, o.sm_pct, o.max_batch)
+              == (gpu_type, e.tp, e.sm_pct, e.max_batch)), None)
+    k = next((k for k, u in enumerate(d.groups.get(e.tp, ())) if u.gpus == e.gpus), None)
+    return None if i is None or k is None else (i, k)
+
+
 def plan_keys(d: IlpData, v: PlacementVars, plan: Plan) -> list[tuple[VarKey, float]]:
     """(x key, routed req/s) of every engine of ``plan`` the ILP can express, canonical GPU
     labels; engines whose option or group the ILP lacks are skipped."""
     out = []
     for e in canonical_plan(plan).engines:
-        gpu_type = d.gpus[e.gpus[0]].spec.name
-        i = next((j for j, o in enumerate(d.options[e.model])
-                  if (o.gpu_type, o.tp, o.sm_pct, o.max_batch)
-                  == (gpu_type, e.tp, e.sm_pct, e.max_batch)), None)
-        k = next((k for k, u in enumerate(d.groups.get(e.tp, ())) if u.gpus == e.gpus), None)
-        if i is not None and k is not None and (e.model, i, k) in v.x:
-            out.append(((e.model, i, k), e.rate_rps))
+        key = engine_key(d, e)
+        if key is not None and (e.model, *key) in v.x:
+            out.append(((e.model, *key), e.rate_rps))
     return out
 
 
