@@ -18,12 +18,14 @@ sys.path.insert(0, str(ROOT))
 
 from bench.doc_section import write_section  # noqa: E402
 from bench.e2e.calibrate import Calibration  # noqa: E402
+from bench.e2e.losses import loss_lines  # noqa: E402
 from bench.e2e.plans import CONFIG, CONFIGS, as_deployed  # noqa: E402
 from bench.e2e.predict import predict_all  # noqa: E402
 from bench.e2e.results import ResultsDir  # noqa: E402
 from fineserve.planner.planfile import load_plan  # noqa: E402
 
 TARGET_ATTAINMENT = 0.5  # acceptance is judged where (a) attains about this
+PRIOR = "2026-11-26-prerun"  # predictions committed before the measurement (held-out test)
 SCRIPT = "bench/e2e/report.py"
 
 
@@ -300,6 +302,44 @@ def calibration_lines(res: ResultsDir, rows: list[Row]) -> list[str]:
     return [*out, ""]
 
 
+def _rebased(pred: dict, measured: dict) -> dict:
+    """``pred``'s rates over the measurement's seconds: a prediction made before the run had
+    only the trace's duration, the measurement divides by the replay's wall time."""
+    d, dm = pred.get("duration_s"), measured.get("duration_s")
+    if not d or not dm:
+        return pred
+    overall = {k: v * d / dm if k in ("output_tokens_per_s", "goodput_rps", "throughput_rps")
+               and isinstance(v, int | float) else v for k, v in pred["overall"].items()}
+    return {**pred, "overall": overall, "duration_s": dm}
+
+
+def prior_lines(res: ResultsDir, rows: list[Row], prior: Path) -> list[str]:
+    """The measurement beside the predictions committed before it was made (``prior``) and
+    the current ones: the prior ones are the honest held-out test."""
+    import json
+
+    out = []
+    for r in rows:
+        pp = prior / res.predicted_path(r.config, r.scale).name
+        if r.measured is None or not pp.is_file():
+            continue
+        p = Row(r.config, r.scale, r.offered_rps, r.measured,
+                _rebased(json.loads(pp.read_text())["summary"], r.measured), None, None)
+        out.append(f"| ({r.config}) | {r.scale:g} | {_f(r.m('slo_attainment'), '.1%')} | "
+                   f"{_f(p.p('slo_attainment'), '.1%')} ({_f(p.attainment_error_pts, '+.1f')} pt,"
+                   f" {_f(p.throughput_error, '+.1%')}) | {_f(r.p('slo_attainment'), '.1%')} "
+                   f"({_f(r.attainment_error_pts, '+.1f')} pt, {_f(r.throughput_error, '+.1%')})"
+                   f" | {_f(r.m('rejected_429'), '.0f')} / {_f(p.p('rejected_429'), '.0f')} / "
+                   f"{_f(r.p('rejected_429'), '.0f')} |")
+    if not out:
+        return []
+    return [f"Predicted before the run (`{prior.name}/`) and now (current calibration), "
+            "attainment (error, throughput error over the replay's wall time) and 429s "
+            "measured / before / now:", "",
+            "| config | rate x | measured | predicted before | predicted now | 429 |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |", *out, ""]
+
+
 def section(res: ResultsDir, rows: list[Row], acc: Acceptance | None, plots: bool
             ) -> list[str]:
     bench = res.load_bench()
@@ -315,9 +355,16 @@ def section(res: ResultsDir, rows: list[Row], acc: Acceptance | None, plots: boo
         f"{bench.duration_s:.0f} s per rate, lengths `{bench.lengths}`, seed {bench.seed}.", "",
         *[f"- ({c}) {CONFIG[c].name}" for c in CONFIGS], "",
         *table(rows), "", *acceptance_lines(acc), "", *ratio_lines(rows),
-        *calibration_lines(res, rows)]
+        *calibration_lines(res, rows), *prior_lines(res, rows, res.root / PRIOR)]
     if acc is not None:
         lines += per_model_lines(rows, acc.scale)
+        lost = [m for s in res.scales() if s >= acc.scale
+                and (m := res.measured("c", s)) is not None]
+        if lost:
+            lines += ["Where (c) lost, per model and per engine (`bench/e2e/losses.py`; limit "
+                      "cuts inferred from the 1 s engine series):", ""]
+            for m in lost:
+                lines += loss_lines(m)
     if notes:
         lines += ["Notes from the runs:", "", *[f"- {n}" for n in notes], ""]
     if plots:
