@@ -67,6 +67,46 @@ def pool_breakdown(rows: list[dict], setup: Setup) -> dict:
             "not_held": round(free, 4)}
 
 
+SLACK_CAUSES = ("not_held", "ended", "draining", "admission_hole", "growth_room")
+
+
+def slack_by_cause(samples: list[dict], hot: str, slab_bytes: int = 64 * MIB) -> dict:
+    """Where a phase's pool was not holding KV (pooled hold samples, means as pool shares;
+    they sum to 1 - KV share). Per sample and engine, ``held - used`` goes to the first cause
+    that applies:
+
+    * ``ended``: the engine's flood ended inside the window (running fell below half the
+      window's most, nothing waiting): memory of finished requests not yet moved;
+    * ``draining``: held above target (a drain the engine's running requests pin);
+    * ``admission_hole``: the engine has a queue: its free blocks are fewer than the next
+      (or a preempted) request needs to enter;
+    * ``growth_room``: no queue: room its running requests grow into, and grow-ahead.
+
+    ``not_held`` is the pool no engine held (growth not yet asked for, e.g. a hot engine
+    still prefilling its flood). The ledger's used tokens lag by up to a slab's tokens or
+    the lease's refresh (0.5 s); that lag lands in the causes above."""
+    rows = [r for r in samples if r.get("label") == f"sat:{hot}:hold" and r.get("ledger")]
+    out = dict.fromkeys(SLACK_CAUSES, 0.0)
+    if not rows:
+        return {"samples": 0, **out}
+    peak = {eid: max(r["engines"].get(eid, {}).get("running", 0) for r in rows)
+            for eid in rows[0]["ledger"]}
+    for r in rows:
+        pool = max(1, r.get("pool_bytes", 0) or 96 * slab_bytes)
+        out["not_held"] += 1 - sum(v["held_bytes"] for v in r["ledger"].values()) / pool
+        for eid, v in r["ledger"].items():
+            vl = r["engines"].get(eid, {"running": 0, "waiting": 0})
+            slack = max(0, v["held_bytes"] - v["used_kv_bytes"]) / pool
+            above = max(0, v["held_bytes"] - v["target_bytes"]) / pool
+            if vl["waiting"] == 0 and 2 * vl["running"] < peak[eid]:
+                out["ended"] += slack
+                continue
+            d = min(slack, above)
+            out["draining"] += d
+            out["admission_hole" if vl["waiting"] > 0 else "growth_room"] += slack - d
+    return {"samples": len(rows), **{k: round(x / len(rows), 4) for k, x in out.items()}}
+
+
 def compact_rows(rows: list[dict], t0: float) -> list[dict]:
     """The sampler's rows for the results file: time from the mode's start, rounded."""
     out = []
@@ -183,6 +223,8 @@ def explain(res: dict) -> str:
                      f"{ph.get('pool', {}).get('not_held', 0):.3f}")
         for eid, d in ph.get("pool", {}).get("engines", {}).items():
             lines.append(f"   {eid:20s} " + " ".join(f"{k} {v:.3f}" for k, v in d.items()))
+        sl = slack_by_cause(po.get("samples", []), hot, slab)
+        lines.append("   slack by cause: " + " ".join(f"{k} {sl[k]:.3f}" for k in SLACK_CAUSES))
         for r in po.get("samples", []):
             if r["label"] == f"sat:{hot}:hold" and r.get("ledger"):
                 lines.append(f"   t={r['t']:7.2f} " + "  ".join(

@@ -344,3 +344,34 @@ def test_explain_lists_each_phase_breakdown_and_its_hold_samples():
     text = rep.explain({"modes": {"pooled": pooled}})
     assert "== chat-8b hot: KV share 0.021" in text
     assert "t=   5.00 a 2.0/3/2" in text and text.count("t=") == 1  # hold samples only
+
+
+def _slab_row(label, engines):
+    """A compact sample: per engine (running, waiting, used, held, target) in 64 MiB slabs."""
+    s = 64 * MIB
+    return {"t": 1.0, "label": label, "pool_bytes": 10 * s,
+            "engines": {k: {"running": v[0], "waiting": v[1], "usage": 1.0}
+                        for k, v in engines.items()},
+            "ledger": {k: {"used_kv_bytes": int(v[2] * s), "held_bytes": v[3] * s,
+                           "target_bytes": v[4] * s, "demand_kv_bytes": 0}
+                       for k, v in engines.items()}}
+
+
+def test_slack_by_cause_sums_to_the_pool_not_holding_kv():
+    hold = "sat:h:hold"
+    rows = [  # hot: 2 slabs above target (pinned drain) + 0.5 free with a queue; cold: room
+        _slab_row(hold, {"h": (30, 5, 5.5, 8, 6), "c": (4, 0, 0.5, 1, 1)}),
+        # the cold engine's requests ended (4 -> 1 running, none waiting); 2 slabs not held
+        _slab_row(hold, {"h": (30, 5, 5.5, 8, 6), "c": (1, 0, 0.0, 1, 1)}) | {"t": 2.0},
+        _slab_row("sat:h:ramp", {"h": (1, 0, 0, 1, 1)}),  # outside the window: ignored
+    ]
+    rows[1]["ledger"]["h"]["held_bytes"] = 7 * 64 * MIB  # one slab fewer held
+    got = rep.slack_by_cause(rows, "h")
+    assert got["samples"] == 2
+    assert got["draining"] == pytest.approx((0.2 + 0.1) / 2)
+    assert got["admission_hole"] == pytest.approx((0.05 + 0.05) / 2)
+    assert got["growth_room"] == pytest.approx(0.05 / 2)
+    assert got["ended"] == pytest.approx(0.1 / 2)
+    assert got["not_held"] == pytest.approx((0.1 + 0.2) / 2)
+    share = sum((5.5 + u) / 10 for u in (0.5, 0.0)) / 2
+    assert sum(got[k] for k in rep.SLACK_CAUSES) == pytest.approx(1 - share)
