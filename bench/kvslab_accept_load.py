@@ -61,17 +61,25 @@ class Sampler:
 
 
 async def _stream_one(session, url: str, model: str, seed: int) -> None:
-    prompt = [100 + (seed * 7919 + k * 104729) % 20000 for k in range(FLOOD_PROMPT)]
-    body = {"model": model, "prompt": prompt, "max_tokens": FLOOD_OUTPUT, "ignore_eos": True,
-            "stream": True, "temperature": 0.0}
-    async with session.post(f"{url}/v1/completions", json=body) as resp:
-        async for _ in resp.content.iter_any():
-            pass
+    """One stream slot: a request, and when it ends the next one (another prompt), until
+    cancelled. A cold engine decodes its 512 tokens in ~5.5 s (H100 s5, ~10 ms a step), so
+    single requests ended inside the 6 s phase's hold window and their memory, idle, counted
+    against the KV share (0.029 / 0.020 / 0 of the pool in s5's phases): a flood holds its
+    sequences for the whole phase."""
+    for k in range(1_000_000):
+        prompt = [100 + (seed * 7919 + k * 15485863 + i * 104729) % 20000
+                  for i in range(FLOOD_PROMPT)]
+        body = {"model": model, "prompt": prompt, "max_tokens": FLOOD_OUTPUT,
+                "ignore_eos": True, "stream": True, "temperature": 0.0}
+        async with session.post(f"{url}/v1/completions", json=body) as resp:
+            async for _ in resp.content.iter_any():
+                pass
 
 
 async def flood(targets: list[tuple[str, str, int]], hold_s: float, seed: int) -> None:
-    """Hold ``n`` streaming requests open on each (url, model, n) for ``hold_s``, then drop
-    them (vLLM aborts a request whose client disconnects)."""
+    """Hold ``n`` streaming requests open on each (url, model, n) for ``hold_s`` (a request
+    that ends is followed by another), then drop them (vLLM aborts a request whose client
+    disconnects)."""
     import asyncio
 
     import aiohttp

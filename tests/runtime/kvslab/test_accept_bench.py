@@ -242,6 +242,50 @@ def test_a_flood_holds_its_streams_then_drops_them():
     assert seen == {"open": 5, "closed": 5}
 
 
+def test_a_flood_replaces_a_request_that_ends_so_its_sequences_last_the_phase():
+    """s5: cold engines finished their flood requests inside the hold window and their idle
+    memory counted against the KV share; a slot whose request ends sends the next at once,
+    never more than ``n`` at a time, each with another prompt."""
+    import asyncio
+
+    from aiohttp import web
+
+    seen = {"open": 0, "now": 0, "most": 0, "prompts": set()}
+
+    async def completions(request):
+        body = await request.json()
+        seen["prompts"].add(tuple(body["prompt"][:8]))
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        seen["open"] += 1
+        seen["now"] += 1
+        seen["most"] = max(seen["most"], seen["now"])
+        try:
+            for _ in range(3):  # a short request: ends well inside the phase
+                await resp.write(b"data: {}\n\n")
+                await asyncio.sleep(0.02)
+            await resp.write_eof()
+            return resp
+        finally:
+            seen["now"] -= 1
+
+    async def main():
+        app = web.Application()
+        app.router.add_post("/v1/completions", completions)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        await load.flood([(f"http://127.0.0.1:{port}", "m", 2)], 0.6, seed=1)
+        await asyncio.sleep(0.2)
+        await runner.cleanup()
+
+    asyncio.run(main())
+    assert seen["open"] >= 6 and seen["most"] == 2 and seen["now"] == 0
+    assert len(seen["prompts"]) == seen["open"]  # no prefix-cache hit on a repeated prompt
+
+
 def test_the_pool_breakdown_separates_held_but_empty_from_not_held():
     setup = _setup()
     ledger = {"a-0": {"used_kv_bytes": 1 * GIB, "held_bytes": 3 * GIB, "target_bytes": 2 * GIB,
