@@ -20,6 +20,7 @@ from bench.e2e.workload import make_trace, trace_digest
 from fineserve.metrics.kv import kv_summary
 from fineserve.metrics.summary import RequestRecord, summarize
 from fineserve.planner.planfile import load_plan
+from fineserve.planner.schema import Plan
 from fineserve.profiles.latency import LatencyModel
 from fineserve.scheduler import SchedulerConfig
 from fineserve.sim.cluster import SimOptions, simulate
@@ -37,16 +38,17 @@ def deployed_default(cfg: str) -> Deployed:
     return Deployed(no_mps=c.no_mps, kv_pool=c.kv_pool, policy=c.policy, enforce_eager=False)
 
 
-def sim_options(dep: Deployed) -> SimOptions:
+def sim_options(dep: Deployed, scheduler: SchedulerConfig | None = None) -> SimOptions:
     """The simulator's models as deployed: MPS bandwidth interference, or time slicing where
-    the GPU deployment ran without MPS (none on CPU)."""
+    the GPU deployment ran without MPS (none on CPU). ``scheduler`` replaces the gateway's
+    default settings (its policy is still the deployed one)."""
     interference = None
     if not dep.cpu and not dep.no_mps:
         interference = (InterferenceParams.load(INTERFERENCE_FIT) if INTERFERENCE_FIT.is_file()
                         else InterferenceParams())
     return SimOptions(kv="pooled" if dep.kv_pool else "static", interference=interference,
                       sharing="time-sliced" if dep.no_mps and not dep.cpu else "mps",
-                      scheduler=SchedulerConfig(policy=dep.policy))
+                      scheduler=replace(scheduler or SchedulerConfig(), policy=dep.policy))
 
 
 def engine_kv_usage(samples) -> float | None:
@@ -66,22 +68,24 @@ def client_view(records: list[RequestRecord], timeout_s: float) -> list[RequestR
 
 def predict_one(res: ResultsDir, cfg: str, scale: float, latency: LatencyModel,
                 decode_scale: float = 1.0, write: bool = True,
-                decode_s_per_seq: float = 0.0) -> dict:
+                decode_s_per_seq: float = 0.0, plan: Plan | None = None,
+                scheduler: SchedulerConfig | None = None) -> dict:
     """Simulate (cfg, scale) and write its prediction file; returns the prediction.
     ``decode_scale`` stretches every decode step of an MPS deployment and
     ``decode_s_per_seq`` adds that much per decoding sequence at 100% SMs
     (``fineserve.sim.stepscale``; fitted on MPS runs, neither applies to time slicing, whose
-    model stretches full-GPU steps by itself)."""
+    model stretches full-GPU steps by itself). ``plan`` and ``scheduler`` replace the
+    committed plan and the gateway's default settings (what-ifs, ``whatif.py``)."""
     bench = res.load_bench()
     trace = make_trace(bench, scale)
     measured = res.measured(cfg, scale)
     dep = measured.deployed if measured is not None else deployed_default(cfg)
-    plan = as_deployed(load_plan(res.plan_path(cfg)), dep.kv_pool)
+    plan = as_deployed(plan or load_plan(res.plan_path(cfg)), dep.kv_pool)
     digest = trace_digest(trace)
     if measured is not None and measured.trace_digest != digest:
         raise ValueError(f"{res.measured_path(cfg, scale)}: replayed trace {measured.trace_digest}"
                          f" is not the one bench.json generates ({digest})")
-    opts = sim_options(dep)
+    opts = sim_options(dep, scheduler)
     sliced = opts.sharing == "time-sliced"
     asked, asked_per_seq = decode_scale, decode_s_per_seq
     if sliced or dep.cpu:
