@@ -171,6 +171,11 @@ class SlabEngine:
             if mine:
                 self._park_free(mine)
 
+    def pins_drain(self, block_ids: list[int]) -> bool:
+        """True if a request holding ``block_ids`` keeps a DRAINING slab from emptying (call
+        under ``lock``, only while ``slabs.draining``)."""
+        return any(self.slabs.should_park(b) for b in block_ids)
+
     def on_step_scheduled(self) -> None:
         with self.lock:
             self.slabs.on_step_scheduled()

@@ -394,6 +394,8 @@ def _scheduler_makers() -> dict[Hook, Any]:
             _STATE.scheduler = self
             with eng.lock:
                 eng.service()
+                if eng.slabs.draining and _STATE.settings.preempt_draining_first:
+                    _pinning_last(self, eng)
                 out = orig(self, *a, **k)
                 if out.total_num_scheduled_tokens > 0:
                     eng.on_step_scheduled()
@@ -413,6 +415,33 @@ def _scheduler_makers() -> dict[Hook, Any]:
 
     return {POOL_INIT: init, POOL_FREE: free, POOL_USAGE: usage, ALLOCATE_SLOTS: allocate,
             SCHEDULE: schedule, UPDATE: update}
+
+
+def _pinning_last(sched: Any, eng: SlabEngine) -> None:
+    """Move the running requests that hold blocks of a DRAINING slab to the end of
+    ``sched.running``, where vLLM's FCFS scheduler takes the request it preempts when a step
+    does not fit (``self.running.pop()``).
+
+    Why: an engine with a queue (a flooded engine at saturation) runs out of blocks every few
+    steps and preempts its newest request anyway; preempting the ones that pin a drain
+    instead returns the slab within a step or two, not after a request's lifetime. On the
+    H100 (s5) the hot engine held 2-4 slabs above its target for whole 6 s phases (their
+    requests ran ~15 s) while the cold engines' preempted requests waited for those slabs:
+    2.5 % + 1.9 % of the pool idle at once. No effect unless a step needs a preemption, and
+    none under the priority policy (it picks by priority). Host cost (a pass over the running
+    requests' block ids, ~0.1 us a block) only while a slab drains and fewer free blocks are
+    online than a slab plus one per running request (else no step can need a preemption
+    soon); the drains it speeds up are what shortens that time."""
+    if getattr(getattr(sched, "policy", None), "value", None) != "fcfs":
+        return
+    if eng.view.num_free() >= eng.layout.blocks_per_slab + len(sched.running):
+        return
+    mgr = sched.kv_cache_manager
+    keep, last = [], []
+    for r in sched.running:
+        (last if eng.pins_drain(mgr.get_block_ids(r.request_id)[0]) else keep).append(r)
+    if last and keep:
+        sched.running[:] = keep + last
 
 
 def _attach(pool: Any) -> None:

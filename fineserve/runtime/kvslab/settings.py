@@ -32,6 +32,7 @@ class PluginSettings:
     heartbeat_timeout_s: float = 10.0  # FINESERVE_KVSLAB_HEARTBEAT_TIMEOUT_S
     floor_wait_s: float = 120.0  # FINESERVE_KVSLAB_FLOOR_WAIT_S: wait for others to drain
     min_slab_granules: int = 1  # FINESERVE_KVSLAB_SLAB_GRANULES
+    preempt_draining_first: bool = True  # FINESERVE_KVSLAB_PREEMPT_DRAINING: see plugin
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> PluginSettings:
@@ -54,8 +55,12 @@ class PluginSettings:
                 raise KvSlabError(f"{pre}_{name} must be >= {low}, got {raw!r}")
             return v
 
+        pd = env.get(f"{pre}_PREEMPT_DRAINING", "1")
+        if pd not in ("0", "1", ""):
+            raise KvSlabError(f"{pre}_PREEMPT_DRAINING must be 0 or 1, got {pd!r}")
         return cls(
             enabled=flag == "1", ledger=env.get(f"{pre}_LEDGER") or None,
+            preempt_draining_first=pd != "0",
             engine_id=env.get(f"{pre}_ENGINE_ID") or f"engine-{os.getpid()}",
             floor_bytes=int(num("FLOOR_BYTES", int, 0, 0)),
             slo_weight=float(num("SLO_WEIGHT", float, 1.0, 1e-6)),

@@ -376,3 +376,33 @@ def test_a_refused_grow_is_retried_after_a_pause_not_at_every_wake_up():
     assert m.engine.busy()
     m.engine.background_once()
     assert asks == [1, 1] and m.engine.slabs.held == 2
+
+
+def test_preempting_the_requests_that_pin_a_drain_returns_the_slab():
+    """plugin._pinning_last puts the requests found by ``pins_drain`` where vLLM preempts;
+    here: the drain waits on one request while others run, and freeing that one (vLLM's
+    preemption frees its blocks) lets the slab unmap and go back to the pool."""
+    m = _engine_with(slabs_online=3, target=3)
+    m.lease.cap = 3  # the pool: no slab to borrow beyond these three
+    m.engine.service()
+    full = m.pool.alloc(8 + 7)  # slabs 0 and 1
+    tail = m.pool.alloc(3)  # slab 2: the emptiest, drained first
+    m.lease.target = 2
+    m.engine.background_once()  # reads the target, starts the drain
+    with m.engine.lock:
+        assert m.engine.slabs.draining
+        assert m.engine.pins_drain(tail) and not m.engine.pins_drain(full)
+    for _ in range(3):  # the pinning request runs on: the drain cannot finish
+        m.engine.service()
+        m.engine.on_step_scheduled()
+        m.engine.on_step_finished()
+        m.engine.background_once()
+    assert m.engine.slabs.held == 3 and m.engine.metrics().shrinks == 0
+    m.pool.free(tail)  # preempted
+    for _ in range(3):
+        m.engine.service()
+        m.engine.on_step_scheduled()
+        m.engine.on_step_finished()
+        m.engine.background_once()
+    # the slab unmapped and went back (the fake lease lets the engine borrow it again)
+    assert m.engine.metrics().shrinks >= 1 and m.lease.held == m.engine.slabs.held

@@ -287,12 +287,24 @@ class _HookEngine:
     def __init__(self):
         self.lock = threading.RLock()
         self.slabs = SimpleNamespace(draining=False)
+        self.view = SimpleNamespace(num_free=lambda: self.free)
+        self.layout = SimpleNamespace(blocks_per_slab=32)
+        self.free, self.pinned = 0, set()
         self.freed, self.grows, self.rounds = [], [True], 0
         self.wake = threading.Event()
         self.round_done = threading.Event()
 
     def on_blocks_freed(self, ids):
         self.freed.append(ids)
+
+    def service(self):
+        pass
+
+    def on_step_scheduled(self):
+        pass
+
+    def pins_drain(self, block_ids):
+        return any(b in self.pinned for b in block_ids)
 
     def grow_sync(self):
         return self.grows.pop(0) if self.grows else False
@@ -351,3 +363,42 @@ def test_background_loop_sleeps_long_when_idle_and_runs_at_once_when_woken(hook_
     eng.wake.set()
     th.join(10)
     assert not th.is_alive() and eng.rounds == 2
+
+
+def _sched(pool, policy="fcfs"):
+    blocks = {"a": [1, 2], "b": [40, 41], "c": [3], "d": [42]}
+    reqs = [SimpleNamespace(request_id=k) for k in "abcd"]
+    mgr = SimpleNamespace(block_pool=pool, get_block_ids=lambda rid: (blocks[rid],))
+    return SimpleNamespace(running=list(reqs), kv_cache_manager=mgr,
+                           policy=SimpleNamespace(value=policy))
+
+
+@pytest.mark.parametrize("draining, policy, on, free, order", [
+    (True, "fcfs", True, 35, "acbd"),  # b and d pin the drain: FCFS preempts from the end
+    (False, "fcfs", True, 0, "abcd"),  # no drain: vLLM's order
+    (True, "priority", True, 0, "abcd"),  # the priority policy picks by priority
+    (True, "fcfs", False, 0, "abcd"),  # FINESERVE_KVSLAB_PREEMPT_DRAINING=0
+    (True, "fcfs", True, 36, "abcd"),  # a slab + a block per request free: no preemption
+])
+def test_schedule_puts_requests_pinning_a_drain_where_fcfs_preempts(hook_state, draining,
+                                                                    policy, on, free, order):
+    from fineserve.runtime.kvslab.hooks import SCHEDULE
+
+    eng, pool, makers = hook_state
+    eng.slabs.draining, eng.pinned, eng.free = draining, {40, 41, 42}, free
+    plugin._STATE.settings = PluginSettings(preempt_draining_first=on)
+    seen = []
+    schedule = makers[SCHEDULE](lambda self: seen.append(
+        "".join(r.request_id for r in self.running)) or SimpleNamespace(
+        total_num_scheduled_tokens=0))
+    sched = _sched(pool, policy)
+    schedule(sched)
+    assert seen == [order] and sorted(r.request_id for r in sched.running) == list("abcd")
+
+
+def test_preempt_draining_is_a_switch():
+    assert PluginSettings.from_env({}).preempt_draining_first
+    assert not PluginSettings.from_env(
+        {"FINESERVE_KVSLAB_PREEMPT_DRAINING": "0"}).preempt_draining_first
+    with pytest.raises(KvSlabError, match="FINESERVE_KVSLAB_PREEMPT_DRAINING must be 0 or 1"):
+        PluginSettings.from_env({"FINESERVE_KVSLAB_PREEMPT_DRAINING": "yes"})

@@ -137,3 +137,14 @@ def test_the_v2_warmup_sizes_its_batch_from_kv_cache_config_num_blocks():
     src = ast.unparse(fn)
     assert "model_runner.kv_cache_config.num_blocks - 1" in src
     assert "next_block_id = 1" in src
+
+
+def test_fcfs_preempts_the_last_running_request():
+    """plugin._pinning_last moves requests pinning a drain to the end of ``running`` because
+    the FCFS branch of ``Scheduler.schedule`` preempts ``self.running.pop()``."""
+    fn = _function(_class("vllm.v1.core.sched.scheduler", "Scheduler").body, "schedule")
+    pops = [c for c in ast.walk(fn) if isinstance(c, ast.Call)
+            and isinstance(c.func, ast.Attribute) and c.func.attr == "pop"
+            and isinstance(c.func.value, ast.Attribute) and c.func.value.attr == "running"
+            and not c.args]
+    assert pops
