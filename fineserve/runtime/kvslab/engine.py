@@ -171,10 +171,14 @@ class SlabEngine:
             if mine:
                 self._park_free(mine)
 
-    def pins_drain(self, block_ids: list[int]) -> bool:
-        """True if a request holding ``block_ids`` keeps a DRAINING slab from emptying (call
-        under ``lock``, only while ``slabs.draining``)."""
-        return any(self.slabs.should_park(b) for b in block_ids)
+    def draining_slabs(self) -> tuple[int, ...]:
+        """DRAINING slabs, ascending (under ``lock``)."""
+        return tuple(self.slabs.slabs_in(SlabState.DRAINING))
+
+    def draining_blocks(self) -> frozenset[int]:
+        """Block ids of DRAINING slabs: a request holding one keeps its slab from emptying."""
+        per = self.layout.blocks_per_slab
+        return frozenset(b for s in self.draining_slabs() for b in range(s * per, (s + 1) * per))
 
     def on_step_scheduled(self) -> None:
         with self.lock:

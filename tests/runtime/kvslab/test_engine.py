@@ -379,7 +379,7 @@ def test_a_refused_grow_is_retried_after_a_pause_not_at_every_wake_up():
 
 
 def test_preempting_the_requests_that_pin_a_drain_returns_the_slab():
-    """plugin._pinning_last puts the requests found by ``pins_drain`` where vLLM preempts;
+    """plugin._pinning_last puts the requests holding ``draining_blocks`` where vLLM preempts;
     here: the drain waits on one request while others run, and freeing that one (vLLM's
     preemption frees its blocks) lets the slab unmap and go back to the pool."""
     m = _engine_with(slabs_online=3, target=3)
@@ -391,7 +391,9 @@ def test_preempting_the_requests_that_pin_a_drain_returns_the_slab():
     m.engine.background_once()  # reads the target, starts the drain
     with m.engine.lock:
         assert m.engine.slabs.draining
-        assert m.engine.pins_drain(tail) and not m.engine.pins_drain(full)
+        pinned = m.engine.draining_blocks()
+        assert m.engine.draining_slabs() == (2,) and pinned == set(range(16, 24))
+        assert not pinned.isdisjoint(tail) and pinned.isdisjoint(full)
     for _ in range(3):  # the pinning request runs on: the drain cannot finish
         m.engine.service()
         m.engine.on_step_scheduled()

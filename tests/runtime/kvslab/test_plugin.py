@@ -303,8 +303,11 @@ class _HookEngine:
     def on_step_scheduled(self):
         pass
 
-    def pins_drain(self, block_ids):
-        return any(b in self.pinned for b in block_ids)
+    def draining_slabs(self):
+        return (1,) if self.slabs.draining else ()
+
+    def draining_blocks(self):
+        return frozenset(self.pinned)
 
     def grow_sync(self):
         return self.grows.pop(0) if self.grows else False
@@ -402,3 +405,34 @@ def test_preempt_draining_is_a_switch():
         {"FINESERVE_KVSLAB_PREEMPT_DRAINING": "0"}).preempt_draining_first
     with pytest.raises(KvSlabError, match="FINESERVE_KVSLAB_PREEMPT_DRAINING must be 0 or 1"):
         PluginSettings.from_env({"FINESERVE_KVSLAB_PREEMPT_DRAINING": "yes"})
+
+
+def test_pinning_requests_are_found_once_per_drain_and_stay_last(hook_state):
+    """The block scan runs when the set of DRAINING slabs changes; a request vLLM appends
+    later (blocks from ONLINE slabs) goes before the pinning ones without a new scan."""
+    from fineserve.runtime.kvslab.hooks import SCHEDULE
+
+    eng, pool, makers = hook_state
+    eng.slabs.draining, eng.pinned = True, {40, 41, 42}
+    plugin._STATE.settings = PluginSettings()
+    schedule = makers[SCHEDULE](lambda self: SimpleNamespace(total_num_scheduled_tokens=0))
+    sched = _sched(pool)
+    scans = []
+    ids = sched.kv_cache_manager.get_block_ids
+    sched.kv_cache_manager.get_block_ids = lambda rid: scans.append(rid) or (
+        ([7],) if rid == "e" else ids(rid))
+    schedule(sched)
+    assert "".join(r.request_id for r in sched.running) == "acbd" and len(scans) == 4
+    sched.running.append(SimpleNamespace(request_id="e"))  # admitted since: not scanned
+    schedule(sched)
+    assert "".join(r.request_id for r in sched.running) == "acebd"
+    assert len(scans) == 4
+    b = sched.running.pop()  # preempted ...
+    schedule(sched)
+    sched.running.append(b)  # ... and re-admitted on ONLINE blocks: no longer pinning
+    schedule(sched)
+    assert "".join(r.request_id for r in sched.running) == "acedb"  # d goes before the pinning b
+    assert len(scans) == 4
+    eng.draining_slabs = lambda: (1, 2)  # another slab drains: scanned again
+    schedule(sched)
+    assert len(scans) == 4 + 5
