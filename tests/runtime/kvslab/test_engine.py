@@ -160,6 +160,17 @@ class EngineMachine(RuleBasedStateMachine):
     def finish_request(self, i):
         self.pool.free(self.requests.pop(i % len(self.requests)))
 
+    @rule()
+    def preempt_a_request_pinning_a_drain(self):
+        """What ``plugin._pinning_last`` makes vLLM do when a step does not fit: preempt (free)
+        a request holding blocks of a DRAINING slab."""
+        with self.engine.lock:
+            pinned = self.engine.draining_blocks()
+        for i, r in enumerate(self.requests):
+            if not pinned.isdisjoint(r):
+                self.pool.free(self.requests.pop(i))
+                return
+
     @rule(t=st.integers(1, 6))
     def set_target(self, t):
         self.lease.target = t
@@ -203,6 +214,10 @@ class EngineMachine(RuleBasedStateMachine):
                 assert sm.state(self.layout.slab_of_block(b)) in (SlabState.ONLINE,
                                                                    SlabState.DRAINING)
         assert self.engine.used_blocks() == sum(len(r) for r in self.requests)
+        with self.engine.lock:
+            assert self.engine.draining_blocks() == {
+                b for b in range(48) if sm.state(self.layout.slab_of_block(b))
+                is SlabState.DRAINING}
         m = self.engine.metrics()
         assert 0.0 <= m.usage <= 1.0 and m.usage == self.engine.usage()
         assert m.online_blocks == sm.online * 8
