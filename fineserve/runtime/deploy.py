@@ -26,6 +26,12 @@ from fineserve.planner.planfile import dump_plan
 from fineserve.planner.schema import Plan
 from fineserve.runtime import procs
 from fineserve.runtime.engine_args import EngineLaunch
+from fineserve.runtime.engine_report import (
+    EngineReport,
+    WeightCheck,
+    check_weights,
+    read_engine_report,
+)
 from fineserve.runtime.errors import DeployError, EngineGaveUp, EngineStartError
 from fineserve.runtime.gateway_process import (
     GatewayRestarts,
@@ -86,6 +92,8 @@ class _Engine:
         self.phase = EnginePhase.STARTING
         self.restart_at = 0.0
         self.failed_probes = 0
+        self.loaded: EngineReport | None = None  # from its log, once ready
+        self.weights: WeightCheck | None = None
 
 
 class Deployment:
@@ -190,11 +198,21 @@ class Deployment:
                         hint=log_hint(e.proc), log_path=str(e.proc.spec.log))
                 if e.proc.probe(now):
                     e.phase = EnginePhase.READY
+                    self._check_loaded(eid, e)
                     self._save()
             self.obs.progress(self._rows())
             if all(e.phase is EnginePhase.READY for e in self.engines.values()):
                 return
             time.sleep(TICK_S)
+
+    def _check_loaded(self, eid: str, e: _Engine) -> None:
+        """Read what the ready engine loaded; warn when its weight memory is not the plan's
+        (dummy int4 engines once ran unquantized fp16 unnoticed)."""
+        planned = next((p.weight_bytes for p in self.plan.engines if p.engine_id == eid), 0)
+        e.loaded = read_engine_report(e.proc.spec.log)
+        e.weights = check_weights(eid, e.loaded, planned)
+        if e.weights.warning:
+            self.obs.warn(f"{e.weights.warning} (log: {e.proc.spec.log})")
 
     def _start_gateway(self, timeout_s: float = 60.0) -> None:
         spec = gateway_spec(self.run_dir.gateway_config, self.run_dir.logs / "gateway.log",
@@ -249,6 +267,7 @@ class Deployment:
             elif e.proc.probe(now):
                 e.phase = EnginePhase.READY
                 self.obs.note(f"engine {eid} is serving again")
+                self._check_loaded(eid, e)
                 return True
         elif code is None and e.phase is EnginePhase.READY:
             ok = e.proc.probe(now)
@@ -338,6 +357,7 @@ class Deployment:
             mps_group=prep.mps_group_of.get(eid, "") if prep else "",
             proc=ProcRecord.of(e.proc.proc) if e.proc.proc and e.proc.running else None,
             phase=e.phase, restarts=e.backoff.total, last_exit=e.proc.last_exit,
+            loaded=e.loaded, weights=e.weights,
         ) for eid, e in self.engines.items()]
         gw = self.gateway
         return DeployState(

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from fineserve.runtime.engine_report import EngineReport, WeightCheck
 from fineserve.runtime.errors import DeployError
 from fineserve.runtime.procs import ProcId
 
@@ -81,6 +82,10 @@ class EngineRecord(_Frozen):
     phase: EnginePhase = EnginePhase.STARTING
     restarts: int = 0
     last_exit: int | None = None  # exit code (negative: signal) of the last run
+    # what its log says it loaded, read when it last became ready (engine_report.py), and
+    # its weight memory against the plan's per-rank weight bytes
+    loaded: EngineReport | None = None
+    weights: WeightCheck | None = None
 
 
 class MpsRecord(_Frozen):

@@ -3,8 +3,14 @@ the weight check a deployment warns with."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
 import pytest
 
+from fineserve.runtime.deploy import Deployment
+from fineserve.runtime.engine_args import EngineLaunch
 from fineserve.runtime.engine_report import (
     GIB,
     START_MARKER,
@@ -13,6 +19,11 @@ from fineserve.runtime.engine_report import (
     parse_engine_log,
     read_engine_report,
 )
+from fineserve.runtime.gateway_config import build_gateway_config
+from fineserve.runtime.prepare import Prepared
+from fineserve.runtime.state import Mode, RunDir
+
+from .helpers import demand, engine, free_port_range, options, plan
 
 # vLLM 0.26.0 on an H100: the int4-gptq profile run of 2026-11-26 that loaded fp16 weights
 # (bench/results/h100-profile/.../int4-gptq.kv-fp8.log; config line shortened)
@@ -153,3 +164,48 @@ def test_check_without_a_figure_says_nothing():
     assert (c.loaded_gib, c.ratio, c.warning) == (None, None, "")
     assert c.planned_gib == round((1 << 20) / GIB, 3)
     assert check_weights("e", EngineReport(weight_gib=3.0), 0).warning == ""
+
+
+# ---------------------------------------------------------------- the deploy loop uses it
+
+def _stand_in(port: int, gib: float) -> tuple[str, ...]:
+    """tests/runtime/fake_engine.py after logging vLLM 0.26's weight line."""
+    fake = str(Path(__file__).with_name("fake_engine.py"))
+    line = f"INFO [model_runner.py:305] Model loading took {gib} GiB and 3.2 seconds"
+    code = (f"import runpy, sys; print({line!r}, flush=True); sys.argv = [{fake!r}, "
+            f"'{port}']; runpy.run_path({fake!r}, run_name='__main__')")
+    return (sys.executable, "-c", code)
+
+
+def test_deploy_records_what_each_engine_loaded_and_warns_on_unquantized(tmp_path):
+    a, b = demand("a", weights="int4-gptq"), demand("b")
+    p = plan([a, b], [engine("a-0", a), engine("b-0", b)])
+    base = free_port_range(3, first=32000, step=41)
+    opts = options(tmp_path, Mode.CPU, port=base, engine_port_base=base + 1,
+                   health_interval_s=0.2, startup_timeout_s=30, stop_timeout_s=5)
+    loads = {"a-0": 15.04, "b-0": 14.96}  # a: int4 planned, fp16 loaded
+    launches = tuple(EngineLaunch(e.engine_id, e.model, base + 1 + i, e.gpus, e.sm_pct,
+                                  e.max_batch, _stand_in(base + 1 + i, loads[e.engine_id]), ())
+                     for i, e in enumerate(p.engines))
+    prep = Prepared(launches, (), {"a-0": "", "b-0": ""}, None,
+                    build_gateway_config(p, launches, opts), ())
+    warned: list[str] = []
+    obs = SimpleNamespace(note=lambda t: None, warn=warned.append, progress=lambda r: None)
+    dep = Deployment(p, opts, obs, prepared=prep)
+    run = RunDir(opts.run_dir)
+    seen: list = []
+
+    def on_ready(url: str) -> None:
+        seen.append(run.read_state())
+        dep.request_stop()
+
+    dep.run(on_ready)
+    st = seen[0]
+    wa, wb = st.engine("a-0").weights, st.engine("b-0").weights
+    assert st.engine("a-0").loaded.weight_gib == 15.04
+    assert wa.loaded_gib == 15.04 and wa.planned_gib == round(p.engines[0].weight_bytes / GIB, 3)
+    assert wa.warning.startswith("engine a-0 loaded 15.04 GiB") and wa.ratio > 2
+    assert wb.loaded_gib == 14.96 and wb.warning == "" and 0.9 < wb.ratio < 1.1
+    assert [w for w in warned if "GiB of weights" in w] == [
+        f"{wa.warning} (log: {run.engine_log('a-0')})"]
+    assert RunDir(opts.run_dir).read_state().engine("a-0").weights == wa  # kept after stop
