@@ -102,15 +102,22 @@ def relaxation(d: IlpData, h_scale: int = H_SCALE) -> Relaxation:
     return Relaxation(m_, n, F, Y, H, cost)
 
 
-MIN_SOLVE_S = 0.2  # solve() runs at least this long
+MIN_SOLVE_S = 0.2  # an optional solve with less time left is not started
+NO_TIME = "NO_TIME"  # solve()'s status when it had no time: the solver was not started
+SOLVED = ("OPTIMAL", "FEASIBLE")
 
 
 def solve(model: cp_model.CpModel, seconds: float, workers: int, seed: int = 0
           ) -> tuple[cp_model.CpSolver, str]:
-    """Solve; returns the solver (for values and bounds) and the status name. ``seed`` is
-    the planner settings' (runs repeat where CP-SAT's workers allow)."""
+    """Solve for at most ``seconds``; returns the solver (for values and bounds) and the
+    status name. With no time left the solver is not started (loading a large model alone
+    takes a fraction of a second, past the caller's deadline): status NO_TIME, and the
+    solver has no values or bound. ``seed`` is the planner settings' (runs repeat where
+    CP-SAT's workers allow)."""
     solver = cp_model.CpSolver()
-    solver.parameters.max_time_in_seconds = max(MIN_SOLVE_S, seconds)
+    if seconds <= 0:
+        return solver, NO_TIME
+    solver.parameters.max_time_in_seconds = seconds
     solver.parameters.num_workers = workers
     solver.parameters.random_seed = seed
     code = solver.solve(model)
@@ -121,8 +128,10 @@ def cost_lower_bound(d: IlpData, seconds: float = 3.0, workers: int = 8) -> int:
     """Lower bound on sum_g c_g y_g over plans placing all traffic (0 if unknown)."""
     r = relaxation(d)
     r.model.minimize(r.cost)
-    solver, _ = solve(r.model, seconds, workers, d.inst.settings.seed)
-    bound = solver.best_objective_bound
+    solver, status = solve(r.model, seconds, workers, d.inst.settings.seed)
+    if status == NO_TIME:
+        return 0
+    bound = solver.best_objective_bound  # cost >= 0: CP-SAT's default bound 0 holds too
     return max(0, math.ceil(bound - 1e-6)) if math.isfinite(bound) else 0
 
 
@@ -153,6 +162,8 @@ def _headroom_bound(d: IlpData, max_cost: int, h_scale: int, seconds: float, wor
     r.model.add(r.cost <= max_cost)
     r.model.maximize(r.H)
     solver, status = solve(r.model, seconds, workers, d.inst.settings.seed)
+    if status not in SOLVED:  # e.g. stopped in presolve: CP-SAT reports bound 0, not a bound
+        return float(d.h_cap), False
     bound = solver.best_objective_bound
     if not math.isfinite(bound):
         return float(d.h_cap), False

@@ -34,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from fineserve.errors import PlanInfeasible
@@ -79,6 +79,7 @@ class BuiltModel:
     v: PlacementVars
     values: dict = field(default_factory=dict)  # the best solution of the current stage
     hinted: dict = field(default_factory=dict)  # the last complete hint given (a solution)
+    notes: list[str] = field(default_factory=list)  # for the solve report (hints dropped)
 
 
 def build_model(
@@ -137,11 +138,13 @@ def solve_ilp(
     bm = build_model(inst, options, backend, d)
     b, v = bm.b, bm.v
     if warm_start is not None:
-        hint = _hint_from_plan(bm, warm_start)
-        b.hint(hint)
-        bm.hinted = hint
-        # what the hint places in the ILP's units: rounding may leave a sliver unplaced
-        all_placed = places_all(d, v, hint)
+        hint = _hint_from_plan(bm, warm_start, deadline - time.perf_counter())
+        if hint is not None:
+            b.hint(hint)
+            bm.hinted = hint
+        # what the hint places in the ILP's units: rounding may leave a sliver unplaced;
+        # without a hint, whether all traffic fits is for the placed-traffic stage to find
+        all_placed = hint is not None and places_all(d, v, hint)
     stages: list[StageReport] = []
     snapshot: Plan | None = None  # plan of the last successful stage
     prep = _Prepare(bm, limit, warm_start)
@@ -152,8 +155,8 @@ def solve_ilp(
                      PLACED_SHARE, lambda x: x / FRACTION_SCALE, stages,
                      focus=lns.short_of_traffic, ceiling=all_traffic(d))
         if not res.has_solution:
-            return _fallback(inst, warm_start, stages, backend, t0, limit)
-        snapshot = _extract(bm, _report(backend, stages, t0))
+            return _fallback(inst, warm_start, stages, backend, t0, limit, notes=bm.notes)
+        snapshot = _extract(bm, _report(backend, stages, t0, notes=bm.notes))
     order = _stage_order(st.objective)
     for k, name in enumerate(order):
         share = 1.0 if k == len(order) - 1 else FIRST_STAGE_SHARE[st.objective]
@@ -161,11 +164,12 @@ def solve_ilp(
                          prep.for_stage(name, stages) if all_placed else None)
         if not res.has_solution:
             if snapshot is None:
-                return _fallback(inst, prep.warm, stages, backend, t0, limit)
+                return _fallback(inst, prep.warm, stages, backend, t0, limit, notes=bm.notes)
             note = f"stage {name!r} found no solution in time; plan of the previous stage"
-            return _no_worse(_with_report(snapshot, _report(backend, stages, t0, note)),
+            return _no_worse(_with_report(snapshot, _report(backend, stages, t0,
+                                                            [note, *bm.notes])),
                              prep.warm, t0)
-        snapshot = _extract(bm, _report(backend, stages, t0))
+        snapshot = _extract(bm, _report(backend, stages, t0, notes=bm.notes))
     assert snapshot is not None  # order is never empty
     return _no_worse(snapshot, prep.warm, t0)
 
@@ -191,6 +195,7 @@ class _Prepare:
     def _cost(self, seconds: float, found: float | None) -> tuple[float, dict | None]:
         """Cuts from the aggregated and configuration bounds; a cheaper rounded plan."""
         started = time.perf_counter()
+        end = started + seconds
         bm = self.bm
         b, d, v, st = bm.b, bm.d, bm.v, bm.d.inst.settings
         lb = cost_lower_bound(d, min(AGGREGATE_SHARE * self.limit, 0.3 * seconds),
@@ -214,10 +219,11 @@ class _Prepare:
             return known, None
         if self.warm is None or better.cost < self.warm.cost:
             self.warm = better  # the fallback if no solver stage finds a plan
-        return known, _hint_from_plan(bm, better)
+        return known, _hint_from_plan(bm, better, end - time.perf_counter())
 
     def _headroom(self, cost_cap: int, seconds: float, found: float | None
                   ) -> tuple[float, dict | None]:
+        end = time.perf_counter() + seconds
         bm = self.bm
         b, d, v, st = bm.b, bm.d, bm.v, bm.d.inst.settings
         # both bound the capacity-based headroom, hence the routed one (U >= 1 / bound); the
@@ -239,8 +245,8 @@ class _Prepare:
         hint = None
         if placed is not None:
             plan = _placed_plan(d, placed, SolveReport("ilp-rounding", "FEASIBLE", 0.0))
-            hint = _hint_from_plan(bm, plan)
-            if found is not None and hint[v.U] >= found:
+            hint = _hint_from_plan(bm, plan, end - time.perf_counter())
+            if hint is not None and found is not None and hint[v.U] >= found:
                 hint = None
         return u_for_headroom(min(ub, config_ub)), hint
 
@@ -252,15 +258,17 @@ def _no_worse(plan: Plan, warm: Plan | None, t0: float) -> Plan:
         return plan
     r = plan.report
     note = (f"the solver's plan ({r.status}) is worse than the warm start "
-            f"({warm.report.method}); returning the warm start with the solver's bounds")
+            f"({warm.report.method}); returning the warm start with the solver's bounds"
+            + (f"; {r.note}" if r.note else ""))
     return _with_report(warm, SolveReport(r.method, "HEURISTIC", time.perf_counter() - t0,
                                           r.stages, note))
 
 
-def _report(backend: str, stages: list[StageReport], t0: float, note: str = "") -> SolveReport:
+def _report(backend: str, stages: list[StageReport], t0: float,
+            notes: Sequence[str] = ()) -> SolveReport:
     ok = all(s.status == "OPTIMAL" for s in stages)
     return SolveReport(f"ilp-{backend}", "OPTIMAL" if ok else "FEASIBLE",
-                       time.perf_counter() - t0, tuple(stages), note)
+                       time.perf_counter() - t0, tuple(stages), "; ".join(notes))
 
 
 def _with_report(plan: Plan, report: SolveReport) -> Plan:
@@ -544,13 +552,17 @@ def _extract(bm: BuiltModel, report: SolveReport) -> Plan:
                          rates if d.pooled else None)
 
 
-def _hint_from_plan(bm: BuiltModel, plan: Plan) -> dict:
-    """``plan`` as a feasible ILP solution in integer units (warmstart.py)."""
-    return hint_from_plan(bm.d, bm.v, plan, bm.d.inst.settings.num_workers)
+def _hint_from_plan(bm: BuiltModel, plan: Plan, seconds: float = math.inf) -> dict | None:
+    """``plan`` as a feasible ILP solution in integer units (warmstart.py), repaired in at
+    most ``seconds``; None, with the reason in ``bm.notes``, when there is none."""
+    hint = hint_from_plan(bm.d, bm.v, plan, bm.d.inst.settings.num_workers, seconds)
+    if hint.values is None:
+        bm.notes.append(f"no hint from the {plan.report.method} plan: {hint.reason}")
+    return hint.values
 
 
 def _fallback(inst: Instance, warm: Plan | None, stages: list[StageReport], backend: str,
-              t0: float, limit: float, why: str = "") -> Plan:
+              t0: float, limit: float, why: str = "", notes: Sequence[str] = ()) -> Plan:
     if warm is None:
         last = stages[-1].status if stages else "UNKNOWN"
         raise PlanInfeasible(
@@ -560,6 +572,7 @@ def _fallback(inst: Instance, warm: Plan | None, stages: list[StageReport], back
         )
     note = why or "solver found nothing better within the time limit"
     note += f"; returning the warm start ({warm.report.method})"
+    note += "".join(f"; {n}" for n in notes)
     report = SolveReport(f"ilp-{backend}", "HEURISTIC", time.perf_counter() - t0,
                          tuple(stages), note)
     return _with_report(warm, report)

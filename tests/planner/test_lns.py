@@ -28,7 +28,7 @@ def _is_solution(bm, values) -> bool:
 def _start(inst, plan_of=worst_fit_plan):
     options = engine_options(inst, LAT)
     bm = build_model(inst, options)
-    hint = hint_from_plan(bm.d, bm.v, plan_of(inst, options))
+    hint = hint_from_plan(bm.d, bm.v, plan_of(inst, options)).values
     return bm, hint
 
 

@@ -45,7 +45,7 @@ def instances(draw):
 def _fixed_solve(inst, options, plan):
     """Build the ILP, fix every variable to the plan's hint and solve: the hint's status."""
     bm = build_model(inst, options)
-    hint = hint_from_plan(bm.d, bm.v, plan)
+    hint = hint_from_plan(bm.d, bm.v, plan).values
     assert set(hint) == set(all_vars(bm.v)), "the hint must be complete"
     if places_all(bm.d, bm.v, hint):
         pin_all_placed(bm.b, bm.d, bm.v)
@@ -74,7 +74,7 @@ def test_ilp_never_worse_than_its_worst_fit_hint(inst):
     options = engine_options(inst, LAT)
     warm = worst_fit_plan(inst, options)
     bm = build_model(inst, options)
-    hint = hint_from_plan(bm.d, bm.v, warm)
+    hint = hint_from_plan(bm.d, bm.v, warm).values
     plan = solve_ilp(inst, options, warm_start=warm)
     assert check_plan(inst, plan, LAT) == []
     assert rank(inst, plan) <= rank(inst, warm)
