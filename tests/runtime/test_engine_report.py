@@ -209,3 +209,26 @@ def test_deploy_records_what_each_engine_loaded_and_warns_on_unquantized(tmp_pat
     assert [w for w in warned if "GiB of weights" in w] == [
         f"{wa.warning} (log: {run.engine_log('a-0')})"]
     assert RunDir(opts.run_dir).read_state().engine("a-0").weights == wa  # kept after stop
+
+
+def test_bench_reads_the_figures_from_the_state(tmp_path):
+    from bench.e2e.deployment import loaded_weights
+    from fineserve.runtime.procs import ProcId
+    from fineserve.runtime.state import DeployState, EngineRecord, Phase, ProcRecord
+
+    run = RunDir(tmp_path / "run")
+    run.create()
+    assert loaded_weights(run.root) == {}  # no state yet
+    report = parse_engine_log(H100_INT4)
+    check = check_weights("a-0", report, int(5.3 * GIB))
+    engines = [EngineRecord(engine_id="a-0", model="a", port=1, gpus=[0], sm_pct=50, log="x",
+                            loaded=report, weights=check),
+               EngineRecord(engine_id="b-0", model="b", port=2, gpus=[0], sm_pct=50, log="y")]
+    run.write_state(DeployState(mode=Mode.MPS, phase=Phase.RUNNING,
+                                deploy=ProcRecord.of(ProcId(1, 1)), gateway_url="",
+                                engines=engines))
+    got = loaded_weights(run.root)
+    assert got["a-0"] == {"weight_gib": 15.04, "planned_weight_gib": 5.3,
+                          "quantization": "auto_gptq", "kv_cache_dtype": "fp8",
+                          "warning": check.warning}
+    assert got["b-0"] == dict.fromkeys(got["a-0"])  # not ready yet: nothing read
