@@ -266,8 +266,9 @@ def versions() -> dict[str, str]:
     return out
 
 
-def device_memory_used(device: str) -> int | None:
-    """Bytes used on GPU 0 (as CUDA_VISIBLE_DEVICES maps it), by NVML; None on CPU."""
+def _memory_info(device: str):
+    """NVML's memory info of GPU 0 (as CUDA_VISIBLE_DEVICES maps it); None on CPU or without
+    NVML (it is optional)."""
     if device == "cpu":
         return None
     try:
@@ -276,30 +277,23 @@ def device_memory_used(device: str) -> int | None:
         pynvml.nvmlInit()
         try:
             index = int(os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0] or 0)
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            return int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
+            return pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(index))
         finally:
             pynvml.nvmlShutdown()
     except Exception:  # noqa: BLE001 - NVML optional
         return None
+
+
+def device_memory_used(device: str) -> int | None:
+    """Bytes used on GPU 0 (as CUDA_VISIBLE_DEVICES maps it), by NVML; None on CPU."""
+    info = _memory_info(device)
+    return None if info is None else int(info.used)
 
 
 def device_memory_free(device: str) -> int | None:
     """Free bytes on GPU 0 (as CUDA_VISIBLE_DEVICES maps it), by NVML; None on CPU."""
-    if device == "cpu":
-        return None
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            index = int(os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0] or 0)
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            return int(pynvml.nvmlDeviceGetMemoryInfo(handle).free)
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # noqa: BLE001 - NVML optional
-        return None
+    info = _memory_info(device)
+    return None if info is None else int(info.free)
 
 
 def device_identity(device: str) -> tuple[str, str]:

@@ -226,19 +226,7 @@ def test_a_flood_holds_its_streams_then_drops_them():
             seen["closed"] += 1
             raise
 
-    async def main():
-        app = web.Application()
-        app.router.add_post("/v1/completions", completions)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
-        await load.flood([(f"http://127.0.0.1:{port}", "m", 5)], 0.5, seed=1)
-        await asyncio.sleep(0.3)
-        await runner.cleanup()
-
-    asyncio.run(main())
+    _flood_stub(completions, slots=5, seconds=0.5, settle=0.3)
     assert seen == {"open": 5, "closed": 5}
 
 
@@ -269,19 +257,7 @@ def test_a_flood_replaces_a_request_that_ends_so_its_sequences_last_the_phase():
         finally:
             seen["now"] -= 1
 
-    async def main():
-        app = web.Application()
-        app.router.add_post("/v1/completions", completions)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
-        await load.flood([(f"http://127.0.0.1:{port}", "m", 2)], 0.6, seed=1)
-        await asyncio.sleep(0.2)
-        await runner.cleanup()
-
-    asyncio.run(main())
+    _flood_stub(completions, slots=2, seconds=0.6, settle=0.2)
     assert seen["open"] >= 6 and seen["most"] == 2 and seen["now"] == 0
     assert len(seen["prompts"]) == seen["open"]  # no prefix-cache hit on a repeated prompt
 
@@ -419,3 +395,25 @@ def test_slack_by_cause_sums_to_the_pool_not_holding_kv():
     assert got["not_held"] == pytest.approx((0.1 + 0.2) / 2)
     share = sum((5.5 + u) / 10 for u in (0.5, 0.0)) / 2
     assert sum(got[k] for k in rep.SLACK_CAUSES) == pytest.approx(1 - share)
+
+
+def _flood_stub(completions, *, slots: int, seconds: float, settle: float) -> None:
+    """Run ``load.flood`` for ``seconds`` with ``slots`` at once against a one-route aiohttp
+    stub serving ``completions``, then let it settle and shut it down."""
+    import asyncio
+
+    from aiohttp import web
+
+    async def main():
+        app = web.Application()
+        app.router.add_post("/v1/completions", completions)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        await load.flood([(f"http://127.0.0.1:{port}", "m", slots)], seconds, seed=1)
+        await asyncio.sleep(settle)
+        await runner.cleanup()
+
+    asyncio.run(main())
