@@ -53,8 +53,8 @@ from fineserve.planner.constraints import (
 )
 from fineserve.planner.improve import placed_from_plan
 from fineserve.planner.options import EngineOption
-from fineserve.planner.packing import relax_and_pack
 from fineserve.planner.ranking import rank
+from fineserve.planner.relaxpack import relax_and_pack
 from fineserve.planner.rounding import rounded_plan
 from fineserve.planner.schema import Instance, Objective, Plan, SolveReport, StageReport
 from fineserve.planner.variables import (

@@ -18,12 +18,10 @@ import time
 from dataclasses import dataclass
 
 from fineserve.planner.options import TpGroup
+from fineserve.planner.placed import Placed, PlacedEngine
 from fineserve.planner.schema import Plan
 from fineserve.planner.variables import H_SCALE, IlpData
 from fineserve.planner.warmstart import engine_key
-
-Placed = list[tuple[str, int, TpGroup, int]]  # (model, option index, group, flow milli-rps)
-
 
 Engines = list[tuple[int, TpGroup, int]]  # one model's (option, group, flow milli-rps)
 
@@ -51,14 +49,13 @@ def placed_from_plan(d: IlpData, plan: Plan) -> Placed | None:
         if key is None:
             return None
         exact.append(e.rate_rps * 1000)
-        out.append((e.model, key[0], d.groups[e.tp][key[1]], int(exact[-1])))
+        out.append(PlacedEngine(e.model, key[0], d.groups[e.tp][key[1]], int(exact[-1])))
     for m in d.models:
-        mine = sorted((k for k, p in enumerate(out) if p[0] == m),
-                      key=lambda k: out[k][3] - exact[k])
-        short = d.lam[m] - sum(out[k][3] for k in mine)
+        mine = sorted((k for k, p in enumerate(out) if p.model == m),
+                      key=lambda k: out[k].flow - exact[k])
+        short = d.lam[m] - sum(out[k].flow for k in mine)
         for k in mine[:max(0, short)]:
-            m2, i, u, f = out[k]
-            out[k] = (m2, i, u, f + 1)
+            out[k] = out[k]._replace(flow=out[k].flow + 1)
     return out
 
 
@@ -82,10 +79,11 @@ def split_by_capacity(d: IlpData, placed: Placed) -> Placed:
     """``placed`` with each model's traffic split in proportion to capacity (proportional):
     the routed headroom is then the capacity headroom, rounded."""
     out = list(placed)
-    for m in {m for m, *_ in placed}:
-        mine = [k for k, p in enumerate(placed) if p[0] == m]
-        for k, f in zip(mine, proportional(d, m, [placed[k][1] for k in mine]), strict=True):
-            out[k] = (*placed[k][:3], f)
+    for m in {p.model for p in placed}:
+        mine = [k for k, p in enumerate(placed) if p.model == m]
+        for k, f in zip(mine, proportional(d, m, [placed[k].option for k in mine]),
+                        strict=True):
+            out[k] = placed[k]._replace(flow=f)
     return out
 
 
@@ -159,8 +157,6 @@ class _State:
         d = self.d
         old, now = self._load(m, self.engines[m]), self._load(m, new)
         for g in set(old) | set(now):
-            if g not in self.used:
-                return False
             s0, m0 = old.get(g, (0, 0))
             s1, m1 = now.get(g, (0, 0))
             if s1 > s0 and self.sm[g] - s0 + s1 > d.sm_cap:
@@ -197,7 +193,8 @@ class _State:
         self.engines[m] = list(new)
 
     def placed(self) -> Placed:
-        return [(m, i, u, f) for m, mine in self.engines.items() for i, u, f in mine]
+        return [PlacedEngine(m, i, u, f) for m, mine in self.engines.items()
+                for i, u, f in mine]
 
 
 def _use(d: IlpData, m: str, i: int) -> float:

@@ -28,12 +28,13 @@ MIN_GPUS, START_GPUS, MAX_GPUS = 3, 5, 12
 # that reaches its target, halved after one that gains nothing
 FIRST_STEP, MAX_STEP = 0.005, 0.25
 
-Focus = Callable[[dict], set[int]]  # incumbent values -> GPUs worth freeing
+Values = dict[cp_model.IntVar, float]  # every variable's value: a solution (or a hint)
+Focus = Callable[[Values], set[int]]  # incumbent values -> GPUs worth freeing
 
 
 @dataclass(frozen=True, slots=True)
 class LnsResult:
-    values: dict  # best solution found (the incumbent if nothing better)
+    values: Values  # best solution found (the incumbent if nothing better)
     objective: float | None  # its objective; None: no solution known (start not verified)
     steps: int
     improvements: int
@@ -41,7 +42,7 @@ class LnsResult:
     bound: float | None = None  # overload: U of every solution is at least this (proven)
 
 
-def improve(model: cp_model.CpModel, d: IlpData, v: PlacementVars, values: dict,
+def improve(model: cp_model.CpModel, d: IlpData, v: PlacementVars, values: Values,
             objective: float | None, *, sense: str, seconds: float, focus: Focus,
             workers: int, seed: int = 0, overload: bool = False,
             stop_at: float | None = None) -> LnsResult:
@@ -123,16 +124,16 @@ def improve(model: cp_model.CpModel, d: IlpData, v: PlacementVars, values: dict,
                      lower if overload and lower else None)
 
 
-def _flows_u(d: IlpData, v: PlacementVars, values: dict) -> int:
+def _flows_u(d: IlpData, v: PlacementVars, values: Values) -> int:
     return utilisation(d, {key: round(values[f]) for key, f in v.f.items()})
 
 
-def _overload(d: IlpData, v: PlacementVars, values: dict, target: int) -> int:
+def _overload(d: IlpData, v: PlacementVars, values: Values, target: int) -> int:
     return sum(max(0, U_SCALE * round(values[f]) - target * d.mu[key[0], key[1]])
                for key, f in v.f.items() if values[v.x[key]] > 0.5)
 
 
-def _minimise_overload(sub: cp_model.CpModel, d: IlpData, v: PlacementVars, values: dict,
+def _minimise_overload(sub: cp_model.CpModel, d: IlpData, v: PlacementVars, values: Values,
                        free: set[int], target: int, u_now: int) -> None:
     """Objective of ``sub``: total overload above ``target`` over the engines that are or
     may be placed; U no worse than ``u_now``."""
@@ -169,7 +170,7 @@ def _neighbourhood(focus: set[int], gpus: list[int], size: int, rng: random.Rand
     return picked
 
 
-def _fixed_outside(model: cp_model.CpModel, d: IlpData, v: PlacementVars, values: dict,
+def _fixed_outside(model: cp_model.CpModel, d: IlpData, v: PlacementVars, values: Values,
                    free: set[int]) -> cp_model.CpModel:
     """A copy of ``model`` with x fixed to ``values`` on every group not inside ``free``,
     hinted with ``values``."""
@@ -188,7 +189,7 @@ def _fixed_outside(model: cp_model.CpModel, d: IlpData, v: PlacementVars, values
 def short_of_traffic(d: IlpData, v: PlacementVars) -> Focus:
     """GPUs holding engines of models with traffic unplaced, and the GPUs with the most
     free memory (where a new engine of such a model would go)."""
-    def focus(values: dict) -> set[int]:
+    def focus(values: Values) -> set[int]:
         short = {m for m in d.models if values[v.p[m]] < d.lam[m]}
         return (_gpus_of(d, v, values, lambda key: key[0] in short)
                 | _emptiest(d, v, values, ROOMY_GPUS))
@@ -198,7 +199,7 @@ def short_of_traffic(d: IlpData, v: PlacementVars) -> Focus:
 def busiest(d: IlpData, v: PlacementVars) -> Focus:
     """GPUs holding the engines whose utilisation is within 1% of the busiest (those set U),
     and the GPUs with the most free memory."""
-    def focus(values: dict) -> set[int]:
+    def focus(values: Values) -> set[int]:
         util = {key: values[v.f[key]] / d.mu[key[0], key[1]]
                 for key, x in v.x.items() if values[x] > 0.5 and d.mu[key[0], key[1]] > 0}
         top = max(util.values(), default=0.0)
@@ -210,13 +211,13 @@ def busiest(d: IlpData, v: PlacementVars) -> Focus:
 ROOMY_GPUS = 3  # GPUs with the most free memory added to every focus
 
 
-def _gpus_of(d: IlpData, v: PlacementVars, values: dict,
+def _gpus_of(d: IlpData, v: PlacementVars, values: Values,
              keep: Callable[[VarKey], bool]) -> set[int]:
     return {g for key, x in v.x.items() if values[x] > 0.5 and keep(key)
             for g in v.group_of(d, key).gpus}
 
 
-def _emptiest(d: IlpData, v: PlacementVars, values: dict, n: int) -> set[int]:
+def _emptiest(d: IlpData, v: PlacementVars, values: Values, n: int) -> set[int]:
     """The ``n`` GPUs whose memory row (5) has the most room left under ``values``."""
     def used(g: int) -> float:
         return sum(d.w[m, i] * values[v.x[m, i, k]] + d.kappa[m, i] * values[v.f[m, i, k]]

@@ -20,7 +20,7 @@ from ortools.sat.python import cp_model
 from fineserve.planner.bounds import gpu_groups
 from fineserve.planner.master import Column
 from fineserve.planner.options import TpGroup
-from fineserve.planner.packing import Placed
+from fineserve.planner.placed import Placed, PlacedEngine
 from fineserve.planner.variables import U_SCALE, IlpData
 
 ROUTE_S = 2.0  # the routing model has one variable per engine: solved in milliseconds
@@ -43,7 +43,7 @@ def place_mix(d: IlpData, mix: tuple[tuple[Column, int], ...]) -> Placed | None:
         group = _group(d, d.options[m][i].tp, ids)
         if group is None:
             return None
-        placed.append((m, i, group, flow))
+        placed.append(PlacedEngine(m, i, group, flow))
     return placed
 
 

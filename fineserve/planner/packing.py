@@ -1,4 +1,4 @@
-"""Relax-and-pack: solve the aggregated ILP (bounds.py), then pack its engines onto GPUs.
+"""Packing: solve the aggregated ILP (bounds.py), then pack its engines onto GPUs.
 
 The aggregated model decides how many engines of each option to run; a small CP-SAT model
 then assigns them to aligned TP groups of the first Y GPUs, respecting every per-GPU row of
@@ -8,19 +8,19 @@ aggregate's objective when it uses as many GPUs as the aggregate (then both are 
 together, without searching the ILP's symmetric per-GPU space - what makes 100-model
 instances tractable); for the headroom stage its routed headroom is at most the aggregate's
 capacity-based one, with traffic split as pooled KV's aggregate routes it, or in proportion
-to capacity under static KV.
+to capacity under static KV. relaxpack.py runs the stages on these two steps.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from ortools.sat.python import cp_model
 
 from fineserve.planner.bounds import Relaxation, relaxation, solve
-from fineserve.planner.improve import Placed, improve_headroom, routed, split_by_capacity
+from fineserve.planner.improve import split_by_capacity
+from fineserve.planner.placed import Placed, PlacedEngine
 from fineserve.planner.variables import IlpData
 
 OptionKey = tuple[str, int]  # (model, option index)
@@ -74,8 +74,6 @@ def solve_aggregate(d: IlpData, stage: str, *, cost_cap: int | None = None,
     )
 
 
-HEADROOM_AGG_SHARE = 0.25  # of the limit, for the headroom stage's aggregate
-IMPROVE_SHARE = 0.05  # of the limit, per run of the local search (improve.py)
 ALTERNATIVES = 3  # lower SM levels an engine may fall back to while packing
 
 
@@ -167,125 +165,6 @@ def pack(d: IlpData, agg: Aggregate, h_target: int, seconds: float, workers: int
         if s.value(var):
             m, _, f = engines[e]
             f = s.value(fv[e, j, k]) if free else f
-            placed.append((m, j, d.groups[d.options[m][j].tp][k], f))
+            placed.append(PlacedEngine(m, j, d.groups[d.options[m][j].tp][k], f))
     # static KV: the aggregate routes no traffic (memory does not depend on it)
     return placed if d.pooled else split_by_capacity(d, placed)
-
-
-@dataclass(frozen=True, slots=True)
-class PackStage:
-    name: str
-    optimal: bool
-    objective: int  # x1000
-    bound: int  # x1000
-    seconds: float
-    note: str = ""  # where the stage's plan came from, when not from packing
-
-
-def _cost(d: IlpData, placed: Placed) -> int:
-    return sum(d.cost[g] for g in {g for _, _, u, _ in placed for g in u.gpus})
-
-
-def _headroom_of(d: IlpData, placed: Placed) -> int:
-    """Routed headroom (x1000) of ``placed`` with its own traffic split."""
-    by_model: dict[str, list] = {m: [] for m in d.models}
-    for m, i, u, f in placed:
-        by_model[m].append((i, u, f))
-    return min(routed(d, m, engines) for m, engines in by_model.items())
-
-
-def relax_and_pack(
-    d: IlpData, *, with_headroom: bool, seconds: float, workers: int,
-    clock: Callable[[], float], start: Placed | None = None,
-) -> tuple[Placed | None, list[PackStage]] | None:
-    """Cost stage, then (optionally) headroom stage, each as aggregate -> pack; None when
-    the aggregate finds nothing, no placement (with the cost bound) when nothing packs.
-
-    Cost: pack the aggregate's cheapest engine set onto as few GPUs as possible, then try the
-    most packable engine set at that cost (least SM and memory) for a cheaper packing; the
-    aggregate's bound is the stage's bound. Headroom: at the packed cost, pack the
-    aggregate's best-H engine set, then binary-search H between what packed (or the local
-    search reached) and what failed to pack, each floor's engine set from the slack
-    aggregate, until within 0.5% or out of time. ``clock()`` returns seconds left of the
-    overall budget.
-
-    ``start`` (the warm start's engines) stands in when the cost stage packs nothing or
-    packs more GPUs. The headroom stage begins and ends with improve.py's local search at
-    the stage's GPU set, and starts from the better of the packing and the start (after
-    that search) when they cost the same, so its plan is never below the start's headroom.
-    """
-    started = clock()
-    agg = solve_aggregate(d, "cost", seconds=min(seconds * 0.1, clock()), workers=workers)
-    if agg is None:
-        return None
-    lower = agg.bound
-    placed = pack(d, agg, d.h_min, min(seconds * 0.15, clock()), workers)
-    slack = solve_aggregate(d, "slack", cost_cap=agg.objective,
-                            seconds=min(seconds * 0.05, clock()), workers=workers)
-    if slack is not None and clock() > 0:
-        alt = pack(d, slack, d.h_min, min(seconds * 0.1, clock()), workers,
-                   cost_cap=None if placed is None else _cost(d, placed) - 1)
-        placed = alt if alt is not None else placed
-    note = ""
-    improved = None  # the start after the local search, reused by the headroom stage
-    if with_headroom and start is not None and (
-            placed is None or _cost(d, start) <= _cost(d, placed)):
-        improved = improve_headroom(d, start, min(seconds * IMPROVE_SHARE, max(0.0, clock())))
-    if start is not None and (placed is None or _cost(d, start) < _cost(d, placed)):
-        # the start stands in only if the headroom stage can improve it (else the caller
-        # returns it as is, with the bounds)
-        gain = improved is not None and _headroom_of(d, improved) > _headroom_of(d, start)
-        if gain or placed is not None:
-            placed, note = start, "cost stage: the warm start's GPUs (no cheaper packing found)"
-    if placed is None:  # nothing packed: the aggregate's bound is still proven
-        return None, [PackStage("cost", False, 0, lower, started - clock())]
-    cost = _cost(d, placed)
-    stages = [PackStage("cost", cost == lower, cost, lower, started - clock(), note)]
-    started = clock()
-    if not with_headroom:
-        return placed, stages
-    best = improved if placed is start and improved is not None else improve_headroom(
-        d, placed, min(seconds * IMPROVE_SHARE, max(0.0, clock())))
-    best_h = _headroom_of(d, best)
-    if improved is not None and best is not improved and _headroom_of(d, improved) > best_h:
-        best, best_h = improved, _headroom_of(d, improved)  # same cost, more headroom
-    # the headroom aggregate needs longer than the cost one (100 models: nothing in 6 s on
-    # 2 loaded cores); it gives the stage's bound and the engine sets the packing tries
-    top = solve_aggregate(d, "headroom", cost_cap=cost,
-                          seconds=min(seconds * HEADROOM_AGG_SHARE, 0.6 * clock()),
-                          workers=workers) if clock() > 0 else None
-    if top is None:
-        stages.append(PackStage("headroom", False, best_h, d.h_cap, started - clock()))
-        return best, stages
-    upper, target = top.bound, top
-    lo, hi, floor = best_h, top.objective, top.objective
-    reserve = seconds * IMPROVE_SHARE  # kept for the local search of the last packing
-
-    def left() -> float:
-        return clock() - reserve
-
-    while left() > 0 and target is not None:
-        trial = pack(d, target, max(floor, best_h + 1), min(seconds * 0.1, left()), workers,
-                     cost_cap=cost)
-        if trial is not None:  # capacity >= floor; its traffic split may route less
-            trial = improve_headroom(d, trial, min(seconds * IMPROVE_SHARE, max(0.0, clock())))
-            h = _headroom_of(d, trial)
-            if h > best_h:
-                best_h, best = h, trial
-            lo = max(lo, h, floor)
-        else:
-            hi = floor - 1  # heuristic: treat the floor that failed to pack as too high
-        if hi - lo <= max(1, lo // 200) or left() <= 0:  # within 0.5%, or out of time
-            break
-        floor = (lo + hi + 1) // 2
-        target = solve_aggregate(d, "slack", cost_cap=cost, h_floor=floor,
-                                 seconds=min(seconds * 0.05, left()), workers=workers)
-    if clock() > 0:  # the packed plan may leave room on its GPUs
-        best = improve_headroom(d, best, min(seconds * IMPROVE_SHARE, clock()))
-        best_h = _headroom_of(d, best)
-    stages.append(PackStage("headroom", best_h >= upper, best_h, upper, started - clock()))
-    final = _cost(d, best)
-    if final < cost:  # packing the headroom stage found a cheaper plan: it counts for cost too
-        c = stages[0]
-        stages[0] = PackStage(c.name, final == c.bound, final, c.bound, c.seconds)
-    return best, stages

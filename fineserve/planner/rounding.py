@@ -20,7 +20,8 @@ from fineserve.planner.bounds import gpu_groups, solve
 from fineserve.planner.dive import dive
 from fineserve.planner.master import Column, replicas
 from fineserve.planner.mixplace import place_mix
-from fineserve.planner.packing import Aggregate, Placed, pack
+from fineserve.planner.packing import Aggregate, pack
+from fineserve.planner.placed import Placed
 from fineserve.planner.variables import H_SCALE, MILLI, IlpData, min_headroom
 
 L = 8  # every TP degree divides this: rank contributions become integers

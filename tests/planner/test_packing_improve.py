@@ -7,13 +7,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fineserve.planner.ilp as ilp
-import fineserve.planner.packing as packing
+import fineserve.planner.relaxpack as relaxpack
 from fineserve.planner.api import best_greedy
 from fineserve.planner.greedy import METHODS
 from fineserve.planner.ilp import _placed_plan, solve_ilp
 from fineserve.planner.improve import _destination, _State, improve_headroom, placed_from_plan
 from fineserve.planner.options import engine_options
-from fineserve.planner.packing import _headroom_of
+from fineserve.planner.placed import PlacedEngine
+from fineserve.planner.relaxpack import _headroom_of
 from fineserve.planner.schema import (
     Cluster,
     Instance,
@@ -62,7 +63,7 @@ def test_relax_and_pack_improves_the_warm_start_when_packing_fails(monkeypatch):
     greedy = {name: build(inst, options) for name, build in METHODS.items()}
     warm = best_greedy(inst, options)
     monkeypatch.setattr(ilp, "MAX_PLACEMENT_VARS", 0)
-    monkeypatch.setattr(packing, "pack", lambda *a, **k: None)
+    monkeypatch.setattr(relaxpack, "pack", lambda *a, **k: None)
     plan = solve_ilp(inst, options, backend="ortools", warm_start=warm)
     assert check_plan(inst, plan, LAT) == []
     assert not plan.unplaced
@@ -107,14 +108,14 @@ def test_the_warm_start_is_searched_once(monkeypatch):
     options = engine_options(inst, LAT)
     warm = best_greedy(inst, options)
     monkeypatch.setattr(ilp, "MAX_PLACEMENT_VARS", 0)
-    monkeypatch.setattr(packing, "pack", lambda *a, **k: None)
+    monkeypatch.setattr(relaxpack, "pack", lambda *a, **k: None)
     calls = []
 
     def counted(d, placed, seconds):
         calls.append(list(placed))
         return improve_headroom(d, placed, seconds)
 
-    monkeypatch.setattr(packing, "improve_headroom", counted)
+    monkeypatch.setattr(relaxpack, "improve_headroom", counted)
     plan = solve_ilp(inst, options, backend="ortools", warm_start=warm)
     assert "warm start's GPUs" in plan.report.note
     assert plan.min_headroom > warm.min_headroom
@@ -127,8 +128,8 @@ def test_the_warm_start_is_kept_when_nothing_improves_it(monkeypatch):
     options = engine_options(inst, LAT)
     warm = best_greedy(inst, options)
     monkeypatch.setattr(ilp, "MAX_PLACEMENT_VARS", 0)
-    monkeypatch.setattr(packing, "pack", lambda *a, **k: None)
-    monkeypatch.setattr(packing, "improve_headroom", lambda d, placed, seconds: placed)
+    monkeypatch.setattr(relaxpack, "pack", lambda *a, **k: None)
+    monkeypatch.setattr(relaxpack, "improve_headroom", lambda d, placed, seconds: placed)
     plan = solve_ilp(inst, options, backend="ortools", warm_start=warm)
     assert plan.report.status == "HEURISTIC" and "packed nothing" in plan.report.note
     assert plan.engines == warm.engines
@@ -158,6 +159,7 @@ def test_improve_keeps_the_gpus_and_every_row_and_never_lowers_headroom(picks, r
     placed = placed_from_plan(d, start)
     assert placed is not None
     better = improve_headroom(d, placed, seconds=5.0)
+    assert all(isinstance(p, PlacedEngine) for p in [*placed, *better])
     gpus_before = {g for *_, u, _ in placed for g in u.gpus}
     assert {g for *_, u, _ in better for g in u.gpus} <= gpus_before
     assert capacity_headroom(d, better) >= capacity_headroom(d, placed)
