@@ -212,6 +212,9 @@ def measure_rate(res: ResultsDir, bench: BenchSet, plan: Plan, cfg: str, scale: 
     slos = {m.name: m.slo for m in plan.models}
     summary = write_results(Path(args.work) / cfg / rate_tag(scale), records, slos, wall)
     notes = () if drained else (f"engines still busy {DRAIN_S:.0f} s after a replay ended",)
+    loaded = proc.loaded_weights()  # did int4 engines really load int4? (deploy checked)
+    notes += tuple(str(x["warning"]) for x in loaded.values() if x["warning"])
+    dep = replace(dep, loaded=loaded)
     m = Measured(cfg, scale, trace_digest(trace), dep, summary, kv, args.request_timeout,
                  device_name(), startup, time.monotonic() - t0, notes, sampler.series)
     res.save_measured(m)
