@@ -15,6 +15,7 @@ moves engines only to GPUs of their option's type.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from fineserve.planner.options import TpGroup
@@ -202,30 +203,48 @@ def _use(d: IlpData, m: str, i: int) -> float:
     return o.tp * (d.sm[m, i] / d.sm_cap + d.w[m, i] / max(d.mem_cap.values()))
 
 
-def _moves(st: _State, m: str, now: int, nxt: int) -> list[Move]:
-    """Every change of model m that lifts its headroom above ``now`` and fits: its traffic
-    re-split, a new replica on GPUs in use (none of m's), or one engine at a larger SM
-    share in place."""
+@dataclass(frozen=True, slots=True)
+class _Change:
+    """One engine change of a model: its engines after it, the group the change is on."""
+
+    engines: tuple[tuple[int, TpGroup], ...]
+    group: TpGroup
+    use: float  # resources it adds, in fractions of a GPU (SM + memory)
+
+
+def _changes(st: _State, m: str, *, need_slot: bool) -> Iterator[_Change]:
+    """Model m's one-engine changes, option by option: a new replica on a group of GPUs in
+    use that hold none of m's engines (with ``need_slot``, each below the engine limit;
+    without, evictions are to make room), then each engine of m of the same GPU type and TP
+    moved to the option in place if it has more capacity."""
     d = st.d
     mine = st.plain(m)
     per_gpu = d.inst.settings.max_engines_per_gpu
+    for j, o in enumerate(d.options[m]):
+        for _, u in d.groups_for(o):
+            if all(g in st.used and m not in st.on[g]
+                   and (not need_slot or st.count[g] < per_gpu) for g in u.gpus):
+                yield _Change((*mine, (j, u)), u, _use(d, m, j))
+        for e, (i, u) in enumerate(mine):
+            old = d.options[m][i]
+            if (o.tp, o.gpu_type) == (old.tp, old.gpu_type) and d.mu[m, j] > d.mu[m, i]:
+                yield _Change((*mine[:e], *mine[e + 1:], (j, u)), u,
+                              _use(d, m, j) - _use(d, m, i))
+
+
+def _moves(st: _State, m: str, now: int, nxt: int) -> list[Move]:
+    """Every change of model m that lifts its headroom above ``now`` and fits: its traffic
+    re-split, or one engine change (_changes) with room for it as things stand."""
     out = []
 
     def consider(new: list[tuple[int, TpGroup]], use: float) -> None:
         engines = st.fitting(m, new, now, nxt)
         if engines is not None:
-            out.append(Move(m, tuple(engines), routed(d, m, engines), use))
+            out.append(Move(m, tuple(engines), routed(st.d, m, engines), use))
 
-    consider(mine, 0.0)
-    for j, o in enumerate(d.options[m]):
-        for _, u in d.groups_for(o):
-            if all(g in st.used and m not in st.on[g] and st.count[g] < per_gpu
-                   for g in u.gpus):
-                consider([*mine, (j, u)], _use(d, m, j))
-        for e, (i, u) in enumerate(mine):
-            old = d.options[m][i]
-            if (o.tp, o.gpu_type) == (old.tp, old.gpu_type) and d.mu[m, j] > d.mu[m, i]:
-                consider([*mine[:e], *mine[e + 1:], (j, u)], _use(d, m, j) - _use(d, m, i))
+    consider(st.plain(m), 0.0)
+    for c in _changes(st, m, need_slot=True):
+        consider(list(c.engines), c.use)
     return out
 
 
@@ -264,24 +283,12 @@ MAX_EVICTIONS = 3  # engines moved off a GPU to make room for a new replica
 
 
 def _add_with_evictions(st: _State, m: str, now: int, nxt: int) -> bool:
-    """Lift m by one engine change (a larger SM share in place, or a new replica on GPUs in
-    use) after moving up to MAX_EVICTIONS single-GPU engines of other models off its GPUs
-    to other GPUs in use (largest first, each to the fullest GPU it fits). Changes are tried
-    from the least resources; the first that works is applied. False if none does."""
-    d = st.d
-    mine = st.plain(m)
-    tried = []
-    for j, o in enumerate(d.options[m]):
-        for e, (i, u) in enumerate(mine):
-            old = d.options[m][i]
-            if (o.tp, o.gpu_type) == (old.tp, old.gpu_type) and d.mu[m, j] > d.mu[m, i]:
-                tried.append((_use(d, m, j) - _use(d, m, i), j, e, u))
-        for _, u in d.groups_for(o):
-            if all(g in st.used and m not in st.on[g] for g in u.gpus):
-                tried.append((_use(d, m, j), j, None, u))
-    for _, j, e, u in sorted(tried, key=lambda t: t[0]):
-        new = [*mine, (j, u)] if e is None else [*mine[:e], *mine[e + 1:], (j, u)]
-        if _evict_for(st, m, new, u.gpus, now, nxt):
+    """Lift m by one engine change (_changes: a larger SM share in place, or a new replica on
+    GPUs in use) after moving up to MAX_EVICTIONS single-GPU engines of other models off its
+    GPUs to other GPUs in use (largest first, each to the fullest GPU it fits). Changes are
+    tried from the least resources; the first that works is applied. False if none does."""
+    for c in sorted(_changes(st, m, need_slot=False), key=lambda c: c.use):
+        if _evict_for(st, m, list(c.engines), c.group.gpus, now, nxt):
             return True
     return False
 
