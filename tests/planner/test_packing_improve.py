@@ -11,7 +11,13 @@ import fineserve.planner.relaxpack as relaxpack
 from fineserve.planner.api import best_greedy
 from fineserve.planner.greedy import METHODS
 from fineserve.planner.ilp import _placed_plan, solve_ilp
-from fineserve.planner.improve import _destination, _State, improve_headroom, placed_from_plan
+from fineserve.planner.improve import (
+    _changes,
+    _destination,
+    _State,
+    improve_headroom,
+    placed_from_plan,
+)
 from fineserve.planner.options import engine_options
 from fineserve.planner.placed import PlacedEngine
 from fineserve.planner.relaxpack import _headroom_of
@@ -245,3 +251,29 @@ def test_the_100_model_warm_start_beats_every_greedy_headroom_on_its_gpus():
     assert not plan.unplaced
     assert set(plan.gpus_used) <= set(warm.gpus_used)
     assert plan.min_headroom > max(p.min_headroom for p in greedy) + 0.01
+
+
+def test_changes_need_a_free_slot_only_where_no_eviction_follows():
+    """The one generator behind the search and the evictions (review finding 12): a new
+    replica goes on GPUs in use without the model; the search needs a free engine slot there,
+    the evictions make one. Upgrades stay in place, on the engine's own group."""
+    d, placed = _mixed_state(1.0)
+    st = _State(d, placed)
+    per_gpu = d.inst.settings.max_engines_per_gpu
+    for m in ("a", "x"):
+        free = list(_changes(st, m, need_slot=True))
+        evicting = list(_changes(st, m, need_slot=False))
+        assert set(free) < set(evicting)
+        for c in evicting:
+            added = [e for e in c.engines if e not in st.plain(m)]
+            assert added == [c.engines[-1]] and c.engines[-1][1] == c.group
+            if len(c.engines) > len(st.plain(m)):  # a new replica
+                assert all(g in st.used and m not in st.on[g] for g in c.group.gpus)
+            else:  # an upgrade: more capacity on the same group
+                (i, _), = (e for e in st.plain(m) if e[1] == c.group)
+                assert d.mu[m, c.engines[-1][0]] > d.mu[m, i]
+        assert all(st.count[g] < per_gpu for c in free for g in c.group.gpus
+                   if len(c.engines) > len(st.plain(m)))
+    # GPU 1 is full (two engines): only the evictions may put a replica of "a" there
+    assert not any(c.group.gpus == (1,) for c in _changes(st, "a", need_slot=True))
+    assert any(c.group.gpus == (1,) for c in _changes(st, "a", need_slot=False))
