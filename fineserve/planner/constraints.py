@@ -123,15 +123,20 @@ def add_symmetry(b: Builder, d: IlpData, v: PlacementVars) -> int:
 FRACTION_SCALE = 10**9
 
 
+def served_weight(d: IlpData, m: str) -> int:
+    """Weight of model m's placed traffic (milli-rps) in ``placed_traffic``: 1 / lambda_m
+    (x 1e9). It keeps one popular model from crowding out every small one."""
+    return FRACTION_SCALE // d.lam[m]
+
+
 def placed_traffic(b: Builder, d: IlpData, v: PlacementVars) -> Any:
-    """Objective term: sum_m p[m] / lambda_m, the served fraction summed over models (x 1e9).
-    Weighting by 1/lambda keeps one popular model from crowding out every small one."""
-    return b.total((FRACTION_SCALE // d.lam[m]) * v.p[m] for m in d.models)
+    """Objective term: sum_m p[m] / lambda_m, the served fraction summed over models (x 1e9)."""
+    return b.total(served_weight(d, m) * v.p[m] for m in d.models)
 
 
 def all_traffic(d: IlpData) -> int:
     """``placed_traffic`` with every model fully placed: a bound of stage 0."""
-    return sum((FRACTION_SCALE // d.lam[m]) * d.lam[m] for m in d.models)
+    return sum(served_weight(d, m) * d.lam[m] for m in d.models)
 
 
 def gpu_cost(b: Builder, d: IlpData, v: PlacementVars) -> Any:

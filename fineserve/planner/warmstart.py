@@ -25,7 +25,7 @@ from typing import Any
 
 from ortools.sat.python import cp_model
 
-from fineserve.planner.constraints import FRACTION_SCALE
+from fineserve.planner.constraints import served_weight
 from fineserve.planner.schema import EnginePlacement, Plan
 from fineserve.planner.symmetry import canonical_plan
 from fineserve.planner.variables import (
@@ -153,7 +153,7 @@ def repair_flows(d: IlpData, keys: list[VarKey], workers: int = 1,
         fixed = sum(d.w[m, i] for m, i, _ in mine)
         pooled = sum(d.kappa[m, i] * f[m, i, k] for m, i, k in mine) if d.pooled else 0
         model.add(pooled <= d.mem_cap[g] - fixed)  # (5)
-    served = sum((FRACTION_SCALE // d.lam[m]) * p[m] for m in d.models)
+    served = sum(served_weight(d, m) * p[m] for m in d.models)  # as placed_traffic
     solver = cp_model.CpSolver()
     solver.parameters.num_workers = max(1, workers)
     solver.parameters.max_time_in_seconds = seconds
