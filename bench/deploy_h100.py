@@ -109,6 +109,7 @@ def run_mode(plan: Plan, plan_path: Path, trace: Trace, mode: str,
     dep = deploy(plan_path, mode, args)
     try:
         startup = dep.wait_serving(args.startup_timeout + 60)
+        loaded = dep.loaded_weights()
         say(f"{mode}: serving after {startup:.0f} s; warming up")
         done = {"n": 0}
 
@@ -119,6 +120,7 @@ def run_mode(plan: Plan, plan_path: Path, trace: Trace, mode: str,
         summary = replay_served(dep, plan, trace, ReplayConfig(
             dep.url, duration_s=args.duration, timeout_s=180), progress)
         summary["startup_s"] = startup
+        summary["loaded"] = loaded
         return summary
     finally:
         dep.stop()

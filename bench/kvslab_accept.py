@@ -145,6 +145,7 @@ def run_mode(mode: str, plan_path: Path, setup: Setup, args: argparse.Namespace,
                  else setup.kv_total}
     try:
         res["startup_s"] = dep.wait_serving(args.startup_timeout + 60)
+        res["loaded"] = dep.loaded_weights()
         if "duration_s" not in state:  # the first mode fixes how much both modes replay
             state["duration_s"] = pick_duration(args, time.monotonic() - t_start,
                                                 res["startup_s"])

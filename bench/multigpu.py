@@ -209,7 +209,7 @@ def measure(plan: Plan, plan_path: Path, trace: Trace, mode: str,
             f"{[m['group'] for m in evidence['mps']]}; warming up")
         summary = replay_served(dep, plan, trace, ReplayConfig(
             dep.url, duration_s=args.duration, timeout_s=args.request_timeout))
-        summary.update(startup_s=startup, evidence=evidence)
+        summary.update(startup_s=startup, evidence=evidence, loaded=dep.loaded_weights())
         return summary
     finally:
         dep.stop()

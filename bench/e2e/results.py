@@ -27,6 +27,9 @@ class Deployed:
     policy: str  # local scheduler policy in the gateway
     enforce_eager: bool
     cpu: bool = False
+    # engine id -> what its vLLM loaded (bench/e2e/deployment.loaded_weights): weight_gib,
+    # planned_weight_gib, quantization, kv_cache_dtype, warning - so a run shows its int4 was int4
+    loaded: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
