@@ -58,7 +58,8 @@ def test_unchanged_what_if_is_the_prediction_and_a_starved_engine_does_worse(
     # every engine capped at one sequence: far fewer requests meet their SLOs at x3
     starved = changed(plan, tuple(EngineChange(e.engine_id, "max_batch", 1)
                                   for e in plan.engines))
-    (low,) = what_if(res, "c", (3.0,), latency, starved, SchedulerConfig(initial_limit=1, max_limit=1))
+    one = SchedulerConfig(initial_limit=1, max_limit=1)
+    (low,) = what_if(res, "c", (3.0,), latency, starved, one)
     assert low.predicted < row.predicted
 
 
