@@ -15,13 +15,11 @@ from __future__ import annotations
 
 from ortools.sat.python import cp_model
 
-from fineserve.planner.bounds import gpu_groups, solve
-from fineserve.planner.master import Column, replicas
+from fineserve.planner.bounds import SOLVED, gpu_groups, solve
+from fineserve.planner.master import Column, L, Mix, replicas
 from fineserve.planner.variables import MILLI, IlpData
 
-Mix = tuple[tuple[Column, int], ...]  # (configuration, GPUs in it), as dive.Mix
 MAX_GPUS = 2  # at most this many GPUs are left to complete (the model grows with them)
-L = 8  # every TP degree divides this: rank contributions become integers
 EPS = 1e-6
 
 
@@ -107,7 +105,7 @@ def complete(d: IlpData, kept: Mix, cost_cap: int, seconds: float, workers: int 
     model.add(sum(cost) <= left)
     model.minimize(sum(cost))
     s, status = solve(model, seconds, workers, d.inst.settings.seed)
-    if status not in ("OPTIMAL", "FEASIBLE"):
+    if status not in SOLVED:
         return None
     counts = dict(kept)
     for r, mine in enumerate(picks):

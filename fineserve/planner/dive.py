@@ -34,6 +34,7 @@ from fineserve.planner.master import (
     Column,
     LpFailed,
     Master,
+    Mix,
     allows,
     generate,
     replicas,
@@ -42,7 +43,6 @@ from fineserve.planner.master import (
 from fineserve.planner.mixplace import place_mix
 from fineserve.planner.variables import IlpData
 
-Mix = tuple[tuple[Column, int], ...]  # (configuration, GPUs in it)
 MAX_BACKTRACKS = 8  # undone fixings before the dive gives up
 EPS = 1e-6  # lambda_c within EPS of an integer counts as integer
 SAME_TRAFFIC = 0.02  # ranks of one TP engine may differ by this share of the model's rate

@@ -96,7 +96,7 @@ class _State:
 
     def __init__(self, d: IlpData, placed: Placed) -> None:
         self.d = d
-        self.engines: dict[str, list[tuple[int, TpGroup, int]]] = {m: [] for m in d.models}
+        self.engines: dict[str, Engines] = {m: [] for m in d.models}
         for m, i, u, f in placed:
             self.engines[m].append((i, u, f))
         self.used = {g for _, _, u, _ in placed for g in u.gpus}
@@ -187,7 +187,7 @@ class _State:
     def apply(self, mv: Move) -> None:
         self.set(mv.model, list(mv.engines))
 
-    def set(self, m: str, new: list[tuple[int, TpGroup, int]]) -> None:
+    def set(self, m: str, new: Engines) -> None:
         """Replace model m's engines by ``new``, updating the per-GPU totals."""
         self._add(m, self.engines[m], -1)
         self._add(m, new, 1)

@@ -35,6 +35,10 @@ class Column:
     ranks: tuple[Rank, ...]
 
 
+Mix = tuple[tuple[Column, int], ...]  # (configuration, GPUs in it): an integer solution
+L = 8  # every TP degree divides this: rank contributions become integers (rounding, complete)
+
+
 PENALTY = 1e4  # cost of an artificial unit of uncovered demand: keeps the master feasible
 
 

@@ -18,13 +18,12 @@ from ortools.sat.python import cp_model
 
 from fineserve.planner.bounds import gpu_groups, solve
 from fineserve.planner.dive import dive
-from fineserve.planner.master import Column, replicas
+from fineserve.planner.master import Column, L, replicas
 from fineserve.planner.mixplace import place_mix
 from fineserve.planner.packing import Aggregate, pack
 from fineserve.planner.placed import Placed
 from fineserve.planner.variables import H_SCALE, MILLI, IlpData, min_headroom
 
-L = 8  # every TP degree divides this: rank contributions become integers
 # of rounded_plan's time, for the dive when a cost cap is given: the rounding programme
 # after a failed dive seldom finds a mix the dive did not
 DIVE_SHARE = 0.9
