@@ -98,8 +98,12 @@ class EngineMetrics:
 
     @property
     def usage(self) -> float:
-        usable = max(self.online_blocks - 1, 1)  # block 0 is vLLM's null block
-        return min(1.0, max(0.0, 1 - self.free_blocks / usable))
+        return block_usage(self.online_blocks, self.free_blocks)
+
+
+def block_usage(online_blocks: int, free_blocks: int) -> float:
+    """vLLM's KV usage gauge over the ONLINE blocks (block 0 is vLLM's null block)."""
+    return min(1.0, max(0.0, 1 - free_blocks / max(online_blocks - 1, 1)))
 
 
 class SlabEngine:
@@ -238,8 +242,8 @@ class SlabEngine:
     def usage(self) -> float:
         """``EngineMetrics.usage`` without the rest (vLLM reads it every step)."""
         with self.lock:
-            usable = max(self.slabs.online * self.layout.blocks_per_slab - 1, 1)
-            return min(1.0, max(0.0, 1 - self.view.num_free() / usable))
+            return block_usage(self.slabs.online * self.layout.blocks_per_slab,
+                               self.view.num_free())
 
     def used_blocks(self) -> int:
         """Blocks holding tokens, draining slabs included (not the null block).
@@ -262,9 +266,7 @@ class SlabEngine:
     def _should_grow(self) -> bool:
         with self.lock:
             pending = self.slabs.count(SlabState.MAPPING, SlabState.READY, SlabState.DRAINING)
-            refused = (self._refused_at is not None and self.clock() - self._refused_at
-                       < self.config.retry_after_refusal_s)
-            return (not pending and not refused and not self._backing_off()
+            return (not pending and not self._backing_off()
                     and self.slabs.held < self.layout.num_slabs
                     and self.view.num_free() < self.config.grow_ahead_blocks)
 
@@ -291,8 +293,12 @@ class SlabEngine:
         return True
 
     def _backing_off(self) -> bool:
-        return (self._failed_at is not None
-                and self.clock() - self._failed_at < self.config.retry_after_fail_s)
+        """Waiting before the next grow: after cuMemCreate failed, or the lease refused."""
+        now = self.clock()
+        return ((self._failed_at is not None
+                 and now - self._failed_at < self.config.retry_after_fail_s)
+                or (self._refused_at is not None
+                    and now - self._refused_at < self.config.retry_after_refusal_s))
 
     def _take(self, state: SlabState) -> list[int]:
         with self.lock:

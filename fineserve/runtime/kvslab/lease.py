@@ -97,10 +97,9 @@ class LedgerLease:
         return self.clock() - self._last >= self.publish_s
 
     def publish(self, used_tokens: int, demand_tokens: int) -> int:
-        now = self.clock()
-        if now - self._last < self.publish_s:
+        if not self.due():
             return self.target
-        self._last = now
+        now = self._last = self.clock()
         self.stats.update(now, demand_tokens)
         sent_at, sent_used, sent_demand = self._sent
         if (now - sent_at >= self.refresh_s

@@ -453,7 +453,7 @@ def _pinning_last(sched: Any, eng: SlabEngine) -> None:
     if not pins:
         return
     keep = [r for r in sched.running if r.request_id not in pins]
-    if keep and len(keep) < len(sched.running):
+    if keep:
         sched.running[:] = keep + [r for r in sched.running if r.request_id in pins]
 
 
