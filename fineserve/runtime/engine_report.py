@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 GIB = 1 << 30
-HIGH_RATIO = 1.4  # as the profiler's WEIGHT_SLACK: more means not the planned precision
+HIGH_RATIO = 1.4  # loaded / planned weights above this: not the planned precision (also
+# the profiler's refusal, profiles/measure/worker.wrong_weights)
 LOW_RATIO = 0.5  # less: a smaller model or precision than planned
 
 # fineserve.runtime.worker.ManagedProcess writes this before every (re)start of an engine

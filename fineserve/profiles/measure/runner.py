@@ -373,13 +373,14 @@ def _export(plans: list[EnginePlan], store: ResultStore) -> ExportSummary:
     return store.export(planned)
 
 
+def _spec(request: ProfileRequest, label: EngineLabel) -> ModelSpec:
+    """The catalog model and precision of ``label``'s engine."""
+    return ModelSpec(resolve_arch(request.model), Precision.parse(label.weights, label.kv))
+
+
 def _planned_weights(request: ProfileRequest, plan: EnginePlan) -> int:
     """The catalog's weight bytes of one rank of ``plan``'s engine (0 on CPU: no check)."""
-    if request.cpu:
-        return 0
-    label = plan.label
-    spec = ModelSpec(resolve_arch(request.model), Precision.parse(label.weights, label.kv))
-    return spec.weight_bytes(label.tp)
+    return 0 if request.cpu else _spec(request, plan.label).weight_bytes(plan.label.tp)
 
 
 def _write_job(request: ProfileRequest, plan: EnginePlan, t_end: float,
@@ -434,8 +435,7 @@ def engine_costs(request: ProfileRequest, plans: list[EnginePlan],
         if not plan.todo:
             continue
         label = plan.label
-        spec = ModelSpec(resolve_arch(request.model),
-                         Precision.parse(label.weights, label.kv))
+        spec = _spec(request, label)
         shape = EngineShape(gpu_spec(label.gpu), spec, label.tp)
         cost = engine_cost(spec, label.tp, label.sm_pct, label.key, plan.todo, latency,
                            shape, kv_cache_bytes=plan.args.kv_cache_memory_bytes,

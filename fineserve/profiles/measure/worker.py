@@ -35,6 +35,7 @@ from fineserve.profiles.measure.records import (
     read_job,
 )
 from fineserve.profiles.measure.stats import medians_of
+from fineserve.runtime.engine_report import HIGH_RATIO
 
 SAFETY_S = 5.0  # kept free before the deadline for shutting the engine down
 CHECK_RUNS = 3  # lone-prompt runs per cross-check (median)
@@ -93,14 +94,11 @@ def _start(job: ProfileJob | InterferenceJob) -> tuple[Any, EngineRecord]:
     )  # fmt: skip
 
 
-WEIGHT_SLACK = 1.4  # vLLM's weight bytes over the catalog's that still count as planned
-
-
 def wrong_weights(held: int | None, planned: int) -> str | None:
     """Why an engine holding ``held`` weight bytes is not the planned precision: the int4
     engines of 2026-11-26 held 15 GiB (fp16, unquantized) for 5.3 GiB planned and were
     measured as int4 for a day. None: as planned, or nothing to compare."""
-    if not planned or not held or held <= planned * WEIGHT_SLACK:
+    if not planned or not held or held <= planned * HIGH_RATIO:
         return None
     return (f"engine holds {held / GIB:.1f} GiB of weights, {planned / GIB:.1f} GiB planned: "
             "not the planned precision (quantization not applied?)")
