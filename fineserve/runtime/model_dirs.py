@@ -16,7 +16,11 @@ from pathlib import Path
 
 from fineserve.planner.schema import ModelDemand
 from fineserve.profiles.catalog import ModelArch
-from fineserve.profiles.measure.modeldir import base_config, quantization_config
+from fineserve.profiles.measure.modeldir import (
+    base_config,
+    quantization_config,
+    vllm_quantization,
+)
 from fineserve.profiles.precision import WeightFormat
 from fineserve.runtime.errors import DeployError
 from fineserve.runtime.options import DeployOptions
@@ -124,5 +128,4 @@ def _write_dummy(m: ModelDemand, path: Path) -> ModelSource:
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.json").write_text(json.dumps(cfg, indent=1) + "\n")
     write_tokenizer(path, arch.vocab_size, max_len=arch.max_context)
-    quant = "fp8" if weights is WeightFormat.FP8 else None
-    return ModelSource(m.name, path, True, quant, True, arch.max_context)
+    return ModelSource(m.name, path, True, vllm_quantization(weights), True, arch.max_context)
