@@ -20,6 +20,7 @@ import numpy as np
 from fineserve.metrics.summary import summarize
 from fineserve.planner.schema import Plan
 from fineserve.replay.client import ReplayConfig, replay
+from fineserve.runtime.gateway.metrics import PREFIX as GATEWAY_METRICS_PREFIX
 from fineserve.runtime.gateway.upstream import parse_engine_metrics
 from fineserve.runtime.state import EngineRecord, RunDir
 from fineserve.workload.trace import Trace
@@ -177,16 +178,22 @@ def device_name() -> str:
         return "unknown"
 
 
-def scrape(url: str, timeout_s: float = 2.0):
-    """One engine's EngineSnapshot (running, waiting, KV usage) or None."""
+def _metrics_text(url: str, timeout_s: float) -> bytes | None:
+    """``url``/metrics, or None when it does not answer."""
     try:
         with urllib.request.urlopen(f"{url}/metrics", timeout=timeout_s) as r:  # noqa: S310
-            return parse_engine_metrics(r.read(), time.monotonic())
+            return r.read()
     except OSError:
         return None
 
 
-_LIMIT = b"fineserve_gateway_engine_inflight_limit{"
+def scrape(url: str, timeout_s: float = 2.0):
+    """One engine's EngineSnapshot (running, waiting, KV usage) or None."""
+    text = _metrics_text(url, timeout_s)
+    return None if text is None else parse_engine_metrics(text, time.monotonic())
+
+
+_LIMIT = f"{GATEWAY_METRICS_PREFIX}_engine_inflight_limit{{".encode()
 
 
 def parse_gateway_limits(text: bytes) -> dict[str, float]:
@@ -204,11 +211,8 @@ def parse_gateway_limits(text: bytes) -> dict[str, float]:
 
 
 def gateway_limits(url: str, timeout_s: float = 2.0) -> dict[str, float]:
-    try:
-        with urllib.request.urlopen(f"{url}/metrics", timeout=timeout_s) as r:  # noqa: S310
-            return parse_gateway_limits(r.read())
-    except OSError:
-        return {}
+    text = _metrics_text(url, timeout_s)
+    return {} if text is None else parse_gateway_limits(text)
 
 
 class KvSampler:

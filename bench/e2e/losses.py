@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bench.e2e.results import Measured
+from fineserve.scheduler.adaptive import KV_HIGH as KV_FULL
 
-KV_FULL = 0.95  # fineserve.scheduler.adaptive.KV_HIGH
 T, RUNNING, WAITING, KV, PREEMPTIONS, LIMIT = range(6)  # engine_series columns
 
 

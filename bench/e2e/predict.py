@@ -115,18 +115,23 @@ def predict_one(res: ResultsDir, cfg: str, scale: float, latency: LatencyModel,
     return out
 
 
-def calibrated_scale(res: ResultsDir) -> float:
-    """The decode-step factor of ``calibration.json`` (``bench/e2e/calibrate.py``), else 1."""
+def calibrated_terms(res: ResultsDir) -> tuple[float, float]:
+    """(decode-step factor, per-sequence decode term in seconds) of ``calibration.json``
+    (``bench/e2e/calibrate.py``), else (1, 0); files written before the per-sequence term
+    existed have none."""
     path = res.calibration_path()
-    return float(json.loads(path.read_text())["decode_scale"]) if path.is_file() else 1.0
+    if not path.is_file():
+        return 1.0, 0.0
+    d = json.loads(path.read_text())
+    return float(d["decode_scale"]), float(d.get("decode_s_per_seq", 0.0))
+
+
+def calibrated_scale(res: ResultsDir) -> float:
+    return calibrated_terms(res)[0]
 
 
 def calibrated_per_seq(res: ResultsDir) -> float:
-    """The per-sequence decode term of ``calibration.json`` in seconds, else 0 (files
-    written before it existed have none)."""
-    path = res.calibration_path()
-    return (float(json.loads(path.read_text()).get("decode_s_per_seq", 0.0))
-            if path.is_file() else 0.0)
+    return calibrated_terms(res)[1]
 
 
 def predict_all(res: ResultsDir, configs: tuple[str, ...], latency: LatencyModel,
@@ -135,8 +140,9 @@ def predict_all(res: ResultsDir, configs: tuple[str, ...], latency: LatencyModel
     """Predict every (config, rate) whose plan exists; skip existing predictions unless
     ``force``, the measurement is newer or they used other decode factors (None: the
     results directory's calibration)."""
-    scale = calibrated_scale(res) if decode_scale is None else decode_scale
-    per_seq = calibrated_per_seq(res) if decode_s_per_seq is None else decode_s_per_seq
+    cal_scale, cal_per_seq = calibrated_terms(res)
+    scale = cal_scale if decode_scale is None else decode_scale
+    per_seq = cal_per_seq if decode_s_per_seq is None else decode_s_per_seq
     written = []
     for cfg in configs:
         if not res.plan_path(cfg).is_file():

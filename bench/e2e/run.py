@@ -16,7 +16,6 @@ docs/benchmarks.md). On the GPU host: `. /tmp/site/env.sh` first (bench/gpu_sess
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tarfile
 import time
@@ -36,6 +35,7 @@ from bench.e2e.deployment import (  # noqa: E402
     warm_up,
 )
 from bench.e2e.plans import CONFIG, CONFIGS, as_deployed, make_config_plan  # noqa: E402
+from bench.e2e.predict import calibrated_terms  # noqa: E402
 from bench.e2e.results import Deployed, Measured, ResultsDir  # noqa: E402
 from bench.e2e.workload import (  # noqa: E402
     H100_SET,
@@ -116,8 +116,7 @@ def plan_decode_terms(res: ResultsDir, plan_latency: str) -> tuple[float, float]
     path = res.calibration_path()
     if not path.is_file():
         raise SystemExit(f"--plan-latency calibrated: no {path} (run bench/e2e/calibrate.py)")
-    d = json.loads(path.read_text())
-    return float(d["decode_scale"]), float(d.get("decode_s_per_seq", 0.0))
+    return calibrated_terms(res)
 
 
 def deployed_as(cfg: str, args: argparse.Namespace) -> Deployed:

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from bench.e2e.predict import calibrated_per_seq, calibrated_scale, predict_one
+from bench.e2e.predict import calibrated_terms, predict_one
 from bench.e2e.results import ResultsDir
 from fineserve.errors import FineserveError
 from fineserve.planner.planfile import load_plan
@@ -76,7 +76,7 @@ def changed(plan: Plan, changes: tuple[EngineChange, ...]) -> Plan:
 
 def what_if(res: ResultsDir, cfg: str, rates: tuple[float, ...], latency: LatencyModel,
             plan: Plan, scheduler: SchedulerConfig | None) -> list[WhatIfRow]:
-    scale, per_seq = calibrated_scale(res), calibrated_per_seq(res)
+    scale, per_seq = calibrated_terms(res)
     rows = []
     for rate in rates:
         p = predict_one(res, cfg, rate, latency, decode_scale=scale, write=False,
@@ -106,9 +106,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         res = ResultsDir(args.out)
         latency = default_latency_model()
+        scale, per_seq = calibrated_terms(res)
         plan = (make_config_plan(res.load_bench(), args.config, latency,
-                                 decode_scale=calibrated_scale(res),
-                                 decode_s_per_seq=calibrated_per_seq(res))
+                                 decode_scale=scale, decode_s_per_seq=per_seq)
                 if args.replan else load_plan(res.plan_path(args.config)))
         plan = changed(plan, tuple(EngineChange.parse(s) for s in args.set))
         sched = (None if args.max_limit is None else SchedulerConfig(
