@@ -44,12 +44,20 @@ import json
 import signal
 import sys
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.e2e.deployment import DeployArgs, DeployProcess, device_name, say  # noqa: E402
+from bench.e2e.deployment import (  # noqa: E402
+    DeployArgs,
+    DeployProcess,
+    device_name,
+    drain,
+    say,
+    warm_up,
+)
 from bench.kvslab_accept_load import Sampler, saturate  # noqa: E402
 from bench.kvslab_accept_predict import policy_replay, pool_plan, simulated  # noqa: E402
 from bench.kvslab_accept_report import (  # noqa: E402
@@ -61,7 +69,7 @@ from bench.kvslab_accept_report import (  # noqa: E402
     write_results,
 )
 from bench.kvslab_accept_setup import GPU, Setup, gib, make_setup, write_plans  # noqa: E402
-from bench.kvslab_accept_trace import PRESETS, TraceShape, shape_from  # noqa: E402
+from bench.kvslab_accept_trace import PRESETS, shape_from  # noqa: E402
 from fineserve.profiles.gpus import gpu_spec  # noqa: E402
 
 MAX_QUEUE = 4096
@@ -101,7 +109,7 @@ def dry_run(setup: Setup, plans: dict[str, Path], args: argparse.Namespace) -> d
     from fineserve.runtime.prepare import prepare
     from fineserve.runtime.state import Mode
 
-    res = {"trace": args.trace, "shape": _shape_dict(args.shape), "split": setup.split_name,
+    res = {"trace": args.trace, "shape": asdict(args.shape), "split": setup.split_name,
            "static_kv": setup.static_kv, "floors": setup.floors,
            "scores": setup.split_scores, "requests": len(setup.trace), "modes": {}}
     say(f"static split: {setup.split_name} {gib(setup.static_kv)} (scores "
@@ -133,7 +141,6 @@ def dry_run(setup: Setup, plans: dict[str, Path], args: argparse.Namespace) -> d
 
 def run_mode(mode: str, plan_path: Path, setup: Setup, args: argparse.Namespace,
              t_start: float, state: dict) -> dict:
-    from bench.e2e.deployment import drain, warm_up
     from fineserve.metrics.summary import summarize
     from fineserve.replay.client import ReplayConfig, replay
     from fineserve.runtime.kvslab.deploy_pool import ledger_path
@@ -198,10 +205,6 @@ def gpu_memory_bytes() -> int:
         pynvml.nvmlShutdown()
 
 
-def _shape_dict(shape: TraceShape) -> dict:
-    return {f: getattr(shape, f) for f in TraceShape.__dataclass_fields__}
-
-
 def run_all(args: argparse.Namespace, device: str) -> int:
     import os
 
@@ -212,7 +215,7 @@ def run_all(args: argparse.Namespace, device: str) -> int:
     plans = write_plans(setup, Path(args.work))
     shape = args.shape
     res: dict = {"device": device, "config": {
-        "runner": args.runner, "trace": args.trace, "shape": _shape_dict(shape),
+        "runner": args.runner, "trace": args.trace, "shape": asdict(shape),
         "kv_gib": shape.kv_gib, "split": setup.split_name,
         "static_kv_gib": gib(setup.static_kv), "floors_gib": gib(setup.floors),
         "split_scores": {k: round(float(x), 3) for k, x in setup.split_scores.items()},
@@ -284,8 +287,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.enforce_eager = True
         args.phase_s = min(args.phase_s, 5.0)
-        args.shape = shape_from(args.trace, **{**_shape_dict(args.shape), "duration_s": min(
-            args.shape.duration_s, 24.0)})
+        args.shape = replace(args.shape, duration_s=min(args.shape.duration_s, 24.0))
     return args
 
 

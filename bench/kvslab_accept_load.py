@@ -6,10 +6,11 @@ from __future__ import annotations
 import math
 import time
 
-from bench.e2e.deployment import say
+from bench.e2e.deployment import drain, say, scrape
 from bench.kvslab_accept_setup import Setup
 
 FLOOD_PROMPT, FLOOD_OUTPUT = 1024, 512
+FLOOD_SEQ_TOKENS = FLOOD_PROMPT + FLOOD_OUTPUT // 8  # tokens a flood sequence holds in a phase
 
 
 class Sampler:
@@ -26,7 +27,6 @@ class Sampler:
         self._thread.start()
 
     def _run(self) -> None:
-        from bench.e2e.deployment import scrape
 
         while not self._stop.wait(0.25):
             row: dict = {"t": time.monotonic(), "label": self.label, "engines": {}}
@@ -108,7 +108,7 @@ async def _phase(targets: list[tuple[str, str, int]], sampler: Sampler, hold_lab
 def flood_sizes(setup: Setup, hot_name: str) -> dict[str, int]:
     """Sequences each engine gets while ``hot_name`` is flooded: the hot one past the whole
     pool (1.3x), the others a quarter of their static share."""
-    per_seq = FLOOD_PROMPT + FLOOD_OUTPUT // 8  # tokens a flood sequence holds in a phase
+    per_seq = FLOOD_SEQ_TOKENS
     out = {}
     for e in setup.engines:
         kv = 1.3 * setup.kv_total if e.name == hot_name else 0.25 * setup.static_kv[e.name]
@@ -122,7 +122,6 @@ def saturate(setup: Setup, urls: dict[str, str], sampler: Sampler, phase_s: floa
     their static share; between phases the floods are dropped and the engines drained."""
     import asyncio
 
-    from bench.e2e.deployment import drain
 
     for k, hot in enumerate(setup.engines):
         seqs = flood_sizes(setup, hot.name)

@@ -4,7 +4,7 @@ trace in both modes (``--dry-run`` prints all three)."""
 
 from __future__ import annotations
 
-from bench.kvslab_accept_load import FLOOD_OUTPUT, FLOOD_PROMPT, flood_sizes
+from bench.kvslab_accept_load import FLOOD_SEQ_TOKENS, flood_sizes
 from bench.kvslab_accept_setup import Setup, plan_for
 from fineserve.planner.schema import Plan
 
@@ -50,7 +50,7 @@ def policy_replay(setup: Setup, pool: dict, phase_s: float, gap_s: float = 4.0,
     geo = {f"{e.name}-0": (e, pool["engines"][f"{e.name}-0"]) for e in setup.engines}
     stats = {eid: DemandStats() for eid in geo}
     held = {eid: g["floor_slabs"] for eid, (_, g) in geo.items()}
-    per_seq = FLOOD_PROMPT + FLOOD_OUTPUT // 8
+    per_seq = FLOOD_SEQ_TOKENS
     prev, t, out = None, 0.0, {}
 
     def run(want: dict[str, int], seconds: float) -> list[float]:

@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 from bench.kvslab_accept_setup import Setup
+from bench.kvslab_accept_trace import MIB, SLAB
 
-MIB = 2**20
 MEMORY_ERRORS = ("out of memory", "OutOfMemoryError", "CUDA error", "illegal memory access",
                  "MapError", "KvSlabError", "KV Slab background step failed")
 TRACEBACK = "Traceback (most recent call last)"  # counted, not a criterion (shutdown noise)
@@ -70,7 +70,7 @@ def pool_breakdown(rows: list[dict], setup: Setup) -> dict:
 SLACK_CAUSES = ("not_held", "ended", "draining", "admission_hole", "growth_room")
 
 
-def slack_by_cause(samples: list[dict], hot: str, slab_bytes: int = 64 * MIB) -> dict:
+def slack_by_cause(samples: list[dict], hot: str, slab_bytes: int = SLAB) -> dict:
     """Where a phase's pool was not holding KV (pooled hold samples, means as pool shares;
     they sum to 1 - KV share). Per sample and engine, ``held - used`` goes to the first cause
     that applies:
@@ -215,7 +215,7 @@ def explain(res: dict) -> str:
     as 'used/held/target' slabs per engine - the reclaim lag and the slabs held but empty."""
     po = res.get("modes", {}).get("pooled", {})
     phases = po.get("saturation", {}).get("phases", {})
-    slab = 64 * MIB
+    slab = SLAB
     lines = []
     for hot, ph in phases.items():
         lines.append(f"== {hot} hot: KV share {ph.get('kv_share', 0):.3f}, running "

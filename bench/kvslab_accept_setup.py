@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.kvslab_accept_trace import (
+    GIB,
     MIB,
     Engine,
     TraceShape,
@@ -33,7 +34,6 @@ from fineserve.planner.schema import (
 from fineserve.profiles.gpus import gpu_spec
 from fineserve.workload.trace import Trace
 
-GIB = 2**30
 GPU = "H100-SXM-80GB"
 OVERHEAD = 3 * GIB
 MAX_BATCH = 256
@@ -102,7 +102,6 @@ class Setup:
 
     engines: tuple[Engine, ...]
     shape: TraceShape
-    kv_total: int
     floors: dict[str, int]
     split_name: str
     static_kv: dict[str, int]
@@ -111,17 +110,21 @@ class Setup:
     rates: dict[str, float]
     gpu_bytes: int  # device memory (NVML on the GPU host; the catalog's for --dry-run)
 
+    @property
+    def kv_total(self) -> int:
+        """The KV memory both modes share (the trace shape's)."""
+        return self.shape.kv_bytes
+
 
 def make_setup(shape: TraceShape, seed: int, gpu_bytes: int) -> Setup:
     es = engines()
-    kv_total = shape.kv_bytes
     floors = {e.name: e.floor_bytes(shape.max_model_len) for e in es}
     trace = make_trace(es, shape, seed)
     offered = offered_kv(trace, es, shape.tpot_guess)
-    name, shares, scores = best_split(kv_total, floors, offered)
+    name, shares, scores = best_split(shape.kv_bytes, floors, offered)
     rates = {e.name: max(1e-3, float((trace.model == e.name).sum()) / shape.duration_s)
              for e in es}
-    return Setup(es, shape, kv_total, floors, name, shares, scores, trace, rates, gpu_bytes)
+    return Setup(es, shape, floors, name, shares, scores, trace, rates, gpu_bytes)
 
 
 def plan_for(setup: Setup, mode: str) -> Plan:

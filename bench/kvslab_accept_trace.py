@@ -25,6 +25,7 @@ from fineserve.workload.lengths import LogNormalLengths
 from fineserve.workload.trace import ModelLoad, Trace, generate
 
 GIB, MIB = 2**30, 2**20
+SLAB = 64 * MIB  # a Llama-8B-shaped slab: one 2 MiB granule in each of 32 layers
 PREFILL_GUESS_S = 0.5  # Little's law: seconds a request spends before its first token
 
 
@@ -44,7 +45,7 @@ class Engine:
 
     def floor_bytes(self, max_model_len: int) -> int:
         """KV for one sequence of max_model_len (vLLM refuses to start with less)."""
-        return math.ceil(max_model_len * self.bytes_per_token / (64 * MIB)) * 64 * MIB
+        return math.ceil(max_model_len * self.bytes_per_token / SLAB) * SLAB
 
 
 def engines() -> tuple[Engine, ...]:

@@ -150,12 +150,9 @@ def measure(num_slabs: int, online: int, requests: int, blocks_per_req: int, out
     per_call["background_once"] = _timeit(eng.background_once, reps)
     per_call["demand"] = _timeit(plugin._demand, reps)
     per_call["service"] = _timeit(eng.service, reps)
-    try:  # since the s4 fix the engine bounds the scan by its highest mapped slab
-        below = eng.slabs.top() * env.lay.blocks_per_slab
-        sort = (lambda: env.view.sort_free(below))  # noqa: E731
-    except AttributeError:
-        sort = env.view.sort_free
-    per_call["sort_free"] = _timeit(sort, max(1, reps // 50), batches=5)
+    below = eng.slabs.top() * env.lay.blocks_per_slab  # the scan stops at the highest slab
+    per_call["sort_free"] = _timeit(lambda: env.view.sort_free(below), max(1, reps // 50),
+                                    batches=5)
 
     # the plugin's real background loop, as vLLM runs it, for bg_seconds
     calls, busy = [0], [0.0]
@@ -173,8 +170,7 @@ def measure(num_slabs: int, online: int, requests: int, blocks_per_req: int, out
     th.start()
     time.sleep(bg_seconds)
     plugin._STATE.stop.set()
-    if hasattr(eng, "wake"):
-        eng.wake.set()
+    eng.wake.set()
     th.join()
     wall = time.perf_counter() - t0
     eng.background_once = real
