@@ -116,6 +116,8 @@ def compact_rows(rows: list[dict], t0: float) -> list[dict]:
                              "usage": round(v["usage"], 4)} for k, v in r["engines"].items()}}
         if "ledger" in r:
             c["ledger"] = {k: {f: int(x) for f, x in v.items()} for k, v in r["ledger"].items()}
+        if "pool_bytes" in r:  # the share's denominator: without it a saved file's report
+            c["pool_bytes"] = int(r["pool_bytes"])  # fell back to a 96-slab pool
         out.append(c)
     return out
 

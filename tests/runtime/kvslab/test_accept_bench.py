@@ -276,6 +276,9 @@ def test_the_pool_breakdown_separates_held_but_empty_from_not_held():
         "a-0": {"running": 3, "waiting": 1, "usage": 0.123456}}, "ledger": ledger}], 4.0)
     assert rows[0]["t"] == 6.0 and rows[0]["engines"]["a-0"]["usage"] == 0.1235
     assert rows[0]["ledger"]["b-0"]["held_bytes"] == GIB
+    # the pool's size travels with the saved samples (the report's share divides by it)
+    kept = rep.compact_rows([{"t": 1.0, "label": "x", "engines": {}, "pool_bytes": 3 * GIB}], 0.0)
+    assert kept[0]["pool_bytes"] == 3 * GIB
 
 
 def test_the_policy_fills_the_pool_in_every_saturation_phase():
