@@ -17,7 +17,8 @@ PREFILL, DECODE = "prefill", "decode"
 
 # How latencies are taken (docs/profiler.md). A record keeps the method that measured it.
 # the batch's own step behind a blocker (timing.prefill_step); /3: runs whose blocker output
-# was stamped late are retried (timing.late_lead; /2 kept them: 105 of 600 H100 runs short)
+# was stamped late are retried (timing.late_lead; /2 kept them: 164 of 600 H100 runs > 10%
+# short, docs/profiler.md)
 PREFILL_METHOD = "step-ts/3"
 DECODE_METHOD = "window-ts/2"  # full-batch decode window of one run (timing.decode_window)
 # Methods found wrong after their data was taken: such records count as not measured.
