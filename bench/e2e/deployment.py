@@ -164,13 +164,13 @@ def replay_served(dep: DeployProcess, plan: Plan, trace: Trace, config: ReplayCo
     return summary
 
 
-def device_name() -> str:
+def device_name(index: int = 0) -> str:
     try:
         import pynvml
 
         pynvml.nvmlInit()
         try:
-            name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(0))
+            name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(index))
             return name.decode() if isinstance(name, bytes) else str(name)
         finally:
             pynvml.nvmlShutdown()

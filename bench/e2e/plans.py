@@ -17,7 +17,14 @@ from dataclasses import dataclass, replace
 
 from bench.e2e.workload import BenchSet, instance
 from fineserve.planner.options import usable_bytes
-from fineserve.planner.schema import EnginePlacement, Instance, KVMode, Plan, hand_plan
+from fineserve.planner.schema import (
+    Cluster,
+    EnginePlacement,
+    Instance,
+    KVMode,
+    Plan,
+    hand_plan,
+)
 from fineserve.profiles.latency import LatencyModel
 from fineserve.sim.stepscale import ScaledLatency
 
@@ -106,6 +113,23 @@ def as_deployed(plan: Plan, kv_pool: bool) -> Plan:
     report = replace(plan.report, method=f"{plan.report.method}+static-kv",
                      note="bench/e2e: pooled plan deployed with --no-kv-pool")
     return replace(plan, instance=inst, engines=tuple(engines), report=report)
+
+
+def on_gpu(plan: Plan, gpu: int) -> Plan:
+    """The one-GPU ``plan`` moved to GPU ``gpu`` of its node (the node grows to gpu + 1 GPUs,
+    the others idle), so two configurations can be measured side by side on one host, each
+    deploy checking, binding and (under MPS) running a daemon for its own GPU only. Engines,
+    shares and KV are unchanged; GPU 0 gives back the plan itself."""
+    if gpu == 0:
+        return plan
+    if gpu < 0:
+        raise ValueError(f"gpu: {gpu} is negative")
+    if len(plan.cluster.nodes) != 1 or plan.gpus_used != (0,):
+        raise ValueError("on_gpu: only a one-node plan whose engines all use GPU 0 can move")
+    node = plan.cluster.nodes[0]
+    cluster = Cluster((replace(node, num_gpus=max(node.num_gpus, gpu + 1)),))
+    engines = tuple(replace(e, gpus=(gpu,)) for e in plan.engines)
+    return replace(plan, instance=replace(plan.instance, cluster=cluster), engines=engines)
 
 
 def make_config_plan(bench: BenchSet, key: str, latency: LatencyModel,

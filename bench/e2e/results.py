@@ -30,6 +30,8 @@ class Deployed:
     # engine id -> what its vLLM loaded (bench/e2e/deployment.loaded_weights): weight_gib,
     # planned_weight_gib, quantization, kv_cache_dtype, warning - so a run shows its int4 was int4
     loaded: dict[str, dict] = field(default_factory=dict)
+    gpu: int = 0  # host GPU it ran on
+    lane: str = ""  # side-by-side lane (bench/e2e/lanes.py), "" when it ran alone
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ docs/benchmarks.md). On the GPU host: `. /tmp/site/env.sh` first (bench/gpu_sess
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 import tarfile
 import time
@@ -34,7 +35,7 @@ from bench.e2e.deployment import (  # noqa: E402
     say,
     warm_up,
 )
-from bench.e2e.plans import CONFIG, CONFIGS, as_deployed, make_config_plan  # noqa: E402
+from bench.e2e.plans import CONFIG, CONFIGS, as_deployed, make_config_plan, on_gpu  # noqa: E402
 from bench.e2e.predict import calibrated_terms  # noqa: E402
 from bench.e2e.results import Deployed, Measured, ResultsDir  # noqa: E402
 from bench.e2e.workload import (  # noqa: E402
@@ -123,7 +124,8 @@ def deployed_as(cfg: str, args: argparse.Namespace) -> Deployed:
     c = CONFIG[cfg]
     pool = c.kv_pool and not args.no_kv_pool and not args.cpu_smoke
     return Deployed(no_mps=c.no_mps and not args.cpu_smoke, kv_pool=pool, policy=c.policy,
-                    enforce_eager=args.enforce_eager, cpu=args.cpu_smoke)
+                    enforce_eager=args.enforce_eager, cpu=args.cpu_smoke,
+                    gpu=0 if args.cpu_smoke else args.gpu, lane=args.lane)
 
 
 class Budget:
@@ -161,6 +163,10 @@ def run_config(res: ResultsDir, bench: BenchSet, cfg: str, args: argparse.Namesp
         plan_path = res.root / f"plan-{cfg}-static-kv.yaml"
         save_plan(plan, plan_path)
     work = Path(args.work) / cfg
+    if dep.gpu:  # the same plan on another GPU of the host (bench/e2e/lanes.py)
+        plan_path = work / f"plan-{cfg}-gpu{dep.gpu}.yaml"
+        plan_path.parent.mkdir(parents=True, exist_ok=True)
+        save_plan(on_gpu(plan, dep.gpu), plan_path)
     dargs = DeployArgs(
         plan=plan_path, run_dir=work / ("run-pool" if dep.kv_pool else "run"),
         port=args.port, no_mps=dep.no_mps, cpu=dep.cpu, enforce_eager=dep.enforce_eager,
@@ -215,7 +221,7 @@ def measure_rate(res: ResultsDir, bench: BenchSet, plan: Plan, cfg: str, scale: 
     notes += tuple(str(x["warning"]) for x in loaded.values() if x["warning"])
     dep = replace(dep, loaded=loaded)
     m = Measured(cfg, scale, trace_digest(trace), dep, summary, kv, args.request_timeout,
-                 device_name(), startup, time.monotonic() - t0, notes, sampler.series)
+                 device_name(dep.gpu), startup, time.monotonic() - t0, notes, sampler.series)
     res.save_measured(m)
     o = summary["overall"]
     say(f"{cfg} x{scale:g}: SLO {o.get('slo_attainment', 0):.3f}, goodput "
@@ -224,13 +230,28 @@ def measure_rate(res: ResultsDir, bench: BenchSet, plan: Plan, cfg: str, scale: 
 
 
 def pack_logs(res: ResultsDir, cfg: str, work: Path) -> None:
-    """Every rate's requests.csv of this configuration in one .tgz (few files come back)."""
+    """Every rate's requests.csv of this configuration in one .tgz (few files come back).
+    Rates of an earlier archive that this call did not measure again are kept, so a resumed
+    configuration (say (a) x1 added to x2-x3) does not lose the logs the report reads."""
     files = sorted(work.glob("r*/requests.csv"))
     if not files:
         return
-    with tarfile.open(res.logs_path(cfg), "w:gz") as tar:
-        for f in files:
-            tar.add(f, arcname=f"{cfg}/{f.parent.name}/requests.csv")
+    path = res.logs_path(cfg)
+    fresh = {f"{cfg}/{f.parent.name}/requests.csv": f for f in files}
+    kept: list[tuple[tarfile.TarInfo, bytes]] = []
+    if path.is_file():
+        with tarfile.open(path, "r:gz") as old:
+            for info in old.getmembers():
+                data = old.extractfile(info) if info.isfile() else None
+                if data is not None and info.name not in fresh:
+                    kept.append((info, data.read()))
+    tmp = path.with_suffix(".tmp")
+    with tarfile.open(tmp, "w:gz") as tar:
+        for info, data in kept:
+            tar.addfile(info, io.BytesIO(data))
+        for name, f in fresh.items():
+            tar.add(f, arcname=name)
+    tmp.replace(path)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -259,7 +280,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="seconds per request before the replay gives up on it")
     ap.add_argument("--startup-timeout", type=float, default=300.0)
     ap.add_argument("--engine-python", default="")
-    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--port", type=int, default=8000,
+                    help="gateway port; engines take the next ports (one per engine)")
+    ap.add_argument("--gpu", type=int, default=0,
+                    help="host GPU (NVML index) to deploy on: the plan moved there "
+                         "(bench/e2e/lanes.py runs configurations side by side)")
+    ap.add_argument("--lane", default="", help="label of a side-by-side lane (recorded)")
     ap.add_argument("--work", default="/tmp/fineserve-e2e")
     args = ap.parse_args(argv)
     args.enforce_eager = args.enforce_eager or args.quick or args.cpu_smoke
@@ -267,6 +293,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.only_scales = tuple(float(x) for x in args.rates.split(",") if x)
     except ValueError:
         ap.error(f"--rates: {args.rates!r} is not a comma-separated list of numbers")
+    if args.gpu < 0:
+        ap.error(f"--gpu: {args.gpu} is negative")
     bad = [c for c in args.configs.split(",") if c not in CONFIGS]
     if bad:
         ap.error(f"--configs: unknown {', '.join(bad)}; use a subset of {','.join(CONFIGS)}")

@@ -1,0 +1,260 @@
+"""Configurations side by side on one multi-GPU host: each lane is one `bench/e2e/run.py`
+on its own GPU, with its own gateway and engine ports, work (run, MPS pipe, KV ledger) and
+results directories, and its own host cores, all lanes replaying the same traces at once.
+
+    python -m bench.e2e.lanes --lanes "c@0;a,b@1" --merge-into bench/e2e/results -- \\
+        --rates 1,2,2.5,3 --budget-s 520
+
+A lane is ``CONFIGS@GPU``; its configurations run one after the other on that GPU. The
+arguments after ``--`` go to every lane's run.py. Each lane is pinned (``taskset``) to an
+equal, disjoint block of this process's cores, so one configuration's host work (vLLM's
+schedulers, the gateway, the replay client) cannot take CPU from another's; ports are
+``--base-port + 100 x lane`` (gateway) and the next ones (engines). Each lane resumes from
+a copy of the results directory and its new result files are merged back at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from bench.e2e.plans import CONFIGS  # noqa: E402
+
+PORT_STRIDE = 100  # a lane's gateway and engines use base + 100 x lane .. + 99
+SEEDED = ("bench.json", "calibration.json")  # besides plan-*.yaml and the lane's results
+
+
+class LaneError(ValueError):
+    """A --lanes specification that cannot run (one-line message)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LaneSpec:
+    configs: tuple[str, ...]
+    gpu: int
+
+
+@dataclass(frozen=True, slots=True)
+class Lane:
+    """Everything one lane owns; no two lanes share a GPU, port, core or directory."""
+
+    index: int
+    configs: tuple[str, ...]
+    gpu: int
+    port: int  # gateway; engines take port + 1 ..
+    cores: tuple[int, ...]
+    work: Path  # deploy run dirs (state, logs, MPS pipes), per-rate request logs
+    out: Path  # the lane's results directory
+
+    @property
+    def label(self) -> str:
+        return f"{','.join(self.configs)}@gpu{self.gpu}"
+
+    def ports(self, engines: int) -> range:
+        return range(self.port, self.port + 1 + engines)
+
+
+def parse_lanes(text: str) -> tuple[LaneSpec, ...]:
+    """``"c@0;a,b@1"`` -> lanes; each configuration in one lane, each GPU in one lane."""
+    specs, seen_cfg, seen_gpu = [], set(), set()
+    for part in (p.strip() for p in text.split(";")):
+        if not part:
+            continue
+        cfgs, sep, gpu = part.partition("@")
+        if not sep or not gpu.strip().isdigit():
+            raise LaneError(f"--lanes: {part!r} is not CONFIGS@GPU (e.g. a,b@1)")
+        configs = tuple(c.strip() for c in cfgs.split(",") if c.strip())
+        bad = [c for c in configs if c not in CONFIGS]
+        if not configs or bad:
+            raise LaneError(f"--lanes: {part!r} names {', '.join(bad) or 'no configuration'}; "
+                            f"use {', '.join(CONFIGS)}")
+        dup = seen_cfg.intersection(configs)
+        if dup:
+            raise LaneError(f"--lanes: configuration {', '.join(sorted(dup))} in two lanes "
+                            "(both would write its result files)")
+        if int(gpu) in seen_gpu:
+            raise LaneError(f"--lanes: GPU {int(gpu)} in two lanes")
+        seen_cfg.update(configs)
+        seen_gpu.add(int(gpu))
+        specs.append(LaneSpec(configs, int(gpu)))
+    if not specs:
+        raise LaneError("--lanes: no lane given")
+    return tuple(specs)
+
+
+def parse_cores(text: str) -> tuple[int, ...]:
+    """``"0-7,16-23"`` -> cores (taskset's list syntax)."""
+    out: list[int] = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        lo, _, hi = part.partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()):
+            raise LaneError(f"--cores: {part!r} is not N or N-M")
+        out += range(int(lo), int(hi or lo) + 1)
+    return tuple(sorted(set(out)))
+
+
+def split_cores(cores: tuple[int, ...], lanes: int) -> tuple[tuple[int, ...], ...]:
+    """Equal contiguous blocks (the remainder left idle, so no lane gets more)."""
+    per = len(cores) // lanes
+    if per < 4:
+        raise LaneError(f"--cores: {len(cores)} cores for {lanes} lanes; each lane needs at "
+                        "least 4 (engines, gateway, replay client)")
+    ordered = sorted(cores)
+    return tuple(tuple(ordered[i * per:(i + 1) * per]) for i in range(lanes))
+
+
+def allocate(specs: tuple[LaneSpec, ...], cores: tuple[int, ...], base_port: int,
+             work_root: Path, out_root: Path) -> tuple[Lane, ...]:
+    blocks = split_cores(cores, len(specs))
+    if base_port < 1024 or base_port + PORT_STRIDE * len(specs) > 65535:
+        raise LaneError(f"--base-port: {base_port} leaves no room for {len(specs)} lanes")
+    return tuple(Lane(i, s.configs, s.gpu, base_port + PORT_STRIDE * i, blocks[i],
+                      work_root / f"lane{i}-gpu{s.gpu}", out_root / f"lane{i}-gpu{s.gpu}")
+                 for i, s in enumerate(specs))
+
+
+def cores_arg(cores: tuple[int, ...]) -> str:
+    """Cores as taskset's list, ranges folded: (0, 1, 2, 5) -> "0-2,5"."""
+    runs: list[list[int]] = []
+    for c in sorted(cores):
+        if runs and c == runs[-1][1] + 1:
+            runs[-1][1] = c
+        else:
+            runs.append([c, c])
+    return ",".join(f"{a}-{b}" if a != b else f"{a}" for a, b in runs)
+
+
+def lane_argv(lane: Lane, python: str, run_args: list[str]) -> list[str]:
+    return ["taskset", "-c", cores_arg(lane.cores), python, str(ROOT / "bench/e2e/run.py"),
+            "--configs", ",".join(lane.configs), "--gpu", str(lane.gpu),
+            "--port", str(lane.port), "--lane", lane.label, "--work", str(lane.work),
+            "--out", str(lane.out), *run_args]
+
+
+def lane_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """CUDA numbers GPUs as NVML does (the deploy binds by NVML index; CUDA's default
+    order is fastest-first), so a --no-mps lane's CUDA_VISIBLE_DEVICES names its GPU."""
+    env = dict(os.environ if base is None else base)
+    env.update(CUDA_DEVICE_ORDER="PCI_BUS_ID", PYTHONUNBUFFERED="1")
+    return env
+
+
+def seed(lane: Lane, results: Path) -> None:
+    """The lane's results directory: the workload, the plans, the calibration and the lane's
+    own earlier result files (so run.py resumes instead of measuring them again)."""
+    lane.out.mkdir(parents=True, exist_ok=True)
+    names = [*SEEDED, *(p.name for p in results.glob("plan-*.yaml"))]
+    for cfg in lane.configs:
+        names += [p.name for p in results.glob(f"{cfg}-r*.json")]
+        names += [f"{cfg}-requests.tgz"]
+    for name in names:
+        if (results / name).is_file():
+            shutil.copy2(results / name, lane.out / name)
+
+
+def merge(lane: Lane, results: Path, since: float) -> list[Path]:
+    """Copy the lane's files written after ``since`` into ``results``; returns them."""
+    got = []
+    for cfg in lane.configs:
+        for p in [*lane.out.glob(f"{cfg}-r*.json"), lane.out / f"{cfg}-requests.tgz",
+                  *lane.out.glob(f"plan-{cfg}*.yaml")]:
+            if p.is_file() and p.stat().st_mtime > since:
+                shutil.copy2(p, results / p.name)
+                got.append(results / p.name)
+    return got
+
+
+def _pump(proc: subprocess.Popen, label: str, log: Path) -> None:
+    assert proc.stdout is not None
+    with log.open("w") as f:
+        for line in proc.stdout:
+            f.write(line)
+            print(f"[{label}] {line.rstrip()}", flush=True)
+
+
+def run_lanes(lanes: tuple[Lane, ...], python: str, run_args: list[str], results: Path
+              ) -> int:
+    """Start every lane, wait for all; SIGTERM / Ctrl-C is passed on as SIGINT (run.py
+    then stops its deployment) and the lanes are waited for. Returns the worst exit code."""
+    since = time.time()
+    for lane in lanes:
+        seed(lane, results)
+        lane.work.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for lane in lanes:
+        argv = lane_argv(lane, python, run_args)
+        print(f"lane {lane.index} ({lane.label}, cores {cores_arg(lane.cores)}, port "
+              f"{lane.port}): {' '.join(argv)}", flush=True)
+        p = subprocess.Popen(argv, cwd=ROOT, env=lane_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        t = threading.Thread(target=_pump, args=(p, lane.label, lane.work / "lane.log"),
+                             daemon=True)
+        t.start()
+        procs.append((p, t))
+
+    def forward(signum, _frame):
+        for p, _ in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGINT)
+
+    old = signal.signal(signal.SIGTERM, forward)
+    try:
+        codes = [p.wait() for p, _ in procs]
+    except KeyboardInterrupt:
+        forward(signal.SIGINT, None)
+        codes = [p.wait() for p, _ in procs]
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    for _, t in procs:
+        t.join(5)
+    for lane, code in zip(lanes, codes, strict=True):
+        got = merge(lane, results, since)
+        print(f"lane {lane.index} ({lane.label}): exit {code}; merged "
+              f"{', '.join(p.name for p in got) or 'nothing'}", flush=True)
+    return max((c if c >= 0 else 1 for c in codes), default=0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    run_args = argv[argv.index("--") + 1:] if "--" in argv else []
+    own = argv[:argv.index("--")] if "--" in argv else argv
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--lanes", required=True, help='e.g. "c@0;a,b@1" (CONFIGS@GPU;...)')
+    ap.add_argument("--merge-into", type=Path, default=ROOT / "bench/e2e/results",
+                    help="results directory the lanes resume from and write back to")
+    ap.add_argument("--cores", default="", help="cores to split (default: this process's)")
+    ap.add_argument("--base-port", type=int, default=8000)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/fineserve-e2e-lanes"))
+    ap.add_argument("--python", default=sys.executable)
+    ap.add_argument("--dry-run", action="store_true", help="print the lanes' command lines")
+    args = ap.parse_args(own)
+    bad = {"--configs", "--gpu", "--port", "--work", "--out", "--lane"}.intersection(run_args)
+    if bad:
+        ap.error(f"after --: {', '.join(sorted(bad))} is set per lane by lanes.py")
+    try:
+        cores = parse_cores(args.cores) if args.cores else tuple(sorted(os.sched_getaffinity(0)))
+        lanes = allocate(parse_lanes(args.lanes), cores, args.base_port, args.work,
+                         args.work / "results")
+    except LaneError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        for lane in lanes:
+            print(" ".join(lane_argv(lane, args.python, run_args)))
+        return 0
+    return run_lanes(lanes, args.python, run_args, args.merge_into)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""bench/e2e/lanes.py: configurations side by side on one host share no GPU, port, core,
+run directory, MPS pipe or KV ledger (checked on the real deploy preparation, dry run)."""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bench.e2e import lanes as L
+from bench.e2e import run as e2e_run
+from bench.e2e.plans import on_gpu
+from bench.e2e.results import ResultsDir
+from fineserve.planner.planfile import load_plan
+from fineserve.runtime import prepare as prepare_mod
+from fineserve.runtime.options import DeployOptions, Mode
+from fineserve.runtime.prepare import prepare
+
+RESULTS = Path(__file__).resolve().parents[2] / "bench/e2e/results"
+
+
+def test_lane_specs_parse_and_refuse_shared_configs_or_gpus():
+    assert L.parse_lanes("c@0; a,b@1") == (L.LaneSpec(("c",), 0), L.LaneSpec(("a", "b"), 1))
+    for bad, why in [("c@0;c@1", "two lanes"), ("a@0;b@0", "GPU 0 in two"),
+                     ("x@0", "names x"), ("a", "CONFIGS@GPU"), ("a@-1", "CONFIGS@GPU"),
+                     ("", "no lane")]:
+        with pytest.raises(L.LaneError, match=why):
+            L.parse_lanes(bad)
+
+
+def test_cores_parse_fold_and_refuse_too_few():
+    assert L.parse_cores("0-3,8,10-11") == (0, 1, 2, 3, 8, 10, 11)
+    assert L.cores_arg((0, 1, 2, 5, 7, 8)) == "0-2,5,7-8"
+    with pytest.raises(L.LaneError, match="needs at least 4"):
+        L.split_cores(tuple(range(6)), 2)
+    with pytest.raises(L.LaneError, match="N or N-M"):
+        L.parse_cores("a-3")
+
+
+@given(n_cores=st.integers(8, 128), n_lanes=st.integers(1, 2), base=st.integers(1024, 60000))
+def test_lanes_never_share_a_core_port_or_directory(n_cores, n_lanes, base):
+    specs = L.parse_lanes(";".join(f"{c}@{i}" for i, c in enumerate("abc"[:n_lanes])))
+    lanes = L.allocate(specs, tuple(range(n_cores)), base, Path("/w"), Path("/o"))
+    cores = [c for lane in lanes for c in lane.cores]
+    assert len(cores) == len(set(cores))
+    assert len({len(lane.cores) for lane in lanes}) == 1  # equal shares: no lane favoured
+    ports = [p for lane in lanes for p in lane.ports(engines=8)]
+    assert len(ports) == len(set(ports)) and max(ports) <= 65535
+    dirs = [d for lane in lanes for d in (lane.work, lane.out)]
+    assert len(dirs) == len(set(dirs))
+
+
+def test_lane_command_line_pins_cores_and_names_everything_it_owns():
+    lane = L.allocate(L.parse_lanes("a,b@1"), tuple(range(16)), 8000, Path("/w"),
+                      Path("/o"))[0]
+    argv = L.lane_argv(lane, "py", ["--rates", "1"])
+    assert argv[:3] == ["taskset", "-c", "0-15"]
+    pairs = dict(zip(argv[5::2], argv[6::2], strict=False))
+    assert pairs["--configs"] == "a,b" and pairs["--gpu"] == "1" and pairs["--port"] == "8000"
+    assert pairs["--work"] == "/w/lane0-gpu1" and pairs["--out"] == "/o/lane0-gpu1"
+    assert argv[-2:] == ["--rates", "1"]
+    assert L.lane_env({})["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+
+
+def test_per_lane_options_are_refused_after_the_separator(capsys):
+    with pytest.raises(SystemExit):
+        L.main(["--lanes", "a@0", "--", "--port", "9000"])
+    assert "set per lane" in capsys.readouterr().err
+
+
+def test_dry_run_prints_one_command_per_lane(capsys):
+    assert L.main(["--lanes", "c@0;a,b@1", "--cores", "0-31", "--dry-run", "--", "--quick"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and "0-15" in lines[0] and "16-31" in lines[1]
+    assert all(ln.endswith("--quick") for ln in lines)
+
+
+def _prepared(tmp_path: Path, cfg: str, lane: L.Lane):
+    plan = on_gpu(load_plan(RESULTS / f"plan-{cfg}.yaml"), lane.gpu)
+    opts = DeployOptions(run_dir=lane.work / cfg / "run",
+                         mode=Mode.NO_MPS if cfg == "a" else Mode.MPS, port=lane.port,
+                         engine_port_base=lane.port + 1, dummy_weights=True,
+                         kv_pool=cfg == "c")
+    return plan, prepare(plan, opts, dry_run=True)
+
+
+def test_two_lanes_deploy_on_their_own_gpu_ports_mps_daemon_and_kv_ledger(tmp_path):
+    c_lane, b_lane = L.allocate(L.parse_lanes("c@0;b@1"), tuple(range(32)), 8000,
+                                tmp_path / "w", tmp_path / "o")
+    c_plan, c = _prepared(tmp_path, "c", c_lane)
+    b_plan, b = _prepared(tmp_path, "b", b_lane)
+    assert c_plan.gpus_used == (0,) and b_plan.gpus_used == (1,)
+    # one MPS daemon each, on its own GPU and its own pipe directory
+    assert [g.uuids for g in c.mps_groups] == [("GPU-planned-0",)]
+    assert [g.uuids for g in b.mps_groups] == [("GPU-planned-1",)]
+    assert c.mps_groups[0].pipe_dir != b.mps_groups[0].pipe_dir
+    for prep, group in ((c, c.mps_groups[0]), (b, b.mps_groups[0])):
+        for x in prep.launches:
+            env = dict(x.env)
+            assert env["CUDA_MPS_PIPE_DIRECTORY"] == str(group.pipe_dir)
+            assert env["CUDA_VISIBLE_DEVICES"] == "0"  # the daemon's own (only) device
+    ports = [x.port for p in (c, b) for x in p.launches] + [c_lane.port, b_lane.port]
+    assert len(ports) == len(set(ports))
+    assert [p.gpu_index for p in c.kv_pools] == [0] and not b.kv_pools
+
+
+def test_a_time_sliced_lane_on_gpu1_names_gpu1(tmp_path, monkeypatch):
+    real = prepare_mod.planned_gpus  # a host in DEFAULT compute mode, as (a) needs
+
+    def default_mode(plan, node):
+        return [replace(g, compute_mode="default") for g in real(plan, node)]
+
+    monkeypatch.setattr(prepare_mod, "planned_gpus", default_mode)
+    lane = L.allocate(L.parse_lanes("a@1"), tuple(range(8)), 8100, tmp_path / "w",
+                      tmp_path / "o")[0]
+    _, a = _prepared(tmp_path, "a", lane)
+    assert not a.mps_groups
+    assert {dict(x.env)["CUDA_VISIBLE_DEVICES"] for x in a.launches} == {"1"}
+
+
+def test_on_gpu_keeps_the_plan_and_refuses_what_it_cannot_move():
+    plan = load_plan(RESULTS / "plan-c.yaml")
+    assert on_gpu(plan, 0) is plan
+    moved = on_gpu(plan, 1)
+    assert moved.cluster.num_gpus == 2
+    assert [(e.sm_pct, e.kv_bytes) for e in moved.engines] == [
+        (e.sm_pct, e.kv_bytes) for e in plan.engines]
+    with pytest.raises(ValueError, match="only a one-node plan"):
+        on_gpu(moved, 1)
+
+
+def test_seed_and_merge_move_only_the_lanes_own_new_files(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    for name in ("bench.json", "plan-a.yaml", "a-r2.00.json", "c-r2.00.json"):
+        (results / name).write_text(name)
+    lane = L.allocate(L.parse_lanes("a@1"), tuple(range(8)), 8000, tmp_path / "w",
+                      tmp_path / "o")[0]
+    L.seed(lane, results)
+    assert sorted(p.name for p in lane.out.iterdir()) == ["a-r2.00.json", "bench.json",
+                                                          "plan-a.yaml"]
+    since = (lane.out / "a-r2.00.json").stat().st_mtime
+    (lane.out / "a-r1.00.json").write_text("new")
+    (lane.out / "c-r1.00.json").write_text("not this lane's")
+    os.utime(lane.out / "a-r1.00.json", (since + 5, since + 5))
+    got = L.merge(lane, results, since + 1)
+    assert [p.name for p in got] == ["a-r1.00.json"]
+    assert not (results / "c-r1.00.json").exists()
+
+
+def test_pack_logs_keeps_rates_not_measured_again(tmp_path):
+    res = ResultsDir(tmp_path / "res")
+    res.root.mkdir()
+    old = tmp_path / "old"
+    for tag in ("r2.00", "r3.00"):
+        (old / tag).mkdir(parents=True)
+        (old / tag / "requests.csv").write_text(f"old {tag}")
+    e2e_run.pack_logs(res, "a", old)
+    new = tmp_path / "new"
+    for tag in ("r1.00", "r3.00"):
+        (new / tag).mkdir(parents=True)
+        (new / tag / "requests.csv").write_text(f"new {tag}")
+    e2e_run.pack_logs(res, "a", new)
+    with tarfile.open(res.logs_path("a")) as tar:
+        got = {m.name: tar.extractfile(m).read().decode() for m in tar.getmembers()}
+    assert got == {"a/r1.00/requests.csv": "new r1.00", "a/r2.00/requests.csv": "old r2.00",
+                   "a/r3.00/requests.csv": "new r3.00"}
+
+
+def test_run_records_the_gpu_and_refuses_a_negative_one():
+    args = e2e_run.parse_args(["--configs", "b", "--gpu", "1", "--lane", "b@gpu1"])
+    dep = e2e_run.deployed_as("b", args)
+    assert (dep.gpu, dep.lane) == (1, "b@gpu1")
+    with pytest.raises(SystemExit):
+        e2e_run.parse_args(["--gpu", "-1"])
