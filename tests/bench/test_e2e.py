@@ -208,7 +208,7 @@ def _args(tmp_path: Path, **kw) -> argparse.Namespace:
                 enforce_eager=False, no_kv_pool=False, plan_only=False, budget_s=500.0,
                 request_timeout=30.0, startup_timeout=300.0, engine_python="", port=8000,
                 work=str(tmp_path / "work"), only_scales=(), kv_pool_fallback=True,
-                plan_latency="profiled")
+                plan_latency="profiled", gpu=0, lane="")
     return argparse.Namespace(**{**base, **kw})
 
 
