@@ -7,6 +7,7 @@ folds, and each SM share held out in turn), plots throughput against SM share pe
 and estimate against measurement, and rewrites the generated part of docs/calibration.md.
 
     python bench/calibrate_estimator.py [--profiles /path/to/H100-profiles] [--save cal.json]
+    python bench/calibrate_estimator.py --profiles DIR --no-apex --no-write   # measured only
 """
 
 from __future__ import annotations
@@ -226,10 +227,16 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=300)
     parser.add_argument("--save", type=Path, help="write the calibration(s) as JSON here")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--no-apex", action="store_true",
+                        help="fit only the measured profiles (with --no-write: a quick check)")
     args = parser.parse_args()
+    if args.no_apex and not args.no_write:
+        parser.error("--no-apex: give --no-write too (the doc section holds both tables)")
 
-    apex, _ = import_fineserve_costs(args.costs / "apex-cost.csv")
-    tables = {"apex (FineServe, eager vLLM)": apex}
+    tables: dict[str, ProfileTable] = {}
+    if not args.no_apex:
+        apex, _ = import_fineserve_costs(args.costs / "apex-cost.csv")
+        tables["apex (FineServe, eager vLLM)"] = apex
     if args.profiles:
         tables["H100 measured (CUDA graphs)"] = ProfileTable.concat(
             load_profile(p) for p in args.profiles)

@@ -78,10 +78,17 @@ for s in "$@"; do
            --out /tmp/fs-intf --budget-s "${INTF_BUDGET:-190}"
       cp /tmp/fs-intf/interference* "$OUT/" 2>/dev/null ;;
     profile)
-      # the reference set, resumed from the committed results: measures only what is missing
+      # the reference set, resumed from the committed results: measures only what is missing,
+      # on every GPU of the host at once (one process per GPU, merged into /tmp/fs-prof); it
+      # stops before measuring if the GPUs are not all H100s
+      ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true); [ "${ngpu:-0}" -ge 1 ] || ngpu=1
+      echo "profile: $ngpu GPU(s)"
       step profile "${PROFILE_LIMIT:-500}" $PY bench/profile_h100.py --reference-set --redo-noisy \
-           --resume-from bench/results/h100-profile --out /tmp/fs-prof \
-           --budget-s "${PROFILE_BUDGET:-460}"
+           --gpus "${PROFILE_GPUS:-$ngpu}" --resume-from bench/results/h100-profile \
+           --out /tmp/fs-prof --budget-s "${PROFILE_BUDGET:-460}"
+      # a call killed past its limit leaves shard folders: fold them in before packing
+      $PY bench/profile_h100.py --reference-set --out /tmp/fs-prof --merge-shards \
+           >> "$OUT/profile.log" 2>&1
       tar czf "$OUT/h100-profile.tgz" -C /tmp/fs-prof . ;;
     e2e:*|e2e-quick:*)
       # bench/e2e: one deployment per configuration, resumed from the committed results

@@ -24,35 +24,52 @@ Then, here, after the results are unpacked into bench/results/h100-profile:
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
+from typing import NoReturn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fineserve.errors import FineserveError, SpecError  # noqa: E402
 from fineserve.profiles.catalog import resolve_arch  # noqa: E402
+from fineserve.profiles.latency import LatencyModel  # noqa: E402
 from fineserve.profiles.measure import mps_daemon  # noqa: E402
+from fineserve.profiles.measure.devices import Device, one_kind, visible_devices  # noqa: E402
+from fineserve.profiles.measure.fanout import Child, run_children  # noqa: E402
 from fineserve.profiles.measure.grid import QUICK, GridSpec  # noqa: E402
 from fineserve.profiles.measure.runner import (  # noqa: E402
     DEFAULT_CACHE,
     ProfileRequest,
     Progress,
+    export_profiles,
     parse_numbers,
     parse_precision,
     run_profile,
 )
-from fineserve.profiles.measure.session import (  # noqa: E402
-    CAPACITY_SHARE,
-    Wave,
-    estimate_session,
-    shard,
+from fineserve.profiles.measure.session import CAPACITY_SHARE, Wave, estimate_session  # noqa: E402
+from fineserve.profiles.measure.shards import (  # noqa: E402
+    Job,
+    ShardPlan,
+    grouped,
+    jobs_from_json,
+    jobs_to_json,
+    merge_shard,
+    shard_folder,
+    shard_folders,
+    split_jobs,
+    write_manifest,
 )
 from fineserve.profiles.measure.ship import ship  # noqa: E402
 from fineserve.profiles.measure.store import ResultStore  # noqa: E402
+
+H100 = "H100-SXM-80GB"
+MERGE_S = 20.0  # of the budget left to a multi-GPU parent after its shards: merge, export
+
 
 # Issue 5's reference set, in the order the sessions measure it, one entry per model so that
 # a model's engines start in waves together (--sequential: one by one). Precisions as
@@ -68,44 +85,24 @@ REFERENCE_SET: tuple[tuple[str, str, str | None], ...] = (
 )
 
 
-def todo(args: argparse.Namespace) -> tuple[tuple[str, str, str | None], ...]:
-    """The entries this process measures: all, or with --shard K/N its share of the
-    (model, precision) jobs, balanced by estimated time (``session.shard``)."""
-    entries = REFERENCE_SET if args.reference_set else ((args.model, args.precisions, None),)
-    if not args.shard:
-        return entries
-    k, n = _parse_shard(args.shard)
-    if not args.resume_from and not args.estimate:
-        # every process must split the same way: from the same, unchanging results
-        raise SpecError("--shard: give --resume-from (the split is computed from it)")
-    jobs = {f"{m}|{p}": (m, p, sm) for m, ps, sm in entries for p in ps.split(",")}
-    seconds = [(name, _estimate([job], args)[1]) for name, job in jobs.items()]
-    mine = set(shard(seconds, n)[k])
-    out: list[tuple[str, str, str | None]] = []
-    for name, (m, p, sm) in jobs.items():
-        if name in mine:
-            if out and out[-1][0] == m and out[-1][2] == sm:
-                out[-1] = (m, f"{out[-1][1]},{p}", sm)
-            else:
-                out.append((m, p, sm))
-    return tuple(out)
+def jobs_of(args: argparse.Namespace) -> tuple[Job, ...]:
+    """What this process measures: a shard's --entries, the reference set, or --model."""
+    if args.entries:
+        try:
+            return jobs_from_json(args.entries)
+        except ValueError as exc:
+            raise SpecError(f"--entries: {exc}") from None
+    if args.reference_set:
+        return tuple(Job(m, tuple(ps.split(",")), None if sm is None else
+                         parse_numbers(sm, "--sm")) for m, ps, sm in REFERENCE_SET)
+    return (Job(args.model, tuple(args.precisions.split(",")), None),)
 
 
-def _parse_shard(text: str) -> tuple[int, int]:
-    try:
-        k, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise SpecError(f"--shard: {text!r} is not K/N") from None
-    if not 0 <= k < n:
-        raise SpecError(f"--shard: K must be in 0..N-1, got {text}")
-    return k, n
-
-
-def build_grid(args: argparse.Namespace, sm: str | None = None) -> GridSpec:
+def build_grid(args: argparse.Namespace, sm: tuple[float, ...] | None = None) -> GridSpec:
     if args.quick:
         return QUICK
     return GridSpec(
-        sm_pcts=parse_numbers(sm or args.sm, "--sm"),
+        sm_pcts=sm or parse_numbers(args.sm, "--sm"),
         prefill_tokens=parse_numbers(args.prefill_tokens, "--prefill-tokens", int),
         prefill_batches=parse_numbers(args.prefill_batches, "--prefill-batches", int),
         decode_batches=parse_numbers(args.decode_batches, "--decode-batches", int),
@@ -117,11 +114,12 @@ def build_grid(args: argparse.Namespace, sm: str | None = None) -> GridSpec:
     )  # fmt: skip
 
 
-def build_request(args: argparse.Namespace, model: str, precisions: str, sm: str | None,
-                  budget_s: float | None) -> ProfileRequest:
+def build_request(args: argparse.Namespace, job: Job, budget_s: float | None,
+                  out: Path | None = None) -> ProfileRequest:  # fmt: skip
     return ProfileRequest(
-        model=model, precisions=tuple(parse_precision(p) for p in precisions.split(",")),
-        out=Path(args.out), grid=build_grid(args, sm), tps=parse_numbers(args.tp, "--tp", int),
+        model=job.model, precisions=tuple(parse_precision(p) for p in job.precisions),
+        out=out or Path(args.out), grid=build_grid(args, job.sm),
+        tps=parse_numbers(args.tp, "--tp", int),
         gpu=args.gpu, budget_s=budget_s, cpu=args.cpu, mps=not args.no_mps,
         enforce_eager=args.eager, engine_python=args.engine_python,
         cache_dir=Path(args.cache_dir), redo_noisy=args.redo_noisy,
@@ -129,24 +127,23 @@ def build_request(args: argparse.Namespace, model: str, precisions: str, sm: str
     )  # fmt: skip
 
 
-def resume_from(source: Path, out: Path,
-                entries: Sequence[tuple[str, str, str | None]] | None = None) -> int:
+def resume_from(source: Path, out: Path, jobs: Sequence[Job] | None = None) -> dict[str, int]:
     """Copy earlier results (read-only in a checkout) into ``out`` where ``out`` lacks them;
-    with ``entries``, only theirs (so that shards sharing ``out`` never write one file
-    twice); returns the number of files copied."""
-    mine = None if entries is None else {
-        (resolve_arch(m).name, parse_precision(p).name)
-        for m, ps, _ in entries for p in ps.split(",")}
-    copied = 0
+    with ``jobs``, only theirs (a shard's folder). Returns {relative path: bytes} copied."""
+    mine = None if jobs is None else {
+        (resolve_arch(j.model).name, parse_precision(p).name) for j in jobs for p in j.precisions}
+    copied = {}
     for path in sorted(source.rglob("*")):
-        target = out / path.relative_to(source)
+        rel = path.relative_to(source)
+        target = out / rel
         stem = path.name.split(".jsonl")[0].split(".csv")[0].split(".meta.json")[0]
         if mine is not None and (path.parent.name, stem) not in mine:
             continue
-        if path.is_file() and path.suffix in (".jsonl", ".csv", ".json") and not target.exists():
+        if path.is_file() and path.suffix in (".jsonl", ".csv", ".json") and not target.exists() \
+                and not any(part.startswith(".") for part in rel.parts):
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, target)  # contents only: the copy is writable
-            copied += 1
+            copied[str(rel)] = target.stat().st_size
     return copied
 
 
@@ -164,21 +161,25 @@ def ship_all(args: argparse.Namespace) -> int:
     return 0
 
 
-def _estimate(entries: Sequence[tuple[str, str, str | None]], args: argparse.Namespace
-              ) -> tuple[list[Wave], float, float, list[tuple[str, float]]]:  # fmt: skip
-    """(waves, seconds in waves, seconds one by one, seconds per model) of what is left of
-    ``entries`` under --resume-from (or --out)."""
+def _latency(source: Path) -> LatencyModel:
+    """Point costs for estimates: the profiles under ``source`` (or shipped), the roofline."""
     from fineserve.profiles.composite import default_latency_model
+
+    return default_latency_model([source]) if any(source.rglob("*.csv")) else \
+        default_latency_model()
+
+
+def _estimate(jobs: Sequence[Job], args: argparse.Namespace, source: Path,
+              latency: LatencyModel) -> tuple[list[Wave], float, float, list[tuple[str, float]]]:
+    """(waves, seconds in waves, seconds one by one, seconds per model) of what is left of
+    ``jobs`` under ``source``, on one GPU."""
     from fineserve.profiles.gpus import gpu_spec
     from fineserve.profiles.measure.runner import engine_costs, plan_engines
 
-    gpu = gpu_spec(args.gpu or "H100-SXM-80GB")
-    source = Path(args.resume_from or args.out)
-    latency = default_latency_model([source]) if any(source.rglob("*.csv")) else \
-        default_latency_model()
+    gpu = gpu_spec(args.gpu or H100)
     waves, total, one_by_one, by_model = [], 0.0, 0.0, []
-    for model, precisions, sm in entries:
-        request = replace(build_request(args, model, precisions, sm, None), out=source)
+    for job in jobs:
+        request = build_request(args, job, None, source)
         plans = plan_engines(request, gpu.name, Path(args.cache_dir) / "models")
         session = estimate_session(engine_costs(request, plans, latency),
                                    CAPACITY_SHARE * gpu.memory_bytes,
@@ -189,21 +190,215 @@ def _estimate(entries: Sequence[tuple[str, str, str | None]], args: argparse.Nam
     return waves, total, one_by_one, by_model
 
 
-def estimate(args: argparse.Namespace) -> int:
-    """Print the session plan of what is left under --out (or --resume-from): engine waves,
-    estimated seconds per model, started in waves and one by one. Starts nothing."""
-    waves, total, one_by_one, by_model = _estimate(todo(args), args)
+def gpu_plan(args: argparse.Namespace, jobs: Sequence[Job], n: int, source: Path,
+             latency: LatencyModel) -> ShardPlan:  # fmt: skip
+    """``jobs`` over ``n`` GPUs (``shards.split_jobs``), by what is left under ``source``."""
+    pairs = [Job(j.model, (p,), j.sm) for j in jobs for p in j.precisions]
+    seconds: dict[str, float] = {}
+
+    def cost(job: Job) -> float:
+        if job.name not in seconds:
+            seconds[job.name] = _estimate([job], args, source, latency)[1]
+        return seconds[job.name]
+
+    return split_jobs(pairs, n, cost, lambda job: job.sm or build_grid(args).sm_pcts)
+
+
+def _print_waves(waves: Sequence[Wave], indent: str = "") -> None:
     for i, wave in enumerate(waves):
         gib = sum(e.memory_bytes for e in wave.engines) / (1 << 30)
-        print(f"wave {i}: start {wave.start_s:4.0f} s, measure {wave.measure_s:4.0f} s, "
+        print(f"{indent}wave {i}: start {wave.start_s:4.0f} s, measure {wave.measure_s:4.0f} s, "
               f"{gib:4.0f} GiB: " + ", ".join(e.key.split("/", 1)[1] for e in wave.engines))
-    for model, seconds in by_model:
-        print(f"{model}: {seconds:5.0f} s")
-    print(f"total {total:.0f} s in waves; {one_by_one:.0f} s one by one")
+
+
+def estimate(args: argparse.Namespace) -> int:
+    """Print the session plan of what is left under --resume-from (or --out): per GPU with
+    --gpus N, engine waves and estimated seconds. Starts nothing."""
+    if not args.gpus.isdigit() or int(args.gpus) < 1:
+        raise SpecError(f"--gpus: give a GPU count with --estimate, got {args.gpus!r}")
+    n, jobs = int(args.gpus), jobs_of(args)
+    source = Path(args.resume_from or args.out)
+    latency = _latency(source)
+    waves, total, one_by_one, by_model = _estimate(jobs, args, source, latency)
+    if n == 1:
+        _print_waves(waves)
+        for model, seconds in by_model:
+            print(f"{model}: {seconds:5.0f} s")
+        print(f"total {total:.0f} s in waves; {one_by_one:.0f} s one by one")
+        return 0
+    plan = gpu_plan(args, jobs, n, source, latency)
+    walls = []
+    for k, mine in enumerate(plan.jobs):
+        gpu_waves, gpu_total, _, _ = _estimate(grouped(mine), args, source, latency)
+        walls.append(gpu_total)
+        print(f"GPU {k}: {gpu_total:5.0f} s: " + "; ".join(j.name for j in mine))
+        _print_waves(gpu_waves, "  ")
+    print(f"wall {max(walls, default=0.0):.0f} s on {n} GPUs ({sum(walls):.0f} GPU-seconds); "
+          f"one GPU: {total:.0f} s in waves")
     return 0
 
 
+def gpu_count(args: argparse.Namespace) -> tuple[int, tuple[Device, ...], str]:
+    """(GPUs to use, their devices (none on CPU or without NVML under --gpu), profile label).
+
+    Raises:
+        SpecError: a bad --gpus, more GPUs asked than visible, mixed kinds, or not the
+            expected kind (an H200 for the H100 reference set).
+    """
+    wanted = args.gpus
+    if wanted != "all" and (not wanted.isdigit() or int(wanted) < 1):
+        raise SpecError(f"--gpus: {wanted!r} is not a GPU count or 'all'")
+    if args.cpu:
+        return (1 if wanted == "all" else int(wanted)), (), args.gpu or H100
+    expected = None if args.gpu else (args.expect_gpu or None)
+    try:
+        from fineserve.runtime.nvml import probe_gpus
+
+        gpus = probe_gpus()
+    except FineserveError as exc:
+        if args.gpu and wanted != "all":
+            return int(wanted), (), args.gpu
+        raise SpecError(f"gpu: cannot list the GPUs ({exc.message})", hint="pass --gpu") \
+            from None
+    devices = visible_devices(os.environ.get("CUDA_VISIBLE_DEVICES"), gpus)
+    label = one_kind(devices, expected)
+    n = len(devices) if wanted == "all" else int(wanted)
+    if n > len(devices):
+        raise SpecError(f"--gpus: {n} asked, {len(devices)} visible")
+    return n, devices[:n], args.gpu or label
+
+
+def child_argv(args: argparse.Namespace, jobs: Sequence[Job], out: Path, k: int,
+               budget_s: float | None) -> tuple[str, ...]:  # fmt: skip
+    """The command of shard ``k``: its jobs, its folder, its caches, the same grid."""
+    argv = [sys.executable, str(Path(__file__).resolve()), "--entries", jobs_to_json(jobs),
+            "--out", str(shard_folder(out, k)), "--resume-from", str(out),
+            "--cache-dir", f"{args.cache_dir}-gpu{k}", "--gpus", "1",
+            "--expect-gpu", args.expect_gpu or ""]
+    for name in ("tp", "sm", "prefill_tokens", "prefill_batches", "decode_batches",
+                 "decode_contexts", "decode_tokens", "repeats", "decode_repeats",
+                 "prefill_samples", "decode_samples", "gpu", "engine_python"):
+        if getattr(args, name) is not None:
+            argv += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    for name in ("no_prune", "redo_noisy", "quick", "cpu", "no_mps", "eager", "sequential"):
+        if getattr(args, name):
+            argv.append(f"--{name.replace('_', '-')}")
+    if budget_s is not None:
+        argv += ["--budget-s", f"{budget_s:.0f}"]
+    return tuple(argv)
+
+
+def merge_all(args: argparse.Namespace, out: Path, jobs: Sequence[Job], label: str) -> int:
+    """Merge every shard folder of ``out`` into it and export what grew; returns how many."""
+    folders = shard_folders(out)
+    grown = {path for folder in folders for path in merge_shard(folder, out)}
+    if grown:
+        for job in jobs:
+            for e in export_profiles(build_request(args, job, None, out), label):
+                print(f"merged {e.csv or job.model}: {e.points} points, SM complete "
+                      f"{e.complete}, missing {e.incomplete}, max spread {e.max_spread:.1%}, "
+                      f"{e.over_target} over 5%", flush=True)
+    return len(folders)
+
+
+def run_gpus(args: argparse.Namespace, jobs: Sequence[Job], devices: Sequence[Device], n: int,
+             label: str, t0: float) -> int:  # fmt: skip
+    """One child per GPU (``child_argv``) on its share of ``jobs``, then the merge."""
+    out = Path(args.out)
+    plan = gpu_plan(args, jobs, n, out, _latency(out))
+    left = None if args.budget_s is None else args.budget_s - (time.time() - t0) - MERGE_S
+    children = []
+    for k, mine in enumerate(plan.jobs):
+        print(f"GPU {k} (~{plan.seconds[k]:.0f} s alone): " + "; ".join(j.name for j in mine),
+              flush=True)
+        if not mine:
+            continue
+        shutil.rmtree(shard_folder(out, k), ignore_errors=True)
+        visible = devices[k].uuid if devices else ("" if args.cpu else str(k))
+        children.append(Child(f"gpu{k}", child_argv(args, grouped(mine), out, k, left),
+                              {**os.environ, "CUDA_VISIBLE_DEVICES": visible}))
+    kill_at = 4e9 if args.budget_s is None else t0 + args.budget_s - 5
+    codes: tuple[int, ...] = ()
+    try:
+        codes = run_children(children, kill_at)
+    finally:
+        merged = merge_all(args, out, jobs, label)
+        print(f"merged {merged} shard folders into {out}", flush=True)
+    bad = [f"{c.name} exited {code}" for c, code in zip(children, codes, strict=True) if code]
+    for line in bad:
+        print(f"failed: {line}", flush=True)
+    return 1 if bad else 0
+
+
+def _terminate(signum: int, frame: object) -> NoReturn:
+    raise SystemExit(128 + signum)  # finally blocks run: engines, daemons, children stop
+
+
 def main() -> int:
+    args = parser().parse_args()
+    signal.signal(signal.SIGTERM, _terminate)
+    if args.expect_gpu is None:
+        args.expect_gpu = H100 if args.reference_set else ""
+    t0 = time.time()
+
+    def show(event: Progress) -> None:
+        print(f"[{time.time() - t0:6.0f}s] {event.done}/{event.total} {event.message}",
+              flush=True)
+
+    try:
+        if args.ship:
+            return ship_all(args)
+        if args.estimate:
+            return estimate(args)
+        jobs = jobs_of(args)
+        out = Path(args.out)
+        if args.merge_shards:
+            print(f"merged {merge_all(args, out, jobs, args.gpu or H100)} shard folders")
+            return 0
+        n, devices, label = gpu_count(args)  # before anything starts: wrong GPUs stop here
+        if not args.entries:
+            merge_all(args, out, jobs, label)  # a killed call's shards
+        if args.resume_from:
+            copied = resume_from(Path(args.resume_from), out, jobs if args.entries else None)
+            if args.entries:
+                write_manifest(out, copied)
+            print(f"resumed from {args.resume_from}: {len(copied)} files copied", flush=True)
+        if n > 1:
+            return run_gpus(args, jobs, devices, n, label, t0)
+        daemon = None
+        if not args.cpu and not args.no_mps:  # one MPS daemon for every model of the run
+            daemon = mps_daemon.ensure_daemon(Path(args.cache_dir) / "mps")
+        try:
+            return _measure(args, jobs, t0, show, daemon)
+        finally:
+            if daemon is not None:
+                mps_daemon.stop_daemon(daemon)
+    except FineserveError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+def _measure(args: argparse.Namespace, jobs: Sequence[Job], t0: float,
+             show: Callable[[Progress], None],
+             daemon: mps_daemon.MpsDaemon | None) -> int:  # fmt: skip
+    for job in jobs:
+        left = None if args.budget_s is None else args.budget_s - (time.time() - t0)
+        if left is not None and left < 60:
+            print("stopped: budget spent; rerun the same command to continue")
+            break
+        summary = run_profile(build_request(args, job, left), show, daemon)
+        for e in summary.exports:
+            print(f"{e.csv}: {e.points} points, SM complete {e.complete}, missing "
+                  f"{e.incomplete}, max spread {e.max_spread:.1%}, {e.over_target} over 5%")
+        for line in summary.failed:
+            print(f"failed: {line}")
+        if summary.out_of_budget:
+            print("stopped: budget spent; rerun the same command to continue")
+            break
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="llama-3.1-8b", help="catalog name or config.json")
     p.add_argument("--precisions", default="bf16", help="e.g. bf16,fp8.kv-fp8,int4-gptq")
@@ -246,60 +441,19 @@ def main() -> int:
     p.add_argument("--cache-dir", default=str(DEFAULT_CACHE))
     p.add_argument("--estimate", action="store_true",
                    help="measure nothing: print the session plan and its estimated time")
-    p.add_argument("--shard", default=None,
-                   help="K/N: measure only this GPU's share of the (model, precision) jobs "
-                        "(N processes, one per GPU, each with its own --cache-dir; --out may "
-                        "be shared; needs --resume-from)")
+    p.add_argument("--gpus", default="1",
+                   help="GPUs of this host to measure on at once: a count or 'all' (one "
+                        "process per GPU, each with its share of the jobs; merged at the end)")
+    p.add_argument("--expect-gpu", default=None,
+                   help="stop unless every GPU is this catalog kind (default with "
+                        "--reference-set: H100-SXM-80GB; '' for any one kind)")
+    p.add_argument("--merge-shards", action="store_true",
+                   help="measure nothing: merge the shard folders a killed multi-GPU call "
+                        "left beside --out into it")
+    p.add_argument("--entries", default=None, help=argparse.SUPPRESS)  # a shard's jobs (JSON)
     p.add_argument("--sequential", action="store_true",
                    help="start one engine at a time (default: waves of engines that fit)")
-    args = p.parse_args()
-    t0 = time.time()
-
-    def show(event: Progress) -> None:
-        print(f"[{time.time() - t0:6.0f}s] {event.done}/{event.total} {event.message}",
-              flush=True)
-
-    try:
-        if args.ship:
-            return ship_all(args)
-        if args.estimate:
-            return estimate(args)
-        entries = todo(args)  # before anything starts: a bad --shard is an error here
-        if args.resume_from:
-            n = resume_from(Path(args.resume_from), Path(args.out),
-                            entries if args.shard else None)
-            print(f"resumed from {args.resume_from}: {n} files copied", flush=True)
-        daemon = None
-        if not args.cpu and not args.no_mps:  # one MPS daemon for every model of the run
-            daemon = mps_daemon.ensure_daemon(Path(args.cache_dir) / "mps")
-        try:
-            return _measure(args, entries, t0, show, daemon)
-        finally:
-            if daemon is not None:
-                mps_daemon.stop_daemon(daemon)
-    except FineserveError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-
-
-def _measure(args: argparse.Namespace, entries: Sequence[tuple[str, str, str | None]],
-             t0: float, show: Callable[[Progress], None],
-             daemon: mps_daemon.MpsDaemon | None) -> int:  # fmt: skip
-    for model, precisions, sm in entries:
-        left = None if args.budget_s is None else args.budget_s - (time.time() - t0)
-        if left is not None and left < 60:
-            print("stopped: budget spent; rerun the same command to continue")
-            break
-        summary = run_profile(build_request(args, model, precisions, sm, left), show, daemon)
-        for e in summary.exports:
-            print(f"{e.csv}: {e.points} points, SM complete {e.complete}, missing "
-                  f"{e.incomplete}, max spread {e.max_spread:.1%}, {e.over_target} over 5%")
-        for line in summary.failed:
-            print(f"failed: {line}")
-        if summary.out_of_budget:
-            print("stopped: budget spent; rerun the same command to continue")
-            break
-    return 0
+    return p
 
 
 if __name__ == "__main__":

@@ -266,8 +266,18 @@ def versions() -> dict[str, str]:
     return out
 
 
+def _handle(pynvml: Any) -> Any:
+    """NVML's handle of this process's first CUDA device. NVML ignores
+    ``CUDA_VISIBLE_DEVICES``; the profiler sets it to UUIDs (MPS clients name devices so), so
+    the entry is looked up by UUID, or by physical index where it is a number."""
+    entry = (os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0].strip() or "0"
+    if entry.isdigit():
+        return pynvml.nvmlDeviceGetHandleByIndex(int(entry))
+    return pynvml.nvmlDeviceGetHandleByUUID(entry)
+
+
 def _memory_info(device: str):
-    """NVML's memory info of GPU 0 (as CUDA_VISIBLE_DEVICES maps it); None on CPU or without
+    """NVML's memory info of this process's GPU (``_handle``); None on CPU or without
     NVML (it is optional)."""
     if device == "cpu":
         return None
@@ -276,8 +286,7 @@ def _memory_info(device: str):
 
         pynvml.nvmlInit()
         try:
-            index = int(os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0] or 0)
-            return pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(index))
+            return pynvml.nvmlDeviceGetMemoryInfo(_handle(pynvml))
         finally:
             pynvml.nvmlShutdown()
     except Exception:  # noqa: BLE001 - NVML optional
@@ -285,13 +294,13 @@ def _memory_info(device: str):
 
 
 def device_memory_used(device: str) -> int | None:
-    """Bytes used on GPU 0 (as CUDA_VISIBLE_DEVICES maps it), by NVML; None on CPU."""
+    """Bytes used on this process's GPU, by NVML; None on CPU."""
     info = _memory_info(device)
     return None if info is None else int(info.used)
 
 
 def device_memory_free(device: str) -> int | None:
-    """Free bytes on GPU 0 (as CUDA_VISIBLE_DEVICES maps it), by NVML; None on CPU."""
+    """Free bytes on this process's GPU, by NVML; None on CPU."""
     info = _memory_info(device)
     return None if info is None else int(info.free)
 
@@ -307,8 +316,7 @@ def device_identity(device: str) -> tuple[str, str]:
 
         pynvml.nvmlInit()
         try:
-            index = int(os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0] or 0)
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            handle = _handle(pynvml)
             name = pynvml.nvmlDeviceGetName(handle)
             driver = pynvml.nvmlSystemGetDriverVersion()
             return (name.decode() if isinstance(name, bytes) else str(name),

@@ -23,6 +23,7 @@ from fineserve.profiles.catalog import ModelSpec, resolve_arch
 from fineserve.profiles.gpus import gpu_spec
 from fineserve.profiles.latency import EngineShape, LatencyModel
 from fineserve.profiles.measure import mps_daemon
+from fineserve.profiles.measure.devices import one_kind, visible_devices
 from fineserve.profiles.measure.grid import GIB, GridSpec, sizing
 from fineserve.profiles.measure.modeldir import vllm_dtype, vllm_quantization, write_model_dir
 from fineserve.profiles.measure.procs import engine_python, kill_group, run_worker, worker_env
@@ -46,6 +47,8 @@ from fineserve.profiles.measure.store import ExportSummary, ResultStore
 from fineserve.profiles.measure.waves import WaveMember, WaveResult, run_wave
 from fineserve.profiles.precision import Precision
 from fineserve.profiles.roofline import AnalyticLatency
+from fineserve.runtime.errors import DeployError
+from fineserve.runtime.nvml import probe_gpus
 
 DEFAULT_CACHE = Path(tempfile.gettempdir()) / "fineserve-cache"
 START_GUESS_S = {"cuda": 60.0, "cpu": 120.0}  # engine start before any was measured here
@@ -118,31 +121,18 @@ def parse_numbers(text: str, field: str, cast: type = float) -> tuple:  # type: 
 
 
 def detect_gpu() -> str:
-    """The catalog name of GPU 0, from NVML's name.
+    """The catalog name of the GPUs this process may use (``CUDA_VISIBLE_DEVICES``; NVML
+    itself ignores the variable), all of one kind.
 
     Raises:
-        SpecError: no GPU, or one the catalog does not know (pass --gpu).
+        SpecError: no GPU, GPUs of different kinds, or one the catalog does not know.
     """
     try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        raw = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(0))
-        pynvml.nvmlShutdown()
-    except Exception as exc:  # noqa: BLE001 - any NVML failure means: tell us the GPU
-        raise SpecError(f"gpu: cannot detect it ({exc})", hint="pass --gpu, or --cpu") from None
-    return gpu_label(raw.decode() if isinstance(raw, bytes) else str(raw))
-
-
-def gpu_label(nvml_name: str) -> str:
-    """``NVIDIA H100 80GB HBM3`` -> ``H100-SXM-80GB`` (the catalog's names)."""
-    name = nvml_name.upper()
-    for needle, label in (("H100 PCIE", "H100-PCIe-80GB"), ("H100", "H100-SXM-80GB"),
-                          ("H200", "H200-SXM-141GB"), ("A100", "A100-SXM-80GB"),
-                          ("L40S", "L40S-48GB")):
-        if needle in name:
-            return label
-    raise SpecError(f"gpu: {nvml_name!r} is not in the GPU catalog", hint="pass --gpu")
+        gpus = probe_gpus()
+    except DeployError as exc:
+        raise SpecError(f"gpu: cannot detect it ({exc.message})", hint="pass --gpu, or --cpu") \
+            from None
+    return one_kind(visible_devices(os.environ.get("CUDA_VISIBLE_DEVICES"), gpus))
 
 
 def _source_config(model: str) -> Path | None:
@@ -358,6 +348,13 @@ def _wave(request: ProfileRequest, plans: list[EnginePlan], members: list[Engine
     for plan in members:
         state.finished(plans, plan, len(plan.store.done(plan.label)) - befores[plan.label.key])
     return result
+
+
+def export_profiles(request: ProfileRequest, gpu: str) -> tuple[ExportSummary, ...]:
+    """Rewrite the CSV and metadata of every precision of ``request`` that has results, from
+    its JSONL (after shard folders were merged into ``request.out``); measures nothing."""
+    plans = plan_engines(request, gpu_spec(gpu).name, request.cache_dir / "models")
+    return tuple(_export(plans, store) for store in _stores(plans) if store.results.exists())
 
 
 def _stores(plans: list[EnginePlan]) -> list[ResultStore]:

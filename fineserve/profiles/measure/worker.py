@@ -71,7 +71,9 @@ def _start(job: ProfileJob | InterferenceJob) -> tuple[Any, EngineRecord]:
                                 lambda: eng.device_memory_free(job.device))
         if short is not None:
             return None, replace(record, error=short)
-    base = eng.device_memory_used(job.device)
+    # NVML's used memory is the device's: in a wave, engines start side by side and the
+    # difference would count theirs too, so no footprint there (torch's figure still sizes it)
+    base = None if getattr(job, "control", "") else eng.device_memory_used(job.device)
     t0 = time.perf_counter()
     try:
         llm = eng.start_engine(job.engine, job.device)

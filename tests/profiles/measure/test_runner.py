@@ -14,10 +14,10 @@ import pytest
 
 import fineserve
 from fineserve.errors import SpecError
+from fineserve.profiles.measure.devices import gpu_label
 from fineserve.profiles.measure.grid import GridSpec
 from fineserve.profiles.measure.runner import (
     ProfileRequest,
-    gpu_label,
     plan_engines,
     run_profile,
     worker_env,

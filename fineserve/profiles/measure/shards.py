@@ -1,0 +1,181 @@
+"""One profiling run over several GPUs of a host: which GPU measures what, and the merge.
+
+The device is billed by the wall time a machine is held, whatever its GPU count, so a
+profile call uses every GPU: one process per GPU (``CUDA_VISIBLE_DEVICES``, its own MPS
+daemon and compile caches), each measuring its share of the jobs into a folder of its own,
+merged into the shared output at the end.
+
+- **Split** (``split_jobs``): jobs are (model, precision) pairs, so that a precision's SM
+  shares start in one wave and compile once; a pair estimated longer than a GPU's fair share
+  (total / N) is split into one job per SM share (each then compiles on its own GPU: the
+  estimate of each piece includes that). Longest first onto the least loaded GPU
+  (``session.shard``).
+- **Shard folders** (``{out}.shards/{k}``): a shard copies the result files of its own
+  entries from the shared output and records their sizes (``MANIFEST``); it appends only.
+  Two shards may hold the same precision (a split pair) but never write one file.
+- **Merge** (``merge_shard``): what each shard appended past the recorded size is appended to
+  the shared file (JSONL records and logs); CSV and metadata are exported again from the
+  merged JSONL by the caller. A merged shard folder is removed, so merging twice (the parent
+  at the end, ``--merge-shards`` after a killed call) adds nothing twice.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from fineserve.profiles.measure.session import shard
+
+MANIFEST = ".resumed.json"  # {relative path: size when copied} in a shard folder
+APPENDED = (".jsonl", ".log")  # what a run appends to; .csv / .meta.json are re-exported
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """What one GPU measures of one model: precisions and SM shares (None: the grid's)."""
+
+    model: str
+    precisions: tuple[str, ...]
+    sm: tuple[float, ...] | None
+
+    @property
+    def name(self) -> str:
+        sm = "" if self.sm is None else "@" + ",".join(f"{s:g}" for s in self.sm)
+        return f"{self.model}|{','.join(self.precisions)}{sm}"
+
+
+@dataclass(frozen=True, slots=True)
+class ShardPlan:
+    """Jobs per GPU, in measuring order, and their estimated seconds."""
+
+    jobs: tuple[tuple[Job, ...], ...]
+    seconds: tuple[float, ...]
+
+    @property
+    def wall_s(self) -> float:
+        return max(self.seconds, default=0.0)
+
+
+def split_jobs(
+    pairs: Sequence[Job], n: int, estimate: Callable[[Job], float],
+    sm_shares: Callable[[Job], tuple[float, ...]],
+) -> ShardPlan:  # fmt: skip
+    """Spread ``pairs`` (one precision each, in measuring order) over ``n`` GPUs.
+
+    ``estimate`` gives a job's seconds alone on a GPU (cold compile included, nothing left:
+    0); ``sm_shares`` the SM shares a pair would measure. Jobs with nothing left are dropped.
+
+    Raises:
+        ValueError: ``n`` < 1, or a pair with several precisions.
+    """
+    if any(len(p.precisions) != 1 for p in pairs):
+        raise ValueError("split_jobs: give one precision per pair")
+    costs = [(p, estimate(p)) for p in pairs]
+    costs = [(p, s) for p, s in costs if s > 0]
+    fair = sum(s for _, s in costs) / max(1, n)
+    jobs: list[tuple[Job, float]] = []
+    for pair, seconds in costs:
+        shares = sm_shares(pair)
+        if n > 1 and seconds > fair and len(shares) > 1:
+            pieces = [Job(pair.model, pair.precisions, (sm,)) for sm in shares]
+            jobs += [(j, s) for j in pieces if (s := estimate(j)) > 0]
+        else:
+            jobs.append((pair, seconds))
+    names = [(j.name, s) for j, s in jobs]
+    if len(set(n for n, _ in names)) != len(names):
+        raise ValueError("split_jobs: the same job twice")
+    by_name = {j.name: (j, s) for j, s in jobs}
+    per_gpu = shard(names, n)
+    return ShardPlan(
+        tuple(tuple(by_name[x][0] for x in gpu) for gpu in per_gpu),
+        tuple(sum(by_name[x][1] for x in gpu) for gpu in per_gpu),
+    )  # fmt: skip
+
+
+def grouped(jobs: Sequence[Job]) -> tuple[Job, ...]:
+    """Consecutive jobs of one model and SM shares as one (their engines share waves)."""
+    out: list[Job] = []
+    for job in jobs:
+        if out and out[-1].model == job.model and out[-1].sm == job.sm:
+            out[-1] = Job(job.model, out[-1].precisions + job.precisions, job.sm)
+        else:
+            out.append(job)
+    return tuple(out)
+
+
+def jobs_to_json(jobs: Sequence[Job]) -> str:
+    return json.dumps([[j.model, list(j.precisions), None if j.sm is None else list(j.sm)]
+                       for j in jobs])
+
+
+def jobs_from_json(text: str) -> tuple[Job, ...]:
+    """The inverse of ``jobs_to_json``.
+
+    Raises:
+        ValueError: not a list of [model, [precision, ...], [sm, ...] or null].
+    """
+    try:
+        return tuple(Job(str(m), tuple(str(p) for p in ps),
+                         None if sm is None else tuple(float(x) for x in sm))
+                     for m, ps, sm in json.loads(text))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"jobs: {text[:80]!r} is not a job list ({exc})") from None
+
+
+def shard_folder(out: Path, k: int) -> Path:
+    """Where shard ``k`` of a run writing to ``out`` keeps its files."""
+    return out.parent / f"{out.name}.shards" / str(k)
+
+
+def shard_folders(out: Path) -> list[Path]:
+    root = out.parent / f"{out.name}.shards"
+    return sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.name) \
+        if root.is_dir() else []
+
+
+def write_manifest(folder: Path, sizes: dict[str, int]) -> None:
+    """Record the sizes of the files copied into a shard folder (before it appends)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MANIFEST).write_text(json.dumps(sizes, indent=1, sort_keys=True) + "\n")
+
+
+def merge_shard(folder: Path, out: Path) -> tuple[Path, ...]:
+    """Append what shard ``folder`` added to its JSONL and log files onto ``out``'s, then
+    remove the folder. Returns the JSONL files of ``out`` that grew (to export again).
+
+    Raises:
+        ValueError: a shard file shorter than when it was copied (not append-only).
+    """
+    manifest = folder / MANIFEST
+    sizes: dict[str, int] = json.loads(manifest.read_text()) if manifest.exists() else {}
+    grown = []
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if not path.is_file() or path.suffix not in APPENDED \
+                or any(part.startswith(".") for part in rel.parts):
+            continue
+        data = path.read_bytes()
+        start = sizes.get(str(rel), 0)
+        if len(data) < start:
+            raise ValueError(f"merge: {path} shrank from {start} to {len(data)} bytes")
+        if len(data) == start:
+            continue
+        target = out / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "ab") as sink:
+            if target.suffix == ".jsonl" and sink.tell() and not _ends_with_newline(target):
+                sink.write(b"\n")  # a record cut short by a kill stays a line of its own
+            sink.write(data[start:])
+        if target.suffix == ".jsonl":
+            grown.append(target)
+    shutil.rmtree(folder)
+    return tuple(grown)
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, 2)
+        return f.read(1) == b"\n"

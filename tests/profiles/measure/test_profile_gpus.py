@@ -1,0 +1,134 @@
+"""bench/profile_h100.py over several GPUs: one child per GPU, shard folders, the merge, the
+GPU-kind check. Engines are a stand-in speaking the worker's file protocol (no GPU needed)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fineserve.errors import SpecError
+from fineserve.profiles.measure.fanout import Child, run_children
+from fineserve.profiles.schema import load_profile
+from fineserve.runtime import nvml
+from fineserve.runtime.nvml import GpuInfo
+from tests.profiles.measure.standin import stand_in_python
+
+REPO = Path(__file__).resolve().parents[3]
+SCRIPT = REPO / "bench" / "profile_h100.py"
+
+STAND_IN = r'''
+import json, os, sys
+from fineserve.profiles.measure.records import (EngineRecord, PointRecord, ProfileJob,
+                                                append, read_job)
+job = read_job(sys.argv[-1], ProfileJob)
+with open(os.environ["STAND_IN_LOG"], "a") as f:
+    f.write(json.dumps({"sm": job.label.sm_pct, "weights": job.label.weights,
+                        "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                        "points": len(job.points)}) + "\n")
+append(job.results, EngineRecord(job.label, 1.0, True, vllm_version="stand-in"))
+for p in job.points:
+    t = 0.001 * p.batch * p.tokens / job.label.sm_pct
+    append(job.results, PointRecord(job.label, p.phase, p.batch, p.tokens, (t, t), "stand-in"))
+'''
+
+GRID = ["--sm", "100,50", "--prefill-tokens", "64,128", "--prefill-batches", "1",
+        "--decode-batches", "1,2", "--decode-contexts", "64", "--repeats", "2",
+        "--decode-tokens", "8", "--decode-repeats", "2", "--prefill-samples", "1",
+        "--decode-samples", "1"]
+
+
+def profile(tmp_path: Path, python: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, str(SCRIPT), "--model", "llama-3.1-8b", "--precisions",
+               "bf16,fp8", "--gpu", "h100", "--no-mps", "--sequential", "--engine-python",
+               str(python), "--out", str(tmp_path / "out"), "--cache-dir",
+               str(tmp_path / "cache"), *GRID, *extra]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, check=False,
+                          env={**_env(), "STAND_IN_LOG": str(tmp_path / "calls.jsonl")})
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+
+
+def calls(tmp_path: Path) -> list[dict]:
+    path = tmp_path / "calls.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_two_gpus_measure_a_precision_each_and_merge_into_one_output(tmp_path):
+    python = stand_in_python(tmp_path, STAND_IN)
+    run = profile(tmp_path, python, "--gpus", "2")
+    assert run.returncode == 0, run.stdout + run.stderr
+    seen = calls(tmp_path)
+    assert sorted((c["weights"], c["sm"]) for c in seen) == \
+        [("bf16", 50), ("bf16", 100), ("fp8", 50), ("fp8", 100)]
+    gpus = {c["weights"]: {x["gpu"] for x in seen if x["weights"] == c["weights"]} for c in seen}
+    assert gpus["bf16"] != gpus["fp8"] and all(len(g) == 1 for g in gpus.values())
+    folder = tmp_path / "out" / "H100-SXM-80GB" / "llama-3.1-8b"
+    for precision in ("bf16.kv-bf16", "fp8.kv-bf16"):
+        table = load_profile(folder / f"{precision}.csv")
+        assert {p.sm_pct for p in table} == {50.0, 100.0}
+        assert "stand-in" in (folder / f"{precision}.meta.json").read_text()
+    assert "[gpu0]" in run.stdout and "[gpu1]" in run.stdout
+    assert not (tmp_path / "out.shards").exists() or not any((tmp_path / "out.shards").iterdir())
+    again = profile(tmp_path, python, "--gpus", "2")  # resumable: nothing left to measure
+    assert again.returncode == 0 and len(calls(tmp_path)) == 4
+
+
+def test_a_bad_gpu_count_is_a_one_line_error(tmp_path):
+    python = stand_in_python(tmp_path, STAND_IN)
+    run = profile(tmp_path, python, "--gpus", "two")
+    assert run.returncode == 2 and "--gpus: 'two'" in run.stderr and calls(tmp_path) == []
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("profile_h100", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(("names", "message"), [
+    (["NVIDIA H100 80GB HBM3", "NVIDIA H200"], "mixes GPU kinds"),
+    (["NVIDIA H200", "NVIDIA H200"], "H100-SXM-80GB: stopped before measuring"),
+])
+def test_the_reference_set_stops_on_a_host_that_is_not_all_h100(monkeypatch, names, message):
+    module = _script()
+    host = [GpuInfo(i, f"GPU-{i}", n, "default", 1, 1) for i, n in enumerate(names)]
+    monkeypatch.setattr(nvml, "probe_gpus", lambda: host)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    args = module.parser().parse_args(["--reference-set", "--gpus", "all"])
+    args.expect_gpu = "H100-SXM-80GB"
+    with pytest.raises(SpecError, match=message):
+        module.gpu_count(args)
+
+
+def test_all_gpus_of_one_kind_are_used(monkeypatch):
+    module = _script()
+    host = [GpuInfo(i, f"GPU-{i}", "NVIDIA H100 80GB HBM3", "default", 1, 1) for i in range(2)]
+    monkeypatch.setattr(nvml, "probe_gpus", lambda: host)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    args = module.parser().parse_args(["--reference-set", "--gpus", "all"])
+    args.expect_gpu = "H100-SXM-80GB"
+    n, devices, label = module.gpu_count(args)
+    assert (n, [d.uuid for d in devices], label) == (2, ["GPU-0", "GPU-1"], "H100-SXM-80GB")
+
+
+def test_children_are_interleaved_by_line_and_killed_at_the_deadline(tmp_path):
+    import io
+    import time
+
+    sink = io.StringIO()
+    quick = Child("a", (sys.executable, "-c", "print('one'); print('two')"), {})
+    stuck = Child("b", (sys.executable, "-c", "import time; print('up', flush=True); "
+                                              "time.sleep(600)"), {})
+    codes = run_children([quick, stuck], time.time() + 3, sink)
+    assert codes[0] == 0 and codes[1] < 0  # the stuck one was killed, not waited for
+    lines = sink.getvalue().splitlines()
+    assert "[a] one" in lines and "[a] two" in lines and "[b] up" in lines

@@ -1,0 +1,138 @@
+"""Multi-GPU profiling: the split of jobs over GPUs and the merge of shard folders."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fineserve.profiles.measure.shards import (
+    MANIFEST,
+    Job,
+    grouped,
+    jobs_from_json,
+    jobs_to_json,
+    merge_shard,
+    shard_folder,
+    shard_folders,
+    split_jobs,
+    write_manifest,
+)
+
+SM = (100.0, 50.0, 30.0)
+
+
+def costs(table: dict[str, float]):
+    """estimate(job): the pair's seconds, a third of it per SM share plus a 60 s compile."""
+    def estimate(job: Job) -> float:
+        whole = table[f"{job.model}|{job.precisions[0]}"]
+        return whole if job.sm is None else whole / len(SM) * len(job.sm) + 60
+    return estimate
+
+
+def pairs(table: dict[str, float]) -> list[Job]:
+    return [Job(k.split("|")[0], (k.split("|")[1],), None) for k in table]
+
+
+def test_two_gpus_balance_pairs_and_keep_the_measuring_order():
+    table = {"8b|bf16": 400, "8b|fp8": 300, "3b|bf16": 350, "70b|int4": 700}
+    plan = split_jobs(pairs(table), 2, costs(table), lambda j: SM)
+    assert plan.seconds == (1000, 750)  # longest first onto the least loaded
+    assert [j.name for j in plan.jobs[0]] == ["8b|fp8", "70b|int4"]  # in the input order
+    assert [j.name for j in plan.jobs[1]] == ["8b|bf16", "3b|bf16"]
+    assert plan.wall_s == 1000
+
+
+def test_a_pair_longer_than_a_gpus_share_is_split_by_sm_share():
+    table = {"8b|bf16": 300, "70b|int4": 1500}
+    plan = split_jobs(pairs(table), 3, costs(table), lambda j: SM)
+    names = sorted(j.name for gpu in plan.jobs for j in gpu)
+    assert names == ["70b|int4@100", "70b|int4@30", "70b|int4@50", "8b|bf16"]
+    assert plan.wall_s == pytest.approx(860)  # 500 + 60 compile, plus the 8B on one GPU
+
+
+def test_one_gpu_never_splits_and_finished_jobs_are_dropped():
+    table = {"8b|bf16": 0, "70b|int4": 1500}
+    plan = split_jobs(pairs(table), 1, costs(table), lambda j: SM)
+    assert [[j.name for j in gpu] for gpu in plan.jobs] == [["70b|int4"]]
+    with pytest.raises(ValueError, match="one precision"):
+        split_jobs([Job("8b", ("bf16", "fp8"), None)], 2, lambda j: 1.0, lambda j: SM)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 2000), min_size=1, max_size=9), st.integers(1, 5))
+def test_every_sm_share_of_every_pair_is_measured_by_exactly_one_gpu(seconds, n):
+    table = {f"m{i}|p": float(s) for i, s in enumerate(seconds)}
+    plan = split_jobs(pairs(table), n, costs(table), lambda j: SM)
+    covered: dict[str, list[float]] = {}
+    for gpu in plan.jobs:
+        for job in gpu:
+            covered.setdefault(job.model, []).extend(job.sm or SM)
+    assert {m: sorted(v) for m, v in covered.items()} == \
+        {f"m{i}": sorted(SM) for i, s in enumerate(seconds) if s > 0}
+    assert len(plan.jobs) == n
+    longest = max((costs(table)(j) for gpu in plan.jobs for j in gpu), default=0.0)
+    assert plan.wall_s <= sum(plan.seconds) / n + longest + 1e-6  # the greedy bound
+
+
+def test_consecutive_jobs_of_one_model_and_sm_shares_group_into_one():
+    jobs = [Job("8b", ("bf16",), None), Job("8b", ("fp8",), None), Job("70b", ("int4",), (50.0,)),
+            Job("70b", ("int4-awq",), (100.0,))]
+    assert [j.name for j in grouped(jobs)] == ["8b|bf16,fp8", "70b|int4@50", "70b|int4-awq@100"]
+    assert jobs_from_json(jobs_to_json(jobs)) == tuple(jobs)
+    with pytest.raises(ValueError, match="not a job list"):
+        jobs_from_json('{"model": 1}')
+
+
+def _shard(tmp_path, k: int, files: dict[str, bytes], appended: dict[str, bytes]):
+    """A shard folder holding copies of ``files`` (recorded) plus what it ``appended``."""
+    folder = shard_folder(tmp_path / "out", k)
+    for rel, data in files.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(data)
+    write_manifest(folder, {rel: len(data) for rel, data in files.items()})
+    for rel, data in appended.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        with open(folder / rel, "ab") as f:
+            f.write(data)
+    return folder
+
+
+def test_merge_appends_only_what_each_shard_added(tmp_path):
+    out = tmp_path / "out"
+    base = {"H100/8b/bf16.jsonl": b'{"a": 1}\n', "H100/8b/bf16.csv": b"old csv\n"}
+    for rel, data in base.items():
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_bytes(data)
+    _shard(tmp_path, 0, base, {"H100/8b/bf16.jsonl": b'{"b": 2}\n',
+                               "H100/8b/bf16.csv": b"shard csv\n",
+                               "H100/8b/bf16.log": b"log 0\n"})
+    _shard(tmp_path, 1, base, {"H100/8b/bf16.jsonl": b'{"c": 3}\n',
+                               "H100/70b/int4.jsonl": b'{"d": 4}\n'})
+    (shard_folder(out, 1) / "H100/8b/.wave-1-0").mkdir()  # control folders are not merged
+    grown = [p for f in shard_folders(out) for p in merge_shard(f, out)]
+    assert sorted(p.relative_to(out).as_posix() for p in grown) == \
+        ["H100/70b/int4.jsonl", "H100/8b/bf16.jsonl", "H100/8b/bf16.jsonl"]
+    assert (out / "H100/8b/bf16.jsonl").read_bytes() == b'{"a": 1}\n{"b": 2}\n{"c": 3}\n'
+    assert (out / "H100/8b/bf16.csv").read_bytes() == b"old csv\n"  # exported again by the caller
+    assert (out / "H100/8b/bf16.log").read_bytes() == b"log 0\n"
+    assert shard_folders(out) == []  # merged folders are gone: merging again adds nothing
+
+
+def test_merge_keeps_a_torn_record_on_a_line_of_its_own(tmp_path):
+    out = tmp_path / "out"
+    (out / "g/m").mkdir(parents=True)
+    (out / "g/m/p.jsonl").write_bytes(b'{"a": 1}\n{"torn"')
+    folder = _shard(tmp_path, 0, {}, {"g/m/p.jsonl": b'{"b": 2}\n'})
+    merge_shard(folder, out)
+    assert (out / "g/m/p.jsonl").read_bytes().splitlines()[-1] == b'{"b": 2}'
+
+
+def test_merge_refuses_a_shard_file_that_shrank(tmp_path):
+    folder = _shard(tmp_path, 0, {"g/m/p.jsonl": b"0123456789\n"}, {})
+    (folder / "g/m/p.jsonl").write_bytes(b"01\n")
+    with pytest.raises(ValueError, match="shrank"):
+        merge_shard(folder, tmp_path / "out")
+    assert json.loads((folder / MANIFEST).read_text()) == {"g/m/p.jsonl": 11}
