@@ -29,6 +29,9 @@ class GridSpec:
     decode_contexts: tuple[int, ...] = (512, 2048)
     repeats: int = 5  # timed prefill repeats per point, after one untimed run of the same shape
     decode_tokens: int = 128  # tokens per decode run: ~127 steps in the timed window
+    # > 0: decode runs generate fewer tokens where steps are slow, enough for a window of this
+    # many seconds (timing.window_tokens; decode_tokens is the most); 0: always decode_tokens
+    decode_window_s: float = 0.0
     prefill_samples: int = 3  # runs per prefill repeat, reduced to their median (stats.py)
     # runs per decode repeat, reduced to their median, and decode's timed repeats: 7% of the
     # H100's single decode runs were > 5% off their point's median, nearly all slow (a host
@@ -55,6 +58,8 @@ class GridSpec:
                 raise SpecError(f"grid {name}: {getattr(self, name)} must be >= 1")
         if self.decode_tokens < 8:
             raise SpecError(f"grid decode_tokens: {self.decode_tokens} must be >= 8")
+        if not self.decode_window_s >= 0:
+            raise SpecError(f"grid decode_window_s: {self.decode_window_s} must be >= 0")
 
     def points(self) -> tuple[PointSpec, ...]:
         """Prefill points (small first), then decode points, for one SM share."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,13 @@ def method_name(base: str, phase: str, samples: int, decode_tokens: int) -> str:
     run length."""
     name = base + (f" med{samples}" if samples > 1 else "")
     return name + (f" n{decode_tokens}" if phase == DECODE else "")
+
+
+def same_method(a: str, b: str) -> bool:
+    """Whether two records' methods are the same way of measuring: a decode run's length
+    (`` nN``) may differ where runs are sized by step time (timing.window_tokens)."""
+    strip = lambda m: re.sub(r" n\d+$", "", m)  # noqa: E731
+    return strip(a) == strip(b)
 
 
 def current_method(point: PointSpec, decode_tokens: int) -> str:
@@ -138,6 +146,9 @@ class ProfileJob:
     # the catalog's weight bytes of one rank: an engine holding far more (vLLM's figure) did
     # not build the planned precision (worker.wrong_weights) and measures nothing. 0: no check.
     weight_bytes: int = 0
+    # > 0: size each decode point's runs for a window of this many seconds from its untimed
+    # run (timing.window_tokens; decode_tokens is the most)
+    decode_window_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -387,7 +387,8 @@ def _write_job(request: ProfileRequest, plan: EnginePlan, t_end: float,
     job = ProfileJob(plan.label, plan.args, plan.todo, request.grid.decode_tokens,
                      str(plan.store.results), deadline if deadline < float("inf") else 4e9,
                      request.device, str(control) if control is not None else "", tag,
-                     memory_bytes, _planned_weights(request, plan))
+                     memory_bytes, _planned_weights(request, plan),
+                     request.grid.decode_window_s)
     suffix = f"-{tag}" if tag else ""
     job_path = plan.store.folder / f".job-{os.getpid()}{suffix}.json"
     write_job(job, job_path)
@@ -437,7 +438,8 @@ def engine_costs(request: ProfileRequest, plans: list[EnginePlan],
         cost = engine_cost(spec, label.tp, label.sm_pct, label.key, plan.todo, latency,
                            shape, kv_cache_bytes=plan.args.kv_cache_memory_bytes,
                            blocker_tokens=blocker_tokens(plan.args),
-                           decode_tokens=request.grid.decode_tokens)
+                           decode_tokens=request.grid.decode_tokens,
+                           decode_window_s=request.grid.decode_window_s)
         held = measured_memory(plan.store.engines(), label.tp) or 0
         out.append(replace(cost, memory_bytes=max(cost.memory_bytes, held)))
     return out

@@ -27,6 +27,11 @@ from dataclasses import dataclass
 from fineserve.profiles.catalog import ModelSpec
 from fineserve.profiles.latency import EngineShape, LatencyModel
 from fineserve.profiles.measure.records import PREFILL, EngineRecord, PointSpec
+from fineserve.profiles.measure.timing import (
+    MIN_DECODE_TOKENS,
+    decode_prompt_tokens,
+    window_tokens,
+)
 
 GIB = 1 << 30
 OVERHEAD_BYTES = 2 * GIB  # CUDA context, graphs, workspaces (<= 1.3 GiB seen on the H100)
@@ -156,10 +161,12 @@ def start_seconds(num_layers: int) -> tuple[float, float]:
 
 def point_seconds(
     point: PointSpec, latency: LatencyModel, shape: EngineShape, sm_pct: float, *,
-    blocker_tokens: int, decode_tokens: int,
+    blocker_tokens: int, decode_tokens: int, decode_window_s: float = 0.0,
 ) -> float:  # fmt: skip
     """Wall time of one grid point as the worker measures it: one untimed run, then
-    ``repeats`` x ``samples`` timed runs, and the batch-1 cross-check."""
+    ``repeats`` x ``samples`` timed runs, and the batch-1 cross-check. With
+    ``decode_window_s``, decode runs are sized as the worker sizes them from the untimed run
+    (``timing.window_tokens``, the step budget taken as ``blocker_tokens``)."""
     runs = point.repeats * max(1, point.samples) + 1
     if point.phase == PREFILL:
         blocker = latency.prefill(shape, blocker_tokens, sm_pct).seconds
@@ -168,28 +175,39 @@ def point_seconds(
         if point.batch == 1:  # 3 lone prompts (engine.lone_ttft)
             total += 3 * (batch + RUN_OVERHEAD_S)
         return total
-    prompt = max(1, point.tokens - decode_tokens // 2)
-    fill = latency.prefill(shape, prompt, sm_pct, point.batch).seconds
     step = latency.decode_step(shape, point.batch, point.tokens, sm_pct).seconds
-    total = runs * (fill + decode_tokens * step + RUN_OVERHEAD_S)
+
+    def run(n: int) -> float:
+        prompt = decode_prompt_tokens(point.tokens, n)
+        return latency.prefill(shape, prompt, sm_pct, point.batch).seconds + n * step \
+            + RUN_OVERHEAD_S
+
+    n = decode_tokens
+    first = run(n)
+    if decode_window_s > 0:
+        first = run(min(MIN_DECODE_TOKENS, decode_tokens))
+        n = window_tokens(step, decode_window_s, point.batch, point.tokens, blocker_tokens,
+                          decode_tokens)
+    total = first + (runs - 1) * run(n)
     if point.batch == 1:  # engine.lone_decode: n tokens, then 1
-        total += 2 * fill + decode_tokens * step + 2 * RUN_OVERHEAD_S
+        total += run(n) + run(1)
     return total
 
 
 def engine_measure_seconds(
     points: Sequence[PointSpec], latency: LatencyModel, shape: EngineShape, sm_pct: float, *,
-    blocker_tokens: int, decode_tokens: int,
+    blocker_tokens: int, decode_tokens: int, decode_window_s: float = 0.0,
 ) -> float:  # fmt: skip
     return WARMUP_S + sum(
         point_seconds(p, latency, shape, sm_pct, blocker_tokens=blocker_tokens,
-                      decode_tokens=decode_tokens) for p in points)  # fmt: skip
+                      decode_tokens=decode_tokens, decode_window_s=decode_window_s)
+        for p in points)  # fmt: skip
 
 
 def engine_cost(
     spec: ModelSpec, tp: int, sm_pct: float, key: str, points: Sequence[PointSpec],
     latency: LatencyModel, shape: EngineShape, *, kv_cache_bytes: int, blocker_tokens: int,
-    decode_tokens: int,
+    decode_tokens: int, decode_window_s: float = 0.0,
 ) -> EngineCost:  # fmt: skip
     """The cost of one planned engine (``runner.plan_engines`` gives its sizes)."""
     warm, cold = start_seconds(spec.arch.num_layers)
@@ -198,7 +216,8 @@ def engine_cost(
         key, spec.arch.name, group, spec.weight_bytes(tp) + kv_cache_bytes + OVERHEAD_BYTES,
         warm, cold, engine_measure_seconds(points, latency, shape, sm_pct,
                                            blocker_tokens=blocker_tokens,
-                                           decode_tokens=decode_tokens),
+                                           decode_tokens=decode_tokens,
+                                           decode_window_s=decode_window_s),
     )  # fmt: skip
 
 

@@ -26,6 +26,7 @@ from fineserve.profiles.measure.records import (
     PointRecord,
     PointSpec,
     read_records,
+    same_method,
 )
 from fineserve.profiles.measure.stats import median, rel_spread
 from fineserve.profiles.precision import Precision
@@ -80,7 +81,7 @@ class ResultStore:
         current = current or {}
         return {k for k, p in latest.items() if p.superseded is None
                 and (not redo_noisy or rel_spread(p.latencies) <= SPREAD_TARGET
-                     or current.get(k) == p.method)}
+                     or same_method(current.get(k, ""), p.method))}
 
     def start_times(self) -> list[float]:
         return [e.start_s for e in self.engines() if e.error is None]

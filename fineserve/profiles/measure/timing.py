@@ -110,6 +110,26 @@ def decode_window(batch: Sequence[Stamps], tokens: int) -> DecodeWindow | None:
     return DecodeWindow(window / steps, steps, consistent)
 
 
+MIN_DECODE_TOKENS = 32  # a sized decode run generates at least this many tokens
+
+
+def window_tokens(step_s: float, window_s: float, batch: int, context: int, step_budget: int,
+                  most: int) -> int:  # fmt: skip
+    """Tokens a decode run generates so that its full-batch window lasts ``window_s``: the
+    window is about n - 1 - k steps, k the steps its prefill takes (at most batch x context
+    over the step budget). Between ``MIN_DECODE_TOKENS`` and ``most`` (the grid's tokens).
+
+    Why a wall-time window rather than fixed tokens: a host stall of a few ms lands in a
+    window whatever its length, so the relative error is stall / window time, not per step;
+    on the H100 single runs > 5% off came only from windows < 0.75 s (docs/profiler.md).
+    """
+    if not step_s > 0 or not window_s > 0:
+        return most
+    k = -(-batch * context // max(1, step_budget))
+    n = int(-(-window_s // step_s)) + 1 + k
+    return max(min(MIN_DECODE_TOKENS, most), min(most, n))
+
+
 def decode_prompt_tokens(context: int, tokens: int) -> int:
     """Prompt length whose decode window (about ``tokens`` steps) runs at mean ``context``."""
     return max(1, round(context - tokens / 2))

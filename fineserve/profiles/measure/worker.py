@@ -35,6 +35,7 @@ from fineserve.profiles.measure.records import (
     read_job,
 )
 from fineserve.profiles.measure.stats import medians_of
+from fineserve.profiles.measure.timing import MIN_DECODE_TOKENS, window_tokens
 from fineserve.runtime.engine_report import HIGH_RATIO
 
 SAFETY_S = 5.0  # kept free before the deadline for shutting the engine down
@@ -128,6 +129,9 @@ def _measure(
     blocker = blocker_tokens(job.engine)
     samples = max(1, point.samples)
     lead = lead if lead is not None else LeadReference()
+    tokens = job.decode_tokens  # decode: sized from the untimed run where a window is asked
+    if point.phase == DECODE and job.decode_window_s > 0:
+        tokens = min(MIN_DECODE_TOKENS, job.decode_tokens)
     for i in range(point.repeats * samples + 1):
         if point.phase == PREFILL:
             t = eng.prefill(llm, prompts, point.batch, point.tokens, blocker, lead.seconds)
@@ -139,21 +143,24 @@ def _measure(
             if i and t.lead_s is not None:
                 leads.append(t.lead_s)
         else:
-            t, consistent = eng.decode_step(llm, prompts, point.batch, point.tokens,
-                                            job.decode_tokens)
+            t, consistent = eng.decode_step(llm, prompts, point.batch, point.tokens, tokens)
             if i and not consistent:
                 notes.append("decode steps not as expected")
+            if not i and job.decode_window_s > 0:
+                step = t.seconds if t.method != "wall" else 0.0
+                tokens = window_tokens(step, job.decode_window_s, point.batch, point.tokens,
+                                       job.engine.max_num_batched_tokens, job.decode_tokens)
         if i:
             runs.append(t.seconds)
             methods.add(t.method)
     method = method_name(methods.pop() if len(methods) == 1 else "mixed", point.phase,
-                         samples, job.decode_tokens)
+                         samples, tokens)
     check = None
     if point.batch == 1 and point.phase == PREFILL and floor is not None:
         walls = [eng.lone_ttft(llm, prompts, point.tokens)[0] for _ in range(CHECK_RUNS)]
         check = min(walls) - floor  # noise only adds time: the fastest run
     elif point.batch == 1 and point.phase == DECODE:
-        check = eng.lone_decode(llm, prompts, point.tokens, job.decode_tokens)
+        check = eng.lone_decode(llm, prompts, point.tokens, tokens)
     return PointRecord(job.label, point.phase, point.batch, point.tokens,
                        medians_of(runs, samples), method, "; ".join(sorted(set(notes))), check,
                        tuple(runs) if samples > 1 else (), leads=tuple(leads),
