@@ -324,9 +324,10 @@ def child_argv(args: argparse.Namespace, jobs: Sequence[Job], out: Path, k: int,
                  "prefill_samples", "decode_samples", "gpu", "engine_python"):
         if getattr(args, name) is not None:
             argv += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
-    for name in ("no_prune", "redo_noisy", "quick", "cpu", "no_mps", "eager", "sequential"):
+    for name in ("no_prune", "quick", "cpu", "no_mps", "eager", "sequential"):
         if getattr(args, name):
             argv.append(f"--{name.replace('_', '-')}")
+    argv.append("--redo-noisy" if args.redo_noisy else "--no-redo-noisy")
     if budget_s is not None:
         argv += ["--budget-s", f"{budget_s:.0f}"]
     return tuple(argv)
@@ -383,6 +384,8 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _terminate)
     if args.expect_gpu is None:
         args.expect_gpu = H100 if args.reference_set else ""
+    if args.redo_noisy is None:
+        args.redo_noisy = bool(args.reference_set)
     t0 = time.time()
 
     def show(event: Progress) -> None:
@@ -470,8 +473,11 @@ def parser() -> argparse.ArgumentParser:
                    help="runs per decode repeat (a repeat is their median)")
     p.add_argument("--no-prune", action="store_true",
                    help="also measure prefill batches whose batch x tokens a batch-1 point has")
-    p.add_argument("--redo-noisy", action="store_true",
-                   help="measure again points whose spread is over 5%%")
+    p.add_argument("--redo-noisy", action="store_true", default=None,
+                   help="measure again points over the 5%% spread taken with an older method, "
+                        "and once more those whose late-stamp retries ran out (default with "
+                        "--reference-set)")
+    p.add_argument("--no-redo-noisy", dest="redo_noisy", action="store_false")
     p.add_argument("--out", default="/tmp/fs-prof")
     p.add_argument("--resume-from", default=None,
                    help="results folder to continue from (copied into --out where missing)")

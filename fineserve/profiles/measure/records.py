@@ -22,6 +22,8 @@ PREFILL, DECODE = "prefill", "decode"
 # short, docs/profiler.md)
 PREFILL_METHOD = "step-ts/3"
 DECODE_METHOD = "window-ts/2"  # full-batch decode window of one run (timing.decode_window)
+# a prefill record's note when runs kept a late blocker stamp after every retry
+LATE_NOTE = "blocker stamped late (out of tries)"
 # Methods found wrong after their data was taken: such records count as not measured.
 STALE_METHODS: dict[tuple[str, str], str] = {
     (PREFILL, "engine-ts"): "the batch's scheduling stamp lies inside the blocker's step under "

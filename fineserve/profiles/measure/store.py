@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fineserve.profiles.measure.records import (
+    LATE_NOTE,
     PREFILL,
     EngineLabel,
     EngineRecord,
@@ -76,12 +78,27 @@ class ResultStore:
         ``redo_noisy``, also not those whose latest spread misses the 5% target, unless
         ``current`` (key -> the method the worker uses now) says that record was taken with
         today's method: its spread is the method's, reported as it is, not re-drawn until a
-        run passes."""
-        latest = {p.key: p for p in self.points() if p.label == label}
+        run passes. One exception: a record of today's method whose late-stamp retries ran
+        out (``LATE_NOTE``: a failed measurement, not a draw of the method) gets one more
+        run, once."""
+        latest: dict[tuple[str, int, int], PointRecord] = {}
+        tries: Counter[tuple[str, int, int]] = Counter()
         current = current or {}
+        for p in self.points():
+            if p.label == label:
+                latest[p.key] = p
+                tries[p.key] += LATE_NOTE in p.note and same_method(current.get(p.key, ""),
+                                                                    p.method)
+
+        def again(p: PointRecord) -> bool:
+            if rel_spread(p.latencies) <= SPREAD_TARGET:
+                return False
+            if not same_method(current.get(p.key, ""), p.method):
+                return True  # an older method's spread: measure with today's
+            return LATE_NOTE in p.note and tries[p.key] < 2
+
         return {k for k, p in latest.items() if p.superseded is None
-                and (not redo_noisy or rel_spread(p.latencies) <= SPREAD_TARGET
-                     or same_method(current.get(k, ""), p.method))}
+                and not (redo_noisy and again(p))}
 
     def start_times(self) -> list[float]:
         return [e.start_s for e in self.engines() if e.error is None]
@@ -160,12 +177,18 @@ def with_extra_prefill(
     """The wanted points' records, plus measured prefill points off the grid whose total
     (batch x tokens) is in ``totals`` (``common_prefill_totals`` of the SM shares shipped).
     ``TableLatency`` indexes prefill by that total: a total the grid has merges as a repeat
-    of its cell (``GridSpec.pruned``); one measured at every SM share adds a full column
-    (the 4 x 2048 points of earlier grids); one missing somewhere would leave a hole."""
+    of its cell (``GridSpec.pruned``) unless the cell's own record was taken with another
+    method (today's: the extra is an older, noisier draw of the same cell, e.g. the
+    first grid's 4 x 512 single-run ``step-ts/2`` beside a ``step-ts/3 med3`` 1 x 2048); one
+    measured at every SM share adds a full column (the 4 x 2048 points of earlier grids);
+    one missing somewhere would leave a hole."""
     wanted = list(wanted)
     keys = {p.key for p in wanted}
+    cells = {done[p.key].batch * done[p.key].tokens: done[p.key].method for p in wanted
+             if p.phase == PREFILL and p.key in done}
     extra = [r for k, r in done.items() if k not in keys and r.phase == PREFILL
-             and r.batch * r.tokens in totals]
+             and r.batch * r.tokens in totals
+             and cells.get(r.batch * r.tokens, r.method) == r.method]
     return [done[p.key] for p in wanted] + extra
 
 

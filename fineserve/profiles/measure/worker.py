@@ -22,6 +22,7 @@ from typing import Any
 from fineserve.profiles.measure import engine as eng
 from fineserve.profiles.measure.records import (
     DECODE,
+    LATE_NOTE,
     PREFILL,
     EngineArgs,
     EngineRecord,
@@ -139,7 +140,7 @@ def _measure(
             if i and t.steps > 1:
                 notes.append(f"split over {t.steps} steps")
             if i and t.late:
-                notes.append("blocker stamped late (out of tries)")
+                notes.append(LATE_NOTE)
             if i and t.lead_s is not None:
                 leads.append(t.lead_s)
         else:

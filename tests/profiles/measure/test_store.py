@@ -184,3 +184,29 @@ def test_a_profile_whose_points_turned_stale_leaves_no_csv(tmp_path):
     gptq.results.write_text(gptq.results.read_text().replace('"engine_rev": 2', '"engine_rev": 1'))
     assert gptq.export({lab: POINTS}).csv is None
     assert not gptq.csv.exists()  # no longer loadable as an int4 profile
+
+
+def test_a_late_stamped_record_of_todays_method_gets_one_more_run_only(store):
+    from fineserve.profiles.measure.records import LATE_NOTE, current_method
+
+    fill(store, 100)
+    point = POINTS[1]
+    current = {p.key: current_method(p, 128) for p in POINTS}
+    late = PointRecord(label(100), point.phase, point.batch, point.tokens,
+                       (0.007, 0.011, 0.014), current[point.key], LATE_NOTE)
+    append(store.results, late)
+    assert point.key not in store.done(label(100), redo_noisy=True, current=current)
+    append(store.results, late)  # the one more run was as bad: it stands, reported as it is
+    assert point.key in store.done(label(100), redo_noisy=True, current=current)
+    assert point.key in store.done(label(100), current=current)  # only with redo_noisy
+
+
+def test_an_older_methods_extra_is_not_merged_into_a_cell_of_todays_method(store):
+    fill(store, 100)  # the grid's 1 x 512 taken with today's prefill method
+    old = PointRecord(label(100), "prefill", 4, 128, (0.0134, 0.0135, 0.0108), "step-ts/2")
+    same = PointRecord(label(100), "prefill", 2, 256, (0.02, 0.0201, 0.0199), PREFILL_METHOD)
+    append(store.results, old)
+    append(store.results, same)
+    store.export({label(100): POINTS})
+    rows = {(x.batch, x.tokens) for x in load_profile(store.csv) if x.phase is Phase.PREFILL}
+    assert rows == {(1, 128), (1, 512), (2, 256)}  # 4 x 128 (older, 20% spread) left out
