@@ -2,7 +2,8 @@
 # One GPU-host session's steps, run after the vLLM bundle is installed (../shared/device):
 #   bash bench/gpu_session.sh STEP [STEP ...]     steps: env deploy deploy-quick kvslab
 #                                                 kvslab-accept kvslab-accept-quick interference
-#                                                 profile e2e:CFGS e2e-quick:CFGS
+#                                                 profile (all GPUs of the host) e2e:CFGS
+#                                                 e2e-quick:CFGS
 #                                                 multigpu multigpu-quick (2-GPU host)
 #   (e2e:a runs configuration (a) of bench/e2e/run.py; CFGS is a comma list of a, b, c)
 # (no step: only install the carried wheels). After `profile`, on the development machine:

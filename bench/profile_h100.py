@@ -10,10 +10,12 @@ a model's engines start in waves that fit the GPU (``--sequential``: one by one)
     PYTHONPATH=$PWD:$PYTHONPATH python bench/profile_h100.py --reference-set \\
         --resume-from bench/results/h100-profile --out /tmp/fs-prof --budget-s 460
 
-N GPUs of one host: the same with ``--shard K/N`` per GPU (``CUDA_VISIBLE_DEVICES=K``, own
-``--cache-dir``, shared ``--out``). What is left, and how long it takes, without a GPU:
+All GPUs of one host at once (one process per GPU, merged into --out; stops unless they
+are all H100s): the same with ``--gpus all`` (``bench/gpu_session.sh profile`` does this).
+What is left, and how long it takes, without a GPU:
 
-    python bench/profile_h100.py --reference-set --out bench/results/h100-profile --estimate
+    python bench/profile_h100.py --reference-set --out bench/results/h100-profile --estimate \\
+        [--gpus 2]
 
 Then, here, after the results are unpacked into bench/results/h100-profile:
 
