@@ -22,10 +22,11 @@ from fineserve.metrics.summary import RequestRecord, summarize
 from fineserve.planner.planfile import load_plan
 from fineserve.planner.schema import Plan
 from fineserve.profiles.latency import LatencyModel
+from fineserve.runtime.gateway.config import SchedulerSection
 from fineserve.scheduler import SchedulerConfig
 from fineserve.sim.cluster import SimOptions, simulate
 from fineserve.sim.interference import InterferenceParams
-from fineserve.sim.stepscale import ScaledLatency
+from fineserve.sim.stepscale import EngineScaledLatency, ScaledLatency
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TIMEOUT_S = 30.0  # run.py --request-timeout
@@ -35,7 +36,8 @@ INTERFERENCE_FIT = ROOT / "bench/results/h100-interference/interference-fit.json
 def deployed_default(cfg: str) -> Deployed:
     """How ``cfg`` is deployed when no measurement says otherwise."""
     c = CONFIG[cfg]
-    return Deployed(no_mps=c.no_mps, kv_pool=c.kv_pool, policy=c.policy, enforce_eager=False)
+    return Deployed(no_mps=c.no_mps, kv_pool=c.kv_pool, policy=c.policy, enforce_eager=False,
+                    limit_ceiling="max_batch")
 
 
 def sim_options(dep: Deployed, scheduler: SchedulerConfig | None = None) -> SimOptions:
@@ -46,9 +48,14 @@ def sim_options(dep: Deployed, scheduler: SchedulerConfig | None = None) -> SimO
     if not dep.cpu and not dep.no_mps:
         interference = (InterferenceParams.load(INTERFERENCE_FIT) if INTERFERENCE_FIT.is_file()
                         else InterferenceParams())
+    capped = dep.limit_ceiling == "max_batch"
+    if scheduler is None:  # the gateway's defaults as that run had them (max_limit 256 before)
+        scheduler = (SchedulerConfig(max_limit=SchedulerSection().max_limit) if capped
+                     else SchedulerConfig())
     return SimOptions(kv="pooled" if dep.kv_pool else "static", interference=interference,
                       sharing="time-sliced" if dep.no_mps and not dep.cpu else "mps",
-                      scheduler=replace(scheduler or SchedulerConfig(), policy=dep.policy))
+                      scheduler=replace(scheduler, policy=dep.policy),
+                      limit_at_batch=capped)
 
 
 def engine_kv_usage(samples) -> float | None:
@@ -69,17 +76,24 @@ def client_view(records: list[RequestRecord], timeout_s: float) -> list[RequestR
 def predict_one(res: ResultsDir, cfg: str, scale: float, latency: LatencyModel,
                 decode_scale: float = 1.0, write: bool = True,
                 decode_s_per_seq: float = 0.0, plan: Plan | None = None,
-                scheduler: SchedulerConfig | None = None) -> dict:
+                scheduler: SchedulerConfig | None = None,
+                limit_ceiling: str | None = None,
+                sliced_factors: tuple[tuple[str, float], ...] | None = None) -> dict:
     """Simulate (cfg, scale) and write its prediction file; returns the prediction.
     ``decode_scale`` stretches every decode step of an MPS deployment and
     ``decode_s_per_seq`` adds that much per decoding sequence at 100% SMs
     (``fineserve.sim.stepscale``; fitted on MPS runs, neither applies to time slicing, whose
     model stretches full-GPU steps by itself). ``plan`` and ``scheduler`` replace the
-    committed plan and the gateway's default settings (what-ifs, ``whatif.py``)."""
+    committed plan and the gateway's default settings (what-ifs, ``whatif.py``);
+    ``limit_ceiling`` the gateway's per-engine limit ceiling the run had (``Deployed``).
+    A time-sliced deployment gets per-engine decode factors instead (``sliced_factors``;
+    None: ``calibration.json``'s ``time_sliced`` fit, if any)."""
     bench = res.load_bench()
     trace = make_trace(bench, scale)
     measured = res.measured(cfg, scale)
     dep = measured.deployed if measured is not None else deployed_default(cfg)
+    if limit_ceiling is not None:
+        dep = replace(dep, limit_ceiling=limit_ceiling)
     plan = as_deployed(plan or load_plan(res.plan_path(cfg)), dep.kv_pool)
     digest = trace_digest(trace)
     if measured is not None and measured.trace_digest != digest:
@@ -93,6 +107,11 @@ def predict_one(res: ResultsDir, cfg: str, scale: float, latency: LatencyModel,
     if decode_scale != 1.0 or decode_s_per_seq:
         latency = ScaledLatency(latency, decode_scale=decode_scale,
                                 decode_s_per_seq=decode_s_per_seq)
+    factors: tuple[tuple[str, float], ...] = ()
+    if sliced:
+        factors = calibrated_sliced(res) if sliced_factors is None else sliced_factors
+        if factors:
+            latency = EngineScaledLatency(latency, factors)
     result = simulate(plan, trace, latency, options=opts)
     # throughput over the same seconds as the measurement (the replay's wall time)
     duration = (float(measured.summary.get("duration_s") or trace.duration_s)
@@ -109,7 +128,7 @@ def predict_one(res: ResultsDir, cfg: str, scale: float, latency: LatencyModel,
            "interference": None if opts.interference is None else opts.interference.source,
            "request_timeout_s": timeout, "decode_scale": decode_scale,
            "decode_scale_asked": asked, "decode_s_per_seq": decode_s_per_seq,
-           "decode_s_per_seq_asked": asked_per_seq}
+           "decode_s_per_seq_asked": asked_per_seq, "sliced_factors": dict(factors)}
     if write:
         res.predicted_path(cfg, scale).write_text(json.dumps(out, indent=1))
     return out
@@ -124,6 +143,16 @@ def calibrated_terms(res: ResultsDir) -> tuple[float, float]:
         return 1.0, 0.0
     d = json.loads(path.read_text())
     return float(d["decode_scale"]), float(d.get("decode_s_per_seq", 0.0))
+
+
+def calibrated_sliced(res: ResultsDir) -> tuple[tuple[str, float], ...]:
+    """Per-engine decode factors of time-sliced deployments (``calibrate.py --time-sliced``;
+    by ``ModelSpec.key``), else none."""
+    path = res.calibration_path()
+    if not path.is_file():
+        return ()
+    sliced = json.loads(path.read_text()).get("time_sliced") or {}
+    return tuple(sorted((k, float(v)) for k, v in sliced.get("factors", {}).items()))
 
 
 def calibrated_scale(res: ResultsDir) -> float:
@@ -141,6 +170,7 @@ def predict_all(res: ResultsDir, configs: tuple[str, ...], latency: LatencyModel
     ``force``, the measurement is newer or they used other decode factors (None: the
     results directory's calibration)."""
     cal_scale, cal_per_seq = calibrated_terms(res)
+    sliced = calibrated_sliced(res)
     scale = cal_scale if decode_scale is None else decode_scale
     per_seq = cal_per_seq if decode_s_per_seq is None else decode_s_per_seq
     written = []
@@ -153,7 +183,9 @@ def predict_all(res: ResultsDir, configs: tuple[str, ...], latency: LatencyModel
             stale = p.is_file() and (
                 (m.is_file() and m.stat().st_mtime > p.stat().st_mtime)
                 or old.get("decode_scale_asked", 1.0) != scale
-                or old.get("decode_s_per_seq_asked", 0.0) != per_seq)
+                or old.get("decode_s_per_seq_asked", 0.0) != per_seq
+                or (old.get("sharing") == "time-sliced"
+                    and old.get("sliced_factors", {}) != dict(sliced)))
             if p.is_file() and not force and not stale:
                 continue
             predict_one(res, cfg, rate, latency, decode_scale=scale,

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bench.doc_section import write_section  # noqa: E402
-from bench.e2e.calibrate import Calibration  # noqa: E402
+from bench.e2e.calibrate import Calibration, SlicedCalibration  # noqa: E402
 from bench.e2e.losses import loss_lines  # noqa: E402
 from bench.e2e.plans import CONFIG, CONFIGS, as_deployed  # noqa: E402
 from bench.e2e.predict import predict_all  # noqa: E402
@@ -285,6 +285,9 @@ def calibration_lines(res: ResultsDir, rows: list[Row]) -> list[str]:
     if cal is None:
         return ["Simulator: uncalibrated (no `calibration.json`).", ""]
     fitted = {(c, s) for c in cal.configs for s in cal.fit_rates}
+    ts = cal.time_sliced
+    if ts is not None:
+        fitted |= {(c, s) for c in ts.configs for s in ts.fit_rates}
     held = [r for r in rows if (r.config, r.scale) not in fitted and r.measured is not None]
     att = [abs(e) for r in held if (e := r.attainment_error_pts) is not None]
     tput = [abs(e) for r in held if (e := r.throughput_error) is not None]
@@ -294,12 +297,23 @@ def calibration_lines(res: ResultsDir, rows: list[Row]) -> list[str]:
     out = [f"Simulator: MPS decode steps x{cal.decode_scale:g}{per_seq} "
            f"(`bench/e2e/calibrate.py`), fitted on the TPOT medians of "
            f"({'), ('.join(cal.configs)}) at {fit} only ({cal.points} per-model medians, "
-           f"log-ratio sd {cal.residual_log_sd:g}); time-sliced (a) unscaled."]
+           f"log-ratio sd {cal.residual_log_sd:g}); {sliced_text(ts)}"]
     if att:
         out.append(f"On the runs not fitted ({len(held)}: every other configuration and rate)"
                    f": attainment error at most **{max(att):.1f} pt**, throughput error at "
                    f"most **{max(tput):.1%}**.")
     return [*out, ""]
+
+
+def sliced_text(ts: SlicedCalibration | None) -> str:
+    """The time-sliced fit in words."""
+    if ts is None:
+        return "time-sliced (a) unscaled."
+    factors = ", ".join(f"{k} x{v:g}" for k, v in sorted(ts.factors.items()))
+    fit = ", ".join(f"x{x:g}" for x in ts.fit_rates)
+    return (f"time-sliced decode steps per engine ({factors}), fitted on the TPOT medians of "
+            f"({'), ('.join(ts.configs)}) at {fit} only ({ts.points} medians, "
+            f"`calibrate.py --time-sliced`).")
 
 
 def _rebased(pred: dict, measured: dict) -> dict:

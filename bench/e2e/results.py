@@ -32,6 +32,9 @@ class Deployed:
     loaded: dict[str, dict] = field(default_factory=dict)
     gpu: int = 0  # host GPU it ran on
     lane: str = ""  # side-by-side lane (bench/e2e/lanes.py), "" when it ran alone
+    # the gateway's per-engine limit ceiling: "max_batch" (runtime/gateway/limits.py) or, in
+    # files of runs before it, "max_limit" (the gateway-wide cap only, 256)
+    limit_ceiling: str = "max_limit"
 
 
 @dataclass(frozen=True, slots=True)

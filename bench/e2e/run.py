@@ -125,7 +125,8 @@ def deployed_as(cfg: str, args: argparse.Namespace) -> Deployed:
     pool = c.kv_pool and not args.no_kv_pool and not args.cpu_smoke
     return Deployed(no_mps=c.no_mps and not args.cpu_smoke, kv_pool=pool, policy=c.policy,
                     enforce_eager=args.enforce_eager, cpu=args.cpu_smoke,
-                    gpu=0 if args.cpu_smoke else args.gpu, lane=args.lane)
+                    gpu=0 if args.cpu_smoke else args.gpu, lane=args.lane,
+                    limit_ceiling="max_batch")
 
 
 class Budget:

@@ -5,7 +5,7 @@ rows print beside the measurement.
 
     python -m bench.e2e.whatif --out bench/e2e/results [--config c] [--rates 2,2.5,3]
         [--set chat-8b-fp8-0:max_batch=384 --set assist-7b-int4-0:sm_pct=10 ...]
-        [--max-limit 384] [--replan]
+        [--max-limit 384] [--replan | --plan FILE] [--as-run]
 """
 
 from __future__ import annotations
@@ -75,12 +75,16 @@ def changed(plan: Plan, changes: tuple[EngineChange, ...]) -> Plan:
 
 
 def what_if(res: ResultsDir, cfg: str, rates: tuple[float, ...], latency: LatencyModel,
-            plan: Plan, scheduler: SchedulerConfig | None) -> list[WhatIfRow]:
+            plan: Plan, scheduler: SchedulerConfig | None,
+            limit_ceiling: str | None = "max_batch") -> list[WhatIfRow]:
+    """Each rate simulated with ``plan`` and ``scheduler``, on the gateway as it deploys
+    now (``limit_ceiling`` max_batch; None: as each measured run had it)."""
     scale, per_seq = calibrated_terms(res)
     rows = []
     for rate in rates:
         p = predict_one(res, cfg, rate, latency, decode_scale=scale, write=False,
-                        decode_s_per_seq=per_seq, plan=plan, scheduler=scheduler)["summary"]
+                        decode_s_per_seq=per_seq, plan=plan, scheduler=scheduler,
+                        limit_ceiling=limit_ceiling)["summary"]
         m = res.measured(cfg, rate)
         rows.append(WhatIfRow(
             rate, None if m is None else m.summary["overall"].get("slo_attainment"),
@@ -100,6 +104,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--set", action="append", default=[], metavar="ENGINE:FIELD=N")
     ap.add_argument("--max-limit", type=int, default=None,
                     help="the gateway's in-flight limit cap (default: SchedulerConfig's)")
+    ap.add_argument("--as-run", action="store_true",
+                    help="simulate the gateway as each measured run had it (limit ceiling), "
+                         "not as it deploys now")
+    ap.add_argument("--plan", type=Path, default=None,
+                    help="simulate this plan file instead of the committed one")
     ap.add_argument("--replan", action="store_true",
                     help="plan the configuration again on the calibrated latency model first")
     args = ap.parse_args(argv)
@@ -109,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         scale, per_seq = calibrated_terms(res)
         plan = (make_config_plan(res.load_bench(), args.config, latency,
                                  decode_scale=scale, decode_s_per_seq=per_seq)
-                if args.replan else load_plan(res.plan_path(args.config)))
+                if args.replan else load_plan(args.plan or res.plan_path(args.config)))
         plan = changed(plan, tuple(EngineChange.parse(s) for s in args.set))
         sched = (None if args.max_limit is None else SchedulerConfig(
             max_limit=args.max_limit, initial_limit=min(args.max_limit, 8)))
@@ -118,7 +127,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     print(" ".join(f"{e.engine_id} {e.sm_pct}% SMs, batch {e.max_batch};" for e in plan.engines))
-    for r in what_if(res, args.config, rates, latency, plan, sched):
+    ceiling = None if args.as_run else "max_batch"
+    for r in what_if(res, args.config, rates, latency, plan, sched, ceiling):
         meas = "-" if r.measured is None else f"{r.measured:.1%}"
         models = ", ".join(f"{k} {v:.1%}" for k, v in r.per_model.items())
         print(f"x{r.scale:g}: measured {meas}, predicted {r.predicted:.1%}, "

@@ -80,9 +80,14 @@ def cpu_set(folders: dict[str, str]) -> BenchSet:
                     duration_s=8.0, max_prompt=64, max_output=16, max_model_len=512)
 
 
-def spec_data(bench: BenchSet, kv_mode: KVMode, time_limit_s: float = 20.0) -> dict:
-    """The planning spec as `fineserve plan` reads it (one GPU)."""
+def spec_data(bench: BenchSet, kv_mode: KVMode, time_limit_s: float = 20.0,
+              batch_levels: tuple[int, ...] = ()) -> dict:
+    """The planning spec as `fineserve plan` reads it (one GPU); ``batch_levels`` replaces
+    the planner's batch caps (default up to 256)."""
     rates = bench.rates()
+    planner: dict = {"kv_mode": str(kv_mode), "time_limit_s": time_limit_s}
+    if batch_levels:
+        planner["batch_levels"] = list(batch_levels)
     return {
         "cluster": {"gpu": bench.gpu, "nodes": 1, "gpus_per_node": 1},
         "workload": {"prompt_tokens": bench.prompt_mean, "output_tokens": bench.output_mean},
@@ -90,12 +95,13 @@ def spec_data(bench: BenchSet, kv_mode: KVMode, time_limit_s: float = 20.0) -> d
                     "rate": round(rates[m.name], 4), "tp": [1],
                     "slo": {"ttft_ms": m.ttft_ms, "tpot_ms": m.tpot_ms}}
                    for m in bench.models],
-        "planner": {"kv_mode": str(kv_mode), "time_limit_s": time_limit_s},
+        "planner": planner,
     }
 
 
-def instance(bench: BenchSet, kv_mode: KVMode, time_limit_s: float = 20.0) -> Instance:
-    return parse_spec(spec_data(bench, kv_mode, time_limit_s), "bench/e2e spec")
+def instance(bench: BenchSet, kv_mode: KVMode, time_limit_s: float = 20.0,
+             batch_levels: tuple[int, ...] = ()) -> Instance:
+    return parse_spec(spec_data(bench, kv_mode, time_limit_s, batch_levels), "bench/e2e spec")
 
 
 def make_trace(bench: BenchSet, scale: float) -> Trace:

@@ -1,16 +1,18 @@
 """The runtime's local scheduler (``fineserve.scheduler``) in front of each simulated engine.
 
 The same ``EngineScheduler`` and ``GpuArbiter`` the gateway builds (``runtime/gateway/
-upstream.py``: initial limit = the plan's max_batch, one arbiter per GPU holding several
-engines), driven by simulated time: ``submit`` on arrival, ``on_first_token`` and
-``on_finish`` after each step, ``on_engine_state`` with the engine's running / waiting / KV
-usage / preemption count on every tick, and ``poll`` after each of these. Requests a scheduler
+upstream.py``: the plan's max_batch as the limit's start and ceiling, ``gateway/limits.py``;
+one arbiter per GPU holding several engines), driven by simulated time: ``submit`` on
+arrival, ``on_first_token`` and ``on_finish`` after each step, ``on_engine_state`` with the
+engine's running / waiting (as vLLM exports it: ``EngineSim.waiting_gauge``) / KV usage /
+preemption count on every tick, and ``poll`` after each of these. Requests a scheduler
 rejects or expires become 429 records (drops, SLO misses).
 """
 
 from __future__ import annotations
 
 from fineserve.planner.schema import Slo
+from fineserve.runtime.gateway.limits import engine_config
 from fineserve.scheduler import (
     EngineScheduler,
     EngineSnapshot,
@@ -27,7 +29,7 @@ Out = tuple[list[SimRequest], list[tuple[SimRequest, str]]]  # (dispatch now, re
 
 class Admission:
     def __init__(self, engines: list[EngineSim], placements: dict, slos: dict[str, Slo],
-                 config: SchedulerConfig) -> None:
+                 config: SchedulerConfig, limit_at_batch: bool = True) -> None:
         on_gpu: dict[int, list[EngineSim]] = {}
         for e in engines:
             on_gpu.setdefault(e.gpus[0], []).append(e)
@@ -38,7 +40,9 @@ class Admission:
             p = placements[e.name]
             slo = slos[p.model]
             self.sched[e.name] = EngineScheduler(
-                e.name, SloTargets(slo.ttft_s, slo.tpot_s), config.for_engine(p.max_batch),
+                e.name, SloTargets(slo.ttft_s, slo.tpot_s),
+                engine_config(config, p.max_batch) if limit_at_batch
+                else config.for_engine(p.max_batch),
                 arbiter=self.arbiters.get(e.gpus[0]))
             e.first_tokens = []
         # engines whose grants an event on this engine may release (same arbiter)
@@ -75,7 +79,8 @@ class Admission:
             e = self.engines[name]
             usage = min(1.0, e.kv_used / e.kv_tokens) if e.kv_tokens > 0 else 1.0
             sched.on_engine_state(EngineSnapshot(
-                now, e.decoding + len(e.prefilling), len(e.waiting), usage, e.preemptions))
+                now, e.decoding + len(e.prefilling), e.waiting_gauge if e.busy else len(e.waiting),
+                usage, e.preemptions))
         return self._poll(list(self.sched), now)
 
     def _poll(self, names: list[str], now: float) -> Out:

@@ -82,6 +82,11 @@ class EngineSim:
     kv_token_bytes: float = 0.0  # per rank (interference)
     _debt: float = 0.0  # on-demand KV growth latency owed by the next step
     _demand: float | None = None  # HBM demand of the step in flight
+    # vllm:num_requests_waiting as exported: what the last step left unscheduled. vLLM adds
+    # arrivals to its queue between steps and publishes the gauge at a step's end, so a
+    # request that came in during a step is never counted; ``len(waiting)`` would count it
+    # (and a gateway reading the gauge would see a queue the engine never had).
+    waiting_gauge: int = 0
 
     # -- latency with memoisation (contexts bucketed to 32 tokens)
     def _decode_s(self, batch: int, ctx: float) -> float:
@@ -154,6 +159,7 @@ class EngineSim:
             take = min(req.to_prefill - req.prefilled, budget)
             chunks.append((req, take))
             budget -= take
+        self.waiting_gauge = len(self.waiting)
         tokens = sum(t for _, t in chunks)
         d = self._decode_s(self.decoding, self.ctx_sum / self.decoding) if self.decoding else 0.0
         duration = d + (self._prefill_s(tokens) if tokens else 0.0)

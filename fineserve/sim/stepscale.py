@@ -59,3 +59,35 @@ class ScaledLatency:
 
     def covers(self, engine: EngineShape) -> bool:
         return self.inner.covers(engine)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineScaledLatency:
+    """``inner`` with each engine's decode steps x its own factor (by ``ModelSpec.key``; 1
+    for engines not named). For time slicing (``--no-mps``), where no single factor fits: the
+    H100's (a) ran chat-8b-fp8 at ~120 sequences (the profiles stop at 32: steps too short)
+    beside a 3B and an int4 7B nobody profiled (roofline estimates: steps too long), so the
+    factors go both ways (``bench/e2e/calibrate.py --time-sliced``)."""
+
+    inner: LatencyModel
+    factors: tuple[tuple[str, float], ...] = ()
+
+    def __post_init__(self) -> None:
+        for key, v in self.factors:
+            if not (math.isfinite(v) and v > 0):
+                raise SpecError(f"decode factor of {key} must be a positive number, got {v}")
+
+    def factor(self, engine: EngineShape) -> float:
+        return dict(self.factors).get(engine.model.key, 1.0)
+
+    def prefill(self, engine: EngineShape, prompt_tokens: int, sm_pct: float,
+                batch: int = 1) -> Latency:
+        return self.inner.prefill(engine, prompt_tokens, sm_pct, batch)
+
+    def decode_step(self, engine: EngineShape, batch: int, context_tokens: float,
+                    sm_pct: float) -> Latency:
+        t = self.inner.decode_step(engine, batch, context_tokens, sm_pct)
+        return Latency(t.seconds * self.factor(engine), t.source)
+
+    def covers(self, engine: EngineShape) -> bool:
+        return self.inner.covers(engine)

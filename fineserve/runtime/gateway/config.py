@@ -63,7 +63,9 @@ class SchedulerSection(_Strict):
 
     policy: Literal["fcfs", "deadline", "adaptive"] = "adaptive"
     min_limit: Annotated[int, Field(ge=1)] = 1
-    max_limit: Annotated[int, Field(ge=1)] = 256
+    # gateway-wide cap over every engine's in-flight limit; each engine is also capped at its
+    # plan's batch cap (gateway/limits.py), which is the real bound: vLLM runs no more
+    max_limit: Annotated[int, Field(ge=1)] = 1024
     max_queue: Annotated[int, Field(ge=0, le=1_000_000)] = 256  # per engine; beyond -> 429
     late: Literal["reject", "deprioritise"] = "reject"
     est_prefill_s_per_token: Annotated[float, Field(ge=0)] = 0.0
