@@ -32,18 +32,17 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fineserve.errors import FineserveError, SpecError  # noqa: E402
-from fineserve.profiles.calibration import Calibration  # noqa: E402
 from fineserve.profiles.catalog import resolve_arch  # noqa: E402
-from fineserve.profiles.latency import EngineShape, Latency, LatencyModel  # noqa: E402
+from fineserve.profiles.latency import LatencyModel  # noqa: E402
 from fineserve.profiles.measure import mps_daemon  # noqa: E402
-from fineserve.profiles.measure.devices import Device, one_kind, visible_devices  # noqa: E402
+from fineserve.profiles.measure.devices import Device, choose_gpus  # noqa: E402
+from fineserve.profiles.measure.estimates import EstimateLatency  # noqa: E402
 from fineserve.profiles.measure.fanout import Child, run_children  # noqa: E402
 from fineserve.profiles.measure.grid import QUICK, GridSpec  # noqa: E402
 from fineserve.profiles.measure.runner import (  # noqa: E402
@@ -166,55 +165,6 @@ def ship_all(args: argparse.Namespace) -> int:
     return 0
 
 
-class _EstimateLatency:
-    """Point costs for session estimates: the profiles (measured under the source, else
-    shipped) where they cover the engine; elsewhere the roofline calibrated per precision on
-    the measured points (``profiles.calibration``: the default parameters put the 8B int4
-    prefill 72% off, the calibrated ones 7%), the default roofline for other precisions."""
-
-    def __init__(self, source: Path) -> None:
-        from fineserve.profiles.calibration import CalibratedLatency, calibrate
-        from fineserve.profiles.composite import default_latency_model
-        from fineserve.profiles.schema import load_profile
-
-        measured = any(source.rglob("*.csv"))
-        self.profiles = default_latency_model([source] if measured else [])
-        self.fallback = CalibratedLatency(_same_weights(calibrate(load_profile(source),
-                                                                  iters=300))) \
-            if measured else self.profiles
-
-    def _model(self, engine: EngineShape) -> LatencyModel:
-        return self.profiles if self.profiles.measured(engine) else self.fallback
-
-    def prefill(self, engine: EngineShape, tokens: int, sm_pct: float,
-                batch: int = 1) -> Latency:  # fmt: skip
-        return self._model(engine).prefill(engine, tokens, sm_pct, batch)
-
-    def decode_step(self, engine: EngineShape, batch: int, context: float,
-                    sm_pct: float) -> Latency:  # fmt: skip
-        return self._model(engine).decode_step(engine, batch, context, sm_pct)
-
-
-def _same_weights(cal: Calibration) -> Calibration:
-    """``cal`` plus, for each precision it lacks, the parameters of one with the same
-    weights (fp8.kv-bf16 from fp8.kv-fp8): closer than the eager-fitted defaults."""
-    from fineserve.profiles.precision import KVFormat, Precision
-
-    have = dict(cal.by_precision)
-    extra = []
-    for name, params in cal.by_precision:
-        for kv in KVFormat:
-            other = Precision(Precision.from_name(name).weights, kv).name
-            if other not in have:
-                have[other] = params
-                extra.append((other, params))
-    return replace(cal, by_precision=cal.by_precision + tuple(extra))
-
-
-def _latency(source: Path) -> LatencyModel:
-    return _EstimateLatency(source)
-
-
 def _estimate(jobs: Sequence[Job], args: argparse.Namespace, source: Path,
               latency: LatencyModel) -> tuple[list[Wave], float, float, list[tuple[str, float]]]:
     """(waves, seconds in waves, seconds one by one, seconds per model) of what is left of
@@ -264,7 +214,7 @@ def estimate(args: argparse.Namespace) -> int:
         raise SpecError(f"--gpus: give a GPU count with --estimate, got {args.gpus!r}")
     n, jobs = int(args.gpus), jobs_of(args)
     source = Path(args.resume_from or args.out)
-    latency = _latency(source)
+    latency = EstimateLatency(source)
     waves, total, one_by_one, by_model = _estimate(jobs, args, source, latency)
     if n == 1:
         _print_waves(waves)
@@ -285,33 +235,9 @@ def estimate(args: argparse.Namespace) -> int:
 
 
 def gpu_count(args: argparse.Namespace) -> tuple[int, tuple[Device, ...], str]:
-    """(GPUs to use, their devices (none on CPU or without NVML under --gpu), profile label).
-
-    Raises:
-        SpecError: a bad --gpus, more GPUs asked than visible, mixed kinds, or not the
-            expected kind (an H200 for the H100 reference set).
-    """
-    wanted = args.gpus
-    if wanted != "all" and (not wanted.isdigit() or int(wanted) < 1):
-        raise SpecError(f"--gpus: {wanted!r} is not a GPU count or 'all'")
-    if args.cpu:
-        return (1 if wanted == "all" else int(wanted)), (), args.gpu or H100
-    expected = None if args.gpu else (args.expect_gpu or None)
-    try:
-        from fineserve.runtime.nvml import probe_gpus
-
-        gpus = probe_gpus()
-    except FineserveError as exc:
-        if args.gpu and wanted != "all":
-            return int(wanted), (), args.gpu
-        raise SpecError(f"gpu: cannot list the GPUs ({exc.message})", hint="pass --gpu") \
-            from None
-    devices = visible_devices(os.environ.get("CUDA_VISIBLE_DEVICES"), gpus)
-    label = one_kind(devices, expected)
-    n = len(devices) if wanted == "all" else int(wanted)
-    if n > len(devices):
-        raise SpecError(f"--gpus: {n} asked, {len(devices)} visible")
-    return n, devices[:n], args.gpu or label
+    """(GPUs to use, their devices, profile label): ``devices.choose_gpus`` of the flags."""
+    return choose_gpus(args.gpus, cpu=args.cpu, label=args.gpu,
+                       expected=None if args.gpu else (args.expect_gpu or None), default=H100)
 
 
 def child_argv(args: argparse.Namespace, jobs: Sequence[Job], out: Path, k: int,
@@ -352,7 +278,7 @@ def run_gpus(args: argparse.Namespace, jobs: Sequence[Job], devices: Sequence[De
              label: str, t0: float) -> int:  # fmt: skip
     """One child per GPU (``child_argv``) on its share of ``jobs``, then the merge."""
     out = Path(args.out)
-    plan = gpu_plan(args, jobs, n, out, _latency(out))
+    plan = gpu_plan(args, jobs, n, out, EstimateLatency(out))
     left = None if args.budget_s is None else args.budget_s - (time.time() - t0) - MERGE_S
     children = []
     for k, mine in enumerate(plan.jobs):

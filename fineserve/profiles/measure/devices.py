@@ -9,10 +9,12 @@ UUIDs) onto NVML's devices, so that a process pinned to GPU 1 asks about GPU 1.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from fineserve.errors import SpecError
+from fineserve.errors import FineserveError, SpecError
+from fineserve.runtime import nvml
 from fineserve.runtime.nvml import GpuInfo
 
 # NVML name fragment -> catalog label, most specific first
@@ -97,3 +99,36 @@ def one_kind(devices: Sequence[Device], expected: str | None = None) -> str:
                         hint=f"run on a {expected} machine (or pass --gpu to relabel on "
                              "purpose)")
     return label
+
+
+def choose_gpus(
+    wanted: str, *, cpu: bool = False, label: str | None = None, expected: str | None = None,
+    default: str = "H100-SXM-80GB", probe: Callable[[], Sequence[GpuInfo]] | None = None,
+) -> tuple[int, tuple[Device, ...], str]:  # fmt: skip
+    """(GPUs to use, their devices, profile label) for ``--gpus`` ``wanted`` (a count or
+    ``all``). On CPU, or where NVML is missing but ``label`` names the GPU, no devices.
+
+    Raises:
+        SpecError: a bad count, more GPUs than visible, mixed kinds, or not ``expected``.
+    """
+    if wanted != "all" and (not wanted.isdigit() or int(wanted) < 1):
+        raise SpecError(f"--gpus: {wanted!r} is not a GPU count or 'all'")
+    if cpu:
+        return (1 if wanted == "all" else int(wanted)), (), label or default
+    try:
+        gpus = (probe or _probe)()
+    except FineserveError as exc:
+        if label and wanted != "all":
+            return int(wanted), (), label
+        raise SpecError(f"gpu: cannot list the GPUs ({exc.message})", hint="pass --gpu") \
+            from None
+    devices = visible_devices(os.environ.get("CUDA_VISIBLE_DEVICES"), gpus)
+    kind = one_kind(devices, expected)
+    n = len(devices) if wanted == "all" else int(wanted)
+    if n > len(devices):
+        raise SpecError(f"--gpus: {n} asked, {len(devices)} visible")
+    return n, devices[:n], label or kind
+
+
+def _probe() -> Sequence[GpuInfo]:
+    return nvml.probe_gpus()

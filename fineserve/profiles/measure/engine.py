@@ -273,7 +273,7 @@ def _handle(pynvml: Any) -> Any:
     entry = (os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0].strip() or "0"
     if entry.isdigit():
         return pynvml.nvmlDeviceGetHandleByIndex(int(entry))
-    return pynvml.nvmlDeviceGetHandleByUUID(entry)
+    return pynvml.nvmlDeviceGetHandleByUUID(entry.encode())  # bytes: any nvidia-ml-py
 
 
 def _memory_info(device: str):

@@ -51,3 +51,64 @@ def test_one_kind_refuses_no_device_and_unknown_kinds():
         one_kind(())
     with pytest.raises(SpecError, match="not in the GPU catalog"):
         one_kind(visible_devices(None, gpus("NVIDIA GeForce GTX 1080")))
+
+
+class FakeNvml:
+    """NVML's two lookups, recording how the engine side asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, object]] = []
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> str:  # noqa: N802 - NVML's name
+        self.asked.append(("index", index))
+        return f"handle-{index}"
+
+    def nvmlDeviceGetHandleByUUID(self, uuid: bytes) -> str:  # noqa: N802 - NVML's name
+        self.asked.append(("uuid", uuid))
+        return f"handle-{uuid.decode()}"
+
+
+@pytest.mark.parametrize(("visible", "asked"), [
+    ("GPU-1234,GPU-5678", ("uuid", b"GPU-1234")),  # what MPS clients of the profiler get
+    ("1", ("index", 1)),
+    (None, ("index", 0)),
+])
+def test_the_engine_side_asks_nvml_about_its_own_gpu(monkeypatch, visible, asked):
+    from fineserve.profiles.measure import engine
+
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    nvml = FakeNvml()
+    engine._handle(nvml)
+    assert nvml.asked == [asked]
+
+
+def test_choose_gpus_counts_all_of_one_kind_and_checks_the_count(monkeypatch):
+    from fineserve.profiles.measure.devices import choose_gpus
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    host = gpus(H100, H100)
+    n, devices, label = choose_gpus("all", expected="H100-SXM-80GB", probe=lambda: host)
+    assert (n, [d.uuid for d in devices], label) == (2, ["GPU-0", "GPU-1"], "H100-SXM-80GB")
+    assert choose_gpus("1", probe=lambda: host)[0] == 1
+    with pytest.raises(SpecError, match="3 asked, 2 visible"):
+        choose_gpus("3", probe=lambda: host)
+    with pytest.raises(SpecError, match="not a GPU count"):
+        choose_gpus("0", probe=lambda: host)
+    assert choose_gpus("2", cpu=True) == (2, (), "H100-SXM-80GB")
+
+
+def test_choose_gpus_without_nvml_needs_a_label_and_a_count():
+    from fineserve.profiles.measure.devices import choose_gpus
+    from fineserve.runtime.errors import DeployError
+
+    def no_nvml():
+        raise DeployError("NVML cannot start")
+
+    assert choose_gpus("2", label="H100-SXM-80GB", probe=no_nvml) == (2, (), "H100-SXM-80GB")
+    with pytest.raises(SpecError, match="cannot list the GPUs"):
+        choose_gpus("all", label="H100-SXM-80GB", probe=no_nvml)
+    with pytest.raises(SpecError, match="cannot list the GPUs"):
+        choose_gpus("2", probe=no_nvml)
