@@ -295,6 +295,7 @@ def run_gpus(args: argparse.Namespace, jobs: Sequence[Job], devices: Sequence[De
     try:
         codes = run_children(children, kill_at)
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a merge cut short would merge twice
         merged = merge_all(args, out, jobs, label)
         print(f"merged {merged} shard folders into {out}", flush=True)
     bad = [f"{c.name} exited {code}" for c, code in zip(children, codes, strict=True) if code]

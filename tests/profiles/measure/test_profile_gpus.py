@@ -132,3 +132,49 @@ def test_children_are_interleaved_by_line_and_killed_at_the_deadline(tmp_path):
     assert codes[0] == 0 and codes[1] < 0  # the stuck one was killed, not waited for
     lines = sink.getvalue().splitlines()
     assert "[a] one" in lines and "[a] two" in lines and "[b] up" in lines
+
+
+SLOW_STAND_IN = r'''
+import os, sys, time
+from fineserve.profiles.measure.records import (EngineRecord, PointRecord, ProfileJob,
+                                                append, read_job)
+job = read_job(sys.argv[-1], ProfileJob)
+with open(os.environ["STAND_IN_PIDS"], "a") as f:
+    f.write(f"{os.getpid()}\n")
+append(job.results, EngineRecord(job.label, 1.0, True, vllm_version="stand-in"))
+p = job.points[0]
+append(job.results, PointRecord(job.label, p.phase, p.batch, p.tokens, (0.01, 0.01), "stand-in"))
+time.sleep(600)  # an engine stuck measuring
+'''
+
+
+def test_sigterm_stops_every_gpu_and_keeps_what_was_measured(tmp_path):
+    import signal
+    import time
+
+    python = stand_in_python(tmp_path, SLOW_STAND_IN)
+    pids = tmp_path / "pids"
+    command = [sys.executable, str(SCRIPT), "--model", "llama-3.1-8b", "--precisions",
+               "bf16,fp8", "--gpu", "h100", "--no-mps", "--sequential", "--engine-python",
+               str(python), "--out", str(tmp_path / "out"), "--cache-dir",
+               str(tmp_path / "cache"), "--gpus", "2", *GRID]
+    parent = subprocess.Popen(command, env={**_env(), "STAND_IN_PIDS": str(pids)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for _ in range(600):  # both engines up (bounded wait, not a timing assertion)
+            if pids.exists() and len(pids.read_text().split()) == 2:
+                break
+            time.sleep(0.1)
+        assert pids.exists() and len(pids.read_text().split()) == 2
+        parent.send_signal(signal.SIGTERM)  # what `timeout` sends at the step's limit
+        output, _ = parent.communicate(timeout=120)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+    for pid in map(int, pids.read_text().split()):
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # no engine left running
+    folder = tmp_path / "out" / "H100-SXM-80GB" / "llama-3.1-8b"
+    for precision in ("bf16.kv-bf16", "fp8.kv-bf16"):  # each GPU's first point, merged
+        assert '"stand-in"' in (folder / f"{precision}.jsonl").read_text()
+    assert "merged 2 shard folders" in output
