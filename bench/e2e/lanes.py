@@ -5,8 +5,11 @@ results directories, and its own host cores, all lanes replaying the same traces
     python -m bench.e2e.lanes --lanes "c@0;a,b@1" --merge-into bench/e2e/results -- \\
         --rates 1,2,2.5,3 --budget-s 520
 
-A lane is ``CONFIGS@GPU``; its configurations run one after the other on that GPU. The
-arguments after ``--`` go to every lane's run.py. Each lane is pinned (``taskset``) to an
+A lane is ``CONFIGS@GPU`` or ``CONFIGS@GPU:SUBDIR``; its configurations run one after the other
+on that GPU; a SUBDIR lane merges into RESULTS/SUBDIR instead (a control: the same
+configuration measured again beside the main lanes, say on the other GPU, to see what the
+lane, the GPU and the run-to-run noise alone do). The arguments after ``--`` go to every lane's
+run.py. Each lane is pinned (``taskset``) to an
 equal, disjoint block of this process's cores, so one configuration's host work (vLLM's
 schedulers, the gateway, the replay client) cannot take CPU from another's; ports are
 ``--base-port + 100 x lane`` (gateway) and the next ones (engines). Each lane resumes from
@@ -21,6 +24,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from dataclasses import dataclass
@@ -43,6 +47,7 @@ class LaneError(ValueError):
 class LaneSpec:
     configs: tuple[str, ...]
     gpu: int
+    subdir: str = ""  # results go to RESULTS/subdir ("" = RESULTS itself)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +57,7 @@ class Lane:
     index: int
     configs: tuple[str, ...]
     gpu: int
+    subdir: str
     port: int  # gateway; engines take port + 1 ..
     cores: tuple[int, ...]
     work: Path  # deploy run dirs (state, logs, MPS pipes), per-rate request logs
@@ -59,35 +65,46 @@ class Lane:
 
     @property
     def label(self) -> str:
-        return f"{','.join(self.configs)}@gpu{self.gpu}"
+        where = f":{self.subdir}" if self.subdir else ""
+        return f"{','.join(self.configs)}@gpu{self.gpu}{where}"
+
+    def target(self, results: Path) -> Path:
+        return results / self.subdir if self.subdir else results
 
     def ports(self, engines: int) -> range:
         return range(self.port, self.port + 1 + engines)
 
 
 def parse_lanes(text: str) -> tuple[LaneSpec, ...]:
-    """``"c@0;a,b@1"`` -> lanes; each configuration in one lane, each GPU in one lane."""
+    """``"c@0;a,b@1"`` -> lanes; each configuration once per results directory, each GPU in
+    one lane."""
     specs, seen_cfg, seen_gpu = [], set(), set()
     for part in (p.strip() for p in text.split(";")):
         if not part:
             continue
-        cfgs, sep, gpu = part.partition("@")
+        cfgs, sep, where = part.partition("@")
+        gpu, _, subdir = where.partition(":")
         if not sep or not gpu.strip().isdigit():
-            raise LaneError(f"--lanes: {part!r} is not CONFIGS@GPU (e.g. a,b@1)")
+            raise LaneError(f"--lanes: {part!r} is not CONFIGS@GPU[:SUBDIR] (e.g. a,b@1)")
+        subdir = subdir.strip()
+        if subdir and not subdir.replace("-", "").replace("_", "").isalnum():
+            raise LaneError(f"--lanes: {part!r}: SUBDIR must be a plain name")
         configs = tuple(c.strip() for c in cfgs.split(",") if c.strip())
         bad = [c for c in configs if c not in CONFIGS]
         if not configs or bad:
             raise LaneError(f"--lanes: {part!r} names {', '.join(bad) or 'no configuration'}; "
                             f"use {', '.join(CONFIGS)}")
-        dup = seen_cfg.intersection(configs)
+        keyed = {(c, subdir) for c in configs}
+        dup = seen_cfg.intersection(keyed)
         if dup:
-            raise LaneError(f"--lanes: configuration {', '.join(sorted(dup))} in two lanes "
-                            "(both would write its result files)")
+            raise LaneError(f"--lanes: configuration {', '.join(sorted(c for c, _ in dup))} "
+                            "in two lanes of one results directory (both would write its "
+                            "result files)")
         if int(gpu) in seen_gpu:
             raise LaneError(f"--lanes: GPU {int(gpu)} in two lanes")
-        seen_cfg.update(configs)
+        seen_cfg.update(keyed)
         seen_gpu.add(int(gpu))
-        specs.append(LaneSpec(configs, int(gpu)))
+        specs.append(LaneSpec(configs, int(gpu), subdir))
     if not specs:
         raise LaneError("--lanes: no lane given")
     return tuple(specs)
@@ -114,12 +131,53 @@ def split_cores(cores: tuple[int, ...], lanes: int) -> tuple[tuple[int, ...], ..
     return tuple(tuple(ordered[i * per:(i + 1) * per]) for i in range(lanes))
 
 
+def local_blocks(cores: tuple[int, ...], gpus: tuple[int, ...],
+                 affinity: dict[int, tuple[int, ...]]) -> tuple[tuple[int, ...], ...] | None:
+    """Per lane, equal blocks of the cores near its GPU (NVML's CPU affinity: its NUMA node),
+    when the lanes' GPUs have disjoint near sets with at least 4 usable cores each; else None
+    (the caller splits evenly: one NUMA node, or no NVML)."""
+    near = [tuple(sorted(set(affinity.get(g, ())) & set(cores))) for g in gpus]
+    if any(len(n) < 4 for n in near):
+        return None
+    if any(set(a) & set(b) for i, a in enumerate(near) for b in near[i + 1:]):
+        return None
+    per = min(len(n) for n in near)
+    return tuple(n[:per] for n in near)
+
+
+def nvml_affinity(gpus: tuple[int, ...]) -> dict[int, tuple[int, ...]]:
+    """GPU -> the cores NVML calls near it; {} without NVML (CPU machines, tests)."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # noqa: BLE001 (no driver: split evenly)
+        return {}
+    try:
+        out = {}
+        words = (os.cpu_count() or 64) // 64 + 1
+        for g in gpus:
+            mask = pynvml.nvmlDeviceGetCpuAffinity(pynvml.nvmlDeviceGetHandleByIndex(g), words)
+            out[g] = tuple(w * 64 + b for w, m in enumerate(mask) for b in range(64)
+                           if m >> b & 1)
+        return out
+    except Exception:  # noqa: BLE001 (an index NVML does not know: split evenly)
+        return {}
+    finally:
+        pynvml.nvmlShutdown()
+
+
 def allocate(specs: tuple[LaneSpec, ...], cores: tuple[int, ...], base_port: int,
-             work_root: Path, out_root: Path) -> tuple[Lane, ...]:
-    blocks = split_cores(cores, len(specs))
+             work_root: Path, out_root: Path,
+             affinity: dict[int, tuple[int, ...]] | None = None) -> tuple[Lane, ...]:
+    """Ports, directories and cores of each lane: cores near its GPU where ``affinity``
+    (NVML) separates the GPUs' NUMA nodes, else equal contiguous blocks."""
+    blocks = local_blocks(cores, tuple(s.gpu for s in specs), affinity or {})
+    if blocks is None:
+        blocks = split_cores(cores, len(specs))
     if base_port < 1024 or base_port + PORT_STRIDE * len(specs) > 65535:
         raise LaneError(f"--base-port: {base_port} leaves no room for {len(specs)} lanes")
-    return tuple(Lane(i, s.configs, s.gpu, base_port + PORT_STRIDE * i, blocks[i],
+    return tuple(Lane(i, s.configs, s.gpu, s.subdir, base_port + PORT_STRIDE * i, blocks[i],
                       work_root / f"lane{i}-gpu{s.gpu}", out_root / f"lane{i}-gpu{s.gpu}")
                  for i, s in enumerate(specs))
 
@@ -154,18 +212,21 @@ def seed(lane: Lane, results: Path) -> None:
     """The lane's results directory: the workload, the plans, the calibration and the lane's
     own earlier result files (so run.py resumes instead of measuring them again)."""
     lane.out.mkdir(parents=True, exist_ok=True)
-    names = [*SEEDED, *(p.name for p in results.glob("plan-*.yaml"))]
+    own = lane.target(results)
+    files = [results / n for n in SEEDED] + list(results.glob("plan-*.yaml"))
     for cfg in lane.configs:
-        names += [p.name for p in results.glob(f"{cfg}-r*.json")]
-        names += [f"{cfg}-requests.tgz"]
-    for name in names:
-        if (results / name).is_file():
-            shutil.copy2(results / name, lane.out / name)
+        files += [*own.glob(f"{cfg}-r*.json"), own / f"{cfg}-requests.tgz"]
+    for f in files:
+        if f.is_file():
+            shutil.copy2(f, lane.out / f.name)
 
 
 def merge(lane: Lane, results: Path, since: float) -> list[Path]:
-    """Copy the lane's files written after ``since`` into ``results``; returns them."""
+    """Copy the lane's files written after ``since`` into ``results`` (its SUBDIR there);
+    returns them."""
     got = []
+    results = lane.target(results)
+    results.mkdir(parents=True, exist_ok=True)
     for cfg in lane.configs:
         for p in [*lane.out.glob(f"{cfg}-r*.json"), lane.out / f"{cfg}-requests.tgz",
                   *lane.out.glob(f"plan-{cfg}*.yaml")]:
@@ -183,10 +244,19 @@ def _pump(proc: subprocess.Popen, label: str, log: Path) -> None:
             print(f"[{label}] {line.rstrip()}", flush=True)
 
 
+def pack(files: list[Path], root: Path, path: Path) -> None:
+    """``files`` (under ``root``) in one .tgz, with their paths relative to ``root``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz") as tar:
+        for f in files:
+            tar.add(f, arcname=str(f.relative_to(root)))
+
+
 def run_lanes(lanes: tuple[Lane, ...], python: str, run_args: list[str], results: Path
-              ) -> int:
+              ) -> tuple[int, list[Path]]:
     """Start every lane, wait for all; SIGTERM / Ctrl-C is passed on as SIGINT (run.py
-    then stops its deployment) and the lanes are waited for. Returns the worst exit code."""
+    then stops its deployment) and the lanes are waited for. Returns the worst exit code
+    and the files merged into ``results``."""
     since = time.time()
     for lane in lanes:
         seed(lane, results)
@@ -218,11 +288,13 @@ def run_lanes(lanes: tuple[Lane, ...], python: str, run_args: list[str], results
         signal.signal(signal.SIGTERM, old)
     for _, t in procs:
         t.join(5)
+    merged: list[Path] = []
     for lane, code in zip(lanes, codes, strict=True):
         got = merge(lane, results, since)
+        merged += got
         print(f"lane {lane.index} ({lane.label}): exit {code}; merged "
               f"{', '.join(p.name for p in got) or 'nothing'}", flush=True)
-    return max((c if c >= 0 else 1 for c in codes), default=0)
+    return max((c if c >= 0 else 1 for c in codes), default=0), merged
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -238,14 +310,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=Path("/tmp/fineserve-e2e-lanes"))
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--dry-run", action="store_true", help="print the lanes' command lines")
+    ap.add_argument("--pack", type=Path, default=None,
+                    help="also write every merged file into this .tgz, paths relative to "
+                         "--merge-into (one file to bring back from a GPU host)")
     args = ap.parse_args(own)
     bad = {"--configs", "--gpu", "--port", "--work", "--out", "--lane"}.intersection(run_args)
     if bad:
         ap.error(f"after --: {', '.join(sorted(bad))} is set per lane by lanes.py")
     try:
         cores = parse_cores(args.cores) if args.cores else tuple(sorted(os.sched_getaffinity(0)))
-        lanes = allocate(parse_lanes(args.lanes), cores, args.base_port, args.work,
-                         args.work / "results")
+        specs = parse_lanes(args.lanes)
+        affinity = {} if args.dry_run else nvml_affinity(tuple(s.gpu for s in specs))
+        lanes = allocate(specs, cores, args.base_port, args.work, args.work / "results",
+                         affinity)
     except LaneError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -253,7 +330,10 @@ def main(argv: list[str] | None = None) -> int:
         for lane in lanes:
             print(" ".join(lane_argv(lane, args.python, run_args)))
         return 0
-    return run_lanes(lanes, args.python, run_args, args.merge_into)
+    code, got = run_lanes(lanes, args.python, run_args, args.merge_into)
+    if args.pack is not None:
+        pack(got, args.merge_into, args.pack)
+    return code
 
 
 if __name__ == "__main__":

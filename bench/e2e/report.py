@@ -25,7 +25,9 @@ from bench.e2e.results import ResultsDir  # noqa: E402
 from fineserve.planner.planfile import load_plan  # noqa: E402
 
 TARGET_ATTAINMENT = 0.5  # acceptance is judged where (a) attains about this
-PRIOR = "2026-11-26-prerun"  # predictions committed before the measurement (held-out test)
+# predictions committed before the measurement (held-out test), in the results directory
+PRIOR = "2026-11-26-prerun"
+PRIORS = ("prerun", PRIOR)
 SCRIPT = "bench/e2e/report.py"
 
 
@@ -354,6 +356,11 @@ def prior_lines(res: ResultsDir, rows: list[Row], prior: Path) -> list[str]:
             "| --- | ---: | ---: | ---: | ---: | ---: |", *out, ""]
 
 
+def prior_dir(res: ResultsDir) -> Path:
+    """The results directory's pre-registered predictions (the first of ``PRIORS`` there)."""
+    return next((res.root / p for p in PRIORS if (res.root / p).is_dir()), res.root / PRIORS[0])
+
+
 def section(res: ResultsDir, rows: list[Row], acc: Acceptance | None, plots: bool
             ) -> list[str]:
     bench = res.load_bench()
@@ -369,7 +376,7 @@ def section(res: ResultsDir, rows: list[Row], acc: Acceptance | None, plots: boo
         f"{bench.duration_s:.0f} s per rate, lengths `{bench.lengths}`, seed {bench.seed}.", "",
         *[f"- ({c}) {CONFIG[c].name}" for c in CONFIGS], "",
         *table(rows), "", *acceptance_lines(acc), "", *ratio_lines(rows),
-        *calibration_lines(res, rows), *prior_lines(res, rows, res.root / PRIOR)]
+        *calibration_lines(res, rows), *prior_lines(res, rows, prior_dir(res))]
     if acc is not None:
         lines += per_model_lines(rows, acc.scale)
         lost = [m for s in res.scales() if s >= acc.scale

@@ -56,8 +56,9 @@ class WhatIfRow:
     per_model: dict[str, float]  # SLO attainment per model, predicted
 
 
-def changed(plan: Plan, changes: tuple[EngineChange, ...]) -> Plan:
-    """``plan`` with the engines' fields changed; SM shares on a GPU must still fit in 100%."""
+def changed(plan: Plan, changes: tuple[EngineChange, ...], time_sliced: bool = False) -> Plan:
+    """``plan`` with the engines' fields changed; SM shares on a GPU must still fit in 100%
+    (unless ``time_sliced``: every engine of (a) has the whole GPU in turns)."""
     ids = {e.engine_id for e in plan.engines}
     for c in changes:
         if c.engine_id not in ids:
@@ -67,7 +68,7 @@ def changed(plan: Plan, changes: tuple[EngineChange, ...]) -> Plan:
     for c in changes:
         engines = [replace(e, **{c.field: c.value}) if e.engine_id == c.engine_id else e
                    for e in engines]
-    for gpu in {g for e in engines for g in e.gpus}:
+    for gpu in () if time_sliced else {g for e in engines for g in e.gpus}:
         sm = sum(e.sm_pct for e in engines if gpu in e.gpus)
         if sm > 100:
             raise WhatIfError(f"--set: the engines on GPU {gpu} would take {sm}% of its SMs")
@@ -94,7 +95,7 @@ def what_if(res: ResultsDir, cfg: str, rates: tuple[float, ...], latency: Latenc
 
 
 def main(argv: list[str] | None = None) -> None:
-    from bench.e2e.plans import make_config_plan
+    from bench.e2e.plans import CONFIG, make_config_plan
     from fineserve.profiles.composite import default_latency_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -119,7 +120,8 @@ def main(argv: list[str] | None = None) -> None:
         plan = (make_config_plan(res.load_bench(), args.config, latency,
                                  decode_scale=scale, decode_s_per_seq=per_seq)
                 if args.replan else load_plan(args.plan or res.plan_path(args.config)))
-        plan = changed(plan, tuple(EngineChange.parse(s) for s in args.set))
+        plan = changed(plan, tuple(EngineChange.parse(s) for s in args.set),
+                       time_sliced=CONFIG[args.config].no_mps)
         sched = (None if args.max_limit is None else SchedulerConfig(
             max_limit=args.max_limit, initial_limit=min(args.max_limit, 8)))
         rates = tuple(float(x) for x in args.rates.split(",") if x)

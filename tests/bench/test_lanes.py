@@ -178,3 +178,37 @@ def test_run_records_the_gpu_and_refuses_a_negative_one():
     assert (dep.gpu, dep.lane) == (1, "b@gpu1")
     with pytest.raises(SystemExit):
         e2e_run.parse_args(["--gpu", "-1"])
+
+
+def test_a_control_lane_may_repeat_a_configuration_into_its_own_directory(tmp_path):
+    specs = L.parse_lanes("b@0;c@1:control")
+    assert specs[1] == L.LaneSpec(("c",), 1, "control")
+    with pytest.raises(L.LaneError, match="plain name"):
+        L.parse_lanes("c@1:../x")
+    results = tmp_path / "results"
+    (results / "control").mkdir(parents=True)
+    (results / "plan-c.yaml").write_text("plan")
+    (results / "c-r2.00.json").write_text("main run")
+    lanes = L.allocate(specs, tuple(range(8)), 8000, tmp_path / "w", tmp_path / "o")
+    L.seed(lanes[1], results)  # the plan from RESULTS, no result file: control is empty
+    assert sorted(p.name for p in lanes[1].out.iterdir()) == ["plan-c.yaml"]
+    since = (lanes[1].out / "plan-c.yaml").stat().st_mtime
+    (lanes[1].out / "c-r2.00.json").write_text("control run")
+    os.utime(lanes[1].out / "c-r2.00.json", (since + 5, since + 5))
+    got = L.merge(lanes[1], results, since + 1)
+    assert got == [results / "control" / "c-r2.00.json"]
+    assert (results / "c-r2.00.json").read_text() == "main run"
+    L.pack(got, results, tmp_path / "back.tgz")
+    with tarfile.open(tmp_path / "back.tgz") as tar:
+        assert tar.getnames() == ["control/c-r2.00.json"]
+
+
+def test_cores_near_each_gpu_when_numa_separates_them():
+    cores = tuple(range(32))
+    two_nodes = {0: tuple(range(16)), 1: tuple(range(16, 32))}
+    assert L.local_blocks(cores, (1, 0), two_nodes) == (tuple(range(16, 32)), tuple(range(16)))
+    assert L.local_blocks(cores, (0, 1), {0: cores, 1: cores}) is None  # one node: even split
+    assert L.local_blocks(cores, (0, 1), {}) is None  # no NVML
+    lanes = L.allocate(L.parse_lanes("a@1;c@0"), cores, 8000, Path("/w"), Path("/o"),
+                       two_nodes)
+    assert lanes[0].cores == tuple(range(16, 32)) and lanes[1].cores == tuple(range(16))
