@@ -121,14 +121,46 @@ def parse_cores(text: str) -> tuple[int, ...]:
     return tuple(sorted(set(out)))
 
 
-def split_cores(cores: tuple[int, ...], lanes: int) -> tuple[tuple[int, ...], ...]:
-    """Equal contiguous blocks (the remainder left idle, so no lane gets more)."""
-    per = len(cores) // lanes
-    if per < 4:
+def split_cores(cores: tuple[int, ...], lanes: int,
+                siblings: dict[int, tuple[int, ...]] | None = None
+                ) -> tuple[tuple[int, ...], ...]:
+    """Equal blocks of whole physical cores (hyperthread siblings, ``siblings``: logical CPU
+    -> its core's CPUs, never split between lanes: Linux often numbers the second threads
+    of cores 0-15 as 16-31, so "0-15 / 16-31" would share every core); the remainder idle,
+    so no lane gets more."""
+    groups = physical_cores(cores, siblings or {})
+    per = len(groups) // lanes
+    if per * min(len(g) for g in groups) < 4:
         raise LaneError(f"--cores: {len(cores)} cores for {lanes} lanes; each lane needs at "
                         "least 4 (engines, gateway, replay client)")
-    ordered = sorted(cores)
-    return tuple(tuple(ordered[i * per:(i + 1) * per]) for i in range(lanes))
+    return tuple(tuple(sorted(c for g in groups[i * per:(i + 1) * per] for c in g))
+                 for i in range(lanes))
+
+
+def physical_cores(cores: tuple[int, ...], siblings: dict[int, tuple[int, ...]]
+                   ) -> list[tuple[int, ...]]:
+    """``cores`` grouped by physical core (a CPU without sibling data is its own group)."""
+    seen: set[int] = set()
+    groups = []
+    for c in sorted(cores):
+        if c in seen:
+            continue
+        group = tuple(sorted(set(siblings.get(c, (c,))) & set(cores) | {c}))
+        seen.update(group)
+        groups.append(group)
+    return groups
+
+
+def sysfs_siblings(cores: tuple[int, ...]) -> dict[int, tuple[int, ...]]:
+    """Logical CPU -> the CPUs of its physical core, from sysfs ({} where unreadable)."""
+    out = {}
+    for c in cores:
+        path = Path(f"/sys/devices/system/cpu/cpu{c}/topology/thread_siblings_list")
+        try:
+            out[c] = parse_cores(path.read_text().strip())
+        except (OSError, LaneError):
+            continue
+    return out
 
 
 def local_blocks(cores: tuple[int, ...], gpus: tuple[int, ...],
@@ -169,12 +201,13 @@ def nvml_affinity(gpus: tuple[int, ...]) -> dict[int, tuple[int, ...]]:
 
 def allocate(specs: tuple[LaneSpec, ...], cores: tuple[int, ...], base_port: int,
              work_root: Path, out_root: Path,
-             affinity: dict[int, tuple[int, ...]] | None = None) -> tuple[Lane, ...]:
+             affinity: dict[int, tuple[int, ...]] | None = None,
+             siblings: dict[int, tuple[int, ...]] | None = None) -> tuple[Lane, ...]:
     """Ports, directories and cores of each lane: cores near its GPU where ``affinity``
-    (NVML) separates the GPUs' NUMA nodes, else equal contiguous blocks."""
+    (NVML) separates the GPUs' NUMA nodes, else equal blocks of whole physical cores."""
     blocks = local_blocks(cores, tuple(s.gpu for s in specs), affinity or {})
     if blocks is None:
-        blocks = split_cores(cores, len(specs))
+        blocks = split_cores(cores, len(specs), siblings)
     if base_port < 1024 or base_port + PORT_STRIDE * len(specs) > 65535:
         raise LaneError(f"--base-port: {base_port} leaves no room for {len(specs)} lanes")
     return tuple(Lane(i, s.configs, s.gpu, s.subdir, base_port + PORT_STRIDE * i, blocks[i],
@@ -322,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         specs = parse_lanes(args.lanes)
         affinity = {} if args.dry_run else nvml_affinity(tuple(s.gpu for s in specs))
         lanes = allocate(specs, cores, args.base_port, args.work, args.work / "results",
-                         affinity)
+                         affinity, sysfs_siblings(cores))
     except LaneError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

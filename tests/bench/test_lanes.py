@@ -73,7 +73,8 @@ def test_per_lane_options_are_refused_after_the_separator(capsys):
     assert "set per lane" in capsys.readouterr().err
 
 
-def test_dry_run_prints_one_command_per_lane(capsys):
+def test_dry_run_prints_one_command_per_lane(capsys, monkeypatch):
+    monkeypatch.setattr(L, "sysfs_siblings", lambda cores: {})  # this host's SMT aside
     assert L.main(["--lanes", "c@0;a,b@1", "--cores", "0-31", "--dry-run", "--", "--quick"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 and "0-15" in lines[0] and "16-31" in lines[1]
@@ -212,3 +213,14 @@ def test_cores_near_each_gpu_when_numa_separates_them():
     lanes = L.allocate(L.parse_lanes("a@1;c@0"), cores, 8000, Path("/w"), Path("/o"),
                        two_nodes)
     assert lanes[0].cores == tuple(range(16, 32)) and lanes[1].cores == tuple(range(16))
+
+
+def test_hyperthread_siblings_stay_in_one_lane():
+    """Linux's usual numbering: CPU c and c + 16 are the two threads of core c."""
+    cores = tuple(range(32))
+    sib = {c: (c % 16, c % 16 + 16) for c in cores}
+    a, b = L.split_cores(cores, 2, sib)
+    assert a == (*range(8), *range(16, 24)) and b == (*range(8, 16), *range(24, 32))
+    for c in a:
+        assert not set(sib[c]) & set(b)  # no physical core in both lanes
+    assert L.split_cores(cores, 2) == (tuple(range(16)), tuple(range(16, 32)))  # no data
