@@ -224,3 +224,38 @@ def test_hyperthread_siblings_stay_in_one_lane():
     for c in a:
         assert not set(sib[c]) & set(b)  # no physical core in both lanes
     assert L.split_cores(cores, 2) == (tuple(range(16)), tuple(range(16, 32)))  # no data
+
+
+FAKE_RUN = """#!/usr/bin/env python3
+import os, sys
+args = sys.argv[2:]  # argv[1] is bench/e2e/run.py
+get = lambda k: args[args.index(k) + 1]
+for cfg in get("--configs").split(","):
+    with open(os.path.join(get("--out"), f"{cfg}-r1.00.json"), "w") as f:
+        f.write(f"{get('--gpu')} {get('--port')} {os.environ['CUDA_DEVICE_ORDER']}")
+print("affinity", sorted(os.sched_getaffinity(0)))
+sys.exit(3 if get("--gpu") == "1" else 0)
+"""
+
+
+def test_run_lanes_starts_each_lane_pinned_and_merges_what_it_wrote(tmp_path, capsys):
+    """The orchestration alone: a stand-in for run.py that writes one result file and exits
+    (3 on GPU 1), so the lanes' start, pinning, merge and exit code can be checked."""
+    fake = tmp_path / "fake-python"
+    fake.write_text(FAKE_RUN)
+    fake.chmod(0o755)
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "bench.json").write_text("{}")
+    cpu = min(os.sched_getaffinity(0))
+    lanes = tuple(L.Lane(i, cfgs, gpu, sub, 8000 + 100 * i, (cpu,), tmp_path / f"w{i}",
+                         tmp_path / f"o{i}")
+                  for i, (cfgs, gpu, sub) in enumerate([(("a",), 0, ""), (("c",), 1, "ctl")]))
+    code, got = L.run_lanes(lanes, str(fake), [], results)
+    assert code == 3  # the worst lane's exit code
+    assert sorted(p.relative_to(results).as_posix() for p in got) == [
+        "a-r1.00.json", "ctl/c-r1.00.json"]
+    assert (results / "a-r1.00.json").read_text() == "0 8000 PCI_BUS_ID"
+    assert (results / "ctl" / "c-r1.00.json").read_text() == "1 8100 PCI_BUS_ID"
+    out = capsys.readouterr().out
+    assert f"[a@gpu0] affinity [{cpu}]" in out and f"[c@gpu1:ctl] affinity [{cpu}]" in out
