@@ -356,6 +356,34 @@ def prior_lines(res: ResultsDir, rows: list[Row], prior: Path) -> list[str]:
             "| --- | ---: | ---: | ---: | ---: | ---: |", *out, ""]
 
 
+CONTROL = "control"  # bench/e2e/lanes.py CONFIGS@GPU:control: a configuration measured again
+
+
+def control_lines(res: ResultsDir) -> list[str]:
+    """Each (configuration, rate) measured in the main lanes and again in a control lane
+    (another GPU, another neighbour, another call): how much the side-by-side method and the
+    run-to-run noise move the figures the acceptance judges."""
+    ctl = ResultsDir(res.root / CONTROL)
+    out = []
+    for cfg in CONFIGS:
+        for scale in res.scales():
+            m, c = res.measured(cfg, scale), ctl.measured(cfg, scale)
+            if m is None or c is None:
+                continue
+            mo, co = m.summary["overall"], c.summary["overall"]
+            ma, ca = mo.get("slo_attainment") or 0.0, co.get("slo_attainment") or 0.0
+            mt, ct = mo.get("output_tokens_per_s") or 0.0, co.get("output_tokens_per_s") or 0.0
+            out.append(f"| ({cfg}) | {scale:g} | {m.deployed.lane or 'alone'} | "
+                       f"{c.deployed.lane or 'alone'} | {ma:.1%} / {ca:.1%} "
+                       f"({(ca - ma) * 100:+.1f} pt) | {mt:.0f} / {ct:.0f} "
+                       f"({_f(ct / mt - 1 if mt else None, '+.1%')}) |")
+    if not out:
+        return []
+    return ["Control (`control/`: the same configuration measured again in another lane):",
+            "", "| config | rate x | main lane | control lane | SLO att. main / control | "
+            "out tok/s main / control |", "| --- | ---: | --- | --- | ---: | ---: |", *out, ""]
+
+
 def prior_dir(res: ResultsDir) -> Path:
     """The results directory's pre-registered predictions (the first of ``PRIORS`` there)."""
     return next((res.root / p for p in PRIORS if (res.root / p).is_dir()), res.root / PRIORS[0])
@@ -376,7 +404,8 @@ def section(res: ResultsDir, rows: list[Row], acc: Acceptance | None, plots: boo
         f"{bench.duration_s:.0f} s per rate, lengths `{bench.lengths}`, seed {bench.seed}.", "",
         *[f"- ({c}) {CONFIG[c].name}" for c in CONFIGS], "",
         *table(rows), "", *acceptance_lines(acc), "", *ratio_lines(rows),
-        *calibration_lines(res, rows), *prior_lines(res, rows, prior_dir(res))]
+        *calibration_lines(res, rows), *prior_lines(res, rows, prior_dir(res)),
+        *control_lines(res)]
     if acc is not None:
         lines += per_model_lines(rows, acc.scale)
         lost = [m for s in res.scales() if s >= acc.scale

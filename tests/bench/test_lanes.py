@@ -259,3 +259,25 @@ def test_run_lanes_starts_each_lane_pinned_and_merges_what_it_wrote(tmp_path, ca
     assert (results / "ctl" / "c-r1.00.json").read_text() == "1 8100 PCI_BUS_ID"
     out = capsys.readouterr().out
     assert f"[a@gpu0] affinity [{cpu}]" in out and f"[c@gpu1:ctl] affinity [{cpu}]" in out
+
+
+def test_the_report_sets_a_control_lane_beside_the_main_one(tmp_path, latency):
+    from bench.e2e.predict import deployed_default, predict_one
+    from bench.e2e.report import control_lines
+    from bench.e2e.results import Measured
+    from bench.e2e.workload import H100_SET
+    from tests.bench.helpers import config_plans, results_dir
+
+    small = replace(H100_SET, duration_s=4.0, rate_scales=(1.0,))
+    res = results_dir(tmp_path, small, config_plans(small, latency))
+    pred = predict_one(res, "a", 1.0, latency, write=False)
+    ctl = ResultsDir(res.root / "control")
+    ctl.root.mkdir()
+    assert control_lines(res) == []
+    for where, lane, att in ((res, "a@gpu0", 0.9), (ctl, "a@gpu1:control", 0.85)):
+        summary = {**pred["summary"], "overall": {**pred["summary"]["overall"],
+                                                  "slo_attainment": att}}
+        where.save_measured(Measured("a", 1.0, pred["trace_digest"],
+                                     replace(deployed_default("a"), lane=lane), summary, {}))
+    text = "\n".join(control_lines(res))
+    assert "| (a) | 1 | a@gpu0 | a@gpu1:control | 90.0% / 85.0% (-5.0 pt) |" in text
