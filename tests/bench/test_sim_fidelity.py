@@ -106,8 +106,14 @@ def test_lazy_pool_reports_the_usage_the_runtime_reports(plans, latency, monkeyp
     """The runtime maps a slab only when less than one slab is free, so vLLM's usage gauge
     runs near full (the H100 run: p99 0.94-0.98); the eager model maps up to the policy's
     target at once and reports far less - the adaptive scheduler's KV cut never fires."""
-    lazy = sorted(_usage_seen(plans["c"], latency, 1.0, monkeypatch))
-    eager = sorted(_usage_seen(plans["c"], latency, None, monkeypatch))
+    from bench.e2e.workload import instance
+    from fineserve.planner.api import make_plan
+    from fineserve.planner.schema import KVMode
+
+    # (c) at the planner's default batch caps (<= 256), the plan of the H100 run it describes
+    plan = make_plan(instance(SMALL, KVMode.POOLED, 5), latency, method="ilp")
+    lazy = sorted(_usage_seen(plan, latency, 1.0, monkeypatch))
+    eager = sorted(_usage_seen(plan, latency, None, monkeypatch))
     def q(xs, f):
         return xs[int(f * (len(xs) - 1))]
 
