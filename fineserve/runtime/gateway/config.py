@@ -35,7 +35,9 @@ class UpstreamConfig(_Strict):
     served_model_name: str = Field(min_length=1)  # the name the engine knows the model by
     weight: Annotated[float, Field(gt=0)] = 1.0  # the plan's traffic split
     gpu: str = ""  # engines on the same GPU share a GpuArbiter
-    max_batch: Annotated[int, Field(ge=1, le=65536)] = 8  # initial in-flight limit
+    # the engine's batch cap (vLLM --max-num-seqs): the in-flight limit starts here and never
+    # exceeds it (gateway/limits.py); more would only queue inside vLLM
+    max_batch: Annotated[int, Field(ge=1, le=65536)] = 8
 
     @property
     def url(self) -> str:
