@@ -359,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     except LaneError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if shutil.which("taskset") is None and not args.dry_run:
+        print("error: taskset (util-linux) not found: lanes are pinned with it", file=sys.stderr)
+        return 2
     if args.dry_run:
         for lane in lanes:
             print(" ".join(lane_argv(lane, args.python, run_args)))
