@@ -3,9 +3,10 @@
 #   bash bench/gpu_session.sh STEP [STEP ...]     steps: env deploy deploy-quick kvslab
 #                                                 kvslab-accept kvslab-accept-quick interference
 #                                                 profile (all GPUs of the host) e2e:CFGS
-#                                                 e2e-quick:CFGS
+#                                                 e2e-quick:CFGS e2e-lanes:SPEC (2-GPU host)
 #                                                 multigpu multigpu-quick (2-GPU host)
-#   (e2e:a runs configuration (a) of bench/e2e/run.py; CFGS is a comma list of a, b, c)
+#   (e2e:a runs configuration (a) of bench/e2e/run.py; CFGS is a comma list of a, b, c;
+#   e2e-lanes:"a@0;c@1" runs (a) on GPU 0 beside (c) on GPU 1, bench/e2e/lanes.py)
 # (no step: only install the carried wheels). After `profile`, on the development machine:
 #   tar xzf h100-profile.tgz -C bench/results/h100-profile
 #   python bench/profile_h100.py --out bench/results/h100-profile --ship fineserve/profiles/data/measured
@@ -104,6 +105,12 @@ for s in "$@"; do
            --out "$res" --budget-s "${E2E_BUDGET:-510}" ${E2E_ARGS:-}
       find "$res" -newer /tmp/e2e-stamp \( -name '[abc]-r*.json' -o -name '*-requests.tgz' \) \
            -exec cp {} "$OUT/" \; ;;
+    e2e-lanes:*)
+      # bench/e2e/lanes.py: configurations side by side, one GPU each (2-GPU host)
+      spec=${s#*:}; res=${E2E_RESULTS:-bench/e2e/results-r3}
+      step e2e-lanes "${E2E_LIMIT:-580}" $PY bench/e2e/lanes.py --lanes "$spec" \
+           --merge-into "$res" --pack "$OUT/e2e-lanes.tgz" -- \
+           --rates "${E2E_RATES:-1,2,2.5,3,3.5,4}" --budget-s "${E2E_BUDGET:-520}" ${E2E_ARGS:-} ;;
     multigpu|multigpu-quick)
       # 2-GPU host (issue 8): ILP plan with a TP=2 engine under MPS, replay vs simulator;
       # the bench stops its deployment itself, well inside the limit (~5-7 min, quick ~3-4)

@@ -46,6 +46,7 @@ def simulate(
 
 def sim_options(policy: str, kv: str, interference: str, *, chrome_trace: bool = False):
     """SimOptions from the CLI's strings (one-line errors naming the option)."""
+    from fineserve.runtime.gateway.config import SchedulerSection
     from fineserve.scheduler import SchedulerConfig
     from fineserve.sim.cluster import KV_MODES, SimOptions
     from fineserve.sim.interference import InterferenceParams
@@ -59,7 +60,10 @@ def sim_options(policy: str, kv: str, interference: str, *, chrome_trace: bool =
         params = InterferenceParams()
     elif interference != "off":
         params = InterferenceParams.load(Path(interference))
-    sched = None if policy == "none" else SchedulerConfig(policy=policy)
+    # the gateway's default ceiling, so `fineserve simulate` holds the limits a deploy would
+    sched = None if policy == "none" else SchedulerConfig(
+        policy=policy, max_limit=SchedulerSection().max_limit
+    )
     return SimOptions(kv=kv, interference=params, scheduler=sched, chrome_trace=chrome_trace)
 
 

@@ -7,7 +7,8 @@ TPOT / TPOT SLO, both only from requests dispatched under the current limit - th
   or mean ``r_tpot`` > 1.0 (after 6 samples; the TTFT cut only when the prefill fit
   predicts faster first tokens at the lower limit), or one sample has ``r_ttft`` > 1 or
   ``r_tpot`` > 1.25 (a certain miss); or when the engine is *KV-bound*: vLLM's preemption
-  counter rose since the last scrape, or requests wait inside it while its KV usage is >= 0.95;
+  counter rose since the last scrape, or requests wait inside it, below its batch cap
+  (``max_limit``), while its KV usage is >= 0.95;
 - clamp ``L <- max(min, min(L - 1, running + 1))`` when vLLM reports waiting > 0 on two
   scrapes in a row: the engine batches fewer than we send, so the rest only queues inside it
   where we can neither expire nor reorder it (with both engine signals, the deeper cut);
@@ -98,7 +99,11 @@ class AdaptivePolicy(DeadlinePolicy):
     def on_engine_state(self, snap: EngineSnapshot, in_flight: int) -> None:
         seen, self._preemptions = self._preemptions, snap.preemptions
         preempted = seen is not None and snap.preemptions > seen  # lower: engine restarted
-        self._kv_bound = preempted or (snap.waiting > 0 and snap.kv_usage >= KV_HIGH)
+        # waiting with a full cache is a KV shortage only below the batch cap (the limit's
+        # ceiling): at the cap vLLM leaves requests waiting for a slot, not for memory
+        below_cap = snap.running < self.config.max_limit
+        short = snap.waiting > 0 and snap.kv_usage >= KV_HIGH and below_cap
+        self._kv_bound = preempted or short
         self._waiting_streak = self._waiting_streak + 1 if snap.waiting > 0 else 0
         if snap.at_s - self._last_change_s < self.slo.ttft_s:
             return

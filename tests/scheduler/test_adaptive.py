@@ -101,6 +101,16 @@ def test_waiting_with_a_full_cache_backs_off() -> None:
     assert s.stats.limit == 12  # KV-bound at once; waiting with room left clamps only later
 
 
+def test_waiting_at_the_batch_cap_is_no_kv_shortage() -> None:
+    """At its batch cap vLLM leaves requests waiting for a slot: no x0.75 cut, even with the
+    (lazily mapped) cache gauge near 1; only the waiting clamp may act, one slot at a time."""
+    s = adaptive(initial=16, hi=16)
+    s.on_engine_state(EngineSnapshot(10.0, running=16, waiting=2, kv_usage=0.99))
+    assert s.stats.limit == 16
+    s.on_engine_state(EngineSnapshot(11.1, running=16, waiting=2, kv_usage=0.99))
+    assert s.stats.limit == 15  # the clamp (two scrapes), not floor(0.75 x 16) = 12
+
+
 def _window(s: EngineScheduler, n: int, ttft_s: float, tpot_s: float) -> None:
     """Fill the limit at t = 0; then ``n`` of those requests report the given engine TTFT
     and TPOT."""
