@@ -241,6 +241,35 @@ def lane_env(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def stop_deployments(work: Path, wait_s: float = 60.0) -> list[str]:
+    """Stop every deployment recorded under a lane's work directory (``WORK/CFG/run*``) that
+    still runs or left processes behind: a lane killed past its limit leaves its engines
+    holding the GPU and the ports, and the next call on the same machine would collide.
+    Returns one line per run directory that had something to stop."""
+    from fineserve.runtime.control import stop_run
+    from fineserve.runtime.errors import DeployError
+
+    done = []
+    for state in sorted(work.glob("*/run*/state.json")):
+        try:
+            line = stop_run(state.parent, wait_s)
+        except (DeployError, OSError) as exc:
+            line = f"could not stop: {exc}"
+        if "nothing left" not in line:
+            done.append(f"{state.parent}: {line}")
+    return done
+
+
+def reset(lane: Lane) -> None:
+    """An empty lane: leftover deployments stopped, the work and results folders of an
+    earlier call removed (its result files would read as this call's - a control's
+    ``a-r*.json`` as the main (a) - and its requests.csv would be packed again)."""
+    for line in stop_deployments(lane.work):
+        print(f"lane {lane.index}: {line}", flush=True)
+    for d in (lane.work, lane.out):
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def seed(lane: Lane, results: Path) -> None:
     """The lane's results directory: the workload, the plans, the calibration and the lane's
     own earlier result files (so run.py resumes instead of measuring them again)."""
@@ -292,6 +321,7 @@ def run_lanes(lanes: tuple[Lane, ...], python: str, run_args: list[str], results
     and the files merged into ``results``."""
     since = time.time()
     for lane in lanes:
+        reset(lane)
         seed(lane, results)
         lane.work.mkdir(parents=True, exist_ok=True)
     procs = []

@@ -281,3 +281,39 @@ def test_the_report_sets_a_control_lane_beside_the_main_one(tmp_path, latency):
                                      replace(deployed_default("a"), lane=lane), summary, {}))
     text = "\n".join(control_lines(res))
     assert "| (a) | 1 | a@gpu0 | a@gpu1:control | 90.0% / 85.0% (-5.0 pt) |" in text
+
+
+RESUMING_RUN = """#!/usr/bin/env python3
+import os, sys
+args = sys.argv[2:]
+get = lambda k: args[args.index(k) + 1]
+for cfg in get("--configs").split(","):
+    out = os.path.join(get("--out"), f"{cfg}-r1.00.json")
+    if not os.path.exists(out):  # run.py resumes: a result file present is not measured
+        with open(out, "w") as f:
+            f.write(get("--lane"))
+"""
+
+
+def test_a_later_call_on_the_same_machine_starts_from_empty_lane_folders(tmp_path):
+    """Call 2 runs (a) as a control in lane 1; call 3 runs the main (a) in lane 1 again: the
+    control's result file left in the lane's folder must not pass for the main run's."""
+    fake = tmp_path / "fake-python"
+    fake.write_text(RESUMING_RUN)
+    fake.chmod(0o755)
+    results = tmp_path / "results"
+    results.mkdir()
+    cpu = min(os.sched_getaffinity(0))
+
+    def lane(subdir: str) -> L.Lane:
+        return L.Lane(1, ("a",), 1, subdir, 8100, (cpu,), tmp_path / "w1", tmp_path / "o1")
+
+    stale = tmp_path / "w1" / "a" / "r1.00" / "requests.csv"
+    _, got = L.run_lanes((lane("control"),), str(fake), [], results)
+    assert [p.relative_to(results).as_posix() for p in got] == ["control/a-r1.00.json"]
+    stale.parent.mkdir(parents=True)
+    stale.write_text("the control's requests")
+    _, got = L.run_lanes((lane(""),), str(fake), [], results)
+    assert [p.relative_to(results).as_posix() for p in got] == ["a-r1.00.json"]
+    assert (results / "a-r1.00.json").read_text() == "a@gpu1"
+    assert not stale.exists()  # run.py would pack it into a-requests.tgz
