@@ -9,9 +9,10 @@ A lane is ``CONFIGS@GPU`` or ``CONFIGS@GPU:SUBDIR``; its configurations run one 
 on that GPU; a SUBDIR lane merges into RESULTS/SUBDIR instead (a control: the same
 configuration measured again beside the main lanes, say on the other GPU, to see what the
 lane, the GPU and the run-to-run noise alone do). The arguments after ``--`` go to every lane's
-run.py. Each lane is pinned (``taskset``) to an
-equal, disjoint block of this process's cores, so one configuration's host work (vLLM's
-schedulers, the gateway, the replay client) cannot take CPU from another's; ports are
+run.py. Each lane is pinned (``sched_setaffinity`` in the child before it starts run.py,
+inherited by everything it starts) to an equal, disjoint block of this process's cores, so
+one configuration's host work (vLLM's schedulers, the gateway, the replay client) cannot
+take CPU from another's; ports are
 ``--base-port + 100 x lane`` (gateway) and the next ones (engines). Each lane resumes from
 a copy of the results directory and its new result files are merged back at the end.
 """
@@ -111,7 +112,7 @@ def parse_lanes(text: str) -> tuple[LaneSpec, ...]:
 
 
 def parse_cores(text: str) -> tuple[int, ...]:
-    """``"0-7,16-23"`` -> cores (taskset's list syntax)."""
+    """``"0-7,16-23"`` -> cores (the kernel's cpu-list syntax)."""
     out: list[int] = []
     for part in (p.strip() for p in text.split(",") if p.strip()):
         lo, _, hi = part.partition("-")
@@ -164,12 +165,14 @@ def sysfs_siblings(cores: tuple[int, ...]) -> dict[int, tuple[int, ...]]:
 
 
 def local_blocks(cores: tuple[int, ...], gpus: tuple[int, ...],
-                 affinity: dict[int, tuple[int, ...]]) -> tuple[tuple[int, ...], ...] | None:
+                 affinity: dict[int, tuple[int, ...]], minimum: int = 4
+                 ) -> tuple[tuple[int, ...], ...] | None:
     """Per lane, equal blocks of the cores near its GPU (NVML's CPU affinity: its NUMA node),
-    when the lanes' GPUs have disjoint near sets with at least 4 usable cores each; else None
-    (the caller splits evenly: one NUMA node, or no NVML)."""
+    when the lanes' GPUs have disjoint near sets with at least ``minimum`` usable cores each
+    (the even split's share: locality is not worth fewer cores); else None (the caller
+    splits evenly: one NUMA node, a lopsided one, or no NVML)."""
     near = [tuple(sorted(set(affinity.get(g, ())) & set(cores))) for g in gpus]
-    if any(len(n) < 4 for n in near):
+    if any(len(n) < max(4, minimum) for n in near):
         return None
     if any(set(a) & set(b) for i, a in enumerate(near) for b in near[i + 1:]):
         return None
@@ -204,10 +207,11 @@ def allocate(specs: tuple[LaneSpec, ...], cores: tuple[int, ...], base_port: int
              affinity: dict[int, tuple[int, ...]] | None = None,
              siblings: dict[int, tuple[int, ...]] | None = None) -> tuple[Lane, ...]:
     """Ports, directories and cores of each lane: cores near its GPU where ``affinity``
-    (NVML) separates the GPUs' NUMA nodes, else equal blocks of whole physical cores."""
-    blocks = local_blocks(cores, tuple(s.gpu for s in specs), affinity or {})
-    if blocks is None:
-        blocks = split_cores(cores, len(specs), siblings)
+    (NVML) separates the GPUs' NUMA nodes into sets no smaller than an even split's, else
+    equal blocks of whole physical cores."""
+    even = split_cores(cores, len(specs), siblings)
+    blocks = local_blocks(cores, tuple(s.gpu for s in specs), affinity or {},
+                          len(even[0])) or even
     if base_port < 1024 or base_port + PORT_STRIDE * len(specs) > 65535:
         raise LaneError(f"--base-port: {base_port} leaves no room for {len(specs)} lanes")
     return tuple(Lane(i, s.configs, s.gpu, s.subdir, base_port + PORT_STRIDE * i, blocks[i],
@@ -216,7 +220,7 @@ def allocate(specs: tuple[LaneSpec, ...], cores: tuple[int, ...], base_port: int
 
 
 def cores_arg(cores: tuple[int, ...]) -> str:
-    """Cores as taskset's list, ranges folded: (0, 1, 2, 5) -> "0-2,5"."""
+    """Cores as a cpu list, ranges folded: (0, 1, 2, 5) -> "0-2,5"."""
     runs: list[list[int]] = []
     for c in sorted(cores):
         if runs and c == runs[-1][1] + 1:
@@ -227,10 +231,17 @@ def cores_arg(cores: tuple[int, ...]) -> str:
 
 
 def lane_argv(lane: Lane, python: str, run_args: list[str]) -> list[str]:
-    return ["taskset", "-c", cores_arg(lane.cores), python, str(ROOT / "bench/e2e/run.py"),
+    return [python, str(ROOT / "bench/e2e/run.py"),
             "--configs", ",".join(lane.configs), "--gpu", str(lane.gpu),
             "--port", str(lane.port), "--lane", lane.label, "--work", str(lane.work),
             "--out", str(lane.out), *run_args]
+
+
+def pinned(cores: tuple[int, ...]):
+    """The child's pre-exec step: run on ``cores`` only (its children inherit it)."""
+    def pin() -> None:
+        os.sched_setaffinity(0, cores)
+    return pin
 
 
 def lane_env(base: dict[str, str] | None = None) -> dict[str, str]:
@@ -324,13 +335,16 @@ def run_lanes(lanes: tuple[Lane, ...], python: str, run_args: list[str], results
         reset(lane)
         seed(lane, results)
         lane.work.mkdir(parents=True, exist_ok=True)
-    procs = []
-    for lane in lanes:
+    started = []
+    for lane in lanes:  # every child forked before any pump thread runs (preexec_fn)
         argv = lane_argv(lane, python, run_args)
         print(f"lane {lane.index} ({lane.label}, cores {cores_arg(lane.cores)}, port "
               f"{lane.port}): {' '.join(argv)}", flush=True)
-        p = subprocess.Popen(argv, cwd=ROOT, env=lane_env(), stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        started.append(subprocess.Popen(
+            argv, cwd=ROOT, env=lane_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, start_new_session=True, preexec_fn=pinned(lane.cores)))
+    procs = []
+    for lane, p in zip(lanes, started, strict=True):
         t = threading.Thread(target=_pump, args=(p, lane.label, lane.work / "lane.log"),
                              daemon=True)
         t.start()
@@ -389,12 +403,10 @@ def main(argv: list[str] | None = None) -> int:
     except LaneError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if shutil.which("taskset") is None and not args.dry_run:
-        print("error: taskset (util-linux) not found: lanes are pinned with it", file=sys.stderr)
-        return 2
     if args.dry_run:
         for lane in lanes:
-            print(" ".join(lane_argv(lane, args.python, run_args)))
+            print(f"cores {cores_arg(lane.cores)}: "
+                  f"{' '.join(lane_argv(lane, args.python, run_args))}")
         return 0
     code, got = run_lanes(lanes, args.python, run_args, args.merge_into)
     if args.pack is not None:

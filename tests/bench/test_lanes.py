@@ -59,8 +59,8 @@ def test_lane_command_line_pins_cores_and_names_everything_it_owns():
     lane = L.allocate(L.parse_lanes("a,b@1"), tuple(range(16)), 8000, Path("/w"),
                       Path("/o"))[0]
     argv = L.lane_argv(lane, "py", ["--rates", "1"])
-    assert argv[:3] == ["taskset", "-c", "0-15"]
-    pairs = dict(zip(argv[5::2], argv[6::2], strict=False))
+    assert argv[0] == "py" and argv[1].endswith("bench/e2e/run.py")
+    pairs = dict(zip(argv[2::2], argv[3::2], strict=False))
     assert pairs["--configs"] == "a,b" and pairs["--gpu"] == "1" and pairs["--port"] == "8000"
     assert pairs["--work"] == "/w/lane0-gpu1" and pairs["--out"] == "/o/lane0-gpu1"
     assert argv[-2:] == ["--rates", "1"]
@@ -317,3 +317,14 @@ def test_a_later_call_on_the_same_machine_starts_from_empty_lane_folders(tmp_pat
     assert [p.relative_to(results).as_posix() for p in got] == ["a-r1.00.json"]
     assert (results / "a-r1.00.json").read_text() == "a@gpu1"
     assert not stale.exists()  # run.py would pack it into a-requests.tgz
+
+
+def test_near_gpu_cores_only_when_no_lane_gets_fewer_than_an_even_split():
+    """A host whose process sees cores 0-31 while NVML puts GPU 1 near 28-55: its near set
+    here is 4 cores, so the lanes split 0-31 evenly instead of 4 cores each."""
+    cores = tuple(range(32))
+    lopsided = {0: tuple(range(28)), 1: tuple(range(28, 56))}
+    lanes = L.allocate(L.parse_lanes("a@0;c@1"), cores, 8000, Path("/w"), Path("/o"),
+                       lopsided)
+    assert [lane.cores for lane in lanes] == [tuple(range(16)), tuple(range(16, 32))]
+    assert L.local_blocks(cores, (0, 1), lopsided, minimum=16) is None
