@@ -41,6 +41,7 @@ from fineserve.errors import FineserveError, SpecError  # noqa: E402
 from fineserve.profiles.catalog import resolve_arch  # noqa: E402
 from fineserve.profiles.latency import LatencyModel  # noqa: E402
 from fineserve.profiles.measure import mps_daemon  # noqa: E402
+from fineserve.profiles.measure.cores import format_cpus, parse_cpus, pin, plan_blocks  # noqa: E402
 from fineserve.profiles.measure.devices import Device, choose_gpus  # noqa: E402
 from fineserve.profiles.measure.estimates import EstimateLatency  # noqa: E402
 from fineserve.profiles.measure.fanout import Child, run_children  # noqa: E402
@@ -241,12 +242,15 @@ def gpu_count(args: argparse.Namespace) -> tuple[int, tuple[Device, ...], str]:
 
 
 def child_argv(args: argparse.Namespace, jobs: Sequence[Job], out: Path, k: int,
-               budget_s: float | None) -> tuple[str, ...]:  # fmt: skip
-    """The command of shard ``k``: its jobs, its folder, its caches, the same grid."""
+               budget_s: float | None, cores: str = "") -> tuple[str, ...]:  # fmt: skip
+    """The command of shard ``k``: its jobs, its folder, its caches, its host cores (the
+    child pins itself: ``cores.pin``), the same grid."""
     argv = [sys.executable, str(Path(__file__).resolve()), "--entries", jobs_to_json(jobs),
             "--out", str(shard_folder(out, k)), "--resume-from", str(out),
             "--cache-dir", f"{args.cache_dir}-gpu{k}", "--gpus", "1",
             "--expect-gpu", args.expect_gpu or ""]
+    if cores:
+        argv += ["--cores", cores]
     for name in ("tp", "sm", "prefill_tokens", "prefill_batches", "decode_batches",
                  "decode_contexts", "decode_tokens", "decode_window_s", "repeats", "decode_repeats",
                  "prefill_samples", "decode_samples", "gpu", "engine_python"):
@@ -259,6 +263,14 @@ def child_argv(args: argparse.Namespace, jobs: Sequence[Job], out: Path, k: int,
     if budget_s is not None:
         argv += ["--budget-s", f"{budget_s:.0f}"]
     return tuple(argv)
+
+
+def child_env(visible: str, cores: Sequence[int]) -> dict[str, str]:
+    """A shard's environment: its GPU, and Inductor's compile workers cut to its cores."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": visible}
+    if cores:
+        env["TORCHINDUCTOR_COMPILE_THREADS"] = str(len(cores))
+    return env
 
 
 def merge_all(args: argparse.Namespace, out: Path, jobs: Sequence[Job], label: str) -> int:
@@ -280,16 +292,18 @@ def run_gpus(args: argparse.Namespace, jobs: Sequence[Job], devices: Sequence[De
     out = Path(args.out)
     plan = gpu_plan(args, jobs, n, out, EstimateLatency(out))
     left = None if args.budget_s is None else args.budget_s - (time.time() - t0) - MERGE_S
+    blocks = plan_blocks(n, [d.index for d in devices])
     children = []
     for k, mine in enumerate(plan.jobs):
-        print(f"GPU {k} (~{plan.seconds[k]:.0f} s alone): " + "; ".join(j.name for j in mine),
-              flush=True)
+        cores = format_cpus(blocks[k]) if blocks else ""
+        print(f"GPU {k} (~{plan.seconds[k]:.0f} s alone, cores {cores or 'shared'}): "
+              + "; ".join(j.name for j in mine), flush=True)
         if not mine:
             continue
         shutil.rmtree(shard_folder(out, k), ignore_errors=True)
         visible = devices[k].uuid if devices else ("" if args.cpu else str(k))
-        children.append(Child(f"gpu{k}", child_argv(args, grouped(mine), out, k, left),
-                              {**os.environ, "CUDA_VISIBLE_DEVICES": visible}))
+        children.append(Child(f"gpu{k}", child_argv(args, grouped(mine), out, k, left, cores),
+                              child_env(visible, blocks[k] if blocks else ())))
     kill_at = 4e9 if args.budget_s is None else t0 + args.budget_s - 5
     codes: tuple[int, ...] = ()
     try:
@@ -311,6 +325,12 @@ def _terminate(signum: int, frame: object) -> NoReturn:
 def main() -> int:
     args = parser().parse_args()
     signal.signal(signal.SIGTERM, _terminate)
+    if args.cores:  # a shard: its own host cores, inherited by its engines
+        try:
+            pin(parse_cpus(args.cores))
+        except (ValueError, OSError) as exc:
+            print(f"error: --cores: {exc}", file=sys.stderr)
+            return 2
     if args.expect_gpu is None:
         args.expect_gpu = H100 if args.reference_set else ""
     if args.redo_noisy is None:
@@ -433,6 +453,7 @@ def parser() -> argparse.ArgumentParser:
                    help="measure nothing: merge the shard folders a killed multi-GPU call "
                         "left beside --out into it")
     p.add_argument("--entries", default=None, help=argparse.SUPPRESS)  # a shard's jobs (JSON)
+    p.add_argument("--cores", default=None, help=argparse.SUPPRESS)  # a shard's host cores
     p.add_argument("--sequential", action="store_true",
                    help="start one engine at a time (default: waves of engines that fit)")
     return p

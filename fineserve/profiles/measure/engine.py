@@ -305,23 +305,35 @@ def device_memory_free(device: str) -> int | None:
     return None if info is None else int(info.free)
 
 
-def device_identity(device: str) -> tuple[str, str]:
-    """(device name, driver version)."""
+@dataclass(frozen=True, slots=True)
+class DeviceIdentity:
+    """Which device an engine ran on: a later run compares per GPU (UUID), not per kind."""
+
+    name: str
+    driver: str
+    uuid: str = ""
+
+
+def device_identity(device: str) -> DeviceIdentity:
+    """This process's device (``_handle``); empty fields where NVML cannot tell."""
     if device == "cpu":
         import platform
 
-        return f"cpu ({platform.processor() or platform.machine()})", ""
+        return DeviceIdentity(f"cpu ({platform.processor() or platform.machine()})", "")
     try:
         import pynvml
 
         pynvml.nvmlInit()
         try:
             handle = _handle(pynvml)
-            name = pynvml.nvmlDeviceGetName(handle)
-            driver = pynvml.nvmlSystemGetDriverVersion()
-            return (name.decode() if isinstance(name, bytes) else str(name),
-                    driver.decode() if isinstance(driver, bytes) else str(driver))
+            return DeviceIdentity(_text(pynvml.nvmlDeviceGetName(handle)),
+                                  _text(pynvml.nvmlSystemGetDriverVersion()),
+                                  _text(pynvml.nvmlDeviceGetUUID(handle)))
         finally:
             pynvml.nvmlShutdown()
     except Exception:  # noqa: BLE001
-        return "", ""
+        return DeviceIdentity("", "")
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -198,6 +198,8 @@ class EngineRecord:
     async_scheduling: bool | None = None  # vLLM's scheduler mode (timing.py)
     device_name: str = ""
     driver: str = ""
+    device_uuid: str = ""  # which GPU (NVML): a later run can compare per device
+    host_cpus: int | None = None  # CPUs the worker could run on (a multi-GPU run pins them)
     vllm_version: str = ""
     torch_version: str = ""
     date: str = ""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import statistics
 import sys
 import time
@@ -61,11 +62,12 @@ def wait_for_memory(need: int, until: float, free: Callable[[], int | None],
 
 def _start(job: ProfileJob | InterferenceJob) -> tuple[Any, EngineRecord]:
     """Start the engine and describe it; on failure the record carries the error."""
-    name, driver = eng.device_identity(job.device)
+    device = eng.device_identity(job.device)
     record = EngineRecord(
         label=job.label, start_s=0.0, cuda_graphs=not job.engine.enforce_eager,
-        device_name=name, driver=driver, date=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        **eng.versions(),
+        device_name=device.name, driver=device.driver, device_uuid=device.uuid,
+        host_cpus=len(os.sched_getaffinity(0)),
+        date=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **eng.versions(),
     )  # fmt: skip
     if isinstance(job, ProfileJob) and job.memory_bytes:
         until = min(time.time() + MEMORY_WAIT_S, job.deadline - SAFETY_S)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from fineserve.errors import SpecError
+from fineserve.profiles.measure.cores import host_siblings, physical_groups
 from fineserve.profiles.measure.fanout import Child, run_children
 from fineserve.profiles.schema import load_profile
 from fineserve.runtime import nvml
@@ -30,6 +31,8 @@ job = read_job(sys.argv[-1], ProfileJob)
 with open(os.environ["STAND_IN_LOG"], "a") as f:
     f.write(json.dumps({"sm": job.label.sm_pct, "weights": job.label.weights,
                         "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                        "cpus": sorted(os.sched_getaffinity(0)),
+                        "compile_threads": os.environ.get("TORCHINDUCTOR_COMPILE_THREADS"),
                         "points": len(job.points)}) + "\n")
 append(job.results, EngineRecord(job.label, 1.0, True, vllm_version="stand-in"))
 for p in job.points:
@@ -62,6 +65,7 @@ def calls(tmp_path: Path) -> list[dict]:
 
 
 def test_two_gpus_measure_a_precision_each_and_merge_into_one_output(tmp_path):
+    cpus = tuple(sorted(os.sched_getaffinity(0)))
     python = stand_in_python(tmp_path, STAND_IN)
     run = profile(tmp_path, python, "--gpus", "2")
     assert run.returncode == 0, run.stdout + run.stderr
@@ -76,6 +80,10 @@ def test_two_gpus_measure_a_precision_each_and_merge_into_one_output(tmp_path):
         assert {p.sm_pct for p in table} == {50.0, 100.0}
         assert "stand-in" in (folder / f"{precision}.meta.json").read_text()
     assert "[gpu0]" in run.stdout and "[gpu1]" in run.stdout
+    if len(physical_groups(cpus, host_siblings(cpus))) >= 2:  # each GPU its own host cores
+        cores = {c["weights"]: tuple(c["cpus"]) for c in seen}
+        assert not set(cores["bf16"]) & set(cores["fp8"])
+        assert all(c["compile_threads"] == str(len(c["cpus"])) for c in seen)
     assert not (tmp_path / "out.shards").exists() or not any((tmp_path / "out.shards").iterdir())
     again = profile(tmp_path, python, "--gpus", "2")  # resumable: nothing left to measure
     assert again.returncode == 0 and len(calls(tmp_path)) == 4

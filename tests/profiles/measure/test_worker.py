@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from itertools import count
 
 import pytest
@@ -72,7 +73,8 @@ def test_the_worker_waits_for_its_memory_then_starts_or_says_why_not(monkeypatch
 
 
 def test_an_engine_without_its_memory_is_recorded_as_not_started(monkeypatch):
-    monkeypatch.setattr(eng, "device_identity", lambda d: ("H100", "570"))
+    monkeypatch.setattr(eng, "device_identity",
+                        lambda d: eng.DeviceIdentity("H100", "570", "GPU-1234"))
     monkeypatch.setattr(eng, "versions", lambda: {"vllm_version": "0.26", "torch_version": "2"})
     monkeypatch.setattr(eng, "device_memory_free", lambda d: 1 << 30)
     monkeypatch.setattr(eng, "start_engine", lambda *a: pytest.fail("started without memory"))
@@ -80,6 +82,8 @@ def test_an_engine_without_its_memory_is_recorded_as_not_started(monkeypatch):
     j = ProfileJob(LABEL, ARGS, (), 128, "/dev/null", 4e9, memory_bytes=20 << 30)
     llm, record = worker._start(j)
     assert llm is None and "not enough free device memory" in record.error
+    assert record.device_uuid == "GPU-1234"  # a later run compares per GPU
+    assert record.host_cpus == len(os.sched_getaffinity(0))
 
 
 def test_blocker_steps_are_recorded_and_a_shorter_one_lowers_the_reference(monkeypatch):
