@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.e2e.plans import CONFIGS  # noqa: E402
 
+GRACE_S = 5.0  # a stopped lane's time to stop its deployment before it is killed
 PORT_STRIDE = 100  # a lane's gateway and engines use base + 100 x lane .. + 99
 SEEDED = ("bench.json", "calibration.json")  # besides plan-*.yaml and the lane's results
 
@@ -325,45 +326,78 @@ def pack(files: list[Path], root: Path, path: Path) -> None:
             tar.add(f, arcname=str(f.relative_to(root)))
 
 
-def run_lanes(lanes: tuple[Lane, ...], python: str, run_args: list[str], results: Path
-              ) -> tuple[int, list[Path]]:
-    """Start every lane, wait for all; SIGTERM / Ctrl-C is passed on as SIGINT (run.py
-    then stops its deployment) and the lanes are waited for. Returns the worst exit code
-    and the files merged into ``results``."""
+class Stopper:
+    """SIGTERM / Ctrl-C handler of the lanes: the first one passes SIGINT on to every lane
+    (run.py then stops its deployment); ``GRACE_S`` later the lanes' process groups are
+    killed, so the merge and the pack still happen inside `timeout --kill-after`."""
+
+    def __init__(self, grace_s: float) -> None:
+        self.grace_s, self.at = grace_s, None
+        self.procs: list[subprocess.Popen] = []
+        self.killed = False
+
+    def __call__(self, _signum=None, _frame=None) -> None:
+        if self.at is None:
+            self.at = time.monotonic()
+            print("lanes: stopping (SIGINT to every lane)", flush=True)
+            self.signal_all(signal.SIGINT)
+
+    def signal_all(self, sig: int) -> None:
+        for p in self.procs:
+            try:
+                os.killpg(p.pid, sig)  # the lane leads its own group (start_new_session)
+            except ProcessLookupError:
+                continue
+
+    def wait(self) -> list[int]:
+        """Every lane's exit code, killing the lanes ``grace_s`` after a stop was asked."""
+        while any(p.poll() is None for p in self.procs):
+            try:
+                if (self.at is not None and not self.killed
+                        and time.monotonic() - self.at > self.grace_s):
+                    print(f"lanes: still running {self.grace_s:.0f} s after the stop; "
+                          "killing them", flush=True)
+                    self.killed = True
+                    self.signal_all(signal.SIGKILL)
+                time.sleep(0.2)
+            except KeyboardInterrupt:
+                self()
+        return [p.returncode for p in self.procs]
+
+
+def run_lanes(lanes: tuple[Lane, ...], python: str, run_args: list[str], results: Path,
+              grace_s: float = GRACE_S) -> tuple[int, list[Path]]:
+    """Start every lane, wait for all (a SIGTERM or Ctrl-C stops them: ``Stopper``), merge
+    what they wrote. Returns the worst exit code and the files merged into ``results``; the
+    caller stops what a killed lane left running (``stop_deployments``) after packing."""
     since = time.time()
     for lane in lanes:
         reset(lane)
         seed(lane, results)
         lane.work.mkdir(parents=True, exist_ok=True)
-    started = []
-    for lane in lanes:  # every child forked before any pump thread runs (preexec_fn)
-        argv = lane_argv(lane, python, run_args)
-        print(f"lane {lane.index} ({lane.label}, cores {cores_arg(lane.cores)}, port "
-              f"{lane.port}): {' '.join(argv)}", flush=True)
-        started.append(subprocess.Popen(
-            argv, cwd=ROOT, env=lane_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, start_new_session=True, preexec_fn=pinned(lane.cores)))
-    procs = []
-    for lane, p in zip(lanes, started, strict=True):
-        t = threading.Thread(target=_pump, args=(p, lane.label, lane.work / "lane.log"),
-                             daemon=True)
-        t.start()
-        procs.append((p, t))
-
-    def forward(signum, _frame):
-        for p, _ in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGINT)
-
-    old = signal.signal(signal.SIGTERM, forward)
+    stopper = Stopper(grace_s)
+    old = signal.signal(signal.SIGTERM, stopper)  # before the first child: none is missed
     try:
-        codes = [p.wait() for p, _ in procs]
-    except KeyboardInterrupt:
-        forward(signal.SIGINT, None)
-        codes = [p.wait() for p, _ in procs]
+        for lane in lanes:  # every child forked before any pump thread runs (preexec_fn)
+            argv = lane_argv(lane, python, run_args)
+            print(f"lane {lane.index} ({lane.label}, cores {cores_arg(lane.cores)}, port "
+                  f"{lane.port}): {' '.join(argv)}", flush=True)
+            stopper.procs.append(subprocess.Popen(
+                argv, cwd=ROOT, env=lane_env(), stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                preexec_fn=pinned(lane.cores)))
+        pumps = [threading.Thread(target=_pump, args=(p, lane.label, lane.work / "lane.log"),
+                                  daemon=True) for lane, p in zip(lanes, stopper.procs,
+                                                                  strict=True)]
+        for t in pumps:
+            t.start()
+        codes = stopper.wait()
+    except BaseException:
+        stopper.signal_all(signal.SIGKILL)  # a lane that failed to start: none left running
+        raise
     finally:
         signal.signal(signal.SIGTERM, old)
-    for _, t in procs:
+    for t in pumps:
         t.join(5)
     merged: list[Path] = []
     for lane, code in zip(lanes, codes, strict=True):
@@ -411,6 +445,9 @@ def main(argv: list[str] | None = None) -> int:
     code, got = run_lanes(lanes, args.python, run_args, args.merge_into)
     if args.pack is not None:
         pack(got, args.merge_into, args.pack)
+    for lane in lanes:  # a lane killed mid-deployment leaves its engines running
+        for line in stop_deployments(lane.work, wait_s=GRACE_S):
+            print(f"lane {lane.index}: {line}", flush=True)
     return code
 
 

@@ -4,7 +4,10 @@ run directory, MPS pipe or KV ledger (checked on the real deploy preparation, dr
 from __future__ import annotations
 
 import os
+import signal
 import tarfile
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -328,3 +331,42 @@ def test_near_gpu_cores_only_when_no_lane_gets_fewer_than_an_even_split():
                        lopsided)
     assert [lane.cores for lane in lanes] == [tuple(range(16)), tuple(range(16, 32))]
     assert L.local_blocks(cores, (0, 1), lopsided, minimum=16) is None
+
+
+STUBBORN_RUN = """#!/usr/bin/env python3
+import os, signal, sys, time
+args = sys.argv[2:]
+get = lambda k: args[args.index(k) + 1]
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # a lane slow to stop its deployment
+out = get("--out")
+with open(os.path.join(out, "a-r1.00.json"), "w") as f:
+    f.write("measured before the stop")
+open(os.path.join(out, "ready"), "w").close()
+time.sleep(30)
+open(os.path.join(out, "late"), "w").close()
+"""
+
+
+def test_a_stop_kills_lanes_that_outlive_the_grace_and_still_merges(tmp_path):
+    """`timeout` SIGTERMs lanes.py and SIGKILLs it 15 s later: the lanes must be gone and
+    their results merged well before then, or nothing comes back from the GPU host."""
+    fake = tmp_path / "fake-python"
+    fake.write_text(STUBBORN_RUN)
+    fake.chmod(0o755)
+    results = tmp_path / "results"
+    results.mkdir()
+    lane = L.Lane(0, ("a",), 0, "", 8000, tuple(sorted(os.sched_getaffinity(0))),
+                  tmp_path / "w", tmp_path / "o")
+
+    def terminate_when_ready():
+        while not (lane.out / "ready").exists():
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    threading.Thread(target=terminate_when_ready, daemon=True).start()
+    code, got = L.run_lanes((lane,), str(fake), [], results, grace_s=0.5)
+    assert code == 1  # killed
+    assert got == [results / "a-r1.00.json"]
+    assert not (lane.out / "late").exists()
+    assert signal.getsignal(signal.SIGTERM) == before  # lanes.py's handler removed
