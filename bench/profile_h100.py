@@ -189,16 +189,32 @@ def _estimate(jobs: Sequence[Job], args: argparse.Namespace, source: Path,
 
 def gpu_plan(args: argparse.Namespace, jobs: Sequence[Job], n: int, source: Path,
              latency: LatencyModel) -> ShardPlan:  # fmt: skip
-    """``jobs`` over ``n`` GPUs (``shards.split_jobs``), by what is left under ``source``."""
+    """``jobs`` over ``n`` GPUs (``shards.split_jobs``), by what is left under ``source``;
+    a job stays on the GPU whose caches hold its model (``cache_home``)."""
     pairs = [Job(j.model, (p,), j.sm) for j in jobs for p in j.precisions]
-    seconds: dict[str, float] = {}
+    seconds: dict[str, tuple[float, float]] = {}
 
-    def cost(job: Job) -> float:
+    def cost(job: Job) -> tuple[float, float]:  # (seconds, of which engine starts)
         if job.name not in seconds:
-            seconds[job.name] = _estimate([job], args, source, latency)[1]
+            waves, total, _, _ = _estimate([job], args, source, latency)
+            seconds[job.name] = (total, sum(w.start_s for w in waves))
         return seconds[job.name]
 
-    return split_jobs(pairs, n, cost, lambda job: job.sm or build_grid(args).sm_pcts)
+    return split_jobs(pairs, n, lambda job: cost(job)[0],
+                      lambda job: job.sm or build_grid(args).sm_pcts,
+                      lambda job: cache_home(Path(args.cache_dir), job, n),
+                      lambda job: cost(job)[1])
+
+
+def cache_home(cache: Path, job: Job, n: int) -> int | None:
+    """The one GPU k < ``n`` whose cache folder (``{cache}-gpuK``, as ``child_argv`` names
+    it) holds the model folder of ``job``'s weights from an earlier call (its compile caches
+    are there); None where no GPU or several do."""
+    spec = resolve_arch(job.model).name
+    weights = parse_precision(job.precisions[0]).weights.value
+    homes = [k for k in range(n)
+             if (Path(f"{cache}-gpu{k}") / "models" / f"{spec}-{weights}").is_dir()]
+    return homes[0] if len(homes) == 1 else None
 
 
 def _print_waves(waves: Sequence[Wave], indent: str = "") -> None:

@@ -9,7 +9,8 @@ merged into the shared output at the end.
   shares start in one wave and compile once; a pair estimated longer than a GPU's fair share
   (total / N) is split into one job per SM share (each then compiles on its own GPU: the
   estimate of each piece includes that). Longest first onto the least loaded GPU
-  (``session.shard``).
+  (``session.shard``), except that a job stays on the GPU whose compile caches hold its model
+  from an earlier call where that costs the balance at most its start time (``sticky``).
 - **Shard folders** (``{out}.shards/{k}``): a shard copies the result files of its own
   entries from the shared output and records their sizes (``MANIFEST``); it appends only.
   Two shards may hold the same precision (a split pair) but never write one file.
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,11 +63,15 @@ class ShardPlan:
 def split_jobs(
     pairs: Sequence[Job], n: int, estimate: Callable[[Job], float],
     sm_shares: Callable[[Job], tuple[float, ...]],
+    home: Callable[[Job], int | None] = lambda _: None,
+    start_s: Callable[[Job], float] = lambda _: 0.0,
 ) -> ShardPlan:  # fmt: skip
     """Spread ``pairs`` (one precision each, in measuring order) over ``n`` GPUs.
 
     ``estimate`` gives a job's seconds alone on a GPU (cold compile included, nothing left:
     0); ``sm_shares`` the SM shares a pair would measure. Jobs with nothing left are dropped.
+    ``home``: the GPU whose compile caches already hold a job's model (``sticky``), and
+    ``start_s`` what starting it there saves at most.
 
     Raises:
         ValueError: ``n`` < 1, or a pair with several precisions.
@@ -88,11 +93,37 @@ def split_jobs(
     if len(set(n for n, _ in names)) != len(names):
         raise ValueError("split_jobs: the same job twice")
     by_name = {j.name: (j, s) for j, s in jobs}
-    per_gpu = shard(names, n)
+    homes = {j.name: k for j, _ in jobs if (k := home(j)) is not None and 0 <= k < n}
+    per_gpu = sticky(names, n, homes, {j.name: start_s(j) for j, _ in jobs if j.name in homes})
     return ShardPlan(
         tuple(tuple(by_name[x][0] for x in gpu) for gpu in per_gpu),
         tuple(sum(by_name[x][1] for x in gpu) for gpu in per_gpu),
     )  # fmt: skip
+
+
+def sticky(items: Sequence[tuple[str, float]], n: int, home: Mapping[str, int],
+           slack: Mapping[str, float]) -> tuple[tuple[str, ...], ...]:  # fmt: skip
+    """``session.shard`` (longest first onto the least loaded), except that a job goes to
+    its ``home`` GPU (compile caches warm there: a job moved to another GPU compiles cold,
+    45-150 s) where that GPU's load stays within the longest-first wall plus the job's
+    ``slack`` (its start time); if the result's wall is longer than the longest-first one by
+    more than the largest slack, the longest-first split. Each GPU keeps the input order.
+    """
+    base = shard(items, n)
+    if not home:
+        return base
+    seconds = dict(items)
+    wall = max(sum(seconds[x] for x in gpu) for gpu in base)
+    loads, owner = [0.0] * n, {}
+    for name, cost in sorted(items, key=lambda kv: -kv[1]):
+        k = home.get(name)
+        if k is None or loads[k] + cost > wall + slack.get(name, 0.0):
+            k = min(range(n), key=lambda i: (loads[i], i))
+        owner[name] = k
+        loads[k] += cost
+    if max(loads) > wall + max(slack.values(), default=0.0):
+        return base
+    return tuple(tuple(name for name, _ in items if owner[name] == k) for k in range(n))
 
 
 def grouped(jobs: Sequence[Job]) -> tuple[Job, ...]:

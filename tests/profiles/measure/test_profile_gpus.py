@@ -186,3 +186,22 @@ def test_sigterm_stops_every_gpu_and_keeps_what_was_measured(tmp_path):
     for precision in ("bf16.kv-bf16", "fp8.kv-bf16"):  # each GPU's first point, merged
         assert '"stand-in"' in (folder / f"{precision}.jsonl").read_text()
     assert "merged 2 shard folders" in output
+
+
+def test_a_job_goes_back_to_the_gpu_whose_caches_hold_its_model(tmp_path):
+    module = _script()
+    cache = tmp_path / "cache"
+    job = module.Job("llama-3.1-8b", ("fp8",), None)
+    assert module.cache_home(cache, job, 2) is None  # nothing cached yet
+    (tmp_path / "cache-gpu1" / "models" / "llama-3.1-8b-fp8").mkdir(parents=True)
+    assert module.cache_home(cache, job, 2) == 1
+    assert module.cache_home(cache, job, 1) is None  # GPU 1 is not in this run
+    (tmp_path / "cache-gpu0" / "models" / "llama-3.1-8b-fp8").mkdir(parents=True)
+    assert module.cache_home(cache, job, 2) is None  # warm on both: the balance decides
+    for precision, k in (("bf16", 1), ("fp8", 0)):  # the reverse of the longest-first split
+        folder = tmp_path / f"cache-gpu{k}" / "models" / f"llama-3.1-8b-{precision}"
+        folder.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "cache-gpu1" / "models" / "llama-3.1-8b-fp8").rmdir()
+    run = profile(tmp_path, stand_in_python(tmp_path, STAND_IN), "--gpus", "2")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert {(c["weights"], c["gpu"]) for c in calls(tmp_path)} == {("bf16", "1"), ("fp8", "0")}

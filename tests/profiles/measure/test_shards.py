@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fineserve.profiles.measure.session import shard
 from fineserve.profiles.measure.shards import (
     MANIFEST,
     Job,
@@ -18,6 +19,7 @@ from fineserve.profiles.measure.shards import (
     shard_folder,
     shard_folders,
     split_jobs,
+    sticky,
     write_manifest,
 )
 
@@ -75,6 +77,42 @@ def test_every_sm_share_of_every_pair_is_measured_by_exactly_one_gpu(seconds, n)
     assert len(plan.jobs) == n
     longest = max((costs(table)(j) for gpu in plan.jobs for j in gpu), default=0.0)
     assert plan.wall_s <= sum(plan.seconds) / n + longest + 1e-6  # the greedy bound
+
+
+def test_a_job_stays_on_the_gpu_whose_caches_hold_its_model():
+    table = {"8b|bf16": 400, "8b|fp8": 300, "3b|bf16": 350, "70b|int4": 700}
+    cold = split_jobs(pairs(table), 2, costs(table), lambda j: SM)
+    assert "8b|fp8" in [j.name for j in cold.jobs[0]]  # longest first puts it on GPU 0
+    home = {"8b|fp8": 1}
+    plan = split_jobs(pairs(table), 2, costs(table), lambda j: SM,
+                      lambda j: home.get(j.name), lambda j: 90.0)
+    assert "8b|fp8" in [j.name for j in plan.jobs[1]]  # its caches are on GPU 1
+    assert plan.wall_s <= cold.wall_s + 90.0
+
+
+def test_a_home_that_unbalances_the_split_by_more_than_a_start_is_ignored():
+    table = {"a|p": 500, "b|p": 500, "c|p": 500, "d|p": 500}
+    every = dict.fromkeys(table, 0)  # all cached on GPU 0: as many stay as fit the balance
+    assert sticky(list(table.items()), 2, every, dict.fromkeys(table, 90.0)) == \
+        (("a|p", "b|p"), ("c|p", "d|p"))
+    one = sticky(list(table.items()), 2, {"d|p": 1}, {"d|p": 90.0})
+    assert "d|p" in one[1] and sorted(map(len, one)) == [2, 2]
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 2000), st.integers(-1, 3)), min_size=1, max_size=9),
+       st.integers(1, 4), st.integers(0, 300))
+def test_sticky_costs_the_wall_at_most_one_start(jobs, n, slack):
+    items = [(f"j{i}", float(s)) for i, (s, _) in enumerate(jobs)]
+    home = {f"j{i}": k for i, (_, k) in enumerate(jobs) if 0 <= k < n}
+    out = sticky(items, n, home, dict.fromkeys(home, float(slack)))
+    assert sorted(x for gpu in out for x in gpu) == sorted(name for name, _ in items)
+    seconds = dict(items)
+
+    def wall(split):
+        return max(sum(seconds[x] for x in gpu) for gpu in split)
+
+    assert wall(out) <= wall(shard(items, n)) + slack + 1e-6
 
 
 def test_consecutive_jobs_of_one_model_and_sm_shares_group_into_one():
