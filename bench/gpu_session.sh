@@ -6,7 +6,9 @@
 #                                                 e2e-quick:CFGS e2e-lanes:SPEC (2-GPU host)
 #                                                 multigpu multigpu-quick (2-GPU host)
 #   (e2e:a runs configuration (a) of bench/e2e/run.py; CFGS is a comma list of a, b, c;
-#   e2e-lanes:"a@0;c@1" runs (a) on GPU 0 beside (c) on GPU 1, bench/e2e/lanes.py)
+#   e2e-lanes:"a@0;c@1" runs (a) on GPU 0 beside (c) on GPU 1, bench/e2e/lanes.py; it
+#   writes e2e-lanes.log, e2e-lanes.tgz (merged results), e2e-lanes-logs.tgz (lane, engine
+#   logs))
 # (no step: only install the carried wheels). After `profile`, on the development machine:
 #   tar xzf h100-profile.tgz -C bench/results/h100-profile
 #   python bench/profile_h100.py --out bench/results/h100-profile --ship fineserve/profiles/data/measured
@@ -40,14 +42,15 @@ prep() {
 }
 
 step() {  # step NAME LIMIT_S COMMAND...
+  # the log is written into $OUT as it runs: a call killed past its device limit still
+  # brings back everything the step printed until then
   local name=$1 limit=$2; shift 2
   echo "=== $name (limit ${limit}s) $(date +%T)"
   local t0=$(date +%s)
-  timeout --kill-after=15 "$limit" "$@" > "/tmp/step-$name.log" 2>&1
+  timeout --kill-after=15 "$limit" "$@" > "$OUT/$name.log" 2>&1
   local rc=$?
   echo "=== $name rc=$rc in $(( $(date +%s) - t0 ))s"
-  tail -25 "/tmp/step-$name.log"
-  cp "/tmp/step-$name.log" "$OUT/$name.log"
+  tail -25 "$OUT/$name.log"
 }
 
 prep
@@ -106,11 +109,20 @@ for s in "$@"; do
       find "$res" -newer /tmp/e2e-stamp \( -name '[abc]-r*.json' -o -name '*-requests.tgz' \) \
            -exec cp {} "$OUT/" \; ;;
     e2e-lanes:*)
-      # bench/e2e/lanes.py: configurations side by side, one GPU each (2-GPU host)
-      spec=${s#*:}; res=${E2E_RESULTS:-bench/e2e/results-r3}
-      step e2e-lanes "${E2E_LIMIT:-580}" $PY bench/e2e/lanes.py --lanes "$spec" \
+      # bench/e2e/lanes.py: configurations side by side, one GPU each (2-GPU host). A call
+      # killed past its limit leaves deployments running on a warm machine: stop them first
+      # (lanes.py does too, then empties the lane folders). On SIGTERM at the limit lanes.py
+      # stops the lanes within 5 s and still merges and packs, inside --kill-after's 15 s.
+      spec=${s#*:}; res=${E2E_RESULTS:-bench/e2e/results-r3}; lw=/tmp/fineserve-e2e-lanes
+      for d in "$lw"/lane*/*/run*; do
+        [ -f "$d/state.json" ] && $PY -m fineserve.cli.deploy_cmd stop --run-dir "$d" --wait 30
+      done
+      step e2e-lanes "${E2E_LIMIT:-560}" $PY bench/e2e/lanes.py --lanes "$spec" --work "$lw" \
            --merge-into "$res" --pack "$OUT/e2e-lanes.tgz" -- \
-           --rates "${E2E_RATES:-1,2,2.5,3,3.5,4}" --budget-s "${E2E_BUDGET:-520}" ${E2E_ARGS:-} ;;
+           --rates "${E2E_RATES:-1,2,2.5,3,3.5,4}" --budget-s "${E2E_BUDGET:-520}" ${E2E_ARGS:-}
+      # each lane's log and its deployments' engine, gateway and MPS logs (one file)
+      logs=$(cd "$lw" 2>/dev/null && ls -d lane*/lane.log lane*/*/run*/logs 2>/dev/null)
+      [ -n "$logs" ] && tar czf "$OUT/e2e-lanes-logs.tgz" -C "$lw" $logs ;;
     multigpu|multigpu-quick)
       # 2-GPU host (issue 8): ILP plan with a TP=2 engine under MPS, replay vs simulator;
       # the bench stops its deployment itself, well inside the limit (~5-7 min, quick ~3-4)
