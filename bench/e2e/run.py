@@ -35,6 +35,7 @@ from bench.e2e.deployment import (  # noqa: E402
     say,
     warm_up,
 )
+from bench.e2e.diagnose import engine_failures, gpu_processes  # noqa: E402
 from bench.e2e.plans import CONFIG, CONFIGS, as_deployed, make_config_plan, on_gpu  # noqa: E402
 from bench.e2e.predict import calibrated_terms  # noqa: E402
 from bench.e2e.results import Deployed, Measured, ResultsDir  # noqa: E402
@@ -183,6 +184,8 @@ def run_config(res: ResultsDir, bench: BenchSet, cfg: str, args: argparse.Namesp
         try:
             startup = proc.wait_serving(args.startup_timeout + 60)
         except RuntimeError as exc:
+            for line in engine_failures(dargs.run_dir):  # the root cause, into the lane log
+                say(f"{cfg}: {line}")
             if not (dep.kv_pool and args.kv_pool_fallback):
                 raise
             say(f"{cfg}: FAILED with the KV Slab pool ({exc}); falling back to static KV")
@@ -191,6 +194,8 @@ def run_config(res: ResultsDir, bench: BenchSet, cfg: str, args: argparse.Namesp
             run_config(res, bench, cfg, args, budget)
             return
         say(f"{cfg}: serving after {startup:.0f} s; warming up")
+        for line in gpu_processes():  # what each engine really holds (the plans' overheads)
+            say(f"{cfg}: nvidia-smi: {line}")
         warm_up(proc.url, [m.name for m in plan.models if plan.engines_of(m.name)])
         for scale in pending:
             if budget.left() < rate_cost_s(bench, args):

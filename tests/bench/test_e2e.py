@@ -336,3 +336,28 @@ def test_measured_keeps_the_engine_series_and_reads_files_without_it(tmp_path):
     old = json.loads(m.to_json())
     del old["engine_series"]  # result files of the 2026-11-26 run
     assert Measured.from_json(json.dumps(old)).engine_series == {}
+
+
+class _EngineFailsDeploy(_PoolFailsDeploy):
+    """As `fineserve deploy` when an engine dies at start-up: its log holds the root cause,
+    the error quotes only the log's last line."""
+
+    def wait_serving(self, timeout_s: float) -> float:
+        logs = self.args.run_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        (logs / "engine-chat-8b.log").write_text(
+            "INFO loading\nTraceback (most recent call last):\n  File \"core.py\", line 1\n"
+            "torch.OutOfMemoryError: CUDA out of memory\nRuntimeError: Engine core "
+            "initialization failed. See root cause above\n")
+        raise RuntimeError("engine exited 1: its log ends with: See root cause above")
+
+
+def test_a_failed_engine_start_puts_the_root_cause_in_the_run_log(tmp_path, plans,
+                                                                   monkeypatch, capsys):
+    monkeypatch.setattr(e2e_run, "DeployProcess", _EngineFailsDeploy)
+    res = results_dir(tmp_path, SMALL, plans)
+    with pytest.raises(RuntimeError, match="root cause above"):
+        e2e_run.run_config(res, SMALL, "a", _args(tmp_path), e2e_run.Budget(500.0))
+    out = capsys.readouterr().out
+    assert "a: torch.OutOfMemoryError: CUDA out of memory" in out
+    assert "engine-chat-8b.log: from its first error" in out
