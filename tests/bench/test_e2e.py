@@ -361,3 +361,22 @@ def test_a_failed_engine_start_puts_the_root_cause_in_the_run_log(tmp_path, plan
     out = capsys.readouterr().out
     assert "a: torch.OutOfMemoryError: CUDA out of memory" in out
     assert "engine-chat-8b.log: from its first error" in out
+
+
+def test_the_report_flags_engines_past_the_largest_cuda_graph(tmp_path, latency):
+    from bench.e2e.predict import predict_one
+    from bench.e2e.report import CUDA_GRAPH_MAX, graph_overflow_lines
+
+    small = replace(H100_SET, duration_s=4.0, rate_scales=(1.0,))
+    res = results_dir(tmp_path, small, config_plans(small, latency))
+    pred = predict_one(res, "a", 1.0, latency, write=False)
+    series = {"chat-8b-fp8": [[1.0, 300, 0, 0.5, 0, -1], [2.0, 700, 5, 0.9, 0, -1],
+                              [3.0, 600, 0, 0.9, 0, -1]],
+              "edge-3b": [[1.0, CUDA_GRAPH_MAX, 0, 0.2, 0, -1]]}  # at the limit: captured
+    res.save_measured(Measured("a", 1.0, pred["trace_digest"], deployed_default("a"),
+                               pred["summary"], {}, engine_series=series))
+    assert graph_overflow_lines(res)[2:-1] == [
+        "- (a) x1 chat-8b-fp8: up to 700 running, over 512 in 2 of 3 samples"]
+    res.save_measured(Measured("a", 1.0, pred["trace_digest"], deployed_default("a"),
+                               pred["summary"], {}, engine_series={"edge-3b": series["edge-3b"]}))
+    assert graph_overflow_lines(res) == []

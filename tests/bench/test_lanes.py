@@ -370,3 +370,4 @@ def test_a_stop_kills_lanes_that_outlive_the_grace_and_still_merges(tmp_path):
     assert got == [results / "a-r1.00.json"]
     assert not (lane.out / "late").exists()
     assert signal.getsignal(signal.SIGTERM) == before  # lanes.py's handler removed
+
