@@ -371,3 +371,35 @@ def test_a_stop_kills_lanes_that_outlive_the_grace_and_still_merges(tmp_path):
     assert not (lane.out / "late").exists()
     assert signal.getsignal(signal.SIGTERM) == before  # lanes.py's handler removed
 
+
+
+def test_reset_stops_an_engine_a_killed_lane_left_running(tmp_path):
+    """A lane killed past its limit leaves an engine (its own process group) running; the
+    next call stops it through the run directory's state before emptying the folders."""
+    import sys
+
+    from fineserve.runtime import procs
+    from fineserve.runtime.state import DeployState, EngineRecord, Mode, Phase, ProcRecord, RunDir
+
+    lane = L.Lane(0, ("a",), 0, "", 8000, (0,), tmp_path / "w", tmp_path / "o")
+    run = RunDir(lane.work / "a" / "run")
+    child = procs.spawn([sys.executable, "-c", "import time; time.sleep(60)"],
+                        dict(os.environ), tmp_path / "e.log")
+    try:
+        eng = procs.identify(child.pid)
+        dead = ProcRecord(pid=child.pid, start_ticks=eng.start_ticks + 7)  # the killed deploy
+        run.create()
+        run.write_state(DeployState(
+            mode=Mode.CPU, phase=Phase.RUNNING, deploy=dead, gateway_url="http://127.0.0.1:1",
+            engines=[EngineRecord(engine_id="a-0", model="a", port=1, gpus=[0], sm_pct=50,
+                                  log="x.log", proc=ProcRecord.of(eng))], mps=[]))
+        lane.out.mkdir(parents=True)
+        (lane.out / "a-r1.00.json").write_text("an earlier call's")
+        L.reset(lane)
+        assert child.wait(10) is not None  # stopped, not left holding the GPU
+        assert not lane.work.exists() and not lane.out.exists()
+        assert L.stop_deployments(lane.work) == []  # nothing left: nothing to say
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(5)
