@@ -46,6 +46,7 @@ from fineserve.profiles.measure.devices import Device, choose_gpus  # noqa: E402
 from fineserve.profiles.measure.estimates import EstimateLatency  # noqa: E402
 from fineserve.profiles.measure.fanout import Child, run_children  # noqa: E402
 from fineserve.profiles.measure.grid import QUICK, GridSpec  # noqa: E402
+from fineserve.profiles.measure.procs import KILL_GRACE_S  # noqa: E402
 from fineserve.profiles.measure.runner import (  # noqa: E402
     DEFAULT_CACHE,
     ProfileRequest,
@@ -281,6 +282,13 @@ def child_argv(args: argparse.Namespace, jobs: Sequence[Job], out: Path, k: int,
     return tuple(argv)
 
 
+def child_budget(budget_s: float, elapsed_s: float) -> float:
+    """A shard's --budget-s: at its end its engines get SIGTERM, SIGKILL ``KILL_GRACE_S``
+    later (they live in sessions of their own: the parent's kill of the shard would miss
+    them), all before the parent's kill (5 s before its budget) and its merge."""
+    return budget_s - elapsed_s - MERGE_S - (KILL_GRACE_S + 15)
+
+
 def child_env(visible: str, cores: Sequence[int]) -> dict[str, str]:
     """A shard's environment: its GPU, and Inductor's compile workers cut to its cores."""
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": visible}
@@ -307,7 +315,7 @@ def run_gpus(args: argparse.Namespace, jobs: Sequence[Job], devices: Sequence[De
     """One child per GPU (``child_argv``) on its share of ``jobs``, then the merge."""
     out = Path(args.out)
     plan = gpu_plan(args, jobs, n, out, EstimateLatency(out))
-    left = None if args.budget_s is None else args.budget_s - (time.time() - t0) - MERGE_S
+    left = None if args.budget_s is None else child_budget(args.budget_s, time.time() - t0)
     blocks = plan_blocks(n, [d.index for d in devices])
     children = []
     for k, mine in enumerate(plan.jobs):

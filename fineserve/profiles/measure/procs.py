@@ -62,20 +62,30 @@ def run_worker(
         finally:
             if proc.poll() is None:  # interrupted (Ctrl-C): leave nothing running
                 kill_group(proc)
+            else:  # what the worker left in its group (an EngineCore) goes with it
+                signal_group(proc, signal.SIGKILL)
     return proc.returncode if proc.returncode is not None else -9
 
 
 def kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM then SIGKILL the worker's own process group (vLLM's children are in it)."""
-    for sig, wait in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    """SIGTERM the worker's own process group (vLLM's children are in it), wait for the
+    worker up to ``KILL_GRACE_S``, then SIGKILL the group whether or not the worker exited:
+    vLLM's EngineCore may outlive a worker that exited on SIGTERM."""
+    signal_group(proc, signal.SIGTERM)
+    try:
+        proc.wait(timeout=KILL_GRACE_S)
+    except subprocess.TimeoutExpired:
+        pass
+    signal_group(proc, signal.SIGKILL)
+    try:
+        proc.wait(timeout=10.0)
+    except subprocess.TimeoutExpired:
+        pass
 
 
+def signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    """Send ``sig`` to the group ``proc`` leads; nothing where the group is gone."""
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

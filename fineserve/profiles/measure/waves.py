@@ -5,17 +5,21 @@ Every worker is started with a control folder (``ProfileJob.control``). The wave
 start once every leader is up or gone, and load the compile cache the leaders filled. When all
 are up, the engines are measured one at a time in the wave's order: ``{tag}.go`` lets one
 measure, the parent waits for it to exit, then the next goes. Nothing is measured while an
-engine starts. At the end, or on any exception, ``stop`` is written and every worker still
-running is killed with its process group: nothing stays running.
+engine starts. At the end, or on any exception, ``stop`` is written, every worker's process
+group gets SIGTERM at once (they shut down in parallel), then each is waited for and its
+group killed (what vLLM left in it too): nothing stays running.
 """
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from fineserve.profiles.measure.procs import signal_group
 
 POLL_S = 0.5
 
@@ -76,9 +80,10 @@ def run_wave(
             measured.append(m.tag)
     finally:
         (control / "stop").write_text("")
-        for proc in procs.values():
-            if proc.poll() is None:
-                kill(proc)
+        for proc in procs.values():  # every worker at once: they shut down in parallel
+            signal_group(proc, signal.SIGTERM)
+        for proc in procs.values():  # then each waited for, and what is left of it killed
+            kill(proc)
     return WaveResult(tuple(measured), _failed(members, control), out_of_time)
 
 
