@@ -114,6 +114,16 @@ for s in "$@"; do
       # (lanes.py does too, then empties the lane folders). On SIGTERM at the limit lanes.py
       # stops the lanes within 5 s and still merges and packs, inside --kill-after's 15 s.
       spec=${s#*:}; res=${E2E_RESULTS:-bench/e2e/results-r3}; lw=/tmp/fineserve-e2e-lanes
+      # results-r3's predictions are for H100s: on other GPUs (an x2 that came as H200s) the
+      # run goes to its own folder, seeded with the same workload and plans
+      names=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null)
+      if [ -z "${E2E_RESULTS:-}" ] && [ -n "$names" ] && echo "$names" | grep -qv H100; then
+        kind=other; echo "$names" | grep -q H200 && kind=h200
+        res=bench/e2e/results-r3-$kind; mkdir -p "$res"
+        cp -n bench/e2e/results-r3/bench.json bench/e2e/results-r3/calibration.json \
+              bench/e2e/results-r3/plan-*.yaml "$res/"
+        echo "e2e-lanes: GPUs are not all H100 ($(echo $names)): results into $res"
+      fi
       for d in "$lw"/lane*/*/run*; do
         [ -f "$d/state.json" ] && $PY -m fineserve.cli.deploy_cmd stop --run-dir "$d" --wait 30
       done
