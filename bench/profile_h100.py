@@ -135,21 +135,30 @@ def build_request(args: argparse.Namespace, job: Job, budget_s: float | None,
 
 def resume_from(source: Path, out: Path, jobs: Sequence[Job] | None = None) -> dict[str, int]:
     """Copy earlier results (read-only in a checkout) into ``out`` where ``out`` lacks them;
-    with ``jobs``, only theirs (a shard's folder). Returns {relative path: bytes} copied."""
+    with ``jobs``, only theirs, into a shard's folder: its manifest (``write_manifest``) is
+    written before anything is copied, and each copy is renamed into place, so a kill
+    mid-copy leaves nothing the merge would take for new records. Returns {relative path:
+    bytes} copied."""
     mine = None if jobs is None else {
         (resolve_arch(j.model).name, parse_precision(p).name) for j in jobs for p in j.precisions}
-    copied = {}
+    todo = {}
     for path in sorted(source.rglob("*")):
         rel = path.relative_to(source)
-        target = out / rel
         stem = path.name.split(".jsonl")[0].split(".csv")[0].split(".meta.json")[0]
         if mine is not None and (path.parent.name, stem) not in mine:
             continue
-        if path.is_file() and path.suffix in (".jsonl", ".csv", ".json") and not target.exists() \
-                and not any(part.startswith(".") for part in rel.parts):
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, target)  # contents only: the copy is writable
-            copied[str(rel)] = target.stat().st_size
+        if path.is_file() and path.suffix in (".jsonl", ".csv", ".json") \
+                and not (out / rel).exists() and not any(p.startswith(".") for p in rel.parts):
+            todo[str(rel)] = path
+    copied = {rel: path.stat().st_size for rel, path in todo.items()}
+    if jobs is not None:
+        write_manifest(out, copied)
+    for rel, path in todo.items():
+        target = out / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        part = target.with_name(f".{target.name}.part")
+        shutil.copyfile(path, part)  # contents only: the copy is writable
+        os.replace(part, target)
     return copied
 
 
@@ -301,7 +310,7 @@ def merge_all(args: argparse.Namespace, out: Path, jobs: Sequence[Job], label: s
     """Merge every shard folder of ``out`` into it and export what grew; returns how many."""
     folders = shard_folders(out)
     grown = {path for folder in folders for path in merge_shard(folder, out)}
-    if grown:
+    if grown or folders:  # a merge cut short grew files without exporting them
         for job in jobs:
             for e in export_profiles(build_request(args, job, None, out), label):
                 print(f"merged {e.csv or job.model}: {e.points} points, SM complete "
@@ -380,8 +389,6 @@ def main() -> int:
             merge_all(args, out, jobs, label)  # a killed call's shards
         if args.resume_from:
             copied = resume_from(Path(args.resume_from), out, jobs if args.entries else None)
-            if args.entries:
-                write_manifest(out, copied)
             print(f"resumed from {args.resume_from}: {len(copied)} files copied", flush=True)
         if n > 1:
             return run_gpus(args, jobs, devices, n, label, t0)

@@ -16,13 +16,15 @@ merged into the shared output at the end.
   Two shards may hold the same precision (a split pair) but never write one file.
 - **Merge** (``merge_shard``): what each shard appended past the recorded size is appended to
   the shared file (JSONL records and logs); CSV and metadata are exported again from the
-  merged JSONL by the caller. A merged shard folder is removed, so merging twice (the parent
-  at the end, ``--merge-shards`` after a killed call) adds nothing twice.
+  merged JSONL by the caller. Each file merged is recorded in the manifest at once, and a
+  merged shard folder is removed, so merging twice (the parent at the end, ``--merge-shards``
+  after a killed call, even one killed mid-merge) adds nothing twice.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -168,9 +170,14 @@ def shard_folders(out: Path) -> list[Path]:
 
 
 def write_manifest(folder: Path, sizes: dict[str, int]) -> None:
-    """Record the sizes of the files copied into a shard folder (before it appends)."""
+    """Record the sizes of the files copied into a shard folder (before they are copied,
+    so a kill mid-copy never leaves a copy the merge would take for new records), and after
+    each file a merge appended (a merge cut short resumes, not repeats). Atomic: a temp file
+    renamed over the manifest."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / MANIFEST).write_text(json.dumps(sizes, indent=1, sort_keys=True) + "\n")
+    part = folder / f"{MANIFEST}.part"
+    part.write_text(json.dumps(sizes, indent=1, sort_keys=True) + "\n")
+    os.replace(part, folder / MANIFEST)
 
 
 def merge_shard(folder: Path, out: Path) -> tuple[Path, ...]:
@@ -200,6 +207,8 @@ def merge_shard(folder: Path, out: Path) -> tuple[Path, ...]:
             if target.suffix == ".jsonl" and sink.tell() and not _ends_with_newline(target):
                 sink.write(b"\n")  # a record cut short by a kill stays a line of its own
             sink.write(data[start:])
+        sizes[str(rel)] = len(data)
+        write_manifest(folder, sizes)  # merged: a merge cut short here does not repeat it
         if target.suffix == ".jsonl":
             grown.append(target)
     shutil.rmtree(folder)

@@ -15,6 +15,7 @@ import pytest
 from fineserve.errors import SpecError
 from fineserve.profiles.measure.cores import host_siblings, physical_groups
 from fineserve.profiles.measure.fanout import Child, run_children
+from fineserve.profiles.measure.shards import merge_shard
 from fineserve.profiles.schema import load_profile
 from fineserve.runtime import nvml
 from fineserve.runtime.nvml import GpuInfo
@@ -205,3 +206,33 @@ def test_a_job_goes_back_to_the_gpu_whose_caches_hold_its_model(tmp_path):
     run = profile(tmp_path, stand_in_python(tmp_path, STAND_IN), "--gpus", "2")
     assert run.returncode == 0, run.stdout + run.stderr
     assert {(c["weights"], c["gpu"]) for c in calls(tmp_path)} == {("bf16", "1"), ("fp8", "0")}
+
+
+def test_a_shard_killed_while_copying_merges_nothing_twice(tmp_path, monkeypatch):
+    module = _script()
+    source = tmp_path / "results" / "H100-SXM-80GB" / "llama-3.1-8b"
+    source.mkdir(parents=True)
+    for precision in ("bf16.kv-bf16", "fp8.kv-bf16"):
+        (source / f"{precision}.jsonl").write_text('{"old": 1}\n')
+    shard = tmp_path / "out.shards" / "0"
+    jobs = [module.Job("llama-3.1-8b", ("bf16", "fp8"), None)]
+    real = module.shutil.copyfile
+    copies = []
+
+    def copy_then_die(src, dst):
+        if copies:
+            raise KeyboardInterrupt  # the kill lands on the second copy
+        copies.append(dst)
+        return real(src, dst)
+
+    monkeypatch.setattr(module.shutil, "copyfile", copy_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        module.resume_from(tmp_path / "results", shard, jobs)
+    out = tmp_path / "out"
+    (out / "H100-SXM-80GB" / "llama-3.1-8b").mkdir(parents=True)
+    for precision in ("bf16.kv-bf16", "fp8.kv-bf16"):
+        (out / "H100-SXM-80GB" / "llama-3.1-8b" / f"{precision}.jsonl").write_text('{"old": 1}\n')
+    assert merge_shard(shard, out) == ()  # the copies are not new records
+    for precision in ("bf16.kv-bf16", "fp8.kv-bf16"):
+        text = (out / "H100-SXM-80GB" / "llama-3.1-8b" / f"{precision}.jsonl").read_text()
+        assert text == '{"old": 1}\n'

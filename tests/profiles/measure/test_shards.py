@@ -174,3 +174,26 @@ def test_merge_refuses_a_shard_file_that_shrank(tmp_path):
     with pytest.raises(ValueError, match="shrank"):
         merge_shard(folder, tmp_path / "out")
     assert json.loads((folder / MANIFEST).read_text()) == {"g/m/p.jsonl": 11}
+
+
+def test_a_merge_cut_short_and_merged_again_adds_nothing_twice(tmp_path, monkeypatch):
+    import fineserve.profiles.measure.shards as shards
+
+    out = tmp_path / "out"
+    base = {"H100/8b/bf16.jsonl": b'{"a": 1}\n'}
+    (out / "H100/8b").mkdir(parents=True)
+    (out / "H100/8b/bf16.jsonl").write_bytes(base["H100/8b/bf16.jsonl"])
+    folder = _shard(tmp_path, 0, base, {"H100/8b/bf16.jsonl": b'{"b": 2}\n',
+                                        "H100/70b/int4.jsonl": b'{"d": 4}\n'})
+
+    def killed(path):  # the kill lands after the appends, before the folder is gone
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shards.shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        merge_shard(folder, out)
+    monkeypatch.undo()
+    assert merge_shard(folder, out) == ()  # --merge-shards after the kill
+    assert (out / "H100/8b/bf16.jsonl").read_bytes() == b'{"a": 1}\n{"b": 2}\n'
+    assert (out / "H100/70b/int4.jsonl").read_bytes() == b'{"d": 4}\n'
+    assert shard_folders(out) == []
