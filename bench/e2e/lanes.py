@@ -12,9 +12,10 @@ lane, the GPU and the run-to-run noise alone do). The arguments after ``--`` go 
 run.py. Each lane is pinned (``sched_setaffinity`` in the child before it starts run.py,
 inherited by everything it starts) to an equal, disjoint block of this process's cores, so
 one configuration's host work (vLLM's schedulers, the gateway, the replay client) cannot
-take CPU from another's; ports are
-``--base-port + 100 x lane`` (gateway) and the next ones (engines). Each lane resumes from
-a copy of the results directory and its new result files are merged back at the end.
+take CPU from another's; ports are ``--base-port + 100 x lane`` (gateway) and the next
+ones (engines). Each call starts from empty lane folders (an earlier call's deployments
+stopped), each lane resumes from a copy of the results directory, and its new result files
+are merged back at the end - also after a SIGTERM, which stops the lanes within ``GRACE_S``.
 """
 
 from __future__ import annotations
@@ -397,8 +398,9 @@ def run_lanes(lanes: tuple[Lane, ...], python: str, run_args: list[str], results
         raise
     finally:
         signal.signal(signal.SIGTERM, old)
-    for t in pumps:
-        t.join(5)
+    deadline = time.monotonic() + 2.0  # the pipes close with the lanes; 15 s in all after
+    for t in pumps:                     # a SIGTERM, so the merge must not wait long
+        t.join(max(0.0, deadline - time.monotonic()))
     merged: list[Path] = []
     for lane, code in zip(lanes, codes, strict=True):
         got = merge(lane, results, since)
