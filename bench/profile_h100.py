@@ -242,6 +242,8 @@ def estimate(args: argparse.Namespace) -> int:
     n, jobs = int(args.gpus), jobs_of(args)
     source = Path(args.resume_from or args.out)
     latency = EstimateLatency(source)
+    if latency.note:
+        print(latency.note)
     waves, total, one_by_one, by_model = _estimate(jobs, args, source, latency)
     if n == 1:
         _print_waves(waves)
@@ -323,7 +325,10 @@ def run_gpus(args: argparse.Namespace, jobs: Sequence[Job], devices: Sequence[De
              label: str, t0: float) -> int:  # fmt: skip
     """One child per GPU (``child_argv``) on its share of ``jobs``, then the merge."""
     out = Path(args.out)
-    plan = gpu_plan(args, jobs, n, out, EstimateLatency(out))
+    latency = EstimateLatency(out)
+    if latency.note:
+        print(latency.note, flush=True)
+    plan = gpu_plan(args, jobs, n, out, latency)
     left = None if args.budget_s is None else child_budget(args.budget_s, time.time() - t0)
     blocks = plan_blocks(n, [d.index for d in devices])
     children = []

@@ -5,7 +5,9 @@ points; elsewhere the roofline calibrated per precision on the measured points
 (``profiles.calibration``): the default parameters were fitted to eager engines and put the
 H100's real int4 prefill 72% off (calibrated: 7%), so they overstated the big int4 models'
 sessions by a fifth to a quarter. A precision nobody measured takes the parameters of one
-with the same weights (fp8 / bf16 KV from fp8 / fp8 KV), closer than the defaults.
+with the same weights (fp8 / bf16 KV from fp8 / fp8 KV), closer than the defaults. Results
+that cannot be read as a profile (a precision cut short with decode points only) leave the
+estimate on the default latency model (``note`` says why), not the run stopped.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from fineserve.errors import FineserveError
 from fineserve.profiles.calibration import CalibratedLatency, Calibration, calibrate
 from fineserve.profiles.composite import default_latency_model
 from fineserve.profiles.latency import EngineShape, Latency, LatencyModel
@@ -26,12 +29,19 @@ class EstimateLatency:
     """A ``LatencyModel`` for session estimates over the results under ``source``."""
 
     def __init__(self, source: Path) -> None:
+        self.note = ""  # why the measured results were left out ("" where used)
         measured = any(source.rglob("*.csv"))
-        self.profiles = default_latency_model([source] if measured else [])
-        self.fallback: LatencyModel = self.profiles
-        if measured:
-            fit = calibrate(load_profile(source), source=str(source), iters=FIT_ITERS)
-            self.fallback = CalibratedLatency(same_weights(fit))
+        try:
+            self.profiles = default_latency_model([source] if measured else [])
+            self.fallback: LatencyModel = self.profiles
+            if measured:
+                fit = calibrate(load_profile(source), source=str(source), iters=FIT_ITERS)
+                self.fallback = CalibratedLatency(same_weights(fit))
+        except FineserveError as exc:
+            # a profile cut short (decode points only) must not stop a run over an estimate
+            self.note = f"estimates use the default latency model: {exc.message}"
+            self.profiles = default_latency_model([])
+            self.fallback = self.profiles
 
     def _model(self, engine: EngineShape) -> LatencyModel:
         return self.profiles if self.profiles.measured(engine) else self.fallback

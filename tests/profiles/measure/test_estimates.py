@@ -38,3 +38,19 @@ def test_profiles_answer_where_measured_the_calibrated_roofline_elsewhere():
     default = AnalyticLatency().prefill(big, 2048, 50.0).seconds
     calibrated = model.prefill(big, 2048, 50.0).seconds
     assert calibrated < 0.9 * default  # the eager-fitted default overstates real int4
+
+
+def test_results_cut_short_fall_back_to_the_default_model(tmp_path):
+    source = RESULTS / "H100-SXM-80GB" / "llama-3.1-8b" / "int4-gptq.kv-fp8.csv"
+    header, *rows = source.read_text().splitlines()
+    cut = tmp_path / "H100-SXM-80GB" / "qwen2.5-14b" / "fp8.kv-bf16.csv"
+    cut.parent.mkdir(parents=True)
+    cut.write_text("\n".join([header] + [
+        r.replace("llama-3.1-8b", "qwen2.5-14b").replace("int4-gptq,fp8", "fp8,bf16")
+        for r in rows if ",decode," in r]) + "\n")  # decode points only: killed mid-engine
+    model = EstimateLatency(tmp_path)
+    assert "no prefill points" in model.note
+    engine = shape("qwen2.5-14b", "fp8.kv-bf16")
+    expected = default_latency_model([]).prefill(engine, 512, 100.0).seconds
+    assert model.prefill(engine, 512, 100.0).seconds == expected
+    assert EstimateLatency(RESULTS).note == ""
