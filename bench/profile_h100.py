@@ -397,6 +397,8 @@ def main() -> int:
             print(f"resumed from {args.resume_from}: {len(copied)} files copied", flush=True)
         if n > 1:
             return run_gpus(args, jobs, devices, n, label, t0)
+        if devices:  # one GPU of several (--gpus 1): the daemon and engines see that one
+            os.environ["CUDA_VISIBLE_DEVICES"] = devices[0].uuid
         daemon = None
         if not args.cpu and not args.no_mps:  # one MPS daemon for every model of the run
             daemon = mps_daemon.ensure_daemon(Path(args.cache_dir) / "mps")

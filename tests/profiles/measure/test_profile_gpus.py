@@ -15,6 +15,7 @@ import pytest
 from fineserve.errors import SpecError
 from fineserve.profiles.measure.cores import host_siblings, physical_groups
 from fineserve.profiles.measure.fanout import Child, run_children
+from fineserve.profiles.measure.mps_daemon import MpsError
 from fineserve.profiles.measure.shards import merge_shard
 from fineserve.profiles.schema import load_profile
 from fineserve.runtime import nvml
@@ -236,3 +237,23 @@ def test_a_shard_killed_while_copying_merges_nothing_twice(tmp_path, monkeypatch
     for precision in ("bf16.kv-bf16", "fp8.kv-bf16"):
         text = (out / "H100-SXM-80GB" / "llama-3.1-8b" / f"{precision}.jsonl").read_text()
         assert text == '{"old": 1}\n'
+
+
+def test_one_gpu_of_two_pins_the_daemon_and_engines_to_it(monkeypatch, tmp_path):
+    module = _script()
+    host = [GpuInfo(i, f"GPU-{i}", "NVIDIA H100 80GB HBM3", "default", 1, 1) for i in range(2)]
+    monkeypatch.setattr(nvml, "probe_gpus", lambda: host)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # restored after: main() sets it
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    monkeypatch.setattr(module.signal, "signal", lambda *a: None)  # pytest's own handlers
+    seen = []
+
+    def daemon(root):
+        seen.append(os.environ.get("CUDA_VISIBLE_DEVICES"))
+        raise MpsError("stop here")
+
+    monkeypatch.setattr(module.mps_daemon, "ensure_daemon", daemon)
+    monkeypatch.setattr(sys, "argv", ["profile_h100.py", "--gpus", "1", "--out",
+                                      str(tmp_path / "out"), "--cache-dir", str(tmp_path / "c")])
+    assert module.main() == 2
+    assert seen == ["GPU-0"]  # not every GPU of the host (unset: the daemon takes both)
