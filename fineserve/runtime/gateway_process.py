@@ -28,10 +28,24 @@ def gateway_spec(config: Path, log: Path, host: str, port: int) -> ProcessSpec:
                        {**os.environ, "PYTHONUNBUFFERED": "1"}, log, port, host=host)
 
 
+TRACEBACK = re.compile(r"Traceback \(most recent call last\)")
+# an exception line, after any log prefix ("(EngineCore pid=1) ERROR ... [core.py:708] ")
+RAISED = re.compile(r"(?:^|\s)([\w.]*(?:Error|Exception|Interrupt)(?::\s.*)?)$")
+
+
 def log_hint(proc: ManagedProcess) -> str:
-    last = [ln for ln in tail(proc.spec.log, 40).splitlines() if ln.strip()]
-    return f"its log ends with: {last[-1].strip()[:300]}" if last else \
-        f"see {proc.spec.log}"
+    """The root cause where the log holds a traceback (its first exception line: vLLM's last
+    line is only "Engine core initialization failed. See root cause above"), else the last
+    line."""
+    lines = [ln for ln in tail(proc.spec.log, 400).splitlines() if ln.strip()]
+    if not lines:
+        return f"see {proc.spec.log}"
+    start = next((i for i, ln in enumerate(lines) if TRACEBACK.search(ln)), None)
+    if start is not None:
+        cause = next((m for ln in lines[start + 1:] if (m := RAISED.search(ln))), None)
+        if cause is not None:
+            return f"its log's first error: {cause.group(1).strip()[:300]}"
+    return f"its log ends with: {lines[-1].strip()[:300]}"
 
 
 def wait_ready(proc: ManagedProcess, timeout_s: float,
