@@ -14,12 +14,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from fineserve.errors import FineserveError, SpecError
+from fineserve.profiles.gpus import GIB, gpu_spec
 from fineserve.runtime import nvml
 from fineserve.runtime.nvml import GpuInfo
 
-# NVML name fragment -> catalog label, most specific first
-_LABELS = (("H100 PCIE", "H100-PCIe-80GB"), ("H100", "H100-SXM-80GB"),
-           ("H200", "H200-SXM-141GB"), ("A100", "A100-SXM-80GB"), ("L40S", "L40S-48GB"))
+# NVML name fragment -> catalog label, most specific first ("": a kind the catalog lacks
+# whose name contains a known one: an H100 NVL is not an H100 SXM, a GH200 not an H200)
+_LABELS = (("H100 NVL", ""), ("GH200", ""), ("H100 PCIE", "H100-PCIe-80GB"),
+           ("H100", "H100-SXM-80GB"), ("H200", "H200-SXM-141GB"), ("A100", "A100-SXM-80GB"),
+           ("L40S", "L40S-48GB"))
+MEMORY_TOLERANCE = 0.05  # NVML's memory total against the catalog's (H100 NVL: +17%)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,19 +34,26 @@ class Device:
     uuid: str
     name: str  # NVML's name, e.g. "NVIDIA H100 80GB HBM3"
     label: str  # catalog name, e.g. "H100-SXM-80GB"; "" when the catalog lacks it
+    why: str = ""  # why ``label`` is "" (the catalog's error)
 
 
-def gpu_label(nvml_name: str) -> str:
-    """``NVIDIA H100 80GB HBM3`` -> ``H100-SXM-80GB`` (the catalog's names).
+def gpu_label(nvml_name: str, total_bytes: int = 0) -> str:
+    """``NVIDIA H100 80GB HBM3`` -> ``H100-SXM-80GB`` (the catalog's names); with NVML's
+    ``total_bytes``, only where it matches the catalog's memory within 5%.
 
     Raises:
-        SpecError: a GPU the catalog does not know.
+        SpecError: a GPU the catalog does not know, or one whose memory is not the label's.
     """
     name = nvml_name.upper()
-    for needle, label in _LABELS:
-        if needle in name:
-            return label
-    raise SpecError(f"gpu: {nvml_name!r} is not in the GPU catalog", hint="pass --gpu")
+    label = next((label for needle, label in _LABELS if needle in name), "")
+    if not label:
+        raise SpecError(f"gpu: {nvml_name!r} is not in the GPU catalog", hint="pass --gpu")
+    catalog = gpu_spec(label).memory_bytes
+    if total_bytes > 0 and abs(total_bytes - catalog) > MEMORY_TOLERANCE * catalog:
+        raise SpecError(f"gpu: {nvml_name!r} has {total_bytes / GIB:.1f} GiB of memory, the "
+                        f"catalog's {label} {catalog / GIB:.1f} GiB: not that GPU",
+                        hint="pass --gpu")
+    return label
 
 
 def visible_devices(visible: str | None, gpus: Sequence[GpuInfo]) -> tuple[Device, ...]:
@@ -66,14 +77,14 @@ def visible_devices(visible: str | None, gpus: Sequence[GpuInfo]) -> tuple[Devic
         else:
             raise SpecError(f"CUDA_VISIBLE_DEVICES: no GPU {entry!r} on this host",
                             hint="fix CUDA_VISIBLE_DEVICES")
-    return tuple(Device(g.index, g.uuid, g.name, _label_or_empty(g.name)) for g in chosen)
+    return tuple(_device(g) for g in chosen)
 
 
-def _label_or_empty(name: str) -> str:
+def _device(gpu: GpuInfo) -> Device:
     try:
-        return gpu_label(name)
-    except SpecError:
-        return ""
+        return Device(gpu.index, gpu.uuid, gpu.name, gpu_label(gpu.name, gpu.total_bytes))
+    except SpecError as exc:
+        return Device(gpu.index, gpu.uuid, gpu.name, "", exc.message)
 
 
 def one_kind(devices: Sequence[Device], expected: str | None = None) -> str:
@@ -92,7 +103,8 @@ def one_kind(devices: Sequence[Device], expected: str | None = None) -> str:
                         hint="pin one kind with CUDA_VISIBLE_DEVICES")
     label = devices[0].label
     if not label:
-        raise SpecError(f"gpu: {devices[0].name!r} is not in the GPU catalog", hint="pass --gpu")
+        raise SpecError(devices[0].why or f"gpu: {devices[0].name!r} is not in the GPU catalog",
+                        hint="pass --gpu")
     if expected is not None and label != expected:
         raise SpecError(f"gpu: this host has {devices[0].name} ({label}), and these profiles "
                         f"are {expected}: stopped before measuring anything",

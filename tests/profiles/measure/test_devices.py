@@ -12,8 +12,24 @@ H100 = "NVIDIA H100 80GB HBM3"
 H200 = "NVIDIA H200"
 
 
+MIB = 1 << 20
+MEMORY = {H100: 81559 * MIB, H200: 143771 * MIB, "NVIDIA H100 NVL": 95830 * MIB}  # NVML's
+
+
 def gpus(*names: str) -> list[GpuInfo]:
-    return [GpuInfo(i, f"GPU-{i}", n, "default", 80 << 30, 80 << 30) for i, n in enumerate(names)]
+    return [GpuInfo(i, f"GPU-{i}", n, "default", MEMORY.get(n, 80 << 30), 80 << 30)
+            for i, n in enumerate(names)]
+
+
+def test_an_h100_nvl_is_not_labelled_an_h100_sxm():
+    with pytest.raises(SpecError, match="'NVIDIA H100 NVL' is not in the GPU catalog"):
+        one_kind(visible_devices(None, gpus("NVIDIA H100 NVL")), "H100-SXM-80GB")
+
+
+def test_a_gpu_whose_memory_is_not_its_labels_is_refused():
+    host = [GpuInfo(0, "GPU-0", H100, "default", 95830 * MIB, 1)]  # an H100 name, 94 GiB
+    with pytest.raises(SpecError, match="93.6 GiB of memory, the catalog's H100-SXM-80GB"):
+        one_kind(visible_devices(None, host), "H100-SXM-80GB")
 
 
 def test_visible_devices_by_index_and_uuid_in_the_variables_order():

@@ -23,6 +23,7 @@ from fineserve.runtime.nvml import GpuInfo
 from tests.profiles.measure.standin import stand_in_python
 
 REPO = Path(__file__).resolve().parents[3]
+H100_BYTES = 81559 << 20  # NVML's memory total of an H100 SXM
 SCRIPT = REPO / "bench" / "profile_h100.py"
 
 STAND_IN = r'''
@@ -110,7 +111,8 @@ def _script():
 ])
 def test_the_reference_set_stops_on_a_host_that_is_not_all_h100(monkeypatch, names, message):
     module = _script()
-    host = [GpuInfo(i, f"GPU-{i}", n, "default", 1, 1) for i, n in enumerate(names)]
+    host = [GpuInfo(i, f"GPU-{i}", n, "default", (143771 if "H200" in n else 81559) << 20, 1)
+            for i, n in enumerate(names)]
     monkeypatch.setattr(nvml, "probe_gpus", lambda: host)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     args = module.parser().parse_args(["--reference-set", "--gpus", "all"])
@@ -121,7 +123,8 @@ def test_the_reference_set_stops_on_a_host_that_is_not_all_h100(monkeypatch, nam
 
 def test_all_gpus_of_one_kind_are_used(monkeypatch):
     module = _script()
-    host = [GpuInfo(i, f"GPU-{i}", "NVIDIA H100 80GB HBM3", "default", 1, 1) for i in range(2)]
+    host = [GpuInfo(i, f"GPU-{i}", "NVIDIA H100 80GB HBM3", "default", H100_BYTES, 1)
+            for i in range(2)]
     monkeypatch.setattr(nvml, "probe_gpus", lambda: host)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     args = module.parser().parse_args(["--reference-set", "--gpus", "all"])
@@ -241,7 +244,8 @@ def test_a_shard_killed_while_copying_merges_nothing_twice(tmp_path, monkeypatch
 
 def test_one_gpu_of_two_pins_the_daemon_and_engines_to_it(monkeypatch, tmp_path):
     module = _script()
-    host = [GpuInfo(i, f"GPU-{i}", "NVIDIA H100 80GB HBM3", "default", 1, 1) for i in range(2)]
+    host = [GpuInfo(i, f"GPU-{i}", "NVIDIA H100 80GB HBM3", "default", H100_BYTES, 1)
+            for i in range(2)]
     monkeypatch.setattr(nvml, "probe_gpus", lambda: host)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # restored after: main() sets it
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")

@@ -158,6 +158,12 @@ def test_gpu_labels_from_nvml_names(name, label):
     assert gpu_label(name) == label
 
 
+def test_an_h100_nvl_or_a_gh200_gets_no_label_of_another_gpu():
+    for name in ("NVIDIA H100 NVL", "NVIDIA GH200 480GB"):
+        with pytest.raises(SpecError, match="not in the GPU catalog"):
+            gpu_label(name)
+
+
 def test_unknown_gpu_asks_for_the_option():
     with pytest.raises(SpecError, match="--gpu"):
         gpu_label("NVIDIA GeForce GTX 1080")
