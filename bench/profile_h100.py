@@ -60,6 +60,8 @@ from fineserve.profiles.measure.session import CAPACITY_SHARE, Wave, estimate_se
 from fineserve.profiles.measure.shards import (  # noqa: E402
     Job,
     ShardPlan,
+    copy_results,
+    folder_home,
     grouped,
     jobs_from_json,
     jobs_to_json,
@@ -67,7 +69,6 @@ from fineserve.profiles.measure.shards import (  # noqa: E402
     shard_folder,
     shard_folders,
     split_jobs,
-    write_manifest,
 )
 from fineserve.profiles.measure.ship import ship  # noqa: E402
 from fineserve.profiles.measure.store import ResultStore  # noqa: E402
@@ -134,32 +135,11 @@ def build_request(args: argparse.Namespace, job: Job, budget_s: float | None,
 
 
 def resume_from(source: Path, out: Path, jobs: Sequence[Job] | None = None) -> dict[str, int]:
-    """Copy earlier results (read-only in a checkout) into ``out`` where ``out`` lacks them;
-    with ``jobs``, only theirs, into a shard's folder: its manifest (``write_manifest``) is
-    written before anything is copied, and each copy is renamed into place, so a kill
-    mid-copy leaves nothing the merge would take for new records. Returns {relative path:
-    bytes} copied."""
+    """Copy earlier results into ``out`` where it lacks them (``shards.copy_results``); with
+    ``jobs``, only theirs, into a shard's folder. Returns {relative path: bytes} copied."""
     mine = None if jobs is None else {
         (resolve_arch(j.model).name, parse_precision(p).name) for j in jobs for p in j.precisions}
-    todo = {}
-    for path in sorted(source.rglob("*")):
-        rel = path.relative_to(source)
-        stem = path.name.split(".jsonl")[0].split(".csv")[0].split(".meta.json")[0]
-        if mine is not None and (path.parent.name, stem) not in mine:
-            continue
-        if path.is_file() and path.suffix in (".jsonl", ".csv", ".json") \
-                and not (out / rel).exists() and not any(p.startswith(".") for p in rel.parts):
-            todo[str(rel)] = path
-    copied = {rel: path.stat().st_size for rel, path in todo.items()}
-    if jobs is not None:
-        write_manifest(out, copied)
-    for rel, path in todo.items():
-        target = out / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        part = target.with_name(f".{target.name}.part")
-        shutil.copyfile(path, part)  # contents only: the copy is writable
-        os.replace(part, target)
-    return copied
+    return copy_results(source, out, mine)
 
 
 def ship_all(args: argparse.Namespace) -> int:
@@ -217,14 +197,9 @@ def gpu_plan(args: argparse.Namespace, jobs: Sequence[Job], n: int, source: Path
 
 
 def cache_home(cache: Path, job: Job, n: int) -> int | None:
-    """The one GPU k < ``n`` whose cache folder (``{cache}-gpuK``, as ``child_argv`` names
-    it) holds the model folder of ``job``'s weights from an earlier call (its compile caches
-    are there); None where no GPU or several do."""
-    spec = resolve_arch(job.model).name
+    """The GPU whose cache folder holds ``job``'s model folder (``shards.folder_home``)."""
     weights = parse_precision(job.precisions[0]).weights.value
-    homes = [k for k in range(n)
-             if (Path(f"{cache}-gpu{k}") / "models" / f"{spec}-{weights}").is_dir()]
-    return homes[0] if len(homes) == 1 else None
+    return folder_home(cache, f"{resolve_arch(job.model).name}-{weights}", n)
 
 
 def _print_waves(waves: Sequence[Wave], indent: str = "") -> None:

@@ -180,6 +180,42 @@ def write_manifest(folder: Path, sizes: dict[str, int]) -> None:
     os.replace(part, folder / MANIFEST)
 
 
+def copy_results(source: Path, out: Path,
+                 mine: set[tuple[str, str]] | None = None) -> dict[str, int]:  # fmt: skip
+    """Copy result files (JSONL, CSV, metadata; read-only in a checkout) from ``source`` into
+    ``out`` where ``out`` lacks them; returns {relative path: bytes} copied. With ``mine``
+    ((model folder, precision) pairs) only theirs, into a shard folder: its manifest is
+    written before anything is copied and each copy is renamed into place, so a kill
+    mid-copy leaves nothing the merge would take for new records."""
+    todo = {}
+    for path in sorted(source.rglob("*")):
+        rel = path.relative_to(source)
+        stem = path.name.split(".jsonl")[0].split(".csv")[0].split(".meta.json")[0]
+        if mine is not None and (path.parent.name, stem) not in mine:
+            continue
+        if path.is_file() and path.suffix in (".jsonl", ".csv", ".json") \
+                and not (out / rel).exists() and not any(p.startswith(".") for p in rel.parts):
+            todo[str(rel)] = path
+    copied = {rel: path.stat().st_size for rel, path in todo.items()}
+    if mine is not None:
+        write_manifest(out, copied)
+    for rel, path in todo.items():
+        target = out / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        part = target.with_name(f".{target.name}.part")
+        shutil.copyfile(path, part)  # contents only: the copy is writable
+        os.replace(part, target)
+    return copied
+
+
+def folder_home(cache: Path, model_folder: str, n: int) -> int | None:
+    """The one GPU k < ``n`` whose cache folder (``{cache}-gpuK``) holds ``model_folder``
+    (``modeldir.write_model_dir``'s name) from an earlier call, so its compile caches are
+    there (``sticky``); None where no GPU or several do."""
+    homes = [k for k in range(n) if (Path(f"{cache}-gpu{k}") / "models" / model_folder).is_dir()]
+    return homes[0] if len(homes) == 1 else None
+
+
 def merge_shard(folder: Path, out: Path) -> tuple[Path, ...]:
     """Append what shard ``folder`` added to its JSONL and log files onto ``out``'s, then
     remove the folder. Returns the JSONL files of ``out`` that grew (to export again).
