@@ -1,13 +1,15 @@
-"""Host cores per GPU of a multi-GPU profiling run: whole physical cores, near the GPU.
+"""Host cores per GPU process of a multi-GPU run: whole physical cores, near the GPU.
 
-While one GPU measures, another GPU's engines may be starting: torch.compile / Inductor
-workers take every core of the host, and small-batch decode steps wait on the host
-(scheduler, sampler), so the measurements come out slower while their repeats still agree -
-a silent bias. Each per-GPU process is therefore pinned (``pin``, inherited by the engines it
-starts) to a block of cores of its own: the cores NVML calls near its GPU where the GPUs'
-near sets are disjoint and hold at least the even split, else an even split of whole
-physical cores (hyperthread siblings are never split between blocks; the remainder idles,
-so no GPU gets more host than another).
+The one implementation for the profiler's per-GPU children (bench/profile_h100.py) and the
+end-to-end benchmark's lanes (bench/e2e/lanes.py). While one GPU measures, another GPU's
+engines may be starting: torch.compile / Inductor workers take every core of the host, and
+small-batch decode steps wait on the host (scheduler, sampler), so the measurements come out
+slower while their repeats still agree - a silent bias. Each per-GPU process is therefore
+pinned (``pin``, inherited by the engines it starts) to a block of cores of its own: the
+cores NVML calls near its GPU where the GPUs' near sets are disjoint and hold at least the
+even split, else an even split of whole physical cores (hyperthread siblings are never split
+between blocks: Linux often numbers core c's second thread c + 16, so "0-15 / 16-31" would
+share every core; the remainder idles, so no GPU gets more host than another).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def parse_cpus(text: str) -> Block:
     for part in (p.strip() for p in text.split(",") if p.strip()):
         lo, _, hi = part.partition("-")
         if not lo.isdigit() or (hi and not hi.isdigit()):
-            raise ValueError(f"cpus: {part!r} is not N or N-M")
+            raise ValueError(f"{part!r} is not N or N-M (a CPU list: 0-3,8)")
         out.update(range(int(lo), int(hi or lo) + 1))
     return tuple(sorted(out))
 

@@ -1,4 +1,5 @@
-"""Host cores per GPU process: whole physical cores, near the GPU where NVML separates them."""
+"""Host cores per GPU process (the profiler's per-GPU children, the e2e bench's lanes): whole
+physical cores, near the GPU where NVML separates them."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ def smt(cores: int) -> dict[int, tuple[int, ...]]:
 def test_cpu_lists_read_and_write_the_kernels_syntax():
     assert parse_cpus("0-3, 8,10-11") == (0, 1, 2, 3, 8, 10, 11)
     assert format_cpus((11, 0, 1, 2, 3, 8, 10)) == "0-3,8,10-11"
-    with pytest.raises(ValueError, match="'x-2'"):
+    assert format_cpus((0, 1, 2, 5, 7, 8)) == "0-2,5,7-8"
+    with pytest.raises(ValueError, match="'x-2' is not N or N-M"):
         parse_cpus("0,x-2")
 
 
@@ -35,6 +37,7 @@ def test_the_even_split_never_splits_a_physical_core():
     blocks = even_blocks(tuple(range(32)), 2, smt(16))  # 0-15 / 16-31 would share every core
     assert blocks == (tuple(range(8)) + tuple(range(16, 24)),
                       tuple(range(8, 16)) + tuple(range(24, 32)))
+    assert even_blocks(tuple(range(32)), 2, {}) == (tuple(range(16)), tuple(range(16, 32)))
 
 
 def test_near_cores_are_used_where_nvml_separates_the_gpus():
@@ -43,6 +46,8 @@ def test_near_cores_are_used_where_nvml_separates_the_gpus():
     node0 = tuple(range(16)) + tuple(range(32, 48))
     node1 = tuple(range(16, 32)) + tuple(range(48, 64))
     assert core_blocks(cpus, 2, siblings, (node1, node0)) == (node1, node0)
+    halves = (tuple(range(16, 32)), tuple(range(16)))  # no sibling data, GPUs in either order
+    assert core_blocks(tuple(range(32)), 2, {}, halves) == halves
 
 
 def test_the_even_split_where_near_sets_overlap_or_are_too_small():
@@ -54,6 +59,17 @@ def test_the_even_split_where_near_sets_overlap_or_are_too_small():
     small = (tuple(range(4)) + tuple(range(32, 36)), tuple(range(16, 20)) + tuple(range(48, 52)))
     assert core_blocks(cpus, 2, siblings, small) == even  # never fewer than the even split
     assert core_blocks(cpus, 2, siblings, ()) == even  # no NVML
+    assert core_blocks(cpus, 2, siblings, (node0,)) == even  # NVML answered for one GPU only
+
+
+def test_near_sets_count_only_the_cores_this_process_may_use():
+    """The reviewer's host: the process sees cores 0-31, NVML puts GPU 0 near 0-27 and GPU 1
+    near 28-55; GPU 1's near set here is 4 cores, so 16 and 16 rather than 4 each."""
+    cpus = tuple(range(32))
+    lopsided = (tuple(range(28)), tuple(range(28, 56)))
+    assert core_blocks(cpus, 2, {}, lopsided) == (tuple(range(16)), tuple(range(16, 32)))
+    half_cores = (tuple(range(16)), tuple(range(16, 32)))  # one thread of each core only
+    assert core_blocks(cpus, 2, smt(16), half_cores) == even_blocks(cpus, 2, smt(16))
 
 
 def test_no_blocks_where_there_are_fewer_physical_cores_than_gpus():
