@@ -10,9 +10,10 @@ on that GPU; a SUBDIR lane merges into RESULTS/SUBDIR instead (a control: the sa
 configuration measured again beside the main lanes, say on the other GPU, to see what the
 lane, the GPU and the run-to-run noise alone do). The arguments after ``--`` go to every lane's
 run.py. Each lane is pinned (``sched_setaffinity`` in the child before it starts run.py,
-inherited by everything it starts) to an equal, disjoint block of this process's cores, so
-one configuration's host work (vLLM's schedulers, the gateway, the replay client) cannot
-take CPU from another's; ports are ``--base-port + 100 x lane`` (gateway) and the next
+inherited by everything it starts) to an equal, disjoint block of whole physical cores, near
+its GPU where NVML separates the GPUs (fineserve/profiles/measure/cores.py), so one
+configuration's host work (vLLM's schedulers, the gateway, the replay client) cannot take
+CPU from another's; ports are ``--base-port + 100 x lane`` (gateway) and the next
 ones (engines). Each call starts from empty lane folders (an earlier call's deployments
 stopped), each lane resumes from a copy of the results directory, and its new result files
 are merged back at the end - also after a SIGTERM, which stops the lanes within ``GRACE_S``.
@@ -29,17 +30,22 @@ import sys
 import tarfile
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bench.e2e.plans import CONFIGS  # noqa: E402
+from fineserve.profiles.measure import cores as host_cores  # noqa: E402
 
 GRACE_S = 5.0  # a stopped lane's time to stop its deployment before it is killed
 PORT_STRIDE = 100  # a lane's gateway and engines use base + 100 x lane .. + 99
 SEEDED = ("bench.json", "calibration.json")  # besides plan-*.yaml and the lane's results
+MIN_CORES = 4  # a lane's engines, gateway and replay client
+Block = host_cores.Block  # a lane's CPUs, sorted
 
 
 class LaneError(ValueError):
@@ -62,7 +68,7 @@ class Lane:
     gpu: int
     subdir: str
     port: int  # gateway; engines take port + 1 ..
-    cores: tuple[int, ...]
+    cores: Block
     work: Path  # deploy run dirs (state, logs, MPS pipes), per-rate request logs
     out: Path  # the lane's results directory
 
@@ -113,107 +119,32 @@ def parse_lanes(text: str) -> tuple[LaneSpec, ...]:
     return tuple(specs)
 
 
-def parse_cores(text: str) -> tuple[int, ...]:
+def parse_cores(text: str) -> Block:
     """``"0-7,16-23"`` -> cores (the kernel's cpu-list syntax)."""
-    out: list[int] = []
-    for part in (p.strip() for p in text.split(",") if p.strip()):
-        lo, _, hi = part.partition("-")
-        if not lo.isdigit() or (hi and not hi.isdigit()):
-            raise LaneError(f"--cores: {part!r} is not N or N-M")
-        out += range(int(lo), int(hi or lo) + 1)
-    return tuple(sorted(set(out)))
+    try:
+        return host_cores.parse_cpus(text)
+    except ValueError as exc:
+        raise LaneError(f"--cores: {exc}") from None
 
 
-def split_cores(cores: tuple[int, ...], lanes: int,
-                siblings: dict[int, tuple[int, ...]] | None = None
-                ) -> tuple[tuple[int, ...], ...]:
-    """Equal blocks of whole physical cores (hyperthread siblings, ``siblings``: logical CPU
-    -> its core's CPUs, never split between lanes: Linux often numbers the second threads
-    of cores 0-15 as 16-31, so "0-15 / 16-31" would share every core); the remainder idle,
-    so no lane gets more."""
-    groups = physical_cores(cores, siblings or {})
-    per = len(groups) // lanes
-    if per * min(len(g) for g in groups) < 4:
+def lane_blocks(cores: Sequence[int], lanes: int, siblings: Mapping[int, Block] | None = None,
+                near: Sequence[Block] = ()) -> tuple[Block, ...]:  # fmt: skip
+    """Each lane's cores (``core_blocks``: whole physical cores, near its GPU where ``near``
+    separates the GPUs into sets no smaller than an even split's); refused where a lane
+    would get fewer than ``MIN_CORES``."""
+    blocks = host_cores.core_blocks(cores, lanes, siblings or {}, near)
+    if not blocks or min(len(b) for b in blocks) < MIN_CORES:
         raise LaneError(f"--cores: {len(cores)} cores for {lanes} lanes; each lane needs at "
-                        "least 4 (engines, gateway, replay client)")
-    return tuple(tuple(sorted(c for g in groups[i * per:(i + 1) * per] for c in g))
-                 for i in range(lanes))
+                        f"least {MIN_CORES} (engines, gateway, replay client)")
+    return blocks
 
 
-def physical_cores(cores: tuple[int, ...], siblings: dict[int, tuple[int, ...]]
-                   ) -> list[tuple[int, ...]]:
-    """``cores`` grouped by physical core (a CPU without sibling data is its own group)."""
-    seen: set[int] = set()
-    groups = []
-    for c in sorted(cores):
-        if c in seen:
-            continue
-        group = tuple(sorted(set(siblings.get(c, (c,))) & set(cores) | {c}))
-        seen.update(group)
-        groups.append(group)
-    return groups
-
-
-def sysfs_siblings(cores: tuple[int, ...]) -> dict[int, tuple[int, ...]]:
-    """Logical CPU -> the CPUs of its physical core, from sysfs ({} where unreadable)."""
-    out = {}
-    for c in cores:
-        path = Path(f"/sys/devices/system/cpu/cpu{c}/topology/thread_siblings_list")
-        try:
-            out[c] = parse_cores(path.read_text().strip())
-        except (OSError, LaneError):
-            continue
-    return out
-
-
-def local_blocks(cores: tuple[int, ...], gpus: tuple[int, ...],
-                 affinity: dict[int, tuple[int, ...]], minimum: int = 4
-                 ) -> tuple[tuple[int, ...], ...] | None:
-    """Per lane, equal blocks of the cores near its GPU (NVML's CPU affinity: its NUMA node),
-    when the lanes' GPUs have disjoint near sets with at least ``minimum`` usable cores each
-    (the even split's share: locality is not worth fewer cores); else None (the caller
-    splits evenly: one NUMA node, a lopsided one, or no NVML)."""
-    near = [tuple(sorted(set(affinity.get(g, ())) & set(cores))) for g in gpus]
-    if any(len(n) < max(4, minimum) for n in near):
-        return None
-    if any(set(a) & set(b) for i, a in enumerate(near) for b in near[i + 1:]):
-        return None
-    per = min(len(n) for n in near)
-    return tuple(n[:per] for n in near)
-
-
-def nvml_affinity(gpus: tuple[int, ...]) -> dict[int, tuple[int, ...]]:
-    """GPU -> the cores NVML calls near it; {} without NVML (CPU machines, tests)."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-    except Exception:  # noqa: BLE001 (no driver: split evenly)
-        return {}
-    try:
-        out = {}
-        words = (os.cpu_count() or 64) // 64 + 1
-        for g in gpus:
-            mask = pynvml.nvmlDeviceGetCpuAffinity(pynvml.nvmlDeviceGetHandleByIndex(g), words)
-            out[g] = tuple(w * 64 + b for w, m in enumerate(mask) for b in range(64)
-                           if m >> b & 1)
-        return out
-    except Exception:  # noqa: BLE001 (an index NVML does not know: split evenly)
-        return {}
-    finally:
-        pynvml.nvmlShutdown()
-
-
-def allocate(specs: tuple[LaneSpec, ...], cores: tuple[int, ...], base_port: int,
-             work_root: Path, out_root: Path,
-             affinity: dict[int, tuple[int, ...]] | None = None,
-             siblings: dict[int, tuple[int, ...]] | None = None) -> tuple[Lane, ...]:
-    """Ports, directories and cores of each lane: cores near its GPU where ``affinity``
-    (NVML) separates the GPUs' NUMA nodes into sets no smaller than an even split's, else
-    equal blocks of whole physical cores."""
-    even = split_cores(cores, len(specs), siblings)
-    blocks = local_blocks(cores, tuple(s.gpu for s in specs), affinity or {},
-                          len(even[0])) or even
+def allocate(specs: tuple[LaneSpec, ...], cores: Sequence[int], base_port: int,
+             work_root: Path, out_root: Path, near: Sequence[Block] = (),
+             siblings: Mapping[int, Block] | None = None) -> tuple[Lane, ...]:
+    """Ports, directories and cores of each lane (``near``: per lane, the cores NVML calls
+    near its GPU; () splits evenly)."""
+    blocks = lane_blocks(cores, len(specs), siblings, near)
     if base_port < 1024 or base_port + PORT_STRIDE * len(specs) > 65535:
         raise LaneError(f"--base-port: {base_port} leaves no room for {len(specs)} lanes")
     return tuple(Lane(i, s.configs, s.gpu, s.subdir, base_port + PORT_STRIDE * i, blocks[i],
@@ -221,29 +152,11 @@ def allocate(specs: tuple[LaneSpec, ...], cores: tuple[int, ...], base_port: int
                  for i, s in enumerate(specs))
 
 
-def cores_arg(cores: tuple[int, ...]) -> str:
-    """Cores as a cpu list, ranges folded: (0, 1, 2, 5) -> "0-2,5"."""
-    runs: list[list[int]] = []
-    for c in sorted(cores):
-        if runs and c == runs[-1][1] + 1:
-            runs[-1][1] = c
-        else:
-            runs.append([c, c])
-    return ",".join(f"{a}-{b}" if a != b else f"{a}" for a, b in runs)
-
-
 def lane_argv(lane: Lane, python: str, run_args: list[str]) -> list[str]:
     return [python, str(ROOT / "bench/e2e/run.py"),
             "--configs", ",".join(lane.configs), "--gpu", str(lane.gpu),
             "--port", str(lane.port), "--lane", lane.label, "--work", str(lane.work),
             "--out", str(lane.out), *run_args]
-
-
-def pinned(cores: tuple[int, ...]):
-    """The child's pre-exec step: run on ``cores`` only (its children inherit it)."""
-    def pin() -> None:
-        os.sched_setaffinity(0, cores)
-    return pin
 
 
 def lane_env(base: dict[str, str] | None = None) -> dict[str, str]:
@@ -381,12 +294,13 @@ def run_lanes(lanes: tuple[Lane, ...], python: str, run_args: list[str], results
     try:
         for lane in lanes:  # every child forked before any pump thread runs (preexec_fn)
             argv = lane_argv(lane, python, run_args)
-            print(f"lane {lane.index} ({lane.label}, cores {cores_arg(lane.cores)}, port "
-                  f"{lane.port}): {' '.join(argv)}", flush=True)
+            cpus = host_cores.format_cpus(lane.cores)
+            print(f"lane {lane.index} ({lane.label}, cores {cpus}, port {lane.port}): "
+                  f"{' '.join(argv)}", flush=True)
             stopper.procs.append(subprocess.Popen(
                 argv, cwd=ROOT, env=lane_env(), stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                preexec_fn=pinned(lane.cores)))
+                preexec_fn=partial(host_cores.pin, lane.cores)))
         pumps = [threading.Thread(target=_pump, args=(p, lane.label, lane.work / "lane.log"),
                                   daemon=True) for lane, p in zip(lanes, stopper.procs,
                                                                   strict=True)]
@@ -433,15 +347,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cores = parse_cores(args.cores) if args.cores else tuple(sorted(os.sched_getaffinity(0)))
         specs = parse_lanes(args.lanes)
-        affinity = {} if args.dry_run else nvml_affinity(tuple(s.gpu for s in specs))
+        near = () if args.dry_run else host_cores.nvml_near(tuple(s.gpu for s in specs))
         lanes = allocate(specs, cores, args.base_port, args.work, args.work / "results",
-                         affinity, sysfs_siblings(cores))
+                         near, host_cores.host_siblings(cores))
     except LaneError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.dry_run:
         for lane in lanes:
-            print(f"cores {cores_arg(lane.cores)}: "
+            print(f"cores {host_cores.format_cpus(lane.cores)}: "
                   f"{' '.join(lane_argv(lane, args.python, run_args))}")
         return 0
     code, got = run_lanes(lanes, args.python, run_args, args.merge_into)

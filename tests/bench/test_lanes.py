@@ -36,12 +36,19 @@ def test_lane_specs_parse_and_refuse_shared_configs_or_gpus():
             L.parse_lanes(bad)
 
 
-def test_cores_parse_fold_and_refuse_too_few():
+def test_cores_parse_and_refuse_too_few_per_lane():
+    """The split itself is fineserve/profiles/measure/cores.py's (tests/profiles/measure/
+    test_cores.py); the lanes add their flag's messages and a floor of 4 cores a lane."""
     assert L.parse_cores("0-3,8,10-11") == (0, 1, 2, 3, 8, 10, 11)
-    assert L.cores_arg((0, 1, 2, 5, 7, 8)) == "0-2,5,7-8"
     with pytest.raises(L.LaneError, match="needs at least 4"):
-        L.split_cores(tuple(range(6)), 2)
-    with pytest.raises(L.LaneError, match="N or N-M"):
+        L.lane_blocks(tuple(range(6)), 2)
+    with pytest.raises(L.LaneError, match="needs at least 4"):
+        L.lane_blocks((0,), 2)  # fewer cores than lanes: no split at all
+    with pytest.raises(L.LaneError, match="needs at least 4"):  # 3 physical cores: 2 CPUs each
+        L.lane_blocks(tuple(range(6)), 2, {c: (c % 3, c % 3 + 3) for c in range(6)})
+    smt4 = {c: (c % 4, c % 4 + 4) for c in range(8)}
+    assert [len(b) for b in L.lane_blocks(tuple(range(8)), 2, smt4)] == [4, 4]
+    with pytest.raises(L.LaneError, match="--cores: 'a-3' is not N or N-M"):
         L.parse_cores("a-3")
 
 
@@ -77,7 +84,7 @@ def test_per_lane_options_are_refused_after_the_separator(capsys):
 
 
 def test_dry_run_prints_one_command_per_lane(capsys, monkeypatch):
-    monkeypatch.setattr(L, "sysfs_siblings", lambda cores: {})  # this host's SMT aside
+    monkeypatch.setattr(L.host_cores, "host_siblings", lambda cores: {})  # this host's SMT aside
     assert L.main(["--lanes", "c@0;a,b@1", "--cores", "0-31", "--dry-run", "--", "--quick"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 and "0-15" in lines[0] and "16-31" in lines[1]
@@ -207,26 +214,27 @@ def test_a_control_lane_may_repeat_a_configuration_into_its_own_directory(tmp_pa
         assert tar.getnames() == ["control/c-r2.00.json"]
 
 
-def test_cores_near_each_gpu_when_numa_separates_them():
+def test_each_lane_gets_the_cores_near_its_gpu_when_numa_separates_them():
+    """``near`` is per lane, in lane order (``nvml_near`` of the lanes' GPUs)."""
     cores = tuple(range(32))
-    two_nodes = {0: tuple(range(16)), 1: tuple(range(16, 32))}
-    assert L.local_blocks(cores, (1, 0), two_nodes) == (tuple(range(16, 32)), tuple(range(16)))
-    assert L.local_blocks(cores, (0, 1), {0: cores, 1: cores}) is None  # one node: even split
-    assert L.local_blocks(cores, (0, 1), {}) is None  # no NVML
     lanes = L.allocate(L.parse_lanes("a@1;c@0"), cores, 8000, Path("/w"), Path("/o"),
-                       two_nodes)
+                       (tuple(range(16, 32)), tuple(range(16))))
     assert lanes[0].cores == tuple(range(16, 32)) and lanes[1].cores == tuple(range(16))
+    one_node = L.allocate(L.parse_lanes("a@1;c@0"), cores, 8000, Path("/w"), Path("/o"),
+                          (cores, cores))
+    assert [lane.cores for lane in one_node] == [tuple(range(16)), tuple(range(16, 32))]
 
 
 def test_hyperthread_siblings_stay_in_one_lane():
     """Linux's usual numbering: CPU c and c + 16 are the two threads of core c."""
     cores = tuple(range(32))
     sib = {c: (c % 16, c % 16 + 16) for c in cores}
-    a, b = L.split_cores(cores, 2, sib)
+    a, b = (lane.cores for lane in L.allocate(L.parse_lanes("a@0;c@1"), cores, 8000,
+                                               Path("/w"), Path("/o"), siblings=sib))
     assert a == (*range(8), *range(16, 24)) and b == (*range(8, 16), *range(24, 32))
     for c in a:
         assert not set(sib[c]) & set(b)  # no physical core in both lanes
-    assert L.split_cores(cores, 2) == (tuple(range(16)), tuple(range(16, 32)))  # no data
+    assert L.lane_blocks(cores, 2) == (tuple(range(16)), tuple(range(16, 32)))  # no data
 
 
 FAKE_RUN = """#!/usr/bin/env python3
@@ -326,11 +334,10 @@ def test_near_gpu_cores_only_when_no_lane_gets_fewer_than_an_even_split():
     """A host whose process sees cores 0-31 while NVML puts GPU 1 near 28-55: its near set
     here is 4 cores, so the lanes split 0-31 evenly instead of 4 cores each."""
     cores = tuple(range(32))
-    lopsided = {0: tuple(range(28)), 1: tuple(range(28, 56))}
+    lopsided = (tuple(range(28)), tuple(range(28, 56)))
     lanes = L.allocate(L.parse_lanes("a@0;c@1"), cores, 8000, Path("/w"), Path("/o"),
                        lopsided)
     assert [lane.cores for lane in lanes] == [tuple(range(16)), tuple(range(16, 32))]
-    assert L.local_blocks(cores, (0, 1), lopsided, minimum=16) is None
 
 
 STUBBORN_RUN = """#!/usr/bin/env python3
