@@ -134,6 +134,13 @@ class SchedulerConfig:
                 f"scheduler.late_timeout_factor must be >= 1, got {self.late_timeout_factor}"
             )
 
-    def for_engine(self, max_batch: int) -> SchedulerConfig:
-        """These settings starting at an engine's planned batch size, clamped to the limits."""
-        return replace(self, initial_limit=min(max(max_batch, self.min_limit), self.max_limit))
+    def for_engine(self, max_batch: int, ceiling: bool = True) -> SchedulerConfig:
+        """These settings for one engine of batch cap ``max_batch`` (vLLM's
+        ``--max-num-seqs``): the limit starts at the cap, clamped to the limits, and with
+        ``ceiling`` never exceeds it either. Why a ceiling: whatever is sent beyond the cap
+        waits inside vLLM, where it can be neither expired nor reordered, and shows as
+        ``waiting > 0`` - a clamp, and on a KV Slab engine (usage near 1 by design) a KV cut.
+        On the H100 (docs/benchmarks.md) a limit of 256 over chat-8b-fp8's cap of 249 cut it
+        to 192 mid-peak. ``ceiling=False`` replays runs made before the ceiling."""
+        start = min(max(max_batch, self.min_limit), self.max_limit)
+        return replace(self, initial_limit=start, max_limit=start if ceiling else self.max_limit)

@@ -1,7 +1,7 @@
 """The runtime's local scheduler (``fineserve.scheduler``) in front of each simulated engine.
 
 The same ``EngineScheduler`` and ``GpuArbiter`` the gateway builds (``runtime/gateway/
-upstream.py``: the plan's max_batch as the limit's start and ceiling, ``gateway/limits.py``;
+upstream.py``: max_batch as the limit's start and ceiling, ``SchedulerConfig.for_engine``;
 one arbiter per GPU holding several engines), driven by simulated time: ``submit`` on
 arrival, ``on_first_token`` and ``on_finish`` after each step, ``on_engine_state`` with the
 engine's running / waiting (as vLLM exports it: ``EngineSim.waiting_gauge``) / KV usage /
@@ -12,7 +12,6 @@ rejects or expires become 429 records (drops, SLO misses).
 from __future__ import annotations
 
 from fineserve.planner.schema import Slo
-from fineserve.runtime.gateway.limits import engine_config
 from fineserve.scheduler import (
     EngineScheduler,
     EngineSnapshot,
@@ -41,8 +40,7 @@ class Admission:
             slo = slos[p.model]
             self.sched[e.name] = EngineScheduler(
                 e.name, SloTargets(slo.ttft_s, slo.tpot_s),
-                engine_config(config, p.max_batch) if limit_at_batch
-                else config.for_engine(p.max_batch),
+                config.for_engine(p.max_batch, ceiling=limit_at_batch),
                 arbiter=self.arbiters.get(e.gpus[0]))
             e.first_tokens = []
         # engines whose grants an event on this engine may release (same arbiter)

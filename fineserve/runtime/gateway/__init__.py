@@ -12,18 +12,7 @@ from fineserve.runtime.gateway.config import (
     load_config,
     parse_config,
 )
-
-_SERVER = ("serve", "serve_async", "start")
-
-
-def __getattr__(name: str):
-    """The server (aiohttp) loads on first use: the simulator imports ``gateway.limits``
-    without it."""
-    if name in _SERVER:
-        from fineserve.runtime.gateway import server
-
-        return getattr(server, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+from fineserve.runtime.gateway.server import serve, serve_async, start
 
 __all__ = ["GatewayConfig", "ModelRoute", "SchedulerSection", "UpstreamConfig", "load_config",
            "parse_config", "serve", "serve_async", "start"]

@@ -16,7 +16,6 @@ from collections.abc import Callable
 
 from fineserve.runtime.gateway.client import ClientError, ConnectFailed, Pool
 from fineserve.runtime.gateway.config import GatewayConfig, ModelRoute, UpstreamConfig
-from fineserve.runtime.gateway.limits import engine_config
 from fineserve.scheduler.arbiter import GpuArbiter
 from fineserve.scheduler.engine_scheduler import EngineScheduler
 from fineserve.scheduler.types import EngineSnapshot, SchedulerConfig, SloTargets
@@ -80,7 +79,7 @@ def make_upstreams(gw: GatewayConfig) -> dict[str, list[Upstream]]:
         ups = out[route.model] = []
         for u in route.upstreams:
             arbiter = arbiters.get(u.gpu)
-            sched = EngineScheduler(u.engine_id, slo, engine_config(base, u.max_batch),
+            sched = EngineScheduler(u.engine_id, slo, base.for_engine(u.max_batch),
                                     arbiter=arbiter, priority=route.priority)
             ups.append(Upstream(u, route, sched, arbiter, gw.connect_timeout_s))
     return out

@@ -4,7 +4,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fineserve.runtime.gateway.config import GatewayConfig
-from fineserve.runtime.gateway.limits import engine_config
 from fineserve.runtime.gateway.upstream import make_upstreams
 from fineserve.scheduler import SchedulerConfig, SloTargets
 from fineserve.scheduler.adaptive import AdaptivePolicy
@@ -15,7 +14,7 @@ from fineserve.scheduler.estimator import ServiceEstimator
 def test_the_limit_starts_at_the_cap_and_stays_within_every_bound(lo, extra, batch):
     base = SchedulerConfig(policy="adaptive", initial_limit=lo, min_limit=lo,
                            max_limit=lo + extra)
-    cfg = engine_config(base, batch)
+    cfg = base.for_engine(batch)
     assert cfg.initial_limit == cfg.max_limit
     assert cfg.min_limit == lo <= cfg.max_limit <= max(lo, min(batch, lo + extra))
     if lo <= batch <= lo + extra:
@@ -23,7 +22,7 @@ def test_the_limit_starts_at_the_cap_and_stays_within_every_bound(lo, extra, bat
 
 
 def test_comfortable_windows_never_raise_the_limit_past_the_batch_cap():
-    cfg = engine_config(SchedulerConfig(policy="adaptive", max_limit=1024), 249)
+    cfg = SchedulerConfig(policy="adaptive", max_limit=1024).for_engine(249)
     pol = AdaptivePolicy(SloTargets(1.0, 0.08), cfg, ServiceEstimator(0.0))
     now = 0.0
     for _ in range(300):  # every window far inside the SLOs, the limit always reached
