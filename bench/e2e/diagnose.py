@@ -10,9 +10,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-TRACEBACK = re.compile(r"Traceback \(most recent call last\)")
+from fineserve.runtime.gateway_process import RAISED, first_traceback
+
 ERROR = re.compile(r"Error\b|\bERROR\b|CUDA out of memory")
-RAISED = re.compile(r"\b[\w.]*(Error|Exception)\b:")  # a traceback's closing line
 BEFORE, AFTER, MOST, WIDTH = 3, 40, 80, 300
 
 
@@ -20,12 +20,14 @@ def first_cause(lines: list[str]) -> list[str]:
     """The lines around the first traceback of a log (or its first error line): from a few
     lines before it to its exception line and a few after, at most ``MOST`` lines (the
     middle of a deep stack left out), each cut at ``WIDTH`` characters; [] if none."""
-    start = next((i for i, ln in enumerate(lines) if TRACEBACK.search(ln)), None)
-    if start is None:
+    found = first_traceback(lines)
+    if found is None:
         start = next((i for i, ln in enumerate(lines) if ERROR.search(ln)), None)
-    if start is None:
-        return []
-    raised = next((i for i in range(start + 1, len(lines)) if RAISED.search(lines[i])), None)
+        if start is None:
+            return []
+        found = start, next((i for i in range(start + 1, len(lines))
+                             if RAISED.search(lines[i])), None)
+    start, raised = found
     end = min(len(lines), start + AFTER if raised is None else raised + BEFORE + 1)
     begin = max(0, start - BEFORE)
     out = lines[begin:end]

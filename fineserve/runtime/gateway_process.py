@@ -33,6 +33,15 @@ TRACEBACK = re.compile(r"Traceback \(most recent call last\)")
 RAISED = re.compile(r"(?:^|\s)([\w.]*(?:Error|Exception|Interrupt)(?::\s.*)?)$")
 
 
+def first_traceback(lines: list[str]) -> tuple[int, int | None] | None:
+    """Where a log's first traceback starts and (None: not in ``lines``) its exception line."""
+    start = next((i for i, ln in enumerate(lines) if TRACEBACK.search(ln)), None)
+    if start is None:
+        return None
+    raised = next((i for i in range(start + 1, len(lines)) if RAISED.search(lines[i])), None)
+    return start, raised
+
+
 def log_hint(proc: ManagedProcess) -> str:
     """The root cause where the log holds a traceback (its first exception line: vLLM's last
     line is only "Engine core initialization failed. See root cause above"), else the last
@@ -40,11 +49,10 @@ def log_hint(proc: ManagedProcess) -> str:
     lines = [ln for ln in tail(proc.spec.log, 400).splitlines() if ln.strip()]
     if not lines:
         return f"see {proc.spec.log}"
-    start = next((i for i, ln in enumerate(lines) if TRACEBACK.search(ln)), None)
-    if start is not None:
-        cause = next((m for ln in lines[start + 1:] if (m := RAISED.search(ln))), None)
-        if cause is not None:
-            return f"its log's first error: {cause.group(1).strip()[:300]}"
+    found = first_traceback(lines)
+    if found is not None and found[1] is not None:
+        cause = RAISED.search(lines[found[1]])
+        return f"its log's first error: {cause.group(1).strip()[:300]}"
     return f"its log ends with: {lines[-1].strip()[:300]}"
 
 
