@@ -46,8 +46,8 @@ class SimOptions:
     sharing: str = "mps"  # "mps" (SM shares) | "time-sliced" (--no-mps: engines take turns)
     scheduler: SchedulerConfig | None = None  # None: every request goes straight to its engine
     tick_s: float = 0.5  # local-scheduler state and expiry; KV policy uses pool.interval_s
-    # each engine's in-flight limit capped at its batch cap, as the gateway does since
-    # runtime/gateway/limits.py; False replays gateways before it (only max_limit capped)
+    # each engine's in-flight limit capped at its batch cap, as the gateway does
+    # (SchedulerConfig.for_engine); False replays gateways before it (only max_limit capped)
     limit_at_batch: bool = True
     max_samples: int = 1000  # KV samples per GPU over the run (spaced evenly)
     chrome_trace: bool = False
