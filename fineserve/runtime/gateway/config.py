@@ -36,7 +36,7 @@ class UpstreamConfig(_Strict):
     weight: Annotated[float, Field(gt=0)] = 1.0  # the plan's traffic split
     gpu: str = ""  # engines on the same GPU share a GpuArbiter
     # the engine's batch cap (vLLM --max-num-seqs): the in-flight limit starts here and never
-    # exceeds it (gateway/limits.py); more would only queue inside vLLM
+    # exceeds it (SchedulerConfig.for_engine); more would only queue inside vLLM
     max_batch: Annotated[int, Field(ge=1, le=65536)] = 8
 
     @property
@@ -66,7 +66,7 @@ class SchedulerSection(_Strict):
     policy: Literal["fcfs", "deadline", "adaptive"] = "adaptive"
     min_limit: Annotated[int, Field(ge=1)] = 1
     # gateway-wide cap over every engine's in-flight limit; each engine is also capped at its
-    # plan's batch cap (gateway/limits.py), which is the real bound: vLLM runs no more
+    # plan's batch cap (SchedulerConfig.for_engine), which is the real bound: vLLM runs no more
     max_limit: Annotated[int, Field(ge=1)] = 1024
     max_queue: Annotated[int, Field(ge=0, le=1_000_000)] = 256  # per engine; beyond -> 429
     late: Literal["reject", "deprioritise"] = "reject"
