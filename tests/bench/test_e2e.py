@@ -163,11 +163,14 @@ def test_report_judges_acceptance_and_errors(tmp_path, plans, latency):
     a = next(r for r in ra if r.scale == acc.scale)
     assert acc.attainment_ratio == pytest.approx(c.m("slo_attainment") / a.m("slo_attainment"))
     assert acc.goodput_ratio == pytest.approx(c.m("goodput_rps") / a.m("goodput_rps"))
+    assert acc.attainment_ceiling == pytest.approx(1 / a.m("slo_attainment"))
+    assert acc.attainment_ratio <= acc.attainment_ceiling + 1e-9
     doc = tmp_path / "docs" / "benchmarks.md"
     report_main(["--out", str(res.root), "--doc", str(doc)])
     text = doc.read_text()
     assert "| (a) | 0.5 |" in text and "| (c) | 2 |" in text
     assert "Acceptance (" in text and "(c) / (a) SLO attainment" in text
+    assert f"at most {acc.attainment_ceiling:.2f}x at this rate" in text
     assert f"SLO attainment per model at rate x{acc.scale:g}" in text
     assert "| chat-8b-fp8 |" in text
     for r in (x for x in rows if x.config == "a"):  # (c) against (a) at every common rate
