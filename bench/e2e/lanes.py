@@ -25,14 +25,11 @@ import argparse
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tarfile
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,8 +37,11 @@ sys.path.insert(0, str(ROOT))
 
 from bench.e2e.plans import CONFIGS  # noqa: E402
 from fineserve.profiles.measure import cores as host_cores  # noqa: E402
+from fineserve.runtime.children import Child, ChildStartError, Stop, run_children  # noqa: E402
 
 GRACE_S = 5.0  # a stopped lane's time to stop its deployment before it is killed
+JOIN_S = 2.0  # the output readers after the lanes exit: 15 s in all after a SIGTERM, so the
+#               merge must not wait long
 PORT_STRIDE = 100  # a lane's gateway and engines use base + 100 x lane .. + 99
 SEEDED = ("bench.json", "calibration.json")  # besides plan-*.yaml and the lane's results
 MIN_CORES = 4  # a lane's engines, gateway and replay client
@@ -87,7 +87,9 @@ class Lane:
 def parse_lanes(text: str) -> tuple[LaneSpec, ...]:
     """``"c@0;a,b@1"`` -> lanes; each configuration once per results directory, each GPU in
     one lane."""
-    specs, seen_cfg, seen_gpu = [], set(), set()
+    specs: list[LaneSpec] = []
+    seen_cfg: set[tuple[str, str]] = set()
+    seen_gpu: set[int] = set()
     for part in (p.strip() for p in text.split(";")):
         if not part:
             continue
@@ -224,14 +226,6 @@ def merge(lane: Lane, results: Path, since: float) -> list[Path]:
     return got
 
 
-def _pump(proc: subprocess.Popen, label: str, log: Path) -> None:
-    assert proc.stdout is not None
-    with log.open("w") as f:
-        for line in proc.stdout:
-            f.write(line)
-            print(f"[{label}] {line.rstrip()}", flush=True)
-
-
 def pack(files: list[Path], root: Path, path: Path) -> None:
     """``files`` (under ``root``) in one .tgz, with their paths relative to ``root``."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -240,48 +234,18 @@ def pack(files: list[Path], root: Path, path: Path) -> None:
             tar.add(f, arcname=str(f.relative_to(root)))
 
 
-class Stopper:
-    """SIGTERM / Ctrl-C handler of the lanes: the first one passes SIGINT on to every lane
-    (run.py then stops its deployment); ``GRACE_S`` later the lanes' process groups are
-    killed, so the merge and the pack still happen inside `timeout --kill-after`."""
-
-    def __init__(self, grace_s: float) -> None:
-        self.grace_s, self.at = grace_s, None
-        self.procs: list[subprocess.Popen] = []
-        self.killed = False
-
-    def __call__(self, _signum=None, _frame=None) -> None:
-        if self.at is None:
-            self.at = time.monotonic()
-            print("lanes: stopping (SIGINT to every lane)", flush=True)
-            self.signal_all(signal.SIGINT)
-
-    def signal_all(self, sig: int) -> None:
-        for p in self.procs:
-            try:
-                os.killpg(p.pid, sig)  # the lane leads its own group (start_new_session)
-            except ProcessLookupError:
-                continue
-
-    def wait(self) -> list[int]:
-        """Every lane's exit code, killing the lanes ``grace_s`` after a stop was asked."""
-        while any(p.poll() is None for p in self.procs):
-            try:
-                if (self.at is not None and not self.killed
-                        and time.monotonic() - self.at > self.grace_s):
-                    print(f"lanes: still running {self.grace_s:.0f} s after the stop; "
-                          "killing them", flush=True)
-                    self.killed = True
-                    self.signal_all(signal.SIGKILL)
-                time.sleep(0.2)
-            except KeyboardInterrupt:
-                self()
-        return [p.returncode for p in self.procs]
+def lane_stop(grace_s: float) -> Stop:
+    """SIGTERM / Ctrl-C of the lanes: the first one passes SIGINT on to every lane (run.py
+    then stops its deployment); ``grace_s`` later the lanes' process groups are killed, so
+    the merge and the pack still happen inside `timeout --kill-after`."""
+    return Stop(signal.SIGINT, grace_s, trap=True,
+                stopping="lanes: stopping (SIGINT to every lane)",
+                killing=f"lanes: still running {grace_s:.0f} s after the stop; killing them")
 
 
 def run_lanes(lanes: tuple[Lane, ...], python: str, run_args: list[str], results: Path,
               grace_s: float = GRACE_S) -> tuple[int, list[Path]]:
-    """Start every lane, wait for all (a SIGTERM or Ctrl-C stops them: ``Stopper``), merge
+    """Start every lane, wait for all (a SIGTERM or Ctrl-C stops them: ``lane_stop``), merge
     what they wrote. Returns the worst exit code and the files merged into ``results``; the
     caller stops what a killed lane left running (``stop_deployments``) after packing."""
     since = time.time()
@@ -289,32 +253,15 @@ def run_lanes(lanes: tuple[Lane, ...], python: str, run_args: list[str], results
         reset(lane)
         seed(lane, results)
         lane.work.mkdir(parents=True, exist_ok=True)
-    stopper = Stopper(grace_s)
-    old = signal.signal(signal.SIGTERM, stopper)  # before the first child: none is missed
-    try:
-        for lane in lanes:  # every child forked before any pump thread runs (preexec_fn)
-            argv = lane_argv(lane, python, run_args)
-            cpus = host_cores.format_cpus(lane.cores)
-            print(f"lane {lane.index} ({lane.label}, cores {cpus}, port {lane.port}): "
-                  f"{' '.join(argv)}", flush=True)
-            stopper.procs.append(subprocess.Popen(
-                argv, cwd=ROOT, env=lane_env(), stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                preexec_fn=partial(host_cores.pin, lane.cores)))
-        pumps = [threading.Thread(target=_pump, args=(p, lane.label, lane.work / "lane.log"),
-                                  daemon=True) for lane, p in zip(lanes, stopper.procs,
-                                                                  strict=True)]
-        for t in pumps:
-            t.start()
-        codes = stopper.wait()
-    except BaseException:
-        stopper.signal_all(signal.SIGKILL)  # a lane that failed to start: none left running
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, old)
-    deadline = time.monotonic() + 2.0  # the pipes close with the lanes; 15 s in all after
-    for t in pumps:                     # a SIGTERM, so the merge must not wait long
-        t.join(max(0.0, deadline - time.monotonic()))
+    children = []
+    for lane in lanes:
+        argv = lane_argv(lane, python, run_args)
+        cpus = host_cores.format_cpus(lane.cores)
+        print(f"lane {lane.index} ({lane.label}, cores {cpus}, port {lane.port}): "
+              f"{' '.join(argv)}", flush=True)
+        children.append(Child(lane.label, tuple(argv), lane_env(), cwd=ROOT, cores=lane.cores,
+                              log=lane.work / "lane.log"))
+    codes = run_children(children, stop=lane_stop(grace_s), join_s=JOIN_S)
     merged: list[Path] = []
     for lane, code in zip(lanes, codes, strict=True):
         got = merge(lane, results, since)
@@ -358,8 +305,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"cores {host_cores.format_cpus(lane.cores)}: "
                   f"{' '.join(lane_argv(lane, args.python, run_args))}")
         return 0
-    code, got = run_lanes(lanes, args.python, run_args, args.merge_into)
-    if args.pack is not None:
+    try:
+        code, got = run_lanes(lanes, args.python, run_args, args.merge_into)
+    except ChildStartError as exc:  # the lanes already started were stopped
+        print(f"error: {exc}", file=sys.stderr)
+        code, got = exc.exit_code, None
+    if args.pack is not None and got is not None:
         pack(got, args.merge_into, args.pack)
     for lane in lanes:  # a lane killed mid-deployment leaves its engines running
         for line in stop_deployments(lane.work, wait_s=GRACE_S):
