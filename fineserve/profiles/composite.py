@@ -33,8 +33,9 @@ from pathlib import Path
 import numpy as np
 
 from fineserve.profiles.latency import EngineShape, Latency, LatencySource
+from fineserve.profiles.quality import screen
 from fineserve.profiles.roofline import AnalyticLatency
-from fineserve.profiles.schema import Phase, ProfileTable, load_profile, read_points
+from fineserve.profiles.schema import EngineKey, Phase, ProfileTable, load_profile, read_points
 from fineserve.profiles.table import EngineDomain, MonotoneGrid, TableLatency
 
 _CLAMPED, _ESTIMATED = LatencySource.CLAMPED, LatencySource.ESTIMATED
@@ -220,8 +221,9 @@ def published_profiles() -> ProfileTable:
 @cache
 def measured_profiles() -> ProfileTable:
     """Profiles measured with this package's profiler and shipped (data/measured/, see
-    docs/profiles.md); an engine may hold only one phase when the other was not valid."""
-    return ProfileTable(p for f in _data_files(measured=True) for p in read_points(f))
+    docs/profiles.md), less points whose repeats disagree (``quality.screen``); an engine
+    may hold only one phase when the other was not valid."""
+    return screen(p for f in _data_files(measured=True) for p in read_points(f)).kept
 
 
 def overlay(base: ProfileTable, top: ProfileTable) -> ProfileTable:
@@ -238,6 +240,31 @@ def overlay(base: ProfileTable, top: ProfileTable) -> ProfileTable:
         if all(phases.values()):
             kept += [p for points in phases.values() for p in points]
     return ProfileTable(kept)
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileOrigin:
+    """Where the default latency model's answers for one engine come from, per phase."""
+
+    engine: EngineKey
+    prefill: str  # MEASURED (data/measured), PUBLISHED (FineServe's tables)
+    decode: str
+
+
+PUBLISHED = "published"  # data/{gpu}/: FineServe's cost tables (data/NOTICE.md)
+
+
+def profile_origins() -> tuple[ProfileOrigin, ...]:
+    """Each engine of ``shipped_profiles`` with the source of each phase; an engine not
+    listed is estimated (``AnalyticLatency``) for both phases."""
+    measured = measured_profiles()
+    shipped = shipped_profiles()
+
+    def source(key: EngineKey, phase: Phase) -> str:
+        return MEASURED if measured.points_for(key, phase) else PUBLISHED
+
+    return tuple(ProfileOrigin(k, source(k, Phase.PREFILL), source(k, Phase.DECODE))
+                 for k in shipped.engines())
 
 
 @cache
