@@ -148,8 +148,10 @@ class _Run:
         return tuple(-9 if p.returncode is None else p.returncode for p in self.procs)
 
     def _wait(self, deadline: float = math.inf) -> None:
-        while any(p.poll() is None for p in self.procs):
-            try:
+        while True:
+            try:  # the poll too: a Ctrl-C may land anywhere in the loop
+                if all(p.poll() is not None for p in self.procs):
+                    return
                 if time.time() >= deadline:
                     self.stop()
                 now = time.monotonic()

@@ -272,6 +272,30 @@ def test_run_lanes_starts_each_lane_pinned_and_merges_what_it_wrote(tmp_path, ca
     assert f"[a@gpu0] affinity [{cpu}]" in out and f"[c@gpu1:ctl] affinity [{cpu}]" in out
 
 
+def test_each_lane_keeps_its_own_output_unprefixed_in_its_work_folder(tmp_path, capsys):
+    """lane.log beside the lane's deployments: what run.py printed, as it printed it."""
+    fake = tmp_path / "fake-python"
+    fake.write_text(FAKE_RUN)
+    fake.chmod(0o755)
+    results = tmp_path / "results"
+    results.mkdir()
+    cpu = min(os.sched_getaffinity(0))
+    lane = L.Lane(0, ("a",), 0, "", 8000, (cpu,), tmp_path / "w0", tmp_path / "o0")
+    L.run_lanes((lane,), str(fake), [], results)
+    assert (lane.work / "lane.log").read_text() == f"affinity [{cpu}]\n"
+    assert f"[a@gpu0] affinity [{cpu}]" in capsys.readouterr().out.splitlines()
+
+
+def test_a_lane_that_cannot_start_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(L.host_cores, "nvml_near", lambda gpus: ())
+    monkeypatch.setattr(L.host_cores, "host_siblings", lambda cores: {})
+    code = L.main(["--lanes", "a@0", "--cores", "0-3", "--work", str(tmp_path / "w"),
+                   "--merge-into", str(tmp_path / "results"), "--python",
+                   str(tmp_path / "no-python")])
+    assert code == 2
+    assert "error: could not start a@gpu0" in capsys.readouterr().err
+
+
 def test_the_report_sets_a_control_lane_beside_the_main_one(tmp_path, latency):
     from bench.e2e.predict import deployed_default, predict_one
     from bench.e2e.report import control_lines
