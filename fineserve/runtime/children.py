@@ -128,7 +128,7 @@ class _Run:
         logs = []
         try:
             for child in self.children:
-                logs.append(open(child.log, "w", encoding="utf-8") if child.log else None)
+                logs.append(_open_log(child))
                 self.procs.append(_popen(child))
                 if self.stop_at is not None:  # a SIGTERM came while starting
                     _signal_group(self.procs[-1], self.policy.sig)
@@ -222,6 +222,16 @@ class _Run:
         until = time.monotonic() + self.join_s
         for reader in self.readers:
             reader.join(max(0.0, until - time.monotonic()))
+
+
+def _open_log(child: Child) -> TextIO | None:
+    if child.log is None:
+        return None
+    try:
+        return open(child.log, "w", encoding="utf-8")
+    except OSError as exc:
+        raise ChildStartError(f"could not start {child.name}: its log {child.log}: "
+                              f"{exc.strerror}") from None
 
 
 def _popen(child: Child) -> subprocess.Popen[str]:

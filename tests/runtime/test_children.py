@@ -1,6 +1,7 @@
 """fineserve/runtime/children.py with real child processes: output prefixes and the tee, core
 pinning, the stop signal, the SIGKILL after the grace, interrupts with and without ``trap``,
-children that cannot start."""
+children that cannot start. A stuck child sleeps 30 s: a stop that never comes fails its
+test (wrong exit code) instead of hanging it."""
 
 from __future__ import annotations
 
@@ -101,7 +102,7 @@ def test_a_child_gets_its_cores_and_the_others_inherit_ours():
 
 
 def test_a_child_still_running_at_the_deadline_gets_the_stop_signal():
-    stuck = child("b", "import time; time.sleep(600)")
+    stuck = child("b", "import time; time.sleep(30)")
     assert run_children([stuck], time.time() + 1, io.StringIO()) == (-signal.SIGTERM,)
 
 
@@ -113,7 +114,7 @@ def stop(signum, frame):
 signal.signal(signal.SIGINT, stop)
 signal.signal(signal.SIGTERM, stop)
 open(sys.argv[1], 'w').close()
-time.sleep(600)
+time.sleep(30)
 """
 
 
@@ -138,11 +139,11 @@ def test_trap_turns_sigterm_or_ctrl_c_into_the_stop_signal_and_returns_the_codes
 STUBBORN = """
 import os, signal, subprocess, sys, time
 signal.signal(signal.SIGTERM, signal.SIG_IGN)  # inherited by the grandchild
-grand = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])
+grand = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'])
 with open(sys.argv[1] + '.pid', 'w') as f:
     f.write(str(grand.pid))
 open(sys.argv[1], 'w').close()
-time.sleep(600)
+time.sleep(30)
 """
 
 
@@ -175,13 +176,15 @@ def test_an_interrupt_without_trap_stops_the_children_on_its_way_out(tmp_path):
 
 def test_a_child_that_cannot_start_is_one_error_and_the_started_ones_are_stopped(tmp_path):
     token = str(tmp_path / "token")
-    started = child("a", "import time; time.sleep(600)", token)
+    started = child("a", "import time; time.sleep(30)", token)
     missing = Child("gpu1", ("/no/such/program",), {})
     with pytest.raises(ChildStartError, match=r"could not start gpu1 \(/no/such/program\)"):
         run_children([started, missing], sink=io.StringIO())
     assert running_with(token) == []
     with pytest.raises(FineserveError, match="could not start a"):  # exit code 2
         run_children([child("a", "pass", cwd=tmp_path / "missing")], sink=io.StringIO())
+    with pytest.raises(ChildStartError, match="could not start a: its log .*No such file"):
+        run_children([child("a", "pass", log=tmp_path / "missing" / "a.log")])
 
 
 @given(name=st.text(st.characters(blacklist_characters="\n"), max_size=12),
