@@ -6,8 +6,9 @@ Standard library and vLLM only. Timings come from vLLM's per-request engine-core
 around ``generate``. ``timing.py`` turns the timestamps into step times; see docs/profiler.md.
 
 - prefill of ``batch`` prompts: behind a *blocker* prompt that fills one step's token budget,
-  the batch shares the next step; its latency is from the later of (blocker's first token,
-  batch scheduled) to the batch's first token. With async scheduling (vLLM's default on GPUs)
+  the batch shares the next step; its latency is that step timed on the device
+  (``steptimer.py``, ``time_steps``), else from the later of (blocker's first token, batch
+  scheduled) to the batch's first token. With async scheduling (vLLM's default on GPUs)
   the batch is scheduled while the blocker's step still runs, so its own scheduling time
   would count the blocker's step too (the bug of the first H100 run).
 - decode step at batch b, mean context c: one run of b requests generating n tokens; the
@@ -23,11 +24,18 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from fineserve.profiles.measure.records import DECODE_METHOD, PREFILL_METHOD, EngineArgs
+from fineserve.profiles.measure import steptimer
+from fineserve.profiles.measure.records import (
+    DECODE_METHOD,
+    PREFILL_METHOD,
+    STAMP_PREFILL_METHOD,
+    EngineArgs,
+)
 from fineserve.profiles.measure.timing import (
     Stamps,
     decode_prompt_tokens,
     decode_window,
+    device_prefill_step,
     late_lead,
     prefill_step,
 )
@@ -42,6 +50,7 @@ class Timing:
     steps: int = 1  # engine steps the batch's first tokens came from (prefill)
     lead_s: float | None = None  # the blocker's apparent step (prefill behind a blocker)
     late: bool = False  # the blocker's output stamp was late: ``seconds`` is short (timing)
+    stamp_s: float | None = None  # device-timed prefill: the same step from the stamps
 
 
 def start_engine(args: EngineArgs, device: str) -> Any:
@@ -117,33 +126,69 @@ def _stamps(outputs: list[Any]) -> list[Stamps] | None:
 
 
 def prefill(llm: Any, prompts: Prompts, batch: int, tokens: int, blocker: int = 0,
-            reference: float | None = None) -> Timing:
+            reference: float | None = None, timed: bool = False) -> Timing:
     """Time to prefill ``batch`` prompts of ``tokens`` tokens in one engine step.
 
     vLLM's engine core starts a step as soon as the first request reaches it, so a batch
     submitted at once can be split over two steps. A ``blocker`` prompt of that many tokens
     (one step's whole budget) goes first: its prefill keeps the core busy while the batch
-    arrives, and the batch then shares the next step (``timing.prefill_step``). A batch still
-    split, or partly scheduled into the blocker's step, is retried; the timing says how many
-    steps it took. So is a run whose blocker output was stamped late (``timing.late_lead``
+    arrives, and the batch then shares the next step. ``timed`` (the worker's steps are
+    timed on the device, ``time_steps``): the latency is that step's device time
+    (``timing.device_prefill_step``); a run whose batch did not get a step of its own is
+    retried. Otherwise it is read from the engine-core stamps (``timing.prefill_step``),
+    and also retried where the blocker's output was stamped late (``timing.late_lead``
     against ``reference``, the blocker's step on an idle engine): its step reads short.
     """
     timing = Timing(0.0, "wall")
     for _ in range(PREFILL_TRIES):
         batch_prompts = prompts.batch(batch, tokens)
         lead = prompts.batch(1, blocker) if blocker else []
+        if timed:
+            device_steps(llm)  # drop what an earlier call left
         outputs, wall = _generate(llm, lead + batch_prompts, 1)
         stamps = _stamps(outputs)
+        if timed:
+            steps = device_steps(llm)
+            seconds = device_prefill_step(steps, batch * tokens, blocker)
+            stamp = prefill_step(stamps[len(lead):], stamps[0] if lead else None) \
+                if stamps else None
+            after = [t for n, t in steps if n > 0][1 if blocker else 0:]
+            timing = Timing(seconds if seconds is not None else sum(after), PREFILL_METHOD,
+                            1 if seconds is not None else max(2, len(after)),
+                            stamp.lead if stamp else None, False,
+                            stamp.seconds if stamp else None)
+            if seconds is not None:
+                return timing
+            continue
         if stamps is None:  # no engine timestamps: the batch alone, by the wall clock
             return Timing(_generate(llm, batch_prompts, 1)[1], "wall")
         step = prefill_step(stamps[len(lead):], stamps[0] if lead else None)
         late = (step.lead is not None and reference is not None
                 and late_lead(step.lead, reference))
-        timing = Timing(step.seconds, PREFILL_METHOD, step.steps + int(step.rode_along),
-                        step.lead, late)
+        timing = Timing(step.seconds, STAMP_PREFILL_METHOD,
+                        step.steps + int(step.rode_along), step.lead, late)
         if step.clean and not late:
             return timing
     return timing  # unclean every time: recorded as such (note in the record)
+
+
+def time_steps(llm: Any, on: bool | None = None) -> bool:
+    """Device timing of the engine's steps (``steptimer``): ``None`` installs it, a bool
+    turns it on or off. True where it works (one worker process: tensor parallel 1)."""
+    try:
+        if on is None:
+            answers = llm.collective_rpc(steptimer.install)
+        else:
+            answers = llm.collective_rpc(steptimer.enable, args=(on,))
+    except Exception:  # noqa: BLE001 - version-dependent internals: fall back to stamps
+        return False
+    return len(answers) == 1 and bool(answers[0])
+
+
+def device_steps(llm: Any) -> list[tuple[int, float]]:
+    """(scheduled tokens, device seconds) of the steps since the last call."""
+    answers = llm.collective_rpc(steptimer.take)
+    return [(int(n), float(t)) for n, t in answers[0]] if answers else []
 
 
 def lead_reference(llm: Any, prompts: Prompts, blocker: int, runs: int = 3) -> float | None:

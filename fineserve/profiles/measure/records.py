@@ -17,11 +17,19 @@ from typing import Any
 PREFILL, DECODE = "prefill", "decode"
 
 # How latencies are taken (docs/profiler.md). A record keeps the method that measured it.
-# the batch's own step behind a blocker (timing.prefill_step); /3: runs whose blocker output
-# was stamped late are retried (timing.late_lead; /2 kept them: 164 of 600 H100 runs > 10%
-# short, docs/profiler.md)
-PREFILL_METHOD = "step-ts/3"
-DECODE_METHOD = "window-ts/2"  # full-batch decode window of one run (timing.decode_window)
+# Prefill: the batch's own step behind a blocker, timed on the device (steptimer.py: CUDA
+# events around each engine step; timing.device_prefill_step). Where the worker cannot time
+# steps (no torch in vLLM's process, an unknown runner) it reads the step from engine-core
+# stamps (STAMP_PREFILL_METHOD, timing.prefill_step); /3 retried runs whose blocker output
+# was stamped late (timing.late_lead; /2 kept them). Session 6 on the H100: 149 of 1185 /3
+# runs > 5% short, and the late-stamp detector fired on 604 of the 1006 good ones.
+PREFILL_METHOD = "step-ev/1"
+STAMP_PREFILL_METHOD = "step-ts/3"
+# Decode: the full-batch window of one run (timing.decode_window); /3: runs sized to a
+# window of decode_window_s up to the grid's decode_tokens, which the H100 grid raised to
+# 256 (/2 ran at most 128 tokens: windows of 0.53-0.75 s for steps < 6 ms, and all 42 of
+# the 1008 H100 /2 med3 runs > 5% off their point's median had windows < 0.75 s).
+DECODE_METHOD = "window-ts/3"
 # a prefill record's note when runs kept a late blocker stamp after every retry
 LATE_NOTE = "blocker stamped late (out of tries)"
 # Methods found wrong after their data was taken: such records count as not measured.
@@ -151,6 +159,9 @@ class ProfileJob:
     # > 0: size each decode point's runs for a window of this many seconds from its untimed
     # run (timing.window_tokens; decode_tokens is the most)
     decode_window_s: float = 0.0
+    # the parent's estimate of each point's seconds (same order as ``points``; empty: none),
+    # which the worker's time guesses scale by what measured points took (worker._guess)
+    point_seconds: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +245,9 @@ class PointRecord:
     # engine's reference for it (timing.late_lead), so lateness can be checked afterwards
     leads: tuple[float, ...] = ()
     lead_reference: float | None = None
+    # prefill timed on the device: the same runs as read from the engine-core stamps
+    # (timing.prefill_step), to compare the two sources afterwards
+    stamp_runs: tuple[float, ...] = ()
     kind: str = field(default="point", init=False)
 
     @property

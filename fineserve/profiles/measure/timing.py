@@ -84,6 +84,30 @@ def late_lead(lead: float, reference: float, *, rel: float = 0.005, abs_s: float
     return lead > reference * (1 + rel) + abs_s
 
 
+def device_prefill_step(steps: Sequence[tuple[int, float]], batch_tokens: int,
+                        blocker_tokens: int = 0) -> float | None:  # fmt: skip
+    """The batch's step among one run's device-timed steps (``steptimer.take``: scheduled
+    tokens, seconds), or None where the run did not go as planned: behind a blocker, the
+    blocker's step (at least ``blocker_tokens``) then the batch's (its ``batch_tokens``, one
+    more allowed: a token of the blocker scheduled ahead of its end); without one, the batch
+    alone. Steps with no tokens are skipped, and so are trailing steps of a token or two (the
+    same kind of ahead-scheduled token). A batch split over steps, or sharing the blocker's,
+    gives None (retried like an unclean stamp run)."""
+    real = [(n, s) for n, s in steps if n > 0]
+    while len(real) > (2 if blocker_tokens else 1) and real[-1][0] <= 2:
+        real.pop()
+    if blocker_tokens:
+        if len(real) != 2 or real[0][0] < blocker_tokens:
+            return None
+        tokens, seconds = real[1]
+    else:
+        if len(real) != 1:
+            return None
+        tokens, seconds = real[0]
+    ok = batch_tokens <= tokens <= batch_tokens + 1 and seconds > 0
+    return seconds if ok else None
+
+
 def decode_window(batch: Sequence[Stamps], tokens: int) -> DecodeWindow | None:
     """Mean full-batch decode step of requests that each generated ``tokens`` tokens.
 

@@ -124,11 +124,27 @@ class LeadReference:
 
 def _measure(
     llm: Any, prompts: eng.Prompts, job: ProfileJob, point: PointSpec, floor: float | None,
-    lead: LeadReference | None = None,
+    lead: LeadReference | None = None, timed: bool = False,
 ) -> PointRecord:  # fmt: skip
     """One untimed run of the point's shape (caches, allocator, clocks settle), then
-    ``repeats`` timed repeats of ``samples`` runs each (a repeat is their median)."""
-    runs, leads, methods, notes = [], [], set(), []
+    ``repeats`` timed repeats of ``samples`` runs each (a repeat is their median).
+    ``timed``: prefill steps are timed on the device (``engine.time_steps``), switched on
+    for the point's runs only."""
+    timed = timed and point.phase == PREFILL
+    if timed:
+        timed = eng.time_steps(llm, True)
+    try:
+        return _runs(llm, prompts, job, point, floor, lead, timed)
+    finally:
+        if timed:
+            eng.time_steps(llm, False)
+
+
+def _runs(
+    llm: Any, prompts: eng.Prompts, job: ProfileJob, point: PointSpec, floor: float | None,
+    lead: LeadReference | None, timed: bool,
+) -> PointRecord:  # fmt: skip
+    runs, leads, stamp_runs, methods, notes = [], [], [], set(), []
     blocker = blocker_tokens(job.engine)
     samples = max(1, point.samples)
     lead = lead if lead is not None else LeadReference()
@@ -137,8 +153,11 @@ def _measure(
         tokens = min(MIN_DECODE_TOKENS, job.decode_tokens)
     for i in range(point.repeats * samples + 1):
         if point.phase == PREFILL:
-            t = eng.prefill(llm, prompts, point.batch, point.tokens, blocker, lead.seconds)
+            t = eng.prefill(llm, prompts, point.batch, point.tokens, blocker, lead.seconds,
+                            timed)
             lead.see(t.lead_s, t.late)
+            if i and t.stamp_s is not None:
+                stamp_runs.append(t.stamp_s)
             if i and t.steps > 1:
                 notes.append(f"split over {t.steps} steps")
             if i and t.late:
@@ -167,7 +186,8 @@ def _measure(
     return PointRecord(job.label, point.phase, point.batch, point.tokens,
                        medians_of(runs, samples), method, "; ".join(sorted(set(notes))), check,
                        tuple(runs) if samples > 1 else (), leads=tuple(leads),
-                       lead_reference=lead.seconds if leads else None)
+                       lead_reference=lead.seconds if leads and lead.seconds else None,
+                       stamp_runs=tuple(stamp_runs))
 
 
 def _floor(llm: Any, prompts: eng.Prompts) -> float | None:
@@ -185,11 +205,23 @@ def blocker_tokens(args: EngineArgs) -> int:
     return max(1, min(args.max_model_len - 8, args.max_num_batched_tokens))
 
 
-def _guess(done: list[tuple[PointSpec, float]], point: PointSpec) -> float:
-    """Seconds the point will take, from the measured points of its phase: the slowest one's
-    time, scaled by the square root of the size ratio when this one is larger. Time grows
-    far slower than batch x tokens (fixed costs, the blocker, ~constant decode steps); a
-    linear guess skipped the last decode point of the first H100 run for want of time."""
+def _guess(done: list[tuple[PointSpec, float]], point: PointSpec,
+           estimates: dict[tuple[str, int, int], float] | None = None) -> float:
+    """Seconds the point will take, from the measured points. With the parent's
+    ``estimates`` (``ProfileJob.point_seconds``): this point's estimate times the largest
+    ratio of measured to estimated time among the measured points (of its phase where there
+    are some). Without: the slowest measured point of its phase, scaled by the square root
+    of the size ratio when this one is larger. Both grow far slower than batch x tokens
+    (fixed costs, the blocker, ~constant decode steps); the size rule took a 70B prefill of
+    2048 tokens for 4x its 128-token point, blocker-bound like it, and stopped a point that
+    would have fit (session 6)."""
+    estimates = estimates or {}
+    if estimates.get(point.key, 0) > 0:
+        ratios = [(p.phase == point.phase, t / estimates[p.key]) for p, t in done
+                  if estimates.get(p.key, 0) > 0]
+        same = [r for phase, r in ratios if phase]
+        if ratios:
+            return estimates[point.key] * max(same or [r for _, r in ratios])
     size = point.batch * point.tokens * (point.repeats * point.samples + 1)
     guesses = [t * max(1.0, size / (p.batch * p.tokens * (p.repeats * p.samples + 1))) ** 0.5
                for p, t in done if p.phase == point.phase]
@@ -229,14 +261,18 @@ def run_profile(job: ProfileJob) -> int:
     blocker = blocker_tokens(job.engine) if any(p.phase == PREFILL for p in job.points) else 0
     eng.warm_up(llm, prompts, max_batch, min(longest, job.engine.max_model_len - 8), blocker)
     floor = _floor(llm, prompts) if any(p.phase == PREFILL for p in job.points) else None
-    lead = LeadReference(eng.lead_reference(llm, prompts, blocker) if blocker else None)
+    timed = bool(blocker) and eng.time_steps(llm)  # else prefill is read from stamps
+    lead = LeadReference(eng.lead_reference(llm, prompts, blocker)
+                         if blocker and not timed else None)
     done: list[tuple[PointSpec, float]] = []
+    estimates = ({p.key: t for p, t in zip(job.points, job.point_seconds, strict=True)}
+                 if len(job.point_seconds) == len(job.points) else {})
     for point in job.points:
-        if time.time() + _guess(done, point) + SAFETY_S > job.deadline:
+        if time.time() + _guess(done, point, estimates) + SAFETY_S > job.deadline:
             print(f"stopping before {point.key}: out of time", file=sys.stderr)
             break
         t0 = time.perf_counter()
-        append(job.results, _measure(llm, prompts, job, point, floor, lead))
+        append(job.results, _measure(llm, prompts, job, point, floor, lead, timed))
         done.append((point, time.perf_counter() - t0))
     return 0
 

@@ -12,6 +12,7 @@ from fineserve.profiles.measure import worker
 from fineserve.profiles.measure.records import (
     DECODE_METHOD,
     PREFILL_METHOD,
+    STAMP_PREFILL_METHOD,
     EngineArgs,
     EngineLabel,
     PointSpec,
@@ -90,10 +91,11 @@ def test_blocker_steps_are_recorded_and_a_shorter_one_lowers_the_reference(monke
     leads = iter([0.050, 0.049, 0.0495, 0.060, 0.049])  # untimed run first; one late run
     refs = []
 
-    def prefill(llm, prompts, batch, tokens, blocker, reference):
+    def prefill(llm, prompts, batch, tokens, blocker, reference, timed=False):
+        assert not timed  # no device timer: the stamps and their late-stamp retries
         refs.append(reference)
         lead = next(leads)
-        return eng.Timing(0.01, PREFILL_METHOD, lead_s=lead, late=lead > 0.055)
+        return eng.Timing(0.01, STAMP_PREFILL_METHOD, lead_s=lead, late=lead > 0.055)
 
     monkeypatch.setattr(eng, "prefill", prefill)
     point = PointSpec("prefill", 4, 512, repeats=4)
@@ -103,7 +105,7 @@ def test_blocker_steps_are_recorded_and_a_shorter_one_lowers_the_reference(monke
     assert record.leads == (0.049, 0.0495, 0.060, 0.049)
     assert record.lead_reference == 0.049
     assert "blocker stamped late" in record.note
-    assert record.method == PREFILL_METHOD == "step-ts/3"
+    assert record.method == STAMP_PREFILL_METHOD == "step-ts/3"
 
 
 def test_an_engine_that_is_not_the_planned_precision_measures_nothing():
@@ -113,3 +115,49 @@ def test_an_engine_that_is_not_the_planned_precision_measures_nothing():
     assert worker.wrong_weights(15 * gib, 0) is None  # nothing planned
     why = worker.wrong_weights(15 * gib, int(5.3 * gib))  # the unquantized GPTQ engine
     assert why is not None and "15.0 GiB" in why and "5.3 GiB planned" in why
+
+
+def test_device_timed_prefill_records_device_runs_beside_their_stamp_readings(monkeypatch):
+    switches, calls = [], []
+    monkeypatch.setattr(eng, "time_steps", lambda llm, on=None: switches.append(on) or True)
+
+    def prefill(llm, prompts, batch, tokens, blocker, reference, timed=False):
+        calls.append(timed)
+        n = len(calls)
+        # device 10 ms each run; the stamps read one run 0.7 ms (a late blocker stamp)
+        return eng.Timing(0.010 + n * 1e-5, PREFILL_METHOD, lead_s=0.05,
+                          stamp_s=0.0007 if n == 3 else 0.0100)
+
+    monkeypatch.setattr(eng, "prefill", prefill)
+    monkeypatch.setattr(eng, "lone_ttft", lambda *a, **k: (0.05, 0.04))
+    point = PointSpec("prefill", 1, 512, repeats=2, samples=3)
+    record = worker._measure(None, None, job((point,)), point, floor=0.03, timed=True)
+    assert calls == [True] * 7 and switches == [True, False]  # on for the point, then off
+    assert record.method == f"{PREFILL_METHOD} med3" == "step-ev/1 med3"
+    assert len(record.runs) == 6 and min(record.runs) > 0.0100
+    assert record.stamp_runs[1] == 0.0007 and len(record.stamp_runs) == 6  # kept, not used
+    assert record.note == "" and record.lead_reference is None
+
+
+def test_decode_points_are_never_device_timed(monkeypatch):
+    monkeypatch.setattr(eng, "time_steps", lambda *a, **k: pytest.fail("timer switched"))
+    monkeypatch.setattr(eng, "decode_step",
+                        lambda *a, **k: (eng.Timing(0.005, DECODE_METHOD), True))
+    monkeypatch.setattr(eng, "lone_decode", lambda *a, **k: 0.005)
+    point = PointSpec("decode", 1, 256, repeats=3)
+    assert worker._measure(None, None, job((point,)), point, None, timed=True).latencies \
+        == (0.005,) * 3
+
+
+def test_time_guess_scales_the_estimate_by_what_measured_points_took():
+    p128 = PointSpec("prefill", 1, 128, repeats=5, samples=3)
+    p2048 = PointSpec("prefill", 1, 2048, repeats=5, samples=3)
+    dec = PointSpec("decode", 1, 256, repeats=3, samples=3)
+    # the 70B at SM 50 (session 6): blocker-bound points, 55 s measured for 11.6 s estimated
+    est = {p128.key: 11.6, p2048.key: 21.3, dec.key: 12.0}
+    assert worker._guess([(p128, 55.0)], p2048, est) == pytest.approx(21.3 * 55 / 11.6)
+    assert worker._guess([(p128, 55.0)], p2048) == pytest.approx(220.0)  # the size rule
+    # decode guessed from prefill's ratio until a decode point is measured, then its own
+    assert worker._guess([(p128, 23.2)], dec, est) == pytest.approx(24.0)
+    assert worker._guess([(p128, 23.2), (dec, 12.0)], dec, est) == pytest.approx(12.0)
+    assert worker._guess([], p2048, est) == 0.0  # nothing measured: the first point runs

@@ -1,0 +1,90 @@
+"""Device step timing: the wrapper around vLLM's runner and the choice of the batch's step
+(the CUDA side runs only on a GPU; here the host clock of CPU mode stands in)."""
+
+from __future__ import annotations
+
+from fineserve.profiles.measure import steptimer
+from fineserve.profiles.measure.timing import device_prefill_step
+
+
+class Output:
+    def __init__(self, tokens: int) -> None:
+        self.total_num_scheduled_tokens = tokens
+
+
+class SplitRunner:
+    """vLLM >= 0.11: execute_model returns None and sample_tokens finishes the step."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def execute_model(self, scheduler_output, intermediate_tensors=None):
+        self.calls.append(f"exec {scheduler_output.total_num_scheduled_tokens}")
+        return None if scheduler_output.total_num_scheduled_tokens else "empty"
+
+    def sample_tokens(self, grammar_output):
+        self.calls.append("sample")
+        return "sampled"
+
+
+class Worker:
+    def __init__(self, runner) -> None:
+        self.model_runner = runner
+
+
+def test_steps_are_timed_only_while_on_and_taken_once():
+    runner = SplitRunner()
+    steptimer.attach(runner, cuda=False)
+    worker = Worker(runner)
+    runner.execute_model(Output(2048))
+    runner.sample_tokens(None)
+    assert steptimer.take(worker) == []  # off: passes through, times nothing
+    assert steptimer.enable(worker, True)
+    assert runner.execute_model(Output(2048)) is None
+    assert runner.sample_tokens(None) == "sampled"
+    assert runner.execute_model(Output(0)) == "empty"  # no forward: closed at once
+    assert runner.execute_model(Output(512)) is None
+    runner.sample_tokens(None)
+    steps = steptimer.take(worker)
+    assert [n for n, _ in steps] == [2048, 0, 512] and all(t >= 0 for _, t in steps)
+    assert steptimer.take(worker) == []
+    assert runner.calls.count("sample") == 3  # every call reached vLLM's own method
+
+
+def test_a_runner_that_samples_inside_execute_model_is_timed_there():
+    class OneCall:
+        def execute_model(self, scheduler_output, intermediate_tensors=None):
+            return "output"
+
+    runner = OneCall()
+    steptimer.attach(runner, cuda=False)
+    worker = Worker(runner)
+    steptimer.enable(worker, True)
+    runner.execute_model(Output(128))
+    assert [n for n, _ in steptimer.take(worker)] == [128]
+
+
+def test_a_worker_without_a_runner_cannot_be_timed():
+    assert not steptimer.install(Worker(None))
+    assert not steptimer.enable(Worker(object()), True)
+    assert steptimer.take(Worker(object())) == []
+
+
+def test_the_batch_step_is_the_one_after_the_blocker():
+    blocker = 2048
+    assert device_prefill_step([(2048, 0.050), (512, 0.0135)], 512, blocker) == 0.0135
+    assert device_prefill_step([(2048, 0.050), (0, 0.0001), (512, 0.0135)], 512, blocker) \
+        == 0.0135  # an empty step is skipped
+    assert device_prefill_step([(2048, 0.05), (513, 0.0135), (1, 0.004)], 512, blocker) \
+        == 0.0135  # a blocker token scheduled ahead rides along, or trails in a step
+    assert device_prefill_step([(128, 0.006)], 128) == 0.006  # no blocker: the batch alone
+
+
+def test_a_batch_split_or_sharing_the_blockers_step_is_not_clean():
+    blocker = 2048
+    assert device_prefill_step([(2048, 0.05), (256, 0.01), (256, 0.01)], 512, blocker) is None
+    assert device_prefill_step([(2048 + 256, 0.06), (256, 0.01)], 512, blocker) is None
+    assert device_prefill_step([(1024, 0.03), (512, 0.0135)], 512, blocker) is None
+    assert device_prefill_step([(2048, 0.05)], 512, blocker) is None
+    assert device_prefill_step([], 128) is None
+    assert device_prefill_step([(128, 0.0)], 128) is None
