@@ -75,6 +75,11 @@ from fineserve.profiles.measure.store import ResultStore  # noqa: E402
 
 H100 = "H100-SXM-80GB"
 MERGE_S = 20.0  # of the budget left to a multi-GPU parent after its shards: merge, export
+# Most tokens of a decode run: enough for the 1 s window at the fastest steps (8B fp8 at
+# ~4.6 ms: ~218). At 128 (before session 7) such windows lasted 0.53-0.75 s, and every one of
+# the 42 of 1008 H100 decode runs > 5% off its point's median had a window < 0.75 s
+# (records.DECODE_METHOD).
+DECODE_TOKENS = 256
 
 
 # Issue 5's reference set, in the order the sessions measure it, one entry per model so that
@@ -422,8 +427,9 @@ def parser() -> argparse.ArgumentParser:
                         "x tokens; earlier 4 x 2048 points still ship (docs/profiler.md)")
     p.add_argument("--decode-batches", default="1,8,32")
     p.add_argument("--decode-contexts", default="256,1024")
-    p.add_argument("--decode-tokens", type=int, default=GridSpec().decode_tokens,
-                   help="tokens per decode run (the timed window is about this many steps)")
+    p.add_argument("--decode-tokens", type=int, default=DECODE_TOKENS,
+                   help="most tokens a decode run generates (with --decode-window-s: runs "
+                        "are sized by step time up to this)")
     p.add_argument("--decode-window-s", type=float, default=1.0,
                    help="size decode runs by step time for a window of this many seconds "
                         "(at most --decode-tokens tokens; 0: always --decode-tokens)")

@@ -38,10 +38,12 @@ from fineserve.profiles.measure.records import (
 )
 from fineserve.profiles.measure.session import (
     CAPACITY_SHARE,
+    PROCESS_S,
     EngineCost,
     engine_cost,
     measured_memory,
     plan_waves,
+    point_seconds,
 )
 from fineserve.profiles.measure.store import ExportSummary, ResultStore
 from fineserve.profiles.measure.waves import WaveMember, WaveResult, run_wave
@@ -237,11 +239,20 @@ class _RunState:
 
 
 def _start_guess(request: ProfileRequest, plan: EnginePlan, estimate_s: float = 0.0) -> float:
-    """The longest start of this precision's engines so far; before any started, the
-    session estimate ``estimate_s`` where longer than the flat guess (14B-70B start cold
-    in 186-238 s: a 60 s guess started a wave only to kill it mid-compile)."""
+    """The longest start of this precision's engines so far plus the worker's own process
+    start; before any started, the session estimate ``estimate_s`` where longer than the
+    flat guess (14B-70B start cold in 186-238 s: a 60 s guess started a wave only to kill
+    it mid-compile)."""
     starts = plan.store.start_times()
-    return max(starts) if starts else max(START_GUESS_S[request.device], estimate_s)
+    return PROCESS_S + max(starts) if starts else max(START_GUESS_S[request.device],
+                                                      estimate_s)
+
+
+def _fits(t_end: float, start_s: float, first_s: float) -> bool:
+    """Whether an engine started now is up and has measured its first point (warm-up
+    included, ``EngineCost.first_s``) before the budget's end, shutdown left: a start that
+    cannot measure anything is not made (a cold 70B costs 85-210 s)."""
+    return time.time() + start_s + first_s + SHUTDOWN_S + 10 <= t_end
 
 
 def _run_one_by_one(request: ProfileRequest, plans: list[EnginePlan],
@@ -251,10 +262,11 @@ def _run_one_by_one(request: ProfileRequest, plans: list[EnginePlan],
     waves = plan_waves(engine_costs(request, todo, AnalyticLatency()), 0.0, parallel=False) \
         if todo else ()
     estimates = {w.engines[0].key: w.start_s for w in waves}  # cold: its group's first only
+    first = {w.engines[0].key: w.engines[0].first_s for w in waves}
     for plan in todo:
         plan.store.prepare()
         guess = _start_guess(request, plan, estimates.get(plan.label.key, 0.0))
-        if time.time() + guess + SHUTDOWN_S + 10 > t_end:
+        if not _fits(t_end, guess, first.get(plan.label.key, 0.0)):
             state.out_of_budget = True
             return
         state.progress(Progress(state.done, state.total, f"starting {plan.label.key}"))
@@ -283,7 +295,7 @@ def _run_in_waves(request: ProfileRequest, plans: list[EnginePlan],
     for i, wave in enumerate(plan_waves(costs, capacity)):
         members = [by_key[e.key] for e in wave.engines]
         guess = max(_start_guess(request, p, wave.start_s) for p in members)
-        if time.time() + guess + SHUTDOWN_S + 10 > t_end:
+        if not _fits(t_end, guess, wave.engines[0].first_s):
             state.out_of_budget = True
             return
         state.progress(Progress(state.done, state.total,
@@ -394,11 +406,27 @@ def _write_job(request: ProfileRequest, plan: EnginePlan, t_end: float,
                      str(plan.store.results), deadline if deadline < float("inf") else 4e9,
                      request.device, str(control) if control is not None else "", tag,
                      memory_bytes, _planned_weights(request, plan),
-                     request.grid.decode_window_s)
+                     request.grid.decode_window_s, _point_estimates(request, plan))
     suffix = f"-{tag}" if tag else ""
     job_path = plan.store.folder / f".job-{os.getpid()}{suffix}.json"
     write_job(job, job_path)
     return job_path
+
+
+def _point_estimates(request: ProfileRequest, plan: EnginePlan) -> tuple[float, ...]:
+    """Seconds each point left on ``plan``'s engine should take (``session.point_seconds``
+    on the default roofline): the worker's time guesses scale them by what the points it
+    measured took against their estimates (``worker._guess``)."""
+    from fineserve.profiles.measure.worker import blocker_tokens
+
+    label = plan.label
+    shape = EngineShape(gpu_spec(label.gpu), _spec(request, label), label.tp)
+    latency = AnalyticLatency()
+    return tuple(point_seconds(p, latency, shape, label.sm_pct,
+                               blocker_tokens=blocker_tokens(plan.args),
+                               decode_tokens=request.grid.decode_tokens,
+                               decode_window_s=request.grid.decode_window_s)
+                 for p in plan.todo)
 
 
 def _run_engine(

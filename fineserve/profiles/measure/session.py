@@ -56,6 +56,8 @@ class EngineCost:
     start_s: float  # process start + engine start with a warm compile cache + shutdown
     compile_s: float  # extra for the first start of its compile group in a session
     measure_s: float
+    # warm-up and its first point: what a start must leave time for to be of any use
+    first_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,12 +214,12 @@ def engine_cost(
     """The cost of one planned engine (``runner.plan_engines`` gives its sizes)."""
     warm, cold = start_seconds(spec.arch.num_layers)
     group = f"{spec.arch.name}@{spec.precision.name}/tp{tp}"
+    timing = dict(blocker_tokens=blocker_tokens, decode_tokens=decode_tokens,
+                  decode_window_s=decode_window_s)
     return EngineCost(
         key, spec.arch.name, group, spec.weight_bytes(tp) + kv_cache_bytes + OVERHEAD_BYTES,
-        warm, cold, engine_measure_seconds(points, latency, shape, sm_pct,
-                                           blocker_tokens=blocker_tokens,
-                                           decode_tokens=decode_tokens,
-                                           decode_window_s=decode_window_s),
+        warm, cold, engine_measure_seconds(points, latency, shape, sm_pct, **timing),
+        engine_measure_seconds(points[:1], latency, shape, sm_pct, **timing),
     )  # fmt: skip
 
 

@@ -80,7 +80,10 @@ class ResultStore:
         today's method: its spread is the method's, reported as it is, not re-drawn until a
         run passes. One exception: a record of today's method whose late-stamp retries ran
         out (``LATE_NOTE``: a failed measurement, not a draw of the method) gets one more
-        run, once."""
+        run, once. And a grid cell into which a measured point off the grid ships as a repeat
+        (``with_extra_prefill``: same total, same method) with a spread over the target is
+        measured again when the cell's method is not today's: the new record's method then
+        leaves the extra out (the first grid's 4 x 512 beside a 1 x 2048 cell)."""
         latest: dict[tuple[str, int, int], PointRecord] = {}
         tries: Counter[tuple[str, int, int]] = Counter()
         current = current or {}
@@ -90,7 +93,11 @@ class ResultStore:
                 tries[p.key] += LATE_NOTE in p.note and same_method(current.get(p.key, ""),
                                                                     p.method)
 
+        noisy_cells = _cells_with_noisy_extras(latest, current)
+
         def again(p: PointRecord) -> bool:
+            if p.key in noisy_cells:
+                return True
             if rel_spread(p.latencies) <= SPREAD_TARGET:
                 return False
             if not same_method(current.get(p.key, ""), p.method):
@@ -157,6 +164,25 @@ class ResultStore:
             "engines": [asdict(e) for e in engines],
         }
         self.meta.write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+
+
+def _cells_with_noisy_extras(
+    latest: dict[tuple[str, int, int], PointRecord], current: dict[tuple[str, int, int], str],
+) -> set[tuple[str, int, int]]:  # fmt: skip
+    """Grid prefill cells (keys of ``current``) of an older method than today's into which a
+    measured off-grid point over the spread target ships as a repeat (same total and method,
+    ``with_extra_prefill``)."""
+    cells = {k[1] * k[2]: k for k in current if k[0] == PREFILL}
+    out = set()
+    for key, extra in latest.items():
+        cell = cells.get(extra.batch * extra.tokens)
+        if key in current or extra.phase != PREFILL or cell is None or cell not in latest:
+            continue
+        mine = latest[cell]
+        if (mine.method == extra.method and not same_method(current[cell], mine.method)
+                and rel_spread(extra.latencies) > SPREAD_TARGET):
+            out.add(cell)
+    return out
 
 
 def _common(values: Iterable[str]) -> str:

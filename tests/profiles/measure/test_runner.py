@@ -184,3 +184,21 @@ def test_a_model_never_started_is_given_its_estimated_cold_start(tmp_path, stand
     assert first.measured == 2 and len(calls(tmp_path)) == 1
     again = run_profile(profile_request(tmp_path, stand_in, grid, budget_s=150, **big))
     assert not again.out_of_budget and again.measured == 2  # its measured start (1 s) counts
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_an_engine_whose_first_point_cannot_finish_is_not_started(tmp_path, stand_in, parallel):
+    """Session 6: a started 70B engine whose points did not fit measured 1-2 of them."""
+    big = dict(model="llama-3.1-70b", precisions=(Precision.parse("int4-gptq"),),
+               parallel=parallel)
+    small = GridSpec(sm_pcts=(30,), prefill_tokens=(64,), prefill_batches=(1,),
+                     decode_batches=(1,), decode_contexts=(64,), repeats=2, decode_tokens=8)
+    assert run_profile(profile_request(tmp_path, stand_in, small, **big)).measured == 2
+    # its start is now known (1 s + the process); the first point of this grid, 16 runs of
+    # a 70B prefill of 2048 tokens behind its 2048-token blocker at SM 30, is not (> 60 s)
+    heavy = GridSpec(sm_pcts=(30,), prefill_tokens=(2048,), prefill_batches=(1,),
+                     decode_batches=(1,), decode_contexts=(64,), repeats=5, decode_tokens=8)
+    summary = run_profile(profile_request(tmp_path, stand_in, heavy, budget_s=70, **big))
+    assert summary.out_of_budget and len(calls(tmp_path)) == 1  # only the first run's engine
+    assert run_profile(profile_request(tmp_path, stand_in, heavy, budget_s=400,
+                                       **big)).measured == 1  # decode 1 x 64 was done

@@ -210,3 +210,32 @@ def test_an_older_methods_extra_is_not_merged_into_a_cell_of_todays_method(store
     store.export({label(100): POINTS})
     rows = {(x.batch, x.tokens) for x in load_profile(store.csv) if x.phase is Phase.PREFILL}
     assert rows == {(1, 128), (1, 512), (2, 256)}  # 4 x 128 (older, 20% spread) left out
+
+
+def test_a_noisy_off_grid_extra_sends_its_older_cell_to_be_measured_again(store):
+    from fineserve.profiles.measure.records import current_method
+
+    grid = (PointSpec("prefill", 1, 512, 3), PointSpec("prefill", 1, 2048, 3))
+    current = {p.key: current_method(p, 128) for p in grid}
+    cell = PointRecord(label(50), "prefill", 1, 2048, (0.0521, 0.0524, 0.0524), "step-ts/2")
+    extra = PointRecord(label(50), "prefill", 4, 512, (0.0500, 0.0497, 0.0453), "step-ts/2")
+    quiet = PointRecord(label(50), "prefill", 1, 512, (0.0133, 0.0132, 0.0132), "step-ts/2")
+    for r in (cell, extra, quiet):
+        append(store.results, r)
+    assert rel_spread_of(extra) > 0.05 and rel_spread_of(cell) < 0.05
+    done = store.done(label(50), redo_noisy=True, current=current)
+    assert (("prefill", 1, 2048) not in done) and ("prefill", 1, 512) in done
+    assert ("prefill", 1, 2048) in store.done(label(50), current=current)  # only redo_noisy
+    # measured again with today's method: the extra no longer ships, nothing more to redo
+    append(store.results, PointRecord(label(50), "prefill", 1, 2048, (0.052, 0.0521, 0.0522),
+                                      current[("prefill", 1, 2048)]))
+    assert ("prefill", 1, 2048) in store.done(label(50), redo_noisy=True, current=current)
+    store.export({label(50): grid})
+    rows = {(x.batch, x.tokens) for x in load_profile(store.csv)}
+    assert rows == {(1, 512), (1, 2048)}
+
+
+def rel_spread_of(record: PointRecord) -> float:
+    from fineserve.profiles.measure.stats import rel_spread
+
+    return rel_spread(record.latencies)
