@@ -65,6 +65,14 @@ def routed(d: IlpData, m: str, engines: Engines) -> int:
     return min([d.h_cap] + [H_SCALE * d.mu[m, i] // f for i, _, f in engines if f > 0])
 
 
+def headroom_of(d: IlpData, placed: Placed) -> int:
+    """Minimum routed headroom (x1000) of ``placed`` over every model, with its own split."""
+    by_model: dict[str, Engines] = {m: [] for m in d.models}
+    for m, i, u, f in placed:
+        by_model[m].append((i, u, f))
+    return min(routed(d, m, engines) for m, engines in by_model.items())
+
+
 def proportional(d: IlpData, m: str, options: list[int]) -> list[int]:
     """Model m's rate (x1000) over engines of ``options`` in proportion to capacity: each
     flow rounded down or up (largest remainders up), summing to the rate exactly."""
@@ -128,7 +136,7 @@ class _State:
             return None
         return [*out, (i, u, left)]
 
-    def _load(self, m: str, mine) -> dict[int, tuple[int, int]]:
+    def _load(self, m: str, mine: Engines) -> dict[int, tuple[int, int]]:
         """SM and memory (KiB) that model m's engines ``mine`` put on each of their GPUs."""
         d = self.d
         out: dict[int, tuple[int, int]] = {}
@@ -139,7 +147,7 @@ class _State:
                 out[g] = (s0 + d.sm[m, i], m0 + mem)
         return out
 
-    def _add(self, m: str, mine, sign: int) -> None:
+    def _add(self, m: str, mine: Engines, sign: int) -> None:
         for g, (s, mem) in self._load(m, mine).items():
             self.sm[g] += sign * s
             self.mem[g] += sign * mem

@@ -8,7 +8,8 @@ aggregate's objective when it uses as many GPUs as the aggregate (then both are 
 together, without searching the ILP's symmetric per-GPU space - what makes 100-model
 instances tractable); for the headroom stage its routed headroom is at most the aggregate's
 capacity-based one, with traffic split as pooled KV's aggregate routes it, or in proportion
-to capacity under static KV. relaxpack.py runs the stages on these two steps.
+to capacity under static KV; best_split then re-routes a pooled packing with its busiest
+engine as idle as memory allows. relaxpack.py runs the stages on these steps.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from dataclasses import dataclass
 from ortools.sat.python import cp_model
 
 from fineserve.planner.bounds import Relaxation, relaxation, solve
-from fineserve.planner.improve import split_by_capacity
+from fineserve.planner.improve import headroom_of, split_by_capacity
+from fineserve.planner.master import Mix
 from fineserve.planner.placed import Placed, PlacedEngine
 from fineserve.planner.variables import IlpData
+from fineserve.planner.warmstart import REPAIR_SECONDS, repair_flows
 
 OptionKey = tuple[str, int]  # (model, option index)
 
@@ -35,7 +38,7 @@ class Aggregate:
     bound: int
     counts: dict[OptionKey, int]  # engines
     flows: dict[OptionKey, int]  # milli-rps
-    mix: tuple = ()  # (configuration, GPUs) behind the counts, when rounded from columns
+    mix: Mix = ()  # (configuration, GPUs) behind the counts, when rounded from columns
 
 
 def solve_aggregate(d: IlpData, stage: str, *, cost_cap: int | None = None,
@@ -53,14 +56,10 @@ def solve_aggregate(d: IlpData, stage: str, *, cost_cap: int | None = None,
         r.model.maximize(r.H)
     else:  # "slack": least SM and memory in use, which leaves the packer the most room
         # ... spread over every GPU the cost cap allows (Y as large as possible first)
-        cap = max(d.mem_cap.values())
-        unit = 10**9  # fractions of a GPU, in billionths: KV per milli-rps is ~1e-6 of one
-        use = sum(
-            d.options[m][i].tp * (unit * d.sm[m, i] // d.sm_cap + unit * d.w[m, i] // cap) * v
-            for (m, i), v in r.n.items())
-        if d.pooled:  # F is in milli-rps and kappa in KiB per milli-rps
-            use += sum(d.options[m][i].tp * (unit * d.kappa[m, i] // cap) * f
-                       for (m, i), f in r.F.items())
+        engine, kv = slack_weights(d)
+        use = sum(engine[k] * v for k, v in r.n.items())
+        if d.pooled:  # F is in milli-rps
+            use += sum(kv[k] * f for k, f in r.F.items())
         r.model.minimize(use - 10**14 * sum(r.Y.values()))
     s, status = solve(r.model, seconds, workers, d.inst.settings.seed)
     if status not in ("OPTIMAL", "FEASIBLE"):
@@ -72,6 +71,23 @@ def solve_aggregate(d: IlpData, stage: str, *, cost_cap: int | None = None,
         {k: s.value(v) for k, v in r.n.items() if s.value(v) > 0},
         {k: s.value(v) for k, v in r.F.items()},
     )
+
+
+SLACK_UNIT = 10**9  # the slack objective's unit: billionths of a GPU
+
+
+def slack_weights(d: IlpData) -> tuple[dict[OptionKey, int], dict[OptionKey, int]]:
+    """The slack objective's weights in SLACK_UNIT: the SM and fixed memory one engine of each
+    option takes (over all its ranks), and the pooled KV one milli-rps of its traffic takes.
+    KV per milli-rps is ~1e-6 of a GPU: in millionths it truncated to a few units or 0."""
+    cap = max(d.mem_cap.values())
+    engine, kv = {}, {}
+    for m in d.models:
+        for i, o in enumerate(d.options[m]):
+            engine[m, i] = o.tp * (SLACK_UNIT * d.sm[m, i] // d.sm_cap
+                                   + SLACK_UNIT * d.w[m, i] // cap)
+            kv[m, i] = o.tp * (SLACK_UNIT * d.kappa[m, i] // cap)
+    return engine, kv
 
 
 ALTERNATIVES = 3  # lower SM levels an engine may fall back to while packing
@@ -168,3 +184,20 @@ def pack(d: IlpData, agg: Aggregate, h_target: int, seconds: float, workers: int
             placed.append(PlacedEngine(m, j, d.groups[d.options[m][j].tp][k], f))
     # static KV: the aggregate routes no traffic (memory does not depend on it)
     return placed if d.pooled else split_by_capacity(d, placed)
+
+
+def best_split(d: IlpData, placed: Placed, seconds: float, workers: int) -> Placed:
+    """``placed`` with each model's traffic re-split (pooled KV) so that the busiest engine is
+    as idle as every GPU's memory allows (warmstart.repair_flows: rows (1)-(5) at x fixed),
+    if that routes every model's rate and lifts no engine's share of the bottleneck; else
+    ``placed`` itself. A packing's own split (the aggregate's flow per option, spread evenly)
+    can route far below its capacity: packings are compared by their best split."""
+    if not d.pooled or seconds <= 0 or not placed:
+        return placed
+    keys = [(p.model, p.option, d.groups[d.options[p.model][p.option].tp].index(p.group))
+            for p in placed]
+    repair = repair_flows(d, keys, workers, min(REPAIR_SECONDS, seconds))
+    if repair is None or any(repair.placed[m] < d.lam[m] for m in d.models):
+        return placed
+    out = [p._replace(flow=repair.flows[k]) for p, k in zip(placed, keys, strict=True)]
+    return out if headroom_of(d, out) > headroom_of(d, placed) else placed

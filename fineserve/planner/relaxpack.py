@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fineserve.planner.improve import improve_headroom, routed
-from fineserve.planner.packing import pack, solve_aggregate
+from fineserve.planner.improve import headroom_of, improve_headroom
+from fineserve.planner.packing import best_split, pack, solve_aggregate
 from fineserve.planner.placed import Placed
 from fineserve.planner.variables import IlpData
 
@@ -34,14 +34,6 @@ def _cost(d: IlpData, placed: Placed) -> int:
     return sum(d.cost[g] for g in {g for _, _, u, _ in placed for g in u.gpus})
 
 
-def _headroom_of(d: IlpData, placed: Placed) -> int:
-    """Routed headroom (x1000) of ``placed`` with its own traffic split."""
-    by_model: dict[str, list] = {m: [] for m in d.models}
-    for m, i, u, f in placed:
-        by_model[m].append((i, u, f))
-    return min(routed(d, m, engines) for m, engines in by_model.items())
-
-
 def relax_and_pack(
     d: IlpData, *, with_headroom: bool, seconds: float, workers: int,
     clock: Callable[[], float], start: Placed | None = None,
@@ -57,8 +49,10 @@ def relax_and_pack(
     aggregate, until within 0.5% or out of time. ``clock()`` returns seconds left of the
     overall budget.
 
-    ``start`` (the warm start's engines) stands in when the cost stage packs nothing or
-    packs more GPUs. The headroom stage begins and ends with improve.py's local search at
+    Every packing's traffic is re-split first (packing.best_split: the busiest engine as
+    idle as memory allows), so packings are compared by their best split, not the
+    aggregate's. ``start`` (the warm start's engines) stands in when the cost stage packs
+    nothing or packs more GPUs. The headroom stage begins and ends with improve.py's local search at
     the stage's GPU set, and starts from the better of the packing and the start (after
     that search) when they cost the same, so its plan is never below the start's headroom.
     """
@@ -82,11 +76,13 @@ def relax_and_pack(
     if start is not None and (placed is None or _cost(d, start) < _cost(d, placed)):
         # the start stands in only if the headroom stage can improve it (else the caller
         # returns it as is, with the bounds)
-        gain = improved is not None and _headroom_of(d, improved) > _headroom_of(d, start)
+        gain = improved is not None and headroom_of(d, improved) > headroom_of(d, start)
         if gain or placed is not None:
             placed, note = start, "cost stage: the warm start's GPUs (no cheaper packing found)"
     if placed is None:  # nothing packed: the aggregate's bound is still proven
         return None, [PackStage("cost", False, 0, lower, started - clock())]
+    if placed is not start:  # a packing: its traffic split as the aggregate routed it
+        placed = best_split(d, placed, clock(), workers)
     cost = _cost(d, placed)
     stages = [PackStage("cost", cost == lower, cost, lower, started - clock(), note)]
     started = clock()
@@ -94,9 +90,9 @@ def relax_and_pack(
         return placed, stages
     best = improved if placed is start and improved is not None else improve_headroom(
         d, placed, min(seconds * IMPROVE_SHARE, max(0.0, clock())))
-    best_h = _headroom_of(d, best)
-    if improved is not None and best is not improved and _headroom_of(d, improved) > best_h:
-        best, best_h = improved, _headroom_of(d, improved)  # same cost, more headroom
+    best_h = headroom_of(d, best)
+    if improved is not None and best is not improved and headroom_of(d, improved) > best_h:
+        best, best_h = improved, headroom_of(d, improved)  # same cost, more headroom
     # the headroom aggregate needs longer than the cost one (100 models: nothing in 6 s on
     # 2 loaded cores); it gives the stage's bound and the engine sets the packing tries
     top = solve_aggregate(d, "headroom", cost_cap=cost,
@@ -116,8 +112,9 @@ def relax_and_pack(
         trial = pack(d, target, max(floor, best_h + 1), min(seconds * 0.1, left()), workers,
                      cost_cap=cost)
         if trial is not None:  # capacity >= floor; its traffic split may route less
+            trial = best_split(d, trial, clock(), workers)
             trial = improve_headroom(d, trial, min(seconds * IMPROVE_SHARE, max(0.0, clock())))
-            h = _headroom_of(d, trial)
+            h = headroom_of(d, trial)
             if h > best_h:
                 best_h, best = h, trial
             lo = max(lo, h, floor)
@@ -130,7 +127,7 @@ def relax_and_pack(
                                  seconds=min(seconds * 0.05, left()), workers=workers)
     if clock() > 0:  # the packed plan may leave room on its GPUs
         best = improve_headroom(d, best, min(seconds * IMPROVE_SHARE, clock()))
-        best_h = _headroom_of(d, best)
+        best_h = headroom_of(d, best)
     stages.append(PackStage("headroom", best_h >= upper, best_h, upper, started - clock()))
     final = _cost(d, best)
     if final < cost:  # packing the headroom stage found a cheaper plan: it counts for cost too

@@ -15,12 +15,12 @@ from fineserve.planner.improve import (
     _changes,
     _destination,
     _State,
+    headroom_of,
     improve_headroom,
     placed_from_plan,
 )
 from fineserve.planner.options import engine_options
 from fineserve.planner.placed import PlacedEngine
-from fineserve.planner.relaxpack import _headroom_of
 from fineserve.planner.schema import (
     Cluster,
     Instance,
@@ -169,7 +169,7 @@ def test_improve_keeps_the_gpus_and_every_row_and_never_lowers_headroom(picks, r
     gpus_before = {g for *_, u, _ in placed for g in u.gpus}
     assert {g for *_, u, _ in better for g in u.gpus} <= gpus_before
     assert capacity_headroom(d, better) >= capacity_headroom(d, placed)
-    assert _headroom_of(d, better) >= _headroom_of(d, placed)  # routed, with its traffic
+    assert headroom_of(d, better) >= headroom_of(d, placed)  # routed, with its traffic
     for m, i, u, f in better:  # no engine above capacity, on a GPU of its option's type
         assert 0 <= f <= d.mu[m, i]
         assert {d.gpus[g].spec.name for g in u.gpus} == {d.options[m][i].gpu_type}
@@ -228,7 +228,7 @@ def test_an_engine_is_never_moved_to_a_gpu_of_another_type():
     better = improve_headroom(d, placed, seconds=5.0)
     for m, i, u, _ in better:
         assert {d.gpus[g].spec.name for g in u.gpus} == {d.options[m][i].gpu_type}
-    assert _headroom_of(d, better) >= _headroom_of(d, placed)
+    assert headroom_of(d, better) >= headroom_of(d, placed)
 
 
 @pytest.mark.slow
