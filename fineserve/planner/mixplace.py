@@ -87,6 +87,7 @@ def _route(d: IlpData, gpus: list[Column], engines: list[Engine]) -> bool:
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = ROUTE_S
     solver.parameters.num_workers = 1
+    solver.parameters.random_seed = d.inst.settings.seed
     if solver.solve(model) not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return False
     for k, (m, i, members, _) in enumerate(engines):
