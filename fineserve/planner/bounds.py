@@ -16,24 +16,27 @@ from dataclasses import dataclass
 
 from ortools.sat.python import cp_model
 
-from fineserve.planner.variables import H_SCALE, MILLI, IlpData
+from fineserve.planner.variables import H_SCALE, MILLI, IlpData, OptKey
+
+GroupKey = tuple[str, int]  # (GPU type, cost): a class of interchangeable GPUs
 
 
-@dataclass
+@dataclass(frozen=True)
 class Relaxation:
-    """The aggregated model: n[m,i] engines, F[m,i] traffic (pooled), Y[t] GPUs of type t."""
+    """The aggregated model: n[m,i] engines, F[m,i] traffic (pooled), Y[k] GPUs of class k.
+    Callers add their objective and cuts to ``model``."""
 
     model: cp_model.CpModel
-    n: dict
-    F: dict
-    Y: dict
+    n: dict[OptKey, cp_model.IntVar]
+    F: dict[OptKey, cp_model.IntVar]  # empty under static KV
+    Y: dict[GroupKey, cp_model.IntVar]
     H: cp_model.IntVar
-    cost: cp_model.LinearExpr
+    cost: cp_model.LinearExprT
 
 
-def gpu_groups(d: IlpData) -> dict[tuple[str, int], list[int]]:
+def gpu_groups(d: IlpData) -> dict[GroupKey, list[int]]:
     """GPUs that are interchangeable for the relaxation: same type and same cost."""
-    groups: dict[tuple[str, int], list[int]] = {}
+    groups: dict[GroupKey, list[int]] = {}
     for g in d.gpus:
         groups.setdefault((g.spec.name, d.cost[g.gpu_id]), []).append(g.gpu_id)
     return groups

@@ -70,6 +70,8 @@ from fineserve.planner.variables import (
 from fineserve.planner.warmstart import all_vars, hint_from_plan, places_all
 
 FocusOf = Callable[[IlpData, PlacementVars], lns.Focus]  # lns.short_of_traffic, lns.busiest
+# a stage's external bounds: (seconds, best objective so far) -> (bound, better hint)
+Prepare = Callable[[float, float | None], tuple[float, dict | None]]
 
 
 @dataclass
@@ -182,7 +184,7 @@ class _Prepare:
         self.bm, self.limit, self.warm = bm, limit, warm
         self.pool: tuple = ()  # configuration-LP columns, reused by the next bound
 
-    def for_stage(self, name: str, stages: list[StageReport]):
+    def for_stage(self, name: str, stages: list[StageReport]) -> Prepare | None:
         if name == "cost":
             return self._cost
         if name == "headroom":
@@ -387,7 +389,7 @@ def _stage_order(obj: Objective) -> tuple[str, ...]:
 
 
 def _run_named(bm: BuiltModel, name: str, deadline: float, share: float,
-               stages: list[StageReport], prepare=None) -> SolveResult:
+               stages: list[StageReport], prepare: Prepare | None = None) -> SolveResult:
     b, d, v = bm.b, bm.d, bm.v
     if name == "cost":
         unit = 1000 / d.cost_unit
@@ -404,7 +406,8 @@ def _run_named(bm: BuiltModel, name: str, deadline: float, share: float,
 
 
 def _stage(bm: BuiltModel, name: str, sense: str, expr, deadline: float, share: float,
-           show, stages: list[StageReport], prepare=None, focus: FocusOf | None = None,
+           show: Callable[[float], float], stages: list[StageReport],
+           prepare: Prepare | None = None, focus: FocusOf | None = None,
            ceiling: float | None = None) -> SolveResult:
     """Solve one objective, record it, then pin it so later stages keep it.
 
