@@ -188,10 +188,11 @@ def pack(d: IlpData, agg: Aggregate, h_target: int, seconds: float, workers: int
 
 def best_split(d: IlpData, placed: Placed, seconds: float, workers: int) -> Placed:
     """``placed`` with each model's traffic re-split (pooled KV) so that the busiest engine is
-    as idle as every GPU's memory allows (warmstart.repair_flows: rows (1)-(5) at x fixed),
-    if that routes every model's rate and lifts no engine's share of the bottleneck; else
-    ``placed`` itself. A packing's own split (the aggregate's flow per option, spread evenly)
-    can route far below its capacity: packings are compared by their best split."""
+    as idle as every GPU's memory allows (warmstart.repair_flows: rows (1)-(5) with the
+    engines fixed), if that routes every model's rate and raises the minimum routed
+    headroom; else ``placed`` itself (static KV: split in proportion to capacity already).
+    A packing's own split (the aggregate's flow per option, spread evenly) can route far
+    below its capacity: packings are compared by their best split."""
     if not d.pooled or seconds <= 0 or not placed:
         return placed
     keys = [(p.model, p.option, d.groups[d.options[p.model][p.option].tp].index(p.group))

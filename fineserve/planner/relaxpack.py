@@ -52,9 +52,10 @@ def relax_and_pack(
     Every packing's traffic is re-split first (packing.best_split: the busiest engine as
     idle as memory allows), so packings are compared by their best split, not the
     aggregate's. ``start`` (the warm start's engines) stands in when the cost stage packs
-    nothing or packs more GPUs. The headroom stage begins and ends with improve.py's local search at
-    the stage's GPU set, and starts from the better of the packing and the start (after
-    that search) when they cost the same, so its plan is never below the start's headroom.
+    nothing or packs more GPUs. The headroom stage begins and ends with improve.py's local
+    search at the stage's GPU set, and starts from the better of the packing and the start
+    (after that search) when they cost the same, so its plan is never below the start's
+    headroom.
     """
     started = clock()
     agg = solve_aggregate(d, "cost", seconds=min(seconds * 0.1, clock()), workers=workers)
