@@ -42,6 +42,7 @@ from fineserve.profiles.measure.session import (
     EngineCost,
     engine_cost,
     measured_memory,
+    measured_starts,
     plan_waves,
     point_seconds,
 )
@@ -474,6 +475,11 @@ def engine_costs(request: ProfileRequest, plans: list[EnginePlan],
                            blocker_tokens=blocker_tokens(plan.args),
                            decode_tokens=request.grid.decode_tokens,
                            decode_window_s=request.grid.decode_window_s)
-        held = measured_memory(plan.store.engines(), label.tp) or 0
-        out.append(replace(cost, memory_bytes=max(cost.memory_bytes, held)))
+        engines = plan.store.engines()
+        held = measured_memory(engines, label.tp) or 0
+        cost = replace(cost, memory_bytes=max(cost.memory_bytes, held))
+        starts = measured_starts(engines, label.tp)
+        if starts is not None:
+            cost = replace(cost, start_s=starts[0], compile_s=starts[1])
+        out.append(cost)
     return out

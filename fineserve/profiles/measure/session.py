@@ -155,6 +155,18 @@ def measured_memory(records: Sequence[EngineRecord], tp: int) -> int | None:
     return max(sizes, default=None)
 
 
+def measured_starts(records: Sequence[EngineRecord], tp: int) -> tuple[float, float] | None:
+    """(warm start incl. process start and shutdown, cold compile extra) from the engines of
+    these records (one precision) started at ``tp``: the shortest start is taken as warm, the
+    longest as cold. None: never started. The layer-scaled guess (``start_seconds``) put the
+    70B at 89 s warm and 202 s cold; session 6 recorded 33 s and 73-75 s."""
+    starts = [r.start_s for r in records
+              if r.error is None and not r.stale and r.label.tp == tp and r.start_s > 0]
+    if not starts:
+        return None
+    return PROCESS_S + min(starts) + SHUTDOWN_S, max(starts) - min(starts)
+
+
 def start_seconds(num_layers: int) -> tuple[float, float]:
     """(warm start incl. process start and shutdown, cold compile extra) for a model."""
     scale = max(1.0, num_layers / 32)

@@ -11,6 +11,7 @@ merged into the shared output at the end.
   estimate of each piece includes that). Longest first onto the least loaded GPU
   (``session.shard``), except that a job stays on the GPU whose compile caches hold its model
   from an earlier call where that costs the balance at most its start time (``sticky``).
+  The pieces of a split pair go first on their GPUs, one piece a GPU (``pieces_first``).
 - **Shard folders** (``{out}.shards/{k}``): a shard copies the result files of its own
   entries from the shared output and records their sizes (``MANIFEST``); it appends only.
   Two shards may hold the same precision (a split pair) but never write one file.
@@ -84,11 +85,14 @@ def split_jobs(
     costs = [(p, s) for p, s in costs if s > 0]
     fair = sum(s for _, s in costs) / max(1, n)
     jobs: list[tuple[Job, float]] = []
+    pieces: dict[str, str] = {}  # a split pair's piece -> the pair
     for pair, seconds in costs:
         shares = sm_shares(pair)
         if n > 1 and seconds > fair and len(shares) > 1:
-            pieces = [Job(pair.model, pair.precisions, (sm,)) for sm in shares]
-            jobs += [(j, s) for j in pieces if (s := estimate(j)) > 0]
+            split = [Job(pair.model, pair.precisions, (sm,)) for sm in shares]
+            split = [(j, s) for j in split if (s := estimate(j)) > 0]
+            jobs += split
+            pieces |= {j.name: pair.name for j, _ in split}
         else:
             jobs.append((pair, seconds))
     names = [(j.name, s) for j, s in jobs]
@@ -97,6 +101,7 @@ def split_jobs(
     by_name = {j.name: (j, s) for j, s in jobs}
     homes = {j.name: k for j, _ in jobs if (k := home(j)) is not None and 0 <= k < n}
     per_gpu = sticky(names, n, homes, {j.name: start_s(j) for j, _ in jobs if j.name in homes})
+    per_gpu = pieces_first(per_gpu, pieces, dict(names))
     return ShardPlan(
         tuple(tuple(by_name[x][0] for x in gpu) for gpu in per_gpu),
         tuple(sum(by_name[x][1] for x in gpu) for gpu in per_gpu),
@@ -126,6 +131,35 @@ def sticky(items: Sequence[tuple[str, float]], n: int, home: Mapping[str, int],
     if max(loads) > wall + max(slack.values(), default=0.0):
         return base
     return tuple(tuple(name for name, _ in items if owner[name] == k) for k in range(n))
+
+
+def pieces_first(per_gpu: Sequence[Sequence[str]], pieces: Mapping[str, str],
+                 seconds: Mapping[str, float]) -> tuple[tuple[str, ...], ...]:
+    """Each GPU measures the pieces of split pairs (``pieces``: piece -> pair) first,
+    longest first, and two pieces of one pair on one GPU are parted where a GPU without
+    one is less loaded (the smaller moves there, where the two GPUs' longer load drops).
+    Why: a split pair is longer than
+    a GPU's share (the 70B int4, ~90 s to start and ~300 s to measure an SM share); behind
+    other jobs it was left to start late in a call and measured 1-2 points (session 6)."""
+    gpus = [list(g) for g in per_gpu]
+
+    def load(k: int) -> float:
+        return sum(seconds[x] for x in gpus[k])
+
+    for k in range(len(gpus)):
+        mine = sorted((x for x in gpus[k] if x in pieces), key=lambda x: -seconds[x])
+        for extra in mine[1:][::-1]:  # keep the longest piece of each pair here
+            siblings = [x for x in gpus[k] if x in pieces and pieces[x] == pieces[extra]]
+            if len(siblings) < 2:
+                continue
+            free = [i for i in range(len(gpus)) if i != k and not any(
+                pieces.get(x) == pieces[extra] for x in gpus[i])]
+            to = min(free, key=lambda i: (load(i), i)) if free else None
+            if to is not None and load(to) + seconds[extra] < load(k):  # the wall never grows
+                gpus[k].remove(extra)
+                gpus[to].append(extra)
+    return tuple(tuple(sorted((x for x in g if x in pieces), key=lambda x: -seconds[x])
+                       + [x for x in g if x not in pieces]) for g in gpus)
 
 
 def grouped(jobs: Sequence[Job]) -> tuple[Job, ...]:

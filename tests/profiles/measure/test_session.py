@@ -155,3 +155,18 @@ def test_six_engines_that_held_21_gib_each_no_longer_share_one_wave():
     waves = plan_waves(held, 72 * GIB)
     assert all(sum(e.memory_bytes for e in w.engines) <= 72 * GIB for w in waves)
     assert max(len(w.engines) for w in waves) == 3
+
+
+def test_an_engine_started_before_is_estimated_by_its_recorded_starts():
+    from fineserve.profiles.measure.records import EngineLabel, EngineRecord
+    from fineserve.profiles.measure.session import PROCESS_S, SHUTDOWN_S, measured_starts
+
+    label = EngineLabel("H100-SXM-80GB", "llama-3.1-70b", "int4-gptq", "bf16", 1, 50.0)
+    # session 6: three cold starts and one on a warm compile cache
+    records = [EngineRecord(label, s, True) for s in (74.5, 73.6, 32.6, 73.1)]
+    records.append(EngineRecord(label, 1.0, True, error="not enough free device memory"))
+    warm, cold_extra = measured_starts(records, 1)
+    assert warm == pytest.approx(PROCESS_S + 32.6 + SHUTDOWN_S)
+    assert cold_extra == pytest.approx(74.5 - 32.6)
+    assert warm + cold_extra < sum(start_seconds(80))  # the layer-scaled guess: 202 s
+    assert measured_starts(records, 2) is None and measured_starts([], 1) is None

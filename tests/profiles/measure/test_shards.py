@@ -197,3 +197,36 @@ def test_a_merge_cut_short_and_merged_again_adds_nothing_twice(tmp_path, monkeyp
     assert (out / "H100/8b/bf16.jsonl").read_bytes() == b'{"a": 1}\n{"b": 2}\n'
     assert (out / "H100/70b/int4.jsonl").read_bytes() == b'{"d": 4}\n'
     assert shard_folders(out) == []
+
+
+def test_the_pieces_of_a_split_pair_go_first_each_on_a_gpu_of_its_own():
+    """Session 6's third call: the 70B's SM 100 behind the 14B on one GPU, started late."""
+    table = {"8b|bf16": 120, "14b|fp8": 160, "70b|int4": 700}
+    two = {"70b|int4@100": 250, "70b|int4@50": 390}
+
+    def cost(job):
+        return two.get(job.name, table.get(job.name, 0.0))
+
+    home = {"70b|int4@100": 0, "70b|int4@50": 0}  # both cached on GPU 0 by an earlier call
+    plan = split_jobs(pairs(table), 4, cost, lambda j: (100.0, 50.0),
+                      lambda j: home.get(j.name), lambda j: 90.0)
+    firsts = {gpu[0].name for gpu in plan.jobs if gpu}
+    assert {"70b|int4@100", "70b|int4@50"} <= firsts
+    holders = [k for k, gpu in enumerate(plan.jobs) if any(j.model == "70b" for j in gpu)]
+    assert len(holders) == 2
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.integers(1, 600), min_size=1, max_size=6), st.integers(3700, 6000),
+       st.integers(2, 5), st.integers(-1, 4))
+def test_split_pieces_lead_their_gpus_and_never_share_one(small, big, n, home_gpu):
+    table = {f"m{i}|p": float(s) for i, s in enumerate(small)} | {"big|p": float(big)}
+    plan = split_jobs(pairs(table), n, costs(table), lambda j: SM,
+                      lambda j: home_gpu if j.model == "big" and 0 <= home_gpu < n else None,
+                      lambda j: 90.0)
+    pieces = [j for gpu in plan.jobs for j in gpu if j.sm is not None]
+    assert len(pieces) == len(SM)  # longer than a GPU's share: split
+    for gpu in plan.jobs:
+        mine = [j for j in gpu if j.sm is not None]
+        assert len(mine) <= 1 or n < len(SM)
+        assert [j for j in gpu[:len(mine)]] == mine  # the pieces first
