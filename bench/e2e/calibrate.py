@@ -13,13 +13,18 @@ fitted; the report gives the simulator's errors on the held-out runs apart.
     python -m bench.e2e.calibrate --out bench/e2e/results [--fit-rates 1,2] [--configs b,c]
         [--no-per-seq]   (the factor alone, as before 2026-11-26's second calibration)
     python -m bench.e2e.calibrate --out bench/e2e/results --time-sliced --fit-rates 2
+        [--write bench/e2e/results-r3/postrun/calibration.json]
 
 ``--time-sliced`` fits the time-sliced configuration (a) apart, keeping the MPS fit: one
 decode factor per engine, since no common one fits - its chat-8b-fp8 ran ~120 sequences,
 beyond the profiles' 32 (steps too short in the model), beside a 3B and an int4 7B that only
-have roofline estimates (too long). Fixed-point iteration: each engine's factor x the
-geometric mean of its measured / simulated TPOT medians over the fit rates, until they agree
-(the engines' stretches depend on each other, so a few rounds).
+have roofline estimates (too long). Under the factors sits the MPS fit's per-sequence term
+at 100% SMs (``EngineScaledLatency``): a factor fitted at one batch cannot carry a step's
+growth with batch to another (r3's batch cap 1024 let chat-8b-fp8 reach 500). Fixed-point
+iteration: each engine's factor x the geometric mean of its measured / simulated TPOT medians
+over the fit rates, until they agree (the engines' stretches depend on each other, so a few
+rounds). ``--write`` puts the result in another file (a held-out test: fit on one results
+directory, predict another with ``predict.py --calibration``).
 """
 
 from __future__ import annotations
@@ -62,7 +67,8 @@ class Calibration:
             t = d["time_sliced"]
             d["time_sliced"] = SlicedCalibration(dict(t["factors"]), tuple(t["configs"]),
                                                  tuple(t["fit_rates"]), t["points"],
-                                                 t["residual_log_sd"], t["rounds"])
+                                                 t["residual_log_sd"], t["rounds"],
+                                                 float(t.get("decode_s_per_seq", 0.0)))
         return cls(**d)
 
 
@@ -77,6 +83,7 @@ class SlicedCalibration:
     points: int  # (rate, model) TPOT medians fitted
     residual_log_sd: float  # spread of log(measured / simulated) at the fitted factors
     rounds: int  # fixed-point rounds run
+    decode_s_per_seq: float = 0.0  # per-sequence term under the factors (0: older files)
 
 
 def tpot_log_ratios(measured: dict, predicted: dict) -> list[float]:
@@ -139,9 +146,10 @@ def fit(res: ResultsDir, latency: LatencyModel, configs: tuple[str, ...],
 
 
 def fit_sliced(res: ResultsDir, latency: LatencyModel, configs: tuple[str, ...],
-               fit_rates: tuple[float, ...], rounds: int = 5, tol: float = 0.01
-               ) -> SlicedCalibration:
-    """Per-engine decode factors of time-sliced runs: start at 1, multiply each by the
+               fit_rates: tuple[float, ...], rounds: int = 5, tol: float = 0.01,
+               per_seq: float = 0.0) -> SlicedCalibration:
+    """Per-engine decode factors of time-sliced runs, over ``per_seq`` seconds per decoding
+    sequence at 100% SMs (not fitted here: the MPS fit's): start at 1, multiply each by the
     geometric mean of its measured / simulated TPOT medians; stop when every mean log ratio
     is within ``tol`` (or after ``rounds``)."""
     from fineserve.planner.planfile import load_plan
@@ -158,7 +166,8 @@ def fit_sliced(res: ResultsDir, latency: LatencyModel, configs: tuple[str, ...],
         logs = {}
         for (c, s), m in measured.items():
             p = predict_one(res, c, s, latency, write=False,
-                            sliced_factors=tuple(sorted(factors.items())))["summary"]
+                            sliced_factors=tuple(sorted(factors.items())),
+                            sliced_per_seq=per_seq)["summary"]
             for model, r in tpot_log_ratios_by_model(m.summary, p).items():
                 logs.setdefault(keys[model], []).append(r)
         means = {k: sum(v) / len(v) for k, v in logs.items()}
@@ -168,7 +177,8 @@ def fit_sliced(res: ResultsDir, latency: LatencyModel, configs: tuple[str, ...],
     flat = [x for v in logs.values() for x in v]
     mean = sum(flat) / len(flat)
     sd = math.sqrt(sum((x - mean) ** 2 for x in flat) / len(flat))
-    return SlicedCalibration(factors, configs, fit_rates, len(flat), round(sd, 3), done)
+    return SlicedCalibration(factors, configs, fit_rates, len(flat), round(sd, 3), done,
+                             per_seq)
 
 
 def tpot_log_ratios_by_model(measured: dict, predicted: dict) -> dict[str, float]:
@@ -193,9 +203,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--time-sliced", action="store_true",
                     help="fit the time-sliced configurations' per-engine factors (default "
                          "--configs a), keeping the MPS fit in calibration.json")
+    ap.add_argument("--no-sliced-per-seq", action="store_true",
+                    help="--time-sliced without the MPS per-sequence term under the factors "
+                         "(as fits before 2026-11-26 r3)")
+    ap.add_argument("--write", type=Path, default=None,
+                    help="write the calibration here (default OUT/calibration.json)")
     args = ap.parse_args(argv)
     res = ResultsDir(args.out)
     path = res.calibration_path()
+    dest = args.write or path
     if args.time_sliced:
         old = Calibration.load(path)
         if old is None:
@@ -203,19 +219,23 @@ def main(argv: list[str] | None = None) -> None:
         configs = "a" if args.configs == "b,c" else args.configs
         sliced = fit_sliced(res, default_latency_model(),
                             tuple(c for c in configs.split(",") if c),
-                            tuple(float(x) for x in args.fit_rates.split(",") if x))
-        path.write_text(replace(old, time_sliced=sliced).to_json())
-        print(f"time-sliced decode factors {sliced.factors} from {sliced.points} TPOT medians "
-              f"(log sd {sliced.residual_log_sd}, {sliced.rounds} rounds); wrote {path}")
+                            tuple(float(x) for x in args.fit_rates.split(",") if x),
+                            per_seq=0.0 if args.no_sliced_per_seq else old.decode_s_per_seq)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(replace(old, time_sliced=sliced).to_json())
+        print(f"time-sliced decode factors {sliced.factors} + "
+              f"{sliced.decode_s_per_seq * 1e3:.4f} ms per sequence from {sliced.points} TPOT "
+              f"medians (log sd {sliced.residual_log_sd}, {sliced.rounds} rounds); wrote {dest}")
         return
     cal = fit(res, default_latency_model(), tuple(c for c in args.configs.split(",") if c),
               tuple(float(x) for x in args.fit_rates.split(",") if x),
               per_seq_grid=(0.0,) if args.no_per_seq else PER_SEQ_GRID_S)
     old = Calibration.load(path)  # a time-sliced fit survives an MPS refit
     cal = replace(cal, time_sliced=old.time_sliced if old is not None else None)
-    path.write_text(cal.to_json())
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(cal.to_json())
     print(f"decode x{cal.decode_scale} + {cal.decode_s_per_seq * 1e3:.4f} ms per sequence at "
-          f"100% SMs from {cal.points} TPOT medians (log sd {cal.residual_log_sd}); wrote {path}")
+          f"100% SMs from {cal.points} TPOT medians (log sd {cal.residual_log_sd}); wrote {dest}")
 
 
 if __name__ == "__main__":

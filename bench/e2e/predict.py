@@ -5,6 +5,12 @@ policy, static or pooled KV, MPS bandwidth interference (the H100 fit) or time s
     python -m bench.e2e.predict --out bench/e2e/results [--configs a,b,c] [--force]
         [--decode-scale X] [--decode-s-per-seq S]
         (default: the calibration in OUT/calibration.json, if any)
+        [--calibration FILE] [--pred-dir DIR]  (another calibration; predictions written to
+        DIR instead of OUT, e.g. bench/e2e/results-r3/postrun)
+
+The replay client gives up on a request after its timeout (30 s) and the gateway then has vLLM
+abort it; the simulator does the same (``SimOptions.request_timeout_s``), so under overload a
+timed-out request stops taking steps and KV (``"client_aborts": true`` in the prediction).
 """
 
 from __future__ import annotations
@@ -40,10 +46,12 @@ def deployed_default(cfg: str) -> Deployed:
                     limit_ceiling="max_batch")
 
 
-def sim_options(dep: Deployed, scheduler: SchedulerConfig | None = None) -> SimOptions:
+def sim_options(dep: Deployed, scheduler: SchedulerConfig | None = None,
+                request_timeout_s: float | None = None) -> SimOptions:
     """The simulator's models as deployed: MPS bandwidth interference, or time slicing where
     the GPU deployment ran without MPS (none on CPU). ``scheduler`` replaces the gateway's
-    default settings (its policy is still the deployed one)."""
+    default settings (its policy is still the deployed one); ``request_timeout_s`` is the
+    client's (None: requests are never abandoned, as predictions before 2026-11-26 r3)."""
     interference = None
     if not dep.cpu and not dep.no_mps:
         interference = (InterferenceParams.load(INTERFERENCE_FIT) if INTERFERENCE_FIT.is_file()
@@ -55,7 +63,7 @@ def sim_options(dep: Deployed, scheduler: SchedulerConfig | None = None) -> SimO
     return SimOptions(kv="pooled" if dep.kv_pool else "static", interference=interference,
                       sharing="time-sliced" if dep.no_mps and not dep.cpu else "mps",
                       scheduler=replace(scheduler, policy=dep.policy),
-                      limit_at_batch=capped)
+                      limit_at_batch=capped, request_timeout_s=request_timeout_s)
 
 
 def engine_kv_usage(samples) -> float | None:
@@ -78,7 +86,9 @@ def predict_one(res: ResultsDir, cfg: str, scale: float, latency: LatencyModel,
                 decode_s_per_seq: float = 0.0, plan: Plan | None = None,
                 scheduler: SchedulerConfig | None = None,
                 limit_ceiling: str | None = None,
-                sliced_factors: tuple[tuple[str, float], ...] | None = None) -> dict:
+                sliced_factors: tuple[tuple[str, float], ...] | None = None,
+                sliced_per_seq: float | None = None, client_aborts: bool = True,
+                calibration: Path | None = None, pred_dir: Path | None = None) -> dict:
     """Simulate (cfg, scale) and write its prediction file; returns the prediction.
     ``decode_scale`` stretches every decode step of an MPS deployment and
     ``decode_s_per_seq`` adds that much per decoding sequence at 100% SMs
@@ -86,8 +96,11 @@ def predict_one(res: ResultsDir, cfg: str, scale: float, latency: LatencyModel,
     model stretches full-GPU steps by itself). ``plan`` and ``scheduler`` replace the
     committed plan and the gateway's default settings (what-ifs, ``whatif.py``);
     ``limit_ceiling`` the gateway's per-engine limit ceiling the run had (``Deployed``).
-    A time-sliced deployment gets per-engine decode factors instead (``sliced_factors``;
-    None: ``calibration.json``'s ``time_sliced`` fit, if any)."""
+    A time-sliced deployment gets per-engine decode factors instead, with the per-sequence
+    term they were fitted with under them (``sliced_factors`` / ``sliced_per_seq``; None:
+    the ``time_sliced`` fit of ``calibration`` (default OUT/calibration.json), if any).
+    ``client_aborts``: requests the client gave up on are aborted in the simulation too
+    (False: they run on, as predictions before r3). Written to ``pred_dir`` (default OUT)."""
     bench = res.load_bench()
     trace = make_trace(bench, scale)
     measured = res.measured(cfg, scale)
@@ -99,7 +112,8 @@ def predict_one(res: ResultsDir, cfg: str, scale: float, latency: LatencyModel,
     if measured is not None and measured.trace_digest != digest:
         raise ValueError(f"{res.measured_path(cfg, scale)}: replayed trace {measured.trace_digest}"
                          f" is not the one bench.json generates ({digest})")
-    opts = sim_options(dep, scheduler)
+    timeout = measured.request_timeout_s if measured is not None else DEFAULT_TIMEOUT_S
+    opts = sim_options(dep, scheduler, timeout if client_aborts else None)
     sliced = opts.sharing == "time-sliced"
     asked, asked_per_seq = decode_scale, decode_s_per_seq
     if sliced or dep.cpu:
@@ -108,15 +122,17 @@ def predict_one(res: ResultsDir, cfg: str, scale: float, latency: LatencyModel,
         latency = ScaledLatency(latency, decode_scale=decode_scale,
                                 decode_s_per_seq=decode_s_per_seq)
     factors: tuple[tuple[str, float], ...] = ()
+    per_seq_sliced = 0.0
     if sliced:
-        factors = calibrated_sliced(res) if sliced_factors is None else sliced_factors
-        if factors:
-            latency = EngineScaledLatency(latency, factors)
+        cal_factors, cal_per_seq = calibrated_sliced_terms(res, calibration)
+        factors = cal_factors if sliced_factors is None else sliced_factors
+        per_seq_sliced = cal_per_seq if sliced_per_seq is None else sliced_per_seq
+        if factors or per_seq_sliced:
+            latency = EngineScaledLatency(latency, factors, per_seq_sliced)
     result = simulate(plan, trace, latency, options=opts)
     # throughput over the same seconds as the measurement (the replay's wall time)
     duration = (float(measured.summary.get("duration_s") or trace.duration_s)
                 if measured is not None else trace.duration_s)
-    timeout = measured.request_timeout_s if measured is not None else DEFAULT_TIMEOUT_S
     summary = summarize(client_view(result.records, timeout),
                         {m.name: m.slo for m in plan.models}, duration, "simulate")
     kv = {g: {k: v for k, v in s.items() if k != "series"}
@@ -128,31 +144,45 @@ def predict_one(res: ResultsDir, cfg: str, scale: float, latency: LatencyModel,
            "interference": None if opts.interference is None else opts.interference.source,
            "request_timeout_s": timeout, "decode_scale": decode_scale,
            "decode_scale_asked": asked, "decode_s_per_seq": decode_s_per_seq,
-           "decode_s_per_seq_asked": asked_per_seq, "sliced_factors": dict(factors)}
+           "decode_s_per_seq_asked": asked_per_seq, "sliced_factors": dict(factors),
+           "sliced_s_per_seq": per_seq_sliced, "client_aborts": client_aborts}
     if write:
-        res.predicted_path(cfg, scale).write_text(json.dumps(out, indent=1))
+        path = res.predicted_path(cfg, scale)
+        if pred_dir is not None:
+            Path(pred_dir).mkdir(parents=True, exist_ok=True)
+            path = Path(pred_dir) / path.name
+        path.write_text(json.dumps(out, indent=1))
     return out
 
 
-def calibrated_terms(res: ResultsDir) -> tuple[float, float]:
+def calibrated_terms(res: ResultsDir, calibration: Path | None = None) -> tuple[float, float]:
     """(decode-step factor, per-sequence decode term in seconds) of ``calibration.json``
-    (``bench/e2e/calibrate.py``), else (1, 0); files written before the per-sequence term
-    existed have none."""
-    path = res.calibration_path()
+    (``bench/e2e/calibrate.py``; ``calibration``: another file), else (1, 0); files written
+    before the per-sequence term existed have none."""
+    path = calibration or res.calibration_path()
     if not path.is_file():
         return 1.0, 0.0
     d = json.loads(path.read_text())
     return float(d["decode_scale"]), float(d.get("decode_s_per_seq", 0.0))
 
 
-def calibrated_sliced(res: ResultsDir) -> tuple[tuple[str, float], ...]:
+def calibrated_sliced(res: ResultsDir, calibration: Path | None = None
+                      ) -> tuple[tuple[str, float], ...]:
     """Per-engine decode factors of time-sliced deployments (``calibrate.py --time-sliced``;
     by ``ModelSpec.key``), else none."""
-    path = res.calibration_path()
+    return calibrated_sliced_terms(res, calibration)[0]
+
+
+def calibrated_sliced_terms(res: ResultsDir, calibration: Path | None = None
+                            ) -> tuple[tuple[tuple[str, float], ...], float]:
+    """(per-engine decode factors, the per-sequence term they were fitted with) of the
+    time-sliced fit; fits made before the term existed had none (0)."""
+    path = calibration or res.calibration_path()
     if not path.is_file():
-        return ()
+        return (), 0.0
     sliced = json.loads(path.read_text()).get("time_sliced") or {}
-    return tuple(sorted((k, float(v)) for k, v in sliced.get("factors", {}).items()))
+    factors = tuple(sorted((k, float(v)) for k, v in sliced.get("factors", {}).items()))
+    return factors, float(sliced.get("decode_s_per_seq", 0.0))
 
 
 def calibrated_scale(res: ResultsDir) -> float:
@@ -165,12 +195,14 @@ def calibrated_per_seq(res: ResultsDir) -> float:
 
 def predict_all(res: ResultsDir, configs: tuple[str, ...], latency: LatencyModel,
                 force: bool = False, decode_scale: float | None = None,
-                decode_s_per_seq: float | None = None) -> list[Path]:
+                decode_s_per_seq: float | None = None, calibration: Path | None = None,
+                pred_dir: Path | None = None) -> list[Path]:
     """Predict every (config, rate) whose plan exists; skip existing predictions unless
-    ``force``, the measurement is newer or they used other decode factors (None: the
-    results directory's calibration)."""
-    cal_scale, cal_per_seq = calibrated_terms(res)
-    sliced = calibrated_sliced(res)
+    ``force``, the measurement is newer or they used other decode factors or models (None:
+    the results directory's calibration, or ``calibration``); write to ``pred_dir`` (default
+    the results directory)."""
+    cal_scale, cal_per_seq = calibrated_terms(res, calibration)
+    sliced, sliced_per_seq = calibrated_sliced_terms(res, calibration)
     scale = cal_scale if decode_scale is None else decode_scale
     per_seq = cal_per_seq if decode_s_per_seq is None else decode_s_per_seq
     written = []
@@ -179,17 +211,21 @@ def predict_all(res: ResultsDir, configs: tuple[str, ...], latency: LatencyModel
             continue
         for rate in res.scales():
             p, m = res.predicted_path(cfg, rate), res.measured_path(cfg, rate)
+            if pred_dir is not None:
+                p = Path(pred_dir) / p.name
             old = json.loads(p.read_text()) if p.is_file() else {}
             stale = p.is_file() and (
                 (m.is_file() and m.stat().st_mtime > p.stat().st_mtime)
                 or old.get("decode_scale_asked", 1.0) != scale
                 or old.get("decode_s_per_seq_asked", 0.0) != per_seq
+                or not old.get("client_aborts", False)
                 or (old.get("sharing") == "time-sliced"
-                    and old.get("sliced_factors", {}) != dict(sliced)))
+                    and (old.get("sliced_factors", {}) != dict(sliced)
+                         or old.get("sliced_s_per_seq", 0.0) != sliced_per_seq)))
             if p.is_file() and not force and not stale:
                 continue
             predict_one(res, cfg, rate, latency, decode_scale=scale,
-                        decode_s_per_seq=per_seq)
+                        decode_s_per_seq=per_seq, calibration=calibration, pred_dir=pred_dir)
             written.append(p)
     return written
 
@@ -206,10 +242,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--decode-s-per-seq", type=float, default=None,
                     help="seconds per decoding sequence at 100%% SMs added to each step "
                          "(default: OUT/calibration.json if any, else 0)")
+    ap.add_argument("--calibration", type=Path, default=None,
+                    help="calibration file (default OUT/calibration.json)")
+    ap.add_argument("--pred-dir", type=Path, default=None,
+                    help="write the predictions here instead of OUT")
     args = ap.parse_args(argv)
     configs = tuple(c for c in args.configs.split(",") if c)
+    if args.calibration is not None and not args.calibration.is_file():
+        raise SystemExit(f"--calibration: no file {args.calibration}")
     for p in predict_all(ResultsDir(args.out), configs, default_latency_model(), args.force,
-                         args.decode_scale, args.decode_s_per_seq):
+                         args.decode_scale, args.decode_s_per_seq, args.calibration,
+                         args.pred_dir):
         print(f"wrote {p}")
 
 

@@ -72,6 +72,21 @@ class Admission:
             sched.on_finish(str(req.index), now, req.output_tokens, True)
         return self._poll(self.neighbours[eng.name], now) if done else ([], [])
 
+    def cancel(self, req: SimRequest, now: float) -> bool:
+        """The client of ``req`` gave up: True if it was still queued here (now removed);
+        False if it was dispatched (then ``on_cancel`` once the engine is told)."""
+        rid = str(req.index)
+        if self.held.pop(rid, None) is None:
+            return False
+        self.sched[req.engine].cancel(rid, now)
+        return True
+
+    def on_cancel(self, req: SimRequest, now: float) -> Out:
+        """A dispatched request was abandoned: its slot is free (as the gateway's release of
+        a failed request); whatever that lets through goes now."""
+        self.sched[req.engine].on_finish(str(req.index), now, 0, False)
+        return self._poll(self.neighbours[req.engine], now)
+
     def tick(self, now: float) -> Out:
         for name, sched in self.sched.items():
             e = self.engines[name]

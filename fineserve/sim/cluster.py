@@ -12,6 +12,9 @@ KV static per engine or a KV Slab pool per GPU (``kvpool.py``), HBM interference
 co-located engines (``interference.py``) or time slicing without MPS (``timeslice.py``), and
 the runtime's local scheduler
 (``fineserve.scheduler``) in front of each engine; rejected requests are recorded as 429s.
+With ``request_timeout_s`` each client gives up that long after sending, as the replay client
+does: the request leaves the local scheduler's queue or is aborted in its engine (freeing its
+slot and KV, ``EngineSim.cancel``) and is recorded as a timeout error.
 """
 
 from __future__ import annotations
@@ -51,6 +54,14 @@ class SimOptions:
     limit_at_batch: bool = True
     max_samples: int = 1000  # KV samples per GPU over the run (spaced evenly)
     chrome_trace: bool = False
+    # the client gives up on a request this long after sending it (None: it waits forever);
+    # the gateway then cancels it and vLLM aborts it, so it stops holding a slot and KV
+    request_timeout_s: float | None = None
+
+    def __post_init__(self) -> None:
+        t = self.request_timeout_s
+        if t is not None and not (math.isfinite(t) and t > 0):
+            raise ValueError(f"request_timeout_s must be a positive number, got {t}")
 
 
 class _Router:
@@ -123,6 +134,7 @@ class _World:
             if engines:
                 self.routers[m.name] = _Router(engines, weights)
                 self.engines += engines
+        self.by_name = {e.name: e for e in self.engines}
         self.pooled = _pooled(plan, opts)
         self.kv: SlabPools | StaticKv | _PoolsAndStatic
         if self.pooled:
@@ -158,6 +170,9 @@ class _World:
             slos = {m.name: m.slo for m in plan.models}
             self.admission = Admission(self.engines, placements, slos, opts.scheduler,
                                        opts.limit_at_batch)
+
+    def engine(self, name: str) -> EngineSim:
+        return self.by_name[name]
 
     def check_integrity(self) -> None:
         for e in self.engines:
@@ -240,6 +255,20 @@ def simulate(plan: Plan, trace: Trace, latency: LatencyModel, *, token_budget: i
             seq += 1
             heapq.heappush(heap, (now, 1, seq, eng))
 
+    timeout = opts.request_timeout_s
+
+    def give_up(req: SimRequest) -> None:
+        """The client's timeout: drop ``req`` where it is, unless it already ended."""
+        if records[req.index] is not None:
+            return
+        if adm is not None and adm.cancel(req, now):
+            pass  # it was still queued in the local scheduler
+        else:
+            w.engine(req.engine).cancel(req)
+            if adm is not None:
+                _drain(adm.on_cancel(req, now), records, dispatch)
+        records[req.index] = _record(req, error=TIMEOUT_ERROR)
+
     def dispatch(req: SimRequest) -> None:
         eng = adm.engine_of(req) if adm is not None else None
         assert eng is not None
@@ -254,7 +283,7 @@ def simulate(plan: Plan, trace: Trace, latency: LatencyModel, *, token_budget: i
                 eng = obj
                 if kind == 0:
                     done = eng.finish_step(now)  # type: ignore[union-attr]
-                    for req in done:
+                    for req in done:  # (a cancelled request is never in ``done``)
                         records[req.index] = _record(req)
                     if adm is not None:
                         _drain(adm.after_step(eng, done, now), records, dispatch)
@@ -285,6 +314,9 @@ def simulate(plan: Plan, trace: Trace, latency: LatencyModel, *, token_budget: i
         else:
             eng = router.pick()
             req = SimRequest(i, models[i], now, prompts[i], outputs[i])
+            if timeout is not None:
+                seq += 1
+                heapq.heappush(heap, (now + timeout, 3, seq, lambda _t, r=req: give_up(r)))
             if adm is None:
                 wake(eng)
                 eng.arrive(req)
@@ -311,11 +343,16 @@ def _drain(out: tuple[list[SimRequest], list[tuple[SimRequest, str]]],
                                            error=why)
 
 
-def _record(req: SimRequest) -> RequestRecord:
+TIMEOUT_ERROR = "TimeoutError (client)"
+
+
+def _record(req: SimRequest, error: str = "") -> RequestRecord:
+    """A finished request, or (``error``) one its client gave up on: no tokens count."""
     queued = req.admitted_s - req.arrival_s if not math.isnan(req.admitted_s) else math.nan
     return RequestRecord(req.index, req.model, req.arrival_s, req.arrival_s, req.prompt_tokens,
                          req.output_tokens, status=200, first_token_s=req.first_token_s,
-                         finished_s=req.finished_s, tokens_received=req.output_tokens,
+                         finished_s=math.nan if error else req.finished_s,
+                         tokens_received=0 if error else req.output_tokens, error=error,
                          queued_s=queued)
 
 

@@ -16,6 +16,10 @@ Optional hooks, each ``None`` unless the cluster enables it (one attribute test 
 ``hbm`` (HBM-bandwidth interference stretches steps, ``interference.py``), ``tracer`` (Chrome
 trace, ``chrome_trace.py``) and ``first_tokens`` (requests whose first token came in the last
 step, for the local scheduler).
+
+A client that gives up (``cancel``) frees its request's batch slot and KV at the next step
+boundary, as vLLM aborts a request whose connection closed: under overload, timed-out
+requests stop taking steps and KV from the ones still being waited for.
 """
 
 from __future__ import annotations
@@ -45,6 +49,9 @@ class SimRequest:
     preemptions: int = 0
     engine: str = ""
     admitted_s: float = math.nan  # first time the engine scheduled it (end of queueing)
+    cancelled: bool = False  # the client gave up; the engine drops it at a step boundary
+    heap_seq: int = -1  # seq of its live decode-heap entry (-1: not decoding)
+    heap_finish: int = 0  # the step at which that entry finishes
 
     @property
     def to_prefill(self) -> int:
@@ -87,6 +94,8 @@ class EngineSim:
     # request that came in during a step is never counted; ``len(waiting)`` would count it
     # (and a gateway reading the gauge would see a queue the engine never had).
     waiting_gauge: int = 0
+    _cancels: list = field(default_factory=list)  # cancelled, not yet dropped
+    cancelled: int = 0  # requests dropped because their client gave up
 
     # -- latency with memoisation (contexts bucketed to 32 tokens)
     def _decode_s(self, batch: int, ctx: float) -> float:
@@ -114,6 +123,7 @@ class EngineSim:
         assert self.decoding >= 0 and self.ctx_sum >= 0, (self.name, self.ctx_sum)
         if self.idle:
             assert self.ctx_sum == 0 and abs(self.kv_used) < 1e-6, (self.name, self.kv_used)
+            assert not self._cancels, (self.name, len(self._cancels))
 
     @property
     def idle(self) -> bool:
@@ -135,8 +145,41 @@ class EngineSim:
             short = self.kv_used + need - self.kv_tokens
         return short <= 0
 
+    def cancel(self, req: SimRequest) -> None:
+        """The client of ``req`` (queued or running here) went away: drop it before the next
+        step is planned (vLLM aborts between steps), freeing its slot and KV."""
+        req.cancelled = True
+        self._cancels.append(req)
+
+    def _drop_cancelled(self) -> None:
+        for req in self._cancels:
+            if not math.isnan(req.finished_s):
+                continue  # it finished in the step that was in flight
+            self.cancelled += 1
+            if req.heap_seq >= 0:  # decoding: release like a preemption, never requeued
+                self._release_decoder(req)
+            elif req in self.prefilling:  # admitted: its reservation goes back
+                self.prefilling.remove(req)
+                self.kv_used -= req.to_prefill + 1 + HALF_BLOCK
+            else:
+                self.waiting.remove(req)
+        self._cancels.clear()
+
+    def _release_decoder(self, req: SimRequest) -> None:
+        """Take a decoding ``req`` out of the batch (preempted or cancelled): its heap entry
+        is dropped lazily, its KV freed; ``req.generated`` counts the tokens it produced."""
+        self._gone.add(req.heap_seq)
+        self.decoding -= 1
+        req.generated = req.output_tokens - (req.heap_finish - self.step_no)
+        req.heap_seq = -1
+        ctx = req.prompt_tokens + req.generated
+        self.ctx_sum -= ctx
+        self.kv_used -= ctx + HALF_BLOCK
+
     def start_step(self, now: float) -> float:
         """Plan one step at ``now``; returns when it ends."""
+        if self._cancels:  # (normally dropped when the previous step ended)
+            self._drop_cancelled()
         budget = self.token_budget - self.decoding
         chunks: list[tuple[SimRequest, int]] = []
         for req in self.prefilling:  # continue chunked prefills first
@@ -212,10 +255,16 @@ class EngineSim:
                     continue
                 req.generated = emitted
                 self._seq += 1
-                heapq.heappush(heap, (self.step_no + remaining, self._seq, req))
+                req.heap_seq, req.heap_finish = self._seq, self.step_no + remaining
+                heapq.heappush(heap, (req.heap_finish, self._seq, req))
                 self.decoding += 1
                 self.ctx_sum += req.prompt_tokens + req.generated
         self._pending = ()
+        if self._cancels:
+            self._drop_cancelled()
+            done = [r for r in done if not r.cancelled]  # the client saw a timeout instead
+            if self.first_tokens:
+                self.first_tokens[:] = [r for r in self.first_tokens if not r.cancelled]
         if self.kv_used > self.kv_tokens and self.decoding and not self._fits(0):
             self._preempt()
         return done
@@ -226,22 +275,17 @@ class EngineSim:
         self.ctx_sum -= ctx
         self.kv_used -= ctx + HALF_BLOCK
         req.generated = req.output_tokens
+        req.heap_seq = -1
         req.finished_s = now
         done.append(req)
 
     def _preempt(self) -> None:
         """Evict the most recently admitted decoders until KV fits (recompute mode)."""
         live = sorted((e for e in self._heap if e[1] not in self._gone), key=lambda e: -e[1])
-        for finish, seq, req in live:
+        for _, _, req in live:
             if self.kv_used <= self.kv_tokens or self.decoding <= 1:
                 break
-            self._gone.add(seq)
-            self.decoding -= 1
-            left = finish - self.step_no  # tokens still to come
-            req.generated = req.output_tokens - left
-            ctx = req.prompt_tokens + req.generated
-            self.ctx_sum -= ctx
-            self.kv_used -= ctx + HALF_BLOCK
+            self._release_decoder(req)
             req.prefilled = 0
             req.preemptions += 1
             self.preemptions += 1

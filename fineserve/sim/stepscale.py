@@ -64,18 +64,30 @@ class ScaledLatency:
 @dataclass(frozen=True, slots=True)
 class EngineScaledLatency:
     """``inner`` with each engine's decode steps x its own factor (by ``ModelSpec.key``; 1
-    for engines not named). For time slicing (``--no-mps``), where no single factor fits: the
-    H100's (a) ran chat-8b-fp8 at ~120 sequences (the profiles stop at 32: steps too short)
-    beside a 3B and an int4 7B nobody profiled (roofline estimates: steps too long), so the
-    factors go both ways (``bench/e2e/calibrate.py --time-sliced``)."""
+    for engines not named), plus ``decode_s_per_seq`` per decoding sequence at 100% SMs. For
+    time slicing (``--no-mps``), where no single factor fits: the engines of (a) are a
+    profiled 8B at batches beyond the profiles' 32 beside a 3B and an int4 7B nobody profiled
+    (roofline estimates with an eager host floor: steps too long), so the factors go both
+    ways (``bench/e2e/calibrate.py --time-sliced``).
+
+        step = factor[engine] x model(batch, context, sm) + decode_s_per_seq x batch x 100 / sm
+
+    The factor corrects the profile where it was fitted (batches up to the cap of 128 then);
+    the per-sequence term is what a step gains per sequence, which the model's step, flat in
+    batch beyond the profiles, cannot see: without it a factor fitted at batch ~120 says
+    nothing of batch 400 (cap 1024: the third H100 run, where (a) was over-predicted)."""
 
     inner: LatencyModel
     factors: tuple[tuple[str, float], ...] = ()
+    decode_s_per_seq: float = 0.0  # seconds per sequence per step on the whole GPU
 
     def __post_init__(self) -> None:
         for key, v in self.factors:
             if not (math.isfinite(v) and v > 0):
                 raise SpecError(f"decode factor of {key} must be a positive number, got {v}")
+        v = self.decode_s_per_seq
+        if not (math.isfinite(v) and v >= 0):
+            raise SpecError(f"decode_s_per_seq must be a number >= 0, got {v}")
 
     def factor(self, engine: EngineShape) -> float:
         return dict(self.factors).get(engine.model.key, 1.0)
@@ -87,7 +99,8 @@ class EngineScaledLatency:
     def decode_step(self, engine: EngineShape, batch: int, context_tokens: float,
                     sm_pct: float) -> Latency:
         t = self.inner.decode_step(engine, batch, context_tokens, sm_pct)
-        return Latency(t.seconds * self.factor(engine), t.source)
+        extra = self.decode_s_per_seq * batch * 100.0 / max(sm_pct, 1e-9)
+        return Latency(t.seconds * self.factor(engine) + extra, t.source)
 
     def covers(self, engine: EngineShape) -> bool:
         return self.inner.covers(engine)
