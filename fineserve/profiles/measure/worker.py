@@ -190,6 +190,25 @@ def _runs(
                        stamp_runs=tuple(stamp_runs))
 
 
+def device_timing(llm: Any, prompts: eng.Prompts, blocker: int, tokens: int = 128) -> bool:
+    """Whether this engine's prefill steps can be timed on the device (``steptimer``): the
+    timer installs, and a probe run (``tokens`` behind the blocker) finds the batch's step
+    among the timed ones. Otherwise prefill is read from the engine-core stamps, as before
+    (a vLLM whose runner or step structure differs must not cost 6 tries a run). Says which
+    in the log."""
+    ok = eng.time_steps(llm) and eng.time_steps(llm, True)
+    why = "the timer did not install"
+    if ok:
+        try:
+            probe = eng.prefill(llm, prompts, 1, tokens, blocker, None, True)
+            ok, why = probe.steps == 1, f"probe run not found among the steps ({probe.steps})"
+        finally:
+            eng.time_steps(llm, False)
+    print(f"prefill steps timed on the device: {'yes' if ok else 'no, ' + why}",
+          file=sys.stderr, flush=True)
+    return bool(ok)
+
+
 def _floor(llm: Any, prompts: eng.Prompts) -> float | None:
     """The fixed cost of a request outside its engine step (submit, IPC, outputs): median
     over a few 16-token prompts of wall-clock TTFT minus the engine step."""
@@ -261,7 +280,7 @@ def run_profile(job: ProfileJob) -> int:
     blocker = blocker_tokens(job.engine) if any(p.phase == PREFILL for p in job.points) else 0
     eng.warm_up(llm, prompts, max_batch, min(longest, job.engine.max_model_len - 8), blocker)
     floor = _floor(llm, prompts) if any(p.phase == PREFILL for p in job.points) else None
-    timed = bool(blocker) and eng.time_steps(llm)  # else prefill is read from stamps
+    timed = bool(blocker) and device_timing(llm, prompts, blocker)  # else from stamps
     lead = LeadReference(eng.lead_reference(llm, prompts, blocker)
                          if blocker and not timed else None)
     done: list[tuple[PointSpec, float]] = []

@@ -161,3 +161,17 @@ def test_time_guess_scales_the_estimate_by_what_measured_points_took():
     assert worker._guess([(p128, 23.2)], dec, est) == pytest.approx(24.0)
     assert worker._guess([(p128, 23.2), (dec, 12.0)], dec, est) == pytest.approx(12.0)
     assert worker._guess([], p2048, est) == 0.0  # nothing measured: the first point runs
+
+
+def test_device_timing_is_used_only_where_a_probe_run_finds_the_batch_step(monkeypatch, capsys):
+    switches = []
+    monkeypatch.setattr(eng, "time_steps", lambda llm, on=None: switches.append(on) or True)
+    steps = iter([1, 2])  # a clean probe, then one whose batch step was not found
+    monkeypatch.setattr(eng, "prefill", lambda *a, **k: eng.Timing(0.01, PREFILL_METHOD,
+                                                                   next(steps)))
+    assert worker.device_timing(None, None, 2048)
+    assert not worker.device_timing(None, None, 2048)
+    assert switches == [None, True, False] * 2  # installed, on for the probe, off again
+    assert "no, probe run not found" in capsys.readouterr().err
+    monkeypatch.setattr(eng, "time_steps", lambda llm, on=None: False)
+    assert not worker.device_timing(None, None, 2048)  # no timer: stamps, no probe
