@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections import deque
 from dataclasses import dataclass, field
 
 from fineserve.metrics.summary import RequestRecord
@@ -256,6 +257,9 @@ def simulate(plan: Plan, trace: Trace, latency: LatencyModel, *, token_budget: i
             heapq.heappush(heap, (now, 1, seq, eng))
 
     timeout = opts.request_timeout_s
+    # (deadline, request) in arrival order: one timeout for all, so deadlines come sorted and
+    # the loop only looks at the earliest one still live (no heap event per request)
+    deadlines: deque[tuple[float, SimRequest]] = deque()
 
     def give_up(req: SimRequest) -> None:
         """The client's timeout: drop ``req`` where it is, unless it already ended."""
@@ -276,6 +280,15 @@ def simulate(plan: Plan, trace: Trace, latency: LatencyModel, *, token_budget: i
         eng.arrive(req)
 
     while i < n or heap:
+        if deadlines:  # clients that give up before the next event (after one at that time)
+            while deadlines and records[deadlines[0][1].index] is not None:
+                deadlines.popleft()  # ended in time
+            nxt = min(heap[0][0] if heap else math.inf, arrivals[i] if i < n else math.inf)
+            if deadlines and deadlines[0][0] < nxt:
+                now = deadlines[0][0]
+                while deadlines and deadlines[0][0] <= now:
+                    give_up(deadlines.popleft()[1])
+                continue
         if heap and (i >= n or heap[0][0] < arrivals[i]
                      or (heap[0][0] == arrivals[i] and heap[0][1] == 0)):
             now, kind, _, obj = heapq.heappop(heap)
@@ -315,8 +328,7 @@ def simulate(plan: Plan, trace: Trace, latency: LatencyModel, *, token_budget: i
             eng = router.pick()
             req = SimRequest(i, models[i], now, prompts[i], outputs[i])
             if timeout is not None:
-                seq += 1
-                heapq.heappush(heap, (now + timeout, 3, seq, lambda _t, r=req: give_up(r)))
+                deadlines.append((now + timeout, req))
             if adm is None:
                 wake(eng)
                 eng.arrive(req)

@@ -184,3 +184,12 @@ def test_per_sequence_term_sits_under_the_engine_factor(factor, per_seq, batch, 
 def test_a_negative_per_sequence_term_is_refused():
     with pytest.raises(SpecError, match="decode_s_per_seq"):
         EngineScaledLatency(ConstLatency(0.01, 0.02), (), -1e-5)
+
+
+def test_a_timeout_nobody_reaches_changes_nothing():
+    plan = shared_gpu_plan(kv_mode=KVMode.STATIC, floors=(20 * GIB, 20 * GIB))
+    trace = generate([ModelLoad("a", Poisson(10), FixedLengths(300, 100)),
+                      ModelLoad("b", Poisson(10), FixedLengths(300, 100))], 20, 4)
+    a = simulate(plan, trace, FakeLatency())
+    b = simulate(plan, trace, FakeLatency(), options=SimOptions(request_timeout_s=60.0))
+    assert a.records == b.records and a.duration_s == b.duration_s  # no tail of deadlines
