@@ -39,6 +39,8 @@ from bench.e2e.predict import predict_one
 from bench.e2e.results import ResultsDir
 from fineserve.profiles.latency import LatencyModel
 
+ROOT = Path(__file__).resolve().parents[2]
+
 MIN_SCALE, MAX_SCALE = 1.0, 8.0
 PER_SEQ_GRID_S = tuple(i * 1e-5 for i in range(9))  # 0 - 0.08 ms per sequence at 100% SMs
 PER_SEQ_REFINE_S = 5e-6  # then half a grid step either side of the best
@@ -53,6 +55,7 @@ class Calibration:
     residual_log_sd: float  # spread of log(measured / simulated TPOT) at the fitted scale
     decode_s_per_seq: float = 0.0  # seconds per decoding sequence at 100% SMs (0: older file)
     time_sliced: SlicedCalibration | None = None  # (a)'s per-engine factors, fitted apart
+    source: str = ""  # results directory fitted on, from the repo root ("": the file's own)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -68,7 +71,8 @@ class Calibration:
             d["time_sliced"] = SlicedCalibration(dict(t["factors"]), tuple(t["configs"]),
                                                  tuple(t["fit_rates"]), t["points"],
                                                  t["residual_log_sd"], t["rounds"],
-                                                 float(t.get("decode_s_per_seq", 0.0)))
+                                                 float(t.get("decode_s_per_seq", 0.0)),
+                                                 str(t.get("source", "")))
         return cls(**d)
 
 
@@ -84,6 +88,7 @@ class SlicedCalibration:
     residual_log_sd: float  # spread of log(measured / simulated) at the fitted factors
     rounds: int  # fixed-point rounds run
     decode_s_per_seq: float = 0.0  # per-sequence term under the factors (0: older files)
+    source: str = ""  # results directory fitted on, from the repo root ("": the file's own)
 
 
 def tpot_log_ratios(measured: dict, predicted: dict) -> list[float]:
@@ -191,6 +196,12 @@ def tpot_log_ratios_by_model(measured: dict, predicted: dict) -> dict[str, float
     return out
 
 
+def _source_name(out: Path) -> str:
+    """``out`` as the report compares it: from the repo root where it lies inside the repo."""
+    out = out.resolve()
+    return str(out.relative_to(ROOT)) if out.is_relative_to(ROOT) else str(out)
+
+
 def main(argv: list[str] | None = None) -> None:
     from fineserve.profiles.composite import default_latency_model
 
@@ -212,6 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     res = ResultsDir(args.out)
     path = res.calibration_path()
     dest = args.write or path
+    source = _source_name(args.out)
     if args.time_sliced:
         old = Calibration.load(path)
         if old is None:
@@ -222,7 +234,8 @@ def main(argv: list[str] | None = None) -> None:
                             tuple(float(x) for x in args.fit_rates.split(",") if x),
                             per_seq=0.0 if args.no_sliced_per_seq else old.decode_s_per_seq)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_text(replace(old, time_sliced=sliced).to_json())
+        old = replace(old, source=old.source or source)
+        dest.write_text(replace(old, time_sliced=replace(sliced, source=source)).to_json())
         print(f"time-sliced decode factors {sliced.factors} + "
               f"{sliced.decode_s_per_seq * 1e3:.4f} ms per sequence from {sliced.points} TPOT "
               f"medians (log sd {sliced.residual_log_sd}, {sliced.rounds} rounds); wrote {dest}")
@@ -231,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
               tuple(float(x) for x in args.fit_rates.split(",") if x),
               per_seq_grid=(0.0,) if args.no_per_seq else PER_SEQ_GRID_S)
     old = Calibration.load(path)  # a time-sliced fit survives an MPS refit
-    cal = replace(cal, time_sliced=old.time_sliced if old is not None else None)
+    cal = replace(cal, time_sliced=old.time_sliced if old is not None else None, source=source)
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(cal.to_json())
     print(f"decode x{cal.decode_scale} + {cal.decode_s_per_seq * 1e3:.4f} ms per sequence at "

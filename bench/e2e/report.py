@@ -293,9 +293,10 @@ def calibration_lines(res: ResultsDir, rows: list[Row]) -> list[str]:
     cal = Calibration.load(res.calibration_path())
     if cal is None:
         return ["Simulator: uncalibrated (no `calibration.json`).", ""]
-    fitted = {(c, s) for c in cal.configs for s in cal.fit_rates}
     ts = cal.time_sliced
-    if ts is not None:
+    fitted = ({(c, s) for c in cal.configs for s in cal.fit_rates}
+              if _fitted_here(cal.source, res) else set())
+    if ts is not None and _fitted_here(ts.source, res):
         fitted |= {(c, s) for c in ts.configs for s in ts.fit_rates}
     held = [r for r in rows if (r.config, r.scale) not in fitted and r.measured is not None]
     att = [abs(e) for r in held if (e := r.attainment_error_pts) is not None]
@@ -305,23 +306,36 @@ def calibration_lines(res: ResultsDir, rows: list[Row]) -> list[str]:
                if cal.decode_s_per_seq else "")
     out = [f"Simulator: MPS decode steps x{cal.decode_scale:g}{per_seq} "
            f"(`bench/e2e/calibrate.py`), fitted on the TPOT medians of "
-           f"({'), ('.join(cal.configs)}) at {fit} only ({cal.points} per-model medians, "
-           f"log-ratio sd {cal.residual_log_sd:g}); {sliced_text(ts)}"]
+           f"({'), ('.join(cal.configs)}) at {fit}{_where(cal.source, res)} only "
+           f"({cal.points} per-model medians, log-ratio sd {cal.residual_log_sd:g}); "
+           f"{sliced_text(ts, res)}"]
     if att:
-        out.append(f"On the runs not fitted ({len(held)}: every other configuration and rate)"
+        which = ("every other configuration and rate" if fitted
+                 else "every run here: the fits read another results directory")
+        out.append(f"On the runs not fitted ({len(held)}: {which})"
                    f": attainment error at most **{max(att):.1f} pt**, throughput error at "
                    f"most **{max(tput):.1%}**.")
     return [*out, ""]
 
 
-def sliced_text(ts: SlicedCalibration | None) -> str:
+def _fitted_here(source: str, res: ResultsDir) -> bool:
+    """Whether a fit read this results directory ("" - files before the field - did)."""
+    return not source or (ROOT / source).resolve() == res.root.resolve()
+
+
+def _where(source: str, res: ResultsDir) -> str:
+    return "" if _fitted_here(source, res) else f" of `{source}`"
+
+
+def sliced_text(ts: SlicedCalibration | None, res: ResultsDir) -> str:
     """The time-sliced fit in words."""
     if ts is None:
         return "time-sliced (a) unscaled."
     factors = ", ".join(f"{k} x{v:g}" for k, v in sorted(ts.factors.items()))
     fit = ", ".join(f"x{x:g}" for x in ts.fit_rates)
     return (f"time-sliced decode steps per engine ({factors}), fitted on the TPOT medians of "
-            f"({'), ('.join(ts.configs)}) at {fit} only ({ts.points} medians, "
+            f"({'), ('.join(ts.configs)}) at {fit}{_where(ts.source, res)} only ({ts.points} "
+            f"medians, "
             f"`calibrate.py --time-sliced`).")
 
 

@@ -383,3 +383,21 @@ def test_the_report_flags_engines_past_the_largest_cuda_graph(tmp_path, latency)
     res.save_measured(Measured("a", 1.0, pred["trace_digest"], deployed_default("a"),
                                pred["summary"], {}, engine_series={"edge-3b": series["edge-3b"]}))
     assert graph_overflow_lines(res) == []
+
+
+def test_calibration_source_decides_what_the_report_counts_as_held_out(tmp_path):
+    """A fit read from another results directory leaves every run here held out; a file
+    without the field (older fits) was fitted on its own directory."""
+    from bench.e2e.calibrate import Calibration, SlicedCalibration
+    from bench.e2e.report import _fitted_here
+    from bench.e2e.results import ResultsDir
+
+    res = ResultsDir(tmp_path / "r3")
+    sliced = SlicedCalibration({"m": 0.6}, ("a",), (2.0,), 4, 0.02, 3, 3.5e-5, "bench/e2e/results")
+    cal = Calibration(1.026, ("b",), (2.0,), 4, 0.1, 3.5e-5, sliced, "bench/e2e/results")
+    path = tmp_path / "calibration.json"
+    path.write_text(cal.to_json())
+    assert Calibration.load(path) == cal
+    assert not _fitted_here(cal.source, res) and not _fitted_here(sliced.source, res)
+    assert _fitted_here("", res)
+    assert _fitted_here(str(res.root), res)
