@@ -36,6 +36,7 @@ from fineserve.profiles.measure.timing import (
     decode_prompt_tokens,
     decode_window,
     device_prefill_step,
+    device_probe_problem,
     late_lead,
     prefill_step,
 )
@@ -183,6 +184,30 @@ def time_steps(llm: Any, on: bool | None = None) -> bool:
     except Exception:  # noqa: BLE001 - version-dependent internals: fall back to stamps
         return False
     return len(answers) == 1 and bool(answers[0])
+
+
+def probe_device_timing(llm: Any, prompts: Prompts, blocker: int, tokens: int,
+                        tries: int = 3) -> str | None:
+    """Why this engine's device step times cannot be used for prefill (None: they can):
+    the timer does not install, or a run of ``tokens`` behind the blocker fails
+    ``timing.device_probe_problem`` ``tries`` times. Leaves the timer off."""
+    if not time_steps(llm):
+        return "the step timer did not install"
+    why = "the step timer did not switch on"
+    if not time_steps(llm, True):
+        return why
+    try:
+        for _ in range(tries):
+            device_steps(llm)
+            outputs, _ = _generate(llm, prompts.batch(1, blocker) + prompts.batch(1, tokens), 1)
+            stamps = _stamps(outputs)
+            lead = stamps[0].first - stamps[0].scheduled if stamps else None
+            why = device_probe_problem(device_steps(llm), tokens, blocker, lead)
+            if why is None:
+                return None
+    finally:
+        time_steps(llm, False)
+    return why
 
 
 def device_steps(llm: Any) -> list[tuple[int, float]]:

@@ -108,6 +108,24 @@ def device_prefill_step(steps: Sequence[tuple[int, float]], batch_tokens: int,
     return seconds if ok else None
 
 
+def device_probe_problem(steps: Sequence[tuple[int, float]], batch_tokens: int,
+                         blocker_tokens: int, lead: float | None) -> str | None:  # fmt: skip
+    """Why one probe run's device-timed steps cannot be trusted (None: they can). The batch's
+    step must be found (``device_prefill_step``), and the blocker's device time must lie
+    within its stamps (``lead``: first token - scheduled): its events are recorded after
+    its scheduling and reached before its output is stamped, so it cannot be longer (10% + 1
+    ms slack), and a small fraction of it means the events saw the kernel launches, not the
+    GPU's work (another stream)."""
+    if device_prefill_step(steps, batch_tokens, blocker_tokens) is None:
+        return f"the batch's step not found among {len(steps)} timed steps"
+    if blocker_tokens and lead and lead > 0:
+        device = next(s for n, s in steps if n > 0)
+        if not 0.3 * lead <= device <= 1.1 * lead + 1e-3:
+            return (f"the blocker's step is {device * 1e3:.1f} ms on the device and "
+                    f"{lead * 1e3:.1f} ms between its stamps")
+    return None
+
+
 def decode_window(batch: Sequence[Stamps], tokens: int) -> DecodeWindow | None:
     """Mean full-batch decode step of requests that each generated ``tokens`` tokens.
 

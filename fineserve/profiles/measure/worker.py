@@ -191,22 +191,15 @@ def _runs(
 
 
 def device_timing(llm: Any, prompts: eng.Prompts, blocker: int, tokens: int = 128) -> bool:
-    """Whether this engine's prefill steps can be timed on the device (``steptimer``): the
-    timer installs, and a probe run (``tokens`` behind the blocker) finds the batch's step
-    among the timed ones. Otherwise prefill is read from the engine-core stamps, as before
-    (a vLLM whose runner or step structure differs must not cost 6 tries a run). Says which
-    in the log."""
-    ok = eng.time_steps(llm) and eng.time_steps(llm, True)
-    why = "the timer did not install"
-    if ok:
-        try:
-            probe = eng.prefill(llm, prompts, 1, tokens, blocker, None, True)
-            ok, why = probe.steps == 1, f"probe run not found among the steps ({probe.steps})"
-        finally:
-            eng.time_steps(llm, False)
-    print(f"prefill steps timed on the device: {'yes' if ok else 'no, ' + why}",
+    """Whether this engine's prefill steps are timed on the device (``steptimer``): a probe
+    run behind the blocker must find the batch's step and a blocker step within its stamps
+    (``engine.probe_device_timing``). Otherwise prefill is read from the engine-core stamps,
+    as before: a vLLM whose runner or step structure differs must not cost 6 tries a run,
+    nor time kernel launches. The log says which."""
+    why = eng.probe_device_timing(llm, prompts, blocker, tokens)
+    print(f"prefill steps timed on the device: {'yes' if why is None else 'no, ' + why}",
           file=sys.stderr, flush=True)
-    return bool(ok)
+    return why is None
 
 
 def _floor(llm: Any, prompts: eng.Prompts) -> float | None:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from fineserve.profiles.measure import steptimer
-from fineserve.profiles.measure.timing import device_prefill_step
+from fineserve.profiles.measure.timing import device_prefill_step, device_probe_problem
 
 
 class Output:
@@ -88,3 +88,15 @@ def test_a_batch_split_or_sharing_the_blockers_step_is_not_clean():
     assert device_prefill_step([(2048, 0.05)], 512, blocker) is None
     assert device_prefill_step([], 128) is None
     assert device_prefill_step([(128, 0.0)], 128) is None
+
+
+def test_a_probe_trusts_device_times_only_within_the_blockers_stamps():
+    steps = [(2048, 0.0470), (128, 0.0061)]
+    assert device_probe_problem(steps, 128, 2048, lead=0.0485) is None
+    assert device_probe_problem(steps, 128, 2048, lead=None) is None  # no stamps: structure
+    # events on another stream than the step's: they time the launches, a few ms
+    launches = [(2048, 0.0021), (128, 0.0009)]
+    assert "2.1 ms on the device and 48.5 ms" in device_probe_problem(launches, 128, 2048,
+                                                                      0.0485)
+    assert device_probe_problem([(2048, 0.070), (128, 0.006)], 128, 2048, 0.0485) is not None
+    assert "not found" in device_probe_problem([(2048, 0.047)], 128, 2048, 0.0485)

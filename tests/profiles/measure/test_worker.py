@@ -163,15 +163,10 @@ def test_time_guess_scales_the_estimate_by_what_measured_points_took():
     assert worker._guess([], p2048, est) == 0.0  # nothing measured: the first point runs
 
 
-def test_device_timing_is_used_only_where_a_probe_run_finds_the_batch_step(monkeypatch, capsys):
-    switches = []
-    monkeypatch.setattr(eng, "time_steps", lambda llm, on=None: switches.append(on) or True)
-    steps = iter([1, 2])  # a clean probe, then one whose batch step was not found
-    monkeypatch.setattr(eng, "prefill", lambda *a, **k: eng.Timing(0.01, PREFILL_METHOD,
-                                                                   next(steps)))
+def test_device_timing_is_used_only_where_the_probe_passes(monkeypatch, capsys):
+    answers = iter([None, "the batch's step not found among 3 timed steps"])
+    monkeypatch.setattr(eng, "probe_device_timing", lambda *a, **k: next(answers))
     assert worker.device_timing(None, None, 2048)
+    assert "timed on the device: yes" in capsys.readouterr().err
     assert not worker.device_timing(None, None, 2048)
-    assert switches == [None, True, False] * 2  # installed, on for the probe, off again
-    assert "no, probe run not found" in capsys.readouterr().err
-    monkeypatch.setattr(eng, "time_steps", lambda llm, on=None: False)
-    assert not worker.device_timing(None, None, 2048)  # no timer: stamps, no probe
+    assert "no, the batch's step not found" in capsys.readouterr().err
