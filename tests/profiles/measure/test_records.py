@@ -26,6 +26,8 @@ def test_records_round_trip_through_json():
     records = [
         EngineRecord(LABEL, 51.5, True, block_size=16, num_blocks=100, weight_bytes=10),
         PointRecord(LABEL, "prefill", 4, 512, (0.1, 0.11), PREFILL_METHOD, "split over 2 steps"),
+        PointRecord(LABEL, "prefill", 1, 512, (0.0135,), PREFILL_METHOD, runs=(0.0135,),
+                    leads=(0.058,), stamp_runs=(0.0007,)),  # device-timed, stamps beside
         LoadRecord(LABEL, "pair", "a", "together", ("a", "b"), (0.01, 0.012), (0.05,), 8, 300),
     ]
     for record in records:
@@ -35,7 +37,7 @@ def test_records_round_trip_through_json():
 def test_job_round_trip(tmp_path):
     args = EngineArgs("/m", 1, None, "auto", 2064, 64, 8192, 1 << 30, 0.3, False, 128256)
     job = ProfileJob(LABEL, args, (PointSpec("decode", 8, 512, 3),), 128,
-                     str(tmp_path / "r.jsonl"), 123.0)
+                     str(tmp_path / "r.jsonl"), 123.0, point_seconds=(12.5,))
     write_job(job, tmp_path / "job.json")
     assert read_job(tmp_path / "job.json", ProfileJob) == job
 
