@@ -75,10 +75,8 @@ from fineserve.profiles.measure.store import ResultStore  # noqa: E402
 
 H100 = "H100-SXM-80GB"
 MERGE_S = 20.0  # of the budget left to a multi-GPU parent after its shards: merge, export
-# Most tokens of a decode run: enough for the 1 s window at the fastest steps (8B fp8 at
-# ~4.6 ms: ~218). At 128 (before session 7) such windows lasted 0.53-0.75 s, and every one of
-# the 42 of 1008 H100 decode runs > 5% off its point's median had a window < 0.75 s
-# (records.DECODE_METHOD).
+# Most tokens of a decode run: a 1 s window at the fastest steps (~4.6 ms); 128 left windows
+# of 0.53-0.75 s, where all of session 6's slow decode runs were (records.DECODE_METHOD)
 DECODE_TOKENS = 256
 
 
