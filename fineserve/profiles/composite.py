@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fineserve.profiles.calibration import CalibratedLatency, Calibration
 from fineserve.profiles.latency import EngineShape, Latency, LatencySource
 from fineserve.profiles.quality import screen
 from fineserve.profiles.roofline import AnalyticLatency
@@ -80,10 +81,16 @@ class ProfiledLatency:
 
     __slots__ = ("_extended", "estimator", "table")
 
-    def __init__(self, table: TableLatency | None, estimator: AnalyticLatency) -> None:
+    def __init__(self, table: TableLatency | None,
+                 estimator: AnalyticLatency | CalibratedLatency) -> None:  # fmt: skip
         self.table = table
         self.estimator = estimator
         self._extended: dict[str, _Extended] = {}  # engine key -> grids, built on first use
+
+    def estimator_for(self, engine: EngineShape) -> AnalyticLatency:
+        """The roofline that answers (or anchors the table) for ``engine``."""
+        est = self.estimator
+        return est.estimator(engine) if isinstance(est, CalibratedLatency) else est
 
     def covers(self, engine: EngineShape) -> bool:
         return True
@@ -107,13 +114,13 @@ class ProfiledLatency:
         longest = table.domain(engine).max_prompt_tokens
         extra = 0.0
         if prompt_tokens > longest:
-            attention = self.estimator.prefill_attention_s
+            attention = self.estimator_for(engine).prefill_attention_s
             extra = attention(engine, prompt_tokens, sm_pct, batch)
             extra -= attention(engine, longest, sm_pct, batch)
         if answer.source is not _CLAMPED:
             return answer if not extra else Latency(answer.seconds + extra, _ESTIMATED)
         grid = self._grids(table, engine).prefill
-        estimate = _prefill_estimate(self.estimator, engine, table.domain(engine))
+        estimate = _prefill_estimate(self.estimator_for(engine), engine, table.domain(engine))
         seconds = _past_grid(grid, (sm_pct, prompt_tokens * batch), estimate)
         return Latency(seconds + extra, _ESTIMATED)
 
@@ -127,7 +134,7 @@ class ProfiledLatency:
         if answer.source is not _CLAMPED:
             return answer
         grid = self._grids(table, engine).decode
-        estimate = self.estimator.decode_step_s
+        estimate = self.estimator_for(engine).decode_step_s
         seconds = _past_grid(
             grid,
             (sm_pct, batch, context_tokens),
@@ -138,7 +145,7 @@ class ProfiledLatency:
     def _grids(self, table: TableLatency, engine: EngineShape) -> _Extended:
         grids = self._extended.get(engine.key)
         if grids is None:
-            grids = self._extended[engine.key] = _build(table, self.estimator, engine)
+            grids = self._extended[engine.key] = _build(table, self.estimator_for(engine), engine)
         return grids
 
 
@@ -274,8 +281,24 @@ def shipped_profiles() -> ProfileTable:
     return overlay(published_profiles(), measured_profiles())
 
 
-def default_latency_model(extra_profiles: Iterable[str | Path] = ()) -> ProfiledLatency:
-    """Shipped profiles plus ``extra_profiles`` (files or folders), with the roofline behind.
+CALIBRATION = "calibration.json"  # data/measured/{gpu}/: the roofline fitted to its profiles
+
+
+@cache
+def shipped_calibration() -> Calibration:
+    """The roofline calibrated to the shipped measured profiles (``calibrate_shared``, written
+    by bench/calibrate_estimator.py); the defaults where none is shipped."""
+    root = resources.files("fineserve.profiles").joinpath("data", MEASURED)
+    with resources.as_file(root) as path:
+        files = sorted(Path(path).glob(f"*/{CALIBRATION}"))
+        return Calibration.load(files[0]) if files else Calibration(())
+
+
+def default_latency_model(extra_profiles: Iterable[str | Path] = (), *,
+                          calibrated: bool = False) -> ProfiledLatency:  # fmt: skip
+    """Shipped profiles plus ``extra_profiles`` (files or folders), with the roofline behind:
+    with ``calibrated``, the roofline fitted to the measured profiles (``shipped_calibration``,
+    on their GPU; docs/calibration.md), else the defaults fitted to FineServe's eager tables.
 
     An engine that an extra profile measures takes its points from the extra profiles only:
     your own measurements replace the shipped ones rather than being averaged with them.
@@ -285,4 +308,5 @@ def default_latency_model(extra_profiles: Iterable[str | Path] = ()) -> Profiled
     """
     extra = ProfileTable.concat(load_profile(p) for p in extra_profiles)
     table = ProfileTable.concat([shipped_profiles().without(extra.engines()), extra])
-    return ProfiledLatency(TableLatency(table), AnalyticLatency())
+    estimator = CalibratedLatency(shipped_calibration()) if calibrated else AnalyticLatency()
+    return ProfiledLatency(TableLatency(table), estimator)

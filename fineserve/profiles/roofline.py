@@ -32,6 +32,11 @@ class RooflineParams:
     # Fraction of the bf16 peak that W4A16 GEMMs reach at prefill sizes (fit): AWQ prefill
     # runs at about half the bf16 speed in the data, as the kernel dequantizes in its loop.
     int4_gemm_eff: float = 0.41
+    # Tokens of a prefill at which its GEMMs reach half their efficiency (fit to measured
+    # profiles; 0: every size at full efficiency, as fitted to apex). Small prefills tile
+    # the tensor cores poorly: Qwen2.5-32B GPTQ takes 143 us per token for 128 tokens, 91 us
+    # for 2048, a loss a fixed overhead cannot express because it grows with the weights.
+    gemm_half_tokens: float = 0.0
     # Fraction of peak HBM bandwidth that weight and KV reads reach (not fit, it trades off
     # against sm_saturation; streaming kernels on H100 reach 0.8-0.9).
     hbm_eff: float = 0.85
@@ -102,7 +107,8 @@ class AnalyticLatency:
         tokens = batch * prompt_tokens
         lm_head = arch.vocab_size * arch.hidden_size / tp  # logits of the last token only
         linear = 2 * arch.linear_params / tp * tokens + 2 * lm_head * batch
-        compute = linear / self._gemm_rate(engine) / self._compute_fraction(sm_pct)
+        rate = self._gemm_rate(engine) * tokens / (tokens + q.gemm_half_tokens)
+        compute = linear / rate / self._compute_fraction(sm_pct)
         compute += self.prefill_attention_s(engine, prompt_tokens, sm_pct, batch)
         memory = spec.weight_bytes(tp) + tokens * spec.kv_bytes_per_token(tp)
         memory /= engine.gpu.hbm_bytes_per_s * q.hbm_eff * self._bandwidth_fraction(sm_pct)

@@ -12,12 +12,12 @@ from fineserve.profiles.calibration import (
     CalibratedLatency,
     Calibration,
     calibrate,
-    cross_validate,
     fit_params,
     nelder_mead,
 )
 from fineserve.profiles.catalog import model_spec
 from fineserve.profiles.gpus import gpu_spec
+from fineserve.profiles.heldout import cross_validate
 from fineserve.profiles.latency import EngineShape, LatencySource
 from fineserve.profiles.roofline import AnalyticLatency, RooflineParams
 from fineserve.profiles.schema import LatencyPoint

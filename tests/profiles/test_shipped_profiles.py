@@ -3,17 +3,26 @@ is estimated; points whose repeats disagree are screened out."""
 
 from __future__ import annotations
 
+import statistics
+from pathlib import Path
+
 import pytest
 
 from fineserve.profiles.composite import (
     MEASURED,
     PUBLISHED,
+    default_latency_model,
     measured_profiles,
     profile_origins,
+    shipped_calibration,
     shipped_profiles,
 )
+from fineserve.profiles.heldout import predict
 from fineserve.profiles.latency import LatencySource
+from fineserve.profiles.measure.store import ResultStore, to_latency_point
+from fineserve.profiles.precision import Precision
 from fineserve.profiles.quality import SPREAD_LIMIT, screen
+from fineserve.profiles.roofline import AnalyticLatency
 from fineserve.profiles.schema import EngineKey, LatencyPoint, Phase
 
 H100 = "H100-SXM-80GB"
@@ -74,6 +83,22 @@ def test_origins_say_measured_published_or_estimated() -> None:
     assert (origins[awq70].prefill, origins[awq70].decode) == (PUBLISHED, PUBLISHED)
     # 3 of its points measured: not shipped, the estimator answers for it
     assert LLAMA70_INT4 not in origins
-    from fineserve.profiles.composite import default_latency_model
-
     assert not default_latency_model().measured(LLAMA70_INT4.shape())
+
+
+def test_the_shipped_calibration_predicts_the_70b_it_never_saw() -> None:
+    """The 70B's 6 measured points (not shipped: the entry is incomplete) against the
+    calibrated roofline (fitted to the shipped entries) and the eager-fitted defaults."""
+    assert shipped_calibration().gpu == H100
+    results = Path(__file__).resolve().parents[2] / "bench" / "results" / "h100-profile"
+    store = ResultStore(results, H100, "llama-3.1-70b", Precision.from_name("int4-gptq.kv-bf16"))
+    points = [to_latency_point(r) for r in store.points() if r.valid]
+    assert len(points) >= 5
+    calibrated = predict(default_latency_model(calibrated=True), points)
+    default = predict(default_latency_model(), points)
+    assert statistics.median(e.error for e in calibrated) <= 0.15
+    assert statistics.median(e.error for e in default) > 0.5  # eager-fitted: int4 prefill x1.75
+    other_gpu = EngineKey("A100-SXM-80GB", "llama-3.1-70b", "int4-gptq", "bf16", 1)  # type: ignore[arg-type]
+    model = default_latency_model(calibrated=True)
+    assert model.prefill(other_gpu.shape(), 512, 100).seconds == AnalyticLatency().prefill(
+        other_gpu.shape(), 512, 100).seconds  # a calibration is for its GPU only
