@@ -26,22 +26,33 @@ def _show(paths: list[Path]) -> None:
     from fineserve.profiles.composite import default_latency_model
     from fineserve.profiles.schema import load_profile
 
+    origins = {}
     if paths:
         tables = [load_profile(p) for p in paths]
-    else:
+    else:  # the shipped catalog: say which phases were measured and which are published
+        from fineserve.profiles.composite import profile_origins
+
         model = default_latency_model([])
         tables = [model.table.table] if model.table is not None else []
+        origins = {o.engine: o for o in profile_origins()}
     t = Table(title="Latency profiles", title_justify="left")
-    for col in ("GPU", "model", "weights", "KV", "tp", "SM %", "batch", "points"):
-        t.add_column(col)
+    cols = ("GPU", "model", "weights", "KV", "tp", "SM %", "batch", "points")
+    for col in (*cols, "prefill", "decode") if origins else cols:
+        t.add_column(col, overflow="fold")
     for table in tables:
         for eng in table.engines():
             pts = table.points_for(eng)
             sms = sorted({p.sm_pct for p in pts})
             batches = sorted({p.batch for p in pts})
-            t.add_row(*[str(x) for x in eng],
-                      f"{sms[0]:g}-{sms[-1]:g}", f"{batches[0]}-{batches[-1]}", str(len(pts)))
+            row = [*(str(x) for x in eng),
+                   f"{sms[0]:g}-{sms[-1]:g}", f"{batches[0]}-{batches[-1]}", str(len(pts))]
+            if origins:
+                o = origins.get(eng)
+                row += [o.prefill, o.decode] if o else ["-", "-"]
+            t.add_row(*row)
     out.print(t)
+    if origins:
+        out.print("An engine not listed is estimated (roofline, docs/profiles.md).")
 
 
 @app.command("import-fineserve")

@@ -102,3 +102,17 @@ def test_profiles_show_lists_shipped_engines():
     result = runner.invoke(app, ["profiles", "show"])
     assert result.exit_code == 0, result.output
     assert "llama-3.1-8b" in result.stdout and "int4-awq" in result.stdout
+    assert "An engine not listed is estimated" in result.stdout  # origins shown
+
+
+def test_profile_origins_name_the_measured_reference_entries():
+    from fineserve.profiles.composite import MEASURED, PUBLISHED, profile_origins
+
+    by_model = {}
+    for o in profile_origins():
+        by_model.setdefault(o.engine.model, set()).add((o.prefill, o.decode))
+    assert by_model["qwen2.5-14b"] == {(MEASURED, MEASURED)}
+    assert by_model["llama-3.2-3b"] == {(MEASURED, MEASURED)}
+    assert (PUBLISHED, PUBLISHED) in by_model["llama-3.1-8b"]  # tp 2 / 4: FineServe's tables
+    assert "llama-3.1-70b" not in by_model or all(
+        d == PUBLISHED for _, d in by_model["llama-3.1-70b"])  # 70B decode not measured yet
