@@ -70,10 +70,7 @@ def plot(tables: dict[str, ProfileTable], cals: dict[str, Calibration], folder: 
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
         fig.suptitle(f"{name}: measured (dots) vs calibrated estimator (lines), tp=1")
-        fig.tight_layout()
-        path = folder / f"calibration-{_slug(name)}-sm.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        path = _save(fig, folder / f"calibration-{_slug(name)}-sm.png")
         written.append(path.name)
 
         fig, ax = plt.subplots(figsize=(5, 5))
@@ -87,10 +84,7 @@ def plot(tables: dict[str, ProfileTable], cals: dict[str, Calibration], folder: 
         ax.set_ylabel("calibrated estimate (s)")
         ax.set_title(f"{name}")
         ax.legend()
-        fig.tight_layout()
-        path = folder / f"calibration-{_slug(name)}-scatter.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        path = _save(fig, folder / f"calibration-{_slug(name)}-scatter.png")
         written.append(path.name)
     return written
 
@@ -131,11 +125,16 @@ def plot_versus_published(measured: ProfileTable, published: ProfileTable,
         ax.legend(fontsize=6)
     fig.suptitle("llama-3.1-8b on H100: measured (CUDA graphs, o) vs FineServe published "
                  "(eager, x)")
-    fig.tight_layout()
-    path = folder / "profile-h100-vs-published.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path = _save(fig, folder / "profile-h100-vs-published.png")
     return [path.name]
+
+
+def _save(fig, path: Path) -> Path:  # type: ignore[no-untyped-def]
+    """Lay out, write and close one figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
 
 
 def _slug(name: str) -> str:
@@ -191,9 +190,6 @@ def plot_by_weights(measured: ProfileTable, published: ProfileTable, folder: Pat
             ax.legend(fontsize=6)
         fig.suptitle(f"{family} weights on H100: measured (CUDA graphs, o) vs FineServe "
                      "published (eager, x)")
-        fig.tight_layout()
-        path = folder / f"profile-h100-{family}-sm.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        path = _save(fig, folder / f"profile-h100-{family}-sm.png")
         written.append(path.name)
     return written
