@@ -184,24 +184,6 @@ def test_measured_h100_profiles_replace_the_published_engine() -> None:
     assert shipped.points_for(untouched) == published.points_for(untouched)
 
 
-@pytest.mark.parametrize("phase", list(Phase))
-def test_fineserve_plan_answers_from_the_measured_profiles_by_default(phase: Phase) -> None:
-    from fineserve.cli.common import latency_model
-
-    model = latency_model(None)  # what `fineserve plan` builds without --profiles
-    for key in (KEY, FP8):
-        engine = key.shape()
-        for point in measured_profiles().points_for(key, phase):
-            if phase is Phase.PREFILL:
-                answer = model.prefill(engine, point.tokens, point.sm_pct, point.batch)
-            else:
-                answer = model.decode_step(engine, point.batch, point.tokens, point.sm_pct)
-            assert answer.source is LatencySource.MEASURED
-            # prefill cells of one total (1 x 512, 4 x 128) merge to their median, and running
-            # maxima only raise a cell: the measured value, never a published one far off
-            assert 0.95 * point.latency_s <= answer.seconds <= 1.6 * point.latency_s
-
-
 def test_overlay_keeps_a_missing_phase_and_drops_an_engine_with_one_phase_only() -> None:
     def pts(key: EngineKey, phase: Phase, latency: float) -> list[LatencyPoint]:
         return [LatencyPoint(*key, 100.0, phase, 1, 512, latency)]  # type: ignore[misc]
