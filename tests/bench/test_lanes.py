@@ -249,14 +249,21 @@ sys.exit(3 if get("--gpu") == "1" else 0)
 """
 
 
-def test_run_lanes_starts_each_lane_pinned_and_merges_what_it_wrote(tmp_path, capsys):
-    """The orchestration alone: a stand-in for run.py that writes one result file and exits
-    (3 on GPU 1), so the lanes' start, pinning, merge and exit code can be checked."""
+def _fake_run(tmp_path: Path, script: str) -> tuple[Path, Path]:
+    """An executable standing in for the lane's python (``script``) and an empty results
+    directory."""
     fake = tmp_path / "fake-python"
-    fake.write_text(FAKE_RUN)
+    fake.write_text(script)
     fake.chmod(0o755)
     results = tmp_path / "results"
     results.mkdir()
+    return fake, results
+
+
+def test_run_lanes_starts_each_lane_pinned_and_merges_what_it_wrote(tmp_path, capsys):
+    """The orchestration alone: a stand-in for run.py that writes one result file and exits
+    (3 on GPU 1), so the lanes' start, pinning, merge and exit code can be checked."""
+    fake, results = _fake_run(tmp_path, FAKE_RUN)
     (results / "bench.json").write_text("{}")
     cpu = min(os.sched_getaffinity(0))
     lanes = tuple(L.Lane(i, cfgs, gpu, sub, 8000 + 100 * i, (cpu,), tmp_path / f"w{i}",
@@ -274,11 +281,7 @@ def test_run_lanes_starts_each_lane_pinned_and_merges_what_it_wrote(tmp_path, ca
 
 def test_each_lane_keeps_its_own_output_unprefixed_in_its_work_folder(tmp_path, capsys):
     """lane.log beside the lane's deployments: what run.py printed, as it printed it."""
-    fake = tmp_path / "fake-python"
-    fake.write_text(FAKE_RUN)
-    fake.chmod(0o755)
-    results = tmp_path / "results"
-    results.mkdir()
+    fake, results = _fake_run(tmp_path, FAKE_RUN)
     cpu = min(os.sched_getaffinity(0))
     lane = L.Lane(0, ("a",), 0, "", 8000, (cpu,), tmp_path / "w0", tmp_path / "o0")
     L.run_lanes((lane,), str(fake), [], results)
@@ -333,11 +336,7 @@ for cfg in get("--configs").split(","):
 def test_a_later_call_on_the_same_machine_starts_from_empty_lane_folders(tmp_path):
     """Call 2 runs (a) as a control in lane 1; call 3 runs the main (a) in lane 1 again: the
     control's result file left in the lane's folder must not pass for the main run's."""
-    fake = tmp_path / "fake-python"
-    fake.write_text(RESUMING_RUN)
-    fake.chmod(0o755)
-    results = tmp_path / "results"
-    results.mkdir()
+    fake, results = _fake_run(tmp_path, RESUMING_RUN)
     cpu = min(os.sched_getaffinity(0))
 
     def lane(subdir: str) -> L.Lane:
@@ -381,11 +380,7 @@ open(os.path.join(out, "late"), "w").close()
 def test_a_stop_kills_lanes_that_outlive_the_grace_and_still_merges(tmp_path):
     """`timeout` SIGTERMs lanes.py and SIGKILLs it 15 s later: the lanes must be gone and
     their results merged well before then, or nothing comes back from the GPU host."""
-    fake = tmp_path / "fake-python"
-    fake.write_text(STUBBORN_RUN)
-    fake.chmod(0o755)
-    results = tmp_path / "results"
-    results.mkdir()
+    fake, results = _fake_run(tmp_path, STUBBORN_RUN)
     lane = L.Lane(0, ("a",), 0, "", 8000, tuple(sorted(os.sched_getaffinity(0))),
                   tmp_path / "w", tmp_path / "o")
 
