@@ -74,6 +74,16 @@ FocusOf = Callable[[IlpData, PlacementVars], lns.Focus]  # lns.short_of_traffic,
 Prepare = Callable[[float, float | None], tuple[float, dict | None]]
 
 
+@dataclass(frozen=True, slots=True)
+class Preparation:
+    """A stage's work outside the solver, in two steps: ``first`` (cheap bounds, maybe a
+    hint) and ``then`` (costlier bounds and hints), run only if a short local search from
+    the best solution does not meet the bound ``first`` proved."""
+
+    first: Prepare
+    then: Prepare | None = None
+
+
 @dataclass
 class BuiltModel:
     b: Builder
@@ -183,15 +193,18 @@ class _Prepare:
     def __init__(self, bm: BuiltModel, limit: float, warm: Plan | None) -> None:
         self.bm, self.limit, self.warm = bm, limit, warm
         self.pool: tuple = ()  # configuration-LP columns, reused by the next bound
+        self.h_ub = math.inf  # the aggregated headroom bound (H x1000), once computed
 
-    def for_stage(self, name: str, stages: list[StageReport]) -> Prepare | None:
+    def for_stage(self, name: str, stages: list[StageReport]) -> Preparation | None:
         if name == "cost":
-            return self._cost
+            return Preparation(self._cost)
         if name == "headroom":
             d = self.bm.d
             cost_cap = (round(stages[-1].objective / d.cost_unit * 1000)
                         if stages and stages[-1].name == "cost" else sum(d.cost.values()))
-            return lambda seconds, found: self._headroom(cost_cap, seconds, found)
+            return Preparation(
+                lambda seconds, found: self._headroom(cost_cap, seconds, found),
+                lambda seconds, found: self._headroom_columns(cost_cap, seconds, found))
         return None
 
     def _cost(self, seconds: float, found: float | None) -> tuple[float, dict | None]:
@@ -216,7 +229,7 @@ class _Prepare:
         # the rounded start dives on the configuration LP first (dive.py): it needs seconds
         left = seconds - (time.perf_counter() - started)
         better = _rounded_start(d, config.pool, cap, known,
-                                min(ROUNDING_SHARE * self.limit, ROUNDING_LEFT * left))
+                                min(COST_ROUNDING_SHARE * self.limit, ROUNDING_LEFT * left))
         if better is None:
             return known, None
         if self.warm is None or better.cost < self.warm.cost:
@@ -225,16 +238,23 @@ class _Prepare:
 
     def _headroom(self, cost_cap: int, seconds: float, found: float | None
                   ) -> tuple[float, dict | None]:
-        end = time.perf_counter() + seconds
+        """The aggregated bound (cheap); the configuration LP's waits for a local search."""
         bm = self.bm
         b, d, v, st = bm.b, bm.d, bm.v, bm.d.inst.settings
         # both bound the capacity-based headroom, hence the routed one (U >= 1 / bound); the
         # bounds must hold exactly: one rounded down cuts off the optimum (review finding 3)
-        ub = headroom_upper_bound(d, cost_cap, min(AGGREGATE_SHARE * self.limit, 0.3 * seconds),
-                                  st.num_workers)
-        b.add(v.U >= u_for_headroom(ub), "cut[U>=aggregate]")
-        if found is not None and found <= u_for_headroom(ub):
-            return u_for_headroom(ub), None  # proven: skip the rest
+        self.h_ub = headroom_upper_bound(
+            d, cost_cap, min(AGGREGATE_SHARE * self.limit, 0.3 * seconds), st.num_workers)
+        b.add(v.U >= u_for_headroom(self.h_ub), "cut[U>=aggregate]")
+        return u_for_headroom(self.h_ub), None
+
+    def _headroom_columns(self, cost_cap: int, seconds: float, found: float | None
+                          ) -> tuple[float, dict | None]:
+        """The configuration LP's headroom bound and a plan rounded from its columns."""
+        end = time.perf_counter() + seconds
+        bm = self.bm
+        b, d, v, st = bm.b, bm.d, bm.v, bm.d.inst.settings
+        ub = self.h_ub
         config_h = configuration_bound(d, headroom=True, cost_cap=cost_cap, extra=self.pool,
                                        seconds=min(CONFIG_H_SHARE * self.limit, 0.25 * seconds))
         self.pool = config_h.pool
@@ -287,6 +307,11 @@ CONFIG_H_SHARE = 0.1  # configuration-LP headroom bound
 # warm start from the configuration LP's columns (dive, rounding): the dive is what finds
 # the cheapest plans of memory-bound instances (docs/planner-benchmarks.md, 19 models)
 ROUNDING_SHARE = 0.5
+# ... in the cost stage more: a failed dive restarts (dive.py), and on the 19-model instance
+# with the 2026-11-26 profiles the first attempt fails, about half the restarts succeed, 5-8 s
+# each on 2 loaded cores; the GPU count comes first, and the headroom stage's local search
+# (EARLY_LNS_SHARE) needs a few seconds only
+COST_ROUNDING_SHARE = 0.7
 ROUNDING_LEFT = 0.95  # at most this share of what the cost stage has left, for it
 # Each stage first runs CP-SAT alone for QUICK_S (or QUICK_SHARE of its time, if less); the
 # bounds and rounded hints above are computed only if that did not prove the stage optimal.
@@ -296,11 +321,16 @@ QUICK_SHARE = 0.25
 # (lns.py) in the placed-traffic and headroom stages; the solver continues for the rest
 # (it also tightens the bound).
 LNS_SHARE = 0.8
+# Of what a stage has left after its cheap bound, for a first local search before the costly
+# bounds and hints (the headroom stage's configuration LP and rounding: 19 models, 2026-11-26
+# profiles, 10 s for a plan the search reaches in 1 s)
+EARLY_LNS_SHARE = 0.2
 PLACED_SHARE = 0.6  # of the limit, for maximising placed traffic when the warm start cannot
 # Of what is left, for the first of two stages (the second gets the rest). Max-headroom
-# puts its real work first; the cost stage of the lexicographic order is usually settled
-# quickly (or stuck at a bound no search closes), headroom needs the time.
-FIRST_STAGE_SHARE = {Objective.LEXICOGRAPHIC: 0.7, Objective.MAX_HEADROOM: 0.85,
+# puts its real work first. The lexicographic cost stage ends as soon as its plan meets the
+# bound, leaving the rest to headroom; where that takes dive restarts, the GPU count comes
+# first (the headroom stage's local search needs a few seconds: EARLY_LNS_SHARE).
+FIRST_STAGE_SHARE = {Objective.LEXICOGRAPHIC: 0.8, Objective.MAX_HEADROOM: 0.85,
                      Objective.MIN_GPUS: 1.0, Objective.WEIGHTED: 1.0}
 
 
@@ -389,7 +419,7 @@ def _stage_order(obj: Objective) -> tuple[str, ...]:
 
 
 def _run_named(bm: BuiltModel, name: str, deadline: float, share: float,
-               stages: list[StageReport], prepare: Prepare | None = None) -> SolveResult:
+               stages: list[StageReport], prepare: Preparation | None = None) -> SolveResult:
     b, d, v = bm.b, bm.d, bm.v
     if name == "cost":
         unit = 1000 / d.cost_unit
@@ -407,7 +437,7 @@ def _run_named(bm: BuiltModel, name: str, deadline: float, share: float,
 
 def _stage(bm: BuiltModel, name: str, sense: str, expr, deadline: float, share: float,
            show: Callable[[float], float], stages: list[StageReport],
-           prepare: Prepare | None = None, focus: FocusOf | None = None,
+           prepare: Preparation | None = None, focus: FocusOf | None = None,
            ceiling: float | None = None) -> SolveResult:
     """Solve one objective, record it, then pin it so later stages keep it.
 
@@ -440,9 +470,20 @@ def _stage(bm: BuiltModel, name: str, sense: str, expr, deadline: float, share: 
         res = _solve_keep(bm, first, sense, None)
     if staged and ceiling is None and res.status != "OPTIMAL":
         if prepare is not None:
-            known, hint = prepare(end - time.perf_counter(),
-                                  res.objective if res.has_solution else None)
+            known, hint = prepare.first(end - time.perf_counter(),
+                                        res.objective if res.has_solution else None)
         bound_now = _tighter(sense, res.bound, known)
+        if prepare is not None and prepare.then is not None and hint is None and not (
+                res.has_solution and _meets(sense, res.objective, bound_now)):
+            if focus is not None:  # a short search first: it often meets the cheap bound
+                res = _lns(bm, res, sense, EARLY_LNS_SHARE * (end - time.perf_counter()),
+                           focus, bound_now)
+            if res.status != "OPTIMAL" and not (
+                    res.has_solution and _meets(sense, res.objective, bound_now)):
+                more, hint = prepare.then(end - time.perf_counter(),
+                                          res.objective if res.has_solution else None)
+                known = _tighter(sense, more, known)
+                bound_now = _tighter(sense, res.bound, known)
         if hint is None and focus is not None and not (
                 res.has_solution and _meets(sense, res.objective, bound_now)):
             res = _lns(bm, res, sense, LNS_SHARE * (end - time.perf_counter()), focus,
