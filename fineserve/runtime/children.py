@@ -117,6 +117,8 @@ class _Run:
             self.kill()  # interrupted again while stopping: no more grace
             raise
         finally:
+            for proc in self.procs:  # the leaders are gone: what they left in their groups
+                _signal_group(proc, signal.SIGKILL)
             if self.policy.trap:
                 signal.signal(signal.SIGTERM, self.old_handler)
             self._join()
@@ -167,8 +169,8 @@ class _Run:
                 self.stop()
 
     def stop(self) -> None:
-        """The stop signal to every running child's group, once; SIGKILL follows in
-        ``wait`` after the grace."""
+        """The stop signal to every child's group, once; SIGKILL follows in ``wait`` after
+        the grace."""
         if self.stop_at is not None:
             return
         self.stop_at = time.monotonic()
@@ -177,7 +179,7 @@ class _Run:
             _signal_group(proc, self.policy.sig)
 
     def kill(self) -> None:
-        """SIGKILL every running child's group now."""
+        """SIGKILL every child's group now."""
         if self.killed_at is None:
             self.killed_at = time.monotonic()
             self._note(self.policy.killing)
@@ -246,9 +248,11 @@ def _popen(child: Child) -> subprocess.Popen[str]:
 
 
 def _signal_group(proc: subprocess.Popen[str], sig: signal.Signals) -> None:
-    """``sig`` to the group ``proc`` leads, while it is unreaped (its pid still ours)."""
-    if proc.poll() is not None:
-        return
+    """``sig`` to the group ``proc`` led (``start_new_session``: group id = its pid), also
+    after it exited: the id stays reserved while any member lives, so this reaches what the
+    child left behind in its group (a shell's background job), and nothing once the group is
+    gone. (Linux hands out pids in sequence: a new group taking this id within one run would
+    need pid_max processes started in between.)"""
     try:
         os.killpg(proc.pid, sig)
     except (ProcessLookupError, PermissionError):

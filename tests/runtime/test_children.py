@@ -162,6 +162,21 @@ def test_a_child_that_ignores_the_stop_is_killed_after_the_grace_with_its_group(
     assert gone(grand)
 
 
+def test_what_a_child_leaves_in_its_group_is_killed_when_it_exits(tmp_path):
+    """A shell's background job stays in the child's group after the child exits 0: the run
+    must not return with it still running (review s6, M1)."""
+    pid_file = tmp_path / "bg.pid"
+    leaver = Child("a", ("sh", "-c", f"sleep 37 & echo $! > {pid_file}; exit 0"),
+                   dict(os.environ))
+    assert run_children([leaver], sink=io.StringIO()) == (0,)
+    straggler = int(pid_file.read_text())
+    for _ in range(100):  # SIGKILL is asynchronous
+        if gone(straggler):
+            break
+        time.sleep(0.05)
+    assert gone(straggler)
+
+
 def test_an_interrupt_without_trap_stops_the_children_on_its_way_out(tmp_path):
     """The profiler: a Ctrl-C (or a SIGTERM handler's SystemExit) unwinds through
     ``run_children``, which first stops every child and waits for it."""
