@@ -176,14 +176,21 @@ def prefill(llm: Any, prompts: Prompts, batch: int, tokens: int, blocker: int = 
 def time_steps(llm: Any, on: bool | None = None) -> bool:
     """Device timing of the engine's steps (``steptimer``): ``None`` installs it, a bool
     turns it on or off. True where it works (one worker process: tensor parallel 1)."""
+    return step_timer_problem(llm, on) is None
+
+
+def step_timer_problem(llm: Any, on: bool | None = None) -> str | None:
+    """What ``time_steps`` ran into, in words for the log (None: nothing)."""
     try:
         if on is None:
             answers = llm.collective_rpc(steptimer.install)
         else:
             answers = llm.collective_rpc(steptimer.enable, args=(on,))
-    except Exception:  # noqa: BLE001 - version-dependent internals: fall back to stamps
-        return False
-    return len(answers) == 1 and bool(answers[0])
+    except Exception as exc:  # noqa: BLE001 - version-dependent internals: fall back to stamps
+        return f"{type(exc).__name__}: {exc}"[:300]
+    if len(answers) != 1:
+        return f"{len(answers)} worker processes answered (one needed: tensor parallel 1)"
+    return None if answers[0] else "the worker has no model runner step to wrap, or no torch"
 
 
 def probe_device_timing(llm: Any, prompts: Prompts, blocker: int, tokens: int,
@@ -191,11 +198,11 @@ def probe_device_timing(llm: Any, prompts: Prompts, blocker: int, tokens: int,
     """Why this engine's device step times cannot be used for prefill (None: they can):
     the timer does not install, or a run of ``tokens`` behind the blocker fails
     ``timing.device_probe_problem`` ``tries`` times. Leaves the timer off."""
-    if not time_steps(llm):
-        return "the step timer did not install"
-    why = "the step timer did not switch on"
-    if not time_steps(llm, True):
-        return why
+    if (problem := step_timer_problem(llm)) is not None:
+        return f"the step timer did not install ({problem})"
+    if (problem := step_timer_problem(llm, True)) is not None:
+        return f"the step timer did not switch on ({problem})"
+    why = "no probe run"
     try:
         for _ in range(tries):
             device_steps(llm)

@@ -100,3 +100,23 @@ def test_a_probe_trusts_device_times_only_within_the_blockers_stamps():
                                                                       0.0485)
     assert device_probe_problem([(2048, 0.070), (128, 0.006)], 128, 2048, 0.0485) is not None
     assert "not found" in device_probe_problem([(2048, 0.047)], 128, 2048, 0.0485)
+
+
+def test_a_timer_that_cannot_install_says_why_in_the_probe_reason():
+    """The probe's reason reaches the precision's log: it must carry the cause, not only
+    "did not install" (review s6, M2)."""
+    from fineserve.profiles.measure import engine as eng
+
+    class Broken:
+        def collective_rpc(self, fn, args=()):
+            raise AttributeError("'GPUModelRunner' object has no attribute 'execute_model'")
+
+    class TwoWorkers:
+        def collective_rpc(self, fn, args=()):
+            return [True, True]
+
+    why = eng.probe_device_timing(Broken(), None, 512, 128)  # type: ignore[arg-type]
+    assert why is not None and "did not install" in why and "execute_model" in why
+    assert not eng.time_steps(Broken())
+    why = eng.probe_device_timing(TwoWorkers(), None, 512, 128)  # type: ignore[arg-type]
+    assert why is not None and "2 worker processes" in why
