@@ -40,8 +40,9 @@ from fineserve.profiles.measure import cores as host_cores  # noqa: E402
 from fineserve.runtime.children import Child, ChildStartError, Stop, run_children  # noqa: E402
 
 GRACE_S = 5.0  # a stopped lane's time to stop its deployment before it is killed
-JOIN_S = 2.0  # the output readers after the lanes exit: 15 s in all after a SIGTERM, so the
-#               merge must not wait long
+JOIN_S = 2.0  # the output readers after the lanes exit. After a SIGTERM the merge starts
+#               GRACE_S + JOIN_S (~7 s) later, inside `timeout --kill-after=15`; only a lane
+#               stuck in the kernel past its SIGKILL (children.KILL_WAIT_S, 10 s) can push it out
 PORT_STRIDE = 100  # a lane's gateway and engines use base + 100 x lane .. + 99
 SEEDED = ("bench.json", "calibration.json")  # besides plan-*.yaml and the lane's results
 MIN_CORES = 4  # a lane's engines, gateway and replay client
