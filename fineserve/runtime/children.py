@@ -93,6 +93,7 @@ class _Run:
         self.procs: list[subprocess.Popen[str]] = []
         self.readers: list[threading.Thread] = []
         self.stop_at: float | None = None  # monotonic
+        self.signalled: set[int] = set()  # pids whose group got the stop signal
         self.killed_at: float | None = None
         self.old_handler: Callable[[int, FrameType | None], Any] | int = signal.SIG_DFL
 
@@ -133,7 +134,7 @@ class _Run:
                 logs.append(_open_log(child))
                 self.procs.append(_popen(child))
                 if self.stop_at is not None:  # a SIGTERM came while starting
-                    _signal_group(self.procs[-1], self.policy.sig)
+                    self.stop()
         finally:
             for child, proc, log in zip(self.children, self.procs, logs, strict=False):
                 reader = threading.Thread(target=self._forward, args=(proc, child.name, log),
@@ -169,14 +170,15 @@ class _Run:
                 self.stop()
 
     def stop(self) -> None:
-        """The stop signal to every child's group, once; SIGKILL follows in ``wait`` after
-        the grace."""
-        if self.stop_at is not None:
-            return
-        self.stop_at = time.monotonic()
-        self._note(self.policy.stopping)
-        for proc in self.procs:
-            _signal_group(proc, self.policy.sig)
+        """The stop signal to every child's group, once each; SIGKILL follows in ``wait``
+        after the grace."""
+        if self.stop_at is None:
+            self.stop_at = time.monotonic()
+            self._note(self.policy.stopping)
+        for proc in self.procs:  # each once: a Ctrl-C landing mid-loop calls us again
+            if proc.pid not in self.signalled:
+                self.signalled.add(proc.pid)
+                _signal_group(proc, self.policy.sig)
 
     def kill(self) -> None:
         """SIGKILL every child's group now."""

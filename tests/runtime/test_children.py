@@ -208,3 +208,27 @@ def test_a_child_that_cannot_start_is_one_error_and_the_started_ones_are_stopped
 def test_a_prefixed_line_is_the_name_then_the_line_then_one_newline(name, body, newline):
     out = prefixed(name, body + ("\n" if newline else ""))
     assert out == f"[{name}] {body}\n"
+
+
+def test_a_stop_interrupted_midway_signals_the_rest_when_called_again(monkeypatch):
+    """A Ctrl-C landing inside stop() (trap mode calls stop() again) must not leave the
+    children after it without the stop signal until the SIGKILL (review s6, L2)."""
+    from types import SimpleNamespace
+
+    from fineserve.runtime import children as ch
+
+    run = ch._Run([], Stop(signal.SIGINT, 5.0, trap=True), io.StringIO(), 0.0)
+    run.procs = [SimpleNamespace(pid=p) for p in (101, 102, 103)]  # type: ignore[misc]
+    sent: list[int] = []
+
+    def signal_group(proc, sig) -> None:
+        sent.append(proc.pid)
+        if len(sent) == 1:
+            raise KeyboardInterrupt  # lands right after the first group got its signal
+
+    monkeypatch.setattr(ch, "_signal_group", signal_group)
+    with pytest.raises(KeyboardInterrupt):
+        run.stop()
+    run.stop()  # what _wait does with the KeyboardInterrupt in trap mode
+    run.stop()
+    assert sent == [101, 102, 103]  # each once, none skipped

@@ -2,7 +2,7 @@
 
 Each child cleans up after itself (its engines, its MPS daemon) when it gets SIGTERM: at the
 deadline, or when the parent is interrupted, every running child gets SIGTERM at once and,
-``KILL_GRACE_S`` later, SIGKILL. The runner is fineserve/runtime/children.py (shared with the
+``STOP_GRACE_S`` later, SIGKILL. The runner is fineserve/runtime/children.py (shared with the
 end-to-end lanes); this module holds only the profiler's stop policy.
 """
 
@@ -18,7 +18,11 @@ from fineserve.runtime.children import Child
 
 __all__ = ["GPU_STOP", "Child", "run_children"]
 
-GPU_STOP = _children.Stop(signal.SIGTERM, KILL_GRACE_S)
+# a child's own cleanup SIGTERMs its worker groups (sessions of their own: our SIGKILL of the
+# child would miss them) and SIGKILLs them KILL_GRACE_S later; our SIGKILL must come after
+# that, or a worker stuck in a CUDA call outlives a child killed mid-cleanup
+STOP_GRACE_S = KILL_GRACE_S + 10.0
+GPU_STOP = _children.Stop(signal.SIGTERM, STOP_GRACE_S)
 
 
 def run_children(children: Sequence[Child], kill_at: float,
