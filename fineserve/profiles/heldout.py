@@ -29,7 +29,8 @@ from fineserve.profiles.latency import LatencyModel
 from fineserve.profiles.roofline import AnalyticLatency
 from fineserve.profiles.schema import LatencyPoint, Phase, ProfileTable
 
-SPLITS = {"kfold": "5-fold", "sm": "SM held out", "model": "model held out"}
+FOLDS = 5  # held_out's default; the "kfold" label below names it
+SPLITS = {"kfold": f"{FOLDS}-fold", "sm": "SM held out", "model": "model held out"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +84,7 @@ def _fold_of(points: Sequence[LatencyPoint], split: str, folds: int, seed: int) 
 
 
 def held_out(table: ProfileTable | Iterable[LatencyPoint], split: str = "kfold",
-             fitter: Fitter | None = None, folds: int = 5,
+             fitter: Fitter | None = None, folds: int = FOLDS,
              seed: int = 0) -> tuple[PointError, ...]:  # fmt: skip
     """Every point of ``table`` predicted by ``fitter`` (default ``per_precision()``) fitted
     to the points outside its fold: random folds, SM shares or models, across precisions. A
@@ -169,26 +170,3 @@ def by_precision(p: LatencyPoint) -> str:
 
 def by_model(p: LatencyPoint) -> str:
     return f"{p.model} {p.engine.precision.name}"
-
-
-@dataclass(frozen=True, slots=True)
-class HeldOutError:
-    """Median and p90 of |estimate / measured - 1| over held-out points of one precision."""
-
-    precision: str
-    split: str  # a value of SPLITS
-    prefill_median: float
-    prefill_p90: float
-    decode_median: float
-    decode_p90: float
-    points: int
-
-
-def cross_validate(table: ProfileTable | Iterable[LatencyPoint], split: str = "kfold",
-                   folds: int = 5, iters: int = 400, seed: int = 0,
-                   fitter: Fitter | None = None) -> list[HeldOutError]:  # fmt: skip
-    """``held_out`` summarised per precision."""
-    errors = held_out(table, split, fitter or per_precision(iters), folds, seed)
-    return [HeldOutError(s.group, SPLITS[split], s.prefill_median, s.prefill_p90,
-                         s.decode_median, s.decode_p90, s.points)
-            for s in summarize(errors, by_precision)]

@@ -17,7 +17,7 @@ from fineserve.profiles.calibration import (
 )
 from fineserve.profiles.catalog import model_spec
 from fineserve.profiles.gpus import gpu_spec
-from fineserve.profiles.heldout import cross_validate
+from fineserve.profiles.heldout import by_precision, held_out, per_precision, summarize
 from fineserve.profiles.latency import EngineShape, LatencySource
 from fineserve.profiles.roofline import AnalyticLatency, RooflineParams
 from fineserve.profiles.schema import LatencyPoint
@@ -78,8 +78,9 @@ def test_calibration_is_per_precision_and_round_trips(tmp_path):
 
 
 def test_held_out_sm_shares_are_predicted():
-    (report,) = cross_validate(synthetic(TRUTH), split="sm", iters=300)
-    assert report.split == "SM held out" and report.points == len(synthetic(TRUTH))
+    errors = held_out(synthetic(TRUTH), "sm", per_precision(300))
+    (report,) = summarize(errors, by_precision)
+    assert report.points == len(synthetic(TRUTH))
     assert report.prefill_median < 0.05 and report.decode_median < 0.05
 
 
@@ -89,6 +90,6 @@ def test_bad_input_is_named():
     with pytest.raises(SpecError, match="one precision"):
         fit_params(synthetic(TRUTH, sms=(100,)) + synthetic(TRUTH, "fp8", "fp8", sms=(100,)))
     with pytest.raises(SpecError, match="split"):
-        cross_validate([], split="random")
+        held_out([], "random", per_precision(10))
     with pytest.raises(SpecError, match="unknown parameter"):
         Calibration.from_json('{"by_precision": {"bf16.kv-bf16": {"warp_speed": 1}}}')
