@@ -166,13 +166,6 @@ def calibrated_terms(res: ResultsDir, calibration: Path | None = None) -> tuple[
     return float(d["decode_scale"]), float(d.get("decode_s_per_seq", 0.0))
 
 
-def calibrated_sliced(res: ResultsDir, calibration: Path | None = None
-                      ) -> tuple[tuple[str, float], ...]:
-    """Per-engine decode factors of time-sliced deployments (``calibrate.py --time-sliced``;
-    by ``ModelSpec.key``), else none."""
-    return calibrated_sliced_terms(res, calibration)[0]
-
-
 def calibrated_sliced_terms(res: ResultsDir, calibration: Path | None = None
                             ) -> tuple[tuple[tuple[str, float], ...], float]:
     """(per-engine decode factors, the per-sequence term they were fitted with) of the

@@ -11,7 +11,7 @@ import pytest
 
 from bench.e2e.calibrate import Calibration, SlicedCalibration, fit_sliced
 from bench.e2e.calibrate import main as calibrate_main
-from bench.e2e.predict import calibrated_sliced, deployed_default, predict_all, predict_one
+from bench.e2e.predict import calibrated_sliced_terms, deployed_default, predict_all, predict_one
 from bench.e2e.results import Measured, ResultsDir
 from bench.e2e.workload import H100_SET
 from tests.bench.helpers import config_plans, results_dir
@@ -48,7 +48,7 @@ def test_sliced_factors_reach_time_sliced_predictions_only(tmp_path, plans, late
     res.calibration_path().write_text(Calibration(
         1.0, ("b",), (2.0,), 4, 0.1, 0.0,
         SlicedCalibration(dict(KNOWN), ("a",), (2.0,), 4, 0.0, 3)).to_json())
-    assert calibrated_sliced(res) == tuple(sorted(KNOWN))
+    assert calibrated_sliced_terms(res) == (tuple(sorted(KNOWN)), 0.0)
     assert len(predict_all(res, ("a", "b"), latency)) == 4
     a = json.loads(res.predicted_path("a", 2.0).read_text())
     b = json.loads(res.predicted_path("b", 2.0).read_text())
