@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fineserve.errors import ProfileError
 from fineserve.profiles.calibration import CalibratedLatency, Calibration
 from fineserve.profiles.latency import EngineShape, Latency, LatencySource
 from fineserve.profiles.quality import screen
@@ -287,10 +288,14 @@ CALIBRATION = "calibration.json"  # data/measured/{gpu}/: the roofline fitted to
 @cache
 def shipped_calibration() -> Calibration:
     """The roofline calibrated to the shipped measured profiles (``calibrate_shared``, written
-    by bench/calibrate_estimator.py); the defaults where none is shipped."""
+    by bench/calibrate_estimator.py); the defaults where none is shipped. One GPU's: a
+    calibration is per GPU (``Calibration.gpu``), and merging two is not built yet."""
     root = resources.files("fineserve.profiles").joinpath("data", MEASURED)
     with resources.as_file(root) as path:
         files = sorted(Path(path).glob(f"*/{CALIBRATION}"))
+        if len(files) > 1:
+            raise ProfileError(f"shipped calibrations for {len(files)} GPUs "
+                               f"({', '.join(f.parent.name for f in files)}): one is supported")
         return Calibration.load(files[0]) if files else Calibration(())
 
 
