@@ -73,15 +73,11 @@ def test_dive_mix_fits_and_places_into_a_valid_plan(seed):
         assert len(plan.gpus_used) * 1000 == sum(c.cls[1] * n for c, n in found.mix)
 
 
-def test_a_failed_dive_restarts_from_a_subset_of_the_pool(monkeypatch):
-    """The first dive is made to fail: the restart starts from a strict subset of the pool,
-    reaches a feasible mix, and the returned pool holds every column seen."""
+def dive_failing_first(monkeypatch, d, pool, cap):  # type: ignore[no-untyped-def]
+    """``dive`` with its first attempt made to fail: (what it found, the columns each
+    attempt started from)."""
     import fineserve.planner.dive as dive_module
 
-    inst, _, d = _pooled(2)
-    cap = sum(d.cost.values())
-    pool = configuration_bound(d, seconds=5).pool
-    assert len(pool) >= 4
     starts = []
     real = dive_module._dive_from
 
@@ -91,7 +87,20 @@ def test_a_failed_dive_restarts_from_a_subset_of_the_pool(monkeypatch):
         return dataclasses.replace(found, mix=()) if len(starts) == 1 else found
 
     monkeypatch.setattr(dive_module, "_dive_from", first_fails)
-    found = dive(d, pool, cost_cap=cap, seconds=30)
+    try:
+        return dive(d, pool, cost_cap=cap, seconds=30), starts
+    finally:
+        monkeypatch.undo()
+
+
+def test_a_failed_dive_restarts_from_a_subset_of_the_pool(monkeypatch):
+    """The first dive is made to fail: the restart starts from a strict subset of the pool,
+    reaches a feasible mix, and the returned pool holds every column seen."""
+    inst, _, d = _pooled(2)
+    cap = sum(d.cost.values())
+    pool = configuration_bound(d, seconds=5).pool
+    assert len(pool) >= 4
+    found, starts = dive_failing_first(monkeypatch, d, pool, cap)
     assert len(starts) >= 2 and starts[0] == pool
     assert set(starts[1]) < set(pool)
     assert found.mix

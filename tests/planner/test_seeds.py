@@ -18,7 +18,7 @@ from fineserve.planner.options import engine_options
 from fineserve.planner.schema import KVMode, Objective
 from fineserve.planner.worstfit import worst_fit_plan
 from tests.planner.fakes import demand, instance
-from tests.planner.test_dive import _pooled
+from tests.planner.test_dive import _pooled, dive_failing_first
 from tests.planner.test_packing_improve import LAT, pooled_instance
 
 SEED = 11
@@ -83,17 +83,7 @@ def _restart_start(monkeypatch, seed: int) -> tuple:
     d = dataclasses.replace(d, inst=dataclasses.replace(
         inst, settings=dataclasses.replace(inst.settings, seed=seed)))
     pool = configuration_bound(d, seconds=5).pool
-    starts = []
-    real = dive_module._dive_from
-
-    def first_fails(d_, start, *args):
-        starts.append(start)
-        found = real(d_, start, *args)
-        return dataclasses.replace(found, mix=()) if len(starts) == 1 else found
-
-    monkeypatch.setattr(dive_module, "_dive_from", first_fails)
-    dive_module.dive(d, pool, cost_cap=sum(d.cost.values()), seconds=30)
-    monkeypatch.undo()
+    _, starts = dive_failing_first(monkeypatch, d, pool, sum(d.cost.values()))
     assert len(starts) >= 2 and len(pool) >= 4
     return pool, starts[1]
 
