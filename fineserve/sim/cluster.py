@@ -265,9 +265,7 @@ def simulate(plan: Plan, trace: Trace, latency: LatencyModel, *, token_budget: i
         """The client's timeout: drop ``req`` where it is, unless it already ended."""
         if records[req.index] is not None:
             return
-        if adm is not None and adm.cancel(req, now):
-            pass  # it was still queued in the local scheduler
-        else:
+        if adm is None or not adm.cancel(req, now):  # not (any more) in the local queue
             w.engine(req.engine).cancel(req)
             if adm is not None:
                 _drain(adm.on_cancel(req, now), records, dispatch)
