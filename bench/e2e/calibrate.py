@@ -30,13 +30,12 @@ directory, predict another with ``predict.py --calibration``).
 from __future__ import annotations
 
 import argparse
-import json
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from bench.e2e.predict import predict_one
-from bench.e2e.results import ResultsDir
+from bench.e2e.results import Calibration, ResultsDir, SlicedCalibration
 from fineserve.profiles.latency import LatencyModel
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,51 +43,6 @@ ROOT = Path(__file__).resolve().parents[2]
 MIN_SCALE, MAX_SCALE = 1.0, 8.0
 PER_SEQ_GRID_S = tuple(i * 1e-5 for i in range(9))  # 0 - 0.08 ms per sequence at 100% SMs
 PER_SEQ_REFINE_S = 5e-6  # then half a grid step either side of the best
-
-
-@dataclass(frozen=True, slots=True)
-class Calibration:
-    decode_scale: float
-    configs: tuple[str, ...]  # fitted on these configurations ...
-    fit_rates: tuple[float, ...]  # ... at these rates; every other rate is held out
-    points: int  # (configuration, rate, model) TPOT medians in the fit
-    residual_log_sd: float  # spread of log(measured / simulated TPOT) at the fitted scale
-    decode_s_per_seq: float = 0.0  # seconds per decoding sequence at 100% SMs (0: older file)
-    time_sliced: SlicedCalibration | None = None  # (a)'s per-engine factors, fitted apart
-    source: str = ""  # results directory fitted on, from the repo root ("": the file's own)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1)
-
-    @classmethod
-    def load(cls, path: Path) -> Calibration | None:
-        if not path.is_file():
-            return None
-        d = json.loads(path.read_text())
-        d["configs"], d["fit_rates"] = tuple(d["configs"]), tuple(d["fit_rates"])
-        if d.get("time_sliced"):
-            t = d["time_sliced"]
-            d["time_sliced"] = SlicedCalibration(dict(t["factors"]), tuple(t["configs"]),
-                                                 tuple(t["fit_rates"]), t["points"],
-                                                 t["residual_log_sd"], t["rounds"],
-                                                 float(t.get("decode_s_per_seq", 0.0)),
-                                                 str(t.get("source", "")))
-        return cls(**d)
-
-
-@dataclass(frozen=True, slots=True)
-class SlicedCalibration:
-    """Time-sliced decode factors per engine (``ModelSpec.key``), fitted on ``configs`` at
-    ``fit_rates`` (every other rate held out)."""
-
-    factors: dict[str, float]
-    configs: tuple[str, ...]
-    fit_rates: tuple[float, ...]
-    points: int  # (rate, model) TPOT medians fitted
-    residual_log_sd: float  # spread of log(measured / simulated) at the fitted factors
-    rounds: int  # fixed-point rounds run
-    decode_s_per_seq: float = 0.0  # per-sequence term under the factors (0: older files)
-    source: str = ""  # results directory fitted on, from the repo root ("": the file's own)
 
 
 def tpot_log_ratios(measured: dict, predicted: dict) -> list[float]:

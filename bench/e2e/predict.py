@@ -21,7 +21,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from bench.e2e.plans import CONFIG, CONFIGS, as_deployed
-from bench.e2e.results import Deployed, ResultsDir
+from bench.e2e.results import Calibration, Deployed, ResultsDir
 from bench.e2e.workload import make_trace, trace_digest
 from fineserve.metrics.kv import kv_summary
 from fineserve.metrics.summary import RequestRecord, summarize
@@ -159,23 +159,19 @@ def calibrated_terms(res: ResultsDir, calibration: Path | None = None) -> tuple[
     """(decode-step factor, per-sequence decode term in seconds) of ``calibration.json``
     (``bench/e2e/calibrate.py``; ``calibration``: another file), else (1, 0); files written
     before the per-sequence term existed have none."""
-    path = calibration or res.calibration_path()
-    if not path.is_file():
-        return 1.0, 0.0
-    d = json.loads(path.read_text())
-    return float(d["decode_scale"]), float(d.get("decode_s_per_seq", 0.0))
+    cal = Calibration.load(calibration or res.calibration_path())
+    return (1.0, 0.0) if cal is None else (cal.decode_scale, cal.decode_s_per_seq)
 
 
 def calibrated_sliced_terms(res: ResultsDir, calibration: Path | None = None
                             ) -> tuple[tuple[tuple[str, float], ...], float]:
     """(per-engine decode factors, the per-sequence term they were fitted with) of the
     time-sliced fit; fits made before the term existed had none (0)."""
-    path = calibration or res.calibration_path()
-    if not path.is_file():
+    cal = Calibration.load(calibration or res.calibration_path())
+    sliced = None if cal is None else cal.time_sliced
+    if sliced is None:
         return (), 0.0
-    sliced = json.loads(path.read_text()).get("time_sliced") or {}
-    factors = tuple(sorted((k, float(v)) for k, v in sliced.get("factors", {}).items()))
-    return factors, float(sliced.get("decode_s_per_seq", 0.0))
+    return tuple(sorted(sliced.factors.items())), sliced.decode_s_per_seq
 
 
 def calibrated_scale(res: ResultsDir) -> float:

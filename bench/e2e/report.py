@@ -17,11 +17,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bench.doc_section import write_section  # noqa: E402
-from bench.e2e.calibrate import Calibration, SlicedCalibration  # noqa: E402
 from bench.e2e.losses import loss_lines  # noqa: E402
 from bench.e2e.plans import CONFIG, CONFIGS, as_deployed  # noqa: E402
 from bench.e2e.predict import predict_all  # noqa: E402
-from bench.e2e.results import Measured, ResultsDir  # noqa: E402
+from bench.e2e.results import Calibration, Measured, ResultsDir, SlicedCalibration  # noqa: E402
 from fineserve.planner.planfile import load_plan  # noqa: E402
 
 TARGET_ATTAINMENT = 0.5  # acceptance is judged where (a) attains about this

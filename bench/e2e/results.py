@@ -12,6 +12,7 @@ A run skips every (configuration, rate) whose measured file exists.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -113,3 +114,53 @@ class ResultsDir:
         tmp.write_text(m.to_json())
         tmp.replace(p)  # a killed run never leaves half a file that a rerun would skip
         return p
+
+
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    decode_scale: float
+    configs: tuple[str, ...]  # fitted on these configurations ...
+    fit_rates: tuple[float, ...]  # ... at these rates; every other rate is held out
+    points: int  # (configuration, rate, model) TPOT medians in the fit
+    residual_log_sd: float  # spread of log(measured / simulated TPOT) at the fitted scale
+    decode_s_per_seq: float = 0.0  # seconds per decoding sequence at 100% SMs (0: older file)
+    time_sliced: SlicedCalibration | None = None  # (a)'s per-engine factors, fitted apart
+    source: str = ""  # results directory fitted on, from the repo root ("": the file's own)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def load(cls, path: Path) -> Calibration | None:
+        if not path.is_file():
+            return None
+        d = json.loads(path.read_text())
+        t = d.get("time_sliced") or None
+        # the fit's record (what it saw, how well) is optional: a hand-written file may give
+        # only the terms the simulator uses
+        return cls(float(d["decode_scale"]), tuple(d.get("configs", ())),
+                   tuple(d.get("fit_rates", ())), int(d.get("points", 0)),
+                   float(d.get("residual_log_sd", math.nan)),
+                   float(d.get("decode_s_per_seq", 0.0)),
+                   None if t is None else SlicedCalibration(
+                       {k: float(v) for k, v in t.get("factors", {}).items()},
+                       tuple(t.get("configs", ())), tuple(t.get("fit_rates", ())),
+                       int(t.get("points", 0)), float(t.get("residual_log_sd", math.nan)),
+                       int(t.get("rounds", 0)), float(t.get("decode_s_per_seq", 0.0)),
+                       str(t.get("source", ""))),
+                   str(d.get("source", "")))
+
+
+@dataclass(frozen=True, slots=True)
+class SlicedCalibration:
+    """Time-sliced decode factors per engine (``ModelSpec.key``), fitted on ``configs`` at
+    ``fit_rates`` (every other rate held out)."""
+
+    factors: dict[str, float]
+    configs: tuple[str, ...]
+    fit_rates: tuple[float, ...]
+    points: int  # (rate, model) TPOT medians fitted
+    residual_log_sd: float  # spread of log(measured / simulated) at the fitted factors
+    rounds: int  # fixed-point rounds run
+    decode_s_per_seq: float = 0.0  # per-sequence term under the factors (0: older files)
+    source: str = ""  # results directory fitted on, from the repo root ("": the file's own)
