@@ -18,12 +18,11 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-from calibration_plots import plot, plot_by_weights, plot_versus_published
+from calibration_plots import plot, plot_by_weights, plot_versus_published, slug
 from doc_section import write_section  # bench/ is on sys.path
 
 from fineserve.profiles.calibration import CalibratedLatency, Calibration, calibrate
@@ -32,7 +31,7 @@ from fineserve.profiles.fineserve_import import import_fineserve_costs
 from fineserve.profiles.heldout import (
     SPLITS,
     ErrorSummary,
-    Fitter,
+    PointError,
     by_model,
     by_precision,
     held_out,
@@ -46,7 +45,7 @@ from fineserve.profiles.measure.store import ResultStore, to_latency_point
 from fineserve.profiles.precision import Precision
 from fineserve.profiles.quality import screen
 from fineserve.profiles.roofline import AnalyticLatency
-from fineserve.profiles.schema import LatencyPoint, Phase, ProfileTable, load_profile
+from fineserve.profiles.schema import LatencyPoint, ProfileTable, load_profile
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_COSTS = REPO.parent / "shared" / "data" / "fineserve-costs"
@@ -74,11 +73,6 @@ def _fmt(name: str, v: float) -> str:
     return f"{v * 1e6:.0f} us" if name.endswith("_s") else f"{v:.3g}"
 
 
-def _median(model, points: Sequence[LatencyPoint], phase: Phase) -> float:  # type: ignore[no-untyped-def]
-    errs = [e.error for e in predict(model, [p for p in points if p.phase is phase])]
-    return float(np.median(errs)) if errs else math.nan
-
-
 def _row(s: ErrorSummary, label: str) -> str:
     return (f"| {s.group} | {label} | {s.points} | {_pct(s.prefill_median)} / "
             f"{_pct(s.prefill_p90)} ({_signed(s.prefill_bias)}) | {_pct(s.decode_median)} / "
@@ -90,34 +84,36 @@ _HEAD = ["| group | held out | points | prefill median / p90 (bias) | "
          "decode median / p90 (bias) | target met |", "|---|---|---:|---|---|---|"]
 
 
-def precision_table(table: ProfileTable, cal: Calibration, fitter: Fitter) -> list[str]:
-    """Per precision: default and calibrated in-sample error, then held out (folds, SM)."""
+def precision_table(table: ProfileTable, cal: Calibration,
+                    errors: Mapping[str, Sequence[PointError]]) -> list[str]:  # fmt: skip
+    """Per precision: default and calibrated in-sample error, then held out (``errors`` of
+    ``held_out`` by split: folds, SM)."""
     lines = ["| precision | points | default median (pre / dec) | calibrated, in-sample | "
              "held out | prefill median / p90 | decode median / p90 | target met |",
              "|---|---:|---|---|---|---|---|---|"]  # fmt: skip
-    default, fitted = AnalyticLatency(), CalibratedLatency(cal)
-    for split in ("kfold", "sm"):
-        for s in summarize(held_out(table, split, fitter), by_precision):
-            pts = [p for p in table if p.engine.precision.name == s.group]
-            d = [_median(default, pts, ph) for ph in Phase]
-            c = [_median(fitted, pts, ph) for ph in Phase]
+    default = {s.group: s for s in summarize(predict(AnalyticLatency(), table), by_precision)}
+    fitted = {s.group: s for s in summarize(predict(CalibratedLatency(cal), table),
+                                            by_precision)}
+    for split, errs in errors.items():
+        for s in summarize(errs, by_precision):
+            d, c = default[s.group], fitted[s.group]
             lines.append(
-                f"| {s.group} | {len(pts)} | {_pct(d[0])} / {_pct(d[1])} | {_pct(c[0])} / "
-                f"{_pct(c[1])} | {SPLITS[split]} | {_pct(s.prefill_median)} / "
-                f"{_pct(s.prefill_p90)} | {_pct(s.decode_median)} / {_pct(s.decode_p90)} | "
-                f"{'yes' if s.meets(TARGET) else 'no'} |")
+                f"| {s.group} | {d.points} | {_pct(d.prefill_median)} / {_pct(d.decode_median)}"
+                f" | {_pct(c.prefill_median)} / {_pct(c.decode_median)} | {SPLITS[split]} | "
+                f"{_pct(s.prefill_median)} / {_pct(s.prefill_p90)} | {_pct(s.decode_median)} / "
+                f"{_pct(s.decode_p90)} | {'yes' if s.meets(TARGET) else 'no'} |")
     return lines
 
 
-def model_tables(table: ProfileTable, partial: ProfileTable, iters: int) -> list[str]:
-    """Per model and precision: folds and SM shares held out (shared fit); then models held
-    out, and a fit to the reference model alone predicting the others (and ``partial``),
-    for the per-precision and the shared fit and for the default parameters."""
+def model_tables(table: ProfileTable, partial: ProfileTable, iters: int,
+                 errors: Mapping[str, Sequence[PointError]]) -> list[str]:  # fmt: skip
+    """Per model and precision: folds and SM shares held out (``errors``, the shared fit's);
+    then models held out, and a fit to the reference model alone predicting the others (and
+    ``partial``), for the per-precision and the shared fit and for the default parameters."""
     fit_shared, fit_alone = shared(iters), per_precision(iters)
     lines = ["#### Per model (shared fit)", "", *_HEAD]
-    for split in ("kfold", "sm"):
-        lines += [_row(s, SPLITS[split]) for s in summarize(held_out(table, split, fit_shared),
-                                                            by_model)]
+    for split, errs in errors.items():
+        lines += [_row(s, SPLITS[split]) for s in summarize(errs, by_model)]
     reference = [p for p in table if p.model == REFERENCE]
     others = [p for p in table if p.model != REFERENCE] + list(partial)
     lines += ["", "#### Models the fit has not seen", "",
@@ -198,16 +194,16 @@ def main() -> None:
         joint = name == H100
         fitter = shared(args.iters) if joint else per_precision(args.iters)
         cals[name] = cal = calibrate(table, source=name, iters=args.iters, shared=joint)
-        section += [f"### {name}", "", *precision_table(table, cal, fitter), ""]
+        errors = {split: held_out(table, split, fitter) for split in ("kfold", "sm")}
+        section += [f"### {name}", "", *precision_table(table, cal, errors), ""]
         if joint:
-            section += [*model_tables(table, partial, args.iters), ""]
+            section += [*model_tables(table, partial, args.iters, errors), ""]
         section += [f"Fitted in {time.time() - t0:.0f} s. Parameters "
                     f"({'shared' if joint else 'per-precision'} fit):", "",
                     *params_table(cal), ""]
         if args.save:
             args.save.parent.mkdir(parents=True, exist_ok=True)
-            target = args.save.with_name(f"{args.save.stem}-{name.split()[0].lower()}"
-                                         f"{args.save.suffix}")
+            target = args.save.with_name(f"{args.save.stem}-{slug(name)}{args.save.suffix}")
             target.write_text(cal.to_json())
             print(f"wrote {target}")
     if not args.no_write and H100 in cals:

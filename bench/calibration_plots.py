@@ -70,7 +70,7 @@ def plot(tables: dict[str, ProfileTable], cals: dict[str, Calibration], folder: 
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
         fig.suptitle(f"{name}: measured (dots) vs calibrated estimator (lines), tp=1")
-        path = _save(fig, folder / f"calibration-{_slug(name)}-sm.png")
+        path = _save(fig, folder / f"calibration-{slug(name)}-sm.png")
         written.append(path.name)
 
         fig, ax = plt.subplots(figsize=(5, 5))
@@ -84,7 +84,7 @@ def plot(tables: dict[str, ProfileTable], cals: dict[str, Calibration], folder: 
         ax.set_ylabel("calibrated estimate (s)")
         ax.set_title(f"{name}")
         ax.legend()
-        path = _save(fig, folder / f"calibration-{_slug(name)}-scatter.png")
+        path = _save(fig, folder / f"calibration-{slug(name)}-scatter.png")
         written.append(path.name)
     return written
 
@@ -137,10 +137,8 @@ def _save(fig, path: Path) -> Path:  # type: ignore[no-untyped-def]
     return path
 
 
-def _slug(name: str) -> str:
+def slug(name: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in name.split(" ")[0].lower()).strip("-")
-
-
 
 
 def _family(weights: str) -> str:
