@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from fineserve.profiles.calibration import CalibratedLatency, Calibration
+from fineserve.profiles.heldout import predict
 from fineserve.profiles.schema import LatencyPoint, Phase, ProfileTable
 from fineserve.profiles.table import TableLatency
 
@@ -22,13 +23,6 @@ def _pyplot():  # type: ignore[no-untyped-def]
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def _answer(model, p: LatencyPoint) -> float:  # type: ignore[no-untyped-def]
-    engine = p.engine.shape()
-    if p.phase is Phase.PREFILL:
-        return model.prefill(engine, p.tokens, p.sm_pct, p.batch).seconds
-    return model.decode_step(engine, p.batch, p.tokens, p.sm_pct).seconds
 
 
 def plot(tables: dict[str, ProfileTable], cals: dict[str, Calibration], folder: Path) -> list[str]:
@@ -76,7 +70,8 @@ def plot(tables: dict[str, ProfileTable], cals: dict[str, Calibration], folder: 
         fig, ax = plt.subplots(figsize=(5, 5))
         for phase, marker in ((Phase.PREFILL, "x"), (Phase.DECODE, ".")):
             pts = [p for p in table if p.phase is phase]
-            ax.loglog([p.latency_s for p in pts], [_answer(model, p) for p in pts], marker,
+            estimates = [e.ratio * e.point.latency_s for e in predict(model, pts)]
+            ax.loglog([p.latency_s for p in pts], estimates, marker,
                       alpha=0.4, label=phase.value)
         lo, hi = ax.get_xlim()
         ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
