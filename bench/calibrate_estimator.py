@@ -25,7 +25,7 @@ from pathlib import Path
 from calibration_plots import plot, plot_by_weights, plot_versus_published, slug
 from doc_section import write_section  # bench/ is on sys.path
 
-from fineserve.profiles.calibration import CalibratedLatency, Calibration, calibrate
+from fineserve.profiles.calibration import CalibratedLatency, Calibration
 from fineserve.profiles.composite import CALIBRATION, MEASURED, published_profiles
 from fineserve.profiles.fineserve_import import import_fineserve_costs
 from fineserve.profiles.heldout import (
@@ -193,7 +193,7 @@ def main() -> None:
         # would take minutes); measured: the shared fit, which carries to unseen models
         joint = name == H100
         fitter = shared(args.iters) if joint else per_precision(args.iters)
-        cals[name] = cal = calibrate(table, source=name, iters=args.iters, shared=joint)
+        cals[name] = cal = replace(fitter(table), source=name)
         errors = {split: held_out(table, split, fitter) for split in ("kfold", "sm")}
         section += [f"### {name}", "", *precision_table(table, cal, errors), ""]
         if joint:

@@ -242,12 +242,9 @@ def _groups(table: Iterable[LatencyPoint]) -> dict[str, list[LatencyPoint]]:
 
 
 def calibrate(table: ProfileTable | Iterable[LatencyPoint], source: str = "",
-              iters: int = 400, shared: bool = False) -> Calibration:  # fmt: skip
-    """One fitted parameter set per precision found in ``table``; with ``shared``, the
-    engine-wide parameters (``shared_fields``) are one set fitted to every precision at once
-    (``calibrate_shared``)."""
-    if shared:
-        return calibrate_shared(table, source=source, iters=iters)
+              iters: int = 400) -> Calibration:  # fmt: skip
+    """One fitted parameter set per precision found in ``table`` (``calibrate_shared``: the
+    engine-wide parameters fitted to every precision at once)."""
     groups = _groups(table)
     fitted = tuple(sorted((name, fit_params(pts, iters=iters)) for name, pts in groups.items()))
     return Calibration(fitted, source=source)
