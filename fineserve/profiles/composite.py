@@ -90,8 +90,7 @@ class ProfiledLatency:
 
     def estimator_for(self, engine: EngineShape) -> AnalyticLatency:
         """The roofline that answers (or anchors the table) for ``engine``."""
-        est = self.estimator
-        return est.estimator(engine) if isinstance(est, CalibratedLatency) else est
+        return self.estimator.estimator(engine)
 
     def covers(self, engine: EngineShape) -> bool:
         return True

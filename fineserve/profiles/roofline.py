@@ -81,6 +81,10 @@ class AnalyticLatency:
     def __init__(self, params: RooflineParams | None = None) -> None:
         self.params = RooflineParams() if params is None else params
 
+    def estimator(self, engine: EngineShape) -> AnalyticLatency:
+        """The roofline for ``engine``: this one (``CalibratedLatency`` picks per precision)."""
+        return self
+
     def covers(self, engine: EngineShape) -> bool:
         return True
 
