@@ -440,8 +440,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-prune", action="store_true",
                    help="also measure prefill batches whose batch x tokens a batch-1 point has")
     p.add_argument("--redo-noisy", action="store_true", default=None,
-                   help="measure again points over the 5%% spread taken with an older method, "
-                        "and once more those whose late-stamp retries ran out (default with "
+                   help="measure again points over the 5%% spread or left out by "
+                        "profiles.quality (slower than at a smaller SM share): those of an "
+                        "older method, and those of today's once more (default with "
                         "--reference-set)")
     p.add_argument("--no-redo-noisy", dest="redo_noisy", action="store_false")
     p.add_argument("--out", default="/tmp/fs-prof")

@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fineserve.profiles.measure.records import (
-    LATE_NOTE,
     PREFILL,
     EngineLabel,
     EngineRecord,
@@ -32,6 +31,7 @@ from fineserve.profiles.measure.records import (
 )
 from fineserve.profiles.measure.stats import median, rel_spread
 from fineserve.profiles.precision import Precision
+from fineserve.profiles.quality import screen
 from fineserve.profiles.schema import LatencyPoint, ProfileTable, save_profile
 
 SPREAD_TARGET = 0.05  # issue 5: repeated measurement of one point varies by <= 5%
@@ -74,47 +74,72 @@ class ResultStore:
              current: dict[tuple[str, int, int], str] | None = None,
              ) -> set[tuple[str, int, int]]:  # fmt: skip
         """Keys of the points already measured on ``label``'s engine with a current method.
-        Superseded records still ship (``points``) but are measured again. With
-        ``redo_noisy``, also not those whose latest spread misses the 5% target, unless
-        ``current`` (key -> the method the worker uses now) says that record was taken with
-        today's method: its spread is the method's, reported as it is, not re-drawn until a
-        run passes. One exception: a record of today's method whose late-stamp retries ran
-        out (``LATE_NOTE``: a failed measurement, not a draw of the method) gets one more
-        run, once. And a grid cell into which a measured point off the grid ships as a repeat
-        (``with_extra_prefill``: same total, same method) with a spread over the target is
-        measured again when the cell's method is not today's: the new record's method then
-        leaves the extra out (the first grid's 4 x 512 beside a 1 x 2048 cell)."""
-        latest: dict[tuple[str, int, int], PointRecord] = {}
-        tries: Counter[tuple[str, int, int]] = Counter()
-        current = current or {}
-        for p in self.points():
-            if p.label == label:
-                latest[p.key] = p
-                tries[p.key] += LATE_NOTE in p.note and same_method(current.get(p.key, ""),
-                                                                    p.method)
+        Superseded records still ship (``points``) but are measured again.
 
+        With ``redo_noisy``, also not those whose latest record fails a check: its repeats
+        spread over the 5% target, or ``quality.screen`` leaves it out of the latency model
+        (slower than at a smaller SM share: the engine ran slow for its turn). A record of
+        an older method than today's (``current``: key -> the method the worker uses now)
+        is measured again with today's. One of today's method gets one more run, once:
+        a second run of today's method that fails the same check stands, reported as it is
+        (a spread is not re-drawn until a run passes); session 7's four rows over 5% and the
+        3B's slow SM-100 turn are such first runs. And a grid cell into which a measured
+        point off the grid ships as a repeat (``with_extra_prefill``: same total, same
+        method) with a spread over the target is measured again when the cell's method is
+        not today's: the new record's method then leaves the extra out (the first grid's
+        4 x 512 beside a 1 x 2048 cell)."""
+        current = current or {}
+        latest = self.latest().get(label, {})
+        if not redo_noisy:
+            return {k for k, p in latest.items() if p.superseded is None}
+        runs: Counter[tuple[str, int, int]] = Counter()  # today's method: all runs
+        noisy_runs: Counter[tuple[str, int, int]] = Counter()  # ... over the spread target
+        for p in self.points():
+            if p.label == label and same_method(current.get(p.key, ""), p.method):
+                runs[p.key] += 1
+                noisy_runs[p.key] += rel_spread(p.latencies) > SPREAD_TARGET
         noisy_cells = _cells_with_noisy_extras(latest, current)
+        implausible = self.screened_out().get(label, set())
 
         def again(p: PointRecord) -> bool:
             if p.key in noisy_cells:
                 return True
-            if rel_spread(p.latencies) <= SPREAD_TARGET:
+            noisy = rel_spread(p.latencies) > SPREAD_TARGET
+            if not noisy and p.key not in implausible:
                 return False
             if not same_method(current.get(p.key, ""), p.method):
-                return True  # an older method's spread: measure with today's
-            return LATE_NOTE in p.note and tries[p.key] < 2
+                return True  # an older method's record: measure with today's
+            return (noisy_runs if noisy else runs)[p.key] < 2
 
-        return {k for k, p in latest.items() if p.superseded is None
-                and not (redo_noisy and again(p))}
+        return {k for k, p in latest.items() if p.superseded is None and not again(p)}
+
+    def latest(self) -> dict[EngineLabel, dict[tuple[str, int, int], PointRecord]]:
+        """The record that stands for each point of each engine: the latest valid one."""
+        by_label: dict[EngineLabel, dict[tuple[str, int, int], PointRecord]] = {}
+        for record in self.points():
+            by_label.setdefault(record.label, {})[record.key] = record
+        return by_label
+
+    def screened_out(self) -> dict[EngineLabel, set[tuple[str, int, int]]]:
+        """Keys of the latest points that ``quality.screen`` leaves out of the latency model,
+        judged against every SM share of this profile."""
+        latest = self.latest()
+        rejected = screen(to_latency_point(r) for done in latest.values()
+                          for r in done.values()).rejected
+        out: dict[EngineLabel, set[tuple[str, int, int]]] = {}
+        for label, done in latest.items():
+            gone = {(p.phase.value, p.batch, p.tokens) for p in rejected
+                    if p.sm_pct == label.sm_pct and p.tp == label.tp}
+            if gone & done.keys():
+                out[label] = gone & done.keys()
+        return out
 
     def start_times(self) -> list[float]:
         return [e.start_s for e in self.engines() if e.error is None]
 
     def export(self, planned: dict[EngineLabel, tuple[PointSpec, ...]]) -> ExportSummary:
         """Rewrite the CSV and the metadata from the JSONL; see the module docstring."""
-        by_label: dict[EngineLabel, dict[tuple[str, int, int], PointRecord]] = {}
-        for record in self.points():
-            by_label.setdefault(record.label, {})[record.key] = record  # a rerun's repeat wins
+        by_label = self.latest()  # a rerun's repeat wins
         rows: list[LatencyPoint] = []
         complete, incomplete = set(), set()
         full = {label: by_label.get(label, {}) for label, points in planned.items()
