@@ -6,17 +6,18 @@ results directories, and its own host cores, all lanes replaying the same traces
         --rates 1,2,2.5,3 --budget-s 520
 
 A lane is ``CONFIGS@GPU`` or ``CONFIGS@GPU:SUBDIR``; its configurations run one after the other
-on that GPU; a SUBDIR lane merges into RESULTS/SUBDIR instead (a control: the same
-configuration measured again beside the main lanes, say on the other GPU, to see what the
-lane, the GPU and the run-to-run noise alone do). The arguments after ``--`` go to every lane's
-run.py. Each lane is pinned (``sched_setaffinity`` in the child before it starts run.py,
-inherited by everything it starts) to an equal, disjoint block of whole physical cores, near
-its GPU where NVML separates the GPUs (fineserve/profiles/measure/cores.py), so one
-configuration's host work (vLLM's schedulers, the gateway, the replay client) cannot take
-CPU from another's; ports are ``--base-port + 100 x lane`` (gateway) and the next
-ones (engines). Each call starts from empty lane folders (an earlier call's deployments
-stopped), each lane resumes from a copy of the results directory, and its new result files
-are merged back at the end - also after a SIGTERM, which stops the lanes within ``GRACE_S``.
+on that GPU; a SUBDIR lane merges into RESULTS/SUBDIR instead (a control: the same configuration
+measured again beside the main lanes, say on the other GPU, to see what the lane, the GPU and
+the run-to-run noise alone do; or a variant: a plan of its own in RESULTS/SUBDIR/plan-CFG.yaml,
+`run.py --plan-only --variant SUBDIR`). The arguments after ``--`` go to every lane's run.py.
+Each lane is pinned (``sched_setaffinity`` in the child before it starts run.py, inherited by
+everything it starts) to an equal, disjoint block of whole physical cores, near its GPU where
+NVML separates the GPUs (fineserve/profiles/measure/cores.py), so one configuration's host work
+(vLLM's schedulers, the gateway, the replay client) cannot take CPU from another's; ports are
+``--base-port + 100 x lane`` (gateway) and the next ones (engines). Each call starts from empty
+lane folders (an earlier call's deployments stopped), each lane resumes from a copy of the
+results directory, and its new result files are merged back at the end - also after a SIGTERM,
+which stops the lanes within ``GRACE_S``.
 """
 
 from __future__ import annotations
@@ -201,10 +202,15 @@ def reset(lane: Lane) -> None:
 
 def seed(lane: Lane, results: Path) -> None:
     """The lane's results directory: the workload, the plans, the calibration and the lane's
-    own earlier result files (so run.py resumes instead of measuring them again)."""
+    own earlier result files (so run.py resumes instead of measuring them again). A SUBDIR
+    lane's plans in RESULTS/SUBDIR replace the root's (a variant planned otherwise: run.py
+    --plan-only --variant); the workload and the calibration are always the root's."""
     lane.out.mkdir(parents=True, exist_ok=True)
     own = lane.target(results)
-    files = [results / n for n in SEEDED] + list(results.glob("plan-*.yaml"))
+    plans = {p.name: p for p in results.glob("plan-*.yaml")}
+    if lane.subdir:
+        plans.update((p.name, p) for p in own.glob("plan-*.yaml"))
+    files = [results / n for n in SEEDED] + sorted(plans.values())
     for cfg in lane.configs:
         files += [*own.glob(f"{cfg}-r*.json"), own / f"{cfg}-requests.tgz"]
     for f in files:

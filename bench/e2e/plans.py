@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from bench.e2e.workload import BenchSet, instance
+from bench.e2e.workload import BenchSet, PlannerKnobs, instance
 from fineserve.planner.options import usable_bytes
 from fineserve.planner.schema import (
     Cluster,
@@ -60,6 +60,39 @@ STATIC_MAX_BATCH = 1024
 # Slab pool holds for chat-8b-fp8 at the measured step times (it ran at its cap of 249 through
 # every peak at x2 and x2.5); beyond 512 the profiles' extrapolation is not trusted.
 C_BATCH_LEVELS = (8, 16, 32, 64, 128, 256, 384, 512)
+
+
+# Planner settings per configuration (results-r4 on; plans before used the planner's defaults:
+# 0.92 of the GPU, 3 GiB per engine, 10% SM steps). One memory utilisation for all; each
+# configuration's engine overhead is the largest results-r3 measured for it (nvidia-smi per
+# engine at start, less weights and KV), rounded up to 0.25 GiB: (a) 2.27-3.12 GiB, (b)
+# 2.24-2.65, (c) 1.1-2.45 (vLLM's 1024-sequence cap of (a) and (b) captures more CUDA graphs
+# and sampler memory than (c)'s planned caps). MPS shares in 5% steps wherever the planner
+# chooses them ((b), (c)); (a) time-slices the whole GPU.
+KNOBS = {
+    "a": PlannerKnobs(memory_utilization=0.95, engine_overhead_gib=3.25),
+    "b": PlannerKnobs(memory_utilization=0.95, engine_overhead_gib=2.75, sm_step=5),
+    "c": PlannerKnobs(memory_utilization=0.95, engine_overhead_gib=2.5, sm_step=5),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """A configuration planned with other settings and measured in a lane of its own
+    (``CFG@GPU:NAME``, bench/e2e/lanes.py), its plan in RESULTS/NAME/plan-CFG.yaml: what the
+    simulator cannot judge gets a GPU."""
+
+    name: str
+    config: str
+    knobs: PlannerKnobs
+    why: str
+
+
+VARIANTS = {v.name: v for v in (
+    Variant("oversub", "c", replace(KNOBS["c"], sm_oversubscription=1.35),
+            "MPS shares summing to 135% of the SMs: engines that idle (edge-3b at x3) lend "
+            "theirs; the simulator models HBM contention only, not SM contention"),
+)}
 
 
 def static_split(inst: Instance) -> Plan:
@@ -143,8 +176,9 @@ def on_gpu(plan: Plan, gpu: int) -> Plan:
 
 def make_config_plan(bench: BenchSet, key: str, latency: LatencyModel,
                      time_limit_s: float = 20.0, decode_scale: float = 1.0,
-                     decode_s_per_seq: float = 0.0) -> Plan:
-    """The plan of configuration ``key`` (a, b or c) for ``bench`` on one GPU.
+                     decode_s_per_seq: float = 0.0, knobs: PlannerKnobs | None = None) -> Plan:
+    """The plan of configuration ``key`` (a, b or c) for ``bench`` on one GPU, with the
+    planner settings ``knobs`` (default ``KNOBS[key]``).
 
     ``decode_scale`` > 1 or ``decode_s_per_seq`` > 0 plan (b) and (c) on the latency model
     with every decode step stretched as the simulator's calibration says (``calibrate.py``,
@@ -155,19 +189,21 @@ def make_config_plan(bench: BenchSet, key: str, latency: LatencyModel,
     # lack OR-Tools
     from fineserve.planner.api import make_plan
 
+    if key not in CONFIGS:
+        raise ValueError(f"unknown configuration {key!r}; use one of {', '.join(CONFIGS)}")
+    knobs = knobs or KNOBS[key]
     calibrated = decode_scale != 1.0 or decode_s_per_seq > 0
     if calibrated:
         latency = ScaledLatency(latency, decode_scale=decode_scale,
                                 decode_s_per_seq=decode_s_per_seq)
     if key == "a":
-        return static_split(instance(bench, KVMode.STATIC))
+        return static_split(instance(bench, KVMode.STATIC, knobs=knobs))
     if key == "b":
-        plan = fill_gpu(make_plan(instance(bench, KVMode.STATIC), latency, method="muxserve"))
-    elif key == "c":
-        plan = make_plan(instance(bench, KVMode.POOLED, time_limit_s, C_BATCH_LEVELS), latency,
-                         method="ilp")
+        plan = fill_gpu(make_plan(instance(bench, KVMode.STATIC, knobs=knobs), latency,
+                                  method="muxserve"))
     else:
-        raise ValueError(f"unknown configuration {key!r}; use one of {', '.join(CONFIGS)}")
+        plan = make_plan(instance(bench, KVMode.POOLED, time_limit_s, C_BATCH_LEVELS, knobs),
+                         latency, method="ilp")
     if not calibrated:
         return plan
     note = f"{plan.report.note}; " if plan.report.note else ""

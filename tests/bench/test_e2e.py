@@ -13,14 +13,22 @@ import pytest
 
 from bench.e2e import run as e2e_run
 from bench.e2e.deployment import DeployArgs
-from bench.e2e.plans import CONFIG, STATIC_MAX_BATCH, as_deployed, make_config_plan
+from bench.e2e.plans import (
+    CONFIG,
+    KNOBS,
+    STATIC_MAX_BATCH,
+    VARIANTS,
+    as_deployed,
+    make_config_plan,
+)
 from bench.e2e.predict import client_view, deployed_default, predict_all, sim_options
 from bench.e2e.report import acceptance, collect
 from bench.e2e.report import main as report_main
 from bench.e2e.results import Deployed, Measured, ResultsDir
-from bench.e2e.workload import H100_SET, make_trace, trace_digest
+from bench.e2e.workload import H100_SET, PlannerKnobs, make_trace, trace_digest
 from fineserve.metrics.summary import RequestRecord, summarize
 from fineserve.planner.options import usable_bytes
+from fineserve.planner.planfile import load_plan
 from fineserve.planner.schema import KVMode
 from fineserve.sim.cluster import SimOptions, simulate
 from tests.bench.helpers import config_plans, results_dir
@@ -70,6 +78,42 @@ def test_plans_place_every_model_on_one_gpu(plans):
     assert {e.max_batch for e in plans["b"].engines} == {STATIC_MAX_BATCH}
     assert sum(e.sm_pct for e in plans["c"].engines) <= 100
     assert CONFIG["a"].no_mps and not CONFIG["b"].no_mps and CONFIG["c"].kv_pool
+
+
+def test_each_configuration_is_planned_with_its_own_measured_overhead_at_one_utilisation(
+        plans):
+    """KNOBS: one memory utilisation for all, each configuration's measured engine overhead,
+    5% SM steps where the planner picks the shares; every engine is charged that overhead."""
+    assert len({k.memory_utilization for k in KNOBS.values()}) == 1
+    for key, plan in plans.items():
+        st, knobs = plan.instance.settings, KNOBS[key]
+        assert st.memory_utilization == knobs.memory_utilization, key
+        assert st.engine_overhead_bytes == int(knobs.engine_overhead_gib * 2**30), key
+        assert {e.overhead_bytes for e in plan.engines} == {st.engine_overhead_bytes}, key
+    assert plans["c"].instance.settings.sm_levels == tuple(range(5, 101, 5))
+    assert all(e.sm_pct % 5 == 0 for e in plans["c"].engines)
+    # less overhead charged: more KV for the same models, all else equal
+    more = make_config_plan(SMALL, "a", None, knobs=replace(KNOBS["a"], engine_overhead_gib=2))
+    assert sum(e.kv_bytes for e in more.engines) > sum(e.kv_bytes for e in plans["a"].engines)
+    with pytest.raises(ValueError, match="sm_step: 7 does not divide 100"):
+        PlannerKnobs(sm_step=7)
+
+
+def test_a_variant_is_planned_into_its_own_folder_and_only_with_plan_only(tmp_path, capsys):
+    """run.py --plan-only --variant oversub: (c) with MPS shares up to 135%, in
+    OUT/oversub/plan-c.yaml beside the workload; the main plans stay as they are."""
+    out = tmp_path / "res"
+    e2e_run.main(["--plan-only", "--variant", "oversub", "--out", str(out), "--rates", "3"])
+    assert not (out / "plan-c.yaml").exists() and (out / "bench.json").is_file()
+    plan = load_plan(out / "oversub" / "plan-c.yaml")
+    v = VARIANTS["oversub"]
+    assert plan.instance.settings.sm_oversubscription == v.knobs.sm_oversubscription == 1.35
+    assert 100 < sum(e.sm_pct for e in plan.engines) <= 135
+    assert not plan.unplaced
+    assert "c (oversub): " in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        e2e_run.parse_args(["--variant", "oversub"])
+    assert "only with --plan-only" in capsys.readouterr().err
 
 
 def test_static_split_kv_follows_rate_times_kv_bytes(plans):

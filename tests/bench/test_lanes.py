@@ -429,3 +429,30 @@ def test_reset_stops_an_engine_a_killed_lane_left_running(tmp_path):
         if child.poll() is None:
             child.kill()
             child.wait(5)
+
+
+def test_a_variant_lane_deploys_its_own_plan_with_the_roots_workload(tmp_path):
+    """``c@1:oversub`` takes RESULTS/oversub/plan-c.yaml when it exists (bench.json and
+    calibration.json from RESULTS); the main lane and a control without one take the root's."""
+    results = tmp_path / "results"
+    (results / "oversub").mkdir(parents=True)
+    (results / "control").mkdir()
+    for name in ("bench.json", "calibration.json", "plan-a.yaml", "plan-c.yaml"):
+        (results / name).write_text(f"root {name}")
+    (results / "oversub" / "plan-c.yaml").write_text("variant plan-c")
+    (results / "oversub" / "bench.json").write_text("not the workload a lane takes")
+    lanes = L.allocate(L.parse_lanes("c@0;c@1:oversub;c@2:control"), tuple(range(12)), 8000,
+                       tmp_path / "w", tmp_path / "o")
+    for lane in lanes:
+        L.seed(lane, results)
+    got = [{p.name: p.read_text() for p in lane.out.iterdir()} for lane in lanes]
+    root = {n: f"root {n}" for n in ("bench.json", "calibration.json", "plan-a.yaml",
+                                     "plan-c.yaml")}
+    assert got[0] == root == got[2]
+    assert got[1] == {**root, "plan-c.yaml": "variant plan-c"}
+    # what the variant lane merges back goes to its own folder; its seeded plan is not new
+    since = (lanes[1].out / "plan-c.yaml").stat().st_mtime
+    (lanes[1].out / "c-r3.00.json").write_text("variant run")
+    os.utime(lanes[1].out / "c-r3.00.json", (since + 5, since + 5))
+    assert L.merge(lanes[1], results, since + 1) == [results / "oversub" / "c-r3.00.json"]
+    assert (results / "plan-c.yaml").read_text() == "root plan-c.yaml"

@@ -38,6 +38,14 @@ def test_changes_apply_to_the_named_engine_and_sm_shares_must_fit(plans):
         changed(plan, (EngineChange("nope", "sm_pct", 10),))
     with pytest.raises(WhatIfError, match="would take"):
         changed(plan, (EngineChange(first.engine_id, "sm_pct", 100),))
+    # a plan made with MPS oversubscription may take that much, no more
+    over = replace(plan, instance=replace(plan.instance, settings=replace(
+        plan.instance.settings, sm_oversubscription=1.5)))
+    others = sum(e.sm_pct for e in rest)
+    assert changed(over, (EngineChange(first.engine_id, "sm_pct", 150 - others),)
+                   ).engines[0].sm_pct == 150 - others
+    with pytest.raises(WhatIfError, match="would take 151%"):
+        changed(over, (EngineChange(first.engine_id, "sm_pct", 151 - others),))
 
 
 def test_the_scheduler_override_keeps_the_deployed_policy():
