@@ -343,7 +343,7 @@ def versions() -> dict[str, str]:
     return out
 
 
-def _handle(pynvml: Any) -> Any:
+def nvml_handle(pynvml: Any) -> Any:
     """NVML's handle of this process's first CUDA device. NVML ignores
     ``CUDA_VISIBLE_DEVICES``; the profiler sets it to UUIDs (MPS clients name devices so), so
     the entry is looked up by UUID, or by physical index where it is a number."""
@@ -354,7 +354,7 @@ def _handle(pynvml: Any) -> Any:
 
 
 def _memory_info(device: str):
-    """NVML's memory info of this process's GPU (``_handle``); None on CPU or without
+    """NVML's memory info of this process's GPU (``nvml_handle``); None on CPU or without
     NVML (it is optional)."""
     if device == "cpu":
         return None
@@ -363,7 +363,7 @@ def _memory_info(device: str):
 
         pynvml.nvmlInit()
         try:
-            return pynvml.nvmlDeviceGetMemoryInfo(_handle(pynvml))
+            return pynvml.nvmlDeviceGetMemoryInfo(nvml_handle(pynvml))
         finally:
             pynvml.nvmlShutdown()
     except Exception:  # noqa: BLE001 - NVML optional
@@ -392,7 +392,7 @@ class DeviceIdentity:
 
 
 def device_identity(device: str) -> DeviceIdentity:
-    """This process's device (``_handle``); empty fields where NVML cannot tell."""
+    """This process's device (``nvml_handle``); empty fields where NVML cannot tell."""
     if device == "cpu":
         import platform
 
@@ -402,7 +402,7 @@ def device_identity(device: str) -> DeviceIdentity:
 
         pynvml.nvmlInit()
         try:
-            handle = _handle(pynvml)
+            handle = nvml_handle(pynvml)
             return DeviceIdentity(_text(pynvml.nvmlDeviceGetName(handle)),
                                   _text(pynvml.nvmlSystemGetDriverVersion()),
                                   _text(pynvml.nvmlDeviceGetUUID(handle)))

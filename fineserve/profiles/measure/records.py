@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from fineserve.profiles.measure.telemetry import Telemetry
+
 PREFILL, DECODE = "prefill", "decode"
 
 # How latencies are taken (docs/profiler.md). A record keeps the method that measured it.
@@ -248,6 +250,9 @@ class PointRecord:
     # prefill timed on the device: the same runs as read from the engine-core stamps
     # (timing.prefill_step), to compare the two sources afterwards
     stamp_runs: tuple[float, ...] = ()
+    # the GPU over the point's runs (telemetry.py): SM clock, power, throttle reasons; None
+    # without NVML (CPU, or records from before session 8)
+    telemetry: Telemetry | None = None
     kind: str = field(default="point", init=False)
 
     @property
@@ -310,6 +315,8 @@ def _build(cls: type[Any], data: dict[str, Any]) -> Any:
             value = LoadSpec(**value)
         elif f.name == "points":
             value = tuple(PointSpec(**p) for p in value)
+        elif f.name == "telemetry":
+            value = None if value is None else Telemetry.from_dict(value)
         elif isinstance(value, list):
             value = tuple(value)
         kwargs[f.name] = value

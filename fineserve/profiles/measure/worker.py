@@ -37,6 +37,7 @@ from fineserve.profiles.measure.records import (
     read_job,
 )
 from fineserve.profiles.measure.stats import medians_of
+from fineserve.profiles.measure.telemetry import GpuProbe, Sample, summarize
 from fineserve.profiles.measure.timing import MIN_DECODE_TOKENS, window_tokens
 from fineserve.runtime.engine_report import HIGH_RATIO
 
@@ -124,17 +125,17 @@ class LeadReference:
 
 def _measure(
     llm: Any, prompts: eng.Prompts, job: ProfileJob, point: PointSpec, floor: float | None,
-    lead: LeadReference | None = None, timed: bool = False,
+    lead: LeadReference | None = None, timed: bool = False, probe: GpuProbe | None = None,
 ) -> PointRecord:  # fmt: skip
     """One untimed run of the point's shape (caches, allocator, clocks settle), then
     ``repeats`` timed repeats of ``samples`` runs each (a repeat is their median).
     ``timed``: prefill steps are timed on the device (``engine.time_steps``), switched on
-    for the point's runs only."""
+    for the point's runs only. ``probe``: the GPU is read after every run (telemetry.py)."""
     timed = timed and point.phase == PREFILL
     if timed:
         timed = eng.time_steps(llm, True)
     try:
-        return _runs(llm, prompts, job, point, floor, lead, timed)
+        return _runs(llm, prompts, job, point, floor, lead, timed, probe)
     finally:
         if timed:
             eng.time_steps(llm, False)
@@ -142,9 +143,10 @@ def _measure(
 
 def _runs(
     llm: Any, prompts: eng.Prompts, job: ProfileJob, point: PointSpec, floor: float | None,
-    lead: LeadReference | None, timed: bool,
+    lead: LeadReference | None, timed: bool, probe: GpuProbe | None = None,
 ) -> PointRecord:  # fmt: skip
     runs, leads, stamp_runs, methods, notes = [], [], [], set(), []
+    readings: list[Sample] = []
     blocker = blocker_tokens(job.engine)
     samples = max(1, point.samples)
     lead = lead if lead is not None else LeadReference()
@@ -172,6 +174,8 @@ def _runs(
                 step = t.seconds if t.method != "wall" else 0.0
                 tokens = window_tokens(step, job.decode_window_s, point.batch, point.tokens,
                                        job.engine.max_num_batched_tokens, job.decode_tokens)
+        if probe is not None:
+            readings.append(probe.sample())  # the untimed run's too: the clock it settled at
         if i:
             runs.append(t.seconds)
             methods.add(t.method)
@@ -187,7 +191,7 @@ def _runs(
                        medians_of(runs, samples), method, "; ".join(sorted(set(notes))), check,
                        tuple(runs) if samples > 1 else (), leads=tuple(leads),
                        lead_reference=lead.seconds if leads and lead.seconds else None,
-                       stamp_runs=tuple(stamp_runs))
+                       stamp_runs=tuple(stamp_runs), telemetry=summarize(readings))
 
 
 def device_timing(llm: Any, prompts: eng.Prompts, blocker: int, tokens: int = 128) -> bool:
@@ -276,6 +280,23 @@ def run_profile(job: ProfileJob) -> int:
     timed = bool(blocker) and device_timing(llm, prompts, blocker)  # else from stamps
     lead = LeadReference(eng.lead_reference(llm, prompts, blocker)
                          if blocker and not timed else None)
+    probe = GpuProbe.open(job.device, eng.nvml_handle)
+    print(f"GPU telemetry (NVML): {'yes' if probe is not None else 'no'}", file=sys.stderr,
+          flush=True)
+    try:
+        _measure_points(llm, prompts, job, floor, lead, timed, probe)
+    finally:
+        if probe is not None:
+            probe.close()
+    return 0
+
+
+def _measure_points(
+    llm: Any, prompts: eng.Prompts, job: ProfileJob, floor: float | None, lead: LeadReference,
+    timed: bool, probe: GpuProbe | None,
+) -> None:  # fmt: skip
+    """Every point of the job in order, each appended as soon as measured, until the next
+    would not end before the deadline."""
     done: list[tuple[PointSpec, float]] = []
     estimates = ({p.key: t for p, t in zip(job.points, job.point_seconds, strict=True)}
                  if len(job.point_seconds) == len(job.points) else {})
@@ -284,9 +305,8 @@ def run_profile(job: ProfileJob) -> int:
             print(f"stopping before {point.key}: out of time", file=sys.stderr)
             break
         t0 = time.perf_counter()
-        append(job.results, _measure(llm, prompts, job, point, floor, lead, timed))
+        append(job.results, _measure(llm, prompts, job, point, floor, lead, timed, probe))
         done.append((point, time.perf_counter() - t0))
-    return 0
 
 
 def run_load(job: InterferenceJob) -> int:

@@ -97,7 +97,7 @@ def test_the_engine_side_asks_nvml_about_its_own_gpu(monkeypatch, visible, asked
     else:
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
     nvml = FakeNvml()
-    engine._handle(nvml)
+    engine.nvml_handle(nvml)
     assert nvml.asked == [asked]
 
 
