@@ -4,6 +4,7 @@ run directory, MPS pipe or KV ledger (checked on the real deploy preparation, dr
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import tarfile
 import threading
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 
 from bench.e2e import lanes as L
 from bench.e2e import run as e2e_run
-from bench.e2e.plans import on_gpu
+from bench.e2e.plans import as_deployed, on_gpu
 from bench.e2e.results import ResultsDir
 from fineserve.planner.planfile import load_plan
 from fineserve.runtime import prepare as prepare_mod
@@ -456,3 +457,62 @@ def test_a_variant_lane_deploys_its_own_plan_with_the_roots_workload(tmp_path):
     os.utime(lanes[1].out / "c-r3.00.json", (since + 5, since + 5))
     assert L.merge(lanes[1], results, since + 1) == [results / "oversub" / "c-r3.00.json"]
     assert (results / "plan-c.yaml").read_text() == "root plan-c.yaml"
+
+
+# the next H100 call (results-r4): E2E_RESULTS=bench/e2e/results-r4 E2E_RATES=R4_RATES
+# bash bench/gpu_session.sh "e2e-lanes:R4_LANES"
+R4 = RESULTS.parent / "results-r4"
+R4_LANES = "a@0;c@1;b@2;c@3:oversub"
+R4_RATES = "1,2,2.5,2.75,3,3.5"
+
+
+def test_the_results_r4_call_seeds_plans_deploys_and_merges_every_lane(tmp_path, monkeypatch):
+    """Preflight of the GPU call on the committed results-r4: each lane's run.py arguments,
+    workload and seeded plan as run.py reads them (none planned again), the deployment each
+    lane prepares on its own GPU (MPS shares, KV pool, time slicing), and where its result
+    files land - so the call cannot fail on a typo in the lanes, the rates or a plan."""
+    real = prepare_mod.planned_gpus  # the H100 host runs its GPUs in DEFAULT compute mode
+    monkeypatch.setattr(prepare_mod, "planned_gpus", lambda plan, node: [
+        replace(g, compute_mode="default") for g in real(plan, node)])
+    lanes = L.allocate(L.parse_lanes(R4_LANES), tuple(range(64)), 8000, tmp_path / "w",
+                       tmp_path / "o")
+    results = tmp_path / "results-r4"
+    shutil.copytree(R4, results)
+    since = time.time()
+    sm = {}
+    for lane in lanes:
+        L.seed(lane, results)
+        argv = L.lane_argv(lane, "python", ["--rates", R4_RATES, "--budget-s", "520"])
+        args = e2e_run.parse_args(argv[2:])
+        res = ResultsDir(lane.out)
+        bench = e2e_run.check_bench(res, e2e_run.choose_bench(args))
+        assert bench.rate_scales == args.only_scales == (1, 2, 2.5, 2.75, 3, 3.5)
+        (cfg,) = lane.configs
+        seeded = res.plan_path(cfg).read_text()
+        plan = e2e_run.config_plan(res, bench, cfg, cpu=False)
+        assert res.plan_path(cfg).read_text() == seeded  # loaded, not planned again
+        dep = e2e_run.deployed_as(cfg, args)
+        moved = on_gpu(as_deployed(plan, dep.kv_pool), lane.gpu)
+        opts = DeployOptions(run_dir=lane.work / cfg / "run", port=lane.port,
+                             mode=Mode.NO_MPS if dep.no_mps else Mode.MPS,
+                             engine_port_base=lane.port + 1, dummy_weights=True,
+                             kv_pool=dep.kv_pool, scheduler_policy=dep.policy)
+        prep = prepare(moved, opts, dry_run=True)
+        envs = {x.engine_id: dict(x.env) for x in prep.launches}
+        assert len(envs) == 4 and {x.gpus for x in prep.launches} == {(lane.gpu,)}
+        sm[lane.label] = {e: int(env.get("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", 100))
+                          for e, env in envs.items()}
+        assert [p.gpu_index for p in prep.kv_pools] == ([lane.gpu] if cfg == "c" else [])
+        (lane.out / f"{cfg}-r3.00.json").write_text(lane.label)
+        os.utime(lane.out / f"{cfg}-r3.00.json", (since + 5, since + 5))
+    assert set(sm["a@gpu0"].values()) == {100}  # time-sliced, no MPS share
+    assert sum(sm["c@gpu1"].values()) == 100 and 97 <= sum(sm["b@gpu2"].values()) <= 100
+    assert sum(sm["c@gpu3:oversub"].values()) == 135
+    assert sm["c@gpu3:oversub"]["chat-8b-fp8-0"] > sm["c@gpu1"]["chat-8b-fp8-0"]
+    got = [p for lane in lanes for p in L.merge(lane, results, since + 1)]
+    L.pack(got, results, tmp_path / "e2e-lanes.tgz")
+    with tarfile.open(tmp_path / "e2e-lanes.tgz") as tar:
+        assert sorted(tar.getnames()) == ["a-r3.00.json", "b-r3.00.json", "c-r3.00.json",
+                                          "oversub/c-r3.00.json"]
+    assert (results / "c-r3.00.json").read_text() == "c@gpu1"
+    assert (results / "oversub" / "c-r3.00.json").read_text() == "c@gpu3:oversub"
