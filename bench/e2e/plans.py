@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from bench.e2e.workload import BenchSet, PlannerKnobs, instance
+from bench.e2e.workload import PLANNER_DEFAULTS, BenchSet, PlannerKnobs, instance
 from fineserve.planner.options import usable_bytes
 from fineserve.planner.schema import (
     Cluster,
@@ -176,9 +176,11 @@ def on_gpu(plan: Plan, gpu: int) -> Plan:
 
 def make_config_plan(bench: BenchSet, key: str, latency: LatencyModel,
                      time_limit_s: float = 20.0, decode_scale: float = 1.0,
-                     decode_s_per_seq: float = 0.0, knobs: PlannerKnobs | None = None) -> Plan:
+                     decode_s_per_seq: float = 0.0,
+                     knobs: PlannerKnobs = PLANNER_DEFAULTS) -> Plan:
     """The plan of configuration ``key`` (a, b or c) for ``bench`` on one GPU, with the
-    planner settings ``knobs`` (default ``KNOBS[key]``).
+    planner settings ``knobs`` (the planner's defaults unless given; the bench's results
+    directories get ``KNOBS[key]``: run.py).
 
     ``decode_scale`` > 1 or ``decode_s_per_seq`` > 0 plan (b) and (c) on the latency model
     with every decode step stretched as the simulator's calibration says (``calibrate.py``,
@@ -191,7 +193,6 @@ def make_config_plan(bench: BenchSet, key: str, latency: LatencyModel,
 
     if key not in CONFIGS:
         raise ValueError(f"unknown configuration {key!r}; use one of {', '.join(CONFIGS)}")
-    knobs = knobs or KNOBS[key]
     calibrated = decode_scale != 1.0 or decode_s_per_seq > 0
     if calibrated:
         latency = ScaledLatency(latency, decode_scale=decode_scale,

@@ -40,6 +40,7 @@ from bench.e2e.diagnose import engine_failures, gpu_processes  # noqa: E402
 from bench.e2e.plans import (  # noqa: E402
     CONFIG,
     CONFIGS,
+    KNOBS,
     VARIANTS,
     Variant,
     as_deployed,
@@ -118,7 +119,7 @@ def config_plan(res: ResultsDir, bench: BenchSet, cfg: str, cpu: bool,
         scale, per_seq = plan_decode_terms(res, plan_latency)
         plan = make_config_plan(bench, cfg, default_latency_model(), decode_scale=scale,
                                 decode_s_per_seq=per_seq,
-                                knobs=None if variant is None else variant.knobs)
+                                knobs=KNOBS[cfg] if variant is None else variant.knobs)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_plan(plan, path)
     return plan

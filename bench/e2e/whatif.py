@@ -97,7 +97,7 @@ def what_if(res: ResultsDir, cfg: str, rates: tuple[float, ...], latency: Latenc
 
 
 def main(argv: list[str] | None = None) -> None:
-    from bench.e2e.plans import CONFIG, make_config_plan
+    from bench.e2e.plans import CONFIG, KNOBS, make_config_plan
     from fineserve.profiles.composite import default_latency_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> None:
         latency = default_latency_model()
         scale, per_seq = calibrated_terms(res)
         plan = (make_config_plan(res.load_bench(), args.config, latency,
-                                 decode_scale=scale, decode_s_per_seq=per_seq)
+                                 decode_scale=scale, decode_s_per_seq=per_seq,
+                                 knobs=KNOBS[args.config])
                 if args.replan else load_plan(args.plan or res.plan_path(args.config)))
         plan = changed(plan, tuple(EngineChange.parse(s) for s in args.set),
                        time_sliced=CONFIG[args.config].no_mps)

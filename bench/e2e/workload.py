@@ -101,8 +101,11 @@ class PlannerKnobs:
                 "sm_oversubscription": self.sm_oversubscription}
 
 
+PLANNER_DEFAULTS = PlannerKnobs()
+
+
 def spec_data(bench: BenchSet, kv_mode: KVMode, time_limit_s: float = 20.0,
-              batch_levels: tuple[int, ...] = (), knobs: PlannerKnobs = PlannerKnobs()) -> dict:
+              batch_levels: tuple[int, ...] = (), knobs: PlannerKnobs = PLANNER_DEFAULTS) -> dict:
     """The planning spec as `fineserve plan` reads it (one GPU); ``batch_levels`` replaces
     the planner's batch caps (default up to 256), ``knobs`` its memory and SM settings."""
     rates = bench.rates()
@@ -121,7 +124,8 @@ def spec_data(bench: BenchSet, kv_mode: KVMode, time_limit_s: float = 20.0,
 
 
 def instance(bench: BenchSet, kv_mode: KVMode, time_limit_s: float = 20.0,
-             batch_levels: tuple[int, ...] = (), knobs: PlannerKnobs = PlannerKnobs()) -> Instance:
+             batch_levels: tuple[int, ...] = (),
+             knobs: PlannerKnobs = PLANNER_DEFAULTS) -> Instance:
     return parse_spec(spec_data(bench, kv_mode, time_limit_s, batch_levels, knobs),
                       "bench/e2e spec")
 

@@ -81,20 +81,26 @@ def test_plans_place_every_model_on_one_gpu(plans):
 
 
 def test_each_configuration_is_planned_with_its_own_measured_overhead_at_one_utilisation(
-        plans):
-    """KNOBS: one memory utilisation for all, each configuration's measured engine overhead,
-    5% SM steps where the planner picks the shares; every engine is charged that overhead."""
+        tmp_path, plans, latency):
+    """KNOBS (what run.py plans a results directory with): one memory utilisation for all,
+    each configuration's measured engine overhead, 5% SM steps where the planner picks the
+    shares; every engine is charged that overhead."""
     assert len({k.memory_utilization for k in KNOBS.values()}) == 1
-    for key, plan in plans.items():
+    e2e_run.main(["--plan-only", "--out", str(tmp_path), "--rates", "2"])
+    made = {k: load_plan(tmp_path / f"plan-{k}.yaml") for k in "abc"}
+    for key, plan in made.items():
         st, knobs = plan.instance.settings, KNOBS[key]
         assert st.memory_utilization == knobs.memory_utilization, key
         assert st.engine_overhead_bytes == int(knobs.engine_overhead_gib * 2**30), key
         assert {e.overhead_bytes for e in plan.engines} == {st.engine_overhead_bytes}, key
-    assert plans["c"].instance.settings.sm_levels == tuple(range(5, 101, 5))
-    assert all(e.sm_pct % 5 == 0 for e in plans["c"].engines)
+    assert made["c"].instance.settings.sm_levels == tuple(range(5, 101, 5))
+    assert all(e.sm_pct % 5 == 0 for e in made["c"].engines)
+    # the planner's defaults unless told: 3 GiB per engine, 0.92 of the GPU
+    assert plans["a"].instance.settings.engine_overhead_bytes == 3 * 2**30
     # less overhead charged: more KV for the same models, all else equal
-    more = make_config_plan(SMALL, "a", None, knobs=replace(KNOBS["a"], engine_overhead_gib=2))
-    assert sum(e.kv_bytes for e in more.engines) > sum(e.kv_bytes for e in plans["a"].engines)
+    less = make_config_plan(SMALL, "a", latency,
+                            knobs=replace(KNOBS["a"], engine_overhead_gib=2))
+    assert sum(e.kv_bytes for e in less.engines) > sum(e.kv_bytes for e in made["a"].engines)
     with pytest.raises(ValueError, match="sm_step: 7 does not divide 100"):
         PlannerKnobs(sm_step=7)
 
