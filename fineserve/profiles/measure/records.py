@@ -253,6 +253,9 @@ class PointRecord:
     # the GPU over the point's runs (telemetry.py): SM clock, power, throttle reasons; None
     # without NVML (CPU, or records from before session 8)
     telemetry: Telemetry | None = None
+    # 2: the worker measured the point again at once (worker.retry_reason); the store keeps
+    # the attempt of a run whose repeats spread least (store.attempt_runs)
+    attempt: int = 1
     kind: str = field(default="point", init=False)
 
     @property

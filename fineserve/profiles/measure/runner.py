@@ -457,6 +457,14 @@ def _run_engine(
     return len(plan.store.done(plan.label)) - before
 
 
+def with_retries(plan: EnginePlan) -> tuple[PointSpec, ...]:
+    """The points ``plan`` measures, each one measured before (a redo: noisy or implausible
+    then) counted twice: the worker may measure it again at once (``worker.retry_reason``),
+    and a session plan must leave time for that retry."""
+    measured = plan.store.latest().get(plan.label, {})
+    return plan.todo + tuple(p for p in plan.todo if p.key in measured)
+
+
 def engine_costs(request: ProfileRequest, plans: list[EnginePlan],
                  latency: LatencyModel) -> list[EngineCost]:  # fmt: skip
     """What each planned engine with points left to measure costs (``session``), its points
@@ -470,7 +478,7 @@ def engine_costs(request: ProfileRequest, plans: list[EnginePlan],
         label = plan.label
         spec = _spec(request, label)
         shape = EngineShape(gpu_spec(label.gpu), spec, label.tp)
-        cost = engine_cost(spec, label.tp, label.sm_pct, label.key, plan.todo, latency,
+        cost = engine_cost(spec, label.tp, label.sm_pct, label.key, with_retries(plan), latency,
                            shape, kv_cache_bytes=plan.args.kv_cache_memory_bytes,
                            blocker_tokens=blocker_tokens(plan.args),
                            decode_tokens=request.grid.decode_tokens,

@@ -79,6 +79,7 @@ def ship(store: ResultStore, grid: GridSpec, dest_root: Path, *, note: str = "")
         "phases": {ph: {"sm_pcts": sorted(v), "methods": sorted(methods[ph])}
                    for ph, v in shipped.items()},
         "not_shipped_stale": stale,
+        "retried": store.retried(),
         "shipped_superseded": sorted(superseded),
         "rel_spread": {"definition": "(max - min) / median over the timed repeats (a "
                        "repeat of method 'medN' is the median of N runs)",

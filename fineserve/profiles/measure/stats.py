@@ -14,6 +14,8 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 
+SPREAD_TARGET = 0.05  # issue 5: repeated measurement of one point varies by <= 5%
+
 
 def median(values: Sequence[float]) -> float:
     if not values:

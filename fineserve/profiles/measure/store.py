@@ -29,12 +29,10 @@ from fineserve.profiles.measure.records import (
     read_records,
     same_method,
 )
-from fineserve.profiles.measure.stats import median, rel_spread
+from fineserve.profiles.measure.stats import SPREAD_TARGET, median, rel_spread
 from fineserve.profiles.precision import Precision
 from fineserve.profiles.quality import screen
 from fineserve.profiles.schema import LatencyPoint, ProfileTable, save_profile
-
-SPREAD_TARGET = 0.05  # issue 5: repeated measurement of one point varies by <= 5%
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,9 +61,20 @@ class ResultStore:
         self.folder.mkdir(parents=True, exist_ok=True)
 
     def points(self) -> list[PointRecord]:
-        """Valid point records, in the order measured."""
+        """Valid point records, in the order measured, one per run of a point: the attempt
+        whose repeats spread least (``attempt_runs``)."""
+        return [kept(run) for run in self.runs()]
+
+    def runs(self) -> list[tuple[PointRecord, ...]]:
+        """Valid point records grouped into runs (``attempt_runs``)."""
         records = read_records(self.results)
-        return [r for r in records if isinstance(r, PointRecord) and r.valid]
+        return attempt_runs(r for r in records if isinstance(r, PointRecord) and r.valid)
+
+    def retried(self) -> list[str]:
+        """One line per point whose standing run took more than one attempt (for metadata:
+        the CSV has no column for it)."""
+        standing = {(run[0].label, run[0].key): run for run in self.runs()}
+        return [_retry_line(run) for run in standing.values() if len(run) > 1]
 
     def engines(self) -> list[EngineRecord]:
         return [r for r in read_records(self.results) if isinstance(r, EngineRecord)]
@@ -186,9 +195,41 @@ class ResultStore:
                 "max": summary.max_spread if spreads else None,
                 "over_5pct": summary.over_target,
             },
+            "retried": self.retried(),
             "engines": [asdict(e) for e in engines],
         }
         self.meta.write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+
+
+def attempt_runs(records: Iterable[PointRecord]) -> list[tuple[PointRecord, ...]]:
+    """Records grouped into runs of a point, in order: a retry (``attempt`` > 1, taken at
+    once by the worker) joins the run of the record before it of the same engine and point;
+    any other record starts a run (a later session's measurement replaces, not joins)."""
+    runs: list[list[PointRecord]] = []
+    last: dict[tuple[EngineLabel, tuple[str, int, int]], int] = {}
+    for r in records:
+        k = (r.label, r.key)
+        if r.attempt > 1 and k in last:
+            runs[last[k]].append(r)
+        else:
+            last[k] = len(runs)
+            runs.append([r])
+    return [tuple(run) for run in runs]
+
+
+def kept(run: tuple[PointRecord, ...]) -> PointRecord:
+    """The attempt that stands for a run: the one whose repeats spread least (the first on
+    a tie). Its spread is reported whole; the others stay in the JSONL."""
+    return min(run, key=lambda r: rel_spread(r.latencies))
+
+
+def _retry_line(run: tuple[PointRecord, ...]) -> str:
+    r = run[0]
+    spreads = " / ".join(f"{rel_spread(a.latencies):.1%}" for a in run)
+    clocks = " / ".join(f"{a.telemetry.sm_mhz_min}-{a.telemetry.sm_mhz_max} MHz"
+                        if a.telemetry is not None else "-" for a in run)
+    return (f"SM {r.label.sm_pct:g} {r.phase} {r.batch} x {r.tokens}: {len(run)} attempts, "
+            f"spreads {spreads}, SM clock {clocks}, kept attempt {kept(run).attempt}")
 
 
 def _cells_with_noisy_extras(

@@ -84,7 +84,11 @@ def test_profile_a_tiny_model_on_vllm_cpu(tmp_path):
     # so the check is on the 768-token one. Each side's fastest run: on two CPU cores shared
     # with other work, noise only ever adds time.
     checked = [r for r in points if r["batch"] == 1]
-    assert len(checked) == 3 and all(r["check_s"] for r in checked)
+    # a point whose repeats spread over 5% (common on two shared cores) was measured once
+    # more at once (worker.retry_reason): a second record, attempt 2; no NVML on CPU
+    assert len([r for r in checked if r["attempt"] == 1]) == 3
+    assert all(r["check_s"] for r in checked) and {r["attempt"] for r in points} <= {1, 2}
+    assert all(r["telemetry"] is None for r in points)
     for r in checked:
         print(f"{r['phase']} {r['tokens']}: {min(r['latencies']) * 1e3:.2f} ms, check "
               f"{r['check_s'] * 1e3:.2f} ms")
