@@ -113,15 +113,18 @@ for s in "$@"; do
       # killed past its limit leaves deployments running on a warm machine: stop them first
       # (lanes.py does too, then empties the lane folders). On SIGTERM at the limit lanes.py
       # stops the lanes within 5 s and still merges and packs, inside --kill-after's 15 s.
-      spec=${s#*:}; res=${E2E_RESULTS:-bench/e2e/results-r3}; lw=/tmp/fineserve-e2e-lanes
-      # results-r3's predictions are for H100s: on other GPUs (an x2 that came as H200s) the
-      # run goes to its own folder, seeded with the same workload and plans
+      spec=${s#*:}; base=${E2E_RESULTS:-bench/e2e/results-r3}; res=$base; lw=/tmp/fineserve-e2e-lanes
+      # the predictions are for H100s: on other GPUs (an x4 that came as H200s) the run goes to
+      # its own folder, seeded with the same workload and plans (variant subfolders' plans too)
       names=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null)
-      if [ -z "${E2E_RESULTS:-}" ] && [ -n "$names" ] && echo "$names" | grep -qv H100; then
+      if [ -n "$names" ] && echo "$names" | grep -qv H100; then
         kind=other; echo "$names" | grep -q H200 && kind=h200
-        res=bench/e2e/results-r3-$kind; mkdir -p "$res"
-        cp -n bench/e2e/results-r3/bench.json bench/e2e/results-r3/calibration.json \
-              bench/e2e/results-r3/plan-*.yaml "$res/"
+        res=$base-$kind; mkdir -p "$res"
+        cp -n "$base"/bench.json "$base"/calibration.json "$base"/plan-*.yaml "$res/"
+        for d in "$base"/*/; do
+          ls "$d"plan-*.yaml >/dev/null 2>&1 || continue
+          mkdir -p "$res/$(basename "$d")" && cp -n "$d"plan-*.yaml "$res/$(basename "$d")/"
+        done
         echo "e2e-lanes: GPUs are not all H100 ($(echo $names)): results into $res"
       fi
       for d in "$lw"/lane*/*/run*; do
