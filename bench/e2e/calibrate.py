@@ -35,7 +35,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench.e2e.predict import predict_one
-from bench.e2e.results import Calibration, ResultsDir, SlicedCalibration
+from bench.e2e.results import Calibration, Measured, ResultsDir, SlicedCalibration
 from fineserve.profiles.latency import LatencyModel
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,24 +57,40 @@ def tpot_log_ratios(measured: dict, predicted: dict) -> list[float]:
     return out
 
 
-def fit(res: ResultsDir, latency: LatencyModel, configs: tuple[str, ...],
+Sources = ResultsDir | tuple[ResultsDir, ...]
+
+
+def fit_runs(res: Sources, configs: tuple[str, ...], fit_rates: tuple[float, ...]
+             ) -> dict[tuple[ResultsDir, str, float], Measured]:
+    """The measured (results directory, configuration, rate) runs a fit sees: ``res`` is one
+    directory or several (a fit on more than one run, e.g. for a pre-registration)."""
+    dirs = res if isinstance(res, tuple) else (res,)
+    found = {(r, c, s): r.measured(c, s) for r in dirs for c in configs for s in fit_rates}
+    measured = {k: m for k, m in found.items() if m is not None}
+    if not measured:
+        names = ", ".join(str(r.root) for r in dirs)
+        raise ValueError(f"no measured result in {names} for configs {configs} at rates "
+                         f"{fit_rates}")
+    return measured
+
+
+def fit(res: Sources, latency: LatencyModel, configs: tuple[str, ...],
         fit_rates: tuple[float, ...], steps: int = 10,
-        per_seq_grid: tuple[float, ...] = PER_SEQ_GRID_S) -> Calibration:
+        per_seq_grid: tuple[float, ...] = PER_SEQ_GRID_S, by_size: bool = False
+        ) -> Calibration:
     """The (factor, per-sequence term) pair whose simulated TPOT medians of the fit runs match
     the measured ones in the geometric mean with the least spread across models. For each
     per-sequence term: bisection on log(factor) in [1, 8] (the mean log ratio falls as the
     factor grows; the simulated TPOT grows less than in proportion, since prefill chunks and
-    interference are not scaled). A grid of ``(0,)`` fits the factor alone."""
-    found = {(c, s): res.measured(c, s) for c in configs for s in fit_rates}
-    measured = {k: m for k, m in found.items() if m is not None}
-    if not measured:
-        raise ValueError(f"no measured result for configs {configs} at rates {fit_rates}")
+    interference are not scaled). A grid of ``(0,)`` fits the factor alone. ``by_size``: the
+    term is an 8B's, scaled by each engine's linear parameters (``stepscale.size_weight``)."""
+    measured = fit_runs(res, configs, fit_rates)
 
     def logs_at(scale: float, per_seq: float) -> list[float]:
         out = []
-        for (c, s), m in measured.items():
-            p = predict_one(res, c, s, latency, decode_scale=scale, write=False,
-                            decode_s_per_seq=per_seq)
+        for (r, c, s), m in measured.items():
+            p = predict_one(r, c, s, latency, decode_scale=scale, write=False,
+                            decode_s_per_seq=per_seq, per_seq_by_size=by_size, mps_factors=())
             out += tpot_log_ratios(m.summary, p["summary"])
         return out
 
@@ -101,33 +117,39 @@ def fit(res: ResultsDir, latency: LatencyModel, configs: tuple[str, ...],
         near = [best[2] + d for d in (-PER_SEQ_REFINE_S, PER_SEQ_REFINE_S) if best[2] + d >= 0]
         best = min([best, *(at(x) for x in near)], key=lambda r: r[0])
     sd, scale, per_seq, points = best
-    return Calibration(scale, configs, fit_rates, points, round(sd, 3), round(per_seq, 7))
+    return Calibration(scale, configs, fit_rates, points, round(sd, 3), round(per_seq, 7),
+                       per_seq_by_size=by_size)
 
 
-def fit_sliced(res: ResultsDir, latency: LatencyModel, configs: tuple[str, ...],
+def fit_sliced(res: Sources, latency: LatencyModel, configs: tuple[str, ...],
                fit_rates: tuple[float, ...], rounds: int = 5, tol: float = 0.01,
-               per_seq: float = 0.0) -> SlicedCalibration:
+               per_seq: float = 0.0, by_size: bool = False,
+               mps: Calibration | None = None) -> SlicedCalibration:
     """Per-engine decode factors of time-sliced runs, over ``per_seq`` seconds per decoding
     sequence at 100% SMs (not fitted here: the MPS fit's): start at 1, multiply each by the
     geometric mean of its measured / simulated TPOT medians; stop when every mean log ratio
-    is within ``tol`` (or after ``rounds``)."""
+    is within ``tol`` (or after ``rounds``). With ``mps`` (a common MPS fit) the same
+    per-model factors are fitted on top of its terms for MPS runs instead
+    (``Calibration.mps_factors``)."""
     from fineserve.planner.planfile import load_plan
 
-    found = {(c, s): res.measured(c, s) for c in configs for s in fit_rates}
-    measured = {k: m for k, m in found.items() if m is not None}
-    if not measured:
-        raise ValueError(f"no measured result for configs {configs} at rates {fit_rates}")
-    keys = {m.name: m.spec.key for c in configs for m in load_plan(res.plan_path(c)).models}
+    measured = fit_runs(res, configs, fit_rates)
+    keys = {m.name: m.spec.key for r, c, _ in measured for m in load_plan(r.plan_path(c)).models}
     factors: dict[str, float] = {}
     done, logs = 0, {}
     while done < rounds:
         done += 1
         logs = {}
-        for (c, s), m in measured.items():
-            p = predict_one(res, c, s, latency, write=False,
-                            sliced_factors=tuple(sorted(factors.items())),
-                            sliced_per_seq=per_seq)["summary"]
-            for model, r in tpot_log_ratios_by_model(m.summary, p).items():
+        for (r, c, s), m in measured.items():
+            now = tuple(sorted(factors.items()))
+            if mps is None:
+                p = predict_one(r, c, s, latency, write=False, sliced_factors=now,
+                                sliced_per_seq=per_seq, per_seq_by_size=by_size)
+            else:
+                p = predict_one(r, c, s, latency, write=False, decode_scale=mps.decode_scale,
+                                decode_s_per_seq=mps.decode_s_per_seq,
+                                per_seq_by_size=mps.per_seq_by_size, mps_factors=now)
+            for model, r in tpot_log_ratios_by_model(m.summary, p["summary"]).items():
                 logs.setdefault(keys[model], []).append(r)
         means = {k: sum(v) / len(v) for k, v in logs.items()}
         factors = {k: round(factors.get(k, 1.0) * math.exp(x), 4) for k, x in means.items()}
@@ -171,22 +193,35 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-sliced-per-seq", action="store_true",
                     help="--time-sliced without the MPS per-sequence term under the factors "
                          "(as fits before 2026-11-26 r3)")
+    ap.add_argument("--per-model", action="store_true",
+                    help="after the common MPS fit, one factor per model on top of it, "
+                         "fitted on the same TPOT medians (Calibration.mps_factors)")
+    ap.add_argument("--per-seq-by-size", action="store_true",
+                    help="scale the per-sequence term by each engine's linear parameters "
+                         "(an 8B's term; a 3B pays 0.40 of it); --time-sliced keeps the MPS "
+                         "fit's choice")
+    ap.add_argument("--also", type=Path, action="append", default=[],
+                    help="another results directory to fit on as well (repeatable; the "
+                         "calibration's source names them all)")
     ap.add_argument("--write", type=Path, default=None,
                     help="write the calibration here (default OUT/calibration.json)")
     args = ap.parse_args(argv)
     res = ResultsDir(args.out)
     path = res.calibration_path()
     dest = args.write or path
-    source = _source_name(args.out)
+    source = " + ".join(_source_name(p) for p in (args.out, *args.also))
+    runs = (res, *(ResultsDir(p) for p in args.also)) if args.also else res
+    base = dest if dest.is_file() else path  # a --write file chains fits: MPS, then sliced
     if args.time_sliced:
-        old = Calibration.load(path)
+        old = Calibration.load(base)
         if old is None:
-            raise SystemExit(f"--time-sliced: no {path} (fit the MPS runs first)")
+            raise SystemExit(f"--time-sliced: no {base} (fit the MPS runs first)")
         configs = "a" if args.configs == "b,c" else args.configs
-        sliced = fit_sliced(res, default_latency_model(),
+        sliced = fit_sliced(runs, default_latency_model(),
                             tuple(c for c in configs.split(",") if c),
                             tuple(float(x) for x in args.fit_rates.split(",") if x),
-                            per_seq=0.0 if args.no_sliced_per_seq else old.decode_s_per_seq)
+                            per_seq=0.0 if args.no_sliced_per_seq else old.decode_s_per_seq,
+                            by_size=old.per_seq_by_size)
         dest.parent.mkdir(parents=True, exist_ok=True)
         old = replace(old, source=old.source or source)
         dest.write_text(replace(old, time_sliced=replace(sliced, source=source)).to_json())
@@ -194,11 +229,18 @@ def main(argv: list[str] | None = None) -> None:
               f"{sliced.decode_s_per_seq * 1e3:.4f} ms per sequence from {sliced.points} TPOT "
               f"medians (log sd {sliced.residual_log_sd}, {sliced.rounds} rounds); wrote {dest}")
         return
-    cal = fit(res, default_latency_model(), tuple(c for c in args.configs.split(",") if c),
+    cal = fit(runs, default_latency_model(), tuple(c for c in args.configs.split(",") if c),
               tuple(float(x) for x in args.fit_rates.split(",") if x),
-              per_seq_grid=(0.0,) if args.no_per_seq else PER_SEQ_GRID_S)
-    old = Calibration.load(path)  # a time-sliced fit survives an MPS refit
+              per_seq_grid=(0.0,) if args.no_per_seq else PER_SEQ_GRID_S,
+              by_size=args.per_seq_by_size)
+    old = Calibration.load(base)  # a time-sliced fit survives an MPS refit
     cal = replace(cal, time_sliced=old.time_sliced if old is not None else None, source=source)
+    if args.per_model:
+        pm = fit_sliced(runs, default_latency_model(), cal.configs, cal.fit_rates, mps=cal)
+        cal = replace(cal, mps_factors=pm.factors, mps_factors_fit=(
+            f"{source}: {','.join(pm.configs)} at x{','.join(f'{r:g}' for r in pm.fit_rates)},"
+            f" {pm.points} TPOT medians, log sd {pm.residual_log_sd}, {pm.rounds} rounds"))
+        print(f"per-model MPS factors {pm.factors}")
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(cal.to_json())
     print(f"decode x{cal.decode_scale} + {cal.decode_s_per_seq * 1e3:.4f} ms per sequence at "

@@ -88,7 +88,9 @@ def predict_one(res: ResultsDir, cfg: str, scale: float, latency: LatencyModel,
                 limit_ceiling: str | None = None,
                 sliced_factors: tuple[tuple[str, float], ...] | None = None,
                 sliced_per_seq: float | None = None, client_aborts: bool = True,
-                calibration: Path | None = None, pred_dir: Path | None = None) -> dict:
+                calibration: Path | None = None, pred_dir: Path | None = None,
+                per_seq_by_size: bool | None = None,
+                mps_factors: tuple[tuple[str, float], ...] | None = None) -> dict:
     """Simulate (cfg, scale) and write its prediction file; returns the prediction.
     ``decode_scale`` stretches every decode step of an MPS deployment and
     ``decode_s_per_seq`` adds that much per decoding sequence at 100% SMs
@@ -100,7 +102,10 @@ def predict_one(res: ResultsDir, cfg: str, scale: float, latency: LatencyModel,
     term they were fitted with under them (``sliced_factors`` / ``sliced_per_seq``; None:
     the ``time_sliced`` fit of ``calibration`` (default OUT/calibration.json), if any).
     ``client_aborts``: requests the client gave up on are aborted in the simulation too
-    (False: they run on, as predictions before r3). Written to ``pred_dir`` (default OUT)."""
+    (False: they run on, as predictions before r3). Written to ``pred_dir`` (default OUT).
+    ``per_seq_by_size``: both per-sequence terms scaled by each engine's linear parameters
+    (``stepscale.size_weight``; None: as the calibration says). ``mps_factors``: per-model
+    factors on the calibrated MPS step (None: the calibration's ``mps_factors``, if any)."""
     bench = res.load_bench()
     trace = make_trace(bench, scale)
     measured = res.measured(cfg, scale)
@@ -115,12 +120,22 @@ def predict_one(res: ResultsDir, cfg: str, scale: float, latency: LatencyModel,
     timeout = measured.request_timeout_s if measured is not None else DEFAULT_TIMEOUT_S
     opts = sim_options(dep, scheduler, timeout if client_aborts else None)
     sliced = opts.sharing == "time-sliced"
+    cal = Calibration.load(calibration or res.calibration_path())
+    if per_seq_by_size is None:
+        per_seq_by_size = cal is not None and cal.per_seq_by_size
+    if mps_factors is None:
+        mps_factors = () if cal is None else tuple(sorted(cal.mps_factors.items()))
+    if sliced or dep.cpu:
+        mps_factors = ()
     asked, asked_per_seq = decode_scale, decode_s_per_seq
     if sliced or dep.cpu:
         decode_scale, decode_s_per_seq = 1.0, 0.0
     if decode_scale != 1.0 or decode_s_per_seq:
         latency = ScaledLatency(latency, decode_scale=decode_scale,
-                                decode_s_per_seq=decode_s_per_seq)
+                                decode_s_per_seq=decode_s_per_seq,
+                                per_seq_by_size=per_seq_by_size)
+    if mps_factors:
+        latency = EngineScaledLatency(latency, mps_factors)
     factors: tuple[tuple[str, float], ...] = ()
     per_seq_sliced = 0.0
     if sliced:
@@ -128,7 +143,7 @@ def predict_one(res: ResultsDir, cfg: str, scale: float, latency: LatencyModel,
         factors = cal_factors if sliced_factors is None else sliced_factors
         per_seq_sliced = cal_per_seq if sliced_per_seq is None else sliced_per_seq
         if factors or per_seq_sliced:
-            latency = EngineScaledLatency(latency, factors, per_seq_sliced)
+            latency = EngineScaledLatency(latency, factors, per_seq_sliced, per_seq_by_size)
     result = simulate(plan, trace, latency, options=opts)
     # throughput over the same seconds as the measurement (the replay's wall time)
     duration = (float(measured.summary.get("duration_s") or trace.duration_s)
@@ -145,7 +160,8 @@ def predict_one(res: ResultsDir, cfg: str, scale: float, latency: LatencyModel,
            "request_timeout_s": timeout, "decode_scale": decode_scale,
            "decode_scale_asked": asked, "decode_s_per_seq": decode_s_per_seq,
            "decode_s_per_seq_asked": asked_per_seq, "sliced_factors": dict(factors),
-           "sliced_s_per_seq": per_seq_sliced, "client_aborts": client_aborts}
+           "sliced_s_per_seq": per_seq_sliced, "client_aborts": client_aborts,
+           "per_seq_by_size": per_seq_by_size, "mps_factors": dict(mps_factors)}
     if write:
         path = res.predicted_path(cfg, scale)
         if pred_dir is not None:
@@ -192,6 +208,8 @@ def predict_all(res: ResultsDir, configs: tuple[str, ...], latency: LatencyModel
     the results directory)."""
     cal_scale, cal_per_seq = calibrated_terms(res, calibration)
     sliced, sliced_per_seq = calibrated_sliced_terms(res, calibration)
+    cal = Calibration.load(calibration or res.calibration_path())
+    by_size = cal is not None and cal.per_seq_by_size
     scale = cal_scale if decode_scale is None else decode_scale
     per_seq = cal_per_seq if decode_s_per_seq is None else decode_s_per_seq
     written = []
@@ -208,6 +226,9 @@ def predict_all(res: ResultsDir, configs: tuple[str, ...], latency: LatencyModel
                 or old.get("decode_scale_asked", 1.0) != scale
                 or old.get("decode_s_per_seq_asked", 0.0) != per_seq
                 or not old.get("client_aborts", False)
+                or old.get("per_seq_by_size", False) != by_size
+                or (old.get("sharing") == "mps"
+                    and old.get("mps_factors", {}) != (cal.mps_factors if cal else {}))
                 or (old.get("sharing") == "time-sliced"
                     and (old.get("sliced_factors", {}) != dict(sliced)
                          or old.get("sliced_s_per_seq", 0.0) != sliced_per_seq)))

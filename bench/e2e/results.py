@@ -126,6 +126,13 @@ class Calibration:
     decode_s_per_seq: float = 0.0  # seconds per decoding sequence at 100% SMs (0: older file)
     time_sliced: SlicedCalibration | None = None  # (a)'s per-engine factors, fitted apart
     source: str = ""  # results directory fitted on, from the repo root ("": the file's own)
+    # the per-sequence terms (MPS and time-sliced) scaled by each engine's linear parameters
+    # (fineserve.sim.stepscale.size_weight); False in files before 2026-11-26 session 7
+    per_seq_by_size: bool = False
+    # ModelSpec.key -> factor on the calibrated MPS step, fitted per model on TPOT medians
+    # after the common terms (calibrate.py --per-model); empty: one step model for all
+    mps_factors: dict[str, float] = field(default_factory=dict)
+    mps_factors_fit: str = ""  # what they were fitted on (configs, rates, source)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -148,7 +155,9 @@ class Calibration:
                        int(t.get("points", 0)), float(t.get("residual_log_sd", math.nan)),
                        int(t.get("rounds", 0)), float(t.get("decode_s_per_seq", 0.0)),
                        str(t.get("source", ""))),
-                   str(d.get("source", "")))
+                   str(d.get("source", "")), bool(d.get("per_seq_by_size", False)),
+                   {k: float(v) for k, v in (d.get("mps_factors") or {}).items()},
+                   str(d.get("mps_factors_fit", "")))
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,12 @@ what the profiles cannot see beyond batch 32, where the model's step is flat in 
 read once) but the deployed one grows by about the same time per sequence at any share of the
 SMs - compute, so divided by the share. Factors < 1 and negative terms are refused: nothing
 deployed beats the profile.
+
+With ``per_seq_by_size`` the per-sequence term is that of a model with Llama-3.1-8B's linear
+layers, scaled by each engine's linear parameters per TP rank: a sequence's share of a step
+is its GEMM work, which is proportional to them (a 3B's is 0.40 of an 8B's). Without it a 3B
+at 20% SMs was charged an 8B's 0.175 ms per sequence and simulated twice as slow as measured
+beyond batch 60 (r3, (b) and (c) at x3.5: 24 ms TPOT against 11).
 """
 
 from __future__ import annotations
@@ -24,6 +30,23 @@ from dataclasses import dataclass
 
 from fineserve.errors import SpecError
 from fineserve.profiles.latency import EngineShape, Latency, LatencyModel
+
+# Llama-3.1-8B's linear parameters: the model the per-sequence term is expressed for
+REFERENCE_LINEAR_PARAMS = 6_979_321_856
+
+
+def size_weight(engine: EngineShape) -> float:
+    """An engine's per-sequence decode work relative to Llama-3.1-8B on one GPU: its linear
+    parameters per TP rank over the 8B's."""
+    return engine.model.arch.linear_params / engine.tp / REFERENCE_LINEAR_PARAMS
+
+
+def per_seq_s(per_seq: float, by_size: bool, engine: EngineShape, batch: int,
+              sm_pct: float) -> float:
+    """The per-sequence term of one step: ``per_seq`` per sequence at 100% SMs, divided by
+    the share, scaled by ``size_weight`` where ``by_size``."""
+    w = size_weight(engine) if by_size else 1.0
+    return per_seq * w * batch * 100.0 / max(sm_pct, 1e-9)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +59,7 @@ class ScaledLatency:
     decode_scale: float = 1.0
     prefill_scale: float = 1.0
     decode_s_per_seq: float = 0.0  # seconds per sequence per step on the whole GPU
+    per_seq_by_size: bool = False  # the term scaled by the engine's size (size_weight)
 
     def __post_init__(self) -> None:
         for name in ("decode_scale", "prefill_scale"):
@@ -54,7 +78,7 @@ class ScaledLatency:
     def decode_step(self, engine: EngineShape, batch: int, context_tokens: float,
                     sm_pct: float) -> Latency:
         t = self.inner.decode_step(engine, batch, context_tokens, sm_pct)
-        extra = self.decode_s_per_seq * batch * 100.0 / max(sm_pct, 1e-9)
+        extra = per_seq_s(self.decode_s_per_seq, self.per_seq_by_size, engine, batch, sm_pct)
         return Latency(t.seconds * self.decode_scale + extra, t.source)
 
     def covers(self, engine: EngineShape) -> bool:
@@ -80,6 +104,7 @@ class EngineScaledLatency:
     inner: LatencyModel
     factors: tuple[tuple[str, float], ...] = ()
     decode_s_per_seq: float = 0.0  # seconds per sequence per step on the whole GPU
+    per_seq_by_size: bool = False  # the term scaled by the engine's size (size_weight)
 
     def __post_init__(self) -> None:
         for key, v in self.factors:
@@ -99,7 +124,7 @@ class EngineScaledLatency:
     def decode_step(self, engine: EngineShape, batch: int, context_tokens: float,
                     sm_pct: float) -> Latency:
         t = self.inner.decode_step(engine, batch, context_tokens, sm_pct)
-        extra = self.decode_s_per_seq * batch * 100.0 / max(sm_pct, 1e-9)
+        extra = per_seq_s(self.decode_s_per_seq, self.per_seq_by_size, engine, batch, sm_pct)
         return Latency(t.seconds * self.factor(engine) + extra, t.source)
 
     def covers(self, engine: EngineShape) -> bool:

@@ -1,0 +1,94 @@
+"""Per-model MPS decode factors over the common fit (``calibrate.py --per-model``), the
+per-sequence term by engine size, and a fit on more than one results directory (``--also``):
+what the r4 pre-registration is made with."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from bench.e2e.calibrate import fit_runs, fit_sliced
+from bench.e2e.calibrate import main as calibrate_main
+from bench.e2e.predict import deployed_default, predict_one
+from bench.e2e.predict import main as predict_main
+from bench.e2e.results import Calibration, Measured, ResultsDir
+from bench.e2e.workload import H100_SET
+from tests.bench.helpers import config_plans, results_dir
+
+SMALL = replace(H100_SET, duration_s=6.0, rate_scales=(1.0, 2.0))
+BASE = Calibration(1.1, ("b",), (2.0,), 4, 0.1, 3e-5, per_seq_by_size=True)
+KNOWN = (("llama-3.1-8b@fp8.kv-fp8", 1.3), ("llama-3.2-3b@bf16.kv-bf16", 0.8))
+
+
+@pytest.fixture(scope="module")
+def plans(latency):
+    return config_plans(SMALL, latency)
+
+
+def _measure(res: ResultsDir, latency, cfg: str, rate: float) -> None:
+    """A 'measurement' made by the simulator with the known per-model factors."""
+    pred = predict_one(res, cfg, rate, latency, write=False, decode_scale=BASE.decode_scale,
+                       decode_s_per_seq=BASE.decode_s_per_seq, per_seq_by_size=True,
+                       mps_factors=KNOWN)
+    res.save_measured(Measured(cfg, rate, pred["trace_digest"], deployed_default(cfg),
+                               pred["summary"], {}))
+
+
+def test_calibration_round_trips_the_new_terms(tmp_path):
+    cal = replace(BASE, mps_factors=dict(KNOWN), mps_factors_fit="somewhere: b at x2")
+    p = tmp_path / "calibration.json"
+    p.write_text(cal.to_json())
+    assert Calibration.load(p) == cal
+    old = {"decode_scale": 1.2}  # a file from before: one step model, unscaled term
+    p.write_text(json.dumps(old))
+    got = Calibration.load(p)
+    assert got is not None and not got.per_seq_by_size and got.mps_factors == {}
+
+
+def test_mps_factors_slow_only_their_model(tmp_path, plans, latency):
+    res = results_dir(tmp_path, SMALL, plans)
+    kw = dict(write=False, decode_scale=1.1, decode_s_per_seq=3e-5, per_seq_by_size=True)
+    plain = predict_one(res, "c", 2.0, latency, mps_factors=(), **kw)
+    slow = predict_one(res, "c", 2.0, latency,
+                       mps_factors=(("llama-3.1-8b@fp8.kv-fp8", 2.0),), **kw)
+    tpot = {k: {m: g["tpot_s"]["p50"] for m, g in p["summary"]["per_model"].items()}
+            for k, p in (("plain", plain), ("slow", slow))}
+    assert tpot["slow"]["chat-8b-fp8"] > 1.5 * tpot["plain"]["chat-8b-fp8"]
+    assert slow["mps_factors"] == {"llama-3.1-8b@fp8.kv-fp8": 2.0}
+    sliced = predict_one(res, "a", 2.0, latency, mps_factors=(("x", 2.0),), **kw)
+    assert sliced["mps_factors"] == {}  # time slicing has factors of its own
+
+
+def test_per_model_fit_recovers_known_factors_from_two_directories(tmp_path, plans, latency):
+    one = results_dir(tmp_path / "one", SMALL, plans)
+    two = results_dir(tmp_path / "two", SMALL, plans)
+    _measure(one, latency, "c", 2.0)
+    _measure(two, latency, "c", 1.0)
+    assert len(fit_runs((one, two), ("c",), (1.0, 2.0))) == 2
+    pm = fit_sliced((one, two), latency, ("c",), (1.0, 2.0), mps=BASE)
+    for key, f in KNOWN:
+        assert pm.factors[key] == pytest.approx(f, rel=0.08)
+    with pytest.raises(ValueError, match="no measured result"):
+        fit_runs((one,), ("b",), (2.0,))
+
+
+def test_calibrate_cli_fits_on_two_directories_and_predict_uses_it(tmp_path, plans, latency):
+    one = results_dir(tmp_path / "one", SMALL, plans)
+    two = results_dir(tmp_path / "two", SMALL, plans)
+    for res in (one, two):
+        _measure(res, latency, "b", 2.0)
+    dest = tmp_path / "cal.json"
+    calibrate_main(["--out", str(one.root), "--also", str(two.root), "--configs", "b",
+                    "--fit-rates", "2", "--per-seq-by-size", "--per-model",
+                    "--write", str(dest)])
+    cal = Calibration.load(dest)
+    assert cal is not None and cal.per_seq_by_size and cal.mps_factors
+    assert cal.source == f"{one.root.resolve()} + {two.root.resolve()}"  # both named
+    assert cal.mps_factors_fit.startswith(cal.source)
+    out = tmp_path / "pred"
+    predict_main(["--out", str(two.root), "--configs", "b", "--calibration", str(dest),
+                  "--pred-dir", str(out)])
+    p = json.loads((out / "pred-b-r2.00.json").read_text())
+    assert p["per_seq_by_size"] and p["mps_factors"] == cal.mps_factors
