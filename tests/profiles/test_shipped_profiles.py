@@ -4,7 +4,6 @@ is estimated; points whose repeats disagree are screened out."""
 from __future__ import annotations
 
 import statistics
-from pathlib import Path
 
 import pytest
 
@@ -17,10 +16,8 @@ from fineserve.profiles.composite import (
     shipped_calibration,
     shipped_profiles,
 )
-from fineserve.profiles.heldout import predict
+from fineserve.profiles.heldout import PointError, predict, transfer
 from fineserve.profiles.latency import LatencySource
-from fineserve.profiles.measure.store import ResultStore, to_latency_point
-from fineserve.profiles.precision import Precision
 from fineserve.profiles.quality import SPREAD_LIMIT, screen
 from fineserve.profiles.roofline import AnalyticLatency
 from fineserve.profiles.schema import EngineKey, LatencyPoint, Phase
@@ -32,7 +29,7 @@ SHIPPED = (
     ("llama-3.1-8b", "fp8", "bf16"), ("llama-3.1-8b", "fp8", "fp8"),
     ("llama-3.1-8b", "int4-gptq", "bf16"), ("llama-3.1-8b", "int4-gptq", "fp8"),
     ("llama-3.2-3b", "bf16", "bf16"), ("qwen2.5-14b", "fp8", "bf16"),
-    ("qwen2.5-32b", "int4-gptq", "bf16"),
+    ("qwen2.5-32b", "int4-gptq", "bf16"), ("llama-3.1-70b", "int4-gptq", "bf16"),
 )  # fmt: skip
 KEYS = [EngineKey(H100, m, w, kv, 1) for m, w, kv in SHIPPED]  # type: ignore[arg-type]
 LLAMA70_INT4 = EngineKey(H100, "llama-3.1-70b", "int4-gptq", "bf16", 1)  # type: ignore[arg-type]
@@ -81,23 +78,28 @@ def test_origins_say_measured_published_or_estimated() -> None:
         assert (origins[key].prefill, origins[key].decode) == (MEASURED, MEASURED)
     awq70 = EngineKey(H100, "llama-3.1-70b", "int4-awq", "bf16", 1)  # type: ignore[arg-type]
     assert (origins[awq70].prefill, origins[awq70].decode) == (PUBLISHED, PUBLISHED)
-    # 3 of its points measured: not shipped, the estimator answers for it
-    assert LLAMA70_INT4 not in origins
-    assert not default_latency_model().measured(LLAMA70_INT4.shape())
+    assert default_latency_model().measured(LLAMA70_INT4.shape())  # complete since session 7
 
 
-def test_the_shipped_calibration_predicts_the_70b_it_never_saw() -> None:
-    """The 70B's 6 measured points (not shipped: the entry is incomplete) against the
-    calibrated roofline (fitted to the shipped entries) and the eager-fitted defaults."""
+def test_the_calibration_fitted_without_the_70b_predicts_it() -> None:
+    """Held out by model: fitted to every other shipped entry (the 32B shares its precision),
+    the calibrated roofline predicts the 70B's prefill to 15% (the eager-fitted defaults are
+    off x1.75 on int4 prefill). Its decode is the weak spot (session 7: 33% median, the fit
+    overestimates the 70B's int4 dequant cost; docs/calibration.md), still far from 2x."""
     assert shipped_calibration().gpu == H100
-    results = Path(__file__).resolve().parents[2] / "bench" / "results" / "h100-profile"
-    store = ResultStore(results, H100, "llama-3.1-70b", Precision.from_name("int4-gptq.kv-bf16"))
-    points = [to_latency_point(r) for r in store.points() if r.valid]
-    assert len(points) >= 5
-    calibrated = predict(default_latency_model(calibrated=True), points)
-    default = predict(default_latency_model(), points)
-    assert statistics.median(e.error for e in calibrated) <= 0.15
-    assert statistics.median(e.error for e in default) > 0.5  # eager-fitted: int4 prefill x1.75
+    kept = screen(measured_profiles()).kept
+    train = [p for p in kept if p.engine.model != LLAMA70_INT4.model]
+    test = [p for p in kept if p.engine.model == LLAMA70_INT4.model]
+    assert len(test) == 18
+    calibrated = transfer(train, test)
+    default = predict(AnalyticLatency(), test)  # the uncalibrated roofline
+
+    def median(errors: tuple[PointError, ...], phase: Phase) -> float:
+        return statistics.median(e.error for e in errors if e.point.phase is phase)
+
+    assert median(calibrated, Phase.PREFILL) <= 0.15
+    assert median(calibrated, Phase.DECODE) <= 0.4
+    assert median(default, Phase.PREFILL) > 0.5
     other_gpu = EngineKey("A100-SXM-80GB", "llama-3.1-70b", "int4-gptq", "bf16", 1)  # type: ignore[arg-type]
     model = default_latency_model(calibrated=True)
     assert model.prefill(other_gpu.shape(), 512, 100).seconds == AnalyticLatency().prefill(
