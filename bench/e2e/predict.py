@@ -8,6 +8,9 @@ policy, static or pooled KV, MPS bandwidth interference (the H100 fit) or time s
         [--calibration FILE] [--pred-dir DIR]  (another calibration; predictions written to
         DIR instead of OUT, e.g. bench/e2e/results-r3/postrun)
 
+OUT may be a variant's directory without a bench.json (``results-r4/oversub``): the workload
+and the default calibration are then its parent's, the plans its own.
+
 The replay client gives up on a request after its timeout (30 s) and the gateway then has vLLM
 abort it; the simulator does the same (``SimOptions.request_timeout_s``), so under overload a
 timed-out request stops taking steps and KV (``"client_aborts": true`` in the prediction).
@@ -260,7 +263,10 @@ def main(argv: list[str] | None = None) -> None:
     configs = tuple(c for c in args.configs.split(",") if c)
     if args.calibration is not None and not args.calibration.is_file():
         raise SystemExit(f"--calibration: no file {args.calibration}")
-    for p in predict_all(ResultsDir(args.out), configs, default_latency_model(), args.force,
+    res = ResultsDir(args.out)
+    if not res.bench_path().is_file() and (args.out.parent / "bench.json").is_file():
+        res = ResultsDir(args.out, shared=args.out.parent)  # a variant's directory
+    for p in predict_all(res, configs, default_latency_model(), args.force,
                          args.decode_scale, args.decode_s_per_seq, args.calibration,
                          args.pred_dir):
         print(f"wrote {p}")

@@ -67,11 +67,21 @@ class Measured:
 
 
 class ResultsDir:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, shared: Path | None = None) -> None:
         self.root = Path(root)
+        # where bench.json and calibration.json come from when root has none: a variant's
+        # directory (results-r4/oversub, lanes.py SUBDIR) holds its plan and results, the
+        # workload and the calibration are its parent's
+        self.shared = None if shared is None else Path(shared)
+
+    def _own_or_parent(self, name: str) -> Path:
+        own = self.root / name
+        if self.shared is None or own.is_file():
+            return own
+        return self.shared / name
 
     def bench_path(self) -> Path:
-        return self.root / "bench.json"
+        return self._own_or_parent("bench.json")
 
     def plan_path(self, cfg: str) -> Path:
         return self.root / f"plan-{cfg}.yaml"
@@ -86,11 +96,11 @@ class ResultsDir:
         return self.root / f"{cfg}-requests.tgz"
 
     def calibration_path(self) -> Path:
-        return self.root / "calibration.json"
+        return self._own_or_parent("calibration.json")
 
     def save_bench(self, bench: BenchSet) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        self.bench_path().write_text(json.dumps(asdict(bench), indent=1))
+        (self.root / "bench.json").write_text(json.dumps(asdict(bench), indent=1))
 
     def load_bench(self) -> BenchSet:
         d = json.loads(self.bench_path().read_text())

@@ -34,6 +34,7 @@ from fineserve.sim.chrome_trace import ChromeTrace
 from fineserve.sim.engine import EngineSim, SimRequest
 from fineserve.sim.interference import HbmShare, InterferenceParams
 from fineserve.sim.kvpool import KvSample, PoolParams, SlabPools, StaticKv
+from fineserve.sim.smshare import SmShare, needed
 from fineserve.sim.timeslice import TimeSliceShare
 from fineserve.workload.trace import Trace
 
@@ -58,6 +59,9 @@ class SimOptions:
     # the client gives up on a request this long after sending it (None: it waits forever);
     # the gateway then cancels it and vLLM aborts it, so it stops holding a slot and KV
     request_timeout_s: float | None = None
+    # under MPS, engines whose SM shares sum past 100% on a GPU share the SMs while they
+    # compute at once (smshare.py); no effect on a plan within 100% per GPU
+    sm_contention: bool = True
 
     def __post_init__(self) -> None:
         t = self.request_timeout_s
@@ -163,6 +167,15 @@ class _World:
                                 opts.interference)
             for e in self.engines:
                 e.hbm = self.hbm
+        self.sms: SmShare | None = None
+        shares: dict[int, list[float]] = {}
+        for e in self.engines:
+            for g in e.gpus:
+                shares.setdefault(g, []).append(e.sm_pct)
+        if opts.sharing == "mps" and opts.sm_contention and needed(shares):
+            self.sms = SmShare(shares)
+            for e in self.engines:
+                e.sms = self.sms
         self.tracer = ChromeTrace() if opts.chrome_trace else None
         for e in self.engines:
             e.tracer = self.tracer
@@ -181,6 +194,8 @@ class _World:
         self.kv.check_integrity()
         if self.hbm is not None:
             self.hbm.check_integrity()
+        if self.sms is not None:
+            self.sms.check_integrity()
         if self.admission is not None:
             self.admission.check_integrity()
 

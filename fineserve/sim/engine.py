@@ -83,6 +83,8 @@ class EngineSim:
     gpus: tuple = ()  # global GPU ids (ranks)
     pool: Any = None  # SlabPools when KV is pooled
     hbm: Any = None  # HbmShare when interference is modelled
+    sms: Any = None  # SmShare when the plan oversubscribes SMs under MPS (smshare.py)
+    _sm_now: float = 0.0  # the share the step in flight registered with ``sms``
     tracer: Any = None  # ChromeTrace when a trace is written
     first_tokens: list | None = None  # filled per step when a local scheduler listens
     weight_bytes: float = 0.0  # per rank, read once per step (interference)
@@ -97,21 +99,24 @@ class EngineSim:
     _cancels: list = field(default_factory=list)  # cancelled, not yet dropped
     cancelled: int = 0  # requests dropped because their client gave up
 
-    # -- latency with memoisation (contexts bucketed to 32 tokens)
-    def _decode_s(self, batch: int, ctx: float) -> float:
-        key = (batch, int(ctx) >> 5)
+    # -- latency with memoisation (contexts bucketed to 32 tokens; the share is the engine's
+    # own unless SM contention lowers it for a step, then part of the key)
+    def _decode_s(self, batch: int, ctx: float, sm: float | None = None) -> float:
+        key = (batch, int(ctx) >> 5) if sm is None else (batch, int(ctx) >> 5, sm)
         t = self._cache.get(key)
         if t is None:
             t = self.latency.decode_step(self.shape, batch, max(1.0, float(key[1] << 5)),
-                                         self.sm_pct).seconds
+                                         self.sm_pct if sm is None else sm).seconds
             self._cache[key] = t
         return t
 
-    def _prefill_s(self, tokens: int) -> float:
-        key = -((tokens + 15) >> 4)  # 16-token buckets, negative keys: no clash
+    def _prefill_s(self, tokens: int, sm: float | None = None) -> float:
+        b = -((tokens + 15) >> 4)  # 16-token buckets, negative keys: no clash
+        key = b if sm is None else (b, sm)
         t = self._cache.get(key)
         if t is None:
-            t = self.latency.prefill(self.shape, max(1, -key << 4), self.sm_pct).seconds
+            t = self.latency.prefill(self.shape, max(1, -b << 4),
+                                     self.sm_pct if sm is None else sm).seconds
             self._cache[key] = t
         return t
 
@@ -204,8 +209,14 @@ class EngineSim:
             budget -= take
         self.waiting_gauge = len(self.waiting)
         tokens = sum(t for _, t in chunks)
-        d = self._decode_s(self.decoding, self.ctx_sum / self.decoding) if self.decoding else 0.0
-        duration = d + (self._prefill_s(tokens) if tokens else 0.0)
+        sm = None
+        if self.sms is not None:
+            eff = self.sms.begin(self.gpus, self.sm_pct)
+            self._sm_now = self.sm_pct
+            sm = None if eff >= self.sm_pct else eff
+        d = (self._decode_s(self.decoding, self.ctx_sum / self.decoding, sm) if self.decoding
+             else 0.0)
+        duration = d + (self._prefill_s(tokens, sm) if tokens else 0.0)
         if self._debt:
             duration += self._debt
             self._debt = 0.0
@@ -226,6 +237,9 @@ class EngineSim:
         if self._demand is not None:
             self.hbm.end(self.gpus, self._demand)
             self._demand = None
+        if self._sm_now:
+            self.sms.end(self.gpus, self._sm_now)
+            self._sm_now = 0.0
         done: list[SimRequest] = []
         # every decoding sequence produced a token
         self.ctx_sum += self.decoding

@@ -92,3 +92,45 @@ def test_calibrate_cli_fits_on_two_directories_and_predict_uses_it(tmp_path, pla
                   "--pred-dir", str(out)])
     p = json.loads((out / "pred-b-r2.00.json").read_text())
     assert p["per_seq_by_size"] and p["mps_factors"] == cal.mps_factors
+
+
+def _tpots(summary: dict) -> dict[str, float]:
+    return {m: g["tpot_s"]["p50"] for m, g in summary["per_model"].items()}
+
+
+def test_sm_contention_slows_only_an_oversubscribed_plan(tmp_path, plans, latency):
+    from bench.e2e.workload import make_trace
+    from fineserve.metrics.summary import summarize
+    from fineserve.sim.cluster import SimOptions, simulate
+
+    trace = make_trace(SMALL, 2.0)
+    plan = plans["c"]
+    over = replace(plan, engines=tuple(replace(e, sm_pct=min(100, e.sm_pct * 2))
+                                       for e in plan.engines))
+    slos = {m.name: m.slo for m in plan.models}
+
+    def run(p, on: bool) -> dict[str, float]:
+        r = simulate(p, trace, latency, options=SimOptions(sm_contention=on))
+        return _tpots(summarize(r.records, slos, trace.duration_s, "simulate"))
+
+    assert run(plan, True) == run(plan, False)  # within 100% per GPU: untouched
+    free, shared = run(over, False), run(over, True)
+    assert all(shared[m] >= free[m] * 0.999 for m in free)
+    assert any(shared[m] > free[m] * 1.02 for m in free)
+
+
+def test_predict_reads_a_variant_directory_with_its_parents_workload(tmp_path, plans, latency):
+    from fineserve.planner.planfile import save_plan
+
+    res = results_dir(tmp_path, SMALL, plans)
+    res.calibration_path().write_text(BASE.to_json())
+    sub = res.root / "oversub"
+    sub.mkdir()
+    save_plan(plans["c"], ResultsDir(sub).plan_path("c"))
+    out = tmp_path / "pred"
+    predict_main(["--out", str(sub), "--pred-dir", str(out)])
+    got = sorted(p.name for p in out.glob("pred-*.json"))
+    assert got == ["pred-c-r1.00.json", "pred-c-r2.00.json"]  # only the variant's plan
+    p = json.loads((out / "pred-c-r2.00.json").read_text())
+    assert p["decode_scale"] == BASE.decode_scale and p["per_seq_by_size"]
+    assert not (sub / "bench.json").exists()  # nothing written into the variant's folder
