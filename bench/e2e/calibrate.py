@@ -162,6 +162,26 @@ def fit_sliced(res: Sources, latency: LatencyModel, configs: tuple[str, ...],
                              per_seq)
 
 
+# the protocol of the r3 held-out test (results-r3/postrun2) and the r4 pre-registration:
+# MPS terms and per-model factors on (b), (c) TPOT medians at x2-x3, the sizes' per-sequence
+# term; time-sliced factors on (a) x2 over the same term
+PROTOCOL_MPS = (("b", "c"), (2.0, 2.5, 3.0))
+PROTOCOL_SLICED = (("a",), (2.0,))
+
+
+def fit_protocol(runs: Sources, latency: LatencyModel, source: str) -> Calibration:
+    """Every term the predictions use, fitted on ``runs`` by the protocol above (TPOT
+    medians only; attainment and throughput never fitted)."""
+    cal = fit(runs, latency, *PROTOCOL_MPS, by_size=True)
+    pm = fit_sliced(runs, latency, cal.configs, cal.fit_rates, mps=cal)
+    sliced = fit_sliced(runs, latency, *PROTOCOL_SLICED, per_seq=cal.decode_s_per_seq,
+                        by_size=True)
+    return replace(cal, source=source, mps_factors=pm.factors, mps_factors_fit=(
+        f"{source}: {','.join(pm.configs)} at x{','.join(f'{r:g}' for r in pm.fit_rates)}, "
+        f"{pm.points} TPOT medians, log sd {pm.residual_log_sd}, {pm.rounds} rounds"),
+        time_sliced=replace(sliced, source=source))
+
+
 def tpot_log_ratios_by_model(measured: dict, predicted: dict) -> dict[str, float]:
     """Model -> log(measured / simulated TPOT median), where both have one."""
     out = {}

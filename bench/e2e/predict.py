@@ -8,6 +8,12 @@ policy, static or pooled KV, MPS bandwidth interference (the H100 fit) or time s
         [--calibration FILE] [--pred-dir DIR]  (another calibration; predictions written to
         DIR instead of OUT, e.g. bench/e2e/results-r3/postrun)
 
+    python -m bench.e2e.predict --out bench/e2e/results-r4 \
+        --preregister bench/e2e/results,bench/e2e/results-r3
+        (fits every term on those directories by calibrate.fit_protocol, writes
+        OUT/calibration.json, then predicts OUT's plans and its variants' (OUT/SUBDIR with a
+        plan) into OUT/prerun/ - with a copy of the calibration - before OUT is measured)
+
 OUT may be a variant's directory without a bench.json (``results-r4/oversub``): the workload
 and the default calibration are then its parent's, the plans its own.
 
@@ -243,6 +249,35 @@ def predict_all(res: ResultsDir, configs: tuple[str, ...], latency: LatencyModel
     return written
 
 
+def preregister(out: Path, fit_dirs: list[Path], configs: tuple[str, ...],
+                latency: LatencyModel) -> list[Path]:
+    """The pre-registration of an unmeasured results directory ``out``: the calibration
+    fitted on ``fit_dirs`` (``calibrate.fit_protocol``) written to OUT/calibration.json and
+    OUT/prerun/, and every plan's predictions (variants' in OUT/prerun/SUBDIR)."""
+    import shutil
+
+    from bench.e2e.calibrate import _source_name, fit_protocol
+
+    res = ResultsDir(out)
+    if any(res.measured_path(c, r).is_file() for c in CONFIGS for r in res.scales()):
+        raise SystemExit(f"--preregister: {out} already holds measurements")
+    if not fit_dirs:
+        raise SystemExit("--preregister: name the results directories to fit on")
+    runs = tuple(ResultsDir(d) for d in fit_dirs)
+    cal = fit_protocol(runs, latency, " + ".join(_source_name(d) for d in fit_dirs))
+    res.calibration_path().write_text(cal.to_json())
+    prerun = out / "prerun"
+    prerun.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(res.calibration_path(), prerun / "calibration.json")
+    written = [res.calibration_path(), prerun / "calibration.json"]
+    written += predict_all(res, configs, latency, force=True, pred_dir=prerun)
+    for sub in sorted(p for p in out.iterdir() if p.is_dir() and p.name != "prerun"):
+        if list(sub.glob("plan-*.yaml")) and not (sub / "bench.json").is_file():
+            written += predict_all(ResultsDir(sub, shared=out), configs, latency, force=True,
+                                   pred_dir=prerun / sub.name)
+    return written
+
+
 def main(argv: list[str] | None = None) -> None:
     from fineserve.profiles.composite import default_latency_model
 
@@ -259,8 +294,16 @@ def main(argv: list[str] | None = None) -> None:
                     help="calibration file (default OUT/calibration.json)")
     ap.add_argument("--pred-dir", type=Path, default=None,
                     help="write the predictions here instead of OUT")
+    ap.add_argument("--preregister", default=None, metavar="DIRS",
+                    help="fit the calibration on these results directories (comma-separated),"
+                         " write it to OUT and predict into OUT/prerun (OUT unmeasured)")
     args = ap.parse_args(argv)
     configs = tuple(c for c in args.configs.split(",") if c)
+    if args.preregister is not None:
+        for p in preregister(args.out, [Path(x) for x in args.preregister.split(",") if x],
+                             configs, default_latency_model()):
+            print(f"wrote {p}")
+        return
     if args.calibration is not None and not args.calibration.is_file():
         raise SystemExit(f"--calibration: no file {args.calibration}")
     res = ResultsDir(args.out)

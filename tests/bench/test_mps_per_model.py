@@ -134,3 +134,27 @@ def test_predict_reads_a_variant_directory_with_its_parents_workload(tmp_path, p
     p = json.loads((out / "pred-c-r2.00.json").read_text())
     assert p["decode_scale"] == BASE.decode_scale and p["per_seq_by_size"]
     assert not (sub / "bench.json").exists()  # nothing written into the variant's folder
+
+
+def test_preregister_fits_elsewhere_and_predicts_plans_and_variants(tmp_path, plans, latency):
+    from bench.e2e.predict import preregister
+    from fineserve.planner.planfile import save_plan
+
+    fit_res = results_dir(tmp_path / "fit", SMALL, plans)
+    fit_res.calibration_path().write_text(BASE.to_json())
+    for cfg in "abc":
+        _measure(fit_res, latency, cfg, 2.0)
+    new = results_dir(tmp_path / "new", SMALL, plans)
+    (new.root / "oversub").mkdir()
+    save_plan(plans["c"], ResultsDir(new.root / "oversub").plan_path("c"))
+    preregister(new.root, [fit_res.root], ("a", "b", "c"), latency)
+    cal = Calibration.load(new.calibration_path())
+    assert cal is not None and cal.source == str(fit_res.root.resolve())
+    assert cal.per_seq_by_size and cal.mps_factors and cal.time_sliced is not None
+    assert Calibration.load(new.root / "prerun" / "calibration.json") == cal
+    names = sorted(p.name for p in (new.root / "prerun").glob("pred-*.json"))
+    assert len(names) == 6 and not list(new.root.glob("pred-*.json"))
+    assert len(list((new.root / "prerun" / "oversub").glob("pred-c-*.json"))) == 2
+    _measure(new, latency, "c", 1.0)
+    with pytest.raises(SystemExit, match="already holds measurements"):
+        preregister(new.root, [fit_res.root], ("c",), latency)
