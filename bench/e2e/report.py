@@ -303,7 +303,13 @@ def calibration_lines(res: ResultsDir, rows: list[Row]) -> list[str]:
     fit = ", ".join(f"x{x:g}" for x in cal.fit_rates)
     per_seq = (f" + {cal.decode_s_per_seq * 1e3:g} ms per decoding sequence at 100% SMs"
                if cal.decode_s_per_seq else "")
-    out = [f"Simulator: MPS decode steps x{cal.decode_scale:g}{per_seq} "
+    if per_seq and cal.per_seq_by_size:
+        per_seq += " for an 8B (scaled by each engine's linear parameters)"
+    models = ""
+    if cal.mps_factors:
+        models = (", then per model (" + ", ".join(
+            f"{k} x{v:g}" for k, v in sorted(cal.mps_factors.items())) + ")")
+    out = [f"Simulator: MPS decode steps x{cal.decode_scale:g}{per_seq}{models} "
            f"(`bench/e2e/calibrate.py`), fitted on the TPOT medians of "
            f"({'), ('.join(cal.configs)}) at {fit}{_where(cal.source, res)} only "
            f"({cal.points} per-model medians, log-ratio sd {cal.residual_log_sd:g}); "
@@ -318,8 +324,10 @@ def calibration_lines(res: ResultsDir, rows: list[Row]) -> list[str]:
 
 
 def _fitted_here(source: str, res: ResultsDir) -> bool:
-    """Whether a fit read this results directory ("" - files before the field - did)."""
-    return not source or (ROOT / source).resolve() == res.root.resolve()
+    """Whether a fit read this results directory ("" - files before the field - did; a fit
+    on several names them joined by " + ")."""
+    return not source or any((ROOT / s.strip()).resolve() == res.root.resolve()
+                             for s in source.split(" + "))
 
 
 def _where(source: str, res: ResultsDir) -> str:

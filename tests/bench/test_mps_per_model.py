@@ -158,3 +158,18 @@ def test_preregister_fits_elsewhere_and_predicts_plans_and_variants(tmp_path, pl
     _measure(new, latency, "c", 1.0)
     with pytest.raises(SystemExit, match="already holds measurements"):
         preregister(new.root, [fit_res.root], ("c",), latency)
+
+
+def test_report_names_the_new_terms_and_counts_a_fit_on_two_directories(tmp_path):
+    from bench.e2e.report import _fitted_here, calibration_lines
+
+    res = ResultsDir(tmp_path / "r3")
+    res.root.mkdir()
+    other = tmp_path / "r0"
+    assert _fitted_here(f"{other} + {res.root}", res)
+    assert not _fitted_here(f"{other} + {tmp_path / 'r4'}", res)
+    cal = replace(BASE, mps_factors=dict(KNOWN), source=f"{other} + {tmp_path / 'r4'}")
+    res.calibration_path().write_text(cal.to_json())
+    text = " ".join(calibration_lines(res, []))
+    assert "scaled by each engine's linear parameters" in text
+    assert "llama-3.1-8b@fp8.kv-fp8 x1.3" in text
