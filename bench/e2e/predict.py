@@ -46,6 +46,11 @@ from fineserve.sim.stepscale import EngineScaledLatency, ScaledLatency
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TIMEOUT_S = 30.0  # run.py --request-timeout
 INTERFERENCE_FIT = ROOT / "bench/results/h100-interference/interference-fit.json"
+# vLLM's max_num_batched_tokens as the runs had it: its H100 default, 8192 in every engine log
+# of r3 (logs-s6); predictions before session 7 simulated 2048, so a decoding batch of 400
+# left 1648 prompt tokens per step and requests queued inside the engine, whose waiting gauge
+# then clamped the gateway's limit (r3 (c) x2.5: 87 simulated 429s on fp8 against 3)
+TOKEN_BUDGET = 8192
 
 
 def deployed_default(cfg: str) -> Deployed:
@@ -69,7 +74,8 @@ def sim_options(dep: Deployed, scheduler: SchedulerConfig | None = None,
     if scheduler is None:  # the gateway's defaults as that run had them (max_limit 256 before)
         scheduler = (SchedulerConfig(max_limit=SchedulerSection().max_limit) if capped
                      else SchedulerConfig())
-    return SimOptions(kv="pooled" if dep.kv_pool else "static", interference=interference,
+    return SimOptions(token_budget=TOKEN_BUDGET if not dep.cpu else 2048,
+                      kv="pooled" if dep.kv_pool else "static", interference=interference,
                       sharing="time-sliced" if dep.no_mps and not dep.cpu else "mps",
                       scheduler=replace(scheduler, policy=dep.policy),
                       limit_at_batch=capped, request_timeout_s=request_timeout_s)
@@ -170,7 +176,8 @@ def predict_one(res: ResultsDir, cfg: str, scale: float, latency: LatencyModel,
            "decode_scale_asked": asked, "decode_s_per_seq": decode_s_per_seq,
            "decode_s_per_seq_asked": asked_per_seq, "sliced_factors": dict(factors),
            "sliced_s_per_seq": per_seq_sliced, "client_aborts": client_aborts,
-           "per_seq_by_size": per_seq_by_size, "mps_factors": dict(mps_factors)}
+           "per_seq_by_size": per_seq_by_size, "mps_factors": dict(mps_factors),
+           "token_budget": opts.token_budget}
     if write:
         path = res.predicted_path(cfg, scale)
         if pred_dir is not None:
@@ -236,6 +243,7 @@ def predict_all(res: ResultsDir, configs: tuple[str, ...], latency: LatencyModel
                 or old.get("decode_s_per_seq_asked", 0.0) != per_seq
                 or not old.get("client_aborts", False)
                 or old.get("per_seq_by_size", False) != by_size
+                or old.get("token_budget", 2048) != TOKEN_BUDGET
                 or (old.get("sharing") == "mps"
                     and old.get("mps_factors", {}) != (cal.mps_factors if cal else {}))
                 or (old.get("sharing") == "time-sliced"

@@ -57,6 +57,7 @@ def test_mps_factors_slow_only_their_model(tmp_path, plans, latency):
             for k, p in (("plain", plain), ("slow", slow))}
     assert tpot["slow"]["chat-8b-fp8"] > 1.5 * tpot["plain"]["chat-8b-fp8"]
     assert slow["mps_factors"] == {"llama-3.1-8b@fp8.kv-fp8": 2.0}
+    assert slow["token_budget"] == 8192  # vLLM's H100 default, as the r3 engines logged
     sliced = predict_one(res, "a", 2.0, latency, mps_factors=(("x", 2.0),), **kw)
     assert sliced["mps_factors"] == {}  # time slicing has factors of its own
 
