@@ -87,7 +87,8 @@ def screen(points: ProfileTable | Iterable[LatencyPoint], limit: float = SPREAD_
            slower_limit: float = SLOWER_LIMIT) -> Screened:  # fmt: skip
     """Keep the points whose repeats spread at most ``limit`` and whose (engine, phase, SM
     share) has no point slower than the same cell at a smaller share by over
-    ``slower_limit``."""
+    ``slower_limit``. A rejected point takes its whole (engine, phase, SM share) turn with it:
+    the table interpolates between SM shares, not inside one share's grid."""
     table = points if isinstance(points, ProfileTable) else ProfileTable(points)
     agreed = [p for p in table if p.rel_spread <= limit]
     below = _fastest_below(agreed)
@@ -101,20 +102,25 @@ def screen(points: ProfileTable | Iterable[LatencyPoint], limit: float = SPREAD_
         turn = (p.engine, p.phase, p.sm_pct)
         if turn not in worst or _ratio(p, below) > _ratio(worst[turn], below):
             worst[turn] = p
-    kept, rejected, why = [], [], []
+    reasons: dict[LatencyPoint, str] = {}
     for p in table:
         slow = worst.get((p.engine, p.phase, p.sm_pct))
         if p.rel_spread > limit:
-            reason: str | None = f"repeats spread {p.rel_spread:.0%} > {limit:.0%}"
-        elif slow is None:
-            reason = None
-        else:
-            reason = own.get(p) or f"same turn as {slow.batch} x {slow.tokens}: {own[slow]}"
-        if reason is None:
-            kept.append(p)
-        else:
+            reasons[p] = f"repeats spread {p.rel_spread:.0%} > {limit:.0%}"
+        elif slow is not None:
+            reasons[p] = own.get(p) or f"same turn as {slow.batch} x {slow.tokens}: {own[slow]}"
+    # a table needs every cell of a turn it keeps: a rejected point takes its turn with it
+    first = {(p.engine, p.phase, p.sm_pct): p for p in reversed(list(reasons))}
+    kept, rejected, why = [], [], []
+    for p in table:
+        turn = first.get((p.engine, p.phase, p.sm_pct))
+        reason = reasons.get(p) or (turn and f"same turn as {turn.batch} x {turn.tokens}: "
+                                            f"{reasons[turn]}")
+        if reason:
             rejected.append(p)
             why.append(reason)
+        else:
+            kept.append(p)
     return Screened(ProfileTable(kept), tuple(rejected), tuple(why))
 
 

@@ -35,17 +35,20 @@ KEYS = [EngineKey(H100, m, w, kv, 1) for m, w, kv in SHIPPED]  # type: ignore[ar
 LLAMA70_INT4 = EngineKey(H100, "llama-3.1-70b", "int4-gptq", "bf16", 1)  # type: ignore[arg-type]
 
 
-def _point(spread: float, tokens: int = 512) -> LatencyPoint:
-    return LatencyPoint(H100, "llama-3.1-8b", "bf16", "bf16", 1, 100.0, "prefill", 1, tokens,
+def _point(spread: float, tokens: int = 512, sm_pct: float = 100.0) -> LatencyPoint:
+    return LatencyPoint(H100, "llama-3.1-8b", "bf16", "bf16", 1, sm_pct, "prefill", 1, tokens,
                         0.01, 5, spread)  # type: ignore[arg-type]
 
 
 def test_screen_keeps_points_up_to_the_limit_and_names_the_others() -> None:
-    screened = screen([_point(0.05, 128), _point(SPREAD_LIMIT, 512), _point(1.29, 2048)])
-    assert [p.tokens for p in screened.kept] == [128, 512]
-    assert [p.tokens for p in screened.rejected] == [2048]
-    (line,) = screened.reasons()
-    assert "1 x 2048" in line and "129%" in line
+    screened = screen([_point(0.05, 128, 50), _point(SPREAD_LIMIT, 512, 50),
+                       _point(0.05, 128), _point(1.29, 2048)])
+    assert [(p.sm_pct, p.tokens) for p in screened.kept] == [(50, 128), (50, 512)]
+    # the noisy point takes its SM share's prefill turn with it: no hole inside a grid
+    assert [(p.sm_pct, p.tokens) for p in screened.rejected] == [(100, 128), (100, 2048)]
+    first, noisy = screened.reasons()
+    assert "1 x 2048" in noisy and "129%" in noisy
+    assert "same turn as 1 x 2048" in first
 
 
 @pytest.mark.parametrize("key", KEYS, ids=lambda k: f"{k.model}-{k.precision.name}")

@@ -130,11 +130,12 @@ class ResultStore:
         return by_label
 
     def screened_out(self) -> dict[EngineLabel, set[tuple[str, int, int]]]:
-        """Keys of the latest points that ``quality.screen`` leaves out of the latency model,
-        judged against every SM share of this profile."""
+        """Keys of the latest points that ``quality.screen`` leaves out of the latency model
+        as implausibly slow, judged against every SM share of this profile (a spread over the
+        limit is the noisy rule's to judge, and its turn-mates are not redone for it)."""
         latest = self.latest()
-        rejected = screen(to_latency_point(r) for done in latest.values()
-                          for r in done.values()).rejected
+        rejected = screen((to_latency_point(r) for done in latest.values()
+                           for r in done.values()), limit=float("inf")).rejected
         out: dict[EngineLabel, set[tuple[str, int, int]]] = {}
         for label, done in latest.items():
             gone = {(p.phase.value, p.batch, p.tokens) for p in rejected
