@@ -25,7 +25,9 @@ PREFILL, DECODE = "prefill", "decode"
 # stamps (STAMP_PREFILL_METHOD, timing.prefill_step); /3 retried runs whose blocker output
 # was stamped late (timing.late_lead; /2 kept them). Session 6 on the H100: 149 of 1185 /3
 # runs > 5% short, and the late-stamp detector fired on 604 of the 1006 good ones.
-PREFILL_METHOD = "step-ev/1"
+# step-ev/2: untimed runs until two in a row agree within 5% before the timed ones (/1: one
+# untimed run; session 7's 3B at SM 100 read 10 ms for two or three runs, then 4.1 ms).
+PREFILL_METHOD = "step-ev/2"
 STAMP_PREFILL_METHOD = "step-ts/3"
 # Decode: the full-batch window of one run (timing.decode_window); /3: runs sized to a
 # window of decode_window_s up to the grid's decode_tokens, which the H100 grid raised to

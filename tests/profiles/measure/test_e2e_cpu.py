@@ -69,7 +69,7 @@ def test_profile_a_tiny_model_on_vllm_cpu(tmp_path):
     # engine-core stamps' reading of each run kept beside them
     log = export.csv.with_name("bf16.kv-bf16.log").read_text()
     assert "prefill steps timed on the device: yes" in log
-    assert {r["method"] for r in points} == {"step-ev/1 med3", "window-ts/3 med3 n16"}
+    assert {r["method"] for r in points} == {"step-ev/2 med3", "window-ts/3 med3 n16"}
     # a prefill repeat is the median of 3 runs, all kept (stats.py)
     prefill = [r for r in points if r["phase"] == "prefill"]
     assert all(len(r["runs"]) == 9 and len(r["stamp_runs"]) == 9 for r in prefill)

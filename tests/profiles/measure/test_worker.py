@@ -41,11 +41,26 @@ def fake_runs(monkeypatch):
 def test_a_prefill_repeat_is_the_median_of_its_runs(fake_runs):
     point = PointSpec("prefill", 4, 2048, repeats=2, samples=3)
     record = worker._measure(None, None, job((point,)), point, floor=0.01)
-    # run 1 is untimed; runs 2-4 and 5-7 are the two repeats
+    # run 1 is untimed; runs 2-4 and 5-7 are the two repeats (stamps: no settling runs)
     assert record.runs == (0.002, 0.003, 0.004, 0.005, 0.006, 0.007)
     assert record.latencies == (0.003, 0.006)
     assert record.method == f"{PREFILL_METHOD} med3"
     assert record.check_s is None  # batch 4: no lone-prompt cross-check
+
+
+def test_prefill_settles_until_two_runs_agree(monkeypatch):
+    """Session 7's 3B at SM 100: 10.1, 10.7, 5.8 ms, then 4.1 ms steadily. The settling runs
+    are not timed repeats: the record's runs start after two in a row agreed within 5%."""
+    answers = iter([0.0101, 0.0107, 0.0058, 0.00412, 0.00413, 0.00414] + [0.00412] * 20)
+    monkeypatch.setattr(eng, "prefill",
+                        lambda *a, **k: eng.Timing(next(answers), PREFILL_METHOD))
+    monkeypatch.setattr(eng, "lone_ttft", lambda *a, **k: (0.05, 0.04))
+    monkeypatch.setattr(eng, "time_steps", lambda llm, on=None: True)
+    point = PointSpec("prefill", 1, 128, repeats=2, samples=3)
+    record = worker._measure(None, None, job((point,)), point, floor=0.001, timed=True)
+    # settled after 0.00412 / 0.00413; 0.00414 was the untimed run
+    assert record.runs == (0.00412,) * 6
+    assert record.latencies == (0.00412, 0.00412)
 
 
 def test_single_run_repeats_keep_the_method_name_and_no_runs(fake_runs):
@@ -126,14 +141,15 @@ def test_device_timed_prefill_records_device_runs_beside_their_stamp_readings(mo
         n = len(calls)
         # device 10 ms each run; the stamps read one run 0.7 ms (a late blocker stamp)
         return eng.Timing(0.010 + n * 1e-5, PREFILL_METHOD, lead_s=0.05,
-                          stamp_s=0.0007 if n == 3 else 0.0100)
+                          stamp_s=0.0007 if n == 5 else 0.0100)
 
     monkeypatch.setattr(eng, "prefill", prefill)
     monkeypatch.setattr(eng, "lone_ttft", lambda *a, **k: (0.05, 0.04))
     point = PointSpec("prefill", 1, 512, repeats=2, samples=3)
     record = worker._measure(None, None, job((point,)), point, floor=0.03, timed=True)
-    assert calls == [True] * 7 and switches == [True, False]  # on for the point, then off
-    assert record.method == f"{PREFILL_METHOD} med3" == "step-ev/1 med3"
+    # 2 settling runs (10.01 / 10.02 ms agree), 1 untimed, 6 timed; on for the point, then off
+    assert calls == [True] * 9 and switches == [True, False]
+    assert record.method == f"{PREFILL_METHOD} med3" == "step-ev/2 med3"
     assert len(record.runs) == 6 and min(record.runs) > 0.0100
     assert record.stamp_runs[1] == 0.0007 and len(record.stamp_runs) == 6  # kept, not used
     assert record.note == "" and record.lead_reference is None
