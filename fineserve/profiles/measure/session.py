@@ -173,16 +173,21 @@ def start_seconds(num_layers: int) -> tuple[float, float]:
     return PROCESS_S + WARM_START_S * scale + SHUTDOWN_S, COLD_EXTRA_S * scale
 
 
+SETTLE_RUNS_EXPECTED = 2  # worker._settle stops after two runs that agree (6 at most)
+
+
 def point_seconds(
     point: PointSpec, latency: LatencyModel, shape: EngineShape, sm_pct: float, *,
     blocker_tokens: int, decode_tokens: int, decode_window_s: float = 0.0,
 ) -> float:  # fmt: skip
-    """Wall time of one grid point as the worker measures it: one untimed run, then
-    ``repeats`` x ``samples`` timed runs, and the batch-1 cross-check. With
+    """Wall time of one grid point as the worker measures it: one untimed run (prefill: at
+    least two settling runs before it, ``worker._settle``), then ``repeats`` x ``samples``
+    timed runs, and the batch-1 cross-check. With
     ``decode_window_s``, decode runs are sized as the worker sizes them from the untimed run
     (``timing.window_tokens``, the step budget taken as ``blocker_tokens``)."""
     runs = point.repeats * max(1, point.samples) + 1
     if point.phase == PREFILL:
+        runs += SETTLE_RUNS_EXPECTED
         blocker = latency.prefill(shape, blocker_tokens, sm_pct).seconds
         batch = latency.prefill(shape, point.tokens, sm_pct, point.batch).seconds
         total = runs * (blocker + batch + RUN_OVERHEAD_S)

@@ -31,7 +31,7 @@ from fineserve.profiles.measure.records import (
 )
 from fineserve.profiles.measure.stats import SPREAD_TARGET, median, rel_spread
 from fineserve.profiles.precision import Precision
-from fineserve.profiles.quality import screen
+from fineserve.profiles.quality import SPREAD_LIMIT, screen
 from fineserve.profiles.schema import LatencyPoint, ProfileTable, save_profile
 
 
@@ -134,8 +134,10 @@ class ResultStore:
         as implausibly slow, judged against every SM share of this profile (a spread over the
         limit is the noisy rule's to judge, and its turn-mates are not redone for it)."""
         latest = self.latest()
-        rejected = screen((to_latency_point(r) for done in latest.values()
-                           for r in done.values()), limit=float("inf")).rejected
+        points = (to_latency_point(r) for done in latest.values() for r in done.values())
+        # only points whose repeats agree can be the smaller share's reference
+        rejected = screen((p for p in points if p.rel_spread <= SPREAD_LIMIT),
+                          limit=float("inf")).rejected
         out: dict[EngineLabel, set[tuple[str, int, int]]] = {}
         for label, done in latest.items():
             gone = {(p.phase.value, p.batch, p.tokens) for p in rejected

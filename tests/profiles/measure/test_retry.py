@@ -41,11 +41,11 @@ def _record(latencies, attempt=1, clock=(1980, 1980), key=("prefill", 1, 512),
                        attempt=attempt)
 
 
-def test_a_point_is_retried_for_its_spread_or_a_clock_that_moved_once_only():
+def test_a_point_is_retried_for_its_spread_once_only():
     assert worker.retry_reason(_record(QUIET)) is None
     assert worker.retry_reason(_record(NOISY)) == "repeats spread 42.7% > 5%"
-    assert worker.retry_reason(_record(QUIET, clock=(1410, 1980))) == \
-        "SM clock moved 28.8% during it"
+    # the power-capped clock's swing alone is no reason (session 7: quiet points at 1725-1905)
+    assert worker.retry_reason(_record(QUIET, clock=(1410, 1980))) is None
     assert worker.retry_reason(_record(NOISY, attempt=2)) is None  # the retry stands
     no_nvml = PointRecord(LABEL, "decode", 8, 256, QUIET, DECODE_METHOD)
     assert worker.retry_reason(no_nvml) is None

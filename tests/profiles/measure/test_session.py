@@ -85,7 +85,7 @@ def test_point_costs_follow_the_method_run_counts():
     three = PointSpec("prefill", 4, 2048, repeats=5, samples=3)
     t1 = point_seconds(one, latency, shape, 100, blocker_tokens=8192, decode_tokens=128)
     t3 = point_seconds(three, latency, shape, 100, blocker_tokens=8192, decode_tokens=128)
-    assert t3 / t1 == pytest.approx(16 / 6)  # 1 untimed + 5 x 3 runs against 1 + 5
+    assert t3 / t1 == pytest.approx(18 / 8)  # 2 settling + 1 untimed + 5 x 3 runs vs 2 + 1 + 5
     slow = point_seconds(one, latency, shape, 30, blocker_tokens=8192, decode_tokens=128)
     assert slow > t1  # fewer SMs, longer steps
     dec = PointSpec("decode", 32, 1024, repeats=5)
