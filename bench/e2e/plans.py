@@ -26,7 +26,7 @@ from fineserve.planner.schema import (
     hand_plan,
 )
 from fineserve.profiles.latency import LatencyModel
-from fineserve.sim.stepscale import ScaledLatency
+from fineserve.sim.stepscale import EngineScaledLatency, ScaledLatency
 
 CONFIGS = ("a", "b", "c")
 
@@ -174,10 +174,24 @@ def on_gpu(plan: Plan, gpu: int) -> Plan:
     return replace(plan, instance=replace(plan.instance, cluster=cluster), engines=engines)
 
 
+def planning_latency(latency: LatencyModel, decode_scale: float, decode_s_per_seq: float,
+                     per_seq_by_size: bool = False,
+                     mps_factors: tuple[tuple[str, float], ...] = ()) -> LatencyModel:
+    """The calibrated MPS latency model, as ``predict.predict_one`` simulates it: decode
+    steps x ``decode_scale`` plus the per-sequence term (by engine size where the calibration
+    was fitted so), then each model's own factor. The planner plans on the model its plan is
+    judged by."""
+    scaled: LatencyModel = ScaledLatency(latency, decode_scale=decode_scale,
+                                         decode_s_per_seq=decode_s_per_seq,
+                                         per_seq_by_size=per_seq_by_size)
+    return EngineScaledLatency(scaled, mps_factors) if mps_factors else scaled
+
+
 def make_config_plan(bench: BenchSet, key: str, latency: LatencyModel,
                      time_limit_s: float = 20.0, decode_scale: float = 1.0,
                      decode_s_per_seq: float = 0.0,
-                     knobs: PlannerKnobs = PLANNER_DEFAULTS) -> Plan:
+                     knobs: PlannerKnobs = PLANNER_DEFAULTS, per_seq_by_size: bool = False,
+                     mps_factors: tuple[tuple[str, float], ...] = ()) -> Plan:
     """The plan of configuration ``key`` (a, b or c) for ``bench`` on one GPU, with the
     planner settings ``knobs`` (the planner's defaults unless given; the bench's results
     directories get ``KNOBS[key]``: run.py).
@@ -193,10 +207,10 @@ def make_config_plan(bench: BenchSet, key: str, latency: LatencyModel,
 
     if key not in CONFIGS:
         raise ValueError(f"unknown configuration {key!r}; use one of {', '.join(CONFIGS)}")
-    calibrated = decode_scale != 1.0 or decode_s_per_seq > 0
+    calibrated = decode_scale != 1.0 or decode_s_per_seq > 0 or bool(mps_factors)
     if calibrated:
-        latency = ScaledLatency(latency, decode_scale=decode_scale,
-                                decode_s_per_seq=decode_s_per_seq)
+        latency = planning_latency(latency, decode_scale, decode_s_per_seq, per_seq_by_size,
+                                   mps_factors)
     if key == "a":
         return static_split(instance(bench, KVMode.STATIC, knobs=knobs))
     if key == "b":
@@ -210,4 +224,5 @@ def make_config_plan(bench: BenchSet, key: str, latency: LatencyModel,
     note = f"{plan.report.note}; " if plan.report.note else ""
     return replace(plan, report=replace(plan.report, note=(
         f"{note}planned with decode steps x{decode_scale:g} + {decode_s_per_seq * 1e3:g} ms "
-        "per sequence at 100% SMs (calibrated)")))
+        f"per sequence at 100% SMs{' (by engine size)' if per_seq_by_size else ''}"
+        f"{', per-model factors' if mps_factors else ''} (calibrated)")))

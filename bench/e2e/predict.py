@@ -195,6 +195,16 @@ def calibrated_terms(res: ResultsDir, calibration: Path | None = None) -> tuple[
     return (1.0, 0.0) if cal is None else (cal.decode_scale, cal.decode_s_per_seq)
 
 
+def calibrated_mps_terms(res: ResultsDir, calibration: Path | None = None
+                         ) -> tuple[bool, tuple[tuple[str, float], ...]]:
+    """(per-sequence term by engine size, per-model MPS factors) of the calibration, which
+    the planner applies like the simulator (``plans.planning_latency``); (False, ()) without
+    one."""
+    cal = Calibration.load(calibration or res.calibration_path())
+    return (False, ()) if cal is None else (cal.per_seq_by_size,
+                                            tuple(sorted(cal.mps_factors.items())))
+
+
 def calibrated_sliced_terms(res: ResultsDir, calibration: Path | None = None
                             ) -> tuple[tuple[tuple[str, float], ...], float]:
     """(per-engine decode factors, the per-sequence term they were fitted with) of the

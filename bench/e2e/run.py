@@ -47,7 +47,7 @@ from bench.e2e.plans import (  # noqa: E402
     make_config_plan,
     on_gpu,
 )
-from bench.e2e.predict import calibrated_terms  # noqa: E402
+from bench.e2e.predict import calibrated_mps_terms, calibrated_terms  # noqa: E402
 from bench.e2e.results import Deployed, Measured, ResultsDir  # noqa: E402
 from bench.e2e.workload import (  # noqa: E402
     H100_SET,
@@ -117,9 +117,12 @@ def config_plan(res: ResultsDir, bench: BenchSet, cfg: str, cpu: bool,
         from fineserve.profiles.composite import default_latency_model
 
         scale, per_seq = plan_decode_terms(res, plan_latency)
+        by_size, factors = (calibrated_mps_terms(res) if plan_latency == "calibrated"
+                            else (False, ()))
         plan = make_config_plan(bench, cfg, default_latency_model(), decode_scale=scale,
                                 decode_s_per_seq=per_seq,
-                                knobs=KNOBS[cfg] if variant is None else variant.knobs)
+                                knobs=KNOBS[cfg] if variant is None else variant.knobs,
+                                per_seq_by_size=by_size, mps_factors=factors)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_plan(plan, path)
     return plan

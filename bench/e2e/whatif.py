@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from bench.e2e.predict import calibrated_terms, predict_one
+from bench.e2e.predict import calibrated_mps_terms, calibrated_terms, predict_one
 from bench.e2e.results import ResultsDir
 from fineserve.errors import FineserveError
 from fineserve.planner.planfile import load_plan
@@ -119,9 +119,11 @@ def main(argv: list[str] | None = None) -> None:
         res = ResultsDir(args.out)
         latency = default_latency_model()
         scale, per_seq = calibrated_terms(res)
+        by_size, factors = calibrated_mps_terms(res)
         plan = (make_config_plan(res.load_bench(), args.config, latency,
                                  decode_scale=scale, decode_s_per_seq=per_seq,
-                                 knobs=KNOBS[args.config])
+                                 knobs=KNOBS[args.config], per_seq_by_size=by_size,
+                                 mps_factors=factors)
                 if args.replan else load_plan(args.plan or res.plan_path(args.config)))
         plan = changed(plan, tuple(EngineChange.parse(s) for s in args.set),
                        time_sliced=CONFIG[args.config].no_mps)

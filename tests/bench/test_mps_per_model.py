@@ -174,3 +174,26 @@ def test_report_names_the_new_terms_and_counts_a_fit_on_two_directories(tmp_path
     text = " ".join(calibration_lines(res, []))
     assert "scaled by each engine's linear parameters" in text
     assert "llama-3.1-8b@fp8.kv-fp8 x1.3" in text
+
+
+def test_the_planner_plans_on_the_model_the_simulator_judges(tmp_path, plans, latency):
+    """``run.py --plan-latency calibrated`` and ``whatif --replan``: the calibration's size
+    scaling and per-model factors reach the planner's latency model, as in ``predict_one``."""
+    from bench.e2e.plans import planning_latency
+    from bench.e2e.predict import calibrated_mps_terms
+    from fineserve.profiles.schema import EngineKey
+
+    res = results_dir(tmp_path, SMALL, plans)
+    assert calibrated_mps_terms(res) == (False, ())  # no calibration: nothing applied
+    res.calibration_path().write_text(replace(BASE, mps_factors=dict(KNOWN)).to_json())
+    by_size, factors = calibrated_mps_terms(res)
+    assert by_size and factors == KNOWN
+    small = EngineKey("H100-SXM-80GB", "llama-3.2-3b", "bf16", "bf16", 1).shape()  # type: ignore[arg-type]
+    fp8 = EngineKey("H100-SXM-80GB", "llama-3.1-8b", "fp8", "fp8", 1).shape()  # type: ignore[arg-type]
+    flat = planning_latency(latency, 1.1, 3e-5)
+    sized = planning_latency(latency, 1.1, 3e-5, by_size)
+    full = planning_latency(latency, 1.1, 3e-5, by_size, factors)
+    step = lambda model, shape: model.decode_step(shape, 256, 512, 40).seconds  # noqa: E731
+    assert step(sized, small) < step(flat, small)  # a 3B pays less than an 8B's term
+    assert step(full, fp8) == pytest.approx(1.3 * step(sized, fp8))
+    assert step(full, small) == pytest.approx(0.8 * step(sized, small))

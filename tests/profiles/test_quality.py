@@ -84,6 +84,9 @@ def test_screen_partitions_and_kept_points_pass_both_rules(points, scale) -> Non
             if (p.phase, p.batch, p.tokens) == (q.phase, q.batch, q.tokens) and \
                     q.sm_pct < p.sm_pct:
                 assert p.latency_s <= q.latency_s * (1 + SLOWER_LIMIT) * (1 + 1e-9)
+    # no hole inside a grid: an (engine, phase, SM share) turn is kept or left out whole
+    turn = lambda p: (p.engine, p.phase, p.sm_pct)  # noqa: E731
+    assert not {turn(p) for p in kept} & {turn(p) for p in screened.rejected}
     # a change of unit changes nothing
     scaled = screen([_p(p.sm_pct, p.latency_s * 1e3 * scale, p.tokens, p.rel_spread,
                         p.phase.value, batch=p.batch) for p in points])
