@@ -91,7 +91,8 @@ class Variant:
 VARIANTS = {v.name: v for v in (
     Variant("oversub", "c", replace(KNOBS["c"], sm_oversubscription=1.35),
             "MPS shares summing to 135% of the SMs: engines that idle (edge-3b at x3) lend "
-            "theirs; the simulator models HBM contention only, not SM contention"),
+            "theirs; the simulator's SM contention (sim/smshare.py) is quasi-static, "
+            "uncalibrated"),
 )}
 
 

@@ -173,7 +173,7 @@ class _World:
             for g in e.gpus:
                 shares.setdefault(g, []).append(e.sm_pct)
         if opts.sharing == "mps" and opts.sm_contention and needed(shares):
-            self.sms = SmShare(shares)
+            self.sms = SmShare(shares.keys())
             for e in self.engines:
                 e.sms = self.sms
         self.tracer = ChromeTrace() if opts.chrome_trace else None
