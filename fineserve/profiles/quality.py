@@ -5,7 +5,8 @@ Two screens, each one rule:
 - **spread**: repeats that disagree wildly are not one quantity. The profiler aims for a 5%
   ``rel_spread`` ((max - min) / median); some prefill points of the 2026-11-26 H100 run at
   100% SMs had repeats from 0.6 to 14 ms for one 512-token prompt on Llama-3.1-8B, so their
-  median is wrong, not just noisy. Past ``SPREAD_LIMIT`` a point is left out.
+  median is wrong, not just noisy. Past ``SPREAD_LIMIT`` a point is left out (with its turn,
+  below).
 - **more SMs, not much slower**: a step at a larger SM share of the same engine is never much
   slower than the same step (phase, batch, tokens) at a smaller one; MPS only takes SMs
   away. Session 7's Llama-3.2-3B at SM 100 read 27-28 ms for 128, 512 and 2048-token prompts
@@ -90,39 +91,31 @@ def screen(points: ProfileTable | Iterable[LatencyPoint], limit: float = SPREAD_
     ``slower_limit``. A rejected point takes its whole (engine, phase, SM share) turn with it:
     the table interpolates between SM shares, not inside one share's grid."""
     table = points if isinstance(points, ProfileTable) else ProfileTable(points)
-    agreed = [p for p in table if p.rel_spread <= limit]
-    below = _fastest_below(agreed)
-    own: dict[LatencyPoint, str] = {}
-    worst: dict[tuple, LatencyPoint] = {}  # (engine, phase, SM share) -> its slowest cell
-    for p in agreed:
-        reason = _slower(p, below, slower_limit)
-        if reason is None:
-            continue
-        own[p] = reason
-        turn = (p.engine, p.phase, p.sm_pct)
-        if turn not in worst or _ratio(p, below) > _ratio(worst[turn], below):
-            worst[turn] = p
-    reasons: dict[LatencyPoint, str] = {}
+    below = _fastest_below(p for p in table if p.rel_spread <= limit)
+    own: dict[LatencyPoint, str] = {}  # a point's own reason to be left out
+    slowness: dict[LatencyPoint, float] = {}  # ... x its fastest cell below, where slow
     for p in table:
-        slow = worst.get((p.engine, p.phase, p.sm_pct))
         if p.rel_spread > limit:
-            reasons[p] = f"repeats spread {p.rel_spread:.0%} > {limit:.0%}"
-        elif slow is not None:
-            reasons[p] = own.get(p) or f"same turn as {slow.batch} x {slow.tokens}: {own[slow]}"
-    # a table needs every cell of a turn it keeps: a rejected point takes its turn with it
-    first = {(p.engine, p.phase, p.sm_pct): p for p in reversed(list(reasons))}
+            own[p] = f"repeats spread {p.rel_spread:.0%} > {limit:.0%}"
+        elif (reason := _slower(p, below, slower_limit)) is not None:
+            own[p] = reason
+            slowness[p] = p.latency_s / below[_cell(p)].latency_s
+    # the point a turn is left out for: its slowest, else its first noisy one
+    named: dict[tuple, LatencyPoint] = {}
+    for p in own:
+        q = named.get(_turn(p))
+        if q is None or slowness.get(p, 0.0) > slowness.get(q, 0.0):
+            named[_turn(p)] = p
     kept, rejected, why = [], [], []
     for p in table:
-        turn = first.get((p.engine, p.phase, p.sm_pct))
-        reason = reasons.get(p) or (turn and f"same turn as {turn.batch} x {turn.tokens}: "
-                                            f"{reasons[turn]}")
-        if reason:
-            rejected.append(p)
-            why.append(reason)
-        else:
+        rep = named.get(_turn(p))
+        if rep is None:
             kept.append(p)
+            continue
+        rejected.append(p)
+        why.append(own.get(p) or f"same turn as {rep.batch} x {rep.tokens}: {own[rep]}")
     return Screened(ProfileTable(kept), tuple(rejected), tuple(why))
 
 
-def _ratio(p: LatencyPoint, fastest_below: dict[tuple, LatencyPoint]) -> float:
-    return p.latency_s / fastest_below[_cell(p)].latency_s
+def _turn(p: LatencyPoint) -> tuple:
+    return (p.engine, p.phase, p.sm_pct)
