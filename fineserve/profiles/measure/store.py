@@ -98,17 +98,19 @@ class ResultStore:
         not today's: the new record's method then leaves the extra out (the first grid's
         4 x 512 beside a 1 x 2048 cell)."""
         current = current or {}
-        latest = self.latest().get(label, {})
+        points = self.points()  # the JSONL read once for every check below
+        every = _latest(points)
+        latest = every.get(label, {})
         if not redo_noisy:
             return {k for k, p in latest.items() if p.superseded is None}
         runs: Counter[tuple[str, int, int]] = Counter()  # today's method: all runs
         noisy_runs: Counter[tuple[str, int, int]] = Counter()  # ... over the spread target
-        for p in self.points():
+        for p in points:
             if p.label == label and same_method(current.get(p.key, ""), p.method):
                 runs[p.key] += 1
                 noisy_runs[p.key] += rel_spread(p.latencies) > SPREAD_TARGET
         noisy_cells = _cells_with_noisy_extras(latest, current)
-        implausible = self.screened_out().get(label, set())
+        implausible = _screened_out(every).get(label, set())
 
         def again(p: PointRecord) -> bool:
             if p.key in noisy_cells:
@@ -124,27 +126,12 @@ class ResultStore:
 
     def latest(self) -> dict[EngineLabel, dict[tuple[str, int, int], PointRecord]]:
         """The record that stands for each point of each engine: the latest valid one."""
-        by_label: dict[EngineLabel, dict[tuple[str, int, int], PointRecord]] = {}
-        for record in self.points():
-            by_label.setdefault(record.label, {})[record.key] = record
-        return by_label
+        return _latest(self.points())
 
     def screened_out(self) -> dict[EngineLabel, set[tuple[str, int, int]]]:
         """Keys of the latest points that ``quality.screen`` leaves out of the latency model
-        as implausibly slow, judged against every SM share of this profile (a spread over the
-        limit is the noisy rule's to judge, and its turn-mates are not redone for it)."""
-        latest = self.latest()
-        points = (to_latency_point(r) for done in latest.values() for r in done.values())
-        # only points whose repeats agree can be the smaller share's reference
-        rejected = screen((p for p in points if p.rel_spread <= SPREAD_LIMIT),
-                          limit=float("inf")).rejected
-        out: dict[EngineLabel, set[tuple[str, int, int]]] = {}
-        for label, done in latest.items():
-            gone = {(p.phase.value, p.batch, p.tokens) for p in rejected
-                    if p.sm_pct == label.sm_pct and p.tp == label.tp}
-            if gone & done.keys():
-                out[label] = gone & done.keys()
-        return out
+        as implausibly slow (``_screened_out``)."""
+        return _screened_out(self.latest())
 
     def start_times(self) -> list[float]:
         return [e.start_s for e in self.engines() if e.error is None]
@@ -202,6 +189,31 @@ class ResultStore:
             "engines": [asdict(e) for e in engines],
         }
         self.meta.write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+
+
+def _latest(points: Iterable[PointRecord],
+            ) -> dict[EngineLabel, dict[tuple[str, int, int], PointRecord]]:  # fmt: skip
+    by_label: dict[EngineLabel, dict[tuple[str, int, int], PointRecord]] = {}
+    for record in points:
+        by_label.setdefault(record.label, {})[record.key] = record
+    return by_label
+
+
+def _screened_out(latest: dict[EngineLabel, dict[tuple[str, int, int], PointRecord]],
+                  ) -> dict[EngineLabel, set[tuple[str, int, int]]]:  # fmt: skip
+    """Judged against every SM share of the profile; a spread over the limit is the noisy
+    rule's to judge (its turn-mates are not redone for it), and only points whose repeats
+    agree can be the smaller share's reference."""
+    points = (to_latency_point(r) for done in latest.values() for r in done.values())
+    rejected = screen((p for p in points if p.rel_spread <= SPREAD_LIMIT),
+                      limit=float("inf")).rejected
+    out: dict[EngineLabel, set[tuple[str, int, int]]] = {}
+    for label, done in latest.items():
+        gone = {(p.phase.value, p.batch, p.tokens) for p in rejected
+                if p.sm_pct == label.sm_pct and p.tp == label.tp}
+        if gone & done.keys():
+            out[label] = gone & done.keys()
+    return out
 
 
 def attempt_runs(records: Iterable[PointRecord]) -> list[tuple[PointRecord, ...]]:
