@@ -84,7 +84,6 @@ class EngineSim:
     pool: Any = None  # SlabPools when KV is pooled
     hbm: Any = None  # HbmShare when interference is modelled
     sms: Any = None  # SmShare when the plan oversubscribes SMs under MPS (smshare.py)
-    _sm_now: float = 0.0  # the share the step in flight registered with ``sms``
     tracer: Any = None  # ChromeTrace when a trace is written
     first_tokens: list | None = None  # filled per step when a local scheduler listens
     weight_bytes: float = 0.0  # per rank, read once per step (interference)
@@ -211,8 +210,7 @@ class EngineSim:
         tokens = sum(t for _, t in chunks)
         sm = None
         if self.sms is not None:
-            eff = self.sms.begin(self.gpus, self.sm_pct)
-            self._sm_now = self.sm_pct
+            eff = self.sms.begin(self.gpus, self.sm_pct)  # every step, ended in finish_step
             sm = None if eff >= self.sm_pct else eff
         d = (self._decode_s(self.decoding, self.ctx_sum / self.decoding, sm) if self.decoding
              else 0.0)
@@ -237,9 +235,8 @@ class EngineSim:
         if self._demand is not None:
             self.hbm.end(self.gpus, self._demand)
             self._demand = None
-        if self._sm_now:
-            self.sms.end(self.gpus, self._sm_now)
-            self._sm_now = 0.0
+        if self.sms is not None:
+            self.sms.end(self.gpus, self.sm_pct)
         done: list[SimRequest] = []
         # every decoding sequence produced a token
         self.ctx_sum += self.decoding
