@@ -29,7 +29,7 @@ import json
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from bench.e2e.plans import CONFIG, CONFIGS, as_deployed
+from bench.e2e.plans import CONFIG, CONFIGS, as_deployed, planning_latency
 from bench.e2e.results import Calibration, Deployed, ResultsDir
 from bench.e2e.workload import make_trace, trace_digest
 from fineserve.metrics.kv import kv_summary
@@ -41,7 +41,7 @@ from fineserve.runtime.gateway.config import SchedulerSection
 from fineserve.scheduler import SchedulerConfig
 from fineserve.sim.cluster import SimOptions, simulate
 from fineserve.sim.interference import InterferenceParams
-from fineserve.sim.stepscale import EngineScaledLatency, ScaledLatency
+from fineserve.sim.stepscale import EngineScaledLatency
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TIMEOUT_S = 30.0  # run.py --request-timeout
@@ -145,12 +145,9 @@ def predict_one(res: ResultsDir, cfg: str, scale: float, latency: LatencyModel,
     asked, asked_per_seq = decode_scale, decode_s_per_seq
     if sliced or dep.cpu:
         decode_scale, decode_s_per_seq = 1.0, 0.0
-    if decode_scale != 1.0 or decode_s_per_seq:
-        latency = ScaledLatency(latency, decode_scale=decode_scale,
-                                decode_s_per_seq=decode_s_per_seq,
-                                per_seq_by_size=per_seq_by_size)
-    if mps_factors:
-        latency = EngineScaledLatency(latency, mps_factors)
+    if decode_scale != 1.0 or decode_s_per_seq or mps_factors:  # as the planner plans
+        latency = planning_latency(latency, decode_scale, decode_s_per_seq, per_seq_by_size,
+                                   mps_factors)
     factors: tuple[tuple[str, float], ...] = ()
     per_seq_sliced = 0.0
     if sliced:
