@@ -25,20 +25,26 @@ beyond batch 60 (r3, (b) and (c) at x3.5: 24 ms TPOT against 11).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 from fineserve.errors import SpecError
+from fineserve.profiles.catalog import resolve_arch
 from fineserve.profiles.latency import EngineShape, Latency, LatencyModel
 
-# Llama-3.1-8B's linear parameters: the model the per-sequence term is expressed for
-REFERENCE_LINEAR_PARAMS = 6_979_321_856
+REFERENCE_MODEL = "llama-3.1-8b"  # the model the per-sequence term is expressed for
+
+
+@functools.cache
+def _reference_linear_params() -> int:
+    return resolve_arch(REFERENCE_MODEL).linear_params
 
 
 def size_weight(engine: EngineShape) -> float:
     """An engine's per-sequence decode work relative to Llama-3.1-8B on one GPU: its linear
     parameters per TP rank over the 8B's."""
-    return engine.model.arch.linear_params / engine.tp / REFERENCE_LINEAR_PARAMS
+    return engine.model.arch.linear_params / engine.tp / _reference_linear_params()
 
 
 def per_seq_s(per_seq: float, by_size: bool, engine: EngineShape, batch: int,
