@@ -154,7 +154,7 @@ def _runs(
     if point.phase == DECODE and job.decode_window_s > 0:
         tokens = min(MIN_DECODE_TOKENS, job.decode_tokens)
     if point.phase == PREFILL and timed:  # step-ev/2 (records.PREFILL_METHOD)
-        _settle(llm, prompts, point, blocker, lead, timed)
+        _settle(llm, prompts, point, blocker, lead)
     for i in range(point.repeats * samples + 1):
         if point.phase == PREFILL:
             t = eng.prefill(llm, prompts, point.batch, point.tokens, blocker, lead.seconds,
@@ -201,14 +201,14 @@ SETTLE_TOLERANCE = 0.05
 
 
 def _settle(llm: Any, prompts: eng.Prompts, point: PointSpec, blocker: int,
-            lead: LeadReference, timed: bool) -> None:  # fmt: skip
+            lead: LeadReference) -> None:  # fmt: skip
     """Untimed prefill runs of the point's shape until two in a row agree within 5% (at most
     ``SETTLE_RUNS``): after the previous point the GPU's clock and the host's caches take a
     few runs to settle (session 7: the 3B's 4 ms step at SM 100 read 10 ms for its first
     two or three runs), and a short step has no later runs to outvote them."""
     last = None
     for _ in range(SETTLE_RUNS):
-        t = eng.prefill(llm, prompts, point.batch, point.tokens, blocker, lead.seconds, timed)
+        t = eng.prefill(llm, prompts, point.batch, point.tokens, blocker, lead.seconds, True)
         if last is not None and abs(t.seconds - last) <= SETTLE_TOLERANCE * last:
             return
         last = t.seconds
