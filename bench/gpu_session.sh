@@ -5,6 +5,7 @@
 #                                                 profile (all GPUs of the host) e2e:CFGS
 #                                                 e2e-quick:CFGS e2e-lanes:SPEC (2-GPU host)
 #                                                 multigpu multigpu-quick (2-GPU host)
+#                                                 prefill-probe (PROBE_MODEL, PROBE_SM)
 #   (e2e:a runs configuration (a) of bench/e2e/run.py; CFGS is a comma list of a, b, c;
 #   e2e-lanes:"a@0;c@1" runs (a) on GPU 0 beside (c) on GPU 1, bench/e2e/lanes.py; it
 #   writes e2e-lanes.log, e2e-lanes.tgz (merged results), e2e-lanes-logs.tgz (lane, engine
@@ -95,6 +96,20 @@ for s in "$@"; do
       $PY bench/profile_h100.py --reference-set --out /tmp/fs-prof --merge-shards \
            >> "$OUT/profile.log" 2>&1
       tar czf "$OUT/h100-profile.tgz" -C /tmp/fs-prof . ;;
+    prefill-probe)
+      # issue 5: one (model, SM share) prefill turn on PROBE_STARTS fresh engines, then once
+      # with enforce_eager, each log saying the CUDA-graph mode of every timed step (session
+      # 7: the 3B's SM-100 turn was bimodal across engine starts)
+      model=${PROBE_MODEL:-llama-3.2-3b}; sm=${PROBE_SM:-100}; rm -rf /tmp/fs-probe
+      for k in $(seq 1 "${PROBE_STARTS:-3}") eager; do
+        flag=""; [ "$k" = eager ] && flag="--eager"
+        step "probe-$k" "${PROBE_LIMIT:-150}" $PY bench/profile_h100.py --model "$model" \
+             --precisions bf16 --sm "$sm" --decode-batches 1 --decode-contexts 256 \
+             --no-redo-noisy $flag --out "/tmp/fs-probe/$k"
+        grep -h "CUDA-graph modes\|timed on the device" -r "/tmp/fs-probe/$k" "$OUT/probe-$k.log" \
+             2>/dev/null | sort | uniq -c | head -12
+      done
+      tar czf "$OUT/prefill-probe.tgz" -C /tmp fs-probe ;;
     e2e:*|e2e-quick:*)
       # bench/e2e: one deployment per configuration, resumed from the committed results
       # (bench/e2e/results travels with the tree); only this run's new files come back

@@ -217,6 +217,16 @@ def probe_device_timing(llm: Any, prompts: Prompts, blocker: int, tokens: int,
     return why
 
 
+def graph_modes(llm: Any) -> dict[str, int]:
+    """The timed steps' CUDA-graph modes since the timer went on (``steptimer.modes``);
+    empty where the timer cannot answer."""
+    try:
+        answers = llm.collective_rpc(steptimer.modes)
+    except Exception:  # noqa: BLE001 - a diagnostic only: never fails a point
+        return {}
+    return dict(answers[0]) if answers else {}
+
+
 def device_steps(llm: Any) -> list[tuple[int, float]]:
     """(scheduled tokens, device seconds) of the steps since the last call."""
     answers = llm.collective_rpc(steptimer.take)

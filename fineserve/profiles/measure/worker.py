@@ -138,6 +138,9 @@ def _measure(
         return _runs(llm, prompts, job, point, floor, lead, timed, probe)
     finally:
         if timed:
+            modes = ", ".join(f"{k} x{n}" for k, n in sorted(eng.graph_modes(llm).items()))
+            print(f"{job.label} prefill {point.batch} x {point.tokens}: CUDA-graph modes "
+                  f"{modes or '?'}", file=sys.stderr, flush=True)
             eng.time_steps(llm, False)
 
 

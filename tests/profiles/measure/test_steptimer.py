@@ -120,3 +120,49 @@ def test_a_timer_that_cannot_install_says_why_in_the_probe_reason():
     assert not eng.time_steps(Broken())
     why = eng.probe_device_timing(TwoWorkers(), None, 512, 128)  # type: ignore[arg-type]
     assert why is not None and "2 worker processes" in why
+
+
+def test_each_timed_step_records_the_cuda_graph_mode_vllm_dispatched():
+    """A prefill step without its graph is host-bound (flat in tokens): the timer keeps the
+    dispatcher's choice per step so the log can say which steps ran without one."""
+
+    class Mode:
+        def __init__(self, name):
+            self.name = name
+
+    class Descriptor:
+        def __init__(self, n):
+            self.num_tokens = n
+
+    class Dispatcher:
+        def dispatch(self, num_tokens, uniform_decode=False):
+            mode = "PIECEWISE" if num_tokens <= 512 else "NONE"
+            return Mode(mode), Descriptor(num_tokens)
+
+    class GraphRunner(SplitRunner):
+        def __init__(self):
+            super().__init__()
+            self.cudagraph_dispatcher = Dispatcher()
+
+        def execute_model(self, scheduler_output, intermediate_tensors=None):
+            self.cudagraph_dispatcher.dispatch(scheduler_output.total_num_scheduled_tokens)
+            return super().execute_model(scheduler_output, intermediate_tensors)
+
+    runner = GraphRunner()
+    steptimer.attach(runner, cuda=False)
+    worker = Worker(runner)
+    runner.execute_model(Output(128))  # off: not counted
+    assert steptimer.modes(worker) == {}
+    steptimer.enable(worker, True)
+    for tokens in (2048, 128, 2048, 128):
+        runner.execute_model(Output(tokens))
+        runner.sample_tokens(None)
+    assert steptimer.modes(worker) == {"2048:NONE@2048": 2, "128:PIECEWISE@128": 2}
+    steptimer.enable(worker, True)  # switching on again starts a new count
+    assert steptimer.modes(worker) == {}
+    plain = SplitRunner()  # no dispatcher: the mode is unknown, the step still timed
+    steptimer.attach(plain, cuda=False)
+    steptimer.enable(Worker(plain), True)
+    plain.execute_model(Output(64))
+    plain.sample_tokens(None)
+    assert steptimer.modes(Worker(plain)) == {"64:?": 1}
