@@ -80,14 +80,18 @@ def choose_bench(args: argparse.Namespace) -> BenchSet:
     bench = quick_set(H100_SET) if args.quick else H100_SET
     if args.only_scales:
         bench = replace(bench, rate_scales=args.only_scales)
+    if args.seed is not None:
+        bench = replace(bench, seed=args.seed)
     return bench
 
 
-def check_bench(res: ResultsDir, bench: BenchSet) -> BenchSet:
+def check_bench(res: ResultsDir, bench: BenchSet, seed: int | None = None) -> BenchSet:
     """Results in one directory must come from one workload (or resuming mixes them); the
     sweep is the union of the saved and the requested rates."""
     if res.bench_path().is_file():
         saved = res.load_bench()
+        if seed is None:  # a directory made with --seed keeps its trace: lanes pass none
+            bench = replace(bench, seed=saved.seed)
         if saved.workload_key() != bench.workload_key():
             raise SystemExit(f"{res.bench_path()}: made with a different workload "
                              "(--quick / --cpu-smoke / edited set); use another --out")
@@ -294,6 +298,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--kv-pool-fallback", action=argparse.BooleanOptionalAction, default=True,
                     help="if (c) does not start with the KV Slab pool, redeploy it with static "
                          "KV in the same call (the result files record which ran)")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="trace seed of a new results directory (default 0; an existing "
+                         "directory keeps its own)")
     ap.add_argument("--plan-only", action="store_true", help="write bench.json and plans only")
     ap.add_argument("--variant", default="", choices=("", *VARIANTS),
                     help="with --plan-only: plan this variant (bench/e2e/plans.VARIANTS) into "
@@ -335,7 +342,7 @@ def main(argv: list[str] | None = None) -> None:
     budget = Budget(args.budget_s)
     res = ResultsDir(args.out)
     bench = choose_bench(args)
-    bench = check_bench(res, bench)
+    bench = check_bench(res, bench, args.seed)
     configs = tuple(args.configs.split(","))
     if args.plan_only:
         variant = VARIANTS[args.variant] if args.variant else None

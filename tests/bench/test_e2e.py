@@ -339,6 +339,19 @@ def test_results_directory_keeps_one_workload_and_gains_rates(tmp_path):
         e2e_run.check_bench(res, replace(SMALL, cv=3.0))
 
 
+def test_a_directory_made_with_another_seed_keeps_its_trace(tmp_path):
+    """results-r5 was made with --seed 1; its lanes run run.py without --seed and must
+    replay seed 1's trace, while asking for another seed there is refused."""
+    res = ResultsDir(tmp_path / "res")
+    res.save_bench(replace(SMALL, seed=1))
+    assert e2e_run.check_bench(res, SMALL).seed == 1
+    assert res.load_bench().seed == 1
+    with pytest.raises(SystemExit, match="different workload"):
+        e2e_run.check_bench(res, replace(SMALL, seed=2), seed=2)
+    args = e2e_run.parse_args(["--seed", "3", "--plan-only"])
+    assert e2e_run.choose_bench(args).seed == 3
+
+
 def test_bad_config_and_rates_are_one_line_errors(capsys):
     with pytest.raises(SystemExit):
         e2e_run.parse_args(["--configs", "a,x"])
