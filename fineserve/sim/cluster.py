@@ -35,6 +35,7 @@ from fineserve.sim.engine import EngineSim, SimRequest
 from fineserve.sim.interference import HbmShare, InterferenceParams
 from fineserve.sim.kvpool import KvSample, PoolParams, SlabPools, StaticKv
 from fineserve.sim.smshare import SmShare, needed
+from fineserve.sim.stepscale import profiled
 from fineserve.sim.timeslice import TimeSliceShare
 from fineserve.workload.trace import Trace
 
@@ -48,6 +49,8 @@ class SimOptions:
     kv: str = "plan"  # "plan" (the plan's kv_mode) | "static" | "pooled"
     pool: PoolParams = field(default_factory=PoolParams)
     interference: InterferenceParams | None = None  # None: co-located engines do not interact
+    # HBM demand over the profiled step (the fit's definition) rather than the calibrated one
+    demand_from_profile: bool = False
     sharing: str = "mps"  # "mps" (SM shares) | "time-sliced" (--no-mps: engines take turns)
     scheduler: SchedulerConfig | None = None  # None: every request goes straight to its engine
     tick_s: float = 0.5  # local-scheduler state and expiry; KV policy uses pool.interval_s
@@ -165,8 +168,11 @@ class _World:
             used = {g for e in self.engines for g in e.gpus}
             self.hbm = HbmShare({g: plan.cluster.gpus[g].spec.hbm_bytes_per_s for g in used},
                                 opts.interference)
+            alone = profiled(latency) if opts.demand_from_profile else None
             for e in self.engines:
                 e.hbm = self.hbm
+                if alone is not None and alone is not latency:
+                    e.demand_latency = alone
         self.sms: SmShare | None = None
         shares: dict[int, list[float]] = {}
         for e in self.engines:

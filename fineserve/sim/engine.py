@@ -88,6 +88,10 @@ class EngineSim:
     first_tokens: list | None = None  # filled per step when a local scheduler listens
     weight_bytes: float = 0.0  # per rank, read once per step (interference)
     kv_token_bytes: float = 0.0  # per rank (interference)
+    # the latency model whose step is the step alone (the profile, no calibration): HBM
+    # demand is bytes over that time, as the interference fit defines it (None: the step's)
+    demand_latency: Any = None
+    _acache: dict = field(default_factory=dict)
     _debt: float = 0.0  # on-demand KV growth latency owed by the next step
     _demand: float | None = None  # HBM demand of the step in flight
     # vllm:num_requests_waiting as exported: what the last step left unscheduled. vLLM adds
@@ -117,6 +121,22 @@ class EngineSim:
             t = self.latency.prefill(self.shape, max(1, -b << 4),
                                      self.sm_pct if sm is None else sm).seconds
             self._cache[key] = t
+        return t
+
+    def _alone_s(self, tokens: int, sm: float | None) -> float:
+        """The step as ``demand_latency`` (the profile) times it: the engine alone on its GPU,
+        before any calibration for co-location (memoised like ``_decode_s``)."""
+        share = self.sm_pct if sm is None else sm
+        key = (self.decoding, int(self.ctx_sum / max(self.decoding, 1)) >> 5,
+               (tokens + 15) >> 4, share)
+        t = self._acache.get(key)
+        if t is None:
+            lat = self.demand_latency
+            t = (lat.decode_step(self.shape, self.decoding, max(1.0, float(key[1] << 5)),
+                                 share).seconds if self.decoding else 0.0)
+            if tokens:
+                t += lat.prefill(self.shape, max(1, key[2] << 4), share).seconds
+            self._acache[key] = t
         return t
 
     def check_integrity(self) -> None:
@@ -220,8 +240,10 @@ class EngineSim:
             self._debt = 0.0
         if self.hbm is not None and duration > 0:
             moved = self.weight_bytes + (self.ctx_sum + tokens) * self.kv_token_bytes
+            alone = (self._alone_s(tokens, sm) if self.demand_latency is not None
+                     else duration)
             duration, self._demand = self.hbm.begin(self.gpus, duration, moved,
-                                                    self.decoding > 0)
+                                                    self.decoding > 0, alone)
         if self.tracer is not None:
             self.tracer.step(self, now, duration, self.decoding, tokens)
         self._pending = tuple(chunks)

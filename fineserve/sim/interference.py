@@ -112,11 +112,14 @@ class HbmShare:
         self.demand = dict.fromkeys(peak_bytes_per_s, 0.0)
         self.active = dict.fromkeys(peak_bytes_per_s, 0)
 
-    def begin(self, gpus: tuple[int, ...], seconds: float, step_bytes: float, decoding: bool
-              ) -> tuple[float, float]:
-        """Register a step that takes ``seconds`` alone; returns (stretched seconds, demand
-        in bytes/s, to hand back to ``end``)."""
-        own = step_bytes / seconds if seconds > 0 else 0.0
+    def begin(self, gpus: tuple[int, ...], seconds: float, step_bytes: float, decoding: bool,
+              alone_s: float | None = None) -> tuple[float, float]:
+        """Register a step that takes ``seconds`` before interference; returns (stretched
+        seconds, demand in bytes/s, to hand back to ``end``). The demand is ``step_bytes``
+        over ``alone_s``, the step's time alone as profiled (the fit's definition of demand;
+        None: ``seconds``)."""
+        t = seconds if alone_s is None or alone_s <= 0 else alone_s
+        own = step_bytes / t if t > 0 else 0.0
         fit = self.params.decode if decoding else self.params.prefill
         factor = 1.0
         for g in gpus:

@@ -55,6 +55,14 @@ def per_seq_s(per_seq: float, by_size: bool, engine: EngineShape, batch: int,
     return per_seq * w * batch * 100.0 / max(sm_pct, 1e-9)
 
 
+def profiled(latency: LatencyModel) -> LatencyModel:
+    """``latency`` without the calibration wrappers of this module: the profile's step, an
+    engine alone on its GPU (what the HBM interference fit measures demand against)."""
+    while isinstance(latency, (ScaledLatency, EngineScaledLatency)):
+        latency = latency.inner
+    return latency
+
+
 @dataclass(frozen=True, slots=True)
 class ScaledLatency:
     """``inner`` with every decode step x ``decode_scale`` plus ``decode_s_per_seq`` per

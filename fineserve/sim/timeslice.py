@@ -18,8 +18,8 @@ class TimeSliceShare:
     def __init__(self, gpus: Iterable[int]) -> None:
         self.active = dict.fromkeys(gpus, 0)
 
-    def begin(self, gpus: tuple[int, ...], seconds: float, step_bytes: float, decoding: bool
-              ) -> tuple[float, float]:
+    def begin(self, gpus: tuple[int, ...], seconds: float, step_bytes: float, decoding: bool,
+              alone_s: float | None = None) -> tuple[float, float]:
         """Register a step that takes ``seconds`` alone; returns (stretched seconds, the
         token to hand back to ``end``)."""
         others = max(self.active[g] for g in gpus)
