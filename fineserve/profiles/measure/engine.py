@@ -80,6 +80,8 @@ def start_engine(args: EngineArgs, device: str) -> Any:
         kwargs["kv_cache_dtype"] = args.kv_cache_dtype
     if args.dtype != "auto":
         kwargs["dtype"] = args.dtype
+    if args.max_cudagraph_capture_size and not args.enforce_eager:
+        kwargs["max_cudagraph_capture_size"] = args.max_cudagraph_capture_size
     return LLM(**kwargs)
 
 

@@ -39,6 +39,7 @@ from fineserve.profiles.measure.interference_fit import (
 from fineserve.profiles.measure.modeldir import vllm_dtype, vllm_quantization, write_model_dir
 from fineserve.profiles.measure.procs import kill_group, worker_env
 from fineserve.profiles.measure.records import (
+    GRAPH_CAPTURE_TOKENS,
     EngineArgs,
     EngineLabel,
     InterferenceJob,
@@ -103,6 +104,7 @@ def _engine_args(member: Member, load: LoadSpec, root: Path) -> EngineArgs:
         max_num_batched_tokens=max(2048, load.probe_tokens + load.batch),
         kv_cache_memory_bytes=kv, gpu_memory_utilization=round(min(0.9, need / (80 * GIB)), 3),
         enforce_eager=False, vocab_size=spec.arch.vocab_size,
+        max_cudagraph_capture_size=GRAPH_CAPTURE_TOKENS,  # probes' prefill as deployed
     )  # fmt: skip
 
 

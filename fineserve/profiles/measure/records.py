@@ -52,17 +52,37 @@ SUPERSEDED_METHODS: dict[tuple[str, str], str] = {
 # measurements of some weight format wrong; records carry the revision that took them (1 for
 # records from before the field existed). Points of a listed format taken below its revision
 # are stale, like a stale method, and their engine records no longer size anything.
-ENGINE_REV = 2
+ENGINE_REV = 3
 STALE_ENGINE_REVS: dict[str, tuple[int, str]] = {
     "int4-gptq": (2, "the dummy GPTQ model was built unquantized (fp16 linear layers: vLLM "
                      "found no quantized modules without safetensors files)"),
 }
+
+# The largest step vLLM runs as a CUDA graph in a deployment: it captures up to
+# min(2 x max_num_seqs, 512) tokens, so an engine with a batch cap >= 256 (what plans give) runs
+# prefill steps of <= 512 tokens as piecewise graphs. Profiling engines capture up to this size
+# too (``EngineArgs.max_cudagraph_capture_size``); before engine revision 3 they took vLLM's
+# default for their small max_num_seqs (2 x 32 = 64 tokens on the reference grid), so those
+# prefill points ran without a graph, host-bound: the 3B's SM-100 steps read ~20 ms at 128 and
+# 512 tokens, flat (session 8, ``bench/gpu_session.sh prefill-probe``).
+GRAPH_CAPTURE_TOKENS = 512
+GRAPH_REV = 3
+GRAPH_STALE = ("prefill of <= 512 tokens taken without a CUDA graph (the engine captured "
+               "graphs only up to 2 x max_num_seqs tokens; deployed engines capture 512)")
 
 
 def stale_engine(weights: str, engine_rev: int) -> str | None:
     """Why an engine of ``weights`` built at ``engine_rev`` measured the wrong model."""
     below, why = STALE_ENGINE_REVS.get(weights, (0, ""))
     return why if engine_rev < below else None
+
+
+def stale_graphs(phase: str, batch: int, tokens: int, engine_rev: int) -> str | None:
+    """Why a prefill point taken at ``engine_rev`` does not show the deployed step: one that
+    a deployed engine runs as a CUDA graph but the profiling engine ran without."""
+    if phase == PREFILL and engine_rev < GRAPH_REV and batch * tokens <= GRAPH_CAPTURE_TOKENS:
+        return GRAPH_STALE
+    return None
 
 
 def method_name(base: str, phase: str, samples: int, decode_tokens: int) -> str:
@@ -135,6 +155,8 @@ class EngineArgs:
     vocab_size: int  # prompts are random token ids below it
     seed: int = 0
     dtype: str = "auto"  # vLLM's ``dtype`` (modeldir.vllm_dtype); "auto": the config's
+    # tokens of the largest CUDA graph (GRAPH_CAPTURE_TOKENS on a GPU); None: vLLM's default
+    max_cudagraph_capture_size: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,7 +290,8 @@ class PointRecord:
     def stale(self) -> str | None:
         """Why the method or engine that took this record is known wrong; None if neither."""
         return (STALE_METHODS.get((self.phase, self.method))
-                or stale_engine(self.label.weights, self.engine_rev))
+                or stale_engine(self.label.weights, self.engine_rev)
+                or stale_graphs(self.phase, self.batch, self.tokens, self.engine_rev))
 
     @property
     def superseded(self) -> str | None:

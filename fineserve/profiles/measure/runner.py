@@ -28,6 +28,7 @@ from fineserve.profiles.measure.grid import GIB, GridSpec, sizing
 from fineserve.profiles.measure.modeldir import vllm_dtype, vllm_quantization, write_model_dir
 from fineserve.profiles.measure.procs import engine_python, kill_group, run_worker, worker_env
 from fineserve.profiles.measure.records import (
+    GRAPH_CAPTURE_TOKENS,
     EngineArgs,
     EngineLabel,
     PointSpec,
@@ -176,6 +177,8 @@ def plan_engines(request: ProfileRequest, gpu: str, model_root: Path) -> list[En
                 gpu_memory_utilization=round(min(0.92, max(0.05, need / gpu_mem)), 3),
                 enforce_eager=request.enforce_eager or request.cpu,
                 vocab_size=arch.vocab_size,
+                # prefill steps up to 512 tokens as graphs, as deployed (records.py)
+                max_cudagraph_capture_size=None if request.cpu else GRAPH_CAPTURE_TOKENS,
             )  # fmt: skip
             for sm in sorted(sm_pcts, reverse=True):
                 label = EngineLabel(gpu, arch.name, precision.weights.value,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fineserve.profiles.measure.records import (
+    ENGINE_REV,
     PREFILL_METHOD,
     EngineArgs,
     EngineLabel,
@@ -77,13 +78,59 @@ def test_records_keep_the_prefill_cross_check(tmp_path):
 def test_gptq_points_of_the_unquantized_engine_are_stale_others_are_not():
     gptq = EngineLabel("H100-SXM-80GB", "llama-3.1-8b", "int4-gptq", "bf16", 1, 100.0)
     old = PointRecord(gptq, "decode", 1, 256, (0.0067,), "window-ts/2 n128")
-    line = dumps(old).replace('"engine_rev": 2, ', "")  # as written before the field existed
+    drop = f'"engine_rev": {ENGINE_REV}, '
+    line = dumps(old).replace(drop, "")  # as written before the field existed
     assert '"engine_rev"' not in line
     loaded = loads(line)
     assert loaded.engine_rev == 1 and loaded.stale and not loaded.valid
     assert old.valid  # a point taken now carries the current revision
     bf16 = loads(dumps(PointRecord(LABEL, "decode", 1, 256, (0.007,), "window-ts/2 n128"))
-                 .replace('"engine_rev": 2, ', ""))
+                 .replace(drop, ""))
     assert bf16.valid
-    engine = loads(dumps(EngineRecord(gptq, 50.0, True)).replace('"engine_rev": 2, ', ""))
+    engine = loads(dumps(EngineRecord(gptq, 50.0, True)).replace(drop, ""))
     assert engine.stale and EngineRecord(gptq, 50.0, True).stale is None
+
+
+def test_prefill_points_a_deployed_engine_runs_as_a_graph_are_stale_before_revision_3():
+    """Engines before revision 3 captured CUDA graphs only up to 2 x max_num_seqs tokens
+    (64 on the reference grid): their prefill points of <= 512 tokens ran without a graph,
+    unlike a deployed engine's. Such points are measured again; longer prefills and decode
+    points are not affected."""
+    from fineserve.profiles.measure.records import GRAPH_CAPTURE_TOKENS, GRAPH_STALE
+
+    def point(phase, batch, tokens, rev):
+        return PointRecord(LABEL, phase, batch, tokens, (0.02,), PREFILL_METHOD, engine_rev=rev)
+
+    assert GRAPH_CAPTURE_TOKENS == 512
+    assert point("prefill", 1, 128, 2).stale == GRAPH_STALE
+    assert point("prefill", 1, 512, 2).stale == GRAPH_STALE
+    assert point("prefill", 4, 128, 2).stale == GRAPH_STALE  # 512 tokens in the step
+    assert not point("prefill", 4, 128, 2).valid
+    assert point("prefill", 4, 512, 2).stale is None  # 2048 tokens: no graph deployed either
+    assert point("prefill", 1, 2048, 2).stale is None
+    assert point("decode", 32, 512, 2).stale is None
+    assert point("prefill", 1, 128, 3).stale is None and point("prefill", 1, 128, 3).valid
+
+
+def test_profiling_engines_capture_graphs_as_deployed_engines_do(monkeypatch):
+    """vLLM's LLM gets max_cudagraph_capture_size unless the engine runs eager (CPU)."""
+    import sys
+    import types
+    from dataclasses import replace
+
+    from fineserve.profiles.measure import engine as eng
+
+    seen = {}
+
+    class FakeLLM:
+        def __init__(self, **kwargs):
+            seen.update(kwargs)
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=FakeLLM))
+    args = EngineArgs("/m", 1, None, "auto", 2064, 32, 8192, 1 << 30, 0.3, False, 128256,
+                      max_cudagraph_capture_size=512)
+    eng.start_engine(args, "cuda")
+    assert seen["max_cudagraph_capture_size"] == 512 and seen["max_num_seqs"] == 32
+    seen.clear()
+    eng.start_engine(replace(args, enforce_eager=True), "cuda")
+    assert "max_cudagraph_capture_size" not in seen

@@ -206,10 +206,10 @@ def test_a_profile_whose_points_turned_stale_leaves_no_csv(tmp_path):
     lab = EngineLabel(GPU, MODEL, "int4-gptq", "bf16", 1, 100.0)
     for p in POINTS:
         append(gptq.results, PointRecord(lab, p.phase, p.batch, p.tokens, (0.01, 0.0101),
-                                         "x", engine_rev=2))
+                                         "x", engine_rev=3))
     assert gptq.export({lab: POINTS}).csv == gptq.csv and gptq.csv.exists()
     # the same points as written by the unquantized engine (revision 1): stale
-    gptq.results.write_text(gptq.results.read_text().replace('"engine_rev": 2', '"engine_rev": 1'))
+    gptq.results.write_text(gptq.results.read_text().replace('"engine_rev": 3', '"engine_rev": 1'))
     assert gptq.export({lab: POINTS}).csv is None
     assert not gptq.csv.exists()  # no longer loadable as an int4 profile
 
