@@ -125,8 +125,10 @@ def _to_unit(name: str, value: float) -> float:
 
 
 def _from_unit(name: str, z: float) -> float:
+    """The logistic map back into the bounds; the simplex may step far out (|z| > 709 would
+    overflow exp), where the value is simply at its bound."""
     lo, hi = BOUNDS[name]
-    return lo + (hi - lo) / (1 + math.exp(-z))
+    return lo + (hi - lo) / (1 + math.exp(-min(max(z, -700.0), 700.0)))
 
 
 def fit_params(points: Sequence[LatencyPoint], base: RooflineParams | None = None,

@@ -93,3 +93,14 @@ def test_bad_input_is_named():
         held_out([], "random", per_precision(10))
     with pytest.raises(SpecError, match="unknown parameter"):
         Calibration.from_json('{"by_precision": {"bf16.kv-bf16": {"warp_speed": 1}}}')
+
+
+def test_a_simplex_step_far_outside_the_bounds_lands_on_the_bound():
+    """Nelder-Mead may expand far out in the unit space; exp(-z) overflowed for z < -709
+    (session 8's recalibration on the re-measured profiles)."""
+    from fineserve.profiles.calibration import BOUNDS, _from_unit
+
+    name = next(iter(BOUNDS))
+    lo, hi = BOUNDS[name]
+    assert _from_unit(name, -1e6) == lo
+    assert _from_unit(name, 1e6) == hi
