@@ -31,11 +31,12 @@ from fineserve.profiles.latency import EngineShape, LatencyModel
 from fineserve.scheduler import SchedulerConfig
 from fineserve.sim.admission import Admission
 from fineserve.sim.chrome_trace import ChromeTrace
+from fineserve.sim.colocation import Neighbours
 from fineserve.sim.engine import EngineSim, SimRequest
 from fineserve.sim.interference import HbmShare, InterferenceParams
 from fineserve.sim.kvpool import KvSample, PoolParams, SlabPools, StaticKv
 from fineserve.sim.smshare import SmShare, needed
-from fineserve.sim.stepscale import profiled
+from fineserve.sim.stepscale import profiled, without_colocation
 from fineserve.sim.timeslice import TimeSliceShare
 from fineserve.workload.trace import Trace
 
@@ -51,6 +52,12 @@ class SimOptions:
     interference: InterferenceParams | None = None  # None: co-located engines do not interact
     # HBM demand over the profiled step (the fit's definition) rather than the calibrated one
     demand_from_profile: bool = False
+    # under MPS, the calibrated step's common co-location factor (decode_scale, over the
+    # model's step and the per-sequence term) applies only in proportion to how busy the
+    # engine's neighbours are at that step: the SM-share-weighted fraction of the other
+    # engines on its GPU with work (colocation.py); no effect on time slicing or an
+    # uncalibrated latency model
+    colocation_when_busy: bool = False
     sharing: str = "mps"  # "mps" (SM shares) | "time-sliced" (--no-mps: engines take turns)
     scheduler: SchedulerConfig | None = None  # None: every request goes straight to its engine
     tick_s: float = 0.5  # local-scheduler state and expiry; KV policy uses pool.interval_s
@@ -173,6 +180,12 @@ class _World:
                 e.hbm = self.hbm
                 if alone is not None and alone is not latency:
                     e.demand_latency = alone
+        solo = (without_colocation(latency)
+                if opts.colocation_when_busy and opts.sharing == "mps" else None)
+        if solo is not None:
+            neighbours = Neighbours(self.engines)
+            for e in self.engines:
+                e.solo_latency, e.neighbours = solo, neighbours
         self.sms: SmShare | None = None
         shares: dict[int, list[float]] = {}
         for e in self.engines:

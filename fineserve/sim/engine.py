@@ -91,6 +91,12 @@ class EngineSim:
     # the latency model whose step is the step alone (the profile, no calibration): HBM
     # demand is bytes over that time, as the interference fit defines it (None: the step's)
     demand_latency: Any = None
+    # the calibrated model without its common co-location factor, and the engines sharing
+    # the GPU: the step is interpolated between the two by how busy those are
+    # (``SimOptions.colocation_when_busy``, colocation.py; None: the calibrated step)
+    solo_latency: Any = None
+    neighbours: Any = None
+    _scache: dict = field(default_factory=dict)
     _acache: dict = field(default_factory=dict)
     _debt: float = 0.0  # on-demand KV growth latency owed by the next step
     _demand: float | None = None  # HBM demand of the step in flight
@@ -104,13 +110,15 @@ class EngineSim:
 
     # -- latency with memoisation (contexts bucketed to 32 tokens; the share is the engine's
     # own unless SM contention lowers it for a step, then part of the key)
-    def _decode_s(self, batch: int, ctx: float, sm: float | None = None) -> float:
+    def _decode_s(self, batch: int, ctx: float, sm: float | None = None,
+                  solo: bool = False) -> float:
         key = (batch, int(ctx) >> 5) if sm is None else (batch, int(ctx) >> 5, sm)
-        t = self._cache.get(key)
+        cache, lat = (self._scache, self.solo_latency) if solo else (self._cache, self.latency)
+        t = cache.get(key)
         if t is None:
-            t = self.latency.decode_step(self.shape, batch, max(1.0, float(key[1] << 5)),
-                                         self.sm_pct if sm is None else sm).seconds
-            self._cache[key] = t
+            t = lat.decode_step(self.shape, batch, max(1.0, float(key[1] << 5)),
+                                self.sm_pct if sm is None else sm).seconds
+            cache[key] = t
         return t
 
     def _prefill_s(self, tokens: int, sm: float | None = None) -> float:
@@ -234,6 +242,11 @@ class EngineSim:
             sm = None if eff >= self.sm_pct else eff
         d = (self._decode_s(self.decoding, self.ctx_sum / self.decoding, sm) if self.decoding
              else 0.0)
+        if d and self.neighbours is not None:
+            w = self.neighbours.busy(self)
+            if w < 1:
+                d0 = self._decode_s(self.decoding, self.ctx_sum / self.decoding, sm, True)
+                d = d0 + w * (d - d0)
         duration = d + (self._prefill_s(tokens, sm) if tokens else 0.0)
         if self._debt:
             duration += self._debt

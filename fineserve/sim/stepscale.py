@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fineserve.errors import SpecError
 from fineserve.profiles.catalog import resolve_arch
@@ -61,6 +61,22 @@ def profiled(latency: LatencyModel) -> LatencyModel:
     while isinstance(latency, (ScaledLatency, EngineScaledLatency)):
         latency = latency.inner
     return latency
+
+
+def without_colocation(latency: LatencyModel) -> LatencyModel | None:
+    """``latency``'s calibrated MPS decode step divided by its common factor
+    (``ScaledLatency.decode_scale``: the model's step x 1, the per-sequence term / the factor),
+    the prefill factor and the per-model factors kept: the step of an engine whose MPS
+    neighbours are idle, where the co-location slowdown the common factor absorbed does not
+    apply (``SimOptions.colocation_when_busy``). The per-model factors stay: they also carry
+    each model's profile errors. None where there is no common factor above 1."""
+    if isinstance(latency, EngineScaledLatency):
+        inner = without_colocation(latency.inner)
+        return None if inner is None else replace(latency, inner=inner)
+    if isinstance(latency, ScaledLatency) and latency.decode_scale > 1:
+        s = latency.decode_scale
+        return replace(latency, decode_scale=1.0, decode_s_per_seq=latency.decode_s_per_seq / s)
+    return None
 
 
 @dataclass(frozen=True, slots=True)
