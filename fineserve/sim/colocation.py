@@ -24,19 +24,19 @@ from typing import Any
 class Neighbours:
     """The engines on each GPU; ``busy(e)`` is the SM-share-weighted fraction of the other
     engines on e's GPU that have work (queued, prefilling or decoding), 0 for an engine alone
-    (a TP engine takes its busiest GPU)."""
+    (a TP engine takes its busiest GPU). Who shares which GPU is fixed for a simulation, so
+    each engine's neighbours and their share total are found once, not at every step."""
 
     def __init__(self, engines: list[Any]) -> None:
-        self.on: dict[int, list[Any]] = {}
+        on: dict[int, list[Any]] = {}
         for e in engines:
             for g in e.gpus:
-                self.on.setdefault(g, []).append(e)
+                on.setdefault(g, []).append(e)
+        self._groups: dict[int, list[tuple[list[Any], float]]] = {}
+        for e in engines:
+            groups = ([x for x in on[g] if x is not e] for g in e.gpus)
+            self._groups[id(e)] = [(o, t) for o in groups if (t := sum(x.sm_pct for x in o)) > 0]
 
     def busy(self, engine: Any) -> float:
-        w = 0.0
-        for g in engine.gpus:
-            others = [x for x in self.on[g] if x is not engine]
-            total = sum(x.sm_pct for x in others)
-            if total > 0:
-                w = max(w, sum(x.sm_pct for x in others if not x.idle) / total)
-        return w
+        return max((sum(x.sm_pct for x in others if not x.idle) / total
+                    for others, total in self._groups[id(engine)]), default=0.0)

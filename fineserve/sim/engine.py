@@ -240,12 +240,12 @@ class EngineSim:
         if self.sms is not None:
             eff = self.sms.begin(self.gpus, self.sm_pct)  # every step, ended in finish_step
             sm = None if eff >= self.sm_pct else eff
-        d = (self._decode_s(self.decoding, self.ctx_sum / self.decoding, sm) if self.decoding
-             else 0.0)
-        if d and self.neighbours is not None:
-            w = self.neighbours.busy(self)
-            if w < 1:
-                d0 = self._decode_s(self.decoding, self.ctx_sum / self.decoding, sm, True)
+        d = 0.0
+        if self.decoding:
+            ctx = self.ctx_sum / self.decoding
+            d = self._decode_s(self.decoding, ctx, sm)
+            if self.neighbours is not None and (w := self.neighbours.busy(self)) < 1:
+                d0 = self._decode_s(self.decoding, ctx, sm, solo=True)
                 d = d0 + w * (d - d0)
         duration = d + (self._prefill_s(tokens, sm) if tokens else 0.0)
         if self._debt:
