@@ -201,6 +201,7 @@ def test_report_judges_acceptance_and_errors(tmp_path, plans, latency):
     acc = acceptance(rows)
     assert acc is not None
     assert acc.max_attainment_error_pts == pytest.approx(0.0, abs=1e-9)
+    assert acc.max_attainment_error_rel == pytest.approx(0.0, abs=1e-9)
     # (a) measured at half its prediction: errors of 50% of (a)'s attainment show up
     for scale in SMALL.rate_scales:
         _fake_measured(res, "a", scale, 0.5)
@@ -208,7 +209,10 @@ def test_report_judges_acceptance_and_errors(tmp_path, plans, latency):
     ra = [r for r in rows if r.config == "a"]
     for r in ra:
         assert r.attainment_error_pts == pytest.approx(100 * r.m("slo_attainment"), rel=1e-6)
+        assert r.attainment_error_rel == pytest.approx(1.0, rel=1e-6)  # predicted 2x measured
     acc = acceptance(rows)
+    assert acc.max_attainment_error_rel == pytest.approx(1.0, rel=1e-6)
+    assert acc.worst_attainment_rel_at.startswith("(a) x") and not acc.passed
     c = next(r for r in rows if r.config == "c" and r.scale == acc.scale)
     a = next(r for r in ra if r.scale == acc.scale)
     assert acc.attainment_ratio == pytest.approx(c.m("slo_attainment") / a.m("slo_attainment"))
@@ -221,6 +225,7 @@ def test_report_judges_acceptance_and_errors(tmp_path, plans, latency):
     assert "| (a) | 0.5 |" in text and "| (c) | 2 |" in text
     assert "Acceptance (" in text and "(c) / (a) SLO attainment" in text
     assert f"at most {acc.attainment_ceiling:.2f}x at this rate" in text
+    assert "relative to the measured: at most **100.0%**" in text
     assert f"SLO attainment per model at rate x{acc.scale:g}" in text
     assert "| chat-8b-fp8 |" in text
     for r in (x for x in rows if x.config == "a"):  # (c) against (a) at every common rate
