@@ -26,17 +26,21 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from bench.e2e.plans import CONFIG, CONFIGS, as_deployed, planning_latency
-from bench.e2e.results import Calibration, Deployed, ResultsDir
+from bench.e2e.results import ESTIMATORS, Calibration, Deployed, ResultsDir
 from bench.e2e.workload import make_trace, trace_digest
 from fineserve.metrics.kv import kv_summary
 from fineserve.metrics.summary import RequestRecord, summarize
 from fineserve.planner.planfile import load_plan
 from fineserve.planner.schema import Plan
-from fineserve.profiles.latency import LatencyModel
+from fineserve.profiles.calibration import CalibratedLatency
+from fineserve.profiles.composite import ProfiledLatency, shipped_calibration
+from fineserve.profiles.latency import EngineShape, Latency, LatencyModel
+from fineserve.profiles.roofline import AnalyticLatency
+from fineserve.profiles.table import TableLatency
 from fineserve.runtime.gateway.config import SchedulerSection
 from fineserve.scheduler import SchedulerConfig
 from fineserve.sim.cluster import SimOptions, simulate
@@ -136,6 +140,7 @@ def predict_one(res: ResultsDir, cfg: str, scale: float, latency: LatencyModel,
     opts = sim_options(dep, scheduler, timeout if client_aborts else None)
     sliced = opts.sharing == "time-sliced"
     cal = Calibration.load(calibration or res.calibration_path())
+    latency = with_estimator(latency, cal)
     if per_seq_by_size is None:
         per_seq_by_size = cal is not None and cal.per_seq_by_size
     if mps_factors is None:
@@ -175,6 +180,8 @@ def predict_one(res: ResultsDir, cfg: str, scale: float, latency: LatencyModel,
            "sliced_s_per_seq": per_seq_sliced, "client_aborts": client_aborts,
            "per_seq_by_size": per_seq_by_size, "mps_factors": dict(mps_factors),
            "token_budget": opts.token_budget}
+    if cal is not None and cal.estimator:
+        out["estimator"] = cal.estimator  # absent otherwise: older predictions unchanged
     if write:
         path = res.predicted_path(cfg, scale)
         if pred_dir is not None:
@@ -182,6 +189,50 @@ def predict_one(res: ResultsDir, cfg: str, scale: float, latency: LatencyModel,
             path = Path(pred_dir) / path.name
         path.write_text(json.dumps(out, indent=1))
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class UnprofiledCalibrated:
+    """The estimator of a ``ProfiledLatency`` that answers with ``calibrated``'s roofline for
+    engines ``table`` does not measure at all and extends the profiled ones beyond their box
+    with ``default`` (``Calibration.estimator == "h100-unprofiled"``)."""
+
+    table: TableLatency
+    calibrated: CalibratedLatency
+    default: AnalyticLatency
+
+    def estimator(self, engine: EngineShape) -> AnalyticLatency:
+        return self.default if self.table.covers(engine) else self.calibrated.estimator(engine)
+
+    def covers(self, engine: EngineShape) -> bool:
+        return True
+
+    def prefill(self, engine: EngineShape, prompt_tokens: float, sm_pct: float,
+                batch: float = 1) -> Latency:
+        return self.estimator(engine).prefill(engine, prompt_tokens, sm_pct, batch)
+
+    def decode_step(self, engine: EngineShape, batch: float, context_tokens: float,
+                    sm_pct: float) -> Latency:
+        return self.estimator(engine).decode_step(engine, batch, context_tokens, sm_pct)
+
+
+def with_estimator(latency: LatencyModel, cal: Calibration | None) -> LatencyModel:
+    """``latency`` as ``cal`` was fitted over (``Calibration.estimator``): the same profiles
+    with the roofline behind them calibrated to the measured H100 profiles
+    (``default_latency_model(calibrated=True)``) for all they lack ("h100") or for the engines
+    nobody profiled only ("h100-unprofiled"); ``latency`` unchanged for "" (every file
+    before the field: its predictions as they were) or where it already has one. The default
+    roofline was fitted to FineServe's eager-mode tables, its int4 to the AWQ kernel: the
+    int4 7B nobody profiled then decodes and prefills at 0.41 of the bf16 peak instead of
+    GPTQ-Marlin's ~0.75, behind an eager host floor of 8 ms a step."""
+    if (cal is None or not cal.estimator or not isinstance(latency, ProfiledLatency)
+            or not isinstance(latency.estimator, AnalyticLatency) or latency.table is None):
+        return latency
+    calibrated = CalibratedLatency(shipped_calibration())
+    if cal.estimator == "h100":
+        return ProfiledLatency(latency.table, calibrated)
+    return ProfiledLatency(latency.table,
+                           UnprofiledCalibrated(latency.table, calibrated, latency.estimator))
 
 
 def calibrated_terms(res: ResultsDir, calibration: Path | None = None) -> tuple[float, float]:
@@ -251,6 +302,7 @@ def predict_all(res: ResultsDir, configs: tuple[str, ...], latency: LatencyModel
                 or not old.get("client_aborts", False)
                 or old.get("per_seq_by_size", False) != by_size
                 or old.get("token_budget", 2048) != TOKEN_BUDGET
+                or old.get("estimator", "") != (cal.estimator if cal else "")
                 or (old.get("sharing") == "mps"
                     and old.get("mps_factors", {}) != (cal.mps_factors if cal else {}))
                 or (old.get("sharing") == "time-sliced"
@@ -265,10 +317,11 @@ def predict_all(res: ResultsDir, configs: tuple[str, ...], latency: LatencyModel
 
 
 def preregister(out: Path, fit_dirs: list[Path], configs: tuple[str, ...],
-                latency: LatencyModel) -> list[Path]:
+                latency: LatencyModel, estimator: str = "") -> list[Path]:
     """The pre-registration of an unmeasured results directory ``out``: the calibration
     fitted on ``fit_dirs`` (``calibrate.fit_protocol``) written to OUT/calibration.json and
-    OUT/prerun/, and every plan's predictions (variants' in OUT/prerun/SUBDIR)."""
+    OUT/prerun/, and every plan's predictions (variants' in OUT/prerun/SUBDIR).
+    ``estimator``: fitted over that roofline (``Calibration.estimator``, ``with_estimator``)."""
     import shutil
 
     from bench.e2e.calibrate import _source_name, fit_protocol
@@ -279,7 +332,9 @@ def preregister(out: Path, fit_dirs: list[Path], configs: tuple[str, ...],
     if not fit_dirs:
         raise SystemExit("--preregister: name the results directories to fit on")
     runs = tuple(ResultsDir(d) for d in fit_dirs)
+    latency = with_estimator(latency, Calibration(1.0, (), (), 0, 0.0, estimator=estimator))
     cal = fit_protocol(runs, latency, " + ".join(_source_name(d) for d in fit_dirs))
+    cal = replace(cal, estimator=estimator)
     res.calibration_path().write_text(cal.to_json())
     prerun = out / "prerun"
     prerun.mkdir(parents=True, exist_ok=True)
@@ -312,11 +367,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--preregister", default=None, metavar="DIRS",
                     help="fit the calibration on these results directories (comma-separated),"
                          " write it to OUT and predict into OUT/prerun (OUT unmeasured)")
+    ap.add_argument("--estimator", default="", choices=ESTIMATORS,
+                    help="--preregister over the roofline calibrated to the measured H100 "
+                         "profiles (Calibration.estimator; default: FineServe's)")
     args = ap.parse_args(argv)
     configs = tuple(c for c in args.configs.split(",") if c)
     if args.preregister is not None:
         for p in preregister(args.out, [Path(x) for x in args.preregister.split(",") if x],
-                             configs, default_latency_model()):
+                             configs, default_latency_model(), args.estimator):
             print(f"wrote {p}")
         return
     if args.calibration is not None and not args.calibration.is_file():

@@ -126,6 +126,9 @@ class ResultsDir:
         return p
 
 
+ESTIMATORS = ("", "h100", "h100-unprofiled")  # Calibration.estimator
+
+
 @dataclass(frozen=True, slots=True)
 class Calibration:
     decode_scale: float
@@ -143,6 +146,19 @@ class Calibration:
     # after the common terms (calibrate.py --per-model); empty: one step model for all
     mps_factors: dict[str, float] = field(default_factory=dict)
     mps_factors_fit: str = ""  # what they were fitted on (configs, rates, source)
+    # the roofline behind the profiles the terms were fitted over (predict.with_estimator):
+    # "" the defaults fitted to FineServe's eager tables (every file before 2026-11-27
+    # session 10); "h100" the one calibrated to the measured H100 profiles (CUDA graphs,
+    # GPTQ-Marlin int4: ``default_latency_model(calibrated=True)``) for all that no profile
+    # covers - the int4 7B at any share, the others beyond the profiles' boxes;
+    # "h100-unprofiled" that one for engines no profile measures at all (the int4 7B) only.
+    # The defaults' int4 GEMMs run at the AWQ kernel's 0.41 of peak (Marlin's fit: 0.75) and
+    # their host floor is eager's 255 us per layer (CUDA graphs: 27 us).
+    estimator: str = ""
+
+    def __post_init__(self) -> None:
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -167,7 +183,8 @@ class Calibration:
                        str(t.get("source", ""))),
                    str(d.get("source", "")), bool(d.get("per_seq_by_size", False)),
                    {k: float(v) for k, v in (d.get("mps_factors") or {}).items()},
-                   str(d.get("mps_factors_fit", "")))
+                   str(d.get("mps_factors_fit", "")),
+                   str(d.get("estimator", "")))
 
 
 @dataclass(frozen=True, slots=True)
