@@ -13,8 +13,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench.e2e.calibrate import _source_name, fit_protocol
-from bench.e2e.predict import with_estimator
-from bench.e2e.results import Calibration, ResultsDir
+from bench.e2e.predict import over_estimator
+from bench.e2e.results import ResultsDir
 from fineserve.profiles.composite import default_latency_model
 
 
@@ -22,8 +22,7 @@ def main() -> None:
     variant, out, dirs = sys.argv[1], Path(sys.argv[2]), [Path(p) for p in sys.argv[3:]]
     estimator = {"default": ""}.get(variant, variant)
     t0 = time.time()
-    latency = with_estimator(default_latency_model(),
-                             Calibration(1.0, (), (), 0, 0.0, estimator=estimator))
+    latency = over_estimator(default_latency_model(), estimator)
     cal = fit_protocol(tuple(ResultsDir(p) for p in dirs), latency,
                        " + ".join(_source_name(p) for p in dirs))
     cal = replace(cal, estimator=estimator)
